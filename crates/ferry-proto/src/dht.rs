@@ -1,0 +1,1027 @@
+//! The Tox DHT as a sans-IO state machine, wire- and behaviour-compatible with c-toxcore 0.2.18
+//! (`tox-protocol.md` §3; c-toxcore `DHT.c`, `ping.c`, `LAN_discovery.c`; seed 001).
+//!
+//! # Flow
+//!
+//! * **Close list**: 128 buckets × 8 nodes, bucket = leading bits shared with our DHT key (capped
+//!   at 127). A node enters only after it answered one of our requests (a ping response or a
+//!   non-empty nodes response whose ping id we issued, from the same key and address, within 5 s).
+//!   Good nodes are never evicted; a slot is reused only when its node went bad (122 s silent).
+//! * **Search lists** ("friends' close lists"): for each DHT key we look for, the 8 nodes closest to
+//!   it. A search *resolves* when the key's own node answers us: then we know its IP address.
+//!   Two random "fake friend" searches run always, as in c-toxcore, to widen the view.
+//! * **Requests we answer**: ping → ping response; nodes request → the 4 closest good nodes we know
+//!   (LAN addresses only to LAN requesters); both also queue the requester for a ping if it would fit
+//!   our close list (≤ 32 every 2 s).
+//! * **Timers** (once a second): nodes request to each node every 60 s as liveness check; every
+//!   20 s (and on the first 5 ticks) a nodes request to a random good node of each list; nodes
+//!   returned in responses that would fit a list get a nodes request on the next tick.
+//!
+//! # Where c-toxcore's values differ from seed 001's, c-toxcore's are used
+//!
+//! | what | seed 001 | here (c-toxcore 0.2.18) |
+//! |---|---|---|
+//! | close list | 32 entries | 128 buckets × 8 = 1024 ([`BUCKETS`], [`BUCKET_SIZE`]) |
+//! | node bad after | 130 s | 122 s ([`BAD_NODE_TIMEOUT`]) |
+//! | node dropped after | 300 s | 182 s ([`KILL_NODE_TIMEOUT`]) |
+//! | liveness check | ping every 60 s | nodes request every 60 s ([`PING_INTERVAL`]) |
+//! | nodes per response | 8 | 4 ([`ferry_wire::dht::MAX_SENT_NODES`]) |
+//! | pending requests | expire after 5 s | 512 per kind, 5 s ([`PING_TIMEOUT`]) |
+//! | random nodes request | every 20 s | every 20 s, first 5 on consecutive ticks ([`GET_NODE_INTERVAL`]) |
+//! | ids | 32-bit client id = hash of key | 256-bit DHT public key, 8-byte ping ids, encrypted packets |
+//!
+//! # Rate limits (as c-toxcore)
+//!
+//! Requesters are pinged back through a queue of at most [`MAX_TO_PING`] nodes flushed every
+//! [`TIME_TO_PING`]; outstanding requests are capped at [`PING_ARRAY_SIZE`] per kind; nodes taken
+//! from responses are queued at most [`MAX_CLOSE_TO_BOOTSTRAP_NODES`] (close list) and
+//! [`MAX_FRIEND_TO_BOOTSTRAP_NODES`] per search per tick. ferry adds caps of its own on every
+//! table keyed by remote input (searches, bootstrap nodes, the transmit and event queues).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_crypto::rng::FerryRng;
+use ferry_crypto::{KeyPair, Nonce, PrecomputedCache, PublicKey};
+use ferry_wire::dht::{
+    BootstrapInfo, DhtEnvelope, DhtKind, DhtRequest, LanDiscovery, NodesRequestPayload,
+    NodesResponsePayload, Packet, PingPayload, MAX_SENT_NODES,
+};
+use ferry_wire::node::{ip_is_lan, normalize, PackedNode};
+use ferry_wire::WireError;
+
+use crate::ping_array::PingArray;
+use crate::{Destination, Endpoint, Transmit};
+
+/// Number of close-list buckets (`LCLIENT_LENGTH`).
+pub const BUCKETS: usize = 128;
+/// Nodes per bucket (`LCLIENT_NODES`).
+pub const BUCKET_SIZE: usize = 8;
+/// Nodes kept per search list (`MAX_FRIEND_CLIENTS`).
+pub const SEARCH_LIST_SIZE: usize = 8;
+/// A node is bad after this long without a response (`BAD_NODE_TIMEOUT` = 122 s).
+pub const BAD_NODE_TIMEOUT: Duration = Duration::from_secs(122);
+/// A node is no longer checked, and is dropped, after this long (`KILL_NODE_TIMEOUT` = 182 s).
+pub const KILL_NODE_TIMEOUT: Duration = Duration::from_secs(182);
+/// Liveness nodes request to each listed node (`PING_INTERVAL` = 60 s).
+pub const PING_INTERVAL: Duration = Duration::from_secs(60);
+/// Nodes request to a random good node of each list (`GET_NODE_INTERVAL` = 20 s).
+pub const GET_NODE_INTERVAL: Duration = Duration::from_secs(20);
+/// Quick random nodes requests for a fresh list (`MAX_BOOTSTRAP_TIMES` = 5).
+pub const MAX_BOOTSTRAP_TIMES: u32 = 5;
+/// Pending ping / nodes requests expire after 5 s (`PING_TIMEOUT`).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pending requests kept per kind (`PING_NUM_MAX`, `DHT_PING_ARRAY_SIZE` = 512).
+pub const PING_ARRAY_SIZE: usize = 512;
+/// Requesters queued for a ping-back (`MAX_TO_PING` = 32).
+pub const MAX_TO_PING: usize = 32;
+/// The ping-back queue is flushed every 2 s (`TIME_TO_PING`).
+pub const TIME_TO_PING: Duration = Duration::from_secs(2);
+/// Nodes from responses queued for the close list per tick (`MAX_CLOSE_TO_BOOTSTRAP_NODES` = 8).
+pub const MAX_CLOSE_TO_BOOTSTRAP_NODES: usize = 8;
+/// Nodes from responses queued per search list per tick (4 in c-toxcore).
+pub const MAX_FRIEND_TO_BOOTSTRAP_NODES: usize = 4;
+/// LAN discovery interval (`LAN_DISCOVERY_INTERVAL` = 10 s).
+pub const LAN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+/// The default Tox port, always probed by LAN discovery (`TOX_PORT_DEFAULT`).
+pub const TOX_PORT_DEFAULT: u16 = 33445;
+/// LAN discovery also probes this many ports per round, cycling through 33446..33545.
+pub const PORTS_PER_DISCOVERY: u16 = 10;
+/// Random "fake friend" searches kept to widen the view (`DHT_FAKE_FRIEND_NUMBER` = 2).
+pub const FAKE_FRIENDS: usize = 2;
+/// The state machine's tick.
+pub const TICK: Duration = Duration::from_secs(1);
+/// While no close node is good, bootstrap nodes are asked again this often (ferry's choice:
+/// c-toxcore leaves re-bootstrapping to the client).
+pub const REBOOTSTRAP_INTERVAL: Duration = Duration::from_secs(10);
+/// Version reported in bootstrap info responses (ferry 0.1.0 in tox-bootstrapd's numbering).
+pub const BOOTSTRAP_INFO_VERSION: u32 = 1_000_001_000;
+
+/// Configuration of a [`Dht`].
+#[derive(Clone, Debug)]
+pub struct DhtConfig {
+    /// Send LAN discovery broadcasts every 10 s and answer LAN discovery from LAN addresses.
+    pub lan_discovery: bool,
+    /// Answer bootstrap info (0xf0) requests with this MOTD (≤ 256 bytes); `None` = stay silent,
+    /// as a plain c-toxcore node does.
+    pub motd: Option<Vec<u8>>,
+    /// Most user searches at once (cap on a table keyed by user input).
+    pub max_searches: usize,
+    /// Most bootstrap nodes remembered for re-bootstrapping.
+    pub max_bootstrap_nodes: usize,
+    /// Most datagrams queued for the driver before new ones are dropped (and counted).
+    pub max_queued_transmits: usize,
+    /// Most events queued before the oldest is dropped.
+    pub max_queued_events: usize,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        Self {
+            lan_discovery: true,
+            motd: None,
+            max_searches: 4096,
+            max_bootstrap_nodes: 64,
+            max_queued_transmits: 16_384,
+            max_queued_events: 4096,
+        }
+    }
+}
+
+/// What the DHT tells its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DhtEvent {
+    /// A searched DHT key answered us from this address: its IP address is known.
+    Found {
+        /// The searched DHT key.
+        public_key: PublicKey,
+        /// Where it answered from.
+        addr: SocketAddr,
+    },
+    /// A routed DHT request (0x20) for us arrived: `[request id][data]` decrypted.
+    DhtRequest {
+        /// Sender's DHT key.
+        sender: PublicKey,
+        /// Where the packet came from (the node that routed it).
+        from: SocketAddr,
+        /// Request id (0xfe NAT ping, 0x9c DHT-PK, …).
+        id: u8,
+        /// The rest of the plaintext.
+        data: Vec<u8>,
+    },
+    /// A bootstrap info response arrived.
+    BootstrapInfo {
+        /// Sender address.
+        from: SocketAddr,
+        /// Its version.
+        version: u32,
+        /// Its message of the day.
+        motd: Vec<u8>,
+    },
+}
+
+/// Errors of DHT commands (not of remote input, which is counted and dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DhtError {
+    /// The search table is full ([`DhtConfig::max_searches`]).
+    #[error("too many searches at once (limit {0})")]
+    TooManySearches(usize),
+    /// Searching for our own key makes no sense.
+    #[error("that is this node's own DHT key")]
+    OwnKey,
+}
+
+/// Counters, for `ferry status`, metrics and the simulator. All counts since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DhtStats {
+    /// Datagrams received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Datagrams queued for sending.
+    pub tx_packets: u64,
+    /// Bytes queued for sending.
+    pub tx_bytes: u64,
+    /// Datagrams of kinds this layer does not handle, ignored silently.
+    pub unknown_kind: u64,
+    /// Malformed datagrams dropped (bad length, bad field, failed decryption).
+    pub malformed: u64,
+    /// Responses dropped because no matching request of ours was outstanding.
+    pub unsolicited: u64,
+    /// Routed DHT requests forwarded to a close node.
+    pub forwarded: u64,
+    /// Datagrams dropped because the transmit queue was full.
+    pub tx_dropped: u64,
+}
+
+/// One node's address of one family and its timestamps.
+#[derive(Clone, Copy, Debug)]
+struct Assoc {
+    addr: SocketAddr,
+    last_resp: Instant,
+    last_pinged: Instant,
+}
+
+impl Assoc {
+    fn good(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_resp) < BAD_NODE_TIMEOUT
+    }
+    fn killed(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_resp) >= KILL_NODE_TIMEOUT
+    }
+}
+
+/// A listed node: a DHT key with an IPv4 and/or IPv6 association.
+#[derive(Clone, Debug)]
+struct Client {
+    public_key: PublicKey,
+    v4: Option<Assoc>,
+    v6: Option<Assoc>,
+}
+
+impl Client {
+    fn new(public_key: PublicKey, addr: SocketAddr, now: Instant) -> Self {
+        let mut c = Self { public_key, v4: None, v6: None };
+        *c.slot(addr) = Some(Assoc { addr, last_resp: now, last_pinged: now });
+        c
+    }
+    fn slot(&mut self, addr: SocketAddr) -> &mut Option<Assoc> {
+        if addr.is_ipv4() { &mut self.v4 } else { &mut self.v6 }
+    }
+    fn assocs(&self) -> impl Iterator<Item = &Assoc> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+    fn good(&self, now: Instant) -> bool {
+        self.assocs().any(|a| a.good(now))
+    }
+    /// The most recently heard-from good association.
+    fn best(&self, now: Instant) -> Option<&Assoc> {
+        self.assocs().filter(|a| a.good(now)).max_by_key(|a| a.last_resp)
+    }
+    fn has_addr(&self, addr: SocketAddr) -> bool {
+        self.assocs().any(|a| a.addr == addr)
+    }
+    /// Records a response from `addr`. Like c-toxcore's `update_client`, a LAN address does not
+    /// replace a known non-LAN one.
+    fn update(&mut self, addr: SocketAddr, now: Instant) {
+        let slot = self.slot(addr);
+        match slot {
+            Some(a) if a.addr == addr => a.last_resp = now,
+            Some(a) if ip_is_lan(addr.ip()) && !ip_is_lan(a.addr.ip()) && a.good(now) => {}
+            _ => *slot = Some(Assoc { addr, last_resp: now, last_pinged: now }),
+        }
+    }
+    /// Drops associations past the kill timeout; `false` when none is left.
+    fn prune(&mut self, now: Instant) -> bool {
+        if self.v4.is_some_and(|a| a.killed(now)) {
+            self.v4 = None;
+        }
+        if self.v6.is_some_and(|a| a.killed(now)) {
+            self.v6 = None;
+        }
+        self.v4.is_some() || self.v6.is_some()
+    }
+}
+
+/// The close list: [`BUCKETS`] × [`BUCKET_SIZE`].
+#[derive(Debug)]
+struct CloseList {
+    own: PublicKey,
+    buckets: Vec<Vec<Client>>,
+}
+
+impl CloseList {
+    fn new(own: PublicKey) -> Self {
+        Self { own, buckets: vec![Vec::new(); BUCKETS] }
+    }
+    fn bucket_of(&self, pk: &PublicKey) -> usize {
+        (self.own.common_prefix_bits(pk) as usize).min(BUCKETS - 1)
+    }
+    fn find(&self, pk: &PublicKey) -> Option<&Client> {
+        self.buckets[self.bucket_of(pk)].iter().find(|c| c.public_key == *pk)
+    }
+    fn iter(&self) -> impl Iterator<Item = &Client> {
+        self.buckets.iter().flatten()
+    }
+    /// Whether a response from `pk` at `addr` would be stored (`node_addable_to_close_list`).
+    fn addable(&self, pk: &PublicKey, addr: SocketAddr, now: Instant) -> bool {
+        if *pk == self.own {
+            return false;
+        }
+        let bucket = &self.buckets[self.bucket_of(pk)];
+        if let Some(c) = bucket.iter().find(|c| c.public_key == *pk) {
+            // Known: worth a ping unless already good at this very address.
+            return !(c.good(now) && c.has_addr(addr));
+        }
+        bucket.len() < BUCKET_SIZE || bucket.iter().any(|c| !c.good(now))
+    }
+    /// Adds or refreshes a node that answered us (`add_to_close`); returns whether it is listed.
+    fn add(&mut self, pk: PublicKey, addr: SocketAddr, now: Instant) -> bool {
+        if pk == self.own {
+            return false;
+        }
+        // A different key at the same address: that node restarted with a new DHT key.
+        for bucket in &mut self.buckets {
+            bucket.retain(|c| c.public_key == pk || !c.has_addr(addr));
+        }
+        let idx = self.bucket_of(&pk);
+        let bucket = &mut self.buckets[idx];
+        if let Some(c) = bucket.iter_mut().find(|c| c.public_key == pk) {
+            c.update(addr, now);
+            return true;
+        }
+        if bucket.len() < BUCKET_SIZE {
+            bucket.push(Client::new(pk, addr, now));
+            return true;
+        }
+        if let Some(slot) = bucket.iter_mut().find(|c| !c.good(now)) {
+            *slot = Client::new(pk, addr, now);
+            return true;
+        }
+        false
+    }
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.buckets.iter().map(Vec::len).sum()
+    }
+}
+
+/// A search list: the nodes closest to one DHT key we look for.
+#[derive(Debug)]
+struct Search {
+    clients: Vec<Client>,
+    last_get_node: Option<Instant>,
+    bootstrap_times: u32,
+    to_bootstrap: Vec<(PublicKey, SocketAddr)>,
+    fake: bool,
+    found: Option<SocketAddr>,
+    started: Instant,
+}
+
+impl Search {
+    fn new(now: Instant, fake: bool) -> Self {
+        Self {
+            clients: Vec::new(),
+            last_get_node: None,
+            bootstrap_times: 0,
+            to_bootstrap: Vec::new(),
+            fake,
+            found: None,
+            started: now,
+        }
+    }
+
+    /// The slot `pk` would take (`store_node_ok` on the worst entry): an empty one, a bad one, or
+    /// the farthest one if `pk` is closer to `target`.
+    fn worst_replaceable(&self, target: &PublicKey, pk: &PublicKey, now: Instant) -> Option<usize> {
+        let worst = self
+            .clients
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| {
+                // Bad before good, then farthest first.
+                (!a.good(now)).cmp(&!b.good(now)).then(target.distance_cmp(&a.public_key, &b.public_key))
+            })
+            .map(|(i, _)| i)?;
+        let w = &self.clients[worst];
+        if !w.good(now) || target.distance_cmp(pk, &w.public_key).is_lt() { Some(worst) } else { None }
+    }
+
+    fn would_store(&self, target: &PublicKey, pk: &PublicKey, now: Instant) -> bool {
+        if let Some(c) = self.clients.iter().find(|c| c.public_key == *pk) {
+            return !c.good(now);
+        }
+        self.clients.len() < SEARCH_LIST_SIZE || self.worst_replaceable(target, pk, now).is_some()
+    }
+
+    /// Adds or refreshes `pk` (`replace_all`); returns whether it is listed.
+    fn add(&mut self, target: &PublicKey, pk: PublicKey, addr: SocketAddr, now: Instant) -> bool {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.public_key == pk) {
+            c.update(addr, now);
+            return true;
+        }
+        if self.clients.len() < SEARCH_LIST_SIZE {
+            self.clients.push(Client::new(pk, addr, now));
+            return true;
+        }
+        match self.worst_replaceable(target, &pk, now) {
+            Some(i) => {
+                self.clients[i] = Client::new(pk, addr, now);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A node of the close list as reported by [`Dht::close_nodes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseNode {
+    /// Its DHT public key.
+    pub public_key: PublicKey,
+    /// Its most recently heard-from address.
+    pub addr: SocketAddr,
+    /// Time since its last response.
+    pub last_seen: Duration,
+    /// Whether it answered within [`BAD_NODE_TIMEOUT`].
+    pub good: bool,
+}
+
+/// State of one search, as reported by [`Dht::search_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchStatus {
+    /// The searched key's address, once it answered us.
+    pub found: Option<SocketAddr>,
+    /// Nodes in the search list.
+    pub nodes: usize,
+    /// Time since the search started.
+    pub age: Duration,
+}
+
+/// The Tox DHT state machine. See the module docs for the protocol flow and constants.
+#[derive(Debug)]
+pub struct Dht {
+    keys: KeyPair,
+    cache: PrecomputedCache,
+    rng: FerryRng,
+    config: DhtConfig,
+    close: CloseList,
+    searches: BTreeMap<PublicKey, Search>,
+    user_searches: usize,
+    pings: PingArray,
+    nodes_requests: PingArray,
+    to_ping: Vec<(PublicKey, SocketAddr)>,
+    to_bootstrap: Vec<(PublicKey, SocketAddr)>,
+    bootstrap_nodes: Vec<(PublicKey, SocketAddr)>,
+    close_last_get_node: Option<Instant>,
+    close_bootstrap_times: u32,
+    last_to_ping: Instant,
+    last_rebootstrap: Option<Instant>,
+    last_lan: Option<Instant>,
+    next_lan_port: u16,
+    next_tick: Instant,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<DhtEvent>,
+    stats: DhtStats,
+}
+
+impl Dht {
+    /// A DHT node with DHT key pair `keys` (fresh per start, as c-toxcore does), randomness `rng`
+    /// and the clock reading `now`.
+    pub fn new(config: DhtConfig, keys: KeyPair, mut rng: FerryRng, now: Instant) -> Self {
+        let cache = PrecomputedCache::new(keys.secret.clone(), 1024);
+        let own = keys.public;
+        let mut searches = BTreeMap::new();
+        for _ in 0..FAKE_FRIENDS {
+            searches.insert(PublicKey(rng.bytes()), Search::new(now, true));
+        }
+        Self {
+            keys,
+            cache,
+            rng,
+            config,
+            close: CloseList::new(own),
+            searches,
+            user_searches: 0,
+            pings: PingArray::new(PING_ARRAY_SIZE, PING_TIMEOUT),
+            nodes_requests: PingArray::new(PING_ARRAY_SIZE, PING_TIMEOUT),
+            to_ping: Vec::new(),
+            to_bootstrap: Vec::new(),
+            bootstrap_nodes: Vec::new(),
+            close_last_get_node: None,
+            close_bootstrap_times: 0,
+            last_to_ping: now,
+            last_rebootstrap: None,
+            last_lan: None,
+            next_lan_port: TOX_PORT_DEFAULT + 1,
+            next_tick: now,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: DhtStats::default(),
+        }
+    }
+
+    /// Our DHT public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.keys.public
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> DhtStats {
+        self.stats
+    }
+
+    /// Bootstraps from a known node: sends it a nodes request for our own key now and remembers it
+    /// (up to [`DhtConfig::max_bootstrap_nodes`]) to ask again every [`REBOOTSTRAP_INTERVAL`]
+    /// while no close node is good. Our own key is ignored.
+    pub fn bootstrap(&mut self, now: Instant, addr: SocketAddr, public_key: PublicKey) {
+        let addr = normalize(addr);
+        if public_key == self.keys.public {
+            return;
+        }
+        if !self.bootstrap_nodes.iter().any(|(k, a)| *k == public_key && *a == addr)
+            && self.bootstrap_nodes.len() < self.config.max_bootstrap_nodes
+        {
+            self.bootstrap_nodes.push((public_key, addr));
+        }
+        self.last_rebootstrap = Some(now);
+        let own = self.keys.public;
+        self.send_nodes_request(now, addr, public_key, own);
+    }
+
+    /// Starts looking for the IP address of the node with DHT key `target` (the friend-search
+    /// path of the Tox DHT, `dht_addfriend`). The search list is seeded with the 4 closest nodes
+    /// we know. Adding a key twice is not an error.
+    ///
+    /// # Errors
+    /// [`DhtError::OwnKey`], or [`DhtError::TooManySearches`] past [`DhtConfig::max_searches`].
+    pub fn add_search(&mut self, now: Instant, target: PublicKey) -> Result<(), DhtError> {
+        if target == self.keys.public {
+            return Err(DhtError::OwnKey);
+        }
+        if let Some(s) = self.searches.get_mut(&target) {
+            s.fake = false;
+            return Ok(());
+        }
+        if self.user_searches >= self.config.max_searches {
+            return Err(DhtError::TooManySearches(self.config.max_searches));
+        }
+        let mut search = Search::new(now, false);
+        for n in self.get_close_nodes(&target, true, now) {
+            search.to_bootstrap.push((n.public_key, n.addr));
+        }
+        self.searches.insert(target, search);
+        self.user_searches += 1;
+        Ok(())
+    }
+
+    /// Stops a search started with [`Dht::add_search`]. Unknown keys are ignored.
+    pub fn remove_search(&mut self, target: &PublicKey) {
+        if self.searches.get(target).is_some_and(|s| !s.fake) {
+            self.searches.remove(target);
+            self.user_searches -= 1;
+        }
+    }
+
+    /// Where a search stands; `None` if `target` is not searched.
+    pub fn search_status(&self, now: Instant, target: &PublicKey) -> Option<SearchStatus> {
+        let s = self.searches.get(target).filter(|s| !s.fake)?;
+        Some(SearchStatus { found: s.found, nodes: s.clients.len(), age: now.saturating_duration_since(s.started) })
+    }
+
+    /// The address of the node with DHT key `pk` if we know it from a response of its own
+    /// (close list or any search list), else `None`.
+    pub fn address_of(&self, now: Instant, pk: &PublicKey) -> Option<SocketAddr> {
+        if let Some(c) = self.close.find(pk) {
+            if let Some(a) = c.best(now) {
+                return Some(a.addr);
+            }
+        }
+        self.searches.values().flat_map(|s| s.clients.iter()).find(|c| c.public_key == *pk)?.best(now).map(|a| a.addr)
+    }
+
+    /// Every node of the close list, closest to our key first.
+    pub fn close_nodes(&self, now: Instant) -> Vec<CloseNode> {
+        let mut out: Vec<CloseNode> = self
+            .close
+            .iter()
+            .filter_map(|c| {
+                let a = c.assocs().max_by_key(|a| a.last_resp)?;
+                Some(CloseNode {
+                    public_key: c.public_key,
+                    addr: a.addr,
+                    last_seen: now.saturating_duration_since(a.last_resp),
+                    good: c.good(now),
+                })
+            })
+            .collect();
+        let own = self.keys.public;
+        out.sort_by(|a, b| own.distance_cmp(&a.public_key, &b.public_key));
+        out
+    }
+
+    /// Number of good nodes in the close list.
+    pub fn good_close_count(&self, now: Instant) -> usize {
+        self.close.iter().filter(|c| c.good(now)).count()
+    }
+
+    /// Whether at least one close node is good (the DHT is "connected" over UDP).
+    pub fn is_connected(&self, now: Instant) -> bool {
+        self.close.iter().any(|c| c.good(now))
+    }
+
+    /// The next event, if any. Drain after every input, like [`Endpoint::poll_transmit`].
+    pub fn poll_event(&mut self) -> Option<DhtEvent> {
+        self.events.pop_front()
+    }
+
+    /// Routes a DHT request (0x20) for `receiver` through a close node that knows it, or sends it
+    /// directly if `receiver` itself is listed. Returns whether it was sent.
+    pub fn send_dht_request(&mut self, now: Instant, receiver: PublicKey, id: u8, data: &[u8]) -> bool {
+        let Some(addr) = self.address_of(now, &receiver) else { return false };
+        let nonce = Nonce::random(&mut self.rng);
+        let mut plain = Vec::with_capacity(1 + data.len());
+        plain.push(id);
+        plain.extend_from_slice(data);
+        let Ok(ciphertext) = self.cache.get(&receiver).encrypt(&nonce, &plain) else { return false };
+        let req = DhtRequest { receiver, sender: self.keys.public, nonce, ciphertext };
+        self.queue(Destination::Addr(addr), req.encode());
+        true
+    }
+
+    // ----- internals -----
+
+    fn queue(&mut self, destination: Destination, payload: Vec<u8>) {
+        if self.transmits.len() >= self.config.max_queued_transmits {
+            self.stats.tx_dropped += 1;
+            return;
+        }
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += payload.len() as u64;
+        self.transmits.push_back(Transmit { destination, payload });
+    }
+
+    fn emit(&mut self, event: DhtEvent) {
+        if self.events.len() >= self.config.max_queued_events {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    fn seal(&mut self, kind: DhtKind, to: &PublicKey, plain: &[u8]) -> Option<Vec<u8>> {
+        let nonce = Nonce::random(&mut self.rng);
+        let own = self.keys.public;
+        let key = self.cache.get(to);
+        DhtEnvelope::seal(kind, own, nonce, key, plain).ok().map(|e| e.encode())
+    }
+
+    /// `dht_getnodes`: a nodes request for `target` to `pk` at `addr`.
+    fn send_nodes_request(&mut self, now: Instant, addr: SocketAddr, pk: PublicKey, target: PublicKey) {
+        if pk == self.keys.public {
+            return;
+        }
+        let ping_id: [u8; 8] = self.rng.bytes();
+        self.nodes_requests.insert(ping_id, pk, addr, now);
+        let plain = NodesRequestPayload { target, ping_id }.encode();
+        if let Some(bytes) = self.seal(DhtKind::NodesRequest, &pk, &plain) {
+            self.queue(Destination::Addr(addr), bytes);
+        }
+    }
+
+    fn send_ping_request(&mut self, now: Instant, addr: SocketAddr, pk: PublicKey) {
+        let ping_id: [u8; 8] = self.rng.bytes();
+        self.pings.insert(ping_id, pk, addr, now);
+        let plain = PingPayload { is_response: false, ping_id }.encode();
+        if let Some(bytes) = self.seal(DhtKind::PingRequest, &pk, &plain) {
+            self.queue(Destination::Addr(addr), bytes);
+        }
+    }
+
+    /// `ping_add`: queue a requester for a ping-back if it would fit our close list.
+    fn ping_add(&mut self, now: Instant, pk: PublicKey, addr: SocketAddr) {
+        if !self.close.addable(&pk, addr, now) {
+            return;
+        }
+        if self.searches.get(&pk).is_some_and(|s| !s.fake) {
+            // A node we search for: ping it at once.
+            self.send_ping_request(now, addr, pk);
+            return;
+        }
+        if self.to_ping.iter().any(|(k, _)| *k == pk) {
+            return;
+        }
+        if self.to_ping.len() < MAX_TO_PING {
+            self.to_ping.push((pk, addr));
+            return;
+        }
+        let own = self.keys.public;
+        if let Some((i, _)) = self.to_ping.iter().enumerate().max_by(|a, b| own.distance_cmp(&a.1 .0, &b.1 .0)) {
+            if own.distance_cmp(&pk, &self.to_ping[i].0).is_lt() {
+                self.to_ping[i] = (pk, addr);
+            }
+        }
+    }
+
+    /// `addto_lists`: a node proved itself by answering; put it into every list it fits.
+    fn add_to_lists(&mut self, now: Instant, pk: PublicKey, addr: SocketAddr) {
+        self.close.add(pk, addr, now);
+        let mut found = None;
+        for (target, search) in &mut self.searches {
+            if search.add(target, pk, addr, now) && *target == pk && !search.fake && search.found != Some(addr) {
+                search.found = Some(addr);
+                found = Some(addr);
+            }
+        }
+        if let Some(addr) = found {
+            self.emit(DhtEvent::Found { public_key: pk, addr });
+        }
+    }
+
+    /// `get_close_nodes`: the [`MAX_SENT_NODES`] good nodes closest to `target` over the close
+    /// list and every search list; LAN addresses only for LAN requesters.
+    fn get_close_nodes(&self, target: &PublicKey, requester_is_lan: bool, now: Instant) -> Vec<PackedNode> {
+        let mut best: Vec<PackedNode> = Vec::with_capacity(MAX_SENT_NODES + 1);
+        let candidates = self.close.iter().chain(self.searches.values().flat_map(|s| s.clients.iter()));
+        for c in candidates {
+            let Some(a) = c.best(now) else { continue };
+            if !requester_is_lan && ip_is_lan(a.addr.ip()) {
+                continue;
+            }
+            if best.iter().any(|n| n.public_key == c.public_key) {
+                continue;
+            }
+            let pos = best.partition_point(|n| target.distance_cmp(&n.public_key, &c.public_key).is_lt());
+            if pos < MAX_SENT_NODES {
+                best.insert(pos, PackedNode::udp(a.addr, c.public_key));
+                best.truncate(MAX_SENT_NODES);
+            }
+        }
+        best
+    }
+
+    fn handle_envelope(&mut self, now: Instant, from: SocketAddr, env: DhtEnvelope) {
+        if env.sender == self.keys.public {
+            self.stats.malformed += 1;
+            return;
+        }
+        let plain = match env.open(self.cache.get(&env.sender)) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let result = match env.kind {
+            DhtKind::PingRequest => self.on_ping_request(now, from, env.sender, &plain),
+            DhtKind::PingResponse => self.on_ping_response(now, from, env.sender, &plain),
+            DhtKind::NodesRequest => self.on_nodes_request(now, from, env.sender, &plain),
+            DhtKind::NodesResponse => self.on_nodes_response(now, from, env.sender, &plain),
+        };
+        if result.is_err() {
+            self.stats.malformed += 1;
+        }
+    }
+
+    fn on_ping_request(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+        let p = PingPayload::decode(plain)?;
+        if p.is_response {
+            return Err(WireError::InvalidValue { what: "ping type in request", value: 1 });
+        }
+        let resp = PingPayload { is_response: true, ping_id: p.ping_id }.encode();
+        if let Some(bytes) = self.seal(DhtKind::PingResponse, &sender, &resp) {
+            self.queue(Destination::Addr(from), bytes);
+        }
+        self.ping_add(now, sender, from);
+        Ok(())
+    }
+
+    fn on_ping_response(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+        let p = PingPayload::decode(plain)?;
+        if !p.is_response {
+            return Err(WireError::InvalidValue { what: "ping type in response", value: 0 });
+        }
+        if !self.pings.take(&p.ping_id, &sender, from, now) {
+            self.stats.unsolicited += 1;
+            return Ok(());
+        }
+        self.add_to_lists(now, sender, from);
+        Ok(())
+    }
+
+    fn on_nodes_request(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+        let req = NodesRequestPayload::decode(plain)?;
+        let nodes = self.get_close_nodes(&req.target, ip_is_lan(from.ip()), now);
+        let resp = NodesResponsePayload { nodes, ping_id: req.ping_id }.encode();
+        if let Some(bytes) = self.seal(DhtKind::NodesResponse, &sender, &resp) {
+            self.queue(Destination::Addr(from), bytes);
+        }
+        self.ping_add(now, sender, from);
+        Ok(())
+    }
+
+    fn on_nodes_response(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+        let resp = NodesResponsePayload::decode(plain)?;
+        if !self.nodes_requests.take(&resp.ping_id, &sender, from, now) {
+            self.stats.unsolicited += 1;
+            return Ok(());
+        }
+        if resp.nodes.is_empty() {
+            // c-toxcore rejects zero-node responses and does not add the responder.
+            return Ok(());
+        }
+        self.add_to_lists(now, sender, from);
+        for node in resp.nodes {
+            let addr = normalize(node.addr);
+            if node.public_key == self.keys.public || addr.port() == 0 || addr.ip().is_unspecified() {
+                continue;
+            }
+            self.consider_returned_node(now, node.public_key, addr);
+        }
+        Ok(())
+    }
+
+    /// `ping_node_from_getnodes_ok`: queue a node learned from a response for a nodes request on
+    /// the next tick, for the close list and for each search list it would fit.
+    fn consider_returned_node(&mut self, now: Instant, pk: PublicKey, addr: SocketAddr) {
+        let own = self.keys.public;
+        let in_close_good = self.close.find(&pk).is_some_and(|c| c.good(now));
+        if !in_close_good && self.close.addable(&pk, addr, now) && !self.to_bootstrap.iter().any(|(k, _)| *k == pk) {
+            if self.to_bootstrap.len() < MAX_CLOSE_TO_BOOTSTRAP_NODES {
+                self.to_bootstrap.push((pk, addr));
+            } else if let Some((i, _)) =
+                self.to_bootstrap.iter().enumerate().max_by(|a, b| own.distance_cmp(&a.1 .0, &b.1 .0))
+            {
+                if own.distance_cmp(&pk, &self.to_bootstrap[i].0).is_lt() {
+                    self.to_bootstrap[i] = (pk, addr);
+                }
+            }
+        }
+        for (target, search) in &mut self.searches {
+            if search.would_store(target, &pk, now)
+                && !search.to_bootstrap.iter().any(|(k, _)| *k == pk)
+                && search.to_bootstrap.len() < MAX_FRIEND_TO_BOOTSTRAP_NODES
+            {
+                search.to_bootstrap.push((pk, addr));
+            }
+        }
+    }
+
+    fn handle_dht_request(&mut self, now: Instant, from: SocketAddr, req: DhtRequest, raw: &[u8]) {
+        if req.receiver != self.keys.public {
+            // Forward unchanged, but only to a node in our close list (c-toxcore `route_packet`).
+            let to = self.close.find(&req.receiver).and_then(|c| c.best(now)).map(|a| a.addr);
+            if let Some(addr) = to {
+                self.stats.forwarded += 1;
+                self.queue(Destination::Addr(addr), raw.to_vec());
+            }
+            return;
+        }
+        if req.sender == self.keys.public {
+            self.stats.malformed += 1;
+            return;
+        }
+        match self.cache.get(&req.sender).decrypt(&req.nonce, &req.ciphertext) {
+            Ok(plain) if !plain.is_empty() => {
+                let id = plain[0];
+                let data = plain[1..].to_vec();
+                self.emit(DhtEvent::DhtRequest { sender: req.sender, from, id, data });
+            }
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    fn handle_lan_discovery(&mut self, now: Instant, from: SocketAddr, lan: LanDiscovery) {
+        if !self.config.lan_discovery || !ip_is_lan(from.ip()) || lan.public_key == self.keys.public {
+            return;
+        }
+        let own = self.keys.public;
+        self.send_nodes_request(now, from, lan.public_key, own);
+    }
+
+    /// `do_ping_and_sendnode_requests` for the close list.
+    fn do_close(&mut self, now: Instant) {
+        let own = self.keys.public;
+        for (pk, addr) in std::mem::take(&mut self.to_bootstrap) {
+            self.send_nodes_request(now, addr, pk, own);
+        }
+        let mut sends = Vec::new();
+        let mut candidates = Vec::new();
+        for bucket in &mut self.close.buckets {
+            bucket.retain_mut(|c| c.prune(now));
+            for c in bucket.iter_mut() {
+                let pk = c.public_key;
+                for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
+                    if now.saturating_duration_since(a.last_pinged) >= PING_INTERVAL {
+                        a.last_pinged = now;
+                        sends.push((a.addr, pk));
+                    }
+                    if a.good(now) {
+                        candidates.push((a.addr, pk));
+                    }
+                }
+            }
+        }
+        for (addr, pk) in sends {
+            self.send_nodes_request(now, addr, pk, own);
+        }
+        let due = self.close_last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
+        if !candidates.is_empty() && (due || self.close_bootstrap_times < MAX_BOOTSTRAP_TIMES) {
+            let (addr, pk) = candidates[self.rng.below(candidates.len())];
+            self.send_nodes_request(now, addr, pk, own);
+            self.close_last_get_node = Some(now);
+            self.close_bootstrap_times = self.close_bootstrap_times.saturating_add(1);
+        }
+    }
+
+    /// The same for every search list, asking for the searched key.
+    fn do_searches(&mut self, now: Instant) {
+        let mut sends: Vec<(SocketAddr, PublicKey, PublicKey)> = Vec::new();
+        for (target, s) in &mut self.searches {
+            for (pk, addr) in s.to_bootstrap.drain(..) {
+                sends.push((addr, pk, *target));
+            }
+            s.clients.retain_mut(|c| c.prune(now));
+            if s.found.is_some() && !s.clients.iter().any(|c| c.public_key == *target && c.good(now)) {
+                s.found = None;
+            }
+            let mut candidates = Vec::new();
+            for c in &mut s.clients {
+                let pk = c.public_key;
+                for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
+                    if now.saturating_duration_since(a.last_pinged) >= PING_INTERVAL {
+                        a.last_pinged = now;
+                        sends.push((a.addr, pk, *target));
+                    }
+                    if a.good(now) {
+                        candidates.push((a.addr, pk));
+                    }
+                }
+            }
+            let due = s.last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
+            if !candidates.is_empty() && (due || s.bootstrap_times < MAX_BOOTSTRAP_TIMES) {
+                let (addr, pk) = candidates[self.rng.below(candidates.len())];
+                sends.push((addr, pk, *target));
+                s.last_get_node = Some(now);
+                s.bootstrap_times = s.bootstrap_times.saturating_add(1);
+            }
+        }
+        for (addr, pk, target) in sends {
+            self.send_nodes_request(now, addr, pk, target);
+        }
+    }
+
+    fn do_to_ping(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_to_ping) < TIME_TO_PING {
+            return;
+        }
+        self.last_to_ping = now;
+        let queue = std::mem::take(&mut self.to_ping);
+        for (pk, addr) in queue {
+            if self.close.addable(&pk, addr, now) {
+                self.send_ping_request(now, addr, pk);
+            }
+        }
+    }
+
+    fn do_rebootstrap(&mut self, now: Instant) {
+        if self.is_connected(now) || self.bootstrap_nodes.is_empty() {
+            return;
+        }
+        if self.last_rebootstrap.is_some_and(|t| now.saturating_duration_since(t) < REBOOTSTRAP_INTERVAL) {
+            return;
+        }
+        self.last_rebootstrap = Some(now);
+        let own = self.keys.public;
+        for (pk, addr) in self.bootstrap_nodes.clone() {
+            self.send_nodes_request(now, addr, pk, own);
+        }
+    }
+
+    fn do_lan_discovery(&mut self, now: Instant) {
+        if !self.config.lan_discovery {
+            return;
+        }
+        if self.last_lan.is_some_and(|t| now.saturating_duration_since(t) < LAN_DISCOVERY_INTERVAL) {
+            return;
+        }
+        self.last_lan = Some(now);
+        let packet = LanDiscovery { public_key: self.keys.public }.encode();
+        self.queue(Destination::LanBroadcast { port: TOX_PORT_DEFAULT }, packet.clone());
+        const LAST_PORT: u16 = TOX_PORT_DEFAULT + 100; // 33545, exclusive as in c-toxcore
+        let end = self.next_lan_port.saturating_add(PORTS_PER_DISCOVERY).min(LAST_PORT);
+        for port in self.next_lan_port..end {
+            self.queue(Destination::LanBroadcast { port }, packet.clone());
+        }
+        self.next_lan_port = if end >= LAST_PORT { TOX_PORT_DEFAULT + 1 } else { end };
+    }
+}
+
+impl Endpoint for Dht {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let from = normalize(from);
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += bytes.len() as u64;
+        match Packet::decode(bytes) {
+            Ok(Packet::Dht(env)) => self.handle_envelope(now, from, env),
+            Ok(Packet::DhtRequest(req)) => self.handle_dht_request(now, from, req, bytes),
+            Ok(Packet::LanDiscovery(lan)) => self.handle_lan_discovery(now, from, lan),
+            Ok(Packet::BootstrapInfo(BootstrapInfo::Request)) => {
+                if let Some(motd) = self.config.motd.clone() {
+                    let resp = BootstrapInfo::Response { version: BOOTSTRAP_INFO_VERSION, motd };
+                    self.queue(Destination::Addr(from), resp.encode());
+                }
+            }
+            Ok(Packet::BootstrapInfo(BootstrapInfo::Response { version, motd })) => {
+                self.emit(DhtEvent::BootstrapInfo { from, version, motd });
+            }
+            Err(WireError::UnknownKind(_)) => self.stats.unknown_kind += 1,
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        self.do_rebootstrap(now);
+        self.do_close(now);
+        self.do_searches(now);
+        self.do_to_ping(now);
+        self.do_lan_discovery(now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+}
+
+#[cfg(test)]
+mod tests;
