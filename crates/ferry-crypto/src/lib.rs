@@ -35,7 +35,7 @@ pub const NONCE_SIZE: usize = 24;
 pub const MAC_SIZE: usize = 16;
 
 /// Errors of this crate.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CryptoError {
     /// The ciphertext did not authenticate under this key and nonce (wrong key, tampered bytes,

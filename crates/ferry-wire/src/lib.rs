@@ -15,6 +15,7 @@
 
 pub mod dht;
 pub mod node;
+pub mod toxid;
 mod reader;
 
 pub use reader::Reader;

@@ -1,0 +1,248 @@
+//! `ferry`: the one binary. `init`, `id` and `up` work on the profile directly (`up` runs the
+//! daemon in the foreground); every other command is a client of the daemon's control API on
+//! `<profile>/ferry.sock`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ferry_api::{BootstrapRequest, Client, DhtNode, LookupRequest, LookupResult, Status};
+use ferry_daemon::bootstrap::BootstrapNode;
+use ferry_daemon::devnet::{run_devnet, DevnetOptions};
+use ferry_daemon::profile;
+use ferry_daemon::up::{run_up, UpOptions};
+
+/// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+struct Cli {
+    /// Profile directory (default: $XDG_DATA_HOME/ferry).
+    #[arg(long, global = true, env = "FERRY_PROFILE", value_name = "DIR")]
+    profile: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a profile (long-term key pair and nospam) and print its Tox ID.
+    Init {
+        /// Replace an existing profile (its identity is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print this profile's Tox ID.
+    Id {
+        /// JSON: {"tox_id", "public_key"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the node in the foreground until Ctrl-C / SIGTERM.
+    Up {
+        /// UDP port (default: first free of 33445..=33545).
+        #[arg(long, value_name = "N")]
+        udp_port: Option<u16>,
+        /// Bootstrap node, IP:PORT:DHT_PUBLIC_KEY_HEX (repeatable; IPv6 as [IP]:PORT:KEY).
+        #[arg(long = "bootstrap", value_name = "IP:PORT:KEY")]
+        bootstrap: Vec<BootstrapNode>,
+        /// Do not use the embedded list of public Tox bootstrap nodes.
+        #[arg(long)]
+        no_default_bootstrap: bool,
+        /// Turn LAN discovery off.
+        #[arg(long)]
+        no_lan: bool,
+        /// Address to bind the UDP socket to (default :: — all IPv4 and IPv6 addresses).
+        #[arg(long, value_name = "IP", default_value = "::")]
+        bind: IpAddr,
+    },
+    /// Ask the running daemon to stop.
+    Stop,
+    /// Show the running node's status.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// DHT commands.
+    Dht {
+        #[command(subcommand)]
+        command: DhtCommand,
+    },
+    /// Run N nodes on loopback that bootstrap from each other and look each other up.
+    Devnet {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long, value_name = "S")]
+        seconds: Option<u64>,
+        /// Stop as soon as every lookup has resolved.
+        #[arg(long)]
+        until_resolved: bool,
+        /// Print the final report as JSON (summary lines go to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DhtCommand {
+    /// List the close list.
+    Nodes {
+        /// JSON array of {"public_key", "address", "last_seen_ms"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a bootstrap node to the running daemon.
+    Bootstrap {
+        /// IP:PORT:DHT_PUBLIC_KEY_HEX.
+        node: BootstrapNode,
+    },
+    /// Find the IP address of a DHT public key.
+    Lookup {
+        /// DHT public key, 64 hex.
+        public_key: String,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+    let profile_dir = cli.profile.clone().unwrap_or_else(profile::default_dir);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, &profile_dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn client(profile_dir: &Path) -> Client {
+    Client::new(ferry_api::socket_path(profile_dir))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
+    match command {
+        Command::Init { force } => {
+            let id = profile::init(profile_dir, force)?;
+            println!("{}", id.tox_id());
+            eprintln!("profile created at {}", profile_dir.display());
+        }
+        Command::Id { json } => {
+            let id = profile::load(profile_dir)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "tox_id": id.tox_id().to_string(),
+                    "public_key": id.public_key().to_hex(),
+                }))?;
+            } else {
+                println!("{}", id.tox_id());
+            }
+        }
+        Command::Up { udp_port, bootstrap, no_default_bootstrap, no_lan, bind } => {
+            let opts = UpOptions { udp_port, bind, bootstrap, no_default_bootstrap, no_lan };
+            run_up(profile_dir, opts).await?;
+        }
+        Command::Stop => {
+            let _: ferry_api::Ok = client(profile_dir).post("/v1/shutdown", &serde_json::json!({})).await?;
+            eprintln!("ferry daemon stopping");
+        }
+        Command::Status { json } => {
+            let s: Status = client(profile_dir).get("/v1/status").await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("Tox ID          {}", s.tox_id);
+                println!("DHT public key  {}", s.dht_public_key);
+                println!("UDP port        {}", s.udp_port);
+                println!("connection      {}", s.connection);
+                println!("close nodes     {}", s.close_nodes);
+                println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
+                println!("packets in/out  {}/{}  (malformed dropped: {})", s.packets_in, s.packets_out, s.malformed_dropped);
+            }
+        }
+        Command::Dht { command } => match command {
+            DhtCommand::Nodes { json } => {
+                let nodes: Vec<DhtNode> = client(profile_dir).get("/v1/dht/nodes").await?;
+                if json {
+                    print_json(&nodes)?;
+                } else if nodes.is_empty() {
+                    println!("the close list is empty");
+                } else {
+                    println!("{:<64}  {:<40}  last seen", "DHT public key", "address");
+                    for n in nodes {
+                        println!("{:<64}  {:<40}  {:.1} s ago", n.public_key, n.address, n.last_seen_ms as f64 / 1000.0);
+                    }
+                }
+            }
+            DhtCommand::Bootstrap { node } => {
+                let req = BootstrapRequest { address: node.addr.to_string(), public_key: node.public_key.to_hex() };
+                let _: ferry_api::Ok = client(profile_dir).post("/v1/dht/bootstrap", &req).await?;
+                eprintln!("bootstrapping from {}", node.addr);
+            }
+            DhtCommand::Lookup { public_key, timeout, json } => {
+                let pk = ferry_crypto::PublicKey::from_hex(&public_key).context("bad DHT public key")?;
+                let req = LookupRequest { public_key: pk.to_hex(), timeout_ms: Some(timeout.saturating_mul(1000)) };
+                let r: LookupResult = client(profile_dir).post("/v1/dht/lookup", &req).await?;
+                if json {
+                    print_json(&r)?;
+                } else if let Some(a) = &r.address {
+                    println!("{a}  (found in {} ms)", r.elapsed_ms);
+                } else {
+                    anyhow::bail!("not found within {timeout} s");
+                }
+            }
+        },
+        Command::Devnet { nodes, seconds, until_resolved, json } => {
+            let opts = DevnetOptions { nodes, seconds, until_resolved };
+            let mut announced = false;
+            let report = run_devnet(opts, |snap| {
+                let line = snap.line();
+                if json { eprintln!("{line}") } else { println!("{line}") }
+                if snap.resolved == snap.lookups && !announced {
+                    announced = true;
+                    let msg = format!(
+                        "all {} lookups resolved after {:.1} s",
+                        snap.lookups,
+                        snap.elapsed.as_secs_f64()
+                    );
+                    if json { eprintln!("{msg}") } else { println!("{msg}") }
+                }
+            })
+            .await?;
+            if json {
+                print_json(&report)?;
+            }
+        }
+    }
+    Ok(())
+}

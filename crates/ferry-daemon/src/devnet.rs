@@ -1,0 +1,175 @@
+//! `ferry devnet`: N ferry nodes on loopback in this process, bootstrapped from each other, with
+//! every node looking up every other node's DHT key; prints a live summary once a second.
+//!
+//! Only loopback is used: nodes bind `127.0.0.1`, LAN discovery is off and the public bootstrap
+//! list is not used. Later layers (friends, files, tunnel) extend this demo.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_crypto::PublicKey;
+use ferry_net::{bind_udp, spawn_node, NodeHandle, NodeOptions, PortSpec};
+use ferry_proto::dht::DhtConfig;
+use serde::Serialize;
+
+/// Options of `ferry devnet`.
+#[derive(Clone, Debug)]
+pub struct DevnetOptions {
+    /// Number of nodes (≥ 2).
+    pub nodes: usize,
+    /// Stop after this many seconds; `None` = run until Ctrl-C.
+    pub seconds: Option<u64>,
+    /// Stop as soon as every lookup has resolved.
+    pub until_resolved: bool,
+}
+
+/// Final figures of a devnet run (`--json` prints this).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DevnetReport {
+    /// Nodes run.
+    pub nodes: usize,
+    /// Lookups started: every node looks up every other node (n × (n − 1)).
+    pub lookups: usize,
+    /// Lookups that found the address.
+    pub lookups_resolved: usize,
+    /// Milliseconds until every lookup had resolved, if they all did.
+    pub all_resolved_ms: Option<u64>,
+    /// Fewest good close-list nodes of any node at the end.
+    pub close_nodes_min: usize,
+    /// Most good close-list nodes of any node at the end.
+    pub close_nodes_max: usize,
+    /// Wall-clock seconds the devnet ran.
+    pub seconds: f64,
+}
+
+/// One line of the live summary.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Time since start.
+    pub elapsed: Duration,
+    /// Good close nodes per node.
+    pub close: Vec<usize>,
+    /// Lookups resolved so far.
+    pub resolved: usize,
+    /// Lookups started.
+    pub lookups: usize,
+}
+
+impl Snapshot {
+    /// The summary line: `t=3.0s nodes=8 close min/avg/max=3/5.1/7 lookups 40/56`.
+    pub fn line(&self) -> String {
+        let n = self.close.len().max(1);
+        let min = self.close.iter().min().copied().unwrap_or(0);
+        let max = self.close.iter().max().copied().unwrap_or(0);
+        let avg = self.close.iter().sum::<usize>() as f64 / n as f64;
+        format!(
+            "t={:>5.1}s  nodes={}  close list min/avg/max={}/{:.1}/{}  lookups resolved {}/{}",
+            self.elapsed.as_secs_f64(),
+            self.close.len(),
+            min,
+            avg,
+            max,
+            self.resolved,
+            self.lookups
+        )
+    }
+}
+
+/// Runs the devnet, calling `on_tick` with a snapshot once a second.
+///
+/// # Errors
+/// Socket or task failures.
+pub async fn run_devnet(opts: DevnetOptions, mut on_tick: impl FnMut(&Snapshot)) -> anyhow::Result<DevnetReport> {
+    anyhow::ensure!(opts.nodes >= 2, "a devnet needs at least 2 nodes");
+    anyhow::ensure!(opts.nodes <= 1000, "at most 1000 devnet nodes in one process");
+    let started = Instant::now();
+    let mut nodes: Vec<(NodeHandle, SocketAddr, PublicKey)> = Vec::with_capacity(opts.nodes);
+    let mut joins = Vec::new();
+    for _ in 0..opts.nodes {
+        let socket = bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0)).context("binding a loopback port")?;
+        let dht = DhtConfig { lan_discovery: false, ..DhtConfig::default() };
+        let (handle, join) = spawn_node(socket, NodeOptions { dht, bootstrap: Vec::new() }, None)?;
+        let status = handle.status().await?;
+        nodes.push((handle, status.local_addr, status.dht_public_key));
+        joins.push(join);
+    }
+    // Node 0 seeds everybody; each node also knows its predecessor, so the seed is no bottleneck.
+    for i in 1..nodes.len() {
+        let (seed_addr, seed_pk) = (nodes[0].1, nodes[0].2);
+        nodes[i].0.bootstrap(seed_addr, seed_pk).await?;
+        if i > 1 {
+            let (prev_addr, prev_pk) = (nodes[i - 1].1, nodes[i - 1].2);
+            nodes[i].0.bootstrap(prev_addr, prev_pk).await?;
+        }
+    }
+    for (i, (handle, _, _)) in nodes.iter().enumerate() {
+        for (j, (_, _, pk)) in nodes.iter().enumerate() {
+            if i != j {
+                handle.add_search(*pk).await?.context("adding a search")?;
+            }
+        }
+    }
+    let lookups = opts.nodes * (opts.nodes - 1);
+    let mut all_resolved = None;
+    let deadline = opts.seconds.map(|s| started + Duration::from_secs(s));
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    let mut last;
+    loop {
+        let mut close = Vec::with_capacity(nodes.len());
+        let mut resolved = 0;
+        for (handle, _, own) in &nodes {
+            close.push(handle.status().await?.close_nodes);
+            for (_, _, pk) in &nodes {
+                if pk != own && handle.search_status(*pk).await?.and_then(|s| s.found).is_some() {
+                    resolved += 1;
+                }
+            }
+        }
+        if resolved == lookups && all_resolved.is_none() {
+            all_resolved = Some(started.elapsed());
+        }
+        last = Snapshot { elapsed: started.elapsed(), close, resolved, lookups };
+        on_tick(&last);
+        if opts.until_resolved && all_resolved.is_some() {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => break,
+        }
+    }
+    for (handle, _, _) in &nodes {
+        handle.shutdown().await;
+    }
+    for j in joins {
+        let _ = j.await;
+    }
+    Ok(DevnetReport {
+        nodes: opts.nodes,
+        lookups,
+        lookups_resolved: last.resolved,
+        all_resolved_ms: all_resolved.map(|d| d.as_millis() as u64),
+        close_nodes_min: last.close.iter().min().copied().unwrap_or(0),
+        close_nodes_max: last.close.iter().max().copied().unwrap_or(0),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eight_nodes_resolve_every_lookup() {
+        let opts = DevnetOptions { nodes: 8, seconds: Some(60), until_resolved: true };
+        let report = run_devnet(opts, |_| {}).await.expect("devnet");
+        assert_eq!(report.lookups, 56);
+        assert_eq!(report.lookups_resolved, 56, "{report:?}");
+        assert!(report.all_resolved_ms.is_some());
+        assert!(report.close_nodes_min >= 1);
+    }
+}

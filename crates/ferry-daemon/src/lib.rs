@@ -1,0 +1,16 @@
+//! The library behind the `ferry` binary's long-running commands: the profile on disk
+//! ([`profile`]), the embedded bootstrap list ([`bootstrap`]), `ferry up` ([`up`]) and
+//! `ferry devnet` ([`devnet`]).
+//!
+//! `anyhow` is used here (and in ferry-cli) only; the protocol crates have typed errors.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod bootstrap;
+pub mod devnet;
+pub mod profile;
+pub mod up;
+
+/// ferry's version, as reported by the control API.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

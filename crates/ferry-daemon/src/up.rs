@@ -1,0 +1,237 @@
+//! `ferry up`: run the node in the foreground until SIGINT/SIGTERM (or `POST /v1/shutdown`), on
+//! one UDP socket, serving the control API on `<profile>/ferry.sock`.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_api::{ApiError, Backend, BoxFuture, BootstrapRequest, DhtNode, LookupRequest, LookupResult, Status};
+use ferry_crypto::PublicKey;
+use ferry_net::{bind_udp, spawn_node, NodeHandle, NodeOptions, PortSpec};
+use ferry_proto::dht::DhtConfig;
+use tokio::sync::Notify;
+
+use crate::bootstrap::{default_nodes, BootstrapNode};
+use crate::profile::{self, Identity};
+
+/// Options of `ferry up`.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// UDP port; `None` = first free of 33445..=33545.
+    pub udp_port: Option<u16>,
+    /// Address to bind (default `::`, dual-stack).
+    pub bind: IpAddr,
+    /// Extra bootstrap nodes.
+    pub bootstrap: Vec<BootstrapNode>,
+    /// Skip the embedded public bootstrap list.
+    pub no_default_bootstrap: bool,
+    /// Turn LAN discovery off.
+    pub no_lan: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        Self {
+            udp_port: None,
+            bind: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            bootstrap: Vec::new(),
+            no_default_bootstrap: false,
+            no_lan: false,
+        }
+    }
+}
+
+/// Longest lookup wait the API accepts, in ms.
+pub const MAX_LOOKUP_TIMEOUT_MS: u64 = 600_000;
+/// Lookup wait when none is given, in ms.
+pub const DEFAULT_LOOKUP_TIMEOUT_MS: u64 = 30_000;
+
+/// The control-API backend of a running node.
+#[derive(Debug)]
+pub struct NodeBackend {
+    node: NodeHandle,
+    identity: Identity,
+    stop: Arc<Notify>,
+}
+
+impl NodeBackend {
+    /// A backend over a running node; `stop` is notified by `POST /v1/shutdown`.
+    pub fn new(node: NodeHandle, identity: Identity, stop: Arc<Notify>) -> Self {
+        Self { node, identity, stop }
+    }
+}
+
+fn stopped(e: ferry_net::NetError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+impl Backend for NodeBackend {
+    fn status(&self) -> BoxFuture<'_, Result<Status, ApiError>> {
+        Box::pin(async move {
+            let s = self.node.status().await.map_err(stopped)?;
+            Ok(Status {
+                dht_public_key: s.dht_public_key.to_hex(),
+                public_key: self.identity.public_key().to_hex(),
+                tox_id: self.identity.tox_id().to_string(),
+                udp_port: s.local_addr.port(),
+                connection: if s.connected { "udp" } else { "none" }.to_string(),
+                close_nodes: s.close_nodes,
+                uptime_ms: s.uptime.as_millis() as u64,
+                packets_in: s.stats.rx_packets,
+                packets_out: s.stats.tx_packets,
+                malformed_dropped: s.stats.malformed,
+                version: crate::VERSION.to_string(),
+            })
+        })
+    }
+
+    fn dht_nodes(&self) -> BoxFuture<'_, Result<Vec<DhtNode>, ApiError>> {
+        Box::pin(async move {
+            let nodes = self.node.close_nodes().await.map_err(stopped)?;
+            Ok(nodes
+                .into_iter()
+                .map(|n| DhtNode {
+                    public_key: n.public_key.to_hex(),
+                    address: n.addr.to_string(),
+                    last_seen_ms: n.last_seen.as_millis() as u64,
+                })
+                .collect())
+        })
+    }
+
+    fn bootstrap(&self, req: BootstrapRequest) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            let node: BootstrapNode = format!("{}:{}", req.address, req.public_key)
+                .parse()
+                .map_err(|e: crate::bootstrap::BootstrapParseError| ApiError::bad_request(e.to_string()))?;
+            self.node.bootstrap(node.addr, node.public_key).await.map_err(stopped)
+        })
+    }
+
+    fn lookup(&self, req: LookupRequest) -> BoxFuture<'_, Result<LookupResult, ApiError>> {
+        Box::pin(async move {
+            let pk = PublicKey::from_hex(&req.public_key)
+                .map_err(|e| ApiError::bad_request(format!("bad DHT public key: {e}")))?;
+            let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_LOOKUP_TIMEOUT_MS).min(MAX_LOOKUP_TIMEOUT_MS));
+            let started = Instant::now();
+            let existed = self.node.search_status(pk).await.map_err(stopped)?.is_some();
+            self.node
+                .add_search(pk)
+                .await
+                .map_err(stopped)?
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let mut found = None;
+            while started.elapsed() < timeout {
+                if let Some(addr) = self.node.search_status(pk).await.map_err(stopped)?.and_then(|s| s.found) {
+                    found = Some(addr);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if !existed {
+                self.node.remove_search(pk).await.map_err(stopped)?;
+            }
+            Ok(LookupResult {
+                public_key: pk.to_hex(),
+                found: found.is_some(),
+                address: found.map(|a| a.to_string()),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            })
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.stop.notify_one() })
+    }
+}
+
+/// Runs `ferry up` for the profile at `profile_dir` until a signal or an API shutdown.
+///
+/// # Errors
+/// No profile, a daemon already running on this profile, UDP port in use, socket errors.
+pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
+    let identity = profile::load(profile_dir)?;
+    let socket_path: PathBuf = ferry_api::socket_path(profile_dir);
+    let listener = ferry_api::bind_socket(&socket_path).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("{e}; stop it first with `ferry stop`"),
+        _ => anyhow::anyhow!("cannot create the control socket {}: {e}", socket_path.display()),
+    })?;
+    let _cleanup = RemoveOnDrop(socket_path.clone());
+    let port = match opts.udp_port {
+        Some(p) => PortSpec::Exact(p),
+        None => PortSpec::DefaultRange,
+    };
+    let udp = match bind_udp(opts.bind, port) {
+        Ok(s) => s,
+        // No IPv6 on this host: fall back to IPv4 only.
+        Err(ferry_net::NetError::Io(_)) if opts.bind == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+            bind_udp(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut bootstrap: Vec<_> = opts.bootstrap.iter().map(|b| (b.addr, b.public_key)).collect();
+    if !opts.no_default_bootstrap {
+        bootstrap.extend(default_nodes().into_iter().map(|b| (b.addr, b.public_key)));
+    }
+    let dht = DhtConfig { lan_discovery: !opts.no_lan, ..DhtConfig::default() };
+    let (node, join) = spawn_node(udp, NodeOptions { dht, bootstrap }, None).context("starting the node")?;
+    let status = node.status().await?;
+    eprintln!(
+        "ferry up: Tox ID {}\n  DHT key {}  UDP {}  control socket {}",
+        identity.tox_id(),
+        status.dht_public_key,
+        status.local_addr,
+        socket_path.display()
+    );
+    let stop = Arc::new(Notify::new());
+    let backend = Arc::new(NodeBackend::new(node.clone(), identity, stop.clone()));
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = stop.notified() => {}
+                _ = shutdown_signal() => {}
+            }
+        }
+    };
+    ferry_api::serve(listener, ferry_api::router(backend), shutdown).await.context("control API")?;
+    node.shutdown().await;
+    let _ = join.await;
+    eprintln!("ferry up: stopped");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
