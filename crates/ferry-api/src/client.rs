@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use hyper::Request;
+use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::ErrorBody;
 
@@ -16,7 +16,9 @@ use crate::ErrorBody;
 #[non_exhaustive]
 pub enum ClientError {
     /// Nothing listens on the control socket.
-    #[error("the ferry daemon is not running for this profile (no control socket at {0}); start it with `ferry up`")]
+    #[error(
+        "the ferry daemon is not running for this profile (no control socket at {0}); start it with `ferry up`"
+    )]
     NotRunning(PathBuf),
     /// The daemon answered with an error.
     #[error("{message} (HTTP {status})")]
@@ -43,7 +45,9 @@ pub struct Client {
 impl Client {
     /// A client for the control socket at `socket`.
     pub fn new(socket: impl AsRef<Path>) -> Self {
-        Self { socket: socket.as_ref().to_path_buf() }
+        Self {
+            socket: socket.as_ref().to_path_buf(),
+        }
     }
 
     /// `GET path` and decode the JSON answer.
@@ -58,18 +62,29 @@ impl Client {
     ///
     /// # Errors
     /// See [`ClientError`].
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
         self.call("POST", path, Some(body)).await
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ClientError::NotRunning(self.socket.clone())
-            }
-            _ => ClientError::Transport(format!("{}: {e}", self.socket.display())),
-        })?;
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ClientError::NotRunning(self.socket.clone())
+                }
+                _ => ClientError::Transport(format!("{}: {e}", self.socket.display())),
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -83,7 +98,10 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()

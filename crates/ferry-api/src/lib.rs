@@ -132,18 +132,30 @@ pub struct ApiError {
 impl ApiError {
     /// A 400 Bad Request.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: 400, message: message.into() }
+        Self {
+            status: 400,
+            message: message.into(),
+        }
     }
     /// A 503 Service Unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: 503, message: message.into() }
+        Self {
+            status: 503,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, Json(ErrorBody { error: self.message })).into_response()
+        (
+            code,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -235,7 +247,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Path of the control socket of the profile at `profile_dir`.

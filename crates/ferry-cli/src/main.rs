@@ -10,9 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferry_api::{BootstrapRequest, Client, DhtNode, LookupRequest, LookupResult, Status};
 use ferry_daemon::bootstrap::BootstrapNode;
-use ferry_daemon::devnet::{run_devnet, DevnetOptions};
+use ferry_daemon::devnet::{DevnetOptions, run_devnet};
 use ferry_daemon::profile;
-use ferry_daemon::up::{run_up, UpOptions};
+use ferry_daemon::up::{UpOptions, run_up};
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
@@ -45,7 +45,7 @@ enum Command {
         /// UDP port (default: first free of 33445..=33545).
         #[arg(long, value_name = "N")]
         udp_port: Option<u16>,
-        /// Bootstrap node, IP:PORT:DHT_PUBLIC_KEY_HEX (repeatable; IPv6 as [IP]:PORT:KEY).
+        /// Bootstrap node, IP:PORT:DHT_PUBLIC_KEY_HEX (repeatable; IPv6 as `[IP]:PORT:KEY`).
         #[arg(long = "bootstrap", value_name = "IP:PORT:KEY")]
         bootstrap: Vec<BootstrapNode>,
         /// Do not use the embedded list of public Tox bootstrap nodes.
@@ -116,7 +116,11 @@ enum DhtCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Up { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -125,7 +129,10 @@ fn main() -> ExitCode {
         )
         .init();
     let profile_dir = cli.profile.clone().unwrap_or_else(profile::default_dir);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -168,12 +175,26 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 println!("{}", id.tox_id());
             }
         }
-        Command::Up { udp_port, bootstrap, no_default_bootstrap, no_lan, bind } => {
-            let opts = UpOptions { udp_port, bind, bootstrap, no_default_bootstrap, no_lan };
+        Command::Up {
+            udp_port,
+            bootstrap,
+            no_default_bootstrap,
+            no_lan,
+            bind,
+        } => {
+            let opts = UpOptions {
+                udp_port,
+                bind,
+                bootstrap,
+                no_default_bootstrap,
+                no_lan,
+            };
             run_up(profile_dir, opts).await?;
         }
         Command::Stop => {
-            let _: ferry_api::Ok = client(profile_dir).post("/v1/shutdown", &serde_json::json!({})).await?;
+            let _: ferry_api::Ok = client(profile_dir)
+                .post("/v1/shutdown", &serde_json::json!({}))
+                .await?;
             eprintln!("ferry daemon stopping");
         }
         Command::Status { json } => {
@@ -187,7 +208,10 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 println!("connection      {}", s.connection);
                 println!("close nodes     {}", s.close_nodes);
                 println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
-                println!("packets in/out  {}/{}  (malformed dropped: {})", s.packets_in, s.packets_out, s.malformed_dropped);
+                println!(
+                    "packets in/out  {}/{}  (malformed dropped: {})",
+                    s.packets_in, s.packets_out, s.malformed_dropped
+                );
             }
         }
         Command::Dht { command } => match command {
@@ -200,18 +224,34 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 } else {
                     println!("{:<64}  {:<40}  last seen", "DHT public key", "address");
                     for n in nodes {
-                        println!("{:<64}  {:<40}  {:.1} s ago", n.public_key, n.address, n.last_seen_ms as f64 / 1000.0);
+                        println!(
+                            "{:<64}  {:<40}  {:.1} s ago",
+                            n.public_key,
+                            n.address,
+                            n.last_seen_ms as f64 / 1000.0
+                        );
                     }
                 }
             }
             DhtCommand::Bootstrap { node } => {
-                let req = BootstrapRequest { address: node.addr.to_string(), public_key: node.public_key.to_hex() };
+                let req = BootstrapRequest {
+                    address: node.addr.to_string(),
+                    public_key: node.public_key.to_hex(),
+                };
                 let _: ferry_api::Ok = client(profile_dir).post("/v1/dht/bootstrap", &req).await?;
                 eprintln!("bootstrapping from {}", node.addr);
             }
-            DhtCommand::Lookup { public_key, timeout, json } => {
-                let pk = ferry_crypto::PublicKey::from_hex(&public_key).context("bad DHT public key")?;
-                let req = LookupRequest { public_key: pk.to_hex(), timeout_ms: Some(timeout.saturating_mul(1000)) };
+            DhtCommand::Lookup {
+                public_key,
+                timeout,
+                json,
+            } => {
+                let pk =
+                    ferry_crypto::PublicKey::from_hex(&public_key).context("bad DHT public key")?;
+                let req = LookupRequest {
+                    public_key: pk.to_hex(),
+                    timeout_ms: Some(timeout.saturating_mul(1000)),
+                };
                 let r: LookupResult = client(profile_dir).post("/v1/dht/lookup", &req).await?;
                 if json {
                     print_json(&r)?;
@@ -222,12 +262,25 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 }
             }
         },
-        Command::Devnet { nodes, seconds, until_resolved, json } => {
-            let opts = DevnetOptions { nodes, seconds, until_resolved };
+        Command::Devnet {
+            nodes,
+            seconds,
+            until_resolved,
+            json,
+        } => {
+            let opts = DevnetOptions {
+                nodes,
+                seconds,
+                until_resolved,
+            };
             let mut announced = false;
             let report = run_devnet(opts, |snap| {
                 let line = snap.line();
-                if json { eprintln!("{line}") } else { println!("{line}") }
+                if json {
+                    eprintln!("{line}")
+                } else {
+                    println!("{line}")
+                }
                 if snap.resolved == snap.lookups && !announced {
                     announced = true;
                     let msg = format!(
@@ -235,7 +288,11 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                         snap.lookups,
                         snap.elapsed.as_secs_f64()
                     );
-                    if json { eprintln!("{msg}") } else { println!("{msg}") }
+                    if json {
+                        eprintln!("{msg}")
+                    } else {
+                        println!("{msg}")
+                    }
                 }
             })
             .await?;

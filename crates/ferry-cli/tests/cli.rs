@@ -2,14 +2,19 @@
 
 use std::process::Command;
 
-use ferry_testkit::{free_udp_port, FerryUp};
+use ferry_testkit::{FerryUp, free_udp_port};
 
 fn ferry() -> &'static str {
     env!("CARGO_BIN_EXE_ferry")
 }
 
 fn run(profile: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(ferry()).arg("--profile").arg(profile).args(args).output().expect("run ferry")
+    Command::new(ferry())
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .expect("run ferry")
 }
 
 fn stderr(o: &std::process::Output) -> String {
@@ -46,7 +51,11 @@ fn init_id_and_profile_errors() {
     assert_ne!(String::from_utf8_lossy(&o.stdout).trim(), tox_id);
 
     // The environment variable works like --profile.
-    let o = Command::new(ferry()).env("FERRY_PROFILE", &p).args(["id"]).output().expect("run");
+    let o = Command::new(ferry())
+        .env("FERRY_PROFILE", &p)
+        .args(["id"])
+        .output()
+        .expect("run");
     assert!(o.status.success());
 
     // API commands without a daemon: a clear error.
@@ -69,14 +78,36 @@ fn up_status_nodes_and_errors() {
     assert_eq!(nodes.as_array().expect("array").len(), 0);
 
     // A second daemon on the same profile is refused.
-    let o = run(node.profile(), &["up", "--bind", "127.0.0.1", "--udp-port", &free_udp_port().to_string(), "--no-lan", "--no-default-bootstrap"]);
+    let o = run(
+        node.profile(),
+        &[
+            "up",
+            "--bind",
+            "127.0.0.1",
+            "--udp-port",
+            &free_udp_port().to_string(),
+            "--no-lan",
+            "--no-default-bootstrap",
+        ],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already running"), "{}", stderr(&o));
 
     // Port in use, on another profile.
     let tmp = tempfile::tempdir().expect("tempdir");
     assert!(run(tmp.path(), &["init"]).status.success());
-    let o = run(tmp.path(), &["up", "--bind", "127.0.0.1", "--udp-port", &node.port.to_string(), "--no-lan", "--no-default-bootstrap"]);
+    let o = run(
+        tmp.path(),
+        &[
+            "up",
+            "--bind",
+            "127.0.0.1",
+            "--udp-port",
+            &node.port.to_string(),
+            "--no-lan",
+            "--no-default-bootstrap",
+        ],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already in use"), "{}", stderr(&o));
 
@@ -99,12 +130,21 @@ fn up_status_nodes_and_errors() {
 #[test]
 fn two_daemons_find_each_other() {
     let a = FerryUp::start(std::path::Path::new(ferry()), &[]).expect("a");
-    let a_key = a.json(&["status", "--json"]).expect("status")["dht_public_key"].as_str().expect("key").to_string();
+    let a_key = a.json(&["status", "--json"]).expect("status")["dht_public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
     let boot = format!("127.0.0.1:{}:{}", a.port, a_key);
-    let b = FerryUp::start(std::path::Path::new(ferry()), &["--bootstrap".into(), boot]).expect("b");
-    let b_key = b.json(&["status", "--json"]).expect("status")["dht_public_key"].as_str().expect("key").to_string();
+    let b =
+        FerryUp::start(std::path::Path::new(ferry()), &["--bootstrap".into(), boot]).expect("b");
+    let b_key = b.json(&["status", "--json"]).expect("status")["dht_public_key"]
+        .as_str()
+        .expect("key")
+        .to_string();
     // b looks a up by DHT key through the CLI.
-    let r = b.json(&["dht", "lookup", &a_key, "--timeout", "30", "--json"]).expect("lookup");
+    let r = b
+        .json(&["dht", "lookup", &a_key, "--timeout", "30", "--json"])
+        .expect("lookup");
     assert_eq!(r["found"], true, "{r}");
     assert_eq!(r["address"], format!("127.0.0.1:{}", a.port));
     // And a lists b in its close list with the documented keys.
@@ -128,7 +168,15 @@ fn two_daemons_find_each_other() {
 #[test]
 fn devnet_runs_and_reports() {
     let o = Command::new(ferry())
-        .args(["devnet", "--nodes", "6", "--seconds", "60", "--until-resolved", "--json"])
+        .args([
+            "devnet",
+            "--nodes",
+            "6",
+            "--seconds",
+            "60",
+            "--until-resolved",
+            "--json",
+        ])
         .output()
         .expect("devnet");
     assert!(o.status.success(), "{}", stderr(&o));

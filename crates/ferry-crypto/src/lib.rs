@@ -19,8 +19,8 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
 
-use crypto_box::aead::Aead;
 use crypto_box::SalsaBox;
+use crypto_box::aead::Aead;
 use zeroize::Zeroize;
 
 pub mod rng;
@@ -142,7 +142,10 @@ impl FromStr for PublicKey {
 pub fn decode_hex_array<const N: usize>(s: &str) -> Result<[u8; N], CryptoError> {
     let s = s.trim();
     if s.len() != N * 2 {
-        return Err(CryptoError::HexLength { expected: N * 2, got: s.len() });
+        return Err(CryptoError::HexLength {
+            expected: N * 2,
+            got: s.len(),
+        });
     }
     let mut out = [0u8; N];
     hex::decode_to_slice(s, &mut out).map_err(|e| CryptoError::Hex(e.to_string()))?;
@@ -197,7 +200,10 @@ impl KeyPair {
 
     /// The key pair of a known secret key.
     pub fn from_secret(secret: SecretKey) -> Self {
-        Self { public: secret.public_key(), secret }
+        Self {
+            public: secret.public_key(),
+            secret,
+        }
     }
 }
 
@@ -232,7 +238,10 @@ pub struct PrecomputedKey(SalsaBox);
 impl PrecomputedKey {
     /// Precomputes HSalsa20(X25519(`ours`, `theirs`)).
     pub fn new(ours: &SecretKey, theirs: &PublicKey) -> Self {
-        Self(SalsaBox::new(&crypto_box::PublicKey::from(theirs.0), &ours.0))
+        Self(SalsaBox::new(
+            &crypto_box::PublicKey::from(theirs.0),
+            &ours.0,
+        ))
     }
 
     /// Encrypts `plaintext`; the result is `MAC (16 bytes) ‖ ciphertext`, NaCl layout, so it is
@@ -241,7 +250,9 @@ impl PrecomputedKey {
     /// # Errors
     /// [`CryptoError::Encrypt`] only for plaintexts beyond XSalsa20's range.
     pub fn encrypt(&self, nonce: &Nonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.0.encrypt(&nonce.0.into(), plaintext).map_err(|_| CryptoError::Encrypt)
+        self.0
+            .encrypt(&nonce.0.into(), plaintext)
+            .map_err(|_| CryptoError::Encrypt)
     }
 
     /// Decrypts `MAC ‖ ciphertext`; the result is `ciphertext.len() - 16` bytes.
@@ -252,7 +263,9 @@ impl PrecomputedKey {
         if ciphertext.len() < MAC_SIZE {
             return Err(CryptoError::Decrypt);
         }
-        self.0.decrypt(&nonce.0.into(), ciphertext).map_err(|_| CryptoError::Decrypt)
+        self.0
+            .decrypt(&nonce.0.into(), ciphertext)
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -274,13 +287,17 @@ impl PrecomputedCache {
     /// A cache for `secret` holding at most `capacity` peers (at least 1).
     pub fn new(secret: SecretKey, capacity: usize) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Self { secret, cache: lru::LruCache::new(cap) }
+        Self {
+            secret,
+            cache: lru::LruCache::new(cap),
+        }
     }
 
     /// The precomputed key for `peer`, computing and caching it if needed.
     pub fn get(&mut self, peer: &PublicKey) -> &PrecomputedKey {
         let secret = &self.secret;
-        self.cache.get_or_insert(*peer, || PrecomputedKey::new(secret, peer))
+        self.cache
+            .get_or_insert(*peer, || PrecomputedKey::new(secret, peer))
     }
 
     /// Number of cached peers.
@@ -296,7 +313,9 @@ impl PrecomputedCache {
 
 impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrecomputedCache").field("len", &self.cache.len()).finish()
+        f.debug_struct("PrecomputedCache")
+            .field("len", &self.cache.len())
+            .finish()
     }
 }
 
@@ -363,7 +382,10 @@ mod tests {
         let ct = key.encrypt(&Nonce(nonce), &msg).expect("encrypt");
         // The stream part of NaCl's vector (after its 16-byte MAC) starts 8e 99 3b 9f 48 68 12 73;
         // the MAC covers the whole 131-byte message, so only the stream bytes are comparable here.
-        assert_eq!(&ct[16..24], &[0x8e, 0x99, 0x3b, 0x9f, 0x48, 0x68, 0x12, 0x73]);
+        assert_eq!(
+            &ct[16..24],
+            &[0x8e, 0x99, 0x3b, 0x9f, 0x48, 0x68, 0x12, 0x73]
+        );
     }
 
     #[test]
@@ -385,7 +407,10 @@ mod tests {
         a[31] = 1;
         let mut b = [0u8; 32];
         b[0] = 0x80;
-        assert_eq!(me.distance_cmp(&PublicKey(a), &PublicKey(b)), Ordering::Less);
+        assert_eq!(
+            me.distance_cmp(&PublicKey(a), &PublicKey(b)),
+            Ordering::Less
+        );
         assert_eq!(me.common_prefix_bits(&PublicKey(b)), 0);
         assert_eq!(me.common_prefix_bits(&PublicKey(a)), 255);
         assert_eq!(me.common_prefix_bits(&me), 256);
@@ -393,9 +418,15 @@ mod tests {
 
     #[test]
     fn hex_errors_are_clear() {
-        assert!(matches!(PublicKey::from_hex("abc"), Err(CryptoError::HexLength { .. })));
+        assert!(matches!(
+            PublicKey::from_hex("abc"),
+            Err(CryptoError::HexLength { .. })
+        ));
         let bad = "zz".repeat(32);
-        assert!(matches!(PublicKey::from_hex(&bad), Err(CryptoError::Hex(_))));
+        assert!(matches!(
+            PublicKey::from_hex(&bad),
+            Err(CryptoError::Hex(_))
+        ));
         let k = PublicKey([0xab; 32]);
         assert_eq!(PublicKey::from_hex(&k.to_hex().to_lowercase()), Ok(k));
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_crypto::PublicKey;
-use ferry_net::{bind_udp, spawn_node, NodeHandle, NodeOptions, PortSpec};
+use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
 use ferry_proto::dht::DhtConfig;
 use serde::Serialize;
 
@@ -80,16 +80,33 @@ impl Snapshot {
 ///
 /// # Errors
 /// Socket or task failures.
-pub async fn run_devnet(opts: DevnetOptions, mut on_tick: impl FnMut(&Snapshot)) -> anyhow::Result<DevnetReport> {
+pub async fn run_devnet(
+    opts: DevnetOptions,
+    mut on_tick: impl FnMut(&Snapshot),
+) -> anyhow::Result<DevnetReport> {
     anyhow::ensure!(opts.nodes >= 2, "a devnet needs at least 2 nodes");
-    anyhow::ensure!(opts.nodes <= 1000, "at most 1000 devnet nodes in one process");
+    anyhow::ensure!(
+        opts.nodes <= 1000,
+        "at most 1000 devnet nodes in one process"
+    );
     let started = Instant::now();
     let mut nodes: Vec<(NodeHandle, SocketAddr, PublicKey)> = Vec::with_capacity(opts.nodes);
     let mut joins = Vec::new();
     for _ in 0..opts.nodes {
-        let socket = bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0)).context("binding a loopback port")?;
-        let dht = DhtConfig { lan_discovery: false, ..DhtConfig::default() };
-        let (handle, join) = spawn_node(socket, NodeOptions { dht, bootstrap: Vec::new() }, None)?;
+        let socket = bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0))
+            .context("binding a loopback port")?;
+        let dht = DhtConfig {
+            lan_discovery: false,
+            ..DhtConfig::default()
+        };
+        let (handle, join) = spawn_node(
+            socket,
+            NodeOptions {
+                dht,
+                bootstrap: Vec::new(),
+            },
+            None,
+        )?;
         let status = handle.status().await?;
         nodes.push((handle, status.local_addr, status.dht_public_key));
         joins.push(join);
@@ -121,7 +138,13 @@ pub async fn run_devnet(opts: DevnetOptions, mut on_tick: impl FnMut(&Snapshot))
         for (handle, _, own) in &nodes {
             close.push(handle.status().await?.close_nodes);
             for (_, _, pk) in &nodes {
-                if pk != own && handle.search_status(*pk).await?.and_then(|s| s.found).is_some() {
+                if pk != own
+                    && handle
+                        .search_status(*pk)
+                        .await?
+                        .and_then(|s| s.found)
+                        .is_some()
+                {
                     resolved += 1;
                 }
             }
@@ -129,7 +152,12 @@ pub async fn run_devnet(opts: DevnetOptions, mut on_tick: impl FnMut(&Snapshot))
         if resolved == lookups && all_resolved.is_none() {
             all_resolved = Some(started.elapsed());
         }
-        last = Snapshot { elapsed: started.elapsed(), close, resolved, lookups };
+        last = Snapshot {
+            elapsed: started.elapsed(),
+            close,
+            resolved,
+            lookups,
+        };
         on_tick(&last);
         if opts.until_resolved && all_resolved.is_some() {
             break;
@@ -165,7 +193,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn eight_nodes_resolve_every_lookup() {
-        let opts = DevnetOptions { nodes: 8, seconds: Some(60), until_resolved: true };
+        let opts = DevnetOptions {
+            nodes: 8,
+            seconds: Some(60),
+            until_resolved: true,
+        };
         let report = run_devnet(opts, |_| {}).await.expect("devnet");
         assert_eq!(report.lookups, 56);
         assert_eq!(report.lookups_resolved, 56, "{report:?}");

@@ -16,8 +16,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ferry_crypto::rng::{os_seed, FerryRng};
-use ferry_crypto::{decode_hex_array, KeyPair, PublicKey, SecretKey};
+use ferry_crypto::rng::{FerryRng, os_seed};
+use ferry_crypto::{KeyPair, PublicKey, SecretKey, decode_hex_array};
 use ferry_wire::toxid::ToxId;
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +32,9 @@ pub enum ProfileError {
     #[error("no ferry profile at {0}; create one with `ferry init` (or pass --profile DIR)")]
     Missing(PathBuf),
     /// `init` without `--force` over an existing identity.
-    #[error("a ferry profile already exists at {dir} (Tox ID {tox_id}); pass --force to replace it (the old identity is lost)")]
+    #[error(
+        "a ferry profile already exists at {dir} (Tox ID {tox_id}); pass --force to replace it (the old identity is lost)"
+    )]
     Exists {
         /// The directory.
         dir: PathBuf,
@@ -103,7 +105,9 @@ struct IdentityFile {
 /// The default profile directory: `$XDG_DATA_HOME/ferry`, else `~/.local/share/ferry`, else
 /// `./ferry-profile`.
 pub fn default_dir() -> PathBuf {
-    dirs::data_dir().map(|d| d.join("ferry")).unwrap_or_else(|| PathBuf::from("ferry-profile"))
+    dirs::data_dir()
+        .map(|d| d.join("ferry"))
+        .unwrap_or_else(|| PathBuf::from("ferry-profile"))
 }
 
 /// Creates a profile at `dir` with a new identity; refuses to overwrite one unless `force`.
@@ -114,7 +118,10 @@ pub fn init(dir: &Path, force: bool) -> Result<Identity, ProfileError> {
     if !force {
         match load(dir) {
             Ok(existing) => {
-                return Err(ProfileError::Exists { dir: dir.to_path_buf(), tox_id: existing.tox_id().to_string() });
+                return Err(ProfileError::Exists {
+                    dir: dir.to_path_buf(),
+                    tox_id: existing.tox_id().to_string(),
+                });
             }
             Err(ProfileError::Missing(_)) => {}
             Err(e @ ProfileError::Corrupt { .. }) => return Err(e),
@@ -167,16 +174,23 @@ pub fn load(dir: &Path) -> Result<Identity, ProfileError> {
     let path = dir.join(IDENTITY_FILE);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ProfileError::Missing(dir.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProfileError::Missing(dir.to_path_buf()));
+        }
         Err(source) => return Err(ProfileError::Io { path, source }),
     };
-    let corrupt = |reason: String| ProfileError::Corrupt { path: path.clone(), reason };
+    let corrupt = |reason: String| ProfileError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
     let file: IdentityFile = toml::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
     if file.format != 1 {
         return Err(corrupt(format!("unknown format {}", file.format)));
     }
-    let secret = decode_hex_array::<32>(&file.secret_key).map_err(|e| corrupt(format!("secret_key: {e}")))?;
-    let nospam = decode_hex_array::<4>(&file.nospam).map_err(|e| corrupt(format!("nospam: {e}")))?;
+    let secret = decode_hex_array::<32>(&file.secret_key)
+        .map_err(|e| corrupt(format!("secret_key: {e}")))?;
+    let nospam =
+        decode_hex_array::<4>(&file.nospam).map_err(|e| corrupt(format!("nospam: {e}")))?;
     Ok(Identity {
         long_term: KeyPair::from_secret(SecretKey::from_bytes(secret)),
         nospam: u32::from_be_bytes(nospam),
@@ -192,7 +206,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if !dir.exists() {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
         } else {
             let meta = fs::metadata(dir)?;
             if meta.permissions().mode() & 0o077 != 0 {
@@ -230,13 +247,19 @@ mod tests {
         let id = init(&dir, false).expect("init");
         let back = load(&dir).expect("load");
         assert_eq!(back.tox_id(), id.tox_id());
-        assert!(matches!(init(&dir, false), Err(ProfileError::Exists { .. })));
+        assert!(matches!(
+            init(&dir, false),
+            Err(ProfileError::Exists { .. })
+        ));
         let id2 = init(&dir, true).expect("force");
         assert_ne!(id2.public_key(), id.public_key());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.join(IDENTITY_FILE)).expect("meta").permissions().mode();
+            let mode = fs::metadata(dir.join(IDENTITY_FILE))
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
             let mode = fs::metadata(&dir).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
@@ -246,8 +269,11 @@ mod tests {
     #[test]
     fn damaged_file_is_reported() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        fs::write(tmp.path().join(IDENTITY_FILE), "format = 1\nsecret_key = \"zz\"\nnospam = \"00000000\"\n")
-            .expect("write");
+        fs::write(
+            tmp.path().join(IDENTITY_FILE),
+            "format = 1\nsecret_key = \"zz\"\nnospam = \"00000000\"\n",
+        )
+        .expect("write");
         let err = load(tmp.path()).expect_err("corrupt");
         assert!(err.to_string().contains("damaged"), "{err}");
     }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_api::{ApiError, Backend, BoxFuture, BootstrapRequest, DhtNode, LookupRequest, LookupResult, Status};
+use ferry_api::{
+    ApiError, Backend, BootstrapRequest, BoxFuture, DhtNode, LookupRequest, LookupResult, Status,
+};
 use ferry_crypto::PublicKey;
-use ferry_net::{bind_udp, spawn_node, NodeHandle, NodeOptions, PortSpec};
+use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
 use ferry_proto::dht::DhtConfig;
 use tokio::sync::Notify;
 
-use crate::bootstrap::{default_nodes, BootstrapNode};
+use crate::bootstrap::{BootstrapNode, default_nodes};
 use crate::profile::{self, Identity};
 
 /// Options of `ferry up`.
@@ -59,7 +61,11 @@ pub struct NodeBackend {
 impl NodeBackend {
     /// A backend over a running node; `stop` is notified by `POST /v1/shutdown`.
     pub fn new(node: NodeHandle, identity: Identity, stop: Arc<Notify>) -> Self {
-        Self { node, identity, stop }
+        Self {
+            node,
+            identity,
+            stop,
+        }
     }
 }
 
@@ -105,8 +111,13 @@ impl Backend for NodeBackend {
         Box::pin(async move {
             let node: BootstrapNode = format!("{}:{}", req.address, req.public_key)
                 .parse()
-                .map_err(|e: crate::bootstrap::BootstrapParseError| ApiError::bad_request(e.to_string()))?;
-            self.node.bootstrap(node.addr, node.public_key).await.map_err(stopped)
+                .map_err(|e: crate::bootstrap::BootstrapParseError| {
+                    ApiError::bad_request(e.to_string())
+                })?;
+            self.node
+                .bootstrap(node.addr, node.public_key)
+                .await
+                .map_err(stopped)
         })
     }
 
@@ -114,9 +125,18 @@ impl Backend for NodeBackend {
         Box::pin(async move {
             let pk = PublicKey::from_hex(&req.public_key)
                 .map_err(|e| ApiError::bad_request(format!("bad DHT public key: {e}")))?;
-            let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(DEFAULT_LOOKUP_TIMEOUT_MS).min(MAX_LOOKUP_TIMEOUT_MS));
+            let timeout = Duration::from_millis(
+                req.timeout_ms
+                    .unwrap_or(DEFAULT_LOOKUP_TIMEOUT_MS)
+                    .min(MAX_LOOKUP_TIMEOUT_MS),
+            );
             let started = Instant::now();
-            let existed = self.node.search_status(pk).await.map_err(stopped)?.is_some();
+            let existed = self
+                .node
+                .search_status(pk)
+                .await
+                .map_err(stopped)?
+                .is_some();
             self.node
                 .add_search(pk)
                 .await
@@ -124,7 +144,13 @@ impl Backend for NodeBackend {
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             let mut found = None;
             while started.elapsed() < timeout {
-                if let Some(addr) = self.node.search_status(pk).await.map_err(stopped)?.and_then(|s| s.found) {
+                if let Some(addr) = self
+                    .node
+                    .search_status(pk)
+                    .await
+                    .map_err(stopped)?
+                    .and_then(|s| s.found)
+                {
                     found = Some(addr);
                     break;
                 }
@@ -154,10 +180,17 @@ impl Backend for NodeBackend {
 pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     let identity = profile::load(profile_dir)?;
     let socket_path: PathBuf = ferry_api::socket_path(profile_dir);
-    let listener = ferry_api::bind_socket(&socket_path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow::anyhow!("{e}; stop it first with `ferry stop`"),
-        _ => anyhow::anyhow!("cannot create the control socket {}: {e}", socket_path.display()),
-    })?;
+    let listener = ferry_api::bind_socket(&socket_path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                anyhow::anyhow!("{e}; stop it first with `ferry stop`")
+            }
+            _ => anyhow::anyhow!(
+                "cannot create the control socket {}: {e}",
+                socket_path.display()
+            ),
+        })?;
     let _cleanup = RemoveOnDrop(socket_path.clone());
     let port = match opts.udp_port {
         Some(p) => PortSpec::Exact(p),
@@ -171,12 +204,20 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
-    let mut bootstrap: Vec<_> = opts.bootstrap.iter().map(|b| (b.addr, b.public_key)).collect();
+    let mut bootstrap: Vec<_> = opts
+        .bootstrap
+        .iter()
+        .map(|b| (b.addr, b.public_key))
+        .collect();
     if !opts.no_default_bootstrap {
         bootstrap.extend(default_nodes().into_iter().map(|b| (b.addr, b.public_key)));
     }
-    let dht = DhtConfig { lan_discovery: !opts.no_lan, ..DhtConfig::default() };
-    let (node, join) = spawn_node(udp, NodeOptions { dht, bootstrap }, None).context("starting the node")?;
+    let dht = DhtConfig {
+        lan_discovery: !opts.no_lan,
+        ..DhtConfig::default()
+    };
+    let (node, join) =
+        spawn_node(udp, NodeOptions { dht, bootstrap }, None).context("starting the node")?;
     let status = node.status().await?;
     eprintln!(
         "ferry up: Tox ID {}\n  DHT key {}  UDP {}  control socket {}",
@@ -196,7 +237,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
             }
         }
     };
-    ferry_api::serve(listener, ferry_api::router(backend), shutdown).await.context("control API")?;
+    ferry_api::serve(listener, ferry_api::router(backend), shutdown)
+        .await
+        .context("control API")?;
     node.shutdown().await;
     let _ = join.await;
     eprintln!("ferry up: stopped");
@@ -207,7 +250,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let term = signal(SignalKind::terminate());
         let int = signal(SignalKind::interrupt());
         match (term, int) {

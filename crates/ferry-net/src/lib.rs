@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ferry_crypto::rng::{os_seed, FerryRng};
+use ferry_crypto::rng::{FerryRng, os_seed};
 use ferry_crypto::{KeyPair, PublicKey};
 use ferry_proto::dht::{CloseNode, Dht, DhtConfig, DhtError, DhtEvent, DhtStats, SearchStatus};
 use ferry_proto::{Destination, Endpoint};
@@ -79,13 +79,20 @@ pub fn bind_udp(ip: IpAddr, port: PortSpec) -> Result<UdpSocket, NetError> {
     }
     match port {
         PortSpec::Exact(p) => Err(NetError::PortInUse { ip, port: p }),
-        PortSpec::DefaultRange => Err(NetError::NoFreePort(DEFAULT_PORT_RANGE.0, DEFAULT_PORT_RANGE.1)),
+        PortSpec::DefaultRange => Err(NetError::NoFreePort(
+            DEFAULT_PORT_RANGE.0,
+            DEFAULT_PORT_RANGE.1,
+        )),
     }
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
@@ -142,9 +149,15 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| NetError::Stopped)?;
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
     }
 
@@ -153,7 +166,10 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`] when the node has stopped.
     pub async fn bootstrap(&self, addr: SocketAddr, public_key: PublicKey) -> Result<(), NetError> {
-        self.tx.send(Command::Bootstrap(addr, public_key)).await.map_err(|_| NetError::Stopped)
+        self.tx
+            .send(Command::Bootstrap(addr, public_key))
+            .await
+            .map_err(|_| NetError::Stopped)
     }
 
     /// The node's status.
@@ -193,7 +209,10 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn remove_search(&self, pk: PublicKey) -> Result<(), NetError> {
-        self.tx.send(Command::RemoveSearch(pk)).await.map_err(|_| NetError::Stopped)
+        self.tx
+            .send(Command::RemoveSearch(pk))
+            .await
+            .map_err(|_| NetError::Stopped)
     }
 
     /// Asks the node task to stop; it returns after its loop ends.
@@ -222,7 +241,16 @@ pub fn spawn_node(
     }
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let driver = Driver { socket, local_addr, dht, rx, events, started: now, broadcast: Vec::new(), broadcast_at: None };
+    let driver = Driver {
+        socket,
+        local_addr,
+        dht,
+        rx,
+        events,
+        started: now,
+        broadcast: Vec::new(),
+        broadcast_at: None,
+    };
     let join = tokio::spawn(driver.run());
     Ok((NodeHandle { tx }, join))
 }
@@ -315,7 +343,9 @@ impl Driver {
     async fn send(&self, addr: SocketAddr, payload: &[u8]) {
         let dest = match (self.local_addr, addr) {
             // A dual-stack socket reaches IPv4 peers through IPv4-mapped addresses.
-            (SocketAddr::V6(_), SocketAddr::V4(v4)) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
             (SocketAddr::V4(_), SocketAddr::V6(_)) => return,
             _ => addr,
         };
@@ -328,16 +358,19 @@ impl Driver {
     /// IPv6 socket, ff02::1 (`LAN_discovery.c`). Refreshed at most once a minute.
     fn broadcast_addrs(&mut self) -> Vec<IpAddr> {
         let now = Instant::now();
-        if self.broadcast_at.is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(60)) {
+        if self
+            .broadcast_at
+            .is_none_or(|t| now.saturating_duration_since(t) > Duration::from_secs(60))
+        {
             let mut v: Vec<IpAddr> = Vec::new();
             if let Ok(ifaces) = if_addrs::get_if_addrs() {
                 for i in ifaces {
-                    if let if_addrs::IfAddr::V4(a) = i.addr {
-                        if let Some(b) = a.broadcast {
-                            if !a.ip.is_loopback() && !v.contains(&IpAddr::V4(b)) {
-                                v.push(IpAddr::V4(b));
-                            }
-                        }
+                    if let if_addrs::IfAddr::V4(a) = i.addr
+                        && let Some(b) = a.broadcast
+                        && !a.ip.is_loopback()
+                        && !v.contains(&IpAddr::V4(b))
+                    {
+                        v.push(IpAddr::V4(b));
                     }
                 }
             }

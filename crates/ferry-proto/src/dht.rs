@@ -44,12 +44,12 @@ use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::FerryRng;
 use ferry_crypto::{KeyPair, Nonce, PrecomputedCache, PublicKey};
-use ferry_wire::dht::{
-    BootstrapInfo, DhtEnvelope, DhtKind, DhtRequest, LanDiscovery, NodesRequestPayload,
-    NodesResponsePayload, Packet, PingPayload, MAX_SENT_NODES,
-};
-use ferry_wire::node::{ip_is_lan, normalize, PackedNode};
 use ferry_wire::WireError;
+use ferry_wire::dht::{
+    BootstrapInfo, DhtEnvelope, DhtKind, DhtRequest, LanDiscovery, MAX_SENT_NODES,
+    NodesRequestPayload, NodesResponsePayload, Packet, PingPayload,
+};
+use ferry_wire::node::{PackedNode, ip_is_lan, normalize};
 
 use crate::ping_array::PingArray;
 use crate::{Destination, Endpoint, Transmit};
@@ -224,12 +224,24 @@ struct Client {
 
 impl Client {
     fn new(public_key: PublicKey, addr: SocketAddr, now: Instant) -> Self {
-        let mut c = Self { public_key, v4: None, v6: None };
-        *c.slot(addr) = Some(Assoc { addr, last_resp: now, last_pinged: now });
+        let mut c = Self {
+            public_key,
+            v4: None,
+            v6: None,
+        };
+        *c.slot(addr) = Some(Assoc {
+            addr,
+            last_resp: now,
+            last_pinged: now,
+        });
         c
     }
     fn slot(&mut self, addr: SocketAddr) -> &mut Option<Assoc> {
-        if addr.is_ipv4() { &mut self.v4 } else { &mut self.v6 }
+        if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        }
     }
     fn assocs(&self) -> impl Iterator<Item = &Assoc> {
         self.v4.iter().chain(self.v6.iter())
@@ -239,7 +251,9 @@ impl Client {
     }
     /// The most recently heard-from good association.
     fn best(&self, now: Instant) -> Option<&Assoc> {
-        self.assocs().filter(|a| a.good(now)).max_by_key(|a| a.last_resp)
+        self.assocs()
+            .filter(|a| a.good(now))
+            .max_by_key(|a| a.last_resp)
     }
     fn has_addr(&self, addr: SocketAddr) -> bool {
         self.assocs().any(|a| a.addr == addr)
@@ -251,7 +265,13 @@ impl Client {
         match slot {
             Some(a) if a.addr == addr => a.last_resp = now,
             Some(a) if ip_is_lan(addr.ip()) && !ip_is_lan(a.addr.ip()) && a.good(now) => {}
-            _ => *slot = Some(Assoc { addr, last_resp: now, last_pinged: now }),
+            _ => {
+                *slot = Some(Assoc {
+                    addr,
+                    last_resp: now,
+                    last_pinged: now,
+                })
+            }
         }
     }
     /// Drops associations past the kill timeout; `false` when none is left.
@@ -275,13 +295,18 @@ struct CloseList {
 
 impl CloseList {
     fn new(own: PublicKey) -> Self {
-        Self { own, buckets: vec![Vec::new(); BUCKETS] }
+        Self {
+            own,
+            buckets: vec![Vec::new(); BUCKETS],
+        }
     }
     fn bucket_of(&self, pk: &PublicKey) -> usize {
         (self.own.common_prefix_bits(pk) as usize).min(BUCKETS - 1)
     }
     fn find(&self, pk: &PublicKey) -> Option<&Client> {
-        self.buckets[self.bucket_of(pk)].iter().find(|c| c.public_key == *pk)
+        self.buckets[self.bucket_of(pk)]
+            .iter()
+            .find(|c| c.public_key == *pk)
     }
     fn iter(&self) -> impl Iterator<Item = &Client> {
         self.buckets.iter().flatten()
@@ -363,11 +388,17 @@ impl Search {
             .enumerate()
             .max_by(|(_, a), (_, b)| {
                 // Bad before good, then farthest first.
-                (!a.good(now)).cmp(&!b.good(now)).then(target.distance_cmp(&a.public_key, &b.public_key))
+                (!a.good(now))
+                    .cmp(&!b.good(now))
+                    .then(target.distance_cmp(&a.public_key, &b.public_key))
             })
             .map(|(i, _)| i)?;
         let w = &self.clients[worst];
-        if !w.good(now) || target.distance_cmp(pk, &w.public_key).is_lt() { Some(worst) } else { None }
+        if !w.good(now) || target.distance_cmp(pk, &w.public_key).is_lt() {
+            Some(worst)
+        } else {
+            None
+        }
     }
 
     fn would_store(&self, target: &PublicKey, pk: &PublicKey, now: Instant) -> bool {
@@ -502,7 +533,10 @@ impl Dht {
         if public_key == self.keys.public {
             return;
         }
-        if !self.bootstrap_nodes.iter().any(|(k, a)| *k == public_key && *a == addr)
+        if !self
+            .bootstrap_nodes
+            .iter()
+            .any(|(k, a)| *k == public_key && *a == addr)
             && self.bootstrap_nodes.len() < self.config.max_bootstrap_nodes
         {
             self.bootstrap_nodes.push((public_key, addr));
@@ -549,18 +583,27 @@ impl Dht {
     /// Where a search stands; `None` if `target` is not searched.
     pub fn search_status(&self, now: Instant, target: &PublicKey) -> Option<SearchStatus> {
         let s = self.searches.get(target).filter(|s| !s.fake)?;
-        Some(SearchStatus { found: s.found, nodes: s.clients.len(), age: now.saturating_duration_since(s.started) })
+        Some(SearchStatus {
+            found: s.found,
+            nodes: s.clients.len(),
+            age: now.saturating_duration_since(s.started),
+        })
     }
 
     /// The address of the node with DHT key `pk` if we know it from a response of its own
     /// (close list or any search list), else `None`.
     pub fn address_of(&self, now: Instant, pk: &PublicKey) -> Option<SocketAddr> {
-        if let Some(c) = self.close.find(pk) {
-            if let Some(a) = c.best(now) {
-                return Some(a.addr);
-            }
+        if let Some(c) = self.close.find(pk)
+            && let Some(a) = c.best(now)
+        {
+            return Some(a.addr);
         }
-        self.searches.values().flat_map(|s| s.clients.iter()).find(|c| c.public_key == *pk)?.best(now).map(|a| a.addr)
+        self.searches
+            .values()
+            .flat_map(|s| s.clients.iter())
+            .find(|c| c.public_key == *pk)?
+            .best(now)
+            .map(|a| a.addr)
     }
 
     /// Every node of the close list, closest to our key first.
@@ -600,14 +643,29 @@ impl Dht {
 
     /// Routes a DHT request (0x20) for `receiver` through a close node that knows it, or sends it
     /// directly if `receiver` itself is listed. Returns whether it was sent.
-    pub fn send_dht_request(&mut self, now: Instant, receiver: PublicKey, id: u8, data: &[u8]) -> bool {
-        let Some(addr) = self.address_of(now, &receiver) else { return false };
+    pub fn send_dht_request(
+        &mut self,
+        now: Instant,
+        receiver: PublicKey,
+        id: u8,
+        data: &[u8],
+    ) -> bool {
+        let Some(addr) = self.address_of(now, &receiver) else {
+            return false;
+        };
         let nonce = Nonce::random(&mut self.rng);
         let mut plain = Vec::with_capacity(1 + data.len());
         plain.push(id);
         plain.extend_from_slice(data);
-        let Ok(ciphertext) = self.cache.get(&receiver).encrypt(&nonce, &plain) else { return false };
-        let req = DhtRequest { receiver, sender: self.keys.public, nonce, ciphertext };
+        let Ok(ciphertext) = self.cache.get(&receiver).encrypt(&nonce, &plain) else {
+            return false;
+        };
+        let req = DhtRequest {
+            receiver,
+            sender: self.keys.public,
+            nonce,
+            ciphertext,
+        };
         self.queue(Destination::Addr(addr), req.encode());
         true
     }
@@ -621,7 +679,10 @@ impl Dht {
         }
         self.stats.tx_packets += 1;
         self.stats.tx_bytes += payload.len() as u64;
-        self.transmits.push_back(Transmit { destination, payload });
+        self.transmits.push_back(Transmit {
+            destination,
+            payload,
+        });
     }
 
     fn emit(&mut self, event: DhtEvent) {
@@ -635,11 +696,19 @@ impl Dht {
         let nonce = Nonce::random(&mut self.rng);
         let own = self.keys.public;
         let key = self.cache.get(to);
-        DhtEnvelope::seal(kind, own, nonce, key, plain).ok().map(|e| e.encode())
+        DhtEnvelope::seal(kind, own, nonce, key, plain)
+            .ok()
+            .map(|e| e.encode())
     }
 
     /// `dht_getnodes`: a nodes request for `target` to `pk` at `addr`.
-    fn send_nodes_request(&mut self, now: Instant, addr: SocketAddr, pk: PublicKey, target: PublicKey) {
+    fn send_nodes_request(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        pk: PublicKey,
+        target: PublicKey,
+    ) {
         if pk == self.keys.public {
             return;
         }
@@ -654,7 +723,11 @@ impl Dht {
     fn send_ping_request(&mut self, now: Instant, addr: SocketAddr, pk: PublicKey) {
         let ping_id: [u8; 8] = self.rng.bytes();
         self.pings.insert(ping_id, pk, addr, now);
-        let plain = PingPayload { is_response: false, ping_id }.encode();
+        let plain = PingPayload {
+            is_response: false,
+            ping_id,
+        }
+        .encode();
         if let Some(bytes) = self.seal(DhtKind::PingRequest, &pk, &plain) {
             self.queue(Destination::Addr(addr), bytes);
         }
@@ -678,10 +751,14 @@ impl Dht {
             return;
         }
         let own = self.keys.public;
-        if let Some((i, _)) = self.to_ping.iter().enumerate().max_by(|a, b| own.distance_cmp(&a.1 .0, &b.1 .0)) {
-            if own.distance_cmp(&pk, &self.to_ping[i].0).is_lt() {
-                self.to_ping[i] = (pk, addr);
-            }
+        if let Some((i, _)) = self
+            .to_ping
+            .iter()
+            .enumerate()
+            .max_by(|a, b| own.distance_cmp(&a.1.0, &b.1.0))
+            && own.distance_cmp(&pk, &self.to_ping[i].0).is_lt()
+        {
+            self.to_ping[i] = (pk, addr);
         }
     }
 
@@ -690,21 +767,36 @@ impl Dht {
         self.close.add(pk, addr, now);
         let mut found = None;
         for (target, search) in &mut self.searches {
-            if search.add(target, pk, addr, now) && *target == pk && !search.fake && search.found != Some(addr) {
+            if search.add(target, pk, addr, now)
+                && *target == pk
+                && !search.fake
+                && search.found != Some(addr)
+            {
                 search.found = Some(addr);
                 found = Some(addr);
             }
         }
         if let Some(addr) = found {
-            self.emit(DhtEvent::Found { public_key: pk, addr });
+            self.emit(DhtEvent::Found {
+                public_key: pk,
+                addr,
+            });
         }
     }
 
     /// `get_close_nodes`: the [`MAX_SENT_NODES`] good nodes closest to `target` over the close
     /// list and every search list; LAN addresses only for LAN requesters.
-    fn get_close_nodes(&self, target: &PublicKey, requester_is_lan: bool, now: Instant) -> Vec<PackedNode> {
+    fn get_close_nodes(
+        &self,
+        target: &PublicKey,
+        requester_is_lan: bool,
+        now: Instant,
+    ) -> Vec<PackedNode> {
         let mut best: Vec<PackedNode> = Vec::with_capacity(MAX_SENT_NODES + 1);
-        let candidates = self.close.iter().chain(self.searches.values().flat_map(|s| s.clients.iter()));
+        let candidates = self
+            .close
+            .iter()
+            .chain(self.searches.values().flat_map(|s| s.clients.iter()));
         for c in candidates {
             let Some(a) = c.best(now) else { continue };
             if !requester_is_lan && ip_is_lan(a.addr.ip()) {
@@ -713,7 +805,8 @@ impl Dht {
             if best.iter().any(|n| n.public_key == c.public_key) {
                 continue;
             }
-            let pos = best.partition_point(|n| target.distance_cmp(&n.public_key, &c.public_key).is_lt());
+            let pos =
+                best.partition_point(|n| target.distance_cmp(&n.public_key, &c.public_key).is_lt());
             if pos < MAX_SENT_NODES {
                 best.insert(pos, PackedNode::udp(a.addr, c.public_key));
                 best.truncate(MAX_SENT_NODES);
@@ -727,12 +820,9 @@ impl Dht {
             self.stats.malformed += 1;
             return;
         }
-        let plain = match env.open(self.cache.get(&env.sender)) {
-            Ok(p) => p,
-            Err(_) => {
-                self.stats.malformed += 1;
-                return;
-            }
+        let Ok(plain) = env.open(self.cache.get(&env.sender)) else {
+            self.stats.malformed += 1;
+            return;
         };
         let result = match env.kind {
             DhtKind::PingRequest => self.on_ping_request(now, from, env.sender, &plain),
@@ -745,12 +835,25 @@ impl Dht {
         }
     }
 
-    fn on_ping_request(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+    fn on_ping_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: PublicKey,
+        plain: &[u8],
+    ) -> Result<(), WireError> {
         let p = PingPayload::decode(plain)?;
         if p.is_response {
-            return Err(WireError::InvalidValue { what: "ping type in request", value: 1 });
+            return Err(WireError::InvalidValue {
+                what: "ping type in request",
+                value: 1,
+            });
         }
-        let resp = PingPayload { is_response: true, ping_id: p.ping_id }.encode();
+        let resp = PingPayload {
+            is_response: true,
+            ping_id: p.ping_id,
+        }
+        .encode();
         if let Some(bytes) = self.seal(DhtKind::PingResponse, &sender, &resp) {
             self.queue(Destination::Addr(from), bytes);
         }
@@ -758,10 +861,19 @@ impl Dht {
         Ok(())
     }
 
-    fn on_ping_response(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+    fn on_ping_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: PublicKey,
+        plain: &[u8],
+    ) -> Result<(), WireError> {
         let p = PingPayload::decode(plain)?;
         if !p.is_response {
-            return Err(WireError::InvalidValue { what: "ping type in response", value: 0 });
+            return Err(WireError::InvalidValue {
+                what: "ping type in response",
+                value: 0,
+            });
         }
         if !self.pings.take(&p.ping_id, &sender, from, now) {
             self.stats.unsolicited += 1;
@@ -771,10 +883,20 @@ impl Dht {
         Ok(())
     }
 
-    fn on_nodes_request(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+    fn on_nodes_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: PublicKey,
+        plain: &[u8],
+    ) -> Result<(), WireError> {
         let req = NodesRequestPayload::decode(plain)?;
         let nodes = self.get_close_nodes(&req.target, ip_is_lan(from.ip()), now);
-        let resp = NodesResponsePayload { nodes, ping_id: req.ping_id }.encode();
+        let resp = NodesResponsePayload {
+            nodes,
+            ping_id: req.ping_id,
+        }
+        .encode();
         if let Some(bytes) = self.seal(DhtKind::NodesResponse, &sender, &resp) {
             self.queue(Destination::Addr(from), bytes);
         }
@@ -782,7 +904,13 @@ impl Dht {
         Ok(())
     }
 
-    fn on_nodes_response(&mut self, now: Instant, from: SocketAddr, sender: PublicKey, plain: &[u8]) -> Result<(), WireError> {
+    fn on_nodes_response(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        sender: PublicKey,
+        plain: &[u8],
+    ) -> Result<(), WireError> {
         let resp = NodesResponsePayload::decode(plain)?;
         if !self.nodes_requests.take(&resp.ping_id, &sender, from, now) {
             self.stats.unsolicited += 1;
@@ -795,7 +923,8 @@ impl Dht {
         self.add_to_lists(now, sender, from);
         for node in resp.nodes {
             let addr = normalize(node.addr);
-            if node.public_key == self.keys.public || addr.port() == 0 || addr.ip().is_unspecified() {
+            if node.public_key == self.keys.public || addr.port() == 0 || addr.ip().is_unspecified()
+            {
                 continue;
             }
             self.consider_returned_node(now, node.public_key, addr);
@@ -808,15 +937,20 @@ impl Dht {
     fn consider_returned_node(&mut self, now: Instant, pk: PublicKey, addr: SocketAddr) {
         let own = self.keys.public;
         let in_close_good = self.close.find(&pk).is_some_and(|c| c.good(now));
-        if !in_close_good && self.close.addable(&pk, addr, now) && !self.to_bootstrap.iter().any(|(k, _)| *k == pk) {
+        if !in_close_good
+            && self.close.addable(&pk, addr, now)
+            && !self.to_bootstrap.iter().any(|(k, _)| *k == pk)
+        {
             if self.to_bootstrap.len() < MAX_CLOSE_TO_BOOTSTRAP_NODES {
                 self.to_bootstrap.push((pk, addr));
-            } else if let Some((i, _)) =
-                self.to_bootstrap.iter().enumerate().max_by(|a, b| own.distance_cmp(&a.1 .0, &b.1 .0))
+            } else if let Some((i, _)) = self
+                .to_bootstrap
+                .iter()
+                .enumerate()
+                .max_by(|a, b| own.distance_cmp(&a.1.0, &b.1.0))
+                && own.distance_cmp(&pk, &self.to_bootstrap[i].0).is_lt()
             {
-                if own.distance_cmp(&pk, &self.to_bootstrap[i].0).is_lt() {
-                    self.to_bootstrap[i] = (pk, addr);
-                }
+                self.to_bootstrap[i] = (pk, addr);
             }
         }
         for (target, search) in &mut self.searches {
@@ -832,7 +966,11 @@ impl Dht {
     fn handle_dht_request(&mut self, now: Instant, from: SocketAddr, req: DhtRequest, raw: &[u8]) {
         if req.receiver != self.keys.public {
             // Forward unchanged, but only to a node in our close list (c-toxcore `route_packet`).
-            let to = self.close.find(&req.receiver).and_then(|c| c.best(now)).map(|a| a.addr);
+            let to = self
+                .close
+                .find(&req.receiver)
+                .and_then(|c| c.best(now))
+                .map(|a| a.addr);
             if let Some(addr) = to {
                 self.stats.forwarded += 1;
                 self.queue(Destination::Addr(addr), raw.to_vec());
@@ -843,18 +981,28 @@ impl Dht {
             self.stats.malformed += 1;
             return;
         }
-        match self.cache.get(&req.sender).decrypt(&req.nonce, &req.ciphertext) {
+        match self
+            .cache
+            .get(&req.sender)
+            .decrypt(&req.nonce, &req.ciphertext)
+        {
             Ok(plain) if !plain.is_empty() => {
                 let id = plain[0];
                 let data = plain[1..].to_vec();
-                self.emit(DhtEvent::DhtRequest { sender: req.sender, from, id, data });
+                self.emit(DhtEvent::DhtRequest {
+                    sender: req.sender,
+                    from,
+                    id,
+                    data,
+                });
             }
             _ => self.stats.malformed += 1,
         }
     }
 
     fn handle_lan_discovery(&mut self, now: Instant, from: SocketAddr, lan: LanDiscovery) {
-        if !self.config.lan_discovery || !ip_is_lan(from.ip()) || lan.public_key == self.keys.public {
+        if !self.config.lan_discovery || !ip_is_lan(from.ip()) || lan.public_key == self.keys.public
+        {
             return;
         }
         let own = self.keys.public;
@@ -887,7 +1035,9 @@ impl Dht {
         for (addr, pk) in sends {
             self.send_nodes_request(now, addr, pk, own);
         }
-        let due = self.close_last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
+        let due = self
+            .close_last_get_node
+            .is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
         if !candidates.is_empty() && (due || self.close_bootstrap_times < MAX_BOOTSTRAP_TIMES) {
             let (addr, pk) = candidates[self.rng.below(candidates.len())];
             self.send_nodes_request(now, addr, pk, own);
@@ -904,7 +1054,12 @@ impl Dht {
                 sends.push((addr, pk, *target));
             }
             s.clients.retain_mut(|c| c.prune(now));
-            if s.found.is_some() && !s.clients.iter().any(|c| c.public_key == *target && c.good(now)) {
+            if s.found.is_some()
+                && !s
+                    .clients
+                    .iter()
+                    .any(|c| c.public_key == *target && c.good(now))
+            {
                 s.found = None;
             }
             let mut candidates = Vec::new();
@@ -920,7 +1075,9 @@ impl Dht {
                     }
                 }
             }
-            let due = s.last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
+            let due = s
+                .last_get_node
+                .is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
             if !candidates.is_empty() && (due || s.bootstrap_times < MAX_BOOTSTRAP_TIMES) {
                 let (addr, pk) = candidates[self.rng.below(candidates.len())];
                 sends.push((addr, pk, *target));
@@ -950,7 +1107,10 @@ impl Dht {
         if self.is_connected(now) || self.bootstrap_nodes.is_empty() {
             return;
         }
-        if self.last_rebootstrap.is_some_and(|t| now.saturating_duration_since(t) < REBOOTSTRAP_INTERVAL) {
+        if self
+            .last_rebootstrap
+            .is_some_and(|t| now.saturating_duration_since(t) < REBOOTSTRAP_INTERVAL)
+        {
             return;
         }
         self.last_rebootstrap = Some(now);
@@ -964,18 +1124,36 @@ impl Dht {
         if !self.config.lan_discovery {
             return;
         }
-        if self.last_lan.is_some_and(|t| now.saturating_duration_since(t) < LAN_DISCOVERY_INTERVAL) {
+        if self
+            .last_lan
+            .is_some_and(|t| now.saturating_duration_since(t) < LAN_DISCOVERY_INTERVAL)
+        {
             return;
         }
         self.last_lan = Some(now);
-        let packet = LanDiscovery { public_key: self.keys.public }.encode();
-        self.queue(Destination::LanBroadcast { port: TOX_PORT_DEFAULT }, packet.clone());
+        let packet = LanDiscovery {
+            public_key: self.keys.public,
+        }
+        .encode();
+        self.queue(
+            Destination::LanBroadcast {
+                port: TOX_PORT_DEFAULT,
+            },
+            packet.clone(),
+        );
         const LAST_PORT: u16 = TOX_PORT_DEFAULT + 100; // 33545, exclusive as in c-toxcore
-        let end = self.next_lan_port.saturating_add(PORTS_PER_DISCOVERY).min(LAST_PORT);
+        let end = self
+            .next_lan_port
+            .saturating_add(PORTS_PER_DISCOVERY)
+            .min(LAST_PORT);
         for port in self.next_lan_port..end {
             self.queue(Destination::LanBroadcast { port }, packet.clone());
         }
-        self.next_lan_port = if end >= LAST_PORT { TOX_PORT_DEFAULT + 1 } else { end };
+        self.next_lan_port = if end >= LAST_PORT {
+            TOX_PORT_DEFAULT + 1
+        } else {
+            end
+        };
     }
 }
 
@@ -990,12 +1168,19 @@ impl Endpoint for Dht {
             Ok(Packet::LanDiscovery(lan)) => self.handle_lan_discovery(now, from, lan),
             Ok(Packet::BootstrapInfo(BootstrapInfo::Request)) => {
                 if let Some(motd) = self.config.motd.clone() {
-                    let resp = BootstrapInfo::Response { version: BOOTSTRAP_INFO_VERSION, motd };
+                    let resp = BootstrapInfo::Response {
+                        version: BOOTSTRAP_INFO_VERSION,
+                        motd,
+                    };
                     self.queue(Destination::Addr(from), resp.encode());
                 }
             }
             Ok(Packet::BootstrapInfo(BootstrapInfo::Response { version, motd })) => {
-                self.emit(DhtEvent::BootstrapInfo { from, version, motd });
+                self.emit(DhtEvent::BootstrapInfo {
+                    from,
+                    version,
+                    motd,
+                });
             }
             Err(WireError::UnknownKind(_)) => self.stats.unknown_kind += 1,
             Err(_) => self.stats.malformed += 1,
@@ -1024,4 +1209,5 @@ impl Endpoint for Dht {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
 mod tests;

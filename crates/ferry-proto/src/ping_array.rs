@@ -26,11 +26,22 @@ pub(crate) struct PingArray {
 
 impl PingArray {
     pub(crate) fn new(capacity: usize, timeout: Duration) -> Self {
-        Self { entries: HashMap::new(), order: VecDeque::new(), capacity, timeout }
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+            timeout,
+        }
     }
 
     /// Records a request sent to `public_key` at `addr` under `id`; evicts the oldest when full.
-    pub(crate) fn insert(&mut self, id: [u8; 8], public_key: PublicKey, addr: SocketAddr, now: Instant) {
+    pub(crate) fn insert(
+        &mut self,
+        id: [u8; 8],
+        public_key: PublicKey,
+        addr: SocketAddr,
+        now: Instant,
+    ) {
         while self.entries.len() >= self.capacity {
             match self.order.pop_front() {
                 Some(old) => {
@@ -39,7 +50,18 @@ impl PingArray {
                 None => break,
             }
         }
-        if self.entries.insert(id, Pending { public_key, addr, sent: now }).is_none() {
+        if self
+            .entries
+            .insert(
+                id,
+                Pending {
+                    public_key,
+                    addr,
+                    sent: now,
+                },
+            )
+            .is_none()
+        {
             self.order.push_back(id);
         }
         // Keep `order` from growing with ids already answered.
@@ -51,7 +73,13 @@ impl PingArray {
 
     /// Consumes the entry for `id` (one-shot, as c-toxcore) and says whether it matches the
     /// responder's key and address and is younger than the timeout.
-    pub(crate) fn take(&mut self, id: &[u8; 8], public_key: &PublicKey, addr: SocketAddr, now: Instant) -> bool {
+    pub(crate) fn take(
+        &mut self,
+        id: &[u8; 8],
+        public_key: &PublicKey,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> bool {
         match self.entries.remove(id) {
             Some(p) => {
                 p.public_key == *public_key
@@ -69,6 +97,7 @@ impl PingArray {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
 mod tests {
     use super::*;
 
@@ -80,7 +109,10 @@ mod tests {
         let mut a = PingArray::new(2, Duration::from_secs(5));
         a.insert([1; 8], pk, addr, now);
         assert!(!a.take(&[1; 8], &PublicKey([2; 32]), addr, now));
-        assert!(!a.take(&[1; 8], &pk, addr, now), "consumed by the failed check");
+        assert!(
+            !a.take(&[1; 8], &pk, addr, now),
+            "consumed by the failed check"
+        );
         a.insert([2; 8], pk, addr, now);
         assert!(!a.take(&[2; 8], &pk, addr, now + Duration::from_secs(5)));
         a.insert([3; 8], pk, addr, now);

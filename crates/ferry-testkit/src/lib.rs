@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 const TOXPEER_SOURCE: &str = include_str!("../c/toxpeer.c");
 
@@ -27,7 +27,9 @@ const TOXPEER_SOURCE: &str = include_str!("../c/toxpeer.c");
 /// When `pkg-config` cannot find `toxcore` or the C compiler fails: install `libtoxcore-dev`,
 /// `pkg-config` and `gcc` (the README's test command does).
 pub fn toxpeer_path() -> anyhow::Result<PathBuf> {
-    let hash = TOXPEER_SOURCE.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let hash = TOXPEER_SOURCE.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
     let dir = std::env::temp_dir().join(format!("ferry-toxpeer-{hash:016x}"));
     let bin = dir.join("toxpeer");
     if bin.exists() {
@@ -39,7 +41,10 @@ pub fn toxpeer_path() -> anyhow::Result<PathBuf> {
         .output()
         .context("running pkg-config (install pkg-config and libtoxcore-dev)")?;
     if !flags.status.success() {
-        bail!("pkg-config finds no toxcore: install libtoxcore-dev ({})", String::from_utf8_lossy(&flags.stderr));
+        bail!(
+            "pkg-config finds no toxcore: install libtoxcore-dev ({})",
+            String::from_utf8_lossy(&flags.stderr)
+        );
     }
     let src = dir.join(format!("toxpeer-{}.c", std::process::id()));
     std::fs::write(&src, TOXPEER_SOURCE)?;
@@ -50,7 +55,10 @@ pub fn toxpeer_path() -> anyhow::Result<PathBuf> {
     cmd.args(["-ldl", "-rdynamic"]);
     let out = cmd.output().context("running cc")?;
     if !out.status.success() {
-        bail!("building toxpeer failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building toxpeer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Atomic: parallel test processes may build at once.
     std::fs::rename(&tmp_bin, &bin)?;
@@ -88,7 +96,11 @@ impl Lines {
     ///
     /// # Errors
     /// On timeout, with the lines seen.
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         let start = Instant::now();
         loop {
             if let Some(l) = self.0.lock().unwrap().iter().find(|l| pred(l)) {
@@ -125,22 +137,36 @@ impl ToxPeer {
         for (p, key) in bootstrap {
             cmd.args(["--bootstrap", "127.0.0.1", &p.to_string(), key]);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting toxpeer")?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting toxpeer")?;
         let lines = Lines::default();
         lines.collect(child.stdout.take().context("stdout")?);
-        let mut peer = Self { child, dht_id: String::new(), port, lines };
-        let id = peer.lines.wait_for(Duration::from_secs(10), |l| l.starts_with("DHT_ID "))?;
+        let mut peer = Self {
+            child,
+            dht_id: String::new(),
+            port,
+            lines,
+        };
+        let id = peer
+            .lines
+            .wait_for(Duration::from_secs(10), |l| l.starts_with("DHT_ID "))?;
         peer.dht_id = id["DHT_ID ".len()..].trim().to_string();
-        let p = peer.lines.wait_for(Duration::from_secs(10), |l| l.starts_with("PORT "))?;
+        let p = peer
+            .lines
+            .wait_for(Duration::from_secs(10), |l| l.starts_with("PORT "))?;
         peer.port = p["PORT ".len()..].trim().parse()?;
-        peer.lines.wait_for(Duration::from_secs(10), |l| l == "READY")?;
+        peer.lines
+            .wait_for(Duration::from_secs(10), |l| l == "READY")?;
         Ok(peer)
     }
 
     /// Whether a datagram of `kind` arrived from 127.0.0.1:`port`.
     pub fn received_from(&self, port: u16, kind: u8) -> bool {
         let want = format!("RX 127.0.0.1:{port} {kind}");
-        self.lines.snapshot().iter().any(|l| *l == want)
+        self.lines.snapshot().contains(&want)
     }
 
     /// What c-toxcore's `tox_self_get_address` gives for this secret key and nospam.
@@ -148,9 +174,14 @@ impl ToxPeer {
     /// # Errors
     /// Build or run failures.
     pub fn address_of(secret_key_hex: &str, nospam_hex: &str) -> anyhow::Result<String> {
-        let out = Command::new(toxpeer_path()?).args(["--address-of", secret_key_hex, nospam_hex]).output()?;
+        let out = Command::new(toxpeer_path()?)
+            .args(["--address-of", secret_key_hex, nospam_hex])
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().find(|l| l.starts_with("ADDRESS ")).context("no ADDRESS line")?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ADDRESS "))
+            .context("no ADDRESS line")?;
         Ok(line["ADDRESS ".len()..].trim().to_string())
     }
 }
@@ -182,22 +213,43 @@ impl FerryUp {
     /// Start failures or a daemon that never answers.
     pub fn start(ferry: &Path, extra: &[String]) -> anyhow::Result<Self> {
         let profile = tempfile::tempdir()?;
-        let init = Command::new(ferry).arg("--profile").arg(profile.path()).arg("init").output()?;
+        let init = Command::new(ferry)
+            .arg("--profile")
+            .arg(profile.path())
+            .arg("init")
+            .output()?;
         if !init.status.success() {
-            bail!("ferry init failed: {}", String::from_utf8_lossy(&init.stderr));
+            bail!(
+                "ferry init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
         }
         let port = free_udp_port();
         let mut child = Command::new(ferry)
             .arg("--profile")
             .arg(profile.path())
-            .args(["up", "--bind", "127.0.0.1", "--udp-port", &port.to_string(), "--no-lan", "--no-default-bootstrap"])
+            .args([
+                "up",
+                "--bind",
+                "127.0.0.1",
+                "--udp-port",
+                &port.to_string(),
+                "--no-lan",
+                "--no-default-bootstrap",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
         let stderr = Lines::default();
         stderr.collect(child.stderr.take().context("stderr")?);
-        let up = Self { child: Some(child), ferry: ferry.to_path_buf(), profile, port, stderr };
+        let up = Self {
+            child: Some(child),
+            ferry: ferry.to_path_buf(),
+            profile,
+            port,
+            stderr,
+        };
         let start = Instant::now();
         loop {
             let out = up.cli(&["status", "--json"])?;
@@ -222,7 +274,11 @@ impl FerryUp {
     /// # Errors
     /// When the binary cannot be run.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new(&self.ferry).arg("--profile").arg(self.profile.path()).args(args).output()?)
+        Ok(Command::new(&self.ferry)
+            .arg("--profile")
+            .arg(self.profile.path())
+            .args(args)
+            .output()?)
     }
 
     /// Runs a CLI command that must succeed and parses its stdout as JSON.
@@ -232,7 +288,10 @@ impl FerryUp {
     pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json_value::Value> {
         let out = self.cli(args)?;
         if !out.status.success() {
-            bail!("ferry {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "ferry {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         serde_json_value::parse(&String::from_utf8_lossy(&out.stdout))
     }

@@ -14,10 +14,10 @@
 //! `[requested pk 32][ping_id 8]` (113 bytes), nodes response `[n ≤ 4][n packed nodes][ping_id 8]`
 //! (82 + 39 per IPv4 / 51 per IPv6 node). The 8-byte ping id is opaque and echoed byte for byte.
 
-use ferry_crypto::{Nonce, PrecomputedKey, PublicKey, KEY_SIZE, MAC_SIZE, NONCE_SIZE};
+use ferry_crypto::{KEY_SIZE, MAC_SIZE, NONCE_SIZE, Nonce, PrecomputedKey, PublicKey};
 
 use crate::node::{PackedNode, Transport};
-use crate::{kind, Reader, WireError};
+use crate::{Reader, WireError, kind};
 
 /// Size of the opaque ping id / sendback data echoed in DHT responses, in bytes.
 pub const PING_ID_SIZE: usize = 8;
@@ -81,7 +81,9 @@ impl DhtKind {
         match self {
             Self::PingRequest | Self::PingResponse => len == PING_PACKET_SIZE,
             Self::NodesRequest => len == NODES_REQUEST_PACKET_SIZE,
-            Self::NodesResponse => (NODES_RESPONSE_MIN_SIZE..=NODES_RESPONSE_MAX_SIZE).contains(&len),
+            Self::NodesResponse => {
+                (NODES_RESPONSE_MIN_SIZE..=NODES_RESPONSE_MAX_SIZE).contains(&len)
+            }
         }
     }
 }
@@ -110,12 +112,20 @@ impl DhtEnvelope {
         let k = r.u8("kind")?;
         let kind = DhtKind::from_byte(k).ok_or(WireError::UnknownKind(k))?;
         if !kind.length_ok(bytes.len()) {
-            return Err(WireError::BadLength { what: "DHT packet", len: bytes.len() });
+            return Err(WireError::BadLength {
+                what: "DHT packet",
+                len: bytes.len(),
+            });
         }
         let sender = PublicKey(r.array("sender public key")?);
         let nonce = Nonce(r.array("nonce")?);
         let ciphertext = r.rest().to_vec();
-        Ok(Self { kind, sender, nonce, ciphertext })
+        Ok(Self {
+            kind,
+            sender,
+            nonce,
+            ciphertext,
+        })
     }
 
     /// Emits the datagram.
@@ -140,7 +150,12 @@ impl DhtEnvelope {
         plaintext: &[u8],
     ) -> Result<Self, WireError> {
         let ciphertext = key.encrypt(&nonce, plaintext)?;
-        Ok(Self { kind, sender, nonce, ciphertext })
+        Ok(Self {
+            kind,
+            sender,
+            nonce,
+            ciphertext,
+        })
     }
 
     /// Decrypts the payload with `key` (ours ↔ sender's).
@@ -180,11 +195,19 @@ impl PingPayload {
         let is_response = match t {
             0 => false,
             1 => true,
-            v => return Err(WireError::InvalidValue { what: "ping type", value: v.into() }),
+            v => {
+                return Err(WireError::InvalidValue {
+                    what: "ping type",
+                    value: v.into(),
+                });
+            }
         };
         let ping_id = r.array("ping id")?;
         r.finish()?;
-        Ok(Self { is_response, ping_id })
+        Ok(Self {
+            is_response,
+            ping_id,
+        })
     }
 }
 
@@ -249,19 +272,28 @@ impl NodesResponsePayload {
     /// [`WireError::InvalidValue`] for a count over 4 or a TCP node; length errors otherwise.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         if bytes.len() < 1 + PING_ID_SIZE {
-            return Err(WireError::BadLength { what: "nodes response plaintext", len: bytes.len() });
+            return Err(WireError::BadLength {
+                what: "nodes response plaintext",
+                len: bytes.len(),
+            });
         }
         let (body, id) = bytes.split_at(bytes.len() - PING_ID_SIZE);
         let mut r = Reader::new(body);
         let n = r.u8("node count")?;
         if usize::from(n) > MAX_SENT_NODES {
-            return Err(WireError::InvalidValue { what: "node count", value: n.into() });
+            return Err(WireError::InvalidValue {
+                what: "node count",
+                value: n.into(),
+            });
         }
         let mut nodes = Vec::with_capacity(n.into());
         for _ in 0..n {
             let node = PackedNode::decode(&mut r)?;
             if node.transport != Transport::Udp {
-                return Err(WireError::InvalidValue { what: "node transport in nodes response", value: 1 });
+                return Err(WireError::InvalidValue {
+                    what: "node transport in nodes response",
+                    value: 1,
+                });
             }
             nodes.push(node);
         }
@@ -303,12 +335,20 @@ impl DhtRequest {
             return Err(WireError::UnknownKind(k));
         }
         if !(Self::MIN_SIZE..=MAX_DHT_REQUEST_SIZE).contains(&bytes.len()) {
-            return Err(WireError::BadLength { what: "DHT request", len: bytes.len() });
+            return Err(WireError::BadLength {
+                what: "DHT request",
+                len: bytes.len(),
+            });
         }
         let receiver = PublicKey(r.array("receiver public key")?);
         let sender = PublicKey(r.array("sender public key")?);
         let nonce = Nonce(r.array("nonce")?);
-        Ok(Self { receiver, sender, nonce, ciphertext: r.rest().to_vec() })
+        Ok(Self {
+            receiver,
+            sender,
+            nonce,
+            ciphertext: r.rest().to_vec(),
+        })
     }
 
     /// Emits the datagram.
@@ -352,16 +392,27 @@ impl NatPing {
         let mut r = Reader::new(bytes);
         let id = r.u8("request id")?;
         if id != Self::REQUEST_ID {
-            return Err(WireError::InvalidValue { what: "NAT ping request id", value: id.into() });
+            return Err(WireError::InvalidValue {
+                what: "NAT ping request id",
+                value: id.into(),
+            });
         }
         let is_response = match r.u8("NAT ping type")? {
             0 => false,
             1 => true,
-            v => return Err(WireError::InvalidValue { what: "NAT ping type", value: v.into() }),
+            v => {
+                return Err(WireError::InvalidValue {
+                    what: "NAT ping type",
+                    value: v.into(),
+                });
+            }
         };
         let ping = r.array("NAT ping id")?;
         r.finish()?;
-        Ok(Self { is_response, id: ping })
+        Ok(Self {
+            is_response,
+            id: ping,
+        })
     }
 }
 
@@ -384,9 +435,14 @@ impl LanDiscovery {
             return Err(WireError::UnknownKind(k));
         }
         if bytes.len() != LAN_DISCOVERY_SIZE {
-            return Err(WireError::BadLength { what: "LAN discovery", len: bytes.len() });
+            return Err(WireError::BadLength {
+                what: "LAN discovery",
+                len: bytes.len(),
+            });
         }
-        Ok(Self { public_key: PublicKey(r.array("public key")?) })
+        Ok(Self {
+            public_key: PublicKey(r.array("public key")?),
+        })
     }
 
     /// Emits the 33-byte datagram.
@@ -428,10 +484,16 @@ impl BootstrapInfo {
             return Ok(Self::Request);
         }
         if bytes.len() > 1 + 4 + MAX_MOTD_LENGTH {
-            return Err(WireError::BadLength { what: "bootstrap info", len: bytes.len() });
+            return Err(WireError::BadLength {
+                what: "bootstrap info",
+                len: bytes.len(),
+            });
         }
         let version = r.u32_be("version")?;
-        Ok(Self::Response { version, motd: r.rest().to_vec() })
+        Ok(Self::Response {
+            version,
+            motd: r.rest().to_vec(),
+        })
     }
 
     /// Emits the datagram (a response's MOTD is cut at 256 bytes).
@@ -476,7 +538,9 @@ impl Packet {
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
         match bytes.first() {
             None => Err(WireError::Truncated("kind")),
-            Some(&k) if DhtKind::from_byte(k).is_some() => DhtEnvelope::decode(bytes).map(Self::Dht),
+            Some(&k) if DhtKind::from_byte(k).is_some() => {
+                DhtEnvelope::decode(bytes).map(Self::Dht)
+            }
             Some(&kind::DHT_REQUEST) => DhtRequest::decode(bytes).map(Self::DhtRequest),
             Some(&kind::LAN_DISCOVERY) => LanDiscovery::decode(bytes).map(Self::LanDiscovery),
             Some(&kind::BOOTSTRAP_INFO) => BootstrapInfo::decode(bytes).map(Self::BootstrapInfo),
@@ -498,8 +562,8 @@ impl Packet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_crypto::rng::FerryRng;
     use ferry_crypto::KeyPair;
+    use ferry_crypto::rng::FerryRng;
     use proptest::prelude::*;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -509,9 +573,12 @@ mod tests {
 
     fn arb_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
-            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(o, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), p)),
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(o, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(o)), p)),
             (any::<[u8; 16]>(), any::<u16>())
-                .prop_filter("not v4-mapped", |(o, _)| Ipv6Addr::from(*o).to_ipv4_mapped().is_none())
+                .prop_filter("not v4-mapped", |(o, _)| Ipv6Addr::from(*o)
+                    .to_ipv4_mapped()
+                    .is_none())
                 .prop_map(|(o, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(o)), p)),
         ]
     }
@@ -533,7 +600,8 @@ mod tests {
         let a = KeyPair::generate(&mut rng);
         let b = KeyPair::generate(&mut rng);
         let key = PrecomputedKey::new(&a.secret, &b.public);
-        let env = DhtEnvelope::seal(kind, a.public, Nonce::random(&mut rng), &key, plain).expect("seal");
+        let env =
+            DhtEnvelope::seal(kind, a.public, Nonce::random(&mut rng), &key, plain).expect("seal");
         (env, a, b)
     }
 
@@ -621,8 +689,15 @@ mod tests {
     fn nodes_response_rejects_bad_counts_and_tcp() {
         let mut plain = vec![5u8];
         plain.extend_from_slice(&[0; 8]);
-        assert!(matches!(NodesResponsePayload::decode(&plain), Err(WireError::InvalidValue { .. })));
-        let tcp = PackedNode { transport: Transport::Tcp, addr: "1.2.3.4:5".parse().expect("addr"), public_key: PublicKey([1; 32]) };
+        assert!(matches!(
+            NodesResponsePayload::decode(&plain),
+            Err(WireError::InvalidValue { .. })
+        ));
+        let tcp = PackedNode {
+            transport: Transport::Tcp,
+            addr: "1.2.3.4:5".parse().expect("addr"),
+            public_key: PublicKey([1; 32]),
+        };
         let mut plain = vec![1u8];
         tcp.encode(&mut plain);
         plain.extend_from_slice(&[0; 8]);
@@ -639,9 +714,18 @@ mod tests {
     fn wrong_lengths_are_rejected() {
         let mut ping = vec![0u8; PING_PACKET_SIZE + 1];
         ping[0] = 0;
-        assert!(matches!(Packet::decode(&ping), Err(WireError::BadLength { .. })));
-        assert!(matches!(Packet::decode(&[0x21; 34]), Err(WireError::BadLength { .. })));
-        assert!(matches!(Packet::decode(&[0x93, 1, 2]), Err(WireError::UnknownKind(0x93))));
+        assert!(matches!(
+            Packet::decode(&ping),
+            Err(WireError::BadLength { .. })
+        ));
+        assert!(matches!(
+            Packet::decode(&[0x21; 34]),
+            Err(WireError::BadLength { .. })
+        ));
+        assert!(matches!(
+            Packet::decode(&[0x93, 1, 2]),
+            Err(WireError::UnknownKind(0x93))
+        ));
         assert!(matches!(Packet::decode(&[]), Err(WireError::Truncated(_))));
     }
 }

@@ -15,8 +15,8 @@
 
 pub mod dht;
 pub mod node;
-pub mod toxid;
 mod reader;
+pub mod toxid;
 
 pub use reader::Reader;
 

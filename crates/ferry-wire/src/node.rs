@@ -51,7 +51,11 @@ pub struct PackedNode {
 impl PackedNode {
     /// A UDP node.
     pub fn udp(addr: SocketAddr, public_key: PublicKey) -> Self {
-        Self { transport: Transport::Udp, addr, public_key }
+        Self {
+            transport: Transport::Udp,
+            addr,
+            public_key,
+        }
     }
 
     /// The encoded size: 39 bytes for IPv4, 51 for IPv6.
@@ -67,11 +71,19 @@ impl PackedNode {
         let addr = normalize(self.addr);
         match (addr.ip(), self.transport) {
             (IpAddr::V4(ip), t) => {
-                out.push(if t == Transport::Udp { IP_TYPE_UDP4 } else { IP_TYPE_TCP4 });
+                out.push(if t == Transport::Udp {
+                    IP_TYPE_UDP4
+                } else {
+                    IP_TYPE_TCP4
+                });
                 out.extend_from_slice(&ip.octets());
             }
             (IpAddr::V6(ip), t) => {
-                out.push(if t == Transport::Udp { IP_TYPE_UDP6 } else { IP_TYPE_TCP6 });
+                out.push(if t == Transport::Udp {
+                    IP_TYPE_UDP6
+                } else {
+                    IP_TYPE_TCP6
+                });
                 out.extend_from_slice(&ip.octets());
             }
         }
@@ -95,17 +107,28 @@ impl PackedNode {
                 (transport_of(ip_type), IpAddr::V6(Ipv6Addr::from(o)))
             }
             other => {
-                return Err(WireError::InvalidValue { what: "packed node ip_type", value: other.into() });
+                return Err(WireError::InvalidValue {
+                    what: "packed node ip_type",
+                    value: other.into(),
+                });
             }
         };
         let port = r.u16_be("packed node port")?;
         let pk: [u8; 32] = r.array("packed node public key")?;
-        Ok(Self { transport, addr: SocketAddr::new(ip, port), public_key: PublicKey(pk) })
+        Ok(Self {
+            transport,
+            addr: SocketAddr::new(ip, port),
+            public_key: PublicKey(pk),
+        })
     }
 }
 
 fn transport_of(ip_type: u8) -> Transport {
-    if ip_type >= IP_TYPE_TCP4 { Transport::Tcp } else { Transport::Udp }
+    if ip_type >= IP_TYPE_TCP4 {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
 }
 
 /// Turns an IPv4-mapped IPv6 socket address (`::ffff:a.b.c.d`) into plain IPv4, as c-toxcore does
@@ -143,7 +166,7 @@ pub fn ip_is_lan(ip: IpAddr) -> bool {
             let s = v6.segments();
             v6.is_loopback()
                 || (s[0] & 0xffc0) == 0xfe80
-                || (matches!(s[0], 0xff00 | 0xff01 | 0xff02) && s[1..7].iter().all(|&x| x == 0) && s[7] == 1)
+                || (matches!(s[0], 0xff00..=0xff02) && s[1..7].iter().all(|&x| x == 0) && s[7] == 1)
         }
     }
 }
@@ -169,20 +192,40 @@ mod tests {
 
     #[test]
     fn mapped_is_packed_as_v4() {
-        let n = PackedNode::udp("[::ffff:127.0.0.1]:1".parse().expect("addr"), PublicKey([0; 32]));
+        let n = PackedNode::udp(
+            "[::ffff:127.0.0.1]:1".parse().expect("addr"),
+            PublicKey([0; 32]),
+        );
         let mut b = Vec::new();
         n.encode(&mut b);
         assert_eq!(b.len(), 39);
         let back = PackedNode::decode(&mut Reader::new(&b)).expect("decode");
-        assert_eq!(back.addr, "127.0.0.1:1".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            back.addr,
+            "127.0.0.1:1".parse::<SocketAddr>().expect("addr")
+        );
     }
 
     #[test]
     fn lan_ranges() {
-        for lan in ["127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "100.64.0.1", "::1", "fe80::1"] {
+        for lan in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+        ] {
             assert!(ip_is_lan(lan.parse().expect("ip")), "{lan}");
         }
-        for wan in ["8.8.8.8", "172.32.0.1", "169.254.0.1", "2001:db8::1", "100.128.0.1"] {
+        for wan in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "169.254.0.1",
+            "2001:db8::1",
+            "100.128.0.1",
+        ] {
             assert!(!ip_is_lan(wan.parse().expect("ip")), "{wan}");
         }
     }

@@ -78,6 +78,10 @@ impl<'a> Reader<'a> {
     /// # Errors
     /// [`WireError::Trailing`] with the number of bytes left.
     pub fn finish(&self) -> Result<(), WireError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(WireError::Trailing(self.buf.len())) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Trailing(self.buf.len()))
+        }
     }
 }

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ferry_crypto::{decode_hex_array, CryptoError, PublicKey, KEY_SIZE};
+use ferry_crypto::{CryptoError, KEY_SIZE, PublicKey, decode_hex_array};
 
 /// Size of a Tox ID in bytes (`TOX_ADDRESS_SIZE`).
 pub const TOX_ID_SIZE: usize = 38;
@@ -40,7 +40,10 @@ pub struct ToxId {
 impl ToxId {
     /// A Tox ID from its parts; `nospam` is the value `tox_self_get_nospam` reports.
     pub fn new(public_key: PublicKey, nospam: u32) -> Self {
-        Self { public_key, nospam: nospam.to_be_bytes() }
+        Self {
+            public_key,
+            nospam: nospam.to_be_bytes(),
+        }
     }
 
     /// The nospam as `tox_self_get_nospam` reports it.
@@ -51,7 +54,13 @@ impl ToxId {
     /// The 2-byte checksum (`data_checksum` over key ‖ nospam).
     pub fn checksum(&self) -> [u8; 2] {
         let mut c = [0u8; 2];
-        for (i, b) in self.public_key.as_bytes().iter().chain(self.nospam.iter()).enumerate() {
+        for (i, b) in self
+            .public_key
+            .as_bytes()
+            .iter()
+            .chain(self.nospam.iter())
+            .enumerate()
+        {
             c[i % 2] ^= b;
         }
         c
@@ -75,7 +84,10 @@ impl ToxId {
         pk.copy_from_slice(&bytes[..KEY_SIZE]);
         let mut nospam = [0u8; 4];
         nospam.copy_from_slice(&bytes[KEY_SIZE..KEY_SIZE + 4]);
-        let id = Self { public_key: PublicKey(pk), nospam };
+        let id = Self {
+            public_key: PublicKey(pk),
+            nospam,
+        };
         if id.checksum() != bytes[KEY_SIZE + 4..] {
             return Err(ToxIdError::Checksum);
         }

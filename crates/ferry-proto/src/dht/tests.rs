@@ -17,11 +17,17 @@ struct Net {
 }
 
 fn addr(i: usize) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250 + 1) as u8)), 33445)
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, (i / 250) as u8, (i % 250 + 1) as u8)),
+        33445,
+    )
 }
 
 fn config() -> DhtConfig {
-    DhtConfig { lan_discovery: false, ..DhtConfig::default() }
+    DhtConfig {
+        lan_discovery: false,
+        ..DhtConfig::default()
+    }
 }
 
 impl Net {
@@ -34,7 +40,13 @@ impl Net {
             let keys = KeyPair::generate(&mut node_rng);
             nodes.insert(addr(i), Dht::new(config(), keys, node_rng, now));
         }
-        Self { now, nodes, in_flight: VecDeque::new(), delivered: 0, lan: Vec::new() }
+        Self {
+            now,
+            nodes,
+            in_flight: VecDeque::new(),
+            delivered: 0,
+            lan: Vec::new(),
+        }
     }
 
     fn pk(&self, i: usize) -> PublicKey {
@@ -49,9 +61,12 @@ impl Net {
         for (from, node) in &mut self.nodes {
             while let Some(t) = node.poll_transmit() {
                 match t.destination {
-                    Destination::Addr(to) => {
-                        self.in_flight.push_back((self.now + Duration::from_millis(1), *from, to, t.payload))
-                    }
+                    Destination::Addr(to) => self.in_flight.push_back((
+                        self.now + Duration::from_millis(1),
+                        *from,
+                        to,
+                        t.payload,
+                    )),
                     Destination::LanBroadcast { port } => self.lan.push((*from, port)),
                 }
             }
@@ -64,7 +79,9 @@ impl Net {
         while self.now < end {
             self.collect();
             while self.in_flight.front().is_some_and(|p| p.0 <= self.now) {
-                let Some((_, from, to, bytes)) = self.in_flight.pop_front() else { break };
+                let Some((_, from, to, bytes)) = self.in_flight.pop_front() else {
+                    break;
+                };
                 if let Some(node) = self.nodes.get_mut(&to) {
                     node.handle_datagram(self.now, from, &bytes);
                     self.delivered += 1;
@@ -140,7 +157,10 @@ fn thirty_nodes_find_every_other_node() {
             if i == j {
                 continue;
             }
-            match net.nodes[&addr(i)].search_status(now, k).and_then(|s| s.found) {
+            match net.nodes[&addr(i)]
+                .search_status(now, k)
+                .and_then(|s| s.found)
+            {
                 Some(a) => assert_eq!(a, addr(j)),
                 None => missing += 1,
             }
@@ -184,8 +204,15 @@ fn unsolicited_and_spoofed_responses_are_rejected() {
     let pk1 = net.pk(1);
     let now = net.now;
     // Node 1 forges a nodes response to node 0 without a request.
-    let plain = NodesResponsePayload { nodes: vec![PackedNode::udp(addr(7), PublicKey([7; 32]))], ping_id: [1; 8] }.encode();
-    let bytes = net.node(1).seal(DhtKind::NodesResponse, &pk0, &plain).expect("seal");
+    let plain = NodesResponsePayload {
+        nodes: vec![PackedNode::udp(addr(7), PublicKey([7; 32]))],
+        ping_id: [1; 8],
+    }
+    .encode();
+    let bytes = net
+        .node(1)
+        .seal(DhtKind::NodesResponse, &pk0, &plain)
+        .expect("seal");
     net.node(0).handle_datagram(now, addr(1), &bytes);
     assert_eq!(net.nodes[&addr(0)].stats().unsolicited, 1);
     assert!(net.nodes[&addr(0)].close_nodes(now).is_empty());
@@ -250,9 +277,15 @@ fn good_nodes_are_kept_and_bad_ones_replaced() {
     }
     let mut closer = [0x80; 32];
     closer[1] = 0;
-    assert!(!list.add(PublicKey(closer), addr(20), now), "full of good nodes");
+    assert!(
+        !list.add(PublicKey(closer), addr(20), now),
+        "full of good nodes"
+    );
     let later = now + BAD_NODE_TIMEOUT;
-    assert!(list.add(PublicKey(closer), addr(20), later), "a bad slot is reused");
+    assert!(
+        list.add(PublicKey(closer), addr(20), later),
+        "a bad slot is reused"
+    );
     assert_eq!(list.len(), 8);
 }
 
@@ -269,13 +302,24 @@ fn routed_request_is_forwarded_to_a_close_node() {
     let req = {
         let n0 = net.node(0);
         let nonce = Nonce::random(&mut n0.rng);
-        let ct = n0.cache.get(&pk2).encrypt(&nonce, &[0xfe, 0, 1, 2, 3, 4, 5, 6, 7, 8]).expect("enc");
-        DhtRequest { receiver: pk2, sender: n0.public_key(), nonce, ciphertext: ct }.encode()
+        let ct = n0
+            .cache
+            .get(&pk2)
+            .encrypt(&nonce, &[0xfe, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+            .expect("enc");
+        DhtRequest {
+            receiver: pk2,
+            sender: n0.public_key(),
+            nonce,
+            ciphertext: ct,
+        }
+        .encode()
     };
     net.node(1).handle_datagram(now, addr(0), &req);
     assert_eq!(net.nodes[&addr(1)].stats().forwarded, 1);
     net.run(Duration::from_millis(5));
-    let ev = std::iter::from_fn(|| net.node(2).poll_event()).find(|e| matches!(e, DhtEvent::DhtRequest { .. }));
+    let ev = std::iter::from_fn(|| net.node(2).poll_event())
+        .find(|e| matches!(e, DhtEvent::DhtRequest { .. }));
     assert!(matches!(ev, Some(DhtEvent::DhtRequest { id: 0xfe, .. })));
 }
 
@@ -285,14 +329,26 @@ fn searches_are_capped() {
     let mut rng = FerryRng::from_u64(8);
     let keys = KeyPair::generate(&mut rng);
     let own = keys.public;
-    let mut node = Dht::new(DhtConfig { max_searches: 3, ..config() }, keys, rng.fork(), now);
+    let mut node = Dht::new(
+        DhtConfig {
+            max_searches: 3,
+            ..config()
+        },
+        keys,
+        rng.fork(),
+        now,
+    );
     assert_eq!(node.add_search(now, own), Err(DhtError::OwnKey));
     for i in 0..3u8 {
         node.add_search(now, PublicKey([i + 1; 32])).expect("room");
     }
-    assert_eq!(node.add_search(now, PublicKey([9; 32])), Err(DhtError::TooManySearches(3)));
+    assert_eq!(
+        node.add_search(now, PublicKey([9; 32])),
+        Err(DhtError::TooManySearches(3))
+    );
     node.remove_search(&PublicKey([1; 32]));
-    node.add_search(now, PublicKey([9; 32])).expect("room again");
+    node.add_search(now, PublicKey([9; 32]))
+        .expect("room again");
 }
 
 proptest! {
