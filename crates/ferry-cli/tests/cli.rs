@@ -121,7 +121,7 @@ fn up_status_nodes_and_errors() {
     let o = run(node.profile(), &["up", "--bootstrap", "127.0.0.1:33445"]);
     assert!(!o.status.success());
 
-    // `ferry stop` ends the daemon cleanly and removes its socket.
+    // `ferry stop` ends the daemon cleanly and removes its socket (SIGTERM: see `sigterm_stops_up`).
     let profile = node.profile().to_path_buf();
     assert!(node.stop().expect("stop"), "clean exit");
     assert!(!profile.join("ferry.sock").exists());
@@ -185,4 +185,49 @@ fn devnet_runs_and_reports() {
     assert_eq!(v["lookups"], 30);
     assert_eq!(v["lookups_resolved"], 30);
     assert!(stderr(&o).contains("lookups resolved"));
+}
+
+#[test]
+fn sigterm_stops_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    assert!(run(tmp.path(), &["init"]).status.success());
+    let mut child = Command::new(ferry())
+        .arg("--profile")
+        .arg(tmp.path())
+        .args([
+            "up",
+            "--bind",
+            "127.0.0.1",
+            "--udp-port",
+            &free_udp_port().to_string(),
+            "--no-lan",
+            "--no-default-bootstrap",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let sock = tmp.path().join("ferry.sock");
+    let start = std::time::Instant::now();
+    while !run(tmp.path(), &["status"]).status.success() {
+        assert!(start.elapsed().as_secs() < 20, "daemon never came up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed().as_secs() > 10 {
+            let _ = child.kill();
+            panic!("ferry up ignored SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!sock.exists(), "control socket removed");
 }

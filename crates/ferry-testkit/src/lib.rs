@@ -340,3 +340,99 @@ pub mod serde_json_value {
         Ok(serde_json::from_str(s)?)
     }
 }
+
+/// A network namespace created for one test, with a veth link to a peer namespace; deleted (with
+/// everything in it) on drop. Needs root and iproute2. Traffic never leaves the pair.
+#[derive(Debug)]
+pub struct NetnsPair {
+    /// Name of the first namespace.
+    pub a: String,
+    /// Name of the second namespace.
+    pub b: String,
+    /// Address of the first namespace's veth end (`/24`).
+    pub a_ip: String,
+    /// Address of the second namespace's veth end (`/24`).
+    pub b_ip: String,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl NetnsPair {
+    /// Creates namespaces `<tag>-<pid>-a` and `-b` joined by a veth pair on 10.77.`subnet`.0/24,
+    /// loopback up in both.
+    ///
+    /// # Errors
+    /// When not root or iproute2 is missing.
+    pub fn new(tag: &str, subnet: u8) -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let a = format!("{tag}-{pid}-a");
+        let b = format!("{tag}-{pid}-b");
+        let pair = Self {
+            a: a.clone(),
+            b: b.clone(),
+            a_ip: format!("10.77.{subnet}.1"),
+            b_ip: format!("10.77.{subnet}.2"),
+        };
+        ip(&["netns", "add", &a]).context("creating a network namespace needs root")?;
+        ip(&["netns", "add", &b])?;
+        let va = format!("fa{pid}");
+        let vb = format!("fb{pid}");
+        ip(&[
+            "link", "add", &va, "netns", &a, "type", "veth", "peer", "name", &vb, "netns", &b,
+        ])?;
+        for (ns, dev, addr) in [(&a, &va, &pair.a_ip), (&b, &vb, &pair.b_ip)] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "brd",
+                "+",
+                "dev",
+                dev,
+            ])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(pair)
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn command(ns: &str, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// A child process killed by PID (and waited for) on drop.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
