@@ -71,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: DhtCommand,
     },
+    /// Deterministic simulations of many nodes in virtual time.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
     /// Run N nodes on loopback that bootstrap from each other and look each other up.
     Devnet {
         /// Number of nodes.
@@ -83,6 +88,34 @@ enum Command {
         #[arg(long)]
         until_resolved: bool,
         /// Print the final report as JSON (summary lines go to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// Simulate the DHT: N nodes join from 3 seeds, then look each other up under churn and loss.
+    Dht {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Fraction of nodes replaced per hour (0.3 = 30 %/h).
+        #[arg(long, default_value_t = 0.0, value_name = "PER_HOUR")]
+        churn: f64,
+        /// Packet loss rate (0.05 = 5 %).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Simulated hours.
+        #[arg(long, default_value_t = 1.0)]
+        hours: f64,
+        /// Run seed (same seed, same run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Lookups each node starts per hour.
+        #[arg(long, default_value_t = 6.0)]
+        lookups_per_hour: f64,
+        /// JSON output.
         #[arg(long)]
         json: bool,
     },
@@ -262,6 +295,49 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Sim {
+            command:
+                SimCommand::Dht {
+                    nodes,
+                    churn,
+                    loss,
+                    hours,
+                    seed,
+                    lookups_per_hour,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(nodes >= 2, "--nodes must be at least 2");
+            anyhow::ensure!((0.0..1.0).contains(&loss), "--loss must be in [0, 1)");
+            anyhow::ensure!(churn >= 0.0, "--churn must not be negative");
+            anyhow::ensure!(
+                hours > 0.0 && hours <= 1000.0,
+                "--hours must be in (0, 1000]"
+            );
+            let mut scenario = ferry_sim::dht::DhtScenario::new(nodes, hours, seed);
+            scenario.churn_per_hour = churn;
+            scenario.link.loss = loss;
+            scenario.lookups_per_node_hour = lookups_per_hour;
+            let bar = indicatif::ProgressBar::new(scenario.duration.as_secs());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} simulated {pos}/{len} s [{bar:30}] {percent}%  elapsed {elapsed}  eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let report = tokio::task::spawn_blocking(move || {
+                let r = ferry_sim::dht::run(&scenario, |done, _| bar.set_position(done.as_secs()));
+                bar.finish_and_clear();
+                r
+            })
+            .await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print_sim_table(&report);
+            }
+        }
         Command::Devnet {
             nodes,
             seconds,
@@ -302,4 +378,58 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_sim_table(r: &ferry_sim::dht::DhtReport) {
+    let rows: Vec<(&str, String)> = vec![
+        ("nodes", r.nodes.to_string()),
+        ("seed", r.seed.to_string()),
+        (
+            "churn per hour",
+            format!("{:.0} %", r.churn_per_hour * 100.0),
+        ),
+        ("loss", format!("{:.1} %", r.loss * 100.0)),
+        ("lookups", r.lookups.to_string()),
+        (
+            "lookup success rate",
+            format!("{:.4} %", r.lookup_success_rate * 100.0),
+        ),
+        ("median lookup", format!("{:.0} ms", r.median_lookup_ms)),
+        ("p99 lookup", format!("{:.0} ms", r.p99_lookup_ms)),
+        (
+            "requests per lookup",
+            format!("{:.1}", r.requests_per_lookup),
+        ),
+        (
+            "idle packets/node/min (in+out)",
+            format!("{:.0}", r.idle_packets_per_node_minute),
+        ),
+        (
+            "idle packets sent/node/min",
+            format!("{:.0}", r.idle_sent_per_node_minute),
+        ),
+        (
+            "bootstrap stable after",
+            r.bootstrap_stable_s
+                .map_or("not within warm-up".into(), |s| format!("{s:.0} s")),
+        ),
+        ("mean close list", format!("{:.1}", r.close_list_mean)),
+        ("nodes churned", r.churned.to_string()),
+        ("simulated", format!("{:.0} s", r.simulated_seconds)),
+        (
+            "wall",
+            format!(
+                "{:.1} s ({:.0}x real time)",
+                r.wall_seconds,
+                r.simulated_seconds / r.wall_seconds.max(1e-9)
+            ),
+        ),
+        (
+            "peak RSS",
+            format!("{:.0} MiB", r.peak_rss_bytes as f64 / 1048576.0),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<32} {v}");
+    }
 }

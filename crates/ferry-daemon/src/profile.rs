@@ -105,9 +105,18 @@ struct IdentityFile {
 /// The default profile directory: `$XDG_DATA_HOME/ferry`, else `~/.local/share/ferry`, else
 /// `./ferry-profile`.
 pub fn default_dir() -> PathBuf {
-    dirs::data_dir()
-        .map(|d| d.join("ferry"))
-        .unwrap_or_else(|| PathBuf::from("ferry-profile"))
+    let from_env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = from_env("XDG_DATA_HOME").filter(|p| p.is_absolute()) {
+        return d.join("ferry");
+    }
+    match from_env("HOME") {
+        Some(home) => home.join(".local/share/ferry"),
+        None => PathBuf::from("ferry-profile"),
+    }
 }
 
 /// Creates a profile at `dir` with a new identity; refuses to overwrite one unless `force`.

@@ -114,6 +114,8 @@ pub struct DhtConfig {
     pub max_queued_transmits: usize,
     /// Most events queued before the oldest is dropped.
     pub max_queued_events: usize,
+    /// Peers whose precomputed `crypto_box` key is cached (c-toxcore: 256 × 4 slots).
+    pub key_cache_size: usize,
 }
 
 impl Default for DhtConfig {
@@ -125,6 +127,7 @@ impl Default for DhtConfig {
             max_bootstrap_nodes: 64,
             max_queued_transmits: 16_384,
             max_queued_events: 4096,
+            key_cache_size: 1024,
         }
     }
 }
@@ -323,30 +326,30 @@ impl CloseList {
         }
         bucket.len() < BUCKET_SIZE || bucket.iter().any(|c| !c.good(now))
     }
-    /// Adds or refreshes a node that answered us (`add_to_close`); returns whether it is listed.
-    fn add(&mut self, pk: PublicKey, addr: SocketAddr, now: Instant) -> bool {
+    /// Adds or refreshes a node that answered us (`add_to_close`).
+    fn add(&mut self, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
         if pk == self.own {
-            return false;
+            return Insert::No;
+        }
+        let idx = self.bucket_of(&pk);
+        if let Some(c) = self.buckets[idx].iter_mut().find(|c| c.public_key == pk) {
+            c.update(addr, now);
+            return Insert::Refreshed;
         }
         // A different key at the same address: that node restarted with a new DHT key.
         for bucket in &mut self.buckets {
-            bucket.retain(|c| c.public_key == pk || !c.has_addr(addr));
+            bucket.retain(|c| !c.has_addr(addr));
         }
-        let idx = self.bucket_of(&pk);
         let bucket = &mut self.buckets[idx];
-        if let Some(c) = bucket.iter_mut().find(|c| c.public_key == pk) {
-            c.update(addr, now);
-            return true;
-        }
         if bucket.len() < BUCKET_SIZE {
             bucket.push(Client::new(pk, addr, now));
-            return true;
+            return Insert::New;
         }
         if let Some(slot) = bucket.iter_mut().find(|c| !c.good(now)) {
             *slot = Client::new(pk, addr, now);
-            return true;
+            return Insert::New;
         }
-        false
+        Insert::No
     }
     #[cfg(test)]
     fn len(&self) -> usize {
@@ -364,6 +367,7 @@ struct Search {
     fake: bool,
     found: Option<SocketAddr>,
     started: Instant,
+    requests: u32,
 }
 
 impl Search {
@@ -376,6 +380,7 @@ impl Search {
             fake,
             found: None,
             started: now,
+            requests: 0,
         }
     }
 
@@ -408,24 +413,35 @@ impl Search {
         self.clients.len() < SEARCH_LIST_SIZE || self.worst_replaceable(target, pk, now).is_some()
     }
 
-    /// Adds or refreshes `pk` (`replace_all`); returns whether it is listed.
-    fn add(&mut self, target: &PublicKey, pk: PublicKey, addr: SocketAddr, now: Instant) -> bool {
+    /// Adds or refreshes `pk` (`replace_all`).
+    fn add(&mut self, target: &PublicKey, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
         if let Some(c) = self.clients.iter_mut().find(|c| c.public_key == pk) {
             c.update(addr, now);
-            return true;
+            return Insert::Refreshed;
         }
         if self.clients.len() < SEARCH_LIST_SIZE {
             self.clients.push(Client::new(pk, addr, now));
-            return true;
+            return Insert::New;
         }
         match self.worst_replaceable(target, &pk, now) {
             Some(i) => {
                 self.clients[i] = Client::new(pk, addr, now);
-                true
+                Insert::New
             }
-            None => false,
+            None => Insert::No,
         }
     }
+}
+
+/// What adding a node to a list did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Insert {
+    /// Not listed (our own key, or no slot it may take).
+    No,
+    /// Already listed; its timestamps were refreshed.
+    Refreshed,
+    /// Newly listed.
+    New,
 }
 
 /// A node of the close list as reported by [`Dht::close_nodes`].
@@ -450,6 +466,8 @@ pub struct SearchStatus {
     pub nodes: usize,
     /// Time since the search started.
     pub age: Duration,
+    /// Nodes requests sent for this search so far.
+    pub requests: u32,
 }
 
 /// The Tox DHT state machine. See the module docs for the protocol flow and constants.
@@ -473,7 +491,11 @@ pub struct Dht {
     last_rebootstrap: Option<Instant>,
     last_lan: Option<Instant>,
     next_lan_port: u16,
-    next_tick: Instant,
+    last_tick: Instant,
+    next_scan: Instant,
+    last_scan: Instant,
+    last_flush: Instant,
+    to_bootstrap_pending: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<DhtEvent>,
     stats: DhtStats,
@@ -483,7 +505,7 @@ impl Dht {
     /// A DHT node with DHT key pair `keys` (fresh per start, as c-toxcore does), randomness `rng`
     /// and the clock reading `now`.
     pub fn new(config: DhtConfig, keys: KeyPair, mut rng: FerryRng, now: Instant) -> Self {
-        let cache = PrecomputedCache::new(keys.secret.clone(), 1024);
+        let cache = PrecomputedCache::new(keys.secret.clone(), config.key_cache_size);
         let own = keys.public;
         let mut searches = BTreeMap::new();
         for _ in 0..FAKE_FRIENDS {
@@ -508,7 +530,11 @@ impl Dht {
             last_rebootstrap: None,
             last_lan: None,
             next_lan_port: TOX_PORT_DEFAULT + 1,
-            next_tick: now,
+            last_tick: now,
+            next_scan: now,
+            last_scan: now.checked_sub(TICK).unwrap_or(now),
+            last_flush: now.checked_sub(TICK).unwrap_or(now),
+            to_bootstrap_pending: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: DhtStats::default(),
@@ -567,6 +593,8 @@ impl Dht {
         for n in self.get_close_nodes(&target, true, now) {
             search.to_bootstrap.push((n.public_key, n.addr));
         }
+        self.to_bootstrap_pending |= !search.to_bootstrap.is_empty();
+        self.next_scan = self.next_scan.min(now);
         self.searches.insert(target, search);
         self.user_searches += 1;
         Ok(())
@@ -587,6 +615,7 @@ impl Dht {
             found: s.found,
             nodes: s.clients.len(),
             age: now.saturating_duration_since(s.started),
+            requests: s.requests,
         })
     }
 
@@ -764,17 +793,19 @@ impl Dht {
 
     /// `addto_lists`: a node proved itself by answering; put it into every list it fits.
     fn add_to_lists(&mut self, now: Instant, pk: PublicKey, addr: SocketAddr) {
-        self.close.add(pk, addr, now);
+        let mut new = self.close.add(pk, addr, now) == Insert::New;
         let mut found = None;
         for (target, search) in &mut self.searches {
-            if search.add(target, pk, addr, now)
-                && *target == pk
-                && !search.fake
-                && search.found != Some(addr)
-            {
+            let ins = search.add(target, pk, addr, now);
+            new |= ins == Insert::New;
+            if ins != Insert::No && *target == pk && !search.fake && search.found != Some(addr) {
                 search.found = Some(addr);
                 found = Some(addr);
             }
+        }
+        if new {
+            // A fresh entry may make a random nodes request due (at most one scan per tick).
+            self.next_scan = self.next_scan.min(self.last_scan + TICK);
         }
         if let Some(addr) = found {
             self.emit(DhtEvent::Found {
@@ -798,19 +829,18 @@ impl Dht {
             .iter()
             .chain(self.searches.values().flat_map(|s| s.clients.iter()));
         for c in candidates {
+            // Cheapest tests first: distance, duplicates, then liveness.
+            let pos =
+                best.partition_point(|n| target.distance_cmp(&n.public_key, &c.public_key).is_lt());
+            if pos >= MAX_SENT_NODES || best.iter().any(|n| n.public_key == c.public_key) {
+                continue;
+            }
             let Some(a) = c.best(now) else { continue };
             if !requester_is_lan && ip_is_lan(a.addr.ip()) {
                 continue;
             }
-            if best.iter().any(|n| n.public_key == c.public_key) {
-                continue;
-            }
-            let pos =
-                best.partition_point(|n| target.distance_cmp(&n.public_key, &c.public_key).is_lt());
-            if pos < MAX_SENT_NODES {
-                best.insert(pos, PackedNode::udp(a.addr, c.public_key));
-                best.truncate(MAX_SENT_NODES);
-            }
+            best.insert(pos, PackedNode::udp(a.addr, c.public_key));
+            best.truncate(MAX_SENT_NODES);
         }
         best
     }
@@ -943,6 +973,7 @@ impl Dht {
         {
             if self.to_bootstrap.len() < MAX_CLOSE_TO_BOOTSTRAP_NODES {
                 self.to_bootstrap.push((pk, addr));
+                self.to_bootstrap_pending = true;
             } else if let Some((i, _)) = self
                 .to_bootstrap
                 .iter()
@@ -959,6 +990,7 @@ impl Dht {
                 && search.to_bootstrap.len() < MAX_FRIEND_TO_BOOTSTRAP_NODES
             {
                 search.to_bootstrap.push((pk, addr));
+                self.to_bootstrap_pending = true;
             }
         }
     }
@@ -1009,50 +1041,60 @@ impl Dht {
         self.send_nodes_request(now, from, lan.public_key, own);
     }
 
-    /// `do_ping_and_sendnode_requests` for the close list.
-    fn do_close(&mut self, now: Instant) {
+    /// Sends the queued nodes requests for nodes learned from responses (`to_bootstrap` of the
+    /// close list and of every search list), at most once per [`TICK`].
+    fn flush_to_bootstrap(&mut self, now: Instant) {
+        if !self.to_bootstrap_pending || now.saturating_duration_since(self.last_flush) < TICK {
+            return;
+        }
+        self.to_bootstrap_pending = false;
+        self.last_flush = now;
         let own = self.keys.public;
         for (pk, addr) in std::mem::take(&mut self.to_bootstrap) {
             self.send_nodes_request(now, addr, pk, own);
         }
         let mut sends = Vec::new();
-        let mut candidates = Vec::new();
-        for bucket in &mut self.close.buckets {
-            bucket.retain_mut(|c| c.prune(now));
-            for c in bucket.iter_mut() {
-                let pk = c.public_key;
-                for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
-                    if now.saturating_duration_since(a.last_pinged) >= PING_INTERVAL {
-                        a.last_pinged = now;
-                        sends.push((a.addr, pk));
-                    }
-                    if a.good(now) {
-                        candidates.push((a.addr, pk));
-                    }
-                }
+        for (target, s) in &mut self.searches {
+            for (pk, addr) in s.to_bootstrap.drain(..) {
+                s.requests = s.requests.saturating_add(1);
+                sends.push((addr, pk, *target));
             }
         }
-        for (addr, pk) in sends {
-            self.send_nodes_request(now, addr, pk, own);
-        }
-        let due = self
-            .close_last_get_node
-            .is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
-        if !candidates.is_empty() && (due || self.close_bootstrap_times < MAX_BOOTSTRAP_TIMES) {
-            let (addr, pk) = candidates[self.rng.below(candidates.len())];
-            self.send_nodes_request(now, addr, pk, own);
-            self.close_last_get_node = Some(now);
-            self.close_bootstrap_times = self.close_bootstrap_times.saturating_add(1);
+        for (addr, pk, target) in sends {
+            self.send_nodes_request(now, addr, pk, target);
         }
     }
 
-    /// The same for every search list, asking for the searched key.
-    fn do_searches(&mut self, now: Instant) {
+    /// `do_close` + `do_dht_friends`: liveness requests every [`PING_INTERVAL`] to each listed
+    /// node, and a nodes request to a random good node of each list every
+    /// [`GET_NODE_INTERVAL`] (on consecutive ticks for the first [`MAX_BOOTSTRAP_TIMES`]).
+    /// Also computes when the next such action is due, so idle ticks cost nothing.
+    fn scan(&mut self, now: Instant) {
+        let own = self.keys.public;
+        let mut next = now + PING_INTERVAL;
         let mut sends: Vec<(SocketAddr, PublicKey, PublicKey)> = Vec::new();
+        let mut candidates = Vec::new();
+        for bucket in &mut self.close.buckets {
+            bucket.retain_mut(|c| c.prune(now));
+            scan_clients(
+                bucket.iter_mut(),
+                now,
+                own,
+                &mut sends,
+                &mut candidates,
+                &mut next,
+            );
+        }
+        let pick = random_get_node(
+            &mut self.rng,
+            &candidates,
+            &mut self.close_last_get_node,
+            &mut self.close_bootstrap_times,
+            now,
+            &mut next,
+        );
+        sends.extend(pick.map(|(addr, pk)| (addr, pk, own)));
         for (target, s) in &mut self.searches {
-            for (pk, addr) in s.to_bootstrap.drain(..) {
-                sends.push((addr, pk, *target));
-            }
             s.clients.retain_mut(|c| c.prune(now));
             if s.found.is_some()
                 && !s
@@ -1062,29 +1104,29 @@ impl Dht {
             {
                 s.found = None;
             }
-            let mut candidates = Vec::new();
-            for c in &mut s.clients {
-                let pk = c.public_key;
-                for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
-                    if now.saturating_duration_since(a.last_pinged) >= PING_INTERVAL {
-                        a.last_pinged = now;
-                        sends.push((a.addr, pk, *target));
-                    }
-                    if a.good(now) {
-                        candidates.push((a.addr, pk));
-                    }
-                }
-            }
-            let due = s
-                .last_get_node
-                .is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
-            if !candidates.is_empty() && (due || s.bootstrap_times < MAX_BOOTSTRAP_TIMES) {
-                let (addr, pk) = candidates[self.rng.below(candidates.len())];
-                sends.push((addr, pk, *target));
-                s.last_get_node = Some(now);
-                s.bootstrap_times = s.bootstrap_times.saturating_add(1);
-            }
+            candidates.clear();
+            let before = sends.len();
+            scan_clients(
+                s.clients.iter_mut(),
+                now,
+                *target,
+                &mut sends,
+                &mut candidates,
+                &mut next,
+            );
+            let pick = random_get_node(
+                &mut self.rng,
+                &candidates,
+                &mut s.last_get_node,
+                &mut s.bootstrap_times,
+                now,
+                &mut next,
+            );
+            sends.extend(pick.map(|(addr, pk)| (addr, pk, *target)));
+            s.requests = s.requests.saturating_add((sends.len() - before) as u32);
         }
+        self.last_scan = now;
+        self.next_scan = next.max(now + TICK);
         for (addr, pk, target) in sends {
             self.send_nodes_request(now, addr, pk, target);
         }
@@ -1104,16 +1146,18 @@ impl Dht {
     }
 
     fn do_rebootstrap(&mut self, now: Instant) {
-        if self.is_connected(now) || self.bootstrap_nodes.is_empty() {
-            return;
-        }
-        if self
-            .last_rebootstrap
-            .is_some_and(|t| now.saturating_duration_since(t) < REBOOTSTRAP_INTERVAL)
+        if self.bootstrap_nodes.is_empty()
+            || self
+                .last_rebootstrap
+                .is_some_and(|t| now.saturating_duration_since(t) < REBOOTSTRAP_INTERVAL)
         {
             return;
         }
+        // Checked every REBOOTSTRAP_INTERVAL; acts only while no close node is good.
         self.last_rebootstrap = Some(now);
+        if self.is_connected(now) {
+            return;
+        }
         let own = self.keys.public;
         for (pk, addr) in self.bootstrap_nodes.clone() {
             self.send_nodes_request(now, addr, pk, own);
@@ -1157,6 +1201,65 @@ impl Dht {
     }
 }
 
+/// One list's pass of `do_ping_and_sendnode_requests`: a liveness nodes request (for `target`)
+/// to every association not asked for [`PING_INTERVAL`], good associations into `candidates`,
+/// and `next` lowered to the earliest moment something about this list changes.
+fn scan_clients<'a>(
+    clients: impl Iterator<Item = &'a mut Client>,
+    now: Instant,
+    target: PublicKey,
+    sends: &mut Vec<(SocketAddr, PublicKey, PublicKey)>,
+    candidates: &mut Vec<(SocketAddr, PublicKey)>,
+    next: &mut Instant,
+) {
+    for c in clients {
+        let pk = c.public_key;
+        for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
+            if now.saturating_duration_since(a.last_pinged) >= PING_INTERVAL {
+                a.last_pinged = now;
+                sends.push((a.addr, pk, target));
+            }
+            *next = (*next).min(a.last_pinged + PING_INTERVAL);
+            if a.good(now) {
+                candidates.push((a.addr, pk));
+                *next = (*next).min(a.last_resp + BAD_NODE_TIMEOUT);
+            } else {
+                *next = (*next).min(a.last_resp + KILL_NODE_TIMEOUT);
+            }
+        }
+    }
+}
+
+/// The random nodes request of one list: every [`GET_NODE_INTERVAL`], or on each tick while the
+/// list has had fewer than [`MAX_BOOTSTRAP_TIMES`]. Lowers `next` to when the next one is due.
+fn random_get_node(
+    rng: &mut FerryRng,
+    candidates: &[(SocketAddr, PublicKey)],
+    last_get_node: &mut Option<Instant>,
+    bootstrap_times: &mut u32,
+    now: Instant,
+    next: &mut Instant,
+) -> Option<(SocketAddr, PublicKey)> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let due = last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
+    let pick = if due || *bootstrap_times < MAX_BOOTSTRAP_TIMES {
+        *last_get_node = Some(now);
+        *bootstrap_times = bootstrap_times.saturating_add(1);
+        Some(candidates[rng.below(candidates.len())])
+    } else {
+        None
+    };
+    let again = if *bootstrap_times < MAX_BOOTSTRAP_TIMES {
+        now + TICK
+    } else {
+        now + GET_NODE_INTERVAL
+    };
+    *next = (*next).min(last_get_node.map_or(again, |t| (t + GET_NODE_INTERVAL).min(again)));
+    pick
+}
+
 impl Endpoint for Dht {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let from = normalize(from);
@@ -1188,23 +1291,52 @@ impl Endpoint for Dht {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if now < self.next_tick {
+        if now < self.poll_timeout() {
             return;
         }
-        self.next_tick = now + TICK;
+        self.last_tick = now;
         self.do_rebootstrap(now);
-        self.do_close(now);
-        self.do_searches(now);
+        self.flush_to_bootstrap(now);
+        if now >= self.next_scan {
+            self.scan(now);
+        }
         self.do_to_ping(now);
         self.do_lan_discovery(now);
+        debug_assert!(
+            self.poll_timeout() > now,
+            "handle_timeout must move the deadline forward"
+        );
     }
 
     fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
 
+    /// The earliest of: the next list scan, the next flush of queued nodes requests (≤ 1 per
+    /// [`TICK`]), the ping-back queue ([`TIME_TO_PING`]), LAN discovery
+    /// ([`LAN_DISCOVERY_INTERVAL`]) and re-bootstrapping ([`REBOOTSTRAP_INTERVAL`]). An idle node
+    /// wakes only when something is due (c-toxcore wakes every 50 ms to check).
     fn poll_timeout(&self) -> Instant {
-        self.next_tick
+        let mut t = self.next_scan;
+        if self.to_bootstrap_pending {
+            t = t.min(self.last_flush + TICK);
+        }
+        if !self.to_ping.is_empty() {
+            t = t.min(self.last_to_ping + TIME_TO_PING);
+        }
+        if self.config.lan_discovery {
+            t = t.min(
+                self.last_lan
+                    .map_or(self.last_tick, |l| l + LAN_DISCOVERY_INTERVAL),
+            );
+        }
+        if !self.bootstrap_nodes.is_empty() {
+            t = t.min(
+                self.last_rebootstrap
+                    .map_or(self.last_tick, |l| l + REBOOTSTRAP_INTERVAL),
+            );
+        }
+        t
     }
 }
 

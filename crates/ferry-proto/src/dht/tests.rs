@@ -273,17 +273,22 @@ fn good_nodes_are_kept_and_bad_ones_replaced() {
     for i in 0..8u8 {
         let mut k = [0xff; 32];
         k[1] = i;
-        assert!(list.add(PublicKey(k), addr(usize::from(i)), now));
+        assert_eq!(
+            list.add(PublicKey(k), addr(usize::from(i)), now),
+            Insert::New
+        );
     }
     let mut closer = [0x80; 32];
     closer[1] = 0;
-    assert!(
-        !list.add(PublicKey(closer), addr(20), now),
+    assert_eq!(
+        list.add(PublicKey(closer), addr(20), now),
+        Insert::No,
         "full of good nodes"
     );
     let later = now + BAD_NODE_TIMEOUT;
-    assert!(
+    assert_eq!(
         list.add(PublicKey(closer), addr(20), later),
+        Insert::New,
         "a bad slot is reused"
     );
     assert_eq!(list.len(), 8);
