@@ -415,6 +415,11 @@ fn print_sim_table(r: &ferry_sim::dht::DhtReport) {
         ),
         ("mean close list", format!("{:.1}", r.close_list_mean)),
         ("nodes churned", r.churned.to_string()),
+        (
+            "shared keys computed per node",
+            format!("{:.0}", r.keys_computed_per_node),
+        ),
+        ("packets sent (network)", r.packets_sent.to_string()),
         ("simulated", format!("{:.0} s", r.simulated_seconds)),
         (
             "wall",

@@ -281,6 +281,7 @@ impl fmt::Debug for PrecomputedKey {
 pub struct PrecomputedCache {
     secret: SecretKey,
     cache: lru::LruCache<PublicKey, PrecomputedKey>,
+    computed: u64,
 }
 
 impl PrecomputedCache {
@@ -290,14 +291,23 @@ impl PrecomputedCache {
         Self {
             secret,
             cache: lru::LruCache::new(cap),
+            computed: 0,
         }
     }
 
     /// The precomputed key for `peer`, computing and caching it if needed.
     pub fn get(&mut self, peer: &PublicKey) -> &PrecomputedKey {
         let secret = &self.secret;
-        self.cache
-            .get_or_insert(*peer, || PrecomputedKey::new(secret, peer))
+        let computed = &mut self.computed;
+        self.cache.get_or_insert(*peer, || {
+            *computed += 1;
+            PrecomputedKey::new(secret, peer)
+        })
+    }
+
+    /// How many keys were computed (X25519 + HSalsa20) since creation: cache misses.
+    pub fn computed(&self) -> u64 {
+        self.computed
     }
 
     /// Number of cached peers.

@@ -198,6 +198,8 @@ pub struct DhtStats {
     pub forwarded: u64,
     /// Datagrams dropped because the transmit queue was full.
     pub tx_dropped: u64,
+    /// Shared keys computed (X25519), i.e. misses of the precomputed-key cache.
+    pub keys_computed: u64,
 }
 
 /// One node's address of one family and its timestamps.
@@ -548,7 +550,10 @@ impl Dht {
 
     /// Counters since start.
     pub fn stats(&self) -> DhtStats {
-        self.stats
+        DhtStats {
+            keys_computed: self.cache.computed(),
+            ..self.stats
+        }
     }
 
     /// Bootstraps from a known node: sends it a nodes request for our own key now and remembers it
@@ -823,26 +828,37 @@ impl Dht {
         requester_is_lan: bool,
         now: Instant,
     ) -> Vec<PackedNode> {
-        let mut best: Vec<PackedNode> = Vec::with_capacity(MAX_SENT_NODES + 1);
+        // (XOR distance, node), closest first; distances compare as big-endian byte arrays.
+        let mut best: Vec<([u8; 32], PackedNode)> = Vec::with_capacity(MAX_SENT_NODES + 1);
         let candidates = self
             .close
             .iter()
             .chain(self.searches.values().flat_map(|s| s.clients.iter()));
         for c in candidates {
             // Cheapest tests first: distance, duplicates, then liveness.
-            let pos =
-                best.partition_point(|n| target.distance_cmp(&n.public_key, &c.public_key).is_lt());
-            if pos >= MAX_SENT_NODES || best.iter().any(|n| n.public_key == c.public_key) {
+            let mut dist = [0u8; 32];
+            for (d, (a, b)) in dist
+                .iter_mut()
+                .zip(target.0.iter().zip(c.public_key.0.iter()))
+            {
+                *d = a ^ b;
+            }
+            if best.len() == MAX_SENT_NODES && best.last().is_some_and(|(worst, _)| dist >= *worst)
+            {
+                continue;
+            }
+            if best.iter().any(|(_, n)| n.public_key == c.public_key) {
                 continue;
             }
             let Some(a) = c.best(now) else { continue };
             if !requester_is_lan && ip_is_lan(a.addr.ip()) {
                 continue;
             }
-            best.insert(pos, PackedNode::udp(a.addr, c.public_key));
+            let pos = best.partition_point(|(d, _)| *d < dist);
+            best.insert(pos, (dist, PackedNode::udp(a.addr, c.public_key)));
             best.truncate(MAX_SENT_NODES);
         }
-        best
+        best.into_iter().map(|(_, n)| n).collect()
     }
 
     fn handle_envelope(&mut self, now: Instant, from: SocketAddr, env: DhtEnvelope) {

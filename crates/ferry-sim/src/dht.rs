@@ -110,6 +110,10 @@ pub struct DhtReport {
     pub close_list_mean: f64,
     /// Nodes replaced by churn.
     pub churned: u64,
+    /// Mean shared keys (X25519) each live node computed over the run: its distinct peers.
+    pub keys_computed_per_node: f64,
+    /// Datagrams the whole network carried (sent).
+    pub packets_sent: u64,
     /// Simulated seconds.
     pub simulated_seconds: f64,
     /// Wall-clock seconds the run took.
@@ -369,6 +373,12 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
         observe(&mut tally, id, node, now)
     });
 
+    let live = net.live();
+    let keys_total: u64 = live
+        .iter()
+        .filter_map(|&i| net.node(i).map(|n| n.stats().keys_computed))
+        .sum();
+    let keys_computed_per_node = keys_total as f64 / live.len().max(1) as f64;
     let resolved = tally.durations_ms.len() as u64;
     let lookups = resolved + tally.failed;
     let mut d = tally.durations_ms.clone();
@@ -397,6 +407,8 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
         bootstrap_stable_s: stable_time(&samples, s.join_window, s.nodes),
         close_list_mean: close_mean,
         churned,
+        keys_computed_per_node,
+        packets_sent: net.stats().sent,
         simulated_seconds: s.duration.as_secs_f64(),
         wall_seconds: wall.elapsed().as_secs_f64(),
         peak_rss_bytes: peak_rss_bytes(),

@@ -372,3 +372,105 @@ pub fn exp_delay(rng: &mut FerryRng, mean: Duration) -> Duration {
     let u = unit(rng).max(1e-12);
     Duration::from_secs_f64(-u.ln() * mean.as_secs_f64())
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)]
+mod tests {
+    use super::*;
+    use ferry_proto::Transmit;
+
+    /// Sends one datagram to `to` every `every` and counts what it receives.
+    struct Beacon {
+        to: Option<SocketAddr>,
+        next: Instant,
+        every: Duration,
+        size: usize,
+        received: Vec<Instant>,
+        out: Vec<Transmit>,
+    }
+
+    impl Endpoint for Beacon {
+        fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, _bytes: &[u8]) {
+            self.received.push(now);
+        }
+        fn handle_timeout(&mut self, now: Instant) {
+            if now >= self.next {
+                if let Some(to) = self.to {
+                    self.out.push(Transmit {
+                        destination: Destination::Addr(to),
+                        payload: vec![0; self.size],
+                    });
+                }
+                self.next = now + self.every;
+            }
+        }
+        fn poll_transmit(&mut self) -> Option<Transmit> {
+            self.out.pop()
+        }
+        fn poll_timeout(&self) -> Instant {
+            self.next
+        }
+    }
+
+    fn pair(config: LinkConfig, every: Duration, size: usize) -> (Network<Beacon>, NodeId, NodeId) {
+        let base = Instant::now();
+        let mut net = Network::new(config, FerryRng::from_u64(5), base);
+        let rx = net.add(|_, _| Beacon {
+            to: None,
+            next: base + Duration::from_secs(1_000_000),
+            every,
+            size,
+            received: vec![],
+            out: vec![],
+        });
+        let rx_addr = net.addr(rx).expect("addr");
+        let tx = net.add(|_, _| Beacon {
+            to: Some(rx_addr),
+            next: base,
+            every,
+            size,
+            received: vec![],
+            out: vec![],
+        });
+        (net, tx, rx)
+    }
+
+    #[test]
+    fn loss_rate_is_respected() {
+        let cfg = LinkConfig {
+            loss: 0.2,
+            ..LinkConfig::default()
+        };
+        let (mut net, _, rx) = pair(cfg, Duration::from_millis(10), 10);
+        net.run_until(Duration::from_secs(100), |_, _, _| {});
+        let got = net.node(rx).expect("rx").received.len() as f64;
+        let rate = 1.0 - got / 10_000.0;
+        assert!((0.18..0.22).contains(&rate), "loss {rate}");
+        // Everything sent was lost or delivered, but the few still in flight at the end.
+        let st = net.stats();
+        assert!(st.sent - (st.lost + st.delivered) <= 20, "{st:?}");
+    }
+
+    #[test]
+    fn latency_and_bandwidth() {
+        // 1000-byte datagrams every 1 ms over a 100 kB/s uplink: at most 100 per second arrive.
+        let cfg = LinkConfig {
+            uplink_bytes_per_s: Some(100_000),
+            jitter_ms: 0.0,
+            ..LinkConfig::default()
+        };
+        let (mut net, _, rx) = pair(cfg, Duration::from_millis(1), 1000);
+        net.run_until(Duration::from_secs(10), |_, _, _| {});
+        let got = net.node(rx).expect("rx").received.len();
+        assert!((990..=1000).contains(&got), "{got} arrived in 10 s");
+        // Unlimited: the first datagram arrives after the pair's latency, 10..=150 ms.
+        let (mut net, _, rx) = pair(LinkConfig::default(), Duration::from_secs(1), 10);
+        let base = net.now();
+        net.run_until(Duration::from_millis(200), |_, _, _| {});
+        let first = net.node(rx).expect("rx").received[0].duration_since(base);
+        assert!(
+            first >= Duration::from_millis(10) && first <= Duration::from_millis(155),
+            "{first:?}"
+        );
+    }
+}

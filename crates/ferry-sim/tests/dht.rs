@@ -1,0 +1,78 @@
+//! DHT scenarios at test scale. Each assertion message names the seed; replay a failure with
+//! `ferry sim dht --nodes N --hours H --seed S [--churn C --loss L]`.
+
+use std::time::Duration;
+
+use ferry_sim::dht::{DhtReport, DhtScenario, run};
+
+fn scenario(nodes: usize, hours: f64, seed: u64) -> DhtScenario {
+    let mut s = DhtScenario::new(nodes, hours, seed);
+    // Short runs: a 4-minute warm-up (joins in the first minute, idle measured over the last 2).
+    s.warmup = Duration::from_secs(240);
+    s.join_window = Duration::from_secs(60);
+    s.idle_window = Duration::from_secs(120);
+    s.lookups_per_node_hour = 12.0;
+    s
+}
+
+fn same_but_wall(a: &DhtReport, b: &DhtReport) -> bool {
+    let strip = |r: &DhtReport| DhtReport {
+        wall_seconds: 0.0,
+        peak_rss_bytes: 0,
+        ..r.clone()
+    };
+    strip(a) == strip(b)
+}
+
+#[test]
+fn same_seed_same_run_bit_for_bit() {
+    let s = scenario(60, 0.12, 42);
+    let a = run(&s, |_, _| {});
+    let b = run(&s, |_, _| {});
+    assert!(same_but_wall(&a, &b), "seed 42 diverged:\n{a:?}\n{b:?}");
+    let c = run(&scenario(60, 0.12, 43), |_, _| {});
+    assert!(
+        !same_but_wall(&a, &c),
+        "different seeds gave identical runs"
+    );
+}
+
+#[test]
+fn bootstrap_and_lookups_without_churn() {
+    let s = scenario(200, 0.25, 7);
+    let r = run(&s, |_, _| {});
+    assert!(r.lookups >= 100, "seed 7: too few lookups: {r:?}");
+    assert!(
+        r.lookup_success_rate >= 0.999,
+        "seed 7: success {:.4}: {r:?}",
+        r.lookup_success_rate
+    );
+    assert!(
+        r.bootstrap_stable_s.is_some(),
+        "seed 7: close lists never stabilized: {r:?}"
+    );
+    assert!(r.close_list_mean >= 8.0, "seed 7: {r:?}");
+    assert!(
+        r.idle_packets_per_node_minute > 0.0 && r.idle_packets_per_node_minute < 600.0,
+        "seed 7: {r:?}"
+    );
+    assert!(
+        r.median_lookup_ms > 0.0 && r.p99_lookup_ms >= r.median_lookup_ms,
+        "seed 7: {r:?}"
+    );
+}
+
+#[test]
+fn lookups_under_churn_and_loss() {
+    let mut s = scenario(200, 0.5, 11);
+    s.churn_per_hour = 0.3;
+    s.link.loss = 0.05;
+    let r = run(&s, |_, _| {});
+    assert!(r.churned > 10, "seed 11: churn did not happen: {r:?}");
+    assert!(r.lookups >= 100, "seed 11: {r:?}");
+    assert!(
+        r.lookup_success_rate >= 0.99,
+        "seed 11: success {:.4}: {r:?}",
+        r.lookup_success_rate
+    );
+}
