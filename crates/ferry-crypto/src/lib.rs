@@ -18,6 +18,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crypto_box::SalsaBox;
 use crypto_box::aead::Aead;
@@ -275,37 +276,54 @@ impl fmt::Debug for PrecomputedKey {
     }
 }
 
+/// Where a [`PrecomputedCache`] gets a key it does not hold.
+///
+/// Nodes compute it ([`PrecomputedKey::new`]). The simulator plugs in a memo shared by all its
+/// nodes: both ends of a pair derive the same key, so each pair's X25519 runs once instead of
+/// twice. Results are identical either way.
+pub trait KeySource: Send + Sync + fmt::Debug {
+    /// The key between `ours` (whose public half is `our_public`) and `theirs`.
+    fn precompute(&self, ours: &SecretKey, our_public: &PublicKey, theirs: &PublicKey) -> Arc<PrecomputedKey>;
+}
+
 /// A bounded LRU cache of [`PrecomputedKey`]s between one fixed secret key of ours and many peers,
 /// so the X25519 scalar multiplication runs once per peer, not once per packet (c-toxcore's
 /// `shared_key_cache`). Keyed by remote input, so it is capped (house rule 6).
 pub struct PrecomputedCache {
     secret: SecretKey,
-    cache: lru::LruCache<PublicKey, PrecomputedKey>,
+    public: PublicKey,
+    cache: lru::LruCache<PublicKey, Arc<PrecomputedKey>>,
+    source: Option<Arc<dyn KeySource>>,
     computed: u64,
 }
 
 impl PrecomputedCache {
     /// A cache for `secret` holding at most `capacity` peers (at least 1).
     pub fn new(secret: SecretKey, capacity: usize) -> Self {
+        Self::with_source(secret, capacity, None)
+    }
+
+    /// Like [`PrecomputedCache::new`], taking missing keys from `source` when given.
+    pub fn with_source(secret: SecretKey, capacity: usize, source: Option<Arc<dyn KeySource>>) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            secret,
-            cache: lru::LruCache::new(cap),
-            computed: 0,
-        }
+        let public = secret.public_key();
+        Self { secret, public, cache: lru::LruCache::new(cap), source, computed: 0 }
     }
 
     /// The precomputed key for `peer`, computing and caching it if needed.
     pub fn get(&mut self, peer: &PublicKey) -> &PrecomputedKey {
-        let secret = &self.secret;
+        let (secret, public, source) = (&self.secret, &self.public, &self.source);
         let computed = &mut self.computed;
         self.cache.get_or_insert(*peer, || {
             *computed += 1;
-            PrecomputedKey::new(secret, peer)
+            match source {
+                Some(s) => s.precompute(secret, public, peer),
+                None => Arc::new(PrecomputedKey::new(secret, peer)),
+            }
         })
     }
 
-    /// How many keys were computed (X25519 + HSalsa20) since creation: cache misses.
+    /// Cache misses since creation: how many distinct peers' keys had to be fetched or computed.
     pub fn computed(&self) -> u64 {
         self.computed
     }
@@ -323,9 +341,7 @@ impl PrecomputedCache {
 
 impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrecomputedCache")
-            .field("len", &self.cache.len())
-            .finish()
+        f.debug_struct("PrecomputedCache").field("len", &self.cache.len()).finish()
     }
 }
 

@@ -116,6 +116,9 @@ pub struct DhtConfig {
     pub max_queued_events: usize,
     /// Peers whose precomputed `crypto_box` key is cached (c-toxcore: 256 × 4 slots).
     pub key_cache_size: usize,
+    /// Where keys missing from that cache come from; `None` = compute them (the simulator
+    /// shares one memo between all its nodes).
+    pub key_source: Option<std::sync::Arc<dyn ferry_crypto::KeySource>>,
 }
 
 impl Default for DhtConfig {
@@ -128,6 +131,7 @@ impl Default for DhtConfig {
             max_queued_transmits: 16_384,
             max_queued_events: 4096,
             key_cache_size: 1024,
+            key_source: None,
         }
     }
 }
@@ -339,7 +343,7 @@ impl CloseList {
             return Insert::Refreshed;
         }
         // A different key at the same address: that node restarted with a new DHT key.
-        for bucket in &mut self.buckets {
+        for bucket in self.buckets.iter_mut().filter(|b| !b.is_empty()) {
             bucket.retain(|c| !c.has_addr(addr));
         }
         let bucket = &mut self.buckets[idx];
@@ -507,7 +511,7 @@ impl Dht {
     /// A DHT node with DHT key pair `keys` (fresh per start, as c-toxcore does), randomness `rng`
     /// and the clock reading `now`.
     pub fn new(config: DhtConfig, keys: KeyPair, mut rng: FerryRng, now: Instant) -> Self {
-        let cache = PrecomputedCache::new(keys.secret.clone(), config.key_cache_size);
+        let cache = PrecomputedCache::with_source(keys.secret.clone(), config.key_cache_size, config.key_source.clone());
         let own = keys.public;
         let mut searches = BTreeMap::new();
         for _ in 0..FAKE_FRIENDS {
@@ -735,6 +739,13 @@ impl Dht {
             .map(|e| e.encode())
     }
 
+    /// Encrypts `plain` to `to` as a DHT packet of `kind` and queues it for `addr`.
+    fn send_sealed(&mut self, kind: DhtKind, to: &PublicKey, addr: SocketAddr, plain: &[u8]) {
+        if let Some(bytes) = self.seal(kind, to, plain) {
+            self.queue(Destination::Addr(addr), bytes);
+        }
+    }
+
     /// `dht_getnodes`: a nodes request for `target` to `pk` at `addr`.
     fn send_nodes_request(
         &mut self,
@@ -749,9 +760,7 @@ impl Dht {
         let ping_id: [u8; 8] = self.rng.bytes();
         self.nodes_requests.insert(ping_id, pk, addr, now);
         let plain = NodesRequestPayload { target, ping_id }.encode();
-        if let Some(bytes) = self.seal(DhtKind::NodesRequest, &pk, &plain) {
-            self.queue(Destination::Addr(addr), bytes);
-        }
+        self.send_sealed(DhtKind::NodesRequest, &pk, addr, &plain);
     }
 
     fn send_ping_request(&mut self, now: Instant, addr: SocketAddr, pk: PublicKey) {
@@ -762,9 +771,7 @@ impl Dht {
             ping_id,
         }
         .encode();
-        if let Some(bytes) = self.seal(DhtKind::PingRequest, &pk, &plain) {
-            self.queue(Destination::Addr(addr), bytes);
-        }
+        self.send_sealed(DhtKind::PingRequest, &pk, addr, &plain);
     }
 
     /// `ping_add`: queue a requester for a ping-back if it would fit our close list.
@@ -830,33 +837,51 @@ impl Dht {
     ) -> Vec<PackedNode> {
         // (XOR distance, node), closest first; distances compare as big-endian byte arrays.
         let mut best: Vec<([u8; 32], PackedNode)> = Vec::with_capacity(MAX_SENT_NODES + 1);
-        let candidates = self
-            .close
-            .iter()
-            .chain(self.searches.values().flat_map(|s| s.clients.iter()));
-        for c in candidates {
+        let consider = |best: &mut Vec<([u8; 32], PackedNode)>, c: &Client| {
             // Cheapest tests first: distance, duplicates, then liveness.
             let mut dist = [0u8; 32];
-            for (d, (a, b)) in dist
-                .iter_mut()
-                .zip(target.0.iter().zip(c.public_key.0.iter()))
-            {
+            for (d, (a, b)) in dist.iter_mut().zip(target.0.iter().zip(c.public_key.0.iter())) {
                 *d = a ^ b;
             }
-            if best.len() == MAX_SENT_NODES && best.last().is_some_and(|(worst, _)| dist >= *worst)
-            {
-                continue;
+            if best.len() == MAX_SENT_NODES && best.last().is_some_and(|(worst, _)| dist >= *worst) {
+                return;
             }
             if best.iter().any(|(_, n)| n.public_key == c.public_key) {
-                continue;
+                return;
             }
-            let Some(a) = c.best(now) else { continue };
+            let Some(a) = c.best(now) else { return };
             if !requester_is_lan && ip_is_lan(a.addr.ip()) {
-                continue;
+                return;
             }
             let pos = best.partition_point(|(d, _)| *d < dist);
             best.insert(pos, (dist, PackedNode::udp(a.addr, c.public_key)));
             best.truncate(MAX_SENT_NODES);
+        };
+        for c in self.searches.values().flat_map(|s| s.clients.iter()) {
+            consider(&mut best, c);
+        }
+        // The close list in order of closeness to `target`: with b = the bucket `target` falls
+        // in, bucket b's nodes share more than b leading bits with it, buckets above b share
+        // exactly b, and bucket j < b shares exactly j; stop once no later bucket can do better.
+        let b = self.close.bucket_of(target);
+        let beaten = |best: &Vec<([u8; 32], PackedNode)>, shared: usize| {
+            best.len() == MAX_SENT_NODES && best.last().is_some_and(|(d, _)| leading_zero_bits(d) > shared)
+        };
+        for c in &self.close.buckets[b] {
+            consider(&mut best, c);
+        }
+        if !beaten(&best, b) {
+            for c in self.close.buckets[b + 1..].iter().flatten() {
+                consider(&mut best, c);
+            }
+        }
+        for j in (0..b).rev() {
+            if beaten(&best, j) {
+                break;
+            }
+            for c in &self.close.buckets[j] {
+                consider(&mut best, c);
+            }
         }
         best.into_iter().map(|(_, n)| n).collect()
     }
@@ -900,9 +925,7 @@ impl Dht {
             ping_id: p.ping_id,
         }
         .encode();
-        if let Some(bytes) = self.seal(DhtKind::PingResponse, &sender, &resp) {
-            self.queue(Destination::Addr(from), bytes);
-        }
+        self.send_sealed(DhtKind::PingResponse, &sender, from, &resp);
         self.ping_add(now, sender, from);
         Ok(())
     }
@@ -943,9 +966,7 @@ impl Dht {
             ping_id: req.ping_id,
         }
         .encode();
-        if let Some(bytes) = self.seal(DhtKind::NodesResponse, &sender, &resp) {
-            self.queue(Destination::Addr(from), bytes);
-        }
+        self.send_sealed(DhtKind::NodesResponse, &sender, from, &resp);
         self.ping_add(now, sender, from);
         Ok(())
     }
@@ -1090,7 +1111,7 @@ impl Dht {
         let mut next = now + PING_INTERVAL;
         let mut sends: Vec<(SocketAddr, PublicKey, PublicKey)> = Vec::new();
         let mut candidates = Vec::new();
-        for bucket in &mut self.close.buckets {
+        for bucket in self.close.buckets.iter_mut().filter(|b| !b.is_empty()) {
             bucket.retain_mut(|c| c.prune(now));
             scan_clients(
                 bucket.iter_mut(),
@@ -1215,6 +1236,11 @@ impl Dht {
             end
         };
     }
+}
+
+/// Number of leading zero bits of a 256-bit big-endian number.
+fn leading_zero_bits(d: &[u8; 32]) -> usize {
+    d.iter().position(|&x| x != 0).map_or(256, |i| i * 8 + d[i].leading_zeros() as usize)
 }
 
 /// One list's pass of `do_ping_and_sendnode_requests`: a liveness nodes request (for `target`)

@@ -18,10 +18,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::FerryRng;
-use ferry_crypto::{KeyPair, PublicKey};
+use ferry_crypto::{KeyPair, KeySource, PrecomputedKey, PublicKey, SecretKey};
 use ferry_proto::dht::{Dht, DhtConfig, DhtEvent};
 use serde::Serialize;
 
@@ -149,18 +150,32 @@ struct Tally {
     next_lookup_id: u64,
 }
 
-fn dht_config() -> DhtConfig {
-    DhtConfig {
-        lan_discovery: false,
-        key_cache_size: 512,
-        ..DhtConfig::default()
-    }
-}
-
-fn new_node(rng: &mut FerryRng, now: Instant) -> Dht {
+fn new_node(rng: &mut FerryRng, now: Instant, memo: &Arc<PairMemo>) -> Dht {
     let mut node_rng = rng.fork();
     let keys = KeyPair::generate(&mut node_rng);
-    Dht::new(dht_config(), keys, node_rng, now)
+    let source: Arc<dyn KeySource> = memo.clone();
+    let config = DhtConfig {
+        lan_discovery: false,
+        key_cache_size: 512,
+        key_source: Some(source),
+        ..DhtConfig::default()
+    };
+    Dht::new(config, keys, node_rng, now)
+}
+
+/// The simulator's shared-key memo: both ends of a pair derive the same `crypto_box` key, so it
+/// is computed once per pair for the whole simulated network instead of once per node.
+#[derive(Debug, Default)]
+pub struct PairMemo {
+    keys: Mutex<HashMap<(PublicKey, PublicKey), Arc<PrecomputedKey>>>,
+}
+
+impl KeySource for PairMemo {
+    fn precompute(&self, ours: &SecretKey, our_public: &PublicKey, theirs: &PublicKey) -> Arc<PrecomputedKey> {
+        let pair = if our_public <= theirs { (*our_public, *theirs) } else { (*theirs, *our_public) };
+        let mut map = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(pair).or_insert_with(|| Arc::new(PrecomputedKey::new(ours, theirs))).clone()
+    }
 }
 
 /// Runs a scenario. `progress(simulated, total)` is called about every 10 simulated seconds.
@@ -169,10 +184,11 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
     let base = wall;
     let mut rng = FerryRng::from_u64(s.seed);
     let mut net: Network<Dht> = Network::new(s.link, rng.fork(), base);
+    let memo = Arc::new(PairMemo::default());
     let mut keys: HashMap<NodeId, PublicKey> = HashMap::new();
     let mut seeds = Vec::new();
     for _ in 0..s.seeds.min(s.nodes) {
-        let id = net.add(|_, r| new_node(r, base));
+        let id = net.add(|_, r| new_node(r, base, &memo));
         keys.insert(
             id,
             net.node(id)
@@ -235,7 +251,7 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
         // Idle window bookkeeping happens at sample times.
         match step {
             Step::Join => {
-                let id = net.add(|_, r| new_node(r, base));
+                let id = net.add(|_, r| new_node(r, base, &memo));
                 if let Some(pk) = net.node(id).map(Dht::public_key) {
                     keys.insert(id, pk);
                 }
@@ -353,7 +369,7 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
                     net.remove(gone);
                     keys.remove(&gone);
                     tally.pending.remove(&gone);
-                    let id = net.add(|_, r| new_node(r, base));
+                    let id = net.add(|_, r| new_node(r, base, &memo));
                     if let Some(pk) = net.node(id).map(Dht::public_key) {
                         keys.insert(id, pk);
                     }

@@ -117,7 +117,8 @@ impl PackedNode {
         let pk: [u8; 32] = r.array("packed node public key")?;
         Ok(Self {
             transport,
-            addr: SocketAddr::new(ip, port),
+            // An IPv4-mapped IPv6 address means that IPv4 address (c-toxcore normalizes likewise).
+            addr: normalize(SocketAddr::new(ip, port)),
             public_key: PublicKey(pk),
         })
     }
@@ -204,6 +205,20 @@ mod tests {
             back.addr,
             "127.0.0.1:1".parse::<SocketAddr>().expect("addr")
         );
+    }
+
+    #[test]
+    fn mapped_v6_on_the_wire_decodes_as_v4() {
+        // Found by the dht_payloads fuzz target: type 10 carrying ::ffff:a.b.c.d.
+        let mut b = vec![IP_TYPE_UDP6];
+        b.extend_from_slice(&"::ffff:255.255.10.10".parse::<Ipv6Addr>().expect("ip").octets());
+        b.extend_from_slice(&[0xff, 0x28]);
+        b.extend_from_slice(&[7; 32]);
+        let n = PackedNode::decode(&mut Reader::new(&b)).expect("decode");
+        assert_eq!(n.addr, "255.255.10.10:65320".parse::<SocketAddr>().expect("addr"));
+        let mut again = Vec::new();
+        n.encode(&mut again);
+        assert_eq!(PackedNode::decode(&mut Reader::new(&again)).expect("decode"), n);
     }
 
     #[test]

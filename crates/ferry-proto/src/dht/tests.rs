@@ -375,3 +375,36 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The bucket-ordered `get_close_nodes` returns exactly the 4 closest good nodes that a
+    /// scan of every list finds.
+    #[test]
+    fn get_close_nodes_matches_brute_force(seed in any::<u64>(), n in 1usize..400, targets in proptest::collection::vec(any::<[u8; 32]>(), 1..8)) {
+        let now = Instant::now();
+        let mut rng = FerryRng::from_u64(seed);
+        let keys = KeyPair::generate(&mut rng);
+        let mut node = Dht::new(config(), keys, rng.fork(), now);
+        let mut own_prefix = node.public_key().0;
+        for i in 0..n {
+            // Half random keys, half sharing a long prefix with our own (deep buckets).
+            let mut k: [u8; 32] = rng.bytes();
+            if i % 2 == 0 {
+                let share = rng.below(20);
+                own_prefix[31] = own_prefix[31].wrapping_add(1);
+                k[..share].copy_from_slice(&own_prefix[..share]);
+            }
+            node.add_to_lists(now, PublicKey(k), addr(i));
+        }
+        for t in targets {
+            let target = PublicKey(t);
+            let got: Vec<PublicKey> = node.get_close_nodes(&target, true, now).iter().map(|p| p.public_key).collect();
+            let mut all: Vec<PublicKey> = node.close.iter().chain(node.searches.values().flat_map(|s| s.clients.iter()))
+                .filter(|c| c.good(now)).map(|c| c.public_key).collect();
+            all.sort_by(|a, b| target.distance_cmp(a, b));
+            all.dedup();
+            all.truncate(4);
+            prop_assert_eq!(got, all);
+        }
+    }
+}
