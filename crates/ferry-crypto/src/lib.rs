@@ -283,7 +283,12 @@ impl fmt::Debug for PrecomputedKey {
 /// twice. Results are identical either way.
 pub trait KeySource: Send + Sync + fmt::Debug {
     /// The key between `ours` (whose public half is `our_public`) and `theirs`.
-    fn precompute(&self, ours: &SecretKey, our_public: &PublicKey, theirs: &PublicKey) -> Arc<PrecomputedKey>;
+    fn precompute(
+        &self,
+        ours: &SecretKey,
+        our_public: &PublicKey,
+        theirs: &PublicKey,
+    ) -> Arc<PrecomputedKey>;
 }
 
 /// A bounded LRU cache of [`PrecomputedKey`]s between one fixed secret key of ours and many peers,
@@ -304,10 +309,20 @@ impl PrecomputedCache {
     }
 
     /// Like [`PrecomputedCache::new`], taking missing keys from `source` when given.
-    pub fn with_source(secret: SecretKey, capacity: usize, source: Option<Arc<dyn KeySource>>) -> Self {
+    pub fn with_source(
+        secret: SecretKey,
+        capacity: usize,
+        source: Option<Arc<dyn KeySource>>,
+    ) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         let public = secret.public_key();
-        Self { secret, public, cache: lru::LruCache::new(cap), source, computed: 0 }
+        Self {
+            secret,
+            public,
+            cache: lru::LruCache::new(cap),
+            source,
+            computed: 0,
+        }
     }
 
     /// The precomputed key for `peer`, computing and caching it if needed.
@@ -341,7 +356,9 @@ impl PrecomputedCache {
 
 impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrecomputedCache").field("len", &self.cache.len()).finish()
+        f.debug_struct("PrecomputedCache")
+            .field("len", &self.cache.len())
+            .finish()
     }
 }
 

@@ -511,7 +511,11 @@ impl Dht {
     /// A DHT node with DHT key pair `keys` (fresh per start, as c-toxcore does), randomness `rng`
     /// and the clock reading `now`.
     pub fn new(config: DhtConfig, keys: KeyPair, mut rng: FerryRng, now: Instant) -> Self {
-        let cache = PrecomputedCache::with_source(keys.secret.clone(), config.key_cache_size, config.key_source.clone());
+        let cache = PrecomputedCache::with_source(
+            keys.secret.clone(),
+            config.key_cache_size,
+            config.key_source.clone(),
+        );
         let own = keys.public;
         let mut searches = BTreeMap::new();
         for _ in 0..FAKE_FRIENDS {
@@ -840,10 +844,14 @@ impl Dht {
         let consider = |best: &mut Vec<([u8; 32], PackedNode)>, c: &Client| {
             // Cheapest tests first: distance, duplicates, then liveness.
             let mut dist = [0u8; 32];
-            for (d, (a, b)) in dist.iter_mut().zip(target.0.iter().zip(c.public_key.0.iter())) {
+            for (d, (a, b)) in dist
+                .iter_mut()
+                .zip(target.0.iter().zip(c.public_key.0.iter()))
+            {
                 *d = a ^ b;
             }
-            if best.len() == MAX_SENT_NODES && best.last().is_some_and(|(worst, _)| dist >= *worst) {
+            if best.len() == MAX_SENT_NODES && best.last().is_some_and(|(worst, _)| dist >= *worst)
+            {
                 return;
             }
             if best.iter().any(|(_, n)| n.public_key == c.public_key) {
@@ -865,7 +873,10 @@ impl Dht {
         // exactly b, and bucket j < b shares exactly j; stop once no later bucket can do better.
         let b = self.close.bucket_of(target);
         let beaten = |best: &Vec<([u8; 32], PackedNode)>, shared: usize| {
-            best.len() == MAX_SENT_NODES && best.last().is_some_and(|(d, _)| leading_zero_bits(d) > shared)
+            best.len() == MAX_SENT_NODES
+                && best
+                    .last()
+                    .is_some_and(|(d, _)| leading_zero_bits(d) > shared)
         };
         for c in &self.close.buckets[b] {
             consider(&mut best, c);
@@ -1240,7 +1251,9 @@ impl Dht {
 
 /// Number of leading zero bits of a 256-bit big-endian number.
 fn leading_zero_bits(d: &[u8; 32]) -> usize {
-    d.iter().position(|&x| x != 0).map_or(256, |i| i * 8 + d[i].leading_zeros() as usize)
+    d.iter()
+        .position(|&x| x != 0)
+        .map_or(256, |i| i * 8 + d[i].leading_zeros() as usize)
 }
 
 /// One list's pass of `do_ping_and_sendnode_requests`: a liveness nodes request (for `target`)

@@ -171,10 +171,24 @@ pub struct PairMemo {
 }
 
 impl KeySource for PairMemo {
-    fn precompute(&self, ours: &SecretKey, our_public: &PublicKey, theirs: &PublicKey) -> Arc<PrecomputedKey> {
-        let pair = if our_public <= theirs { (*our_public, *theirs) } else { (*theirs, *our_public) };
-        let mut map = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(pair).or_insert_with(|| Arc::new(PrecomputedKey::new(ours, theirs))).clone()
+    fn precompute(
+        &self,
+        ours: &SecretKey,
+        our_public: &PublicKey,
+        theirs: &PublicKey,
+    ) -> Arc<PrecomputedKey> {
+        let pair = if our_public <= theirs {
+            (*our_public, *theirs)
+        } else {
+            (*theirs, *our_public)
+        };
+        let mut map = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(pair)
+            .or_insert_with(|| Arc::new(PrecomputedKey::new(ours, theirs)))
+            .clone()
     }
 }
 

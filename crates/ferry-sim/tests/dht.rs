@@ -76,3 +76,36 @@ fn lookups_under_churn_and_loss() {
         r.lookup_success_rate
     );
 }
+
+/// The CI scenario: 1,000 nodes, 30 simulated minutes (10-minute warm-up, then 20 minutes
+/// of lookups, about 2,000 of them), no churn: ≥ 99.9 % of lookups resolve.
+#[test]
+fn thousand_nodes_half_hour() {
+    let s = DhtScenario::new(1000, 0.5, 1);
+    let r = run(&s, |_, _| {});
+    eprintln!("MEASURE {}", serde_json::to_string(&r).unwrap_or_default());
+    assert!(r.lookups >= 1500, "seed 1: {r:?}");
+    assert!(
+        r.lookup_success_rate >= 0.999,
+        "seed 1: success {:.5}: {r:?}",
+        r.lookup_success_rate
+    );
+    assert!(r.bootstrap_stable_s.is_some(), "seed 1: {r:?}");
+}
+
+/// The same with 30 %/h churn and 5 % packet loss: ≥ 99 % of lookups resolve.
+#[test]
+fn thousand_nodes_half_hour_churn_and_loss() {
+    let mut s = DhtScenario::new(1000, 0.5, 1);
+    s.churn_per_hour = 0.3;
+    s.link.loss = 0.05;
+    let r = run(&s, |_, _| {});
+    eprintln!("MEASURE {}", serde_json::to_string(&r).unwrap_or_default());
+    assert!(r.churned >= 50, "seed 1: {r:?}");
+    assert!(r.lookups >= 1500, "seed 1: {r:?}");
+    assert!(
+        r.lookup_success_rate >= 0.99,
+        "seed 1: success {:.5}: {r:?}",
+        r.lookup_success_rate
+    );
+}

@@ -211,14 +211,25 @@ mod tests {
     fn mapped_v6_on_the_wire_decodes_as_v4() {
         // Found by the dht_payloads fuzz target: type 10 carrying ::ffff:a.b.c.d.
         let mut b = vec![IP_TYPE_UDP6];
-        b.extend_from_slice(&"::ffff:255.255.10.10".parse::<Ipv6Addr>().expect("ip").octets());
+        b.extend_from_slice(
+            &"::ffff:255.255.10.10"
+                .parse::<Ipv6Addr>()
+                .expect("ip")
+                .octets(),
+        );
         b.extend_from_slice(&[0xff, 0x28]);
         b.extend_from_slice(&[7; 32]);
         let n = PackedNode::decode(&mut Reader::new(&b)).expect("decode");
-        assert_eq!(n.addr, "255.255.10.10:65320".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(
+            n.addr,
+            "255.255.10.10:65320".parse::<SocketAddr>().expect("addr")
+        );
         let mut again = Vec::new();
         n.encode(&mut again);
-        assert_eq!(PackedNode::decode(&mut Reader::new(&again)).expect("decode"), n);
+        assert_eq!(
+            PackedNode::decode(&mut Reader::new(&again)).expect("decode"),
+            n
+        );
     }
 
     #[test]
