@@ -30,13 +30,7 @@ fn tox_id_matches_c_toxcore() {
         assert!(o.status.success());
         let ours = String::from_utf8_lossy(&o.stdout).trim().to_string();
         let id = ferry_daemon::profile::load(tmp.path()).expect("load");
-        let sk_hex: String = id
-            .long_term
-            .secret
-            .to_bytes()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect();
+        let sk_hex = id.long_term.secret.to_hex();
         let theirs = ToxPeer::address_of(&sk_hex, &format!("{:08X}", id.nospam)).expect("toxpeer");
         assert_eq!(ours, theirs);
     }

@@ -170,6 +170,12 @@ impl SecretKey {
         self.0.to_bytes()
     }
 
+    /// The 32 secret bytes as 64 upper-case hex digits, for persistence and for handing the key to
+    /// another Tox implementation (profile files, the interop tests' c-toxcore peer).
+    pub fn to_hex(&self) -> String {
+        hex::encode_upper(self.0.to_bytes())
+    }
+
     /// The matching public key (`crypto_scalarmult_base`).
     pub fn public_key(&self) -> PublicKey {
         PublicKey(*self.0.public_key().as_bytes())

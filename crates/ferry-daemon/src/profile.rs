@@ -154,7 +154,7 @@ pub fn save(dir: &Path, identity: &Identity) -> Result<(), ProfileError> {
     create_private_dir(dir).map_err(io(dir))?;
     let body = IdentityFile {
         format: 1,
-        secret_key: ferry_crypto_hex(&identity.long_term.secret.to_bytes()),
+        secret_key: identity.long_term.secret.to_hex(),
         nospam: format!("{:08X}", identity.nospam),
     };
     let text = format!(
@@ -204,10 +204,6 @@ pub fn load(dir: &Path) -> Result<Identity, ProfileError> {
         long_term: KeyPair::from_secret(SecretKey::from_bytes(secret)),
         nospam: u32::from_be_bytes(nospam),
     })
-}
-
-fn ferry_crypto_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {

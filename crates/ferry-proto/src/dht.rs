@@ -485,7 +485,6 @@ pub struct Dht {
     config: DhtConfig,
     close: CloseList,
     searches: BTreeMap<PublicKey, Search>,
-    user_searches: usize,
     pings: PingArray,
     nodes_requests: PingArray,
     to_ping: Vec<(PublicKey, SocketAddr)>,
@@ -528,7 +527,6 @@ impl Dht {
             config,
             close: CloseList::new(own),
             searches,
-            user_searches: 0,
             pings: PingArray::new(PING_ARRAY_SIZE, PING_TIMEOUT),
             nodes_requests: PingArray::new(PING_ARRAY_SIZE, PING_TIMEOUT),
             to_ping: Vec::new(),
@@ -599,7 +597,7 @@ impl Dht {
             s.fake = false;
             return Ok(());
         }
-        if self.user_searches >= self.config.max_searches {
+        if self.searches.values().filter(|s| !s.fake).count() >= self.config.max_searches {
             return Err(DhtError::TooManySearches(self.config.max_searches));
         }
         let mut search = Search::new(now, false);
@@ -609,7 +607,6 @@ impl Dht {
         self.to_bootstrap_pending |= !search.to_bootstrap.is_empty();
         self.next_scan = self.next_scan.min(now);
         self.searches.insert(target, search);
-        self.user_searches += 1;
         Ok(())
     }
 
@@ -617,7 +614,6 @@ impl Dht {
     pub fn remove_search(&mut self, target: &PublicKey) {
         if self.searches.get(target).is_some_and(|s| !s.fake) {
             self.searches.remove(target);
-            self.user_searches -= 1;
         }
     }
 

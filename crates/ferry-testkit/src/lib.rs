@@ -285,7 +285,7 @@ impl FerryUp {
     ///
     /// # Errors
     /// A failing command or non-JSON output.
-    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json_value::Value> {
+    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         let out = self.cli(args)?;
         if !out.status.success() {
             bail!(
@@ -293,11 +293,11 @@ impl FerryUp {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        serde_json_value::parse(&String::from_utf8_lossy(&out.stdout))
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
-    /// Stops the daemon with SIGTERM-equivalent `ferry stop` and waits for it; returns its exit
-    /// status success.
+    /// Stops the daemon with `ferry stop` and waits for it; returns whether it exited with success
+    /// (a daemon still running after 10 s is killed by PID and counts as failure).
     ///
     /// # Errors
     /// When the process cannot be waited for.
@@ -325,19 +325,6 @@ impl Drop for FerryUp {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Minimal JSON access for tests without pulling serde into this crate's public API.
-pub mod serde_json_value {
-    pub use serde_json::Value;
-
-    /// Parses JSON text.
-    ///
-    /// # Errors
-    /// Invalid JSON.
-    pub fn parse(s: &str) -> anyhow::Result<Value> {
-        Ok(serde_json::from_str(s)?)
     }
 }
 
