@@ -282,6 +282,82 @@ impl fmt::Debug for PrecomputedKey {
     }
 }
 
+/// A symmetric NaCl `crypto_secretbox` key (XSalsa20-Poly1305, 32 bytes), used for state only its
+/// creator reads back: onion return blobs (`tox-protocol.md` §4.1, rotated every 2 h) and
+/// net_crypto cookies (§5.1). Zeroized on drop.
+pub struct SymmetricKey(
+    crypto_box::aead::generic_array::GenericArray<u8, crypto_box::aead::consts::U32>,
+);
+
+impl SymmetricKey {
+    /// A fresh random key.
+    pub fn generate(rng: &mut impl CryptoRng) -> Self {
+        let mut bytes = [0u8; KEY_SIZE];
+        rng.fill_bytes(&mut bytes);
+        let key = Self(bytes.into());
+        bytes.zeroize();
+        key
+    }
+
+    /// Wraps 32 raw key bytes (e.g. derived from a passphrase for toxencryptsave).
+    pub fn from_bytes(mut bytes: [u8; KEY_SIZE]) -> Self {
+        let key = Self(bytes.into());
+        bytes.zeroize();
+        key
+    }
+
+    /// Encrypts `plaintext` to `MAC (16 bytes) ‖ ciphertext` (`crypto_secretbox_easy` layout,
+    /// `plaintext.len() + 16` bytes).
+    ///
+    /// # Errors
+    /// [`CryptoError::Encrypt`] only for plaintexts beyond XSalsa20's range.
+    pub fn encrypt(&self, nonce: &Nonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        use crypto_box::aead::{Aead, KeyInit};
+        crypto_secretbox::XSalsa20Poly1305::new(&self.0)
+            .encrypt(&nonce.0.into(), plaintext)
+            .map_err(|_| CryptoError::Encrypt)
+    }
+
+    /// Decrypts `MAC ‖ ciphertext`.
+    ///
+    /// # Errors
+    /// [`CryptoError::Decrypt`] when the bytes do not authenticate or are shorter than the MAC.
+    pub fn decrypt(&self, nonce: &Nonce, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        use crypto_box::aead::{Aead, KeyInit};
+        if ciphertext.len() < MAC_SIZE {
+            return Err(CryptoError::Decrypt);
+        }
+        crypto_secretbox::XSalsa20Poly1305::new(&self.0)
+            .decrypt(&nonce.0.into(), ciphertext)
+            .map_err(|_| CryptoError::Decrypt)
+    }
+}
+
+impl Drop for SymmetricKey {
+    fn drop(&mut self) {
+        self.0.as_mut_slice().zeroize();
+    }
+}
+
+impl fmt::Debug for SymmetricKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SymmetricKey(<redacted>)")
+    }
+}
+
+/// SHA-512 of `data` (64 bytes): the cookie hash in the net_crypto handshake (`tox-protocol.md`
+/// §5.1).
+pub fn sha512(data: &[u8]) -> [u8; 64] {
+    use sha2::Digest;
+    sha2::Sha512::digest(data).into()
+}
+
+/// SHA-256 of `data` (32 bytes): toxencryptsave's passphrase pre-hash and ferry's content ids.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
 /// Where a [`PrecomputedCache`] gets a key it does not hold.
 ///
 /// Nodes compute it ([`PrecomputedKey::new`]). The simulator plugs in a memo shared by all its
@@ -383,6 +459,26 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secretbox_round_trip_and_tamper() {
+        let mut rng = FerryRng::from_u64(7);
+        let key = SymmetricKey::generate(&mut rng);
+        let nonce = Nonce::random(&mut rng);
+        let mut boxed = key.encrypt(&nonce, b"cookie").expect("encrypt");
+        assert_eq!(boxed.len(), 6 + MAC_SIZE);
+        assert_eq!(key.decrypt(&nonce, &boxed).expect("decrypt"), b"cookie");
+        boxed[3] ^= 1;
+        assert!(key.decrypt(&nonce, &boxed).is_err());
+        assert!(key.decrypt(&nonce, &boxed[..10]).is_err());
+    }
+
+    #[test]
+    fn sha512_known_answer() {
+        // FIPS 180-2 "abc".
+        assert_eq!(hex::encode(&sha512(b"abc")[..8]), "ddaf35a193617aba");
+        assert_eq!(hex::encode(&sha256(b"abc")[..8]), "ba7816bf8f01cfea");
+    }
+
     use super::*;
     use crate::rng::FerryRng;
 
