@@ -664,6 +664,41 @@ impl Dht {
         out
     }
 
+    /// Up to 4 (`MAX_SENT_NODES`) good nodes closest to `target` from the close list and the
+    /// search lists, as a nodes response would carry them: what an onion announce response
+    /// returns (`tox-protocol.md` §4.2). LAN addresses are left out unless `requester_is_lan`.
+    pub fn closest_nodes(
+        &self,
+        now: Instant,
+        target: &PublicKey,
+        requester_is_lan: bool,
+    ) -> Vec<PackedNode> {
+        self.get_close_nodes(target, requester_is_lan, now)
+    }
+
+    /// Up to `count` distinct good nodes picked at random from the close list and the search
+    /// lists: candidates for onion path nodes (c-toxcore `random_nodes_path`).
+    pub fn random_good_nodes(&mut self, now: Instant, count: usize) -> Vec<PackedNode> {
+        let mut pool: Vec<PackedNode> = self
+            .close
+            .iter()
+            .chain(self.searches.values().flat_map(|s| s.clients.iter()))
+            .filter(|c| c.good(now))
+            .filter_map(|c| {
+                let a = c.assocs().max_by_key(|a| a.last_resp)?;
+                Some(PackedNode::udp(a.addr, c.public_key))
+            })
+            .collect();
+        pool.sort_by(|a, b| a.public_key.0.cmp(&b.public_key.0));
+        pool.dedup_by(|a, b| a.public_key == b.public_key);
+        let mut out = Vec::with_capacity(count.min(pool.len()));
+        while out.len() < count && !pool.is_empty() {
+            let i = self.rng.below(pool.len());
+            out.push(pool.swap_remove(i));
+        }
+        out
+    }
+
     /// Number of good nodes in the close list.
     pub fn good_close_count(&self, now: Instant) -> usize {
         self.close.iter().filter(|c| c.good(now)).count()
