@@ -689,7 +689,7 @@ impl Dht {
                 Some(PackedNode::udp(a.addr, c.public_key))
             })
             .collect();
-        pool.sort_by(|a, b| a.public_key.0.cmp(&b.public_key.0));
+        pool.sort_by_key(|n| n.public_key.0);
         pool.dedup_by(|a, b| a.public_key == b.public_key);
         let mut out = Vec::with_capacity(count.min(pool.len()));
         while out.len() < count && !pool.is_empty() {
