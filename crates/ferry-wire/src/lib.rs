@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod dht;
+pub mod messenger;
 pub mod node;
 mod reader;
 pub mod toxid;
