@@ -9,6 +9,18 @@
 //! | POST | `/v1/dht/bootstrap` | [`BootstrapRequest`] | [`Ok`] |
 //! | POST | `/v1/dht/lookup` | [`LookupRequest`] | [`LookupResult`] (waits up to `timeout_ms`) |
 //! | POST | `/v1/shutdown` | – | [`Ok`] |
+//! | GET | `/v1/self` | – | [`SelfInfo`] |
+//! | POST | `/v1/self` | [`SelfUpdate`] | [`SelfInfo`] |
+//! | GET | `/v1/friends` | – | `[`[`Friend`]`]` |
+//! | POST | `/v1/friends/add` | [`AddFriend`] | [`Friend`] |
+//! | GET | `/v1/friends/requests` | – | `[`[`FriendRequest`]`]` |
+//! | POST | `/v1/friends/accept` | [`FriendKey`] | [`Friend`] |
+//! | POST | `/v1/friends/reject` | [`FriendKey`] | [`Ok`] |
+//! | POST | `/v1/friends/remove` | [`FriendKey`] | [`Ok`] |
+//! | POST | `/v1/friends/packet` | [`CustomPacket`] | [`Ok`] |
+//! | POST | `/v1/friends/typing` | [`Typing`] | [`Ok`] |
+//! | POST | `/v1/messages/send` | [`SendMessage`] | [`Message`] |
+//! | POST | `/v1/messages/list` | [`ListMessages`] | `[`[`Message`]`]` (long-polls up to `wait_ms`) |
 //!
 //! Errors answer with a 4xx/5xx status and [`ErrorBody`]. New fields may be added to any answer
 //! within v1; none is removed or renamed.
@@ -137,6 +149,20 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// A 404 Not Found.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: 404,
+            message: message.into(),
+        }
+    }
+    /// A 409 Conflict.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: 409,
+            message: message.into(),
+        }
+    }
     /// A 503 Service Unavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
@@ -159,6 +185,156 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Our own profile as friends see it, plus settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SelfInfo {
+    /// Long-term public key, 64 hex digits.
+    pub public_key: String,
+    /// Tox ID, 76 hex digits.
+    pub tox_id: String,
+    /// Nospam, 8 hex digits.
+    pub nospam: String,
+    /// Our name.
+    pub name: String,
+    /// Our status message.
+    pub status_message: String,
+    /// Friend requests are accepted automatically.
+    pub auto_accept: bool,
+}
+
+/// Changes to [`SelfInfo`]; absent fields stay.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SelfUpdate {
+    /// New name (≤ 128 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// New status message (≤ 1007 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_message: Option<String>,
+    /// New nospam: 8 hex digits, or `"random"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nospam: Option<String>,
+    /// Accept friend requests automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_accept: Option<bool>,
+}
+
+/// One friend (`ferry friend list`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Friend {
+    /// Long-term public key, 64 hex digits.
+    pub public_key: String,
+    /// Their name.
+    pub name: String,
+    /// Their status message.
+    pub status_message: String,
+    /// `"none"`, `"udp"` or `"tcp"`.
+    pub connection: String,
+    /// Our friend request to them is still being sent (they have not come online yet).
+    #[serde(default)]
+    pub request_pending: bool,
+    /// Last time seen online, ms since the Unix epoch (0 = never).
+    #[serde(default)]
+    pub last_seen_ms: u64,
+}
+
+/// `POST /v1/friends/add`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AddFriend {
+    /// Their Tox ID, 76 hex digits.
+    pub tox_id: String,
+    /// Request message, 1..=1016 bytes.
+    pub message: String,
+}
+
+/// A body naming one key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FriendKey {
+    /// Long-term public key, 64 hex digits.
+    pub public_key: String,
+}
+
+/// A pending friend request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FriendRequest {
+    /// Requester's long-term public key.
+    pub public_key: String,
+    /// Their message.
+    pub message: String,
+    /// When received, ms since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// `POST /v1/friends/packet`: a custom packet to an online friend.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CustomPacket {
+    /// Friend: public key or name.
+    pub friend: String,
+    /// Packet bytes in hex, first byte the id (160–191 lossless, 200–254 lossy), ≤ 1373 bytes.
+    pub data_hex: String,
+}
+
+/// `POST /v1/friends/typing`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Typing {
+    /// Friend: public key or name.
+    pub friend: String,
+    /// Typing or not.
+    pub typing: bool,
+}
+
+/// `POST /v1/messages/send`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SendMessage {
+    /// Friend: public key or name.
+    pub friend: String,
+    /// Text (split at 1372 bytes on the wire).
+    pub text: String,
+    /// `"normal"` (default) or `"action"`.
+    #[serde(default = "normal")]
+    pub kind: String,
+}
+
+fn normal() -> String {
+    "normal".into()
+}
+
+/// `POST /v1/messages/list`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListMessages {
+    /// Only this friend (public key or name).
+    #[serde(default)]
+    pub friend: Option<String>,
+    /// Only entries with `seq` greater than this.
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (default 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// When nothing matches yet, wait up to this long for new entries, ms (≤ 60000).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One history entry (`ferry messages` JSON line).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    /// Friend's public key.
+    pub friend: String,
+    /// `"in"` or `"out"`.
+    pub direction: String,
+    /// `"normal"` or `"action"`.
+    pub kind: String,
+    /// The text.
+    pub text: String,
+    /// Sent/received time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// History sequence number (for `after`).
+    pub seq: u64,
+    /// Outgoing: acknowledged by the friend's node. Incoming: true.
+    pub delivered: bool,
+}
+
 /// A boxed `Send` future, the return type of [`Backend`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -174,7 +350,97 @@ pub trait Backend: Send + Sync + 'static {
     fn lookup(&self, req: LookupRequest) -> BoxFuture<'_, Result<LookupResult, ApiError>>;
     /// `POST /v1/shutdown`: begin an orderly stop.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// `GET /v1/self`.
+    fn self_info(&self) -> BoxFuture<'_, Result<SelfInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/self`.
+    fn set_self(&self, _req: SelfUpdate) -> BoxFuture<'_, Result<SelfInfo, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/friends`.
+    fn friends(&self) -> BoxFuture<'_, Result<Vec<Friend>, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/friends/add`.
+    fn add_friend(&self, _req: AddFriend) -> BoxFuture<'_, Result<Friend, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/friends/requests`.
+    fn friend_requests(&self) -> BoxFuture<'_, Result<Vec<FriendRequest>, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/friends/accept`.
+    fn accept_friend(&self, _req: FriendKey) -> BoxFuture<'_, Result<Friend, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/friends/reject`.
+    fn reject_friend(&self, _req: FriendKey) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/friends/remove`.
+    fn remove_friend(&self, _req: FriendKey) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/friends/packet`.
+    fn custom_packet(&self, _req: CustomPacket) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/friends/typing`.
+    fn typing(&self, _req: Typing) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/messages/send`.
+    fn send_message(&self, _req: SendMessage) -> BoxFuture<'_, Result<Message, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/messages/list`.
+    fn messages(&self, _req: ListMessages) -> BoxFuture<'_, Result<Vec<Message>, ApiError>> {
+        unsupported()
+    }
 }
+
+fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
+    Box::pin(async { Err(ApiError::not_found("not supported by this node")) })
+}
+
+macro_rules! handler {
+    ($name:ident, get, $method:ident, $out:ty) => {
+        async fn $name<B: Backend>(State(b): State<Arc<B>>) -> Result<Json<$out>, ApiError> {
+            b.$method().await.map(Json)
+        }
+    };
+    ($name:ident, post, $method:ident, $in:ty, $out:ty) => {
+        async fn $name<B: Backend>(
+            State(b): State<Arc<B>>,
+            Json(req): Json<$in>,
+        ) -> Result<Json<$out>, ApiError> {
+            b.$method(req).await.map(Json)
+        }
+    };
+    ($name:ident, post_ok, $method:ident, $in:ty) => {
+        async fn $name<B: Backend>(
+            State(b): State<Arc<B>>,
+            Json(req): Json<$in>,
+        ) -> Result<Json<Ok>, ApiError> {
+            b.$method(req).await.map(|()| Json(Ok { ok: true }))
+        }
+    };
+}
+
+handler!(self_info, get, self_info, SelfInfo);
+handler!(set_self, post, set_self, SelfUpdate, SelfInfo);
+handler!(friends, get, friends, Vec<Friend>);
+handler!(add_friend, post, add_friend, AddFriend, Friend);
+handler!(friend_requests, get, friend_requests, Vec<FriendRequest>);
+handler!(accept_friend, post, accept_friend, FriendKey, Friend);
+handler!(reject_friend, post_ok, reject_friend, FriendKey);
+handler!(remove_friend, post_ok, remove_friend, FriendKey);
+handler!(custom_packet, post_ok, custom_packet, CustomPacket);
+handler!(typing, post_ok, typing, Typing);
+handler!(send_message, post, send_message, SendMessage, Message);
+handler!(messages, post, messages, ListMessages, Vec<Message>);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -184,6 +450,17 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/dht/bootstrap", post(bootstrap::<B>))
         .route("/v1/dht/lookup", post(lookup::<B>))
         .route("/v1/shutdown", post(shutdown::<B>))
+        .route("/v1/self", get(self_info::<B>).post(set_self::<B>))
+        .route("/v1/friends", get(friends::<B>))
+        .route("/v1/friends/add", post(add_friend::<B>))
+        .route("/v1/friends/requests", get(friend_requests::<B>))
+        .route("/v1/friends/accept", post(accept_friend::<B>))
+        .route("/v1/friends/reject", post(reject_friend::<B>))
+        .route("/v1/friends/remove", post(remove_friend::<B>))
+        .route("/v1/friends/packet", post(custom_packet::<B>))
+        .route("/v1/friends/typing", post(typing::<B>))
+        .route("/v1/messages/send", post(send_message::<B>))
+        .route("/v1/messages/list", post(messages::<B>))
         .with_state(backend)
 }
 

@@ -14,6 +14,8 @@ use ferry_daemon::devnet::{DevnetOptions, run_devnet};
 use ferry_daemon::profile;
 use ferry_daemon::up::{UpOptions, run_up};
 
+mod chat;
+
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about, propagate_version = true)]
@@ -70,6 +72,45 @@ enum Command {
     Dht {
         #[command(subcommand)]
         command: DhtCommand,
+    },
+    /// Friends: add, requests, accept, reject, list, remove, custom packets.
+    Friend {
+        #[command(subcommand)]
+        command: chat::FriendCommand,
+    },
+    /// Send a message to a friend (queued until they are online).
+    Send {
+        /// Friend: public key or name.
+        friend: String,
+        /// The text.
+        text: String,
+        /// Send as an action ("/me").
+        #[arg(long)]
+        action: bool,
+        /// JSON output: the stored message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the message history (all friends or one), optionally following new messages.
+    Messages {
+        /// Friend: public key or name.
+        friend: Option<String>,
+        /// Keep printing new messages until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+        /// JSON lines: {"friend", "direction", "kind", "text", "time_ms", …}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set your name, status message, nospam or auto-accept.
+    Set {
+        #[command(subcommand)]
+        command: chat::SetCommand,
+    },
+    /// Chat with a friend interactively (line-based).
+    Chat {
+        /// Friend: public key or name.
+        friend: String,
     },
     /// Deterministic simulations of many nodes in virtual time.
     Sim {
@@ -295,6 +336,20 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Friend { command } => chat::friend(&client(profile_dir), command).await?,
+        Command::Send {
+            friend,
+            text,
+            action,
+            json,
+        } => chat::send(&client(profile_dir), friend, text, action, json).await?,
+        Command::Messages {
+            friend,
+            follow,
+            json,
+        } => chat::messages(&client(profile_dir), friend, follow, json).await?,
+        Command::Set { command } => chat::set(&client(profile_dir), command).await?,
+        Command::Chat { friend } => chat::chat(&client(profile_dir), friend, profile_dir).await?,
         Command::Sim {
             command:
                 SimCommand::Dht {

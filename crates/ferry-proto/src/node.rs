@@ -1,0 +1,939 @@
+//! A whole Tox node, sans-IO: [`Dht`] + [`Onion`] + [`NetCrypto`] glued by friend_connection and
+//! messenger (`tox-protocol.md` §7; c-toxcore 0.2.18 `friend_connection.c`, `friend_requests.c`,
+//! `Messenger.c`). This is the unit the driver (`ferry-net`) and the simulator run.
+//!
+//! # Flow per friend
+//! 1. [`Node::add_friend`] (or accepting a request) registers the long-term key with the onion
+//!    (search for the friend's announcement) and net_crypto (accept sessions from it).
+//! 2. The onion delivers the friend's DHT-PK (their current DHT key and nodes near them): the DHT
+//!    starts searching that key, and net_crypto learns it.
+//! 3. When the DHT finds the friend's address, net_crypto does cookie → handshake → session.
+//! 4. On the session: ONLINE both ways makes the friend online; then name, status message and
+//!    user status are sent; ALIVE every 8 s, dead after 32 s of silence.
+//! 5. Messages are net_crypto lossless packets (split at 1372 bytes); a message's receipt fires
+//!    when the friend's node has acknowledged every packet of it (net_crypto `Delivered`).
+//!
+//! Friend requests go by onion data (id 0x20) and are resent with exponential backoff (5 s,
+//! doubling, capped at 10 min) until the friend comes online; received ones are checked
+//! against our nospam, existing friends and a ring of recent senders.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_crypto::rng::FerryRng;
+use ferry_crypto::{KeyPair, PublicKey};
+use ferry_wire::kind;
+use ferry_wire::messenger::{
+    self as mp, MAX_CUSTOM_PACKET_SIZE, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH,
+    MAX_STATUS_MESSAGE_LENGTH, MessengerPacket, UserStatus,
+};
+use ferry_wire::toxid::ToxId;
+
+use crate::dht::{Dht, DhtConfig, DhtEvent};
+use crate::net_crypto::{NetCrypto, NetCryptoConfig, NetCryptoEvent};
+use crate::onion::{Onion, OnionConfig, OnionEvent};
+use crate::{Endpoint, Transmit};
+
+/// friend_connection keepalive interval (`FRIEND_PING_INTERVAL`).
+pub const ALIVE_INTERVAL: Duration = Duration::from_secs(8);
+/// A session without any packet for this long is dropped (`FRIEND_CONNECTION_TIMEOUT`, 4 × 8 s).
+pub const FRIEND_TIMEOUT: Duration = Duration::from_secs(32);
+/// First friend-request resend delay (`FRIENDREQUEST_TIMEOUT`); doubles per try.
+pub const FRIEND_REQUEST_RETRY: Duration = Duration::from_secs(5);
+/// Longest friend-request resend delay (ferry's cap).
+pub const FRIEND_REQUEST_MAX_RETRY: Duration = Duration::from_secs(600);
+/// While the friend is not found by the onion yet, a request is retried this often.
+pub const FRIEND_REQUEST_NOT_FOUND_RETRY: Duration = Duration::from_secs(1);
+/// Most friends (cap on a table; c-toxcore has none).
+pub const MAX_FRIENDS: usize = 4096;
+/// Senders remembered to drop duplicate friend requests (c-toxcore `MAX_RECEIVED_STORED`).
+pub const RECENT_REQUESTS: usize = 32;
+/// Most message receipts awaited per friend; older ones are forgotten (no receipt fires).
+pub const MAX_PENDING_RECEIPTS: usize = 4096;
+/// Longest friend-request message, bytes (`TOX_MAX_FRIEND_REQUEST_LENGTH`).
+pub const MAX_FRIEND_REQUEST_LENGTH: usize = 1016;
+/// How often the node re-checks friends' DHT addresses and request timers.
+pub const FRIEND_TICK: Duration = Duration::from_millis(500);
+
+/// Configuration of a [`Node`].
+#[derive(Clone, Debug, Default)]
+pub struct NodeConfig {
+    /// The DHT layer.
+    pub dht: DhtConfig,
+    /// The onion layer.
+    pub onion: OnionConfig,
+    /// The net_crypto layer.
+    pub net_crypto: NetCryptoConfig,
+}
+
+/// How a friend is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// Not online.
+    None,
+    /// Online over direct UDP.
+    Udp,
+    /// Online through a TCP relay.
+    Tcp,
+}
+
+impl Connection {
+    /// `"none"`, `"udp"` or `"tcp"` (the CLI/JSON spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// Errors of node commands (remote input never errors; it is counted and dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The key is our own.
+    #[error("that is your own Tox ID")]
+    OwnKey,
+    /// Already a friend.
+    #[error("already a friend")]
+    AlreadyFriend,
+    /// Not a friend.
+    #[error("not a friend")]
+    NotFriend,
+    /// The friend is not online.
+    #[error("friend is not online")]
+    NotOnline,
+    /// Too many friends.
+    #[error("friend list is full ({MAX_FRIENDS})")]
+    TooManyFriends,
+    /// A text or packet is too long or empty.
+    #[error("{what} must be {min}..={max} bytes, got {len}")]
+    BadLength {
+        /// Which field.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// Smallest allowed.
+        min: usize,
+        /// Largest allowed.
+        max: usize,
+    },
+    /// A custom packet id outside its range.
+    #[error("custom packet id {0} is outside 160..=191 (lossless) / 200..=254 (lossy)")]
+    BadPacketId(u8),
+    /// The session refused the packet (send queue full).
+    #[error("send queue full: {0}")]
+    Congested(String),
+}
+
+/// What the node tells its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A DHT event (searches, bootstrap info).
+    Dht(DhtEvent),
+    /// Our onion "connected" status changed (announced to enough nodes).
+    SelfConnection(bool),
+    /// Someone asked to be our friend (nospam matched).
+    FriendRequest {
+        /// Their long-term key.
+        public_key: PublicKey,
+        /// Their message bytes (UTF-8 expected).
+        message: Vec<u8>,
+    },
+    /// A friend's connection changed.
+    FriendConnection {
+        /// The friend.
+        public_key: PublicKey,
+        /// New state.
+        connection: Connection,
+    },
+    /// A chat message arrived.
+    Message {
+        /// From whom.
+        public_key: PublicKey,
+        /// ACTION instead of MESSAGE.
+        action: bool,
+        /// The text bytes (≤ 1372).
+        text: Vec<u8>,
+    },
+    /// Every packet of message `message_id` (from [`Node::send_message`]) was acknowledged.
+    Receipt {
+        /// The friend.
+        public_key: PublicKey,
+        /// The id returned when sending.
+        message_id: u64,
+    },
+    /// A friend's name changed.
+    FriendName {
+        /// The friend.
+        public_key: PublicKey,
+        /// The name bytes.
+        name: Vec<u8>,
+    },
+    /// A friend's status message changed.
+    FriendStatusMessage {
+        /// The friend.
+        public_key: PublicKey,
+        /// The text bytes.
+        text: Vec<u8>,
+    },
+    /// A friend started/stopped typing.
+    FriendTyping {
+        /// The friend.
+        public_key: PublicKey,
+        /// Typing or not.
+        typing: bool,
+    },
+    /// A custom lossless (160–191) or lossy (200–254) packet, id byte first.
+    CustomPacket {
+        /// The friend.
+        public_key: PublicKey,
+        /// Lossless or lossy.
+        lossless: bool,
+        /// The packet.
+        data: Vec<u8>,
+    },
+}
+
+/// A friend as [`Node::friends`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FriendInfo {
+    /// Long-term key.
+    pub public_key: PublicKey,
+    /// Name (as last received).
+    pub name: Vec<u8>,
+    /// Status message (as last received).
+    pub status_message: Vec<u8>,
+    /// Connection.
+    pub connection: Connection,
+    /// Our request to them is still being sent.
+    pub request_pending: bool,
+    /// Their current DHT key, if known.
+    pub dht_key: Option<PublicKey>,
+}
+
+#[derive(Debug)]
+struct PendingRequest {
+    nospam: [u8; 4],
+    message: Vec<u8>,
+    next_send: Instant,
+    backoff: Duration,
+}
+
+#[derive(Debug)]
+struct Friend {
+    dht_pk: Option<PublicKey>,
+    addr: Option<SocketAddr>,
+    request: Option<PendingRequest>,
+    session: bool,
+    online: bool,
+    last_recv: Instant,
+    last_alive_sent: Instant,
+    name: Vec<u8>,
+    status_message: Vec<u8>,
+    typing_out: bool,
+    /// (highest net_crypto packet number of a message, message id), in send order.
+    receipts: VecDeque<(u32, u64)>,
+}
+
+/// A Tox node: DHT, onion, net_crypto, friend_connection and messenger.
+#[derive(Debug)]
+pub struct Node {
+    dht: Dht,
+    onion: Onion,
+    crypto: NetCrypto,
+    real_pk: PublicKey,
+    nospam: [u8; 4],
+    name: Vec<u8>,
+    status_message: Vec<u8>,
+    user_status: UserStatus,
+    friends: HashMap<PublicKey, Friend>,
+    recent_requests: VecDeque<PublicKey>,
+    next_message_id: u64,
+    next_tick: Instant,
+    events: VecDeque<NodeEvent>,
+    self_connected: bool,
+}
+
+impl Node {
+    /// A node with long-term keys `real_keys` and Tox ID nospam `nospam`, a fresh DHT key pair
+    /// `dht_keys`, randomness `rng`.
+    pub fn new(
+        config: NodeConfig,
+        real_keys: KeyPair,
+        dht_keys: KeyPair,
+        nospam: u32,
+        mut rng: FerryRng,
+        now: Instant,
+    ) -> Self {
+        let real_pk = real_keys.public;
+        let dht = Dht::new(config.dht, dht_keys.clone(), rng.fork(), now);
+        let onion = Onion::new(
+            config.onion,
+            real_keys.clone(),
+            dht_keys.clone(),
+            rng.fork(),
+            now,
+        );
+        let crypto = NetCrypto::new(config.net_crypto, real_keys, dht_keys, rng.fork(), now);
+        Self {
+            dht,
+            onion,
+            crypto,
+            real_pk,
+            nospam: nospam.to_be_bytes(),
+            name: Vec::new(),
+            status_message: Vec::new(),
+            user_status: UserStatus::Online,
+            friends: HashMap::new(),
+            recent_requests: VecDeque::new(),
+            next_message_id: 1,
+            next_tick: now,
+            events: VecDeque::new(),
+            self_connected: false,
+        }
+    }
+
+    /// The DHT layer (bootstrap, searches, close list).
+    pub fn dht(&self) -> &Dht {
+        &self.dht
+    }
+
+    /// The DHT layer, mutable (bootstrap, searches). Drain transmits afterwards as usual.
+    pub fn dht_mut(&mut self) -> &mut Dht {
+        &mut self.dht
+    }
+
+    /// The onion layer.
+    pub fn onion(&self) -> &Onion {
+        &self.onion
+    }
+
+    /// The net_crypto layer.
+    pub fn net_crypto(&self) -> &NetCrypto {
+        &self.crypto
+    }
+
+    /// Our Tox ID.
+    pub fn tox_id(&self) -> ToxId {
+        ToxId::new(self.real_pk, u32::from_be_bytes(self.nospam))
+    }
+
+    /// Whether the onion reports us announced (c-toxcore's "connected").
+    pub fn is_connected(&self) -> bool {
+        self.self_connected
+    }
+
+    /// Changes the nospam (old Tox IDs stop working for new requests).
+    pub fn set_nospam(&mut self, nospam: u32) {
+        self.nospam = nospam.to_be_bytes();
+    }
+
+    /// Sets our name (≤ 128 bytes) and sends it to online friends.
+    ///
+    /// # Errors
+    /// [`NodeError::BadLength`] beyond 128 bytes.
+    pub fn set_name(&mut self, now: Instant, name: &[u8]) -> Result<(), NodeError> {
+        check_len("name", name.len(), 0, MAX_NAME_LENGTH)?;
+        self.name = name.to_vec();
+        self.broadcast(now, &MessengerPacket::Nickname(self.name.clone()));
+        Ok(())
+    }
+
+    /// Sets our status message (≤ 1007 bytes) and sends it to online friends.
+    ///
+    /// # Errors
+    /// [`NodeError::BadLength`] beyond 1007 bytes.
+    pub fn set_status_message(&mut self, now: Instant, text: &[u8]) -> Result<(), NodeError> {
+        check_len("status message", text.len(), 0, MAX_STATUS_MESSAGE_LENGTH)?;
+        self.status_message = text.to_vec();
+        self.broadcast(now, &MessengerPacket::StatusMessage(self.status_message.clone()));
+        Ok(())
+    }
+
+    /// Sets our user status and sends it to online friends.
+    pub fn set_user_status(&mut self, now: Instant, status: UserStatus) {
+        self.user_status = status;
+        self.broadcast(now, &MessengerPacket::UserStatus(status));
+    }
+
+    fn broadcast(&mut self, now: Instant, p: &MessengerPacket) {
+        let online: Vec<PublicKey> = self
+            .friends
+            .iter()
+            .filter(|(_, f)| f.online)
+            .map(|(k, _)| *k)
+            .collect();
+        let data = p.encode();
+        for pk in online {
+            let _ = self.crypto.send_lossless(now, &pk, &data);
+        }
+    }
+
+    /// Adds a friend by Tox ID and sends them a friend request with `message` (1..=1016 bytes)
+    /// until they come online.
+    ///
+    /// # Errors
+    /// [`NodeError::OwnKey`], [`NodeError::AlreadyFriend`], [`NodeError::BadLength`],
+    /// [`NodeError::TooManyFriends`].
+    pub fn add_friend(
+        &mut self,
+        now: Instant,
+        id: &ToxId,
+        message: &[u8],
+    ) -> Result<(), NodeError> {
+        check_len("friend request message", message.len(), 1, MAX_FRIEND_REQUEST_LENGTH)?;
+        self.insert_friend(now, id.public_key)?;
+        if let Some(f) = self.friends.get_mut(&id.public_key) {
+            f.request = Some(PendingRequest {
+                nospam: id.nospam,
+                message: message.to_vec(),
+                next_send: now,
+                backoff: FRIEND_REQUEST_RETRY,
+            });
+        }
+        self.next_tick = now;
+        Ok(())
+    }
+
+    /// Adds a friend without sending a request: accepting their request, or restoring a saved
+    /// friend list.
+    ///
+    /// # Errors
+    /// [`NodeError::OwnKey`], [`NodeError::AlreadyFriend`], [`NodeError::TooManyFriends`].
+    pub fn add_friend_norequest(&mut self, now: Instant, pk: PublicKey) -> Result<(), NodeError> {
+        self.insert_friend(now, pk)
+    }
+
+    fn insert_friend(&mut self, now: Instant, pk: PublicKey) -> Result<(), NodeError> {
+        if pk == self.real_pk {
+            return Err(NodeError::OwnKey);
+        }
+        if self.friends.contains_key(&pk) {
+            return Err(NodeError::AlreadyFriend);
+        }
+        if self.friends.len() >= MAX_FRIENDS {
+            return Err(NodeError::TooManyFriends);
+        }
+        self.friends.insert(
+            pk,
+            Friend {
+                dht_pk: None,
+                addr: None,
+                request: None,
+                session: false,
+                online: false,
+                last_recv: now,
+                last_alive_sent: now,
+                name: Vec::new(),
+                status_message: Vec::new(),
+                typing_out: false,
+                receipts: VecDeque::new(),
+            },
+        );
+        self.onion.add_friend(now, pk);
+        self.crypto.add_peer(now, pk);
+        self.recent_requests.retain(|k| *k != pk);
+        Ok(())
+    }
+
+    /// Removes a friend, closing the session.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFriend`].
+    pub fn remove_friend(&mut self, now: Instant, pk: &PublicKey) -> Result<(), NodeError> {
+        let f = self.friends.remove(pk).ok_or(NodeError::NotFriend)?;
+        if f.online {
+            let _ = self
+                .crypto
+                .send_lossless(now, pk, &MessengerPacket::Offline.encode());
+        }
+        self.crypto.remove_peer(now, pk);
+        self.onion.remove_friend(pk);
+        if let Some(d) = f.dht_pk {
+            self.dht.remove_search(&d);
+        }
+        Ok(())
+    }
+
+    /// Every friend.
+    pub fn friends(&self) -> Vec<FriendInfo> {
+        let mut v: Vec<FriendInfo> = self
+            .friends
+            .iter()
+            .map(|(pk, f)| FriendInfo {
+                public_key: *pk,
+                name: f.name.clone(),
+                status_message: f.status_message.clone(),
+                connection: if f.online {
+                    Connection::Udp
+                } else {
+                    Connection::None
+                },
+                request_pending: f.request.is_some(),
+                dht_key: f.dht_pk,
+            })
+            .collect();
+        v.sort_by_key(|f| f.public_key.0);
+        v
+    }
+
+    /// Sends a chat message (split into ≤ 1372-byte packets). Returns the message id that a
+    /// later [`NodeEvent::Receipt`] names.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFriend`], [`NodeError::NotOnline`], [`NodeError::BadLength`] (empty),
+    /// [`NodeError::Congested`].
+    pub fn send_message(
+        &mut self,
+        now: Instant,
+        pk: &PublicKey,
+        action: bool,
+        text: &str,
+    ) -> Result<u64, NodeError> {
+        check_len("message", text.len(), 1, usize::MAX)?;
+        let f = self.friends.get(pk).ok_or(NodeError::NotFriend)?;
+        if !f.online {
+            return Err(NodeError::NotOnline);
+        }
+        let mut last = 0;
+        for part in mp::split_message(text, MAX_MESSAGE_LENGTH) {
+            let p = MessengerPacket::Message {
+                action,
+                text: part.as_bytes().to_vec(),
+            };
+            last = self
+                .crypto
+                .send_lossless(now, pk, &p.encode())
+                .map_err(|e| NodeError::Congested(e.to_string()))?;
+        }
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        if let Some(f) = self.friends.get_mut(pk) {
+            if f.receipts.len() >= MAX_PENDING_RECEIPTS {
+                f.receipts.pop_front();
+            }
+            f.receipts.push_back((last, id));
+        }
+        Ok(id)
+    }
+
+    /// Tells a friend we are (not) typing.
+    ///
+    /// # Errors
+    /// [`NodeError::NotFriend`], [`NodeError::NotOnline`].
+    pub fn set_typing(&mut self, now: Instant, pk: &PublicKey, typing: bool) -> Result<(), NodeError> {
+        let f = self.friends.get_mut(pk).ok_or(NodeError::NotFriend)?;
+        f.typing_out = typing;
+        if !f.online {
+            return Err(NodeError::NotOnline);
+        }
+        self.crypto
+            .send_lossless(now, pk, &MessengerPacket::Typing(typing).encode())
+            .map_err(|e| NodeError::Congested(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Sends a custom packet (`data[0]` in 160..=191 lossless or 200..=254 lossy, ≤ 1373 bytes
+    /// in all): the app channel later layers (tunnel, payments) ride on.
+    ///
+    /// # Errors
+    /// [`NodeError::BadPacketId`], [`NodeError::BadLength`], [`NodeError::NotFriend`],
+    /// [`NodeError::NotOnline`], [`NodeError::Congested`].
+    pub fn send_custom(&mut self, now: Instant, pk: &PublicKey, data: &[u8]) -> Result<(), NodeError> {
+        check_len("custom packet", data.len(), 1, MAX_CUSTOM_PACKET_SIZE)?;
+        let id = data[0];
+        let lossless = mp::CUSTOM_LOSSLESS.contains(&id);
+        if !lossless && !mp::CUSTOM_LOSSY.contains(&id) {
+            return Err(NodeError::BadPacketId(id));
+        }
+        let f = self.friends.get(pk).ok_or(NodeError::NotFriend)?;
+        if !f.online {
+            return Err(NodeError::NotOnline);
+        }
+        let r = if lossless {
+            self.crypto.send_lossless(now, pk, data).map(|_| ())
+        } else {
+            self.crypto.send_lossy(now, pk, data)
+        };
+        r.map_err(|e| NodeError::Congested(e.to_string()))
+    }
+
+    /// The next event, if any. Drain after every input.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// Moves every sub-layer event into the glue logic. Called after each input.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(e) = self.dht.poll_event() {
+                progressed = true;
+                self.on_dht_event(now, e);
+            }
+            while let Some(e) = self.onion.poll_event() {
+                progressed = true;
+                self.on_onion_event(now, e);
+            }
+            while let Some(e) = self.crypto.poll_event() {
+                progressed = true;
+                self.on_crypto_event(now, e);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn on_dht_event(&mut self, now: Instant, e: DhtEvent) {
+        match e {
+            DhtEvent::Found { public_key, addr } => {
+                let real = self
+                    .friends
+                    .iter()
+                    .find(|(_, f)| f.dht_pk == Some(public_key))
+                    .map(|(k, _)| *k);
+                if let Some(real) = real {
+                    self.set_friend_addr(now, real, addr);
+                } else {
+                    self.events.push_back(NodeEvent::Dht(DhtEvent::Found { public_key, addr }));
+                }
+            }
+            DhtEvent::DhtRequest {
+                sender,
+                from,
+                id,
+                data,
+            } if id == ferry_wire::onion::DHT_PK_ID => {
+                self.onion.handle_dht_pk_request(now, sender, from, &data);
+            }
+            other => self.events.push_back(NodeEvent::Dht(other)),
+        }
+    }
+
+    fn set_friend_addr(&mut self, now: Instant, real: PublicKey, addr: SocketAddr) {
+        if let Some(f) = self.friends.get_mut(&real)
+            && f.addr != Some(addr)
+        {
+            f.addr = Some(addr);
+            self.crypto.set_peer_addr(now, &real, addr);
+        }
+    }
+
+    fn on_onion_event(&mut self, now: Instant, e: OnionEvent) {
+        match e {
+            OnionEvent::Connected(c) => {
+                if c != self.self_connected {
+                    self.self_connected = c;
+                    self.events.push_back(NodeEvent::SelfConnection(c));
+                }
+            }
+            OnionEvent::FriendRequest {
+                real_pk,
+                nospam,
+                message,
+            } => {
+                if nospam != self.nospam
+                    || real_pk == self.real_pk
+                    || self.friends.contains_key(&real_pk)
+                    || self.recent_requests.contains(&real_pk)
+                {
+                    return;
+                }
+                if self.recent_requests.len() >= RECENT_REQUESTS {
+                    self.recent_requests.pop_front();
+                }
+                self.recent_requests.push_back(real_pk);
+                self.events.push_back(NodeEvent::FriendRequest {
+                    public_key: real_pk,
+                    message,
+                });
+            }
+            OnionEvent::FriendDhtPk {
+                real_pk,
+                dht_pk,
+                nodes,
+            } => {
+                let Some(f) = self.friends.get_mut(&real_pk) else {
+                    return;
+                };
+                if f.dht_pk != Some(dht_pk) {
+                    if let Some(old) = f.dht_pk.replace(dht_pk) {
+                        self.dht.remove_search(&old);
+                    }
+                    f.addr = None;
+                    let _ = self.dht.add_search(now, dht_pk);
+                    self.crypto.set_peer_dht_key(now, &real_pk, dht_pk);
+                }
+                for n in nodes {
+                    if n.transport == ferry_wire::node::Transport::Udp {
+                        self.dht.bootstrap(now, n.addr, n.public_key);
+                    }
+                }
+                if let Some(addr) = self.dht.address_of(now, &dht_pk) {
+                    self.set_friend_addr(now, real_pk, addr);
+                }
+            }
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    fn on_crypto_event(&mut self, now: Instant, e: NetCryptoEvent) {
+        match e {
+            NetCryptoEvent::Established { peer, .. } => {
+                if let Some(f) = self.friends.get_mut(&peer) {
+                    f.session = true;
+                    f.last_recv = now;
+                    f.last_alive_sent = now;
+                    f.request = None;
+                    let _ = self
+                        .crypto
+                        .send_lossless(now, &peer, &MessengerPacket::Online.encode());
+                }
+            }
+            NetCryptoEvent::Closed { peer, .. } => self.session_down(now, peer),
+            NetCryptoEvent::Lossless { peer, data } => self.on_packet(now, peer, &data, true),
+            NetCryptoEvent::Lossy { peer, data } => self.on_packet(now, peer, &data, false),
+            NetCryptoEvent::Delivered {
+                peer,
+                packet_number,
+            } => {
+                let Some(f) = self.friends.get_mut(&peer) else {
+                    return;
+                };
+                while let Some(&(pn, id)) = f.receipts.front() {
+                    // Packet numbers wrap (u32); "at or before" in wrapping order.
+                    if packet_number.wrapping_sub(pn) < u32::MAX / 2 {
+                        f.receipts.pop_front();
+                        self.events.push_back(NodeEvent::Receipt {
+                            public_key: peer,
+                            message_id: id,
+                        });
+                    } else {
+                        break;
+                    }
+                }
+            }
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    fn session_down(&mut self, _now: Instant, peer: PublicKey) {
+        let Some(f) = self.friends.get_mut(&peer) else {
+            return;
+        };
+        f.session = false;
+        f.addr = None;
+        if f.online {
+            f.online = false;
+            f.receipts.clear();
+            self.onion.set_friend_online(&peer, false);
+            self.events.push_back(NodeEvent::FriendConnection {
+                public_key: peer,
+                connection: Connection::None,
+            });
+        }
+    }
+
+    fn on_packet(&mut self, now: Instant, peer: PublicKey, data: &[u8], lossless: bool) {
+        let Some(f) = self.friends.get_mut(&peer) else {
+            return;
+        };
+        f.last_recv = now;
+        let Ok(p) = MessengerPacket::decode(data) else {
+            return;
+        };
+        match p {
+            MessengerPacket::Online => {
+                if !f.online {
+                    f.online = true;
+                    f.request = None;
+                    let typing = f.typing_out;
+                    self.onion.set_friend_online(&peer, true);
+                    self.events.push_back(NodeEvent::FriendConnection {
+                        public_key: peer,
+                        connection: Connection::Udp,
+                    });
+                    for p in [
+                        MessengerPacket::Nickname(self.name.clone()),
+                        MessengerPacket::StatusMessage(self.status_message.clone()),
+                        MessengerPacket::UserStatus(self.user_status),
+                        MessengerPacket::Typing(typing),
+                    ] {
+                        let _ = self.crypto.send_lossless(now, &peer, &p.encode());
+                    }
+                }
+            }
+            MessengerPacket::Offline => {
+                if f.online {
+                    f.online = false;
+                    self.onion.set_friend_online(&peer, false);
+                    self.events.push_back(NodeEvent::FriendConnection {
+                        public_key: peer,
+                        connection: Connection::None,
+                    });
+                }
+            }
+            MessengerPacket::Nickname(name) => {
+                if f.name != name {
+                    f.name.clone_from(&name);
+                    self.events.push_back(NodeEvent::FriendName {
+                        public_key: peer,
+                        name,
+                    });
+                }
+            }
+            MessengerPacket::StatusMessage(text) => {
+                if f.status_message != text {
+                    f.status_message.clone_from(&text);
+                    self.events.push_back(NodeEvent::FriendStatusMessage {
+                        public_key: peer,
+                        text,
+                    });
+                }
+            }
+            MessengerPacket::Typing(typing) => self.events.push_back(NodeEvent::FriendTyping {
+                public_key: peer,
+                typing,
+            }),
+            MessengerPacket::Message { action, text } if f.online => {
+                self.events.push_back(NodeEvent::Message {
+                    public_key: peer,
+                    action,
+                    text,
+                });
+            }
+            MessengerPacket::CustomLossless(data) if lossless && f.online => {
+                self.events.push_back(NodeEvent::CustomPacket {
+                    public_key: peer,
+                    lossless: true,
+                    data,
+                });
+            }
+            MessengerPacket::CustomLossy(data) if !lossless && f.online => {
+                if data.first().is_some_and(|id| mp::CUSTOM_LOSSY.contains(id)) {
+                    self.events.push_back(NodeEvent::CustomPacket {
+                        public_key: peer,
+                        lossless: false,
+                        data,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let keys: Vec<PublicKey> = self.friends.keys().copied().collect();
+        for pk in keys {
+            let Some(f) = self.friends.get_mut(&pk) else {
+                continue;
+            };
+            // Friend requests until online.
+            if let Some(req) = f.request.as_mut()
+                && !f.online
+                && now >= req.next_send
+            {
+                match self
+                    .onion
+                    .send_friend_request(now, &pk, req.nospam, &req.message)
+                {
+                    Ok(()) => {
+                        req.next_send = now + req.backoff;
+                        req.backoff = (req.backoff * 2).min(FRIEND_REQUEST_MAX_RETRY);
+                    }
+                    Err(_) => req.next_send = now + FRIEND_REQUEST_NOT_FOUND_RETRY,
+                }
+            }
+            // Keepalive and timeout.
+            if f.session {
+                if now.saturating_duration_since(f.last_recv) >= FRIEND_TIMEOUT {
+                    self.crypto.remove_peer(now, &pk);
+                    self.crypto.add_peer(now, pk);
+                    if let Some(d) = f.dht_pk {
+                        self.crypto.set_peer_dht_key(now, &pk, d);
+                    }
+                    self.session_down(now, pk);
+                    continue;
+                }
+                if now.saturating_duration_since(f.last_alive_sent) >= ALIVE_INTERVAL {
+                    f.last_alive_sent = now;
+                    let _ = self
+                        .crypto
+                        .send_lossless(now, &pk, &MessengerPacket::Alive.encode());
+                }
+            } else if let Some(d) = f.dht_pk
+                && let Some(addr) = self.dht.address_of(now, &d)
+            {
+                self.set_friend_addr(now, pk, addr);
+            }
+        }
+        let nodes = self.dht.closest_nodes(now, &self.dht.public_key(), false);
+        self.onion.set_dht_pk_nodes(nodes);
+    }
+}
+
+fn check_len(what: &'static str, len: usize, min: usize, max: usize) -> Result<(), NodeError> {
+    if len < min || len > max {
+        Err(NodeError::BadLength { what, len, min, max })
+    } else {
+        Ok(())
+    }
+}
+
+impl Endpoint for Node {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let from = ferry_wire::node::normalize(from);
+        match bytes.first() {
+            Some(&k) if (kind::COOKIE_REQUEST..=kind::CRYPTO_DATA).contains(&k) => {
+                self.crypto.handle_packet(now, from, bytes);
+            }
+            Some(0x80..=0x8e) => self.onion.handle_packet(now, from, bytes, &mut self.dht),
+            _ => self.dht.handle_datagram(now, from, bytes),
+        }
+        self.pump(now);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.dht.poll_timeout() {
+            self.dht.handle_timeout(now);
+        }
+        if now >= self.onion.poll_timeout() {
+            self.onion.handle_timeout(now, &mut self.dht);
+        }
+        if now >= self.crypto.poll_timeout() {
+            self.crypto.handle_timeout(now);
+        }
+        self.pump(now);
+        if now >= self.next_tick {
+            self.next_tick = now + FRIEND_TICK;
+            self.tick(now);
+            self.pump(now);
+        }
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.crypto
+            .poll_transmit()
+            .or_else(|| self.onion.poll_transmit())
+            .or_else(|| self.dht.poll_transmit())
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        let mut t = self.next_tick;
+        for other in [
+            self.dht.poll_timeout(),
+            self.onion.poll_timeout(),
+            self.crypto.poll_timeout(),
+        ] {
+            t = t.min(other);
+        }
+        t
+    }
+}
