@@ -21,6 +21,7 @@
 //! | POST | `/v1/friends/typing` | [`Typing`] | [`Ok`] |
 //! | POST | `/v1/messages/send` | [`SendMessage`] | [`Message`] |
 //! | POST | `/v1/messages/list` | [`ListMessages`] | `[`[`Message`]`]` (long-polls up to `wait_ms`) |
+//! | POST | `/v1/packets/list` | [`ListPackets`] | `[`[`ReceivedPacket`]`]` (long-polls up to `wait_ms`) |
 //!
 //! Errors answer with a 4xx/5xx status and [`ErrorBody`]. New fields may be added to any answer
 //! within v1; none is removed or renamed.
@@ -61,6 +62,9 @@ pub struct Status {
     pub udp_port: u16,
     /// `"none"`, `"udp"` or `"tcp"`: how the node reaches the network.
     pub connection: String,
+    /// Announced through the onion (friends can find us; c-toxcore's "connected").
+    #[serde(default)]
+    pub onion_connected: bool,
     /// Good nodes in the DHT close list.
     pub close_nodes: usize,
     /// Milliseconds since the node started.
@@ -316,6 +320,31 @@ pub struct ListMessages {
     pub wait_ms: u64,
 }
 
+/// `POST /v1/packets/list`: custom packets received from friends (kept in memory, the last
+/// 1024).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListPackets {
+    /// Only entries with `seq` greater than this.
+    #[serde(default)]
+    pub after: u64,
+    /// When nothing matches yet, wait up to this long, ms (≤ 60000).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A custom packet received from a friend.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReceivedPacket {
+    /// The friend's public key.
+    pub friend: String,
+    /// Lossless (160–191) or lossy (200–254).
+    pub lossless: bool,
+    /// The packet in hex, id byte first.
+    pub data_hex: String,
+    /// Sequence number in this daemon run (for `after`).
+    pub seq: u64,
+}
+
 /// One history entry (`ferry messages` JSON line).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Message {
@@ -399,6 +428,10 @@ pub trait Backend: Send + Sync + 'static {
     fn messages(&self, _req: ListMessages) -> BoxFuture<'_, Result<Vec<Message>, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/packets/list`.
+    fn packets(&self, _req: ListPackets) -> BoxFuture<'_, Result<Vec<ReceivedPacket>, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -441,6 +474,7 @@ handler!(custom_packet, post_ok, custom_packet, CustomPacket);
 handler!(typing, post_ok, typing, Typing);
 handler!(send_message, post, send_message, SendMessage, Message);
 handler!(messages, post, messages, ListMessages, Vec<Message>);
+handler!(packets, post, packets, ListPackets, Vec<ReceivedPacket>);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -461,6 +495,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/friends/typing", post(typing::<B>))
         .route("/v1/messages/send", post(send_message::<B>))
         .route("/v1/messages/list", post(messages::<B>))
+        .route("/v1/packets/list", post(packets::<B>))
         .with_state(backend)
 }
 

@@ -153,9 +153,9 @@ fn twenty_ferry_and_two_c_toxcore_nodes_find_everyone() {
                 socket,
                 NodeOptions {
                     dht,
-                    bootstrap: Vec::new(),
+                    ..NodeOptions::default()
                 },
-                None,
+                ferry_net::DhtEvents(None),
             )
             .expect("spawn");
             let s = h.status().await.expect("status");

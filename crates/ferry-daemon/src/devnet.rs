@@ -103,9 +103,9 @@ pub async fn run_devnet(
             socket,
             NodeOptions {
                 dht,
-                bootstrap: Vec::new(),
+                ..NodeOptions::default()
             },
-            None,
+            ferry_net::DhtEvents(None),
         )?;
         let status = handle.status().await?;
         nodes.push((handle, status.local_addr, status.dht_public_key));

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bootstrap;
+pub mod chat;
 pub mod devnet;
 pub mod profile;
 pub mod up;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_api::{
-    ApiError, Backend, BootstrapRequest, BoxFuture, DhtNode, LookupRequest, LookupResult, Status,
+    AddFriend, ApiError, Backend, BootstrapRequest, BoxFuture, CustomPacket, DhtNode, Friend,
+    FriendKey, FriendRequest, ListMessages, ListPackets, LookupRequest, LookupResult, Message,
+    ReceivedPacket, SelfInfo, SelfUpdate, SendMessage, Status, Typing,
 };
 use ferry_crypto::PublicKey;
 use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
@@ -16,6 +18,7 @@ use ferry_proto::dht::DhtConfig;
 use tokio::sync::Notify;
 
 use crate::bootstrap::{BootstrapNode, default_nodes};
+use crate::chat::{ChatHandler, ChatShared};
 use crate::profile::{self, Identity};
 
 /// Options of `ferry up`.
@@ -56,6 +59,7 @@ pub struct NodeBackend {
     node: NodeHandle,
     identity: Identity,
     stop: Arc<Notify>,
+    chat: Option<Arc<ChatShared>>,
 }
 
 impl NodeBackend {
@@ -65,7 +69,20 @@ impl NodeBackend {
             node,
             identity,
             stop,
+            chat: None,
         }
+    }
+
+    /// Adds friends and chat (the profile's store) to the API.
+    pub fn with_chat(mut self, chat: Arc<ChatShared>) -> Self {
+        self.chat = Some(chat);
+        self
+    }
+
+    fn chat(&self) -> Result<&Arc<ChatShared>, ApiError> {
+        self.chat
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("this node has no profile store"))
     }
 }
 
@@ -83,6 +100,7 @@ impl Backend for NodeBackend {
                 tox_id: self.identity.tox_id().to_string(),
                 udp_port: s.local_addr.port(),
                 connection: if s.connected { "udp" } else { "none" }.to_string(),
+                onion_connected: s.onion_connected,
                 close_nodes: s.close_nodes,
                 uptime_ms: s.uptime.as_millis() as u64,
                 packets_in: s.stats.rx_packets,
@@ -171,6 +189,58 @@ impl Backend for NodeBackend {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move { self.stop.notify_one() })
     }
+
+    fn self_info(&self) -> BoxFuture<'_, Result<SelfInfo, ApiError>> {
+        Box::pin(async move { self.chat()?.self_info() })
+    }
+
+    fn set_self(&self, req: SelfUpdate) -> BoxFuture<'_, Result<SelfInfo, ApiError>> {
+        Box::pin(async move { self.chat()?.set_self(&self.node, req).await })
+    }
+
+    fn friends(&self) -> BoxFuture<'_, Result<Vec<Friend>, ApiError>> {
+        Box::pin(async move { self.chat()?.friends(&self.node).await })
+    }
+
+    fn add_friend(&self, req: AddFriend) -> BoxFuture<'_, Result<Friend, ApiError>> {
+        Box::pin(async move { self.chat()?.add_friend(&self.node, req).await })
+    }
+
+    fn friend_requests(&self) -> BoxFuture<'_, Result<Vec<FriendRequest>, ApiError>> {
+        Box::pin(async move { self.chat()?.requests() })
+    }
+
+    fn accept_friend(&self, req: FriendKey) -> BoxFuture<'_, Result<Friend, ApiError>> {
+        Box::pin(async move { self.chat()?.accept(&self.node, &req.public_key).await })
+    }
+
+    fn reject_friend(&self, req: FriendKey) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.chat()?.reject(&req.public_key) })
+    }
+
+    fn remove_friend(&self, req: FriendKey) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.chat()?.remove(&self.node, &req.public_key).await })
+    }
+
+    fn custom_packet(&self, req: CustomPacket) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.chat()?.custom_packet(&self.node, req).await })
+    }
+
+    fn typing(&self, req: Typing) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.chat()?.typing(&self.node, req).await })
+    }
+
+    fn send_message(&self, req: SendMessage) -> BoxFuture<'_, Result<Message, ApiError>> {
+        Box::pin(async move { self.chat()?.send(&self.node, req).await })
+    }
+
+    fn messages(&self, req: ListMessages) -> BoxFuture<'_, Result<Vec<Message>, ApiError>> {
+        Box::pin(async move { self.chat()?.list(req).await })
+    }
+
+    fn packets(&self, req: ListPackets) -> BoxFuture<'_, Result<Vec<ReceivedPacket>, ApiError>> {
+        Box::pin(async move { self.chat()?.packets(req).await })
+    }
 }
 
 /// Runs `ferry up` for the profile at `profile_dir` until a signal or an API shutdown.
@@ -216,8 +286,16 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         lan_discovery: !opts.no_lan,
         ..DhtConfig::default()
     };
-    let (node, join) =
-        spawn_node(udp, NodeOptions { dht, bootstrap }, None).context("starting the node")?;
+    let chat = ChatShared::open(profile_dir.to_path_buf(), identity.clone())?;
+    let options = NodeOptions {
+        dht,
+        bootstrap,
+        real_keys: Some(identity.long_term.clone()),
+        nospam: identity.nospam,
+    };
+    let (node, join) = spawn_node(udp, options, ChatHandler(Arc::clone(&chat)))
+        .context("starting the node")?;
+    chat.restore(&node).await?;
     let status = node.status().await?;
     eprintln!(
         "ferry up: Tox ID {}\n  DHT key {}  UDP {}  control socket {}",
@@ -227,7 +305,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         socket_path.display()
     );
     let stop = Arc::new(Notify::new());
-    let backend = Arc::new(NodeBackend::new(node.clone(), identity, stop.clone()));
+    let backend = Arc::new(NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat));
     let shutdown = {
         let stop = stop.clone();
         async move {

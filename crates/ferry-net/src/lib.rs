@@ -1,4 +1,4 @@
-//! ferry's I/O layer: one tokio task per node owns the UDP socket and the sans-IO [`Dht`], and runs
+//! ferry's I/O layer: one tokio task per node owns the UDP socket and the sans-IO [`Node`], and runs
 //! the run loop documented in `ferry-proto` (feed input, drain transmits and events, sleep until
 //! the next timeout). Everything else talks to that task through a [`NodeHandle`] over a bounded
 //! channel (architecture.md house rule 7: one owner per state).
@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::{FerryRng, os_seed};
 use ferry_crypto::{KeyPair, PublicKey};
-use ferry_proto::dht::{CloseNode, Dht, DhtConfig, DhtError, DhtEvent, DhtStats, SearchStatus};
+use ferry_proto::dht::{CloseNode, DhtConfig, DhtError, DhtEvent, DhtStats, SearchStatus};
+use ferry_proto::node::{Node, NodeConfig, NodeEvent};
 use ferry_proto::{Destination, Endpoint};
 use ferry_wire::MAX_UDP_PACKET_SIZE;
 use tokio::net::UdpSocket;
@@ -115,6 +116,8 @@ pub struct NodeStatus {
     pub local_addr: SocketAddr,
     /// Whether at least one close node is good.
     pub connected: bool,
+    /// Whether the onion reports us announced (c-toxcore's "connected").
+    pub onion_connected: bool,
     /// Good nodes in the close list.
     pub close_nodes: usize,
     /// Counters.
@@ -123,13 +126,32 @@ pub struct NodeStatus {
     pub uptime: Duration,
 }
 
+/// Receives the node's events inside the node task, with the node at hand, before the
+/// datagrams that the same input produced are sent. A handler that persists a received message
+/// here therefore commits it before net_crypto's acknowledgement leaves the host (issue 4:
+/// nothing acknowledged is lost on `kill -9`).
+pub trait EventHandler: Send + 'static {
+    /// One event. `node` may be commanded (e.g. accept a request, resend queued messages).
+    fn on_event(&mut self, node: &mut Node, now: Instant, event: NodeEvent);
+}
+
+/// An [`EventHandler`] that forwards DHT events to a channel (dropped when full) and ignores the
+/// rest: enough for DHT-only uses (devnet, tests).
+#[derive(Debug)]
+pub struct DhtEvents(pub Option<mpsc::Sender<DhtEvent>>);
+
+impl EventHandler for DhtEvents {
+    fn on_event(&mut self, _node: &mut Node, _now: Instant, event: NodeEvent) {
+        if let (Some(tx), NodeEvent::Dht(ev)) = (&self.0, event) {
+            let _ = tx.try_send(ev);
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Node, Instant) + Send>;
+
 enum Command {
-    Bootstrap(SocketAddr, PublicKey),
-    Status(oneshot::Sender<NodeStatus>),
-    CloseNodes(oneshot::Sender<Vec<CloseNode>>),
-    AddSearch(PublicKey, oneshot::Sender<Result<(), DhtError>>),
-    SearchStatus(PublicKey, oneshot::Sender<Option<SearchStatus>>),
-    RemoveSearch(PublicKey),
+    Run(Job),
     Shutdown,
 }
 
@@ -140,22 +162,48 @@ pub struct NodeOptions {
     pub dht: DhtConfig,
     /// Bootstrap nodes contacted at start.
     pub bootstrap: Vec<(SocketAddr, PublicKey)>,
+    /// Long-term key pair; `None` = a throwaway one (DHT-only uses).
+    pub real_keys: Option<KeyPair>,
+    /// Nospam of our Tox ID.
+    pub nospam: u32,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            dht: DhtConfig::default(),
+            bootstrap: Vec::new(),
+            real_keys: None,
+            nospam: 0,
+        }
+    }
 }
 
 /// A cheap, cloneable handle to a running node task.
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+    started: Instant,
 }
 
 impl NodeHandle {
-    async fn ask<T>(
+    /// Runs `f` on the node inside its task (then the task drains transmits and events as
+    /// usual) and returns its result. This is how every command reaches the node (house rule 7:
+    /// one owner per state).
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`] when the node has stopped.
+    pub async fn call<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+        f: impl FnOnce(&mut Node, Instant) -> T + Send + 'static,
     ) -> Result<T, NetError> {
         let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |node, now| {
+            let _ = tx.send(f(node, now));
+        });
         self.tx
-            .send(make(tx))
+            .send(Command::Run(job))
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)
@@ -166,10 +214,8 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`] when the node has stopped.
     pub async fn bootstrap(&self, addr: SocketAddr, public_key: PublicKey) -> Result<(), NetError> {
-        self.tx
-            .send(Command::Bootstrap(addr, public_key))
+        self.call(move |n, now| n.dht_mut().bootstrap(now, addr, public_key))
             .await
-            .map_err(|_| NetError::Stopped)
     }
 
     /// The node's status.
@@ -177,7 +223,22 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn status(&self) -> Result<NodeStatus, NetError> {
-        self.ask(Command::Status).await
+        let (local_addr, started) = (self.local_addr, self.started);
+        self.call(move |n, now| NodeStatus {
+            dht_public_key: n.dht().public_key(),
+            local_addr,
+            connected: n.dht().is_connected(now),
+            onion_connected: n.is_connected(),
+            close_nodes: n.dht().good_close_count(now),
+            stats: n.dht().stats(),
+            uptime: now.saturating_duration_since(started),
+        })
+        .await
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
     }
 
     /// The close list, closest first.
@@ -185,7 +246,7 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn close_nodes(&self) -> Result<Vec<CloseNode>, NetError> {
-        self.ask(Command::CloseNodes).await
+        self.call(|n, now| n.dht().close_nodes(now)).await
     }
 
     /// Starts searching for a DHT key's address.
@@ -193,7 +254,7 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`]; the inner result carries the DHT's refusal.
     pub async fn add_search(&self, pk: PublicKey) -> Result<Result<(), DhtError>, NetError> {
-        self.ask(|tx| Command::AddSearch(pk, tx)).await
+        self.call(move |n, now| n.dht_mut().add_search(now, pk)).await
     }
 
     /// Where a search stands.
@@ -201,7 +262,8 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn search_status(&self, pk: PublicKey) -> Result<Option<SearchStatus>, NetError> {
-        self.ask(|tx| Command::SearchStatus(pk, tx)).await
+        self.call(move |n, now| n.dht().search_status(now, &pk))
+            .await
     }
 
     /// Stops a search.
@@ -209,10 +271,7 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`].
     pub async fn remove_search(&self, pk: PublicKey) -> Result<(), NetError> {
-        self.tx
-            .send(Command::RemoveSearch(pk))
-            .await
-            .map_err(|_| NetError::Stopped)
+        self.call(move |n, _| n.dht_mut().remove_search(&pk)).await
     }
 
     /// Asks the node task to stop; it returns after its loop ends.
@@ -222,46 +281,58 @@ impl NodeHandle {
 }
 
 /// Starts a node task on `socket` with a fresh DHT key pair from the OS RNG (as c-toxcore makes a
-/// new DHT key at every start). `events`, if given, receives DHT events (dropped when full).
+/// new DHT key at every start). `handler` receives every event inside the task.
 ///
 /// # Errors
 /// [`NetError::Rng`] when the OS RNG fails, [`NetError::Io`] when the socket has no local address.
 pub fn spawn_node(
     socket: UdpSocket,
     options: NodeOptions,
-    events: Option<mpsc::Sender<DhtEvent>>,
+    handler: impl EventHandler,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NetError> {
     let seed = os_seed().map_err(|e| NetError::Rng(e.to_string()))?;
     let mut rng = FerryRng::from_seed(seed);
-    let keys = KeyPair::generate(&mut rng);
+    let dht_keys = KeyPair::generate(&mut rng);
+    let real_keys = options
+        .real_keys
+        .unwrap_or_else(|| KeyPair::generate(&mut rng));
     let now = Instant::now();
-    let mut dht = Dht::new(options.dht, keys, rng, now);
+    let config = NodeConfig {
+        dht: options.dht,
+        ..NodeConfig::default()
+    };
+    let mut node = Node::new(config, real_keys, dht_keys, options.nospam, rng, now);
     for (addr, pk) in options.bootstrap {
-        dht.bootstrap(now, addr, pk);
+        node.dht_mut().bootstrap(now, addr, pk);
     }
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let driver = Driver {
         socket,
         local_addr,
-        dht,
+        node,
         rx,
-        events,
-        started: now,
+        handler: Box::new(handler),
         broadcast: Vec::new(),
         broadcast_at: None,
     };
     let join = tokio::spawn(driver.run());
-    Ok((NodeHandle { tx }, join))
+    Ok((
+        NodeHandle {
+            tx,
+            local_addr,
+            started: now,
+        },
+        join,
+    ))
 }
 
 struct Driver {
     socket: UdpSocket,
     local_addr: SocketAddr,
-    dht: Dht,
+    node: Node,
     rx: mpsc::Receiver<Command>,
-    events: Option<mpsc::Sender<DhtEvent>>,
-    started: Instant,
+    handler: Box<dyn EventHandler>,
     broadcast: Vec<IpAddr>,
     broadcast_at: Option<Instant>,
 }
@@ -269,15 +340,15 @@ struct Driver {
 impl Driver {
     async fn run(mut self) {
         let mut buf = vec![0u8; MAX_UDP_PACKET_SIZE + 1];
-        tracing::info!(dht_public_key = %self.dht.public_key(), addr = %self.local_addr, "DHT node started");
+        tracing::info!(dht_public_key = %self.node.dht().public_key(), addr = %self.local_addr, "node started");
         loop {
             self.flush().await;
-            let deadline = tokio::time::Instant::from_std(self.dht.poll_timeout());
+            let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
             tokio::select! {
                 r = self.socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
                         if n <= MAX_UDP_PACKET_SIZE {
-                            self.dht.handle_datagram(Instant::now(), from, &buf[..n]);
+                            self.node.handle_datagram(Instant::now(), from, &buf[..n]);
                         }
                     }
                     // ICMP port-unreachable and similar surface here on Linux; keep going.
@@ -285,44 +356,22 @@ impl Driver {
                 },
                 cmd = self.rx.recv() => match cmd {
                     None | Some(Command::Shutdown) => break,
-                    Some(cmd) => self.command(cmd),
+                    Some(Command::Run(job)) => job(&mut self.node, Instant::now()),
                 },
-                _ = tokio::time::sleep_until(deadline) => self.dht.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
             }
         }
-        tracing::info!("DHT node stopped");
+        tracing::info!("node stopped");
     }
 
-    fn command(&mut self, cmd: Command) {
-        let now = Instant::now();
-        match cmd {
-            Command::Bootstrap(addr, pk) => self.dht.bootstrap(now, addr, pk),
-            Command::Status(tx) => {
-                let _ = tx.send(NodeStatus {
-                    dht_public_key: self.dht.public_key(),
-                    local_addr: self.local_addr,
-                    connected: self.dht.is_connected(now),
-                    close_nodes: self.dht.good_close_count(now),
-                    stats: self.dht.stats(),
-                    uptime: now.saturating_duration_since(self.started),
-                });
-            }
-            Command::CloseNodes(tx) => {
-                let _ = tx.send(self.dht.close_nodes(now));
-            }
-            Command::AddSearch(pk, tx) => {
-                let _ = tx.send(self.dht.add_search(now, pk));
-            }
-            Command::SearchStatus(pk, tx) => {
-                let _ = tx.send(self.dht.search_status(now, &pk));
-            }
-            Command::RemoveSearch(pk) => self.dht.remove_search(&pk),
-            Command::Shutdown => {}
-        }
-    }
-
+    /// Events first (the handler may persist them and command the node), then datagrams.
     async fn flush(&mut self) {
-        while let Some(t) = self.dht.poll_transmit() {
+        let now = Instant::now();
+        while let Some(ev) = self.node.poll_event() {
+            tracing::debug!(?ev, "node event");
+            self.handler.on_event(&mut self.node, now, ev);
+        }
+        while let Some(t) = self.node.poll_transmit() {
             match t.destination {
                 Destination::Addr(addr) => self.send(addr, &t.payload).await,
                 Destination::LanBroadcast { port } => {
@@ -330,12 +379,6 @@ impl Driver {
                         self.send(SocketAddr::new(ip, port), &t.payload).await;
                     }
                 }
-            }
-        }
-        while let Some(ev) = self.dht.poll_event() {
-            tracing::debug!(?ev, "DHT event");
-            if let Some(tx) = &self.events {
-                let _ = tx.try_send(ev);
             }
         }
     }

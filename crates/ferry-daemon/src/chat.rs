@@ -1,0 +1,663 @@
+//! Friends and messages for `ferry up`: the node's event handler (persists what arrives, resends
+//! what is queued) and the control-API operations behind `ferry friend …`, `ferry send`,
+//! `ferry messages` and `ferry set …`.
+//!
+//! # Delivery guarantees
+//! * An incoming message is committed to the store inside the node task before the datagrams of
+//!   the same step (among them net_crypto's acknowledgement) are sent: what the peer sees as
+//!   delivered is on our disk.
+//! * `ferry send` answers only after the outgoing message is committed (`delivered: false`);
+//!   it is marked delivered when the friend's node acknowledges every packet of it. Undelivered
+//!   messages are (re)sent each time the friend comes online, also after a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_api::{ApiError, Friend, FriendRequest, Message, SelfInfo};
+use ferry_crypto::PublicKey;
+use ferry_net::{EventHandler, NodeHandle};
+use ferry_proto::node::{Connection, Node, NodeError, NodeEvent};
+use ferry_store::{
+    Direction, FriendRecord, MessageKind, MessageRecord, RequestRecord, Settings, Store,
+};
+use ferry_wire::toxid::ToxId;
+use tokio::sync::Notify;
+
+use crate::profile::{self, Identity};
+
+/// Longest long-poll of `POST /v1/messages/list`, ms.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// State shared by the node task's handler and the API.
+#[derive(Debug)]
+pub struct ChatShared {
+    /// The profile database.
+    pub store: Store,
+    profile_dir: PathBuf,
+    identity: Mutex<Identity>,
+    /// (friend, node message id) → history sequence number, for receipts.
+    pending: Mutex<HashMap<(PublicKey, u64), u64>>,
+    /// Wakes long-polls when history changes.
+    changed: Notify,
+    /// Received custom packets, the last [`MAX_PACKETS`].
+    packets: Mutex<(u64, std::collections::VecDeque<ferry_api::ReceivedPacket>)>,
+    packets_changed: Notify,
+}
+
+/// Received custom packets kept for `POST /v1/packets/list`.
+pub const MAX_PACKETS: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: 500,
+        message: e.to_string(),
+    }
+}
+
+fn node_err(e: NodeError) -> ApiError {
+    match e {
+        NodeError::NotFriend => ApiError::not_found(e.to_string()),
+        NodeError::AlreadyFriend => ApiError::conflict(e.to_string()),
+        NodeError::Congested(_) => ApiError::unavailable(e.to_string()),
+        _ => ApiError::bad_request(e.to_string()),
+    }
+}
+
+fn stopped(e: ferry_net::NetError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+impl ChatShared {
+    /// Opens the store of the profile at `profile_dir`.
+    ///
+    /// # Errors
+    /// The store cannot be opened (e.g. another daemon holds it).
+    pub fn open(profile_dir: PathBuf, identity: Identity) -> anyhow::Result<Arc<Self>> {
+        let store = Store::open(&profile_dir.join("ferry.redb"))
+            .map_err(|e| anyhow::anyhow!("opening {}/ferry.redb: {e}", profile_dir.display()))?;
+        Ok(Arc::new(Self {
+            store,
+            profile_dir,
+            identity: Mutex::new(identity),
+            pending: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            packets: Mutex::new((0, std::collections::VecDeque::new())),
+            packets_changed: Notify::new(),
+        }))
+    }
+
+    /// Restores the node from the store: friends (with their pending requests), name, status
+    /// message. Called once after the node starts.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn restore(self: &Arc<Self>, node: &NodeHandle) -> anyhow::Result<()> {
+        let friends = self.store.friends()?;
+        let settings = self.store.settings()?;
+        node.call(move |n, now| {
+            let _ = n.set_name(now, settings.name.as_bytes());
+            let _ = n.set_status_message(now, settings.status_message.as_bytes());
+            for f in friends {
+                let Ok(pk) = PublicKey::from_hex(&f.public_key) else {
+                    continue;
+                };
+                let r = match &f.request {
+                    Some((nospam, msg)) => {
+                        n.add_friend(now, &ToxId::new(pk, *nospam), msg.as_bytes())
+                    }
+                    None => n.add_friend_norequest(now, pk),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(friend = %f.public_key, error = %e, "cannot restore friend");
+                }
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn append(&self, m: &MessageRecord) -> Result<u64, ApiError> {
+        let seq = self.store.append_message(m).map_err(internal)?;
+        self.changed.notify_waiters();
+        Ok(seq)
+    }
+
+    /// Resolves `friend` (64-hex key, unique key prefix of ≥ 8 hex digits, or exact name) to a
+    /// friend's key.
+    fn resolve(&self, friend: &str) -> Result<PublicKey, ApiError> {
+        if let Ok(pk) = PublicKey::from_hex(friend) {
+            return Ok(pk);
+        }
+        let friends = self.store.friends().map_err(internal)?;
+        let by_name: Vec<&FriendRecord> = friends.iter().filter(|f| f.name == friend).collect();
+        let by_prefix: Vec<&FriendRecord> = if friend.len() >= 8 {
+            friends
+                .iter()
+                .filter(|f| {
+                    f.public_key
+                        .to_ascii_lowercase()
+                        .starts_with(&friend.to_ascii_lowercase())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let hits = if by_name.is_empty() {
+            by_prefix
+        } else {
+            by_name
+        };
+        match hits.as_slice() {
+            [f] => PublicKey::from_hex(&f.public_key).map_err(internal),
+            [] => Err(ApiError::not_found(format!("no friend named {friend:?}"))),
+            _ => Err(ApiError::bad_request(format!(
+                "{friend:?} names several friends; use the public key"
+            ))),
+        }
+    }
+
+    /// `GET /v1/self`.
+    pub fn self_info(&self) -> Result<SelfInfo, ApiError> {
+        let s = self.store.settings().map_err(internal)?;
+        let id = lock(&self.identity).clone();
+        Ok(SelfInfo {
+            public_key: id.public_key().to_hex(),
+            tox_id: id.tox_id().to_string(),
+            nospam: format!("{:08X}", id.nospam),
+            name: s.name,
+            status_message: s.status_message,
+            auto_accept: s.auto_accept,
+        })
+    }
+
+    /// `POST /v1/self`.
+    pub async fn set_self(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        req: ferry_api::SelfUpdate,
+    ) -> Result<SelfInfo, ApiError> {
+        let mut s: Settings = self.store.settings().map_err(internal)?;
+        if let Some(name) = req.name {
+            let bytes = name.clone().into_bytes();
+            node.call(move |n, now| n.set_name(now, &bytes))
+                .await
+                .map_err(stopped)?
+                .map_err(node_err)?;
+            s.name = name;
+        }
+        if let Some(text) = req.status_message {
+            let bytes = text.clone().into_bytes();
+            node.call(move |n, now| n.set_status_message(now, &bytes))
+                .await
+                .map_err(stopped)?
+                .map_err(node_err)?;
+            s.status_message = text;
+        }
+        if let Some(a) = req.auto_accept {
+            s.auto_accept = a;
+        }
+        self.store.set_settings(&s).map_err(internal)?;
+        if let Some(hex) = req.nospam {
+            let nospam = if hex == "random" {
+                let seed = ferry_crypto::rng::os_seed().map_err(internal)?;
+                u32::from_be_bytes(ferry_crypto::rng::FerryRng::from_seed(seed).bytes())
+            } else {
+                let b: [u8; 4] = ferry_crypto::decode_hex_array(&hex)
+                    .map_err(|e| ApiError::bad_request(format!("nospam: {e}")))?;
+                u32::from_be_bytes(b)
+            };
+            let id = {
+                let mut id = lock(&self.identity);
+                id.nospam = nospam;
+                id.clone()
+            };
+            profile::save(&self.profile_dir, &id).map_err(internal)?;
+            node.call(move |n, _| n.set_nospam(nospam))
+                .await
+                .map_err(stopped)?;
+        }
+        self.self_info()
+    }
+
+    /// `GET /v1/friends`.
+    pub async fn friends(&self, node: &NodeHandle) -> Result<Vec<Friend>, ApiError> {
+        let live = node.call(|n, _| n.friends()).await.map_err(stopped)?;
+        let stored: HashMap<String, FriendRecord> = self
+            .store
+            .friends()
+            .map_err(internal)?
+            .into_iter()
+            .map(|f| (f.public_key.clone(), f))
+            .collect();
+        Ok(live
+            .into_iter()
+            .map(|f| {
+                let key = f.public_key.to_hex();
+                let rec = stored.get(&key);
+                Friend {
+                    name: if f.name.is_empty() {
+                        rec.map(|r| r.name.clone()).unwrap_or_default()
+                    } else {
+                        String::from_utf8_lossy(&f.name).into_owned()
+                    },
+                    status_message: if f.status_message.is_empty() {
+                        rec.map(|r| r.status_message.clone()).unwrap_or_default()
+                    } else {
+                        String::from_utf8_lossy(&f.status_message).into_owned()
+                    },
+                    connection: f.connection.as_str().to_string(),
+                    request_pending: f.request_pending,
+                    last_seen_ms: if f.connection == Connection::None {
+                        rec.map_or(0, |r| r.last_seen_ms)
+                    } else {
+                        now_ms()
+                    },
+                    public_key: key,
+                }
+            })
+            .collect())
+    }
+
+    fn friend_json(pk: &PublicKey, pending: bool) -> Friend {
+        Friend {
+            public_key: pk.to_hex(),
+            name: String::new(),
+            status_message: String::new(),
+            connection: "none".into(),
+            request_pending: pending,
+            last_seen_ms: 0,
+        }
+    }
+
+    /// `POST /v1/friends/add`.
+    pub async fn add_friend(
+        &self,
+        node: &NodeHandle,
+        req: ferry_api::AddFriend,
+    ) -> Result<Friend, ApiError> {
+        let id: ToxId = req
+            .tox_id
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("bad Tox ID: {e}")))?;
+        let msg = req.message.clone().into_bytes();
+        node.call(move |n, now| n.add_friend(now, &id, &msg))
+            .await
+            .map_err(stopped)?
+            .map_err(node_err)?;
+        self.store
+            .put_friend(&FriendRecord {
+                public_key: id.public_key.to_hex(),
+                name: String::new(),
+                status_message: String::new(),
+                request: Some((id.nospam_value(), req.message)),
+                added_ms: now_ms(),
+                last_seen_ms: 0,
+            })
+            .map_err(internal)?;
+        let _ = self.store.take_request(&id.public_key);
+        Ok(Self::friend_json(&id.public_key, true))
+    }
+
+    /// `GET /v1/friends/requests`.
+    pub fn requests(&self) -> Result<Vec<FriendRequest>, ApiError> {
+        Ok(self
+            .store
+            .requests()
+            .map_err(internal)?
+            .into_iter()
+            .map(|r| FriendRequest {
+                public_key: r.public_key,
+                message: r.message,
+                time_ms: r.time_ms,
+            })
+            .collect())
+    }
+
+    /// `POST /v1/friends/accept`.
+    pub async fn accept(&self, node: &NodeHandle, key: &str) -> Result<Friend, ApiError> {
+        let pk = PublicKey::from_hex(key)
+            .map_err(|e| ApiError::bad_request(format!("bad public key: {e}")))?;
+        node.call(move |n, now| n.add_friend_norequest(now, pk))
+            .await
+            .map_err(stopped)?
+            .map_err(node_err)?;
+        self.store.take_request(&pk).map_err(internal)?;
+        self.store
+            .put_friend(&FriendRecord {
+                public_key: pk.to_hex(),
+                name: String::new(),
+                status_message: String::new(),
+                request: None,
+                added_ms: now_ms(),
+                last_seen_ms: 0,
+            })
+            .map_err(internal)?;
+        Ok(Self::friend_json(&pk, false))
+    }
+
+    /// `POST /v1/friends/reject`.
+    pub fn reject(&self, key: &str) -> Result<(), ApiError> {
+        let pk = PublicKey::from_hex(key)
+            .map_err(|e| ApiError::bad_request(format!("bad public key: {e}")))?;
+        match self.store.take_request(&pk).map_err(internal)? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::not_found("no friend request from that key")),
+        }
+    }
+
+    /// `POST /v1/friends/remove`.
+    pub async fn remove(&self, node: &NodeHandle, friend: &str) -> Result<(), ApiError> {
+        let pk = self.resolve(friend)?;
+        let r = node
+            .call(move |n, now| n.remove_friend(now, &pk))
+            .await
+            .map_err(stopped)?;
+        let existed = self.store.remove_friend(&pk).map_err(internal)?;
+        match r {
+            Ok(()) => Ok(()),
+            Err(_) if existed => Ok(()),
+            Err(e) => Err(node_err(e)),
+        }
+    }
+
+    /// `POST /v1/friends/packet`.
+    pub async fn custom_packet(
+        &self,
+        node: &NodeHandle,
+        req: ferry_api::CustomPacket,
+    ) -> Result<(), ApiError> {
+        let pk = self.resolve(&req.friend)?;
+        let data = hex::decode(req.data_hex.trim())
+            .map_err(|e| ApiError::bad_request(format!("packet hex: {e}")))?;
+        node.call(move |n, now| n.send_custom(now, &pk, &data))
+            .await
+            .map_err(stopped)?
+            .map_err(node_err)
+    }
+
+    /// `POST /v1/friends/typing`.
+    pub async fn typing(&self, node: &NodeHandle, req: ferry_api::Typing) -> Result<(), ApiError> {
+        let pk = self.resolve(&req.friend)?;
+        let typing = req.typing;
+        let r = node
+            .call(move |n, now| n.set_typing(now, &pk, typing))
+            .await
+            .map_err(stopped)?;
+        match r {
+            Ok(()) | Err(NodeError::NotOnline) => Ok(()),
+            Err(e) => Err(node_err(e)),
+        }
+    }
+
+    /// `POST /v1/messages/send`: commit, then hand to the node (queued if the friend is
+    /// offline).
+    pub async fn send(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        req: ferry_api::SendMessage,
+    ) -> Result<Message, ApiError> {
+        let pk = self.resolve(&req.friend)?;
+        let kind = match req.kind.as_str() {
+            "normal" | "" => MessageKind::Normal,
+            "action" => MessageKind::Action,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "kind must be \"normal\" or \"action\", not {other:?}"
+                )));
+            }
+        };
+        if req.text.is_empty() {
+            return Err(ApiError::bad_request("empty message"));
+        }
+        let is_friend = self
+            .store
+            .friends()
+            .map_err(internal)?
+            .iter()
+            .any(|f| f.public_key == pk.to_hex());
+        if !is_friend {
+            return Err(ApiError::not_found("not a friend"));
+        }
+        let rec = MessageRecord {
+            friend: pk.to_hex(),
+            direction: Direction::Out,
+            kind,
+            text: req.text,
+            time_ms: now_ms(),
+            delivered: false,
+        };
+        let seq = self.append(&rec)?;
+        let shared = Arc::clone(self);
+        let (text, action) = (rec.text.clone(), kind == MessageKind::Action);
+        node.call(move |n, now| shared.send_now(n, now, pk, seq, action, &text))
+            .await
+            .map_err(stopped)?;
+        Ok(to_api(seq, rec))
+    }
+
+    /// Inside the node task: hand one stored message to the node, remembering its id.
+    fn send_now(&self, n: &mut Node, now: Instant, pk: PublicKey, seq: u64, action: bool, text: &str) {
+        match n.send_message(now, &pk, action, text) {
+            Ok(id) => {
+                lock(&self.pending).insert((pk, id), seq);
+            }
+            Err(NodeError::NotOnline) => {}
+            Err(e) => tracing::warn!(error = %e, "message queued"),
+        }
+    }
+
+    /// `POST /v1/messages/list` (long-polls up to `wait_ms` while nothing matches).
+    pub async fn list(&self, req: ferry_api::ListMessages) -> Result<Vec<Message>, ApiError> {
+        let friend = match &req.friend {
+            Some(f) => Some(self.resolve(f)?.to_hex()),
+            None => None,
+        };
+        let limit = req.limit.unwrap_or(1000).clamp(1, 10_000);
+        let deadline = Instant::now() + Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS));
+        loop {
+            let notified = self.changed.notified();
+            let rows = self
+                .store
+                .messages(friend.as_deref(), req.after, limit)
+                .map_err(internal)?;
+            if !rows.is_empty() || Instant::now() >= deadline {
+                return Ok(rows.into_iter().map(|(s, m)| to_api(s, m)).collect());
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
+
+    /// `POST /v1/packets/list` (long-polls up to `wait_ms` while nothing matches).
+    pub async fn packets(
+        &self,
+        req: ferry_api::ListPackets,
+    ) -> Result<Vec<ferry_api::ReceivedPacket>, ApiError> {
+        let deadline = Instant::now() + Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS));
+        loop {
+            let notified = self.packets_changed.notified();
+            let rows: Vec<ferry_api::ReceivedPacket> = lock(&self.packets)
+                .1
+                .iter()
+                .filter(|p| p.seq > req.after)
+                .cloned()
+                .collect();
+            if !rows.is_empty() || Instant::now() >= deadline {
+                return Ok(rows);
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
+
+    fn update_friend(&self, pk: &PublicKey, f: impl FnOnce(&mut FriendRecord)) {
+        let Ok(all) = self.store.friends() else {
+            return;
+        };
+        if let Some(mut rec) = all.into_iter().find(|r| r.public_key == pk.to_hex()) {
+            f(&mut rec);
+            if let Err(e) = self.store.put_friend(&rec) {
+                tracing::error!(error = %e, "storing friend");
+            }
+        }
+    }
+}
+
+fn to_api(seq: u64, m: MessageRecord) -> Message {
+    Message {
+        friend: m.friend,
+        direction: match m.direction {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+        .into(),
+        kind: match m.kind {
+            MessageKind::Normal => "normal",
+            MessageKind::Action => "action",
+        }
+        .into(),
+        text: m.text,
+        time_ms: m.time_ms,
+        seq,
+        delivered: m.delivered,
+    }
+}
+
+/// The node task's event handler: persists and reacts.
+#[derive(Debug)]
+pub struct ChatHandler(pub Arc<ChatShared>);
+
+impl EventHandler for ChatHandler {
+    fn on_event(&mut self, node: &mut Node, now: Instant, event: NodeEvent) {
+        let s = &self.0;
+        match event {
+            NodeEvent::FriendRequest {
+                public_key,
+                message,
+            } => {
+                let text = String::from_utf8_lossy(&message).into_owned();
+                let auto = s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
+                tracing::info!(from = %public_key, auto, "friend request");
+                if auto {
+                    if node.add_friend_norequest(now, public_key).is_ok() {
+                        let _ = s.store.put_friend(&FriendRecord {
+                            public_key: public_key.to_hex(),
+                            name: String::new(),
+                            status_message: String::new(),
+                            request: None,
+                            added_ms: now_ms(),
+                            last_seen_ms: 0,
+                        });
+                    }
+                } else if let Err(e) = s.store.put_request(&RequestRecord {
+                    public_key: public_key.to_hex(),
+                    message: text,
+                    time_ms: now_ms(),
+                }) {
+                    tracing::error!(error = %e, "storing friend request");
+                }
+            }
+            NodeEvent::FriendConnection {
+                public_key,
+                connection,
+            } => {
+                tracing::info!(friend = %public_key, connection = connection.as_str(), "friend connection");
+                s.update_friend(&public_key, |r| {
+                    r.last_seen_ms = now_ms();
+                    r.request = None;
+                });
+                if connection == Connection::None {
+                    lock(&s.pending).retain(|(k, _), _| *k != public_key);
+                } else {
+                    let queued = s.store.undelivered().unwrap_or_default();
+                    let hex = public_key.to_hex();
+                    for (seq, m) in queued.into_iter().filter(|(_, m)| m.friend == hex) {
+                        s.send_now(
+                            node,
+                            now,
+                            public_key,
+                            seq,
+                            m.kind == MessageKind::Action,
+                            &m.text,
+                        );
+                    }
+                }
+            }
+            NodeEvent::Message {
+                public_key,
+                action,
+                text,
+            } => {
+                let rec = MessageRecord {
+                    friend: public_key.to_hex(),
+                    direction: Direction::In,
+                    kind: if action {
+                        MessageKind::Action
+                    } else {
+                        MessageKind::Normal
+                    },
+                    text: String::from_utf8_lossy(&text).into_owned(),
+                    time_ms: now_ms(),
+                    delivered: true,
+                };
+                if let Err(e) = s.append(&rec) {
+                    tracing::error!(error = %e.message, "storing message");
+                }
+            }
+            NodeEvent::Receipt {
+                public_key,
+                message_id,
+            } => {
+                let seq = lock(&s.pending).remove(&(public_key, message_id));
+                if let Some(seq) = seq {
+                    if let Err(e) = s.store.mark_delivered(seq) {
+                        tracing::error!(error = %e, "storing receipt");
+                    }
+                    s.changed.notify_waiters();
+                }
+            }
+            NodeEvent::FriendName { public_key, name } => {
+                let name = String::from_utf8_lossy(&name).into_owned();
+                s.update_friend(&public_key, |r| r.name = name);
+            }
+            NodeEvent::FriendStatusMessage { public_key, text } => {
+                let text = String::from_utf8_lossy(&text).into_owned();
+                s.update_friend(&public_key, |r| r.status_message = text);
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless,
+                data,
+            } => {
+                {
+                    let mut p = lock(&s.packets);
+                    p.0 += 1;
+                    let seq = p.0;
+                    if p.1.len() >= MAX_PACKETS {
+                        p.1.pop_front();
+                    }
+                    p.1.push_back(ferry_api::ReceivedPacket {
+                        friend: public_key.to_hex(),
+                        lossless,
+                        data_hex: hex::encode(&data),
+                        seq,
+                    });
+                }
+                s.packets_changed.notify_waiters();
+            }
+            NodeEvent::SelfConnection(c) => tracing::info!(connected = c, "onion connection"),
+            _ => {}
+        }
+    }
+}
