@@ -1,14 +1,51 @@
 /*
- * toxpeer: a small c-toxcore (libtoxcore 0.2.18, Debian) peer for ferry's interop tests.
+ * toxpeer: a small scriptable c-toxcore (libtoxcore 0.2.18, Debian) client for ferry's interop
+ * tests. Written for ferry (MIT OR Apache-2.0); it only calls the public tox.h and
+ * toxencryptsave.h API.
  *
  * Usage:
  *   toxpeer --address-of SECRET_KEY_HEX NOSPAM_HEX
  *       Load the secret key into a Tox instance, set the nospam, print "ADDRESS <76 hex>", exit.
- *   toxpeer [--port N] [--bootstrap IP PORT DHT_KEY_HEX]... [--seconds S]
- *       Run a UDP-only DHT node on loopback (LAN discovery, IPv6 and TCP off). Prints
- *       "DHT_ID <hex>", "PORT <n>", "READY" at start, then one "RX <ip>:<port> <kind>" line the
- *       first time a datagram of a given kind arrives from a given address, and
- *       "CONNECTION <0|1|2>" when the connection status changes. Runs until killed or S seconds.
+ *   toxpeer [--port N] [--bootstrap IP PORT DHT_KEY_HEX]... [--tcp-relay IP PORT KEY_HEX]...
+ *           [--seconds S] [--load FILE [--passphrase P]] [--iterate-ms N] [--udp-disabled]
+ *           [--tcp-port N] [--auto-accept]
+ *       Run a Tox client on loopback (LAN discovery, IPv6 and hole punching off; a TCP relay
+ *       server only with --tcp-port). --load reads a Tox save (decrypted with --passphrase when
+ *       it starts with toxencryptsave's "toxEsave" magic). --iterate-ms overrides the sleep
+ *       between tox_iterate calls (default tox_iteration_interval). --auto-accept accepts every
+ *       friend request. Runs until QUIT, until killed, or for S seconds.
+ *
+ * Output: one line per event on stdout, flushed at once.
+ *   Start:  DHT_ID <hex> | DHTKEY <hex> | ADDRESS <76 hex> | PORT <n> | READY
+ *   Events: RX <ip>:<port> <kind>          first datagram of a kind from an address
+ *           CONNECTION <0|1|2>             self connection status (number, legacy form)
+ *           SELF_CONNECTION <none|tcp|udp>
+ *           FRIEND_REQUEST <pk> <message>
+ *           FRIEND_CONNECTION <n> <none|tcp|udp>
+ *           MESSAGE <n> <normal|action> <text>
+ *           RECEIPT <n> <message_id>
+ *           LOSSLESS <n> <hex> | LOSSY <n> <hex>   (hex includes the packet id byte)
+ *           FRIEND_NAME <n> <name> | FRIEND_STATUS_MESSAGE <n> <text> | FRIEND_TYPING <n> 0|1
+ *           FRIEND_STATUS <n> <none|away|busy>
+ *   Texts are printed with control characters replaced by spaces.
+ *
+ * Commands, one per line on stdin (EOF on stdin only stops reading commands):
+ *   ADD <toxid> <message>          -> FRIEND_ADDED <n> | ERROR <text>
+ *   ACCEPT <pk>                    -> FRIEND_ADDED <n> | ERROR <text>
+ *   DELETE <n>                     -> OK | ERROR <text>
+ *   SEND <n> <text>                -> SENT <n> <message_id> | ERROR <text>
+ *   ACTION <n> <text>              -> SENT <n> <message_id> | ERROR <text>
+ *   LOSSLESS <n> <hex>             -> OK | ERROR <text>   (first byte 160..191)
+ *   LOSSY <n> <hex>                -> OK | ERROR <text>   (first byte 200..254)
+ *   NAME <text> | STATUS_MESSAGE <text> | TYPING <n> 0|1 | NOSPAM <8 hex>
+ *   USER_STATUS <none|away|busy>   -> OK | ERROR <text>
+ *   ADDRESS                        -> ADDRESS <76 hex>
+ *   SAVE <path>                    -> SAVED <path> | ERROR <text>
+ *   SAVE_ENCRYPTED <path> <pass>   -> SAVED <path> | ERROR <text>
+ *   FRIENDS                        -> FRIEND <n> <pk> <none|tcp|udp> <name> ... END
+ *   ADD_TCP_RELAY <ip> <port> <key>, BOOTSTRAP <ip> <port> <key> -> OK | ERROR <text>
+ *   QUIT                           -> BYE, then exit 0
+ *   anything else                  -> ERROR unknown command
  *
  * The RX lines come from an interposed recvfrom(): the executable defines recvfrom, so
  * libtoxcore's calls reach it first and it forwards to libc's. That is how a test proves that two
@@ -17,14 +54,17 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <tox/tox.h>
+#include <tox/toxencryptsave.h>
 #include <unistd.h>
 
 #define MAX_SEEN 512
@@ -100,6 +140,44 @@ static void print_hex(const char *label, const uint8_t *b, size_t n)
     printf("\n");
 }
 
+static void print_text(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        putchar(b[i] < 0x20 || b[i] == 0x7f ? ' ' : b[i]);
+    }
+}
+
+static void print_hex_raw(const uint8_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        printf("%02X", b[i]);
+    }
+}
+
+static const char *conn_name(Tox_Connection c)
+{
+    switch (c) {
+    case TOX_CONNECTION_TCP:
+        return "tcp";
+    case TOX_CONNECTION_UDP:
+        return "udp";
+    default:
+        return "none";
+    }
+}
+
+static const char *status_name(Tox_User_Status s)
+{
+    switch (s) {
+    case TOX_USER_STATUS_AWAY:
+        return "away";
+    case TOX_USER_STATUS_BUSY:
+        return "busy";
+    default:
+        return "none";
+    }
+}
+
 static struct Tox_Options *loopback_options(uint16_t port)
 {
     struct Tox_Options *o = tox_options_new(NULL);
@@ -141,6 +219,438 @@ static int address_of(const char *sk_hex, const char *nospam_hex)
     return 0;
 }
 
+/* ---- events ---------------------------------------------------------------------------- */
+
+static int auto_accept = 0;
+
+static void on_friend_request(Tox *tox, const uint8_t *pk, const uint8_t *msg, size_t len, void *ud)
+{
+    (void)ud;
+    printf("FRIEND_REQUEST ");
+    print_hex_raw(pk, TOX_PUBLIC_KEY_SIZE);
+    putchar(' ');
+    print_text(msg, len);
+    putchar('\n');
+    if (auto_accept) {
+        Tox_Err_Friend_Add err;
+        uint32_t n = tox_friend_add_norequest(tox, pk, &err);
+        if (n == UINT32_MAX) {
+            printf("ERROR accept failed: %d\n", err);
+        } else {
+            printf("FRIEND_ADDED %u\n", n);
+        }
+    }
+    fflush(stdout);
+}
+
+static void on_friend_connection(Tox *tox, uint32_t n, Tox_Connection c, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("FRIEND_CONNECTION %u %s\n", n, conn_name(c));
+    fflush(stdout);
+}
+
+static void on_self_connection(Tox *tox, Tox_Connection c, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("SELF_CONNECTION %s\n", conn_name(c));
+    fflush(stdout);
+}
+
+static void on_message(Tox *tox, uint32_t n, Tox_Message_Type type, const uint8_t *msg, size_t len, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("MESSAGE %u %s ", n, type == TOX_MESSAGE_TYPE_ACTION ? "action" : "normal");
+    print_text(msg, len);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static void on_receipt(Tox *tox, uint32_t n, uint32_t id, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("RECEIPT %u %u\n", n, id);
+    fflush(stdout);
+}
+
+static void on_lossless(Tox *tox, uint32_t n, const uint8_t *data, size_t len, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("LOSSLESS %u ", n);
+    print_hex_raw(data, len);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static void on_lossy(Tox *tox, uint32_t n, const uint8_t *data, size_t len, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("LOSSY %u ", n);
+    print_hex_raw(data, len);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static void on_name(Tox *tox, uint32_t n, const uint8_t *name, size_t len, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("FRIEND_NAME %u ", n);
+    print_text(name, len);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static void on_status_message(Tox *tox, uint32_t n, const uint8_t *msg, size_t len, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("FRIEND_STATUS_MESSAGE %u ", n);
+    print_text(msg, len);
+    putchar('\n');
+    fflush(stdout);
+}
+
+static void on_status(Tox *tox, uint32_t n, Tox_User_Status s, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("FRIEND_STATUS %u %s\n", n, status_name(s));
+    fflush(stdout);
+}
+
+static void on_typing(Tox *tox, uint32_t n, bool typing, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    printf("FRIEND_TYPING %u %d\n", n, typing ? 1 : 0);
+    fflush(stdout);
+}
+
+/* ---- commands -------------------------------------------------------------------------- */
+
+/* Splits off the next space-separated word of *rest (NULL when none); *rest moves past it. */
+static char *next_word(char **rest)
+{
+    char *s = *rest;
+    while (*s == ' ') {
+        s++;
+    }
+    if (*s == '\0') {
+        *rest = s;
+        return NULL;
+    }
+    char *w = s;
+    while (*s != '\0' && *s != ' ') {
+        s++;
+    }
+    if (*s == ' ') {
+        *s++ = '\0';
+    }
+    *rest = s;
+    return w;
+}
+
+static int parse_friend(const char *w, uint32_t *out)
+{
+    if (w == NULL || *w == '\0') {
+        return -1;
+    }
+    char *end;
+    unsigned long v = strtoul(w, &end, 10);
+    if (*end != '\0' || v > UINT32_MAX) {
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Hex of any even length up to cap bytes; returns the length or -1. */
+static long parse_hex_var(const char *w, uint8_t *out, size_t cap)
+{
+    if (w == NULL) {
+        return -1;
+    }
+    size_t l = strlen(w);
+    if (l % 2 != 0 || l / 2 > cap) {
+        return -1;
+    }
+    if (hex_to_bytes(w, out, l / 2)) {
+        return -1;
+    }
+    return (long)(l / 2);
+}
+
+static int write_file(const char *path, const uint8_t *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (f == NULL) {
+        return -1;
+    }
+    size_t w = fwrite(data, 1, len, f);
+    if (fclose(f) != 0 || w != len) {
+        return -1;
+    }
+    return 0;
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    uint8_t *buf = malloc(cap);
+    for (;;) {
+        if (n == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+        size_t r = fread(buf + n, 1, cap - n, f);
+        if (r == 0) {
+            break;
+        }
+        n += r;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+static void print_friends(Tox *tox)
+{
+    size_t count = tox_self_get_friend_list_size(tox);
+    uint32_t *list = malloc((count + 1) * sizeof *list);
+    tox_self_get_friend_list(tox, list);
+    for (size_t i = 0; i < count; i++) {
+        uint8_t pk[TOX_PUBLIC_KEY_SIZE];
+        tox_friend_get_public_key(tox, list[i], pk, NULL);
+        printf("FRIEND %u ", list[i]);
+        print_hex_raw(pk, sizeof pk);
+        printf(" %s ", conn_name(tox_friend_get_connection_status(tox, list[i], NULL)));
+        size_t nl = tox_friend_get_name_size(tox, list[i], NULL);
+        uint8_t *name = malloc(nl + 1);
+        tox_friend_get_name(tox, list[i], name, NULL);
+        print_text(name, nl);
+        free(name);
+        putchar('\n');
+    }
+    printf("END\n");
+    free(list);
+}
+
+static int add_node(Tox *tox, int tcp, const char *ip, const char *port, const char *key_hex)
+{
+    uint8_t key[TOX_PUBLIC_KEY_SIZE];
+    if (ip == NULL || port == NULL || key_hex == NULL || hex_to_bytes(key_hex, key, sizeof key)) {
+        printf("ERROR usage: IP PORT KEY\n");
+        return -1;
+    }
+    Tox_Err_Bootstrap err;
+    bool ok = tcp ? tox_add_tcp_relay(tox, ip, (uint16_t)atoi(port), key, &err)
+                  : tox_bootstrap(tox, ip, (uint16_t)atoi(port), key, &err);
+    if (!ok) {
+        printf("ERROR %s failed: %d\n", tcp ? "tox_add_tcp_relay" : "tox_bootstrap", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs one command line; returns 1 on QUIT. */
+static int run_command(Tox *tox, char *line)
+{
+    char *rest = line;
+    char *cmd = next_word(&rest);
+    if (cmd == NULL) {
+        return 0;
+    }
+    while (*rest == ' ') {
+        rest++;
+    }
+    if (strcmp(cmd, "QUIT") == 0) {
+        printf("BYE\n");
+        return 1;
+    } else if (strcmp(cmd, "ADD") == 0) {
+        char *id = next_word(&rest);
+        uint8_t address[TOX_ADDRESS_SIZE];
+        if (id == NULL || hex_to_bytes(id, address, sizeof address)) {
+            printf("ERROR usage: ADD <76 hex> <message>\n");
+            return 0;
+        }
+        Tox_Err_Friend_Add err;
+        uint32_t n = tox_friend_add(tox, address, (const uint8_t *)rest, strlen(rest), &err);
+        if (n == UINT32_MAX) {
+            printf("ERROR tox_friend_add failed: %d\n", err);
+        } else {
+            printf("FRIEND_ADDED %u\n", n);
+        }
+    } else if (strcmp(cmd, "ACCEPT") == 0) {
+        char *w = next_word(&rest);
+        uint8_t pk[TOX_PUBLIC_KEY_SIZE];
+        if (w == NULL || hex_to_bytes(w, pk, sizeof pk)) {
+            printf("ERROR usage: ACCEPT <64 hex>\n");
+            return 0;
+        }
+        Tox_Err_Friend_Add err;
+        uint32_t n = tox_friend_add_norequest(tox, pk, &err);
+        if (n == UINT32_MAX) {
+            printf("ERROR tox_friend_add_norequest failed: %d\n", err);
+        } else {
+            printf("FRIEND_ADDED %u\n", n);
+        }
+    } else if (strcmp(cmd, "DELETE") == 0) {
+        uint32_t n;
+        Tox_Err_Friend_Delete err;
+        if (parse_friend(next_word(&rest), &n)) {
+            printf("ERROR usage: DELETE <n>\n");
+        } else if (!tox_friend_delete(tox, n, &err)) {
+            printf("ERROR tox_friend_delete failed: %d\n", err);
+        } else {
+            printf("OK\n");
+        }
+    } else if (strcmp(cmd, "SEND") == 0 || strcmp(cmd, "ACTION") == 0) {
+        uint32_t n;
+        if (parse_friend(next_word(&rest), &n)) {
+            printf("ERROR usage: %s <n> <text>\n", cmd);
+            return 0;
+        }
+        Tox_Message_Type type = strcmp(cmd, "ACTION") == 0 ? TOX_MESSAGE_TYPE_ACTION : TOX_MESSAGE_TYPE_NORMAL;
+        Tox_Err_Friend_Send_Message err;
+        uint32_t id = tox_friend_send_message(tox, n, type, (const uint8_t *)rest, strlen(rest), &err);
+        if (err != TOX_ERR_FRIEND_SEND_MESSAGE_OK) {
+            printf("ERROR tox_friend_send_message failed: %d\n", err);
+        } else {
+            printf("SENT %u %u\n", n, id);
+        }
+    } else if (strcmp(cmd, "LOSSLESS") == 0 || strcmp(cmd, "LOSSY") == 0) {
+        uint32_t n;
+        uint8_t data[TOX_MAX_CUSTOM_PACKET_SIZE];
+        if (parse_friend(next_word(&rest), &n)) {
+            printf("ERROR usage: %s <n> <hex>\n", cmd);
+            return 0;
+        }
+        long len = parse_hex_var(next_word(&rest), data, sizeof data);
+        if (len <= 0) {
+            printf("ERROR bad hex\n");
+            return 0;
+        }
+        Tox_Err_Friend_Custom_Packet err;
+        bool ok = strcmp(cmd, "LOSSY") == 0 ? tox_friend_send_lossy_packet(tox, n, data, (size_t)len, &err)
+                                            : tox_friend_send_lossless_packet(tox, n, data, (size_t)len, &err);
+        if (!ok) {
+            printf("ERROR send failed: %d\n", err);
+        } else {
+            printf("OK\n");
+        }
+    } else if (strcmp(cmd, "NAME") == 0 || strcmp(cmd, "STATUS_MESSAGE") == 0) {
+        Tox_Err_Set_Info err;
+        bool ok = strcmp(cmd, "NAME") == 0
+                      ? tox_self_set_name(tox, (const uint8_t *)rest, strlen(rest), &err)
+                      : tox_self_set_status_message(tox, (const uint8_t *)rest, strlen(rest), &err);
+        if (!ok) {
+            printf("ERROR set failed: %d\n", err);
+        } else {
+            printf("OK\n");
+        }
+    } else if (strcmp(cmd, "USER_STATUS") == 0) {
+        char *w = next_word(&rest);
+        if (w != NULL && strcmp(w, "none") == 0) {
+            tox_self_set_status(tox, TOX_USER_STATUS_NONE);
+        } else if (w != NULL && strcmp(w, "away") == 0) {
+            tox_self_set_status(tox, TOX_USER_STATUS_AWAY);
+        } else if (w != NULL && strcmp(w, "busy") == 0) {
+            tox_self_set_status(tox, TOX_USER_STATUS_BUSY);
+        } else {
+            printf("ERROR usage: USER_STATUS <none|away|busy>\n");
+            return 0;
+        }
+        printf("OK\n");
+    } else if (strcmp(cmd, "TYPING") == 0) {
+        uint32_t n;
+        char *w;
+        Tox_Err_Set_Typing err;
+        if (parse_friend(next_word(&rest), &n) || (w = next_word(&rest)) == NULL) {
+            printf("ERROR usage: TYPING <n> 0|1\n");
+        } else if (!tox_self_set_typing(tox, n, strcmp(w, "1") == 0, &err)) {
+            printf("ERROR tox_self_set_typing failed: %d\n", err);
+        } else {
+            printf("OK\n");
+        }
+    } else if (strcmp(cmd, "NOSPAM") == 0) {
+        uint8_t ns[4];
+        char *w = next_word(&rest);
+        if (w == NULL || hex_to_bytes(w, ns, sizeof ns)) {
+            printf("ERROR usage: NOSPAM <8 hex>\n");
+            return 0;
+        }
+        tox_self_set_nospam(tox, ((uint32_t)ns[0] << 24) | ((uint32_t)ns[1] << 16) | ((uint32_t)ns[2] << 8) | ns[3]);
+        printf("OK\n");
+    } else if (strcmp(cmd, "ADDRESS") == 0) {
+        uint8_t address[TOX_ADDRESS_SIZE];
+        tox_self_get_address(tox, address);
+        print_hex("ADDRESS", address, sizeof address);
+    } else if (strcmp(cmd, "SAVE") == 0 || strcmp(cmd, "SAVE_ENCRYPTED") == 0) {
+        char *path = next_word(&rest);
+        int enc = strcmp(cmd, "SAVE_ENCRYPTED") == 0;
+        if (path == NULL || (enc && *rest == '\0')) {
+            printf("ERROR usage: SAVE <path> | SAVE_ENCRYPTED <path> <passphrase>\n");
+            return 0;
+        }
+        size_t len = tox_get_savedata_size(tox);
+        uint8_t *data = malloc(len + TOX_PASS_ENCRYPTION_EXTRA_LENGTH);
+        tox_get_savedata(tox, data);
+        if (enc) {
+            uint8_t *out = malloc(len + TOX_PASS_ENCRYPTION_EXTRA_LENGTH);
+            Tox_Err_Encryption err;
+            if (!tox_pass_encrypt(data, len, (const uint8_t *)rest, strlen(rest), out, &err)) {
+                printf("ERROR tox_pass_encrypt failed: %d\n", err);
+                free(out);
+                free(data);
+                return 0;
+            }
+            free(data);
+            data = out;
+            len += TOX_PASS_ENCRYPTION_EXTRA_LENGTH;
+        }
+        if (write_file(path, data, len)) {
+            printf("ERROR writing %s: %s\n", path, strerror(errno));
+        } else {
+            printf("SAVED %s\n", path);
+        }
+        free(data);
+    } else if (strcmp(cmd, "FRIENDS") == 0) {
+        print_friends(tox);
+    } else if (strcmp(cmd, "ADD_TCP_RELAY") == 0 || strcmp(cmd, "BOOTSTRAP") == 0) {
+        char *ip = next_word(&rest);
+        char *port = next_word(&rest);
+        char *key = next_word(&rest);
+        if (add_node(tox, strcmp(cmd, "ADD_TCP_RELAY") == 0, ip, port, key) == 0) {
+            printf("OK\n");
+        }
+    } else {
+        printf("ERROR unknown command %s\n", cmd);
+    }
+    return 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--tcp-relay IP PORT KEY]... [--seconds S]\n"
+            "               [--load FILE [--passphrase P]] [--iterate-ms N] [--udp-disabled] [--tcp-port N]\n"
+            "               [--auto-accept]\n"
+            "       toxpeer --address-of SK NOSPAM\n");
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -148,57 +658,157 @@ int main(int argc, char **argv)
         return address_of(argv[2], argv[3]);
     }
     uint16_t port = 0;
+    uint16_t tcp_port = 0;
     long seconds = 0;
+    long iterate_ms = 0;
+    int udp_disabled = 0;
+    const char *load = NULL;
+    const char *passphrase = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--port") == 0 && i + 1 < argc) {
             port = (uint16_t)atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--tcp-port") == 0 && i + 1 < argc) {
+            tcp_port = (uint16_t)atoi(argv[++i]);
         } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
             seconds = atol(argv[++i]);
-        } else if (strcmp(argv[i], "--bootstrap") == 0 && i + 3 < argc) {
+        } else if (strcmp(argv[i], "--iterate-ms") == 0 && i + 1 < argc) {
+            iterate_ms = atol(argv[++i]);
+        } else if (strcmp(argv[i], "--load") == 0 && i + 1 < argc) {
+            load = argv[++i];
+        } else if (strcmp(argv[i], "--passphrase") == 0 && i + 1 < argc) {
+            passphrase = argv[++i];
+        } else if (strcmp(argv[i], "--udp-disabled") == 0) {
+            udp_disabled = 1;
+        } else if (strcmp(argv[i], "--auto-accept") == 0) {
+            auto_accept = 1;
+        } else if ((strcmp(argv[i], "--bootstrap") == 0 || strcmp(argv[i], "--tcp-relay") == 0) && i + 3 < argc) {
             i += 3;
         } else {
-            fprintf(stderr, "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--seconds S] | --address-of SK NOSPAM\n");
+            usage();
             return 2;
         }
     }
     struct Tox_Options *o = loopback_options(port);
+    if (udp_disabled) {
+        tox_options_set_udp_enabled(o, false);
+    }
+    tox_options_set_tcp_port(o, tcp_port);
+    uint8_t *save = NULL;
+    size_t save_len = 0;
+    if (load != NULL) {
+        save = read_file(load, &save_len);
+        if (save == NULL) {
+            fprintf(stderr, "cannot read %s: %s\n", load, strerror(errno));
+            return 1;
+        }
+        if (save_len >= TOX_PASS_ENCRYPTION_EXTRA_LENGTH && tox_is_data_encrypted(save)) {
+            if (passphrase == NULL) {
+                fprintf(stderr, "%s is encrypted: give --passphrase\n", load);
+                return 1;
+            }
+            uint8_t *plain = malloc(save_len);
+            Tox_Err_Decryption derr;
+            if (!tox_pass_decrypt(save, save_len, (const uint8_t *)passphrase, strlen(passphrase), plain, &derr)) {
+                fprintf(stderr, "tox_pass_decrypt failed: %d\n", derr);
+                return 1;
+            }
+            free(save);
+            save = plain;
+            save_len -= TOX_PASS_ENCRYPTION_EXTRA_LENGTH;
+        }
+        tox_options_set_savedata_type(o, TOX_SAVEDATA_TYPE_TOX_SAVE);
+        tox_options_set_savedata_data(o, save, save_len);
+    }
     Tox_Err_New err;
     Tox *tox = tox_new(o, &err);
     tox_options_free(o);
+    free(save);
     if (tox == NULL) {
         fprintf(stderr, "tox_new failed: %d\n", err);
         return 1;
     }
+    tox_callback_friend_request(tox, on_friend_request);
+    tox_callback_friend_connection_status(tox, on_friend_connection);
+    tox_callback_self_connection_status(tox, on_self_connection);
+    tox_callback_friend_message(tox, on_message);
+    tox_callback_friend_read_receipt(tox, on_receipt);
+    tox_callback_friend_lossless_packet(tox, on_lossless);
+    tox_callback_friend_lossy_packet(tox, on_lossy);
+    tox_callback_friend_name(tox, on_name);
+    tox_callback_friend_status_message(tox, on_status_message);
+    tox_callback_friend_status(tox, on_status);
+    tox_callback_friend_typing(tox, on_typing);
+
     uint8_t dht_id[TOX_PUBLIC_KEY_SIZE];
     tox_self_get_dht_id(tox, dht_id);
     print_hex("DHT_ID", dht_id, sizeof dht_id);
+    print_hex("DHTKEY", dht_id, sizeof dht_id);
+    uint8_t address[TOX_ADDRESS_SIZE];
+    tox_self_get_address(tox, address);
+    print_hex("ADDRESS", address, sizeof address);
     printf("PORT %u\n", tox_self_get_udp_port(tox, NULL));
+    if (tcp_port != 0) {
+        printf("TCP_PORT %u\n", tox_self_get_tcp_port(tox, NULL));
+    }
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--bootstrap") == 0 && i + 3 < argc) {
-            uint8_t key[TOX_PUBLIC_KEY_SIZE];
-            if (hex_to_bytes(argv[i + 3], key, sizeof key)) {
-                fprintf(stderr, "bad bootstrap key\n");
-                return 2;
-            }
-            Tox_Err_Bootstrap berr;
-            if (!tox_bootstrap(tox, argv[i + 1], (uint16_t)atoi(argv[i + 2]), key, &berr)) {
-                fprintf(stderr, "tox_bootstrap failed: %d\n", berr);
+        int tcp = strcmp(argv[i], "--tcp-relay") == 0;
+        if ((tcp || strcmp(argv[i], "--bootstrap") == 0) && i + 3 < argc) {
+            if (add_node(tox, tcp, argv[i + 1], argv[i + 2], argv[i + 3])) {
+                fprintf(stderr, "bad --bootstrap/--tcp-relay\n");
                 return 1;
             }
             i += 3;
         }
     }
     printf("READY\n");
+    fflush(stdout);
     time_t start = time(NULL);
     Tox_Connection last = TOX_CONNECTION_NONE;
-    while (seconds == 0 || time(NULL) - start < seconds) {
+    int stdin_open = 1;
+    char buf[8192];
+    size_t used = 0;
+    int quit = 0;
+    while (!quit && (seconds == 0 || time(NULL) - start < seconds)) {
         tox_iterate(tox, NULL);
         Tox_Connection c = tox_self_get_connection_status(tox);
         if (c != last) {
             printf("CONNECTION %d\n", (int)c);
+            fflush(stdout);
             last = c;
         }
-        usleep(tox_iteration_interval(tox) * 1000);
+        long wait_ms = iterate_ms > 0 ? iterate_ms : (long)tox_iteration_interval(tox);
+        struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
+        fd_set fds;
+        FD_ZERO(&fds);
+        if (stdin_open) {
+            FD_SET(0, &fds);
+        }
+        int r = select(stdin_open ? 1 : 0, &fds, NULL, NULL, &tv);
+        if (r > 0 && FD_ISSET(0, &fds)) {
+            ssize_t got = read(0, buf + used, sizeof buf - 1 - used);
+            if (got <= 0) {
+                stdin_open = 0;
+                continue;
+            }
+            used += (size_t)got;
+            char *nl;
+            while (!quit && (nl = memchr(buf, '\n', used)) != NULL) {
+                *nl = '\0';
+                if (nl > buf && nl[-1] == '\r') {
+                    nl[-1] = '\0';
+                }
+                quit = run_command(tox, buf);
+                fflush(stdout);
+                size_t consumed = (size_t)(nl - buf) + 1;
+                memmove(buf, nl + 1, used - consumed);
+                used -= consumed;
+            }
+            if (used == sizeof buf - 1) {
+                printf("ERROR line too long\n");
+                fflush(stdout);
+                used = 0;
+            }
+        }
     }
     tox_kill(tox);
     return 0;

@@ -1,7 +1,9 @@
 //! Test support for ferry's process-level and interop tests (dev-only, never shipped):
 //!
 //! * [`toxpeer_path`] builds `c/toxpeer.c` against the system's c-toxcore (Debian
-//!   `libtoxcore-dev` 0.2.18) once per source version, and [`ToxPeer`] runs it on loopback;
+//!   `libtoxcore-dev` 0.2.18) once per source version; [`ToxPeer`] runs it as a plain DHT node on
+//!   loopback and [`ToxClient`] as a scriptable Tox client (friends, messages, custom packets,
+//!   save files) driven by line commands;
 //! * [`FerryUp`] runs `ferry up` on loopback with its own temporary profile;
 //! * [`free_udp_port`] finds a free loopback port.
 //!
@@ -10,10 +12,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -138,6 +141,7 @@ impl ToxPeer {
             cmd.args(["--bootstrap", "127.0.0.1", &p.to_string(), key]);
         }
         let mut child = cmd
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -187,6 +191,295 @@ impl ToxPeer {
 }
 
 impl Drop for ToxPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start a [`ToxClient`] (all off / empty by default: a UDP node on a random loopback
+/// port with no friends, no bootstrap nodes and a fresh identity).
+#[derive(Clone, Debug, Default)]
+pub struct ToxClientOptions {
+    /// UDP port on 127.0.0.1 (0: any free port in c-toxcore's range).
+    pub port: u16,
+    /// A Tox save to load (`--load`); encrypted saves need `passphrase`.
+    pub load: Option<PathBuf>,
+    /// The toxencryptsave passphrase of `load`.
+    pub passphrase: Option<String>,
+    /// Disable UDP (`--udp-disabled`): only TCP relays then.
+    pub udp_disabled: bool,
+    /// Run a TCP relay server on this port (`--tcp-port`).
+    pub tcp_port: Option<u16>,
+    /// Accept every friend request (`--auto-accept`).
+    pub auto_accept: bool,
+    /// Sleep between `tox_iterate` calls, ms (default: `tox_iteration_interval`).
+    pub iterate_ms: Option<u32>,
+    /// DHT bootstrap nodes: (IP, UDP port, DHT public key hex).
+    pub bootstrap: Vec<(String, u16, String)>,
+    /// TCP relays: (IP, TCP port, public key hex).
+    pub tcp_relays: Vec<(String, u16, String)>,
+    /// Exit after this many seconds (default 600, a safety net for leaked processes).
+    pub seconds: Option<u32>,
+}
+
+/// One line of a [`ToxClient::friends`] listing (`FRIEND <n> <pk> <none|tcp|udp> <name>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToxFriend {
+    /// c-toxcore's friend number.
+    pub number: u32,
+    /// The friend's long-term public key, 64 upper-case hex.
+    pub public_key: String,
+    /// `none`, `tcp` or `udp`.
+    pub connection: String,
+    /// The friend's name (control characters shown as spaces).
+    pub name: String,
+}
+
+/// A running scriptable c-toxcore client (`toxpeer` fed with line commands on stdin; see the
+/// command and event list at the top of `c/toxpeer.c`). Killed by PID on drop.
+///
+/// Every stdout line is collected by a reader thread. [`ToxClient::wait_for`] returns the first
+/// line with a prefix that no earlier `wait_for` returned, so events can be awaited in any order
+/// and none is returned twice; [`ToxClient::request`] sends a command and waits for its reply.
+#[derive(Debug)]
+pub struct ToxClient {
+    child: Child,
+    stdin: ChildStdin,
+    /// Every stdout line so far.
+    pub lines: Lines,
+    stderr: Lines,
+    consumed: std::collections::HashSet<usize>,
+    /// The Tox ID (`tox_self_get_address`), 76 upper-case hex.
+    pub address: String,
+    /// The DHT public key, 64 upper-case hex.
+    pub dht_id: String,
+    /// The UDP port on 127.0.0.1 (0 with UDP disabled).
+    pub port: u16,
+}
+
+impl ToxClient {
+    /// Starts a client and waits for its `READY` line.
+    ///
+    /// # Errors
+    /// Build or start failures, or a client that exits before `READY` (bad save, wrong
+    /// passphrase: the error carries its stderr).
+    pub fn spawn(opts: &ToxClientOptions) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(toxpeer_path()?);
+        cmd.args(["--port", &opts.port.to_string()]);
+        cmd.args(["--seconds", &opts.seconds.unwrap_or(600).to_string()]);
+        if let Some(p) = &opts.load {
+            cmd.arg("--load").arg(p);
+        }
+        if let Some(p) = &opts.passphrase {
+            cmd.args(["--passphrase", p]);
+        }
+        if opts.udp_disabled {
+            cmd.arg("--udp-disabled");
+        }
+        if let Some(p) = opts.tcp_port {
+            cmd.args(["--tcp-port", &p.to_string()]);
+        }
+        if opts.auto_accept {
+            cmd.arg("--auto-accept");
+        }
+        if let Some(ms) = opts.iterate_ms {
+            cmd.args(["--iterate-ms", &ms.to_string()]);
+        }
+        for (ip, port, key) in &opts.bootstrap {
+            cmd.args(["--bootstrap", ip, &port.to_string(), key]);
+        }
+        for (ip, port, key) in &opts.tcp_relays {
+            cmd.args(["--tcp-relay", ip, &port.to_string(), key]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting toxpeer")?;
+        let lines = Lines::default();
+        lines.collect(child.stdout.take().context("stdout")?);
+        let stderr = Lines::default();
+        stderr.collect(child.stderr.take().context("stderr")?);
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut client = Self {
+            child,
+            stdin,
+            lines,
+            stderr,
+            consumed: Default::default(),
+            address: String::new(),
+            dht_id: String::new(),
+            port: 0,
+        };
+        let start = Instant::now();
+        loop {
+            if client.lines.snapshot().iter().any(|l| l == "READY") {
+                break;
+            }
+            if let Some(status) = client.child.try_wait()? {
+                // Give the reader threads a moment to drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "toxpeer exited ({status}) before READY: {}",
+                    client.stderr.snapshot().join("\n")
+                );
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("toxpeer never printed READY: {:?}", client.lines.snapshot());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let field = |prefix: &str| -> anyhow::Result<String> {
+            let all = client.lines.snapshot();
+            let l = all
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .with_context(|| format!("no {prefix}line"))?;
+            Ok(l[prefix.len()..].trim().to_string())
+        };
+        client.address = field("ADDRESS ")?;
+        client.dht_id = field("DHTKEY ")?;
+        client.port = field("PORT ")?.parse()?;
+        Ok(client)
+    }
+
+    /// This client as a bootstrap entry for another one: (`127.0.0.1`, UDP port, DHT key).
+    pub fn as_bootstrap(&self) -> (String, u16, String) {
+        ("127.0.0.1".to_string(), self.port, self.dht_id.clone())
+    }
+
+    /// The long-term public key: the first 64 hex digits of the Tox ID.
+    pub fn public_key(&self) -> &str {
+        &self.address[..64]
+    }
+
+    /// Writes one command line (a newline is appended).
+    ///
+    /// # Errors
+    /// When the process has gone.
+    pub fn send_command(&mut self, command: &str) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{command}").context("writing to toxpeer")?;
+        self.stdin.flush().context("flushing toxpeer stdin")?;
+        Ok(())
+    }
+
+    /// Waits for the first line starting with `prefix` that no earlier call returned; returns it
+    /// whole and marks it returned.
+    ///
+    /// # Errors
+    /// On timeout, with every line seen.
+    pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+        self.wait_from(0, timeout, |l| l.starts_with(prefix))
+            .with_context(|| format!("waiting for {prefix:?}"))
+    }
+
+    fn wait_from(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            let found = {
+                let all = self.lines.0.lock().unwrap();
+                all.iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(i, l)| !self.consumed.contains(i) && pred(l))
+                    .map(|(i, l)| (i, l.clone()))
+            };
+            if let Some((i, l)) = found {
+                self.consumed.insert(i);
+                return Ok(l);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {timeout:?}; lines: {:?}; stderr: {:?}",
+                    self.lines.snapshot(),
+                    self.stderr.snapshot()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `command` and waits (10 s) for its reply: the first later line starting with
+    /// `reply_prefix` (returned) or `ERROR ` (an error).
+    ///
+    /// # Errors
+    /// An `ERROR` reply, a timeout or a dead process.
+    pub fn request(&mut self, command: &str, reply_prefix: &str) -> anyhow::Result<String> {
+        let from = self.lines.0.lock().unwrap().len();
+        self.send_command(command)?;
+        let line = self
+            .wait_from(from, Duration::from_secs(10), |l| {
+                l.starts_with(reply_prefix) || l.starts_with("ERROR ")
+            })
+            .with_context(|| format!("reply to {command:?}"))?;
+        if line.starts_with("ERROR ") && !reply_prefix.starts_with("ERROR") {
+            bail!("{command:?} failed: {line}");
+        }
+        Ok(line)
+    }
+
+    /// `ADD <tox id> <message>`: sends a friend request; returns the friend number.
+    ///
+    /// # Errors
+    /// c-toxcore refused (bad checksum, own key, already added...).
+    pub fn add_friend(&mut self, tox_id: &str, message: &str) -> anyhow::Result<u32> {
+        let l = self.request(&format!("ADD {tox_id} {message}"), "FRIEND_ADDED ")?;
+        Ok(l["FRIEND_ADDED ".len()..].trim().parse()?)
+    }
+
+    /// `FRIENDS`: c-toxcore's friend list.
+    ///
+    /// # Errors
+    /// A timeout or malformed lines.
+    pub fn friends(&mut self) -> anyhow::Result<Vec<ToxFriend>> {
+        let from = self.lines.0.lock().unwrap().len();
+        self.send_command("FRIENDS")?;
+        let mut out = Vec::new();
+        loop {
+            let l = self.wait_from(from, Duration::from_secs(10), |l| {
+                l.starts_with("FRIEND ") || l == "END"
+            })?;
+            if l == "END" {
+                return Ok(out);
+            }
+            let mut parts = l.splitn(5, ' ');
+            parts.next();
+            let number = parts.next().context("number")?.parse()?;
+            let public_key = parts.next().context("pk")?.to_string();
+            let connection = parts.next().context("connection")?.to_string();
+            let name = parts.next().unwrap_or("").to_string();
+            out.push(ToxFriend {
+                number,
+                public_key,
+                connection,
+                name,
+            });
+        }
+    }
+
+    /// `SAVE <path>` (or `SAVE_ENCRYPTED <path> <passphrase>` when `passphrase` is given).
+    ///
+    /// # Errors
+    /// c-toxcore could not write or encrypt.
+    pub fn save(&mut self, path: &Path, passphrase: Option<&str>) -> anyhow::Result<()> {
+        let path = path.to_str().context("non-UTF-8 path")?;
+        let cmd = match passphrase {
+            Some(p) => format!("SAVE_ENCRYPTED {path} {p}"),
+            None => format!("SAVE {path}"),
+        };
+        self.request(&cmd, "SAVED ")?;
+        Ok(())
+    }
+}
+
+impl Drop for ToxClient {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
