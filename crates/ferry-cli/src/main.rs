@@ -406,6 +406,13 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             };
             let mut announced = false;
             let report = run_devnet(opts, |snap| {
+                for c in &snap.chat {
+                    if json {
+                        eprintln!("  {c}")
+                    } else {
+                        println!("  {c}")
+                    }
+                }
                 let line = snap.line();
                 if json {
                     eprintln!("{line}")

@@ -11,6 +11,7 @@ use anyhow::Context;
 use ferry_crypto::PublicKey;
 use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
 use ferry_proto::dht::DhtConfig;
+use ferry_proto::node::{Connection, Node, NodeEvent};
 use serde::Serialize;
 
 /// Options of `ferry devnet`.
@@ -41,6 +42,84 @@ pub struct DevnetReport {
     pub close_nodes_max: usize,
     /// Wall-clock seconds the devnet ran.
     pub seconds: f64,
+    /// Milliseconds from start until nodes 0 and 1 ("alice" and "bob") were friends online.
+    pub friends_online_ms: Option<u64>,
+    /// Chat messages delivered between alice and bob (both directions).
+    pub messages_delivered: usize,
+}
+
+/// The chat pair of the devnet: node 0 ("alice") befriends node 1 ("bob"), who accepts and
+/// echoes every message; every event becomes a line of the live output.
+#[derive(Debug)]
+struct DevnetChat {
+    name: &'static str,
+    peer: &'static str,
+    echo: bool,
+    tx: tokio::sync::mpsc::Sender<ChatLine>,
+}
+
+#[derive(Debug)]
+enum ChatLine {
+    Text(String),
+    Online,
+    Delivered,
+}
+
+impl ferry_net::EventHandler for DevnetChat {
+    fn on_event(&mut self, node: &mut Node, now: std::time::Instant, event: NodeEvent) {
+        let say = |tx: &tokio::sync::mpsc::Sender<ChatLine>, l: ChatLine| {
+            let _ = tx.try_send(l);
+        };
+        match event {
+            NodeEvent::FriendRequest {
+                public_key,
+                message,
+            } => {
+                say(
+                    &self.tx,
+                    ChatLine::Text(format!(
+                        "{} got a friend request from {}: {:?}; accepting",
+                        self.name,
+                        self.peer,
+                        String::from_utf8_lossy(&message)
+                    )),
+                );
+                let _ = node.add_friend_norequest(now, public_key);
+            }
+            NodeEvent::FriendConnection { connection, .. } => {
+                say(
+                    &self.tx,
+                    ChatLine::Text(format!(
+                        "{} sees {} {}",
+                        self.name,
+                        self.peer,
+                        if connection == Connection::None {
+                            "offline".to_string()
+                        } else {
+                            format!("online ({})", connection.as_str())
+                        }
+                    )),
+                );
+                if connection != Connection::None && !self.echo {
+                    say(&self.tx, ChatLine::Online);
+                }
+            }
+            NodeEvent::Message {
+                public_key, text, ..
+            } => {
+                let text = String::from_utf8_lossy(&text).into_owned();
+                say(
+                    &self.tx,
+                    ChatLine::Text(format!("{} <- {}: {text}", self.name, self.peer)),
+                );
+                say(&self.tx, ChatLine::Delivered);
+                if self.echo {
+                    let _ = node.send_message(now, &public_key, false, &format!("echo: {text}"));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// One line of the live summary.
@@ -54,6 +133,8 @@ pub struct Snapshot {
     pub resolved: usize,
     /// Lookups started.
     pub lookups: usize,
+    /// Chat lines (friend request, online, messages) since the previous snapshot.
+    pub chat: Vec<String>,
 }
 
 impl Snapshot {
@@ -92,21 +173,33 @@ pub async fn run_devnet(
     let started = Instant::now();
     let mut nodes: Vec<(NodeHandle, SocketAddr, PublicKey)> = Vec::with_capacity(opts.nodes);
     let mut joins = Vec::new();
-    for _ in 0..opts.nodes {
+    let (chat_tx, mut chat_rx) = tokio::sync::mpsc::channel::<ChatLine>(1024);
+    let mut bob_id = None;
+    for i in 0..opts.nodes {
         let socket = bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0))
             .context("binding a loopback port")?;
         let dht = DhtConfig {
             lan_discovery: false,
             ..DhtConfig::default()
         };
-        let (handle, join) = spawn_node(
-            socket,
-            NodeOptions {
-                dht,
-                ..NodeOptions::default()
-            },
-            ferry_net::DhtEvents(None),
-        )?;
+        let options = NodeOptions {
+            dht,
+            ..NodeOptions::default()
+        };
+        let (handle, join) = if i < 2 {
+            let handler = DevnetChat {
+                name: ["alice", "bob"][i],
+                peer: ["bob", "alice"][i],
+                echo: i == 1,
+                tx: chat_tx.clone(),
+            };
+            spawn_node(socket, options, handler)?
+        } else {
+            spawn_node(socket, options, ferry_net::DhtEvents(None))?
+        };
+        if i == 1 {
+            bob_id = Some(handle.call(|n, _| n.tox_id()).await?);
+        }
         let status = handle.status().await?;
         nodes.push((handle, status.local_addr, status.dht_public_key));
         joins.push(join);
@@ -127,6 +220,16 @@ pub async fn run_devnet(
             }
         }
     }
+    if let Some(bob) = bob_id {
+        nodes[0]
+            .0
+            .call(move |n, now| n.add_friend(now, &bob, b"hi bob, this is alice on the devnet"))
+            .await?
+            .context("alice adds bob")?;
+    }
+    let mut online_at = None;
+    let mut delivered = 0usize;
+    let mut sent = 0usize;
     let lookups = opts.nodes * (opts.nodes - 1);
     let mut all_resolved = None;
     let deadline = opts.seconds.map(|s| started + Duration::from_secs(s));
@@ -152,14 +255,34 @@ pub async fn run_devnet(
         if resolved == lookups && all_resolved.is_none() {
             all_resolved = Some(started.elapsed());
         }
+        let mut chat = Vec::new();
+        while let Ok(line) = chat_rx.try_recv() {
+            match line {
+                ChatLine::Text(t) => chat.push(t),
+                ChatLine::Online => {
+                    online_at.get_or_insert(started.elapsed());
+                }
+                ChatLine::Delivered => delivered += 1,
+            }
+        }
+        if online_at.is_some() && sent < 1000 {
+            sent += 1;
+            let text = format!("hello #{sent}");
+            let alice = &nodes[0].0;
+            let bob_pk = nodes[1].0.call(|n, _| n.tox_id().public_key).await?;
+            alice
+                .call(move |n, now| n.send_message(now, &bob_pk, false, &text).ok())
+                .await?;
+        }
         last = Snapshot {
             elapsed: started.elapsed(),
             close,
             resolved,
             lookups,
+            chat,
         };
         on_tick(&last);
-        if opts.until_resolved && all_resolved.is_some() {
+        if opts.until_resolved && all_resolved.is_some() && delivered >= 2 {
             break;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -184,6 +307,8 @@ pub async fn run_devnet(
         close_nodes_min: last.close.iter().min().copied().unwrap_or(0),
         close_nodes_max: last.close.iter().max().copied().unwrap_or(0),
         seconds: started.elapsed().as_secs_f64(),
+        friends_online_ms: online_at.map(|d| d.as_millis() as u64),
+        messages_delivered: delivered,
     })
 }
 
@@ -203,5 +328,7 @@ mod tests {
         assert_eq!(report.lookups_resolved, 56, "{report:?}");
         assert!(report.all_resolved_ms.is_some());
         assert!(report.close_nodes_min >= 1);
+        assert!(report.friends_online_ms.is_some(), "{report:?}");
+        assert!(report.messages_delivered >= 2, "{report:?}");
     }
 }

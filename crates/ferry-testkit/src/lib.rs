@@ -496,6 +496,7 @@ pub struct FerryUp {
     pub port: u16,
     /// Its stderr lines.
     pub stderr: Lines,
+    extra: Vec<String>,
 }
 
 impl FerryUp {
@@ -517,44 +518,70 @@ impl FerryUp {
                 String::from_utf8_lossy(&init.stderr)
             );
         }
-        let port = free_udp_port();
-        let mut child = Command::new(ferry)
+        let mut up = Self {
+            child: None,
+            ferry: ferry.to_path_buf(),
+            profile,
+            port: free_udp_port(),
+            stderr: Lines::default(),
+            extra: extra.to_vec(),
+        };
+        up.spawn()?;
+        Ok(up)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = Command::new(&self.ferry)
             .arg("--profile")
-            .arg(profile.path())
+            .arg(self.profile.path())
             .args([
                 "up",
                 "--bind",
                 "127.0.0.1",
                 "--udp-port",
-                &port.to_string(),
+                &self.port.to_string(),
                 "--no-lan",
                 "--no-default-bootstrap",
             ])
-            .args(extra)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
-        let stderr = Lines::default();
-        stderr.collect(child.stderr.take().context("stderr")?);
-        let up = Self {
-            child: Some(child),
-            ferry: ferry.to_path_buf(),
-            profile,
-            port,
-            stderr,
-        };
+        self.stderr = Lines::default();
+        self.stderr
+            .collect(child.stderr.take().context("stderr")?);
+        self.child = Some(child);
         let start = Instant::now();
         loop {
-            let out = up.cli(&["status", "--json"])?;
+            let out = self.cli(&["status", "--json"])?;
             if out.status.success() {
-                break;
+                return Ok(());
             }
             if start.elapsed() > Duration::from_secs(20) {
-                bail!("ferry up never answered: {:?}", up.stderr.snapshot());
+                bail!("ferry up never answered: {:?}", self.stderr.snapshot());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(up)
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up), by PID, and waits for it.
+    ///
+    /// # Errors
+    /// When it is not running or cannot be waited for.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let mut c = self.child.take().context("not running")?;
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same profile, port and arguments (after [`Self::kill9`]).
+    ///
+    /// # Errors
+    /// Start failures.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "still running");
+        self.spawn()
     }
 
     /// The profile directory.
