@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 pub mod dht;
+pub mod net_crypto;
 mod ping_array;
 
 /// Where a datagram goes.

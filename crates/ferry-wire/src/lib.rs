@@ -4,7 +4,8 @@
 //! [packed node](node::PackedNode), the encrypted [DHT envelope](dht::DhtEnvelope) and its
 //! plaintext payloads (ping, nodes request, nodes response), the routed
 //! [DHT request](dht::DhtRequest) `0x20`, [LAN discovery](dht::LanDiscovery) `0x21` and
-//! [bootstrap info](dht::BootstrapInfo) `0xf0`. Later layers (onion, net_crypto, TCP relay,
+//! [bootstrap info](dht::BootstrapInfo) `0xf0`, and the [net_crypto](net_crypto) packets
+//! `0x18`–`0x1b` (§5). Later layers (onion, TCP relay,
 //! messenger, ferry's extensions) add modules here.
 //!
 //! Every decoder takes untrusted bytes and returns a [`WireError`] on anything malformed; each has
@@ -15,6 +16,7 @@
 
 pub mod dht;
 pub mod messenger;
+pub mod net_crypto;
 pub mod node;
 mod reader;
 pub mod toxid;

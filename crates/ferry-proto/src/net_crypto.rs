@@ -1,0 +1,1639 @@
+//! net_crypto: one encrypted, reliable (lossless) and unreliable (lossy) session per friend, as a
+//! sans-IO manager of all sessions of a node, wire- and behaviour-compatible with c-toxcore 0.2.18
+//! (`tox-protocol.md` §5; c-toxcore `net_crypto.c`, the retry loop of `friend_connection.c`).
+//!
+//! # Flow
+//!
+//! Sessions are keyed by the peer's long-term (real) public key; only registered peers
+//! ([`NetCrypto::add_peer`], i.e. friends) get one. Handshakes from other keys are dropped and
+//! reported as [`NetCryptoEvent::UnknownPeer`].
+//!
+//! 1. **Cookie request** (0x18) once the peer's DHT key ([`NetCrypto::set_peer_dht_key`]) and an
+//!    address ([`NetCrypto::set_peer_addr`]) are known, boxed between the two DHT keys. Any node
+//!    answers any cookie request statelessly with a **cookie response** (0x19): a cookie is our
+//!    secretbox of `(time, requester real pk, requester DHT pk)`, valid 15 s.
+//! 2. **Handshake** (0x1a) carrying the peer's cookie, boxed between the long-term keys: our base
+//!    nonce, our fresh session key, the cookie's hash and a cookie we made for the peer (so the
+//!    peer can answer with its own handshake without a cookie request). Cookie requests and
+//!    handshakes are resent every 1 s; after 8 sends the attempt is dropped and a new one starts
+//!    at once (c-toxcore's `friend_connection` retry loop), as long as the DHT key is known.
+//! 3. With both handshakes exchanged the session is *not confirmed*; the first valid **data**
+//!    packet (0x1b) makes it **established** ([`NetCryptoEvent::Established`]).
+//!
+//! TRAP (§5.2): each side picks its own *sending* base nonce and announces it in its handshake;
+//! received packets carry the low 16 bits of the sender's nonce and are rebuilt with the
+//! 43690/21845 rule ([`ferry_wire::net_crypto::reconstruct_nonce`]).
+//!
+//! A handshake from a peer whose cookie names a different DHT key than the session's kills and
+//! replaces the session (the peer restarted); so does, beyond c-toxcore, a valid handshake with a
+//! new session key for an established session (again: the peer restarted and lost its state).
+//!
+//! # Reliability (lossless packets, ids 16–191)
+//!
+//! Lossless packets get consecutive u32 numbers and sit in a send buffer (32768 slots) until the
+//! peer's `buffer_start` (carried by every data packet: a cumulative ACK) passes them; each
+//! number passed is reported as [`NetCryptoEvent::Delivered`] (read receipts). The receiver
+//! keeps a receive buffer of the same size, hands packets up strictly in order
+//! ([`NetCryptoEvent::Lossless`]) and sends **packet requests** (`[1][distances…]`) naming the
+//! numbers it lacks; the sender retransmits requested packets last sent more than one RTT ago and
+//! frees the ones the request skips over (received). Lossy packets (192–254), requests and kills
+//! carry the sender's next lossless number so the receiver learns of tail losses.
+//!
+//! Latency: nothing waits for a periodic tick. Data goes out inside [`NetCrypto::send_lossless`]
+//! when the congestion controller has a token (it always has for interactive traffic, see
+//! below); a receiver acknowledges after [`NetCryptoConfig::ack_delay`] (default 1 ms, so a
+//! reply sent meanwhile carries the ACK for free) and asks for gaps at once. Packet requests also
+//! go out every 1 s (c-toxcore's `CRYPTO_SEND_PACKET_INTERVAL`, doubling as keepalive), and every
+//! `clamp(4 × RTT, 50 ms, 1 s)` while data of ours is unacknowledged, so the peer learns of lost
+//! tails quickly.
+//!
+//! # Congestion control
+//!
+//! A rate-based token bucket after c-toxcore's `send_crypto_packets` (the packet-rate scheme of
+//! irungentoo's net_crypto), simplified to one bucket for new and retransmitted packets:
+//!
+//! * Every 50 ms (`PACKET_COUNTER_AVERAGE_INTERVAL`) the send rate is set from the *delivery
+//!   rate* `d` = packets acknowledged over the last 600 ms (12 × 50 ms, as c-toxcore's
+//!   `CONGESTION_QUEUE_ARRAY_SIZE`): `rate = 1.25 × d` normally, `rate = 0.9 × d` for 1 s
+//!   (`CONGESTION_EVENT_TIMEOUT`) after a congestion event, never below 4 packets/s
+//!   (`CRYPTO_PACKET_MIN_RATE`). A congestion event is the peer asking for a packet again.
+//! * Tokens accrue at `rate`; the bucket holds `64 + rate × 0.2 s` (c-toxcore:
+//!   `CRYPTO_MIN_QUEUE_LENGTH` + 4 refills). So up to 64 packets leave back-to-back at any time —
+//!   chat, receipts and control packets never wait — while a bulk sender ramps up about ×1.25 per
+//!   RTT-delayed 50 ms step and backs off to what the path delivers when the peer reports losses.
+//! * Packets beyond the tokens stay queued (numbered, counted in the send buffer) and leave as
+//!   tokens accrue; [`NetCrypto::send_lossless`] fails with [`NetCryptoError::QueueFull`] only
+//!   when the 32768-slot send buffer is full. [`NetCrypto::send_queue_free`] lets a bulk sender
+//!   (file transfer) pace itself.
+//!
+//! c-toxcore derives its rate from the send queue's drain instead of ACKs and has a second budget
+//! for retransmissions; the effect (a rate that follows measured throughput with ×1.2 headroom
+//! and backs off after losses) is the same, and the wire format does not depend on it.
+//!
+//! # Timeouts
+//!
+//! c-toxcore's net_crypto never times out an established session itself; its
+//! `friend_connection` kills it after 32 s without an alive packet (`FRIEND_CONNECTION_TIMEOUT`).
+//! Here the session dies after [`NetCryptoConfig::session_timeout`] (32 s) without any valid
+//! data packet; as both sides send a packet request at least every second, only a dead path
+//! triggers it. A killed or timed-out session sends a kill packet (id 2) when established.
+//!
+//! # Transport
+//!
+//! Packets are addressed to a [`Path`]; today only direct UDP. The same bytes can later travel
+//! over TCP relays (c-toxcore switches after 8 s without UDP, `UDP_DIRECT_TIMEOUT`).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_crypto::rng::FerryRng;
+use ferry_crypto::{KeyPair, Nonce, PrecomputedCache, PrecomputedKey, PublicKey, SymmetricKey};
+use ferry_wire::kind;
+use ferry_wire::net_crypto::{
+    Cookie, CookiePlain, CookieRequest, CookieRequestPayload, CookieResponse,
+    CookieResponsePayload, CryptoData, CryptoDataPayload, DATA_NUM_THRESHOLD, DataKind, Handshake,
+    HandshakePayload, MAX_CRYPTO_DATA_SIZE, PACKET_ID_KILL, PacketRequest, nonce_add,
+    reconstruct_nonce,
+};
+use ferry_wire::node::{ip_is_lan, normalize};
+
+use crate::{Destination, Endpoint, Transmit};
+
+/// Cookie lifetime (`COOKIE_TIMEOUT` = 15 s).
+pub const COOKIE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Cookie request / handshake resend interval, and the packet request keepalive interval
+/// (`CRYPTO_SEND_PACKET_INTERVAL` = 1000 ms).
+pub const CRYPTO_SEND_PACKET_INTERVAL: Duration = Duration::from_secs(1);
+/// Sends of one cookie request or handshake before the attempt is dropped
+/// (`MAX_NUM_SENDPACKET_TRIES` = 8).
+pub const MAX_NUM_SENDPACKET_TRIES: u32 = 8;
+/// Slots of the send and receive buffers (`CRYPTO_PACKET_BUFFER_SIZE` = 32768).
+pub const CRYPTO_PACKET_BUFFER_SIZE: u32 = 32768;
+/// An address we heard from within this long counts as direct (`UDP_DIRECT_TIMEOUT` = 8 s).
+pub const UDP_DIRECT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Session timeout without valid data (c-toxcore `FRIEND_CONNECTION_TIMEOUT` = 32 s).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(32);
+/// Lowest send rate, packets/s (`CRYPTO_PACKET_MIN_RATE`).
+pub const CRYPTO_PACKET_MIN_RATE: f64 = 4.0;
+/// Token bucket floor, packets (`CRYPTO_MIN_QUEUE_LENGTH`).
+pub const CRYPTO_MIN_QUEUE_LENGTH: f64 = 64.0;
+/// Rate update step (`PACKET_COUNTER_AVERAGE_INTERVAL` = 50 ms).
+pub const RATE_INTERVAL: Duration = Duration::from_millis(50);
+/// Rate is held down this long after a congestion event (`CONGESTION_EVENT_TIMEOUT` = 1 s).
+pub const CONGESTION_EVENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// RTT assumed before the first sample (`DEFAULT_PING_CONNECTION` = 1000 ms).
+pub const DEFAULT_RTT: Duration = Duration::from_secs(1);
+/// Delivery-rate window, in [`RATE_INTERVAL`] buckets (`CONGESTION_QUEUE_ARRAY_SIZE`).
+const RATE_BUCKETS: usize = 12;
+/// When nothing is due, [`NetCrypto::poll_timeout`] is this far ahead.
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Configuration of a [`NetCrypto`].
+#[derive(Clone, Debug)]
+pub struct NetCryptoConfig {
+    /// Most registered peers, hence most sessions (cap on [`NetCrypto::add_peer`]).
+    pub max_sessions: usize,
+    /// Send and receive buffer slots per session (c-toxcore: 32768; at most that).
+    pub buffer_slots: u32,
+    /// Cookie lifetime (15 s).
+    pub cookie_timeout: Duration,
+    /// Cookie request / handshake resend interval (1 s).
+    pub resend_interval: Duration,
+    /// Sends of a cookie request or handshake before the attempt is dropped (8).
+    pub max_handshake_tries: u32,
+    /// An established or not-confirmed session dies after this long without valid data (32 s).
+    pub session_timeout: Duration,
+    /// Packet requests (ACK + gaps, keepalive) at least this often (1 s).
+    pub request_interval: Duration,
+    /// A received lossless packet is acknowledged after at most this long (1 ms) unless a data
+    /// packet of ours carries the ACK first.
+    pub ack_delay: Duration,
+    /// An address counts as direct this long after we last heard from it (8 s).
+    pub udp_direct_timeout: Duration,
+    /// Most datagrams queued for the driver; beyond, new ones are dropped (and counted).
+    pub max_queued_transmits: usize,
+    /// Most events queued; beyond, the oldest is dropped (and counted).
+    pub max_queued_events: usize,
+    /// Peers' DHT keys whose shared key (for cookie requests) is cached.
+    pub dht_key_cache_size: usize,
+}
+
+impl Default for NetCryptoConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 1024,
+            buffer_slots: CRYPTO_PACKET_BUFFER_SIZE,
+            cookie_timeout: COOKIE_TIMEOUT,
+            resend_interval: CRYPTO_SEND_PACKET_INTERVAL,
+            max_handshake_tries: MAX_NUM_SENDPACKET_TRIES,
+            session_timeout: SESSION_TIMEOUT,
+            request_interval: CRYPTO_SEND_PACKET_INTERVAL,
+            ack_delay: Duration::from_millis(1),
+            udp_direct_timeout: UDP_DIRECT_TIMEOUT,
+            max_queued_transmits: 16_384,
+            max_queued_events: 65_536,
+            dht_key_cache_size: 256,
+        }
+    }
+}
+
+/// Where a net_crypto packet goes or came from. Only direct UDP today; TCP relays will carry the
+/// same bytes later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Path {
+    /// Direct UDP to/from this address.
+    Udp(SocketAddr),
+}
+
+/// Phase of a session (`Crypto_Conn_State`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SessionStatus {
+    /// Sending cookie requests.
+    CookieRequesting,
+    /// Sending handshakes, none received yet.
+    HandshakeSent,
+    /// Handshakes exchanged, no data received yet.
+    NotConfirmed,
+    /// Data flowed: the session is up.
+    Established,
+}
+
+/// A snapshot of one peer's session ([`NetCrypto::session_state`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionState {
+    /// The phase.
+    pub status: SessionStatus,
+    /// `status == Established`.
+    pub established: bool,
+    /// The UDP address packets go to now, if any.
+    pub addr: Option<SocketAddr>,
+    /// Whether we heard from that address within 8 s (c-toxcore "direct connected").
+    pub direct: bool,
+    /// The peer's DHT key this session was made with.
+    pub dht_pk: PublicKey,
+    /// Lossless packets sent but not yet acknowledged (or not yet sent).
+    pub send_queue: u32,
+    /// Packets waiting for a gap before them to fill.
+    pub recv_queue: u32,
+    /// Smallest RTT seen (1 s before the first sample).
+    pub rtt: Duration,
+    /// Congestion controller send rate, packets/s.
+    pub send_rate: f64,
+}
+
+/// Why a session ended ([`NetCryptoEvent::Closed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// No valid data for [`NetCryptoConfig::session_timeout`].
+    Timeout,
+    /// The peer sent a kill packet.
+    KillReceived,
+    /// A new handshake from the peer (new DHT key or new session key) replaced it.
+    Replaced,
+    /// [`NetCrypto::remove_peer`].
+    Removed,
+}
+
+/// What net_crypto tells its owner (drain with [`NetCrypto::poll_event`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetCryptoEvent {
+    /// The session with `peer` is up.
+    Established {
+        /// Peer's long-term key.
+        peer: PublicKey,
+        /// Where its first data packet came from.
+        addr: SocketAddr,
+    },
+    /// An established session ended (attempts that never got established end silently).
+    Closed {
+        /// Peer's long-term key.
+        peer: PublicKey,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A lossless packet, in order, exactly once (first byte 16..=191).
+    Lossless {
+        /// Peer's long-term key.
+        peer: PublicKey,
+        /// The packet, id byte first.
+        data: Vec<u8>,
+    },
+    /// A lossy packet (first byte 192..=254): unordered, may be lost or duplicated.
+    Lossy {
+        /// Peer's long-term key.
+        peer: PublicKey,
+        /// The packet, id byte first.
+        data: Vec<u8>,
+    },
+    /// The peer's `buffer_start` passed this packet number: it received it (read receipts).
+    Delivered {
+        /// Peer's long-term key.
+        peer: PublicKey,
+        /// The number [`NetCrypto::send_lossless`] returned.
+        packet_number: u32,
+    },
+    /// A valid handshake from a long-term key we did not register.
+    UnknownPeer {
+        /// Its long-term key.
+        real_pk: PublicKey,
+        /// Its DHT key (from our cookie).
+        dht_pk: PublicKey,
+        /// Where it came from.
+        addr: SocketAddr,
+    },
+}
+
+/// Errors of send commands (remote input is counted and dropped, never an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetCryptoError {
+    /// No session with that key is established.
+    #[error("no established session with that peer")]
+    NotEstablished,
+    /// The first byte is outside the id range of the call.
+    #[error("data id {0} is outside the allowed range")]
+    BadId(u8),
+    /// Empty or longer than 1373 bytes.
+    #[error("bad packet length {0} (1..=1373)")]
+    BadLength(usize),
+    /// The send buffer is full.
+    #[error("send buffer full")]
+    QueueFull,
+}
+
+/// Counters since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCryptoStats {
+    /// Datagrams handled.
+    pub rx_packets: u64,
+    /// Bytes handled.
+    pub rx_bytes: u64,
+    /// Datagrams queued for sending.
+    pub tx_packets: u64,
+    /// Bytes queued for sending.
+    pub tx_bytes: u64,
+    /// Datagrams that did not parse (bad kind, length, field).
+    pub malformed: u64,
+    /// Datagrams that did not authenticate.
+    pub decrypt_failed: u64,
+    /// Cookie responses and data from addresses without a session, or for a session in the
+    /// wrong phase.
+    pub unexpected: u64,
+    /// Handshakes whose cookie was older than 15 s.
+    pub stale_cookies: u64,
+    /// Valid handshakes from unregistered keys.
+    pub unknown_peer: u64,
+    /// Cookie requests answered.
+    pub cookies_issued: u64,
+    /// Lossless packets received twice.
+    pub duplicates: u64,
+    /// Lossless packets sent again on request.
+    pub retransmissions: u64,
+    /// Datagrams dropped because the transmit queue was full.
+    pub tx_dropped: u64,
+    /// Events dropped because the event queue was full.
+    pub events_dropped: u64,
+    /// Sessions that got established.
+    pub established: u64,
+    /// Established sessions that ended.
+    pub closed: u64,
+    /// [`NetCrypto::add_peer`] calls refused because [`NetCryptoConfig::max_sessions`] was reached.
+    pub peers_rejected: u64,
+}
+
+/// One packet of a send buffer.
+#[derive(Debug)]
+struct Outgoing {
+    data: Vec<u8>,
+    /// When last sent; `None` = not sent yet, or requested again.
+    sent_at: Option<Instant>,
+    /// Times sent.
+    tries: u32,
+}
+
+/// Send buffer: numbers `start .. start + slots.len()`; `None` = known received.
+#[derive(Debug, Default)]
+struct SendBuffer {
+    start: u32,
+    slots: VecDeque<Option<Outgoing>>,
+    unsent: usize,
+}
+
+impl SendBuffer {
+    fn end(&self) -> u32 {
+        self.start.wrapping_add(self.slots.len() as u32)
+    }
+}
+
+/// Receive buffer: numbers `start .. start + slots.len()`; `None` = not received.
+#[derive(Debug, Default)]
+struct RecvBuffer {
+    start: u32,
+    slots: VecDeque<Option<Vec<u8>>>,
+}
+
+impl RecvBuffer {
+    /// Moves the known end forward to `num` (`set_buffer_end`); false if out of range.
+    fn set_end(&mut self, num: u32, cap: u32) -> bool {
+        let want = num.wrapping_sub(self.start);
+        if want > cap || (want as usize) < self.slots.len() {
+            return false;
+        }
+        self.slots.resize_with(want as usize, || None);
+        true
+    }
+
+    fn missing(&self) -> PacketRequest {
+        let missing: Vec<u32> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(i, _)| i as u32)
+            .take(MAX_CRYPTO_DATA_SIZE)
+            .collect();
+        PacketRequest {
+            covered: missing.last().map_or(0, |m| m + 1),
+            missing,
+        }
+    }
+
+    fn has_gap(&self) -> bool {
+        !self.slots.is_empty()
+    }
+}
+
+/// The rate-based congestion controller (see the module docs).
+#[derive(Debug)]
+struct Congestion {
+    rate: f64,
+    tokens: f64,
+    last_refill: Instant,
+    sent: [u32; RATE_BUCKETS],
+    resent: [u32; RATE_BUCKETS],
+    bucket: usize,
+    bucket_start: Instant,
+    last_congestion: Option<Instant>,
+}
+
+impl Congestion {
+    fn new(now: Instant) -> Self {
+        Self {
+            rate: CRYPTO_PACKET_MIN_RATE,
+            tokens: CRYPTO_MIN_QUEUE_LENGTH,
+            last_refill: now,
+            sent: [0; RATE_BUCKETS],
+            resent: [0; RATE_BUCKETS],
+            bucket: 0,
+            bucket_start: now,
+            last_congestion: None,
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        CRYPTO_MIN_QUEUE_LENGTH + self.rate * 0.2
+    }
+
+    fn update(&mut self, now: Instant) {
+        let mut steps = 0;
+        while now.saturating_duration_since(self.bucket_start) >= RATE_INTERVAL {
+            steps += 1;
+            if steps > RATE_BUCKETS {
+                self.sent = [0; RATE_BUCKETS];
+                self.resent = [0; RATE_BUCKETS];
+                self.bucket_start = now;
+            } else {
+                self.bucket_start += RATE_INTERVAL;
+            }
+            let sent: u32 = self.sent.iter().sum();
+            let resent: u32 = self.resent.iter().sum();
+            if sent >= 8 && resent.saturating_mul(4) > sent {
+                self.last_congestion = Some(now);
+            }
+            let d = f64::from(sent) / (RATE_INTERVAL.as_secs_f64() * RATE_BUCKETS as f64);
+            let congested = self
+                .last_congestion
+                .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_EVENT_TIMEOUT);
+            let factor = if congested { 0.9 } else { 1.25 };
+            self.rate = (d * factor).max(CRYPTO_PACKET_MIN_RATE);
+            self.bucket = (self.bucket + 1) % RATE_BUCKETS;
+            self.sent[self.bucket] = 0;
+            self.resent[self.bucket] = 0;
+        }
+        let dt = now
+            .saturating_duration_since(self.last_refill)
+            .as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
+        self.last_refill = now;
+    }
+
+    fn on_sent(&mut self, resend: bool) {
+        self.tokens -= 1.0;
+        self.sent[self.bucket] = self.sent[self.bucket].saturating_add(1);
+        if resend {
+            self.resent[self.bucket] = self.resent[self.bucket].saturating_add(1);
+        }
+    }
+
+    /// When one token will be there (only meaningful with tokens < 1).
+    fn next_token(&self) -> Instant {
+        let wait = ((1.0 - self.tokens) / self.rate).max(0.0001);
+        self.last_refill + Duration::from_secs_f64(wait)
+    }
+}
+
+/// One session's state (`Crypto_Connection`).
+#[derive(Debug)]
+struct Session {
+    status: SessionStatus,
+    dht_pk: PublicKey,
+    keys: KeyPair,
+    sent_nonce: Nonce,
+    recv_nonce: Nonce,
+    peer_session_pk: Option<PublicKey>,
+    shared: Option<PrecomputedKey>,
+    /// DHT shared key of the cookie request (ours ↔ peer DHT key).
+    cookie_shared: Option<PrecomputedKey>,
+    echo_id: [u8; 8],
+    /// Cookie request or handshake being resent.
+    temp: Option<Vec<u8>>,
+    temp_sent_at: Option<Instant>,
+    temp_tries: u32,
+    v4: Option<SocketAddr>,
+    v6: Option<SocketAddr>,
+    v4_recv: Option<Instant>,
+    v6_recv: Option<Instant>,
+    send: SendBuffer,
+    recv: RecvBuffer,
+    last_recv: Instant,
+    last_request: Option<Instant>,
+    request_due: Option<Instant>,
+    rtt: Duration,
+    cc: Congestion,
+}
+
+impl Session {
+    fn new(now: Instant, dht_pk: PublicKey, rng: &mut FerryRng) -> Self {
+        Self {
+            status: SessionStatus::CookieRequesting,
+            dht_pk,
+            keys: KeyPair::generate(rng),
+            sent_nonce: Nonce::random(rng),
+            recv_nonce: Nonce([0; 24]),
+            peer_session_pk: None,
+            shared: None,
+            cookie_shared: None,
+            echo_id: rng.bytes::<8>(),
+            temp: None,
+            temp_sent_at: None,
+            temp_tries: 0,
+            v4: None,
+            v6: None,
+            v4_recv: None,
+            v6_recv: None,
+            send: SendBuffer::default(),
+            recv: RecvBuffer::default(),
+            last_recv: now,
+            last_request: None,
+            request_due: None,
+            rtt: DEFAULT_RTT,
+            cc: Congestion::new(now),
+        }
+    }
+
+    fn connected(&self) -> bool {
+        matches!(
+            self.status,
+            SessionStatus::NotConfirmed | SessionStatus::Established
+        )
+    }
+
+    fn fresh(&self, t: Option<Instant>, now: Instant, timeout: Duration) -> bool {
+        t.is_some_and(|t| now.saturating_duration_since(t) < timeout)
+    }
+
+    /// c-toxcore `return_ip_port_connection`: fresh LAN IPv4, fresh IPv6, fresh IPv4, then any
+    /// in the same order.
+    fn addr(&self, now: Instant, timeout: Duration) -> Option<SocketAddr> {
+        let v4f = self.fresh(self.v4_recv, now, timeout);
+        let v6f = self.fresh(self.v6_recv, now, timeout);
+        let v4_lan = self.v4.filter(|a| ip_is_lan(a.ip()));
+        if v4f && v4_lan.is_some() {
+            return v4_lan;
+        }
+        if v6f && self.v6.is_some() {
+            return self.v6;
+        }
+        if v4f && self.v4.is_some() {
+            return self.v4;
+        }
+        v4_lan.or(self.v6).or(self.v4)
+    }
+
+    fn addrs(&self) -> impl Iterator<Item = SocketAddr> {
+        self.v4.into_iter().chain(self.v6)
+    }
+}
+
+/// A registered peer (friend).
+#[derive(Debug)]
+struct Peer {
+    /// Our real sk ↔ its real pk, for handshakes.
+    real_key: PrecomputedKey,
+    dht_pk: Option<PublicKey>,
+    addr: Option<SocketAddr>,
+    session: Option<Session>,
+}
+
+/// Everything a session operation may touch besides the session.
+struct Ctx<'a> {
+    config: &'a NetCryptoConfig,
+    rng: &'a mut FerryRng,
+    cookie_key: &'a SymmetricKey,
+    real: &'a KeyPair,
+    dht: &'a KeyPair,
+    epoch: Instant,
+    transmits: &'a mut VecDeque<(Path, Vec<u8>)>,
+    events: &'a mut VecDeque<NetCryptoEvent>,
+    stats: &'a mut NetCryptoStats,
+    by_addr: &'a mut HashMap<SocketAddr, PublicKey>,
+}
+
+impl Ctx<'_> {
+    fn emit(&mut self, e: NetCryptoEvent) {
+        if self.events.len() >= self.config.max_queued_events {
+            self.events.pop_front();
+            self.stats.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn transmit(&mut self, path: Path, bytes: Vec<u8>) {
+        if self.transmits.len() >= self.config.max_queued_transmits {
+            self.stats.tx_dropped += 1;
+            return;
+        }
+        self.stats.tx_packets += 1;
+        self.stats.tx_bytes += bytes.len() as u64;
+        self.transmits.push_back((path, bytes));
+    }
+
+    fn secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    fn cookie(&mut self, now: Instant, real_pk: PublicKey, dht_pk: PublicKey) -> Option<Cookie> {
+        let plain = CookiePlain {
+            time: self.secs(now),
+            real_pk,
+            dht_pk,
+        };
+        Cookie::seal(self.cookie_key, &Nonce::random(self.rng), &plain).ok()
+    }
+
+    /// Builds our handshake answering `their_cookie`, makes it the session's temp packet and
+    /// sends it.
+    fn send_handshake(
+        &mut self,
+        now: Instant,
+        peer_pk: PublicKey,
+        peer: &mut Peer,
+        their_cookie: Cookie,
+    ) {
+        let Some(s) = peer.session.as_mut() else {
+            return;
+        };
+        let Some(other_cookie) = self.cookie(now, peer_pk, s.dht_pk) else {
+            return;
+        };
+        let payload = HandshakePayload {
+            base_nonce: s.sent_nonce,
+            session_pk: s.keys.public,
+            cookie_hash: their_cookie.hash(),
+            other_cookie,
+        };
+        let nonce = Nonce::random(self.rng);
+        if let Ok(h) = Handshake::seal(their_cookie, nonce, &peer.real_key, &payload) {
+            s.temp = Some(h.encode());
+            s.temp_sent_at = None;
+            s.temp_tries = 0;
+            self.send_temp(now, s);
+        }
+    }
+
+    fn send_temp(&mut self, now: Instant, s: &mut Session) {
+        let Some(addr) = s.addr(now, self.config.udp_direct_timeout) else {
+            return;
+        };
+        let Some(bytes) = s.temp.clone() else {
+            return;
+        };
+        self.transmit(Path::Udp(addr), bytes);
+        s.temp_sent_at = Some(now);
+        s.temp_tries += 1;
+    }
+
+    /// Encrypts and sends one data packet (`send_data_packet_helper`).
+    fn send_data(&mut self, now: Instant, s: &mut Session, num: u32, data: &[u8]) -> bool {
+        let (Some(addr), Some(key)) = (s.addr(now, self.config.udp_direct_timeout), &s.shared)
+        else {
+            return false;
+        };
+        let payload = CryptoDataPayload {
+            buffer_start: s.recv.start,
+            packet_number: num,
+            data: data.to_vec(),
+        };
+        let Ok(pkt) = CryptoData::seal(&s.sent_nonce, key, &payload) else {
+            return false;
+        };
+        s.sent_nonce.increment();
+        self.transmit(Path::Udp(addr), pkt.encode());
+        if !s.recv.has_gap() {
+            // The ACK rode along.
+            s.request_due = None;
+        }
+        true
+    }
+
+    fn send_request(&mut self, now: Instant, s: &mut Session) {
+        let req = s.recv.missing().encode();
+        let end = s.send.end();
+        if self.send_data(now, s, end, &req) {
+            s.last_request = Some(now);
+            s.request_due = None;
+        }
+    }
+
+    fn send_kill(&mut self, now: Instant, s: &mut Session) {
+        let end = s.send.end();
+        self.send_data(now, s, end, &[PACKET_ID_KILL]);
+    }
+
+    /// Sends queued and requested lossless packets while tokens last.
+    fn flush(&mut self, now: Instant, s: &mut Session) {
+        if s.status != SessionStatus::Established {
+            return;
+        }
+        s.cc.update(now);
+        if s.send.unsent == 0 || s.cc.tokens < 1.0 {
+            return;
+        }
+        let start = s.send.start;
+        for i in 0..s.send.slots.len() {
+            if s.send.unsent == 0 || s.cc.tokens < 1.0 {
+                break;
+            }
+            let pending = matches!(&s.send.slots[i], Some(o) if o.sent_at.is_none());
+            if !pending {
+                continue;
+            }
+            let data = match &s.send.slots[i] {
+                Some(o) => o.data.clone(),
+                None => continue,
+            };
+            let num = start.wrapping_add(i as u32);
+            if !self.send_data(now, s, num, &data) {
+                break;
+            }
+            let mut resend = false;
+            if let Some(Some(o)) = s.send.slots.get_mut(i) {
+                o.sent_at = Some(now);
+                resend = o.tries > 0;
+                o.tries += 1;
+            }
+            if resend {
+                self.stats.retransmissions += 1;
+            }
+            s.send.unsent -= 1;
+            s.cc.on_sent(resend);
+        }
+    }
+
+    fn set_addr(
+        &mut self,
+        peer_pk: PublicKey,
+        s: &mut Session,
+        addr: SocketAddr,
+        heard: Option<Instant>,
+    ) {
+        let (slot, recv) = if addr.is_ipv4() {
+            (&mut s.v4, &mut s.v4_recv)
+        } else {
+            (&mut s.v6, &mut s.v6_recv)
+        };
+        if *slot != Some(addr) {
+            if let Some(old) = slot.take()
+                && self.by_addr.get(&old) == Some(&peer_pk)
+            {
+                self.by_addr.remove(&old);
+            }
+            *slot = Some(addr);
+            self.by_addr.insert(addr, peer_pk);
+        }
+        if heard.is_some() {
+            *recv = heard;
+        }
+    }
+
+    /// Ends a session: kill packet if established, `Closed` if established, index cleanup.
+    fn close(
+        &mut self,
+        now: Instant,
+        peer_pk: PublicKey,
+        s: &mut Session,
+        reason: Option<CloseReason>,
+    ) {
+        if s.status == SessionStatus::Established {
+            if reason != Some(CloseReason::KillReceived) {
+                self.send_kill(now, s);
+            }
+            self.stats.closed += 1;
+            if let Some(reason) = reason {
+                self.emit(NetCryptoEvent::Closed {
+                    peer: peer_pk,
+                    reason,
+                });
+            }
+        }
+        for a in s.addrs() {
+            if self.by_addr.get(&a) == Some(&peer_pk) {
+                self.by_addr.remove(&a);
+            }
+        }
+    }
+
+    /// Starts a cookie request attempt when the peer has a DHT key and no session.
+    fn start(&mut self, now: Instant, peer_pk: PublicKey, peer: &mut Peer) {
+        if peer.session.is_some() {
+            return;
+        }
+        let Some(dht_pk) = peer.dht_pk else {
+            return;
+        };
+        let mut s = Session::new(now, dht_pk, self.rng);
+        let key = PrecomputedKey::new(&self.dht.secret, &dht_pk);
+        let payload = CookieRequestPayload {
+            real_pk: self.real.public,
+            echo_id: s.echo_id,
+        };
+        if let Ok(req) =
+            CookieRequest::seal(self.dht.public, Nonce::random(self.rng), &key, &payload)
+        {
+            s.temp = Some(req.encode());
+        }
+        s.cookie_shared = Some(key);
+        if let Some(addr) = peer.addr {
+            self.set_addr(peer_pk, &mut s, addr, None);
+        }
+        self.send_temp(now, &mut s);
+        peer.session = Some(s);
+    }
+}
+
+/// The net_crypto manager: every session of one node (see the module docs).
+///
+/// Run loop as in the crate docs: after any call, drain [`NetCrypto::poll_transmit`] and
+/// [`NetCrypto::poll_event`], then sleep until [`NetCrypto::poll_timeout`].
+#[derive(Debug)]
+pub struct NetCrypto {
+    config: NetCryptoConfig,
+    real: KeyPair,
+    dht: KeyPair,
+    rng: FerryRng,
+    epoch: Instant,
+    last_now: Instant,
+    cookie_key: SymmetricKey,
+    dht_cache: PrecomputedCache,
+    peers: HashMap<PublicKey, Peer>,
+    by_addr: HashMap<SocketAddr, PublicKey>,
+    transmits: VecDeque<(Path, Vec<u8>)>,
+    events: VecDeque<NetCryptoEvent>,
+    stats: NetCryptoStats,
+}
+
+impl Ctx<'_> {
+    /// Runs whatever is due for one peer: resends, timeouts, packet requests, queued data, and
+    /// (re)starts an attempt when it has none.
+    fn service(&mut self, now: Instant, pk: PublicKey, peer: &mut Peer) {
+        let Some(s) = peer.session.as_mut() else {
+            self.start(now, pk, peer);
+            return;
+        };
+        if s.status != SessionStatus::Established && s.temp.is_some() {
+            let due = s
+                .temp_sent_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.resend_interval);
+            if due && s.addr(now, self.config.udp_direct_timeout).is_some() {
+                if s.temp_tries >= self.config.max_handshake_tries {
+                    if let Some(mut old) = peer.session.take() {
+                        self.close(now, pk, &mut old, None);
+                    }
+                    self.start(now, pk, peer);
+                    return;
+                }
+                self.send_temp(now, s);
+            }
+        }
+        if s.connected() {
+            if now.saturating_duration_since(s.last_recv) >= self.config.session_timeout {
+                if let Some(mut old) = peer.session.take() {
+                    self.close(now, pk, &mut old, Some(CloseReason::Timeout));
+                }
+                self.start(now, pk, peer);
+                return;
+            }
+            let every = request_every(self.config, s);
+            let due = s.request_due.is_some_and(|t| t <= now)
+                || s.last_request
+                    .is_none_or(|t| now.saturating_duration_since(t) >= every);
+            if due {
+                self.send_request(now, s);
+            }
+            self.flush(now, s);
+        }
+    }
+
+    /// Applies a packet request to our send buffer (`handle_request_packet`): named packets
+    /// last sent over one RTT ago are queued again, packets stepped over are freed.
+    fn apply_request(&mut self, now: Instant, s: &mut Session, req: &PacketRequest) {
+        let n = (req.covered as usize).min(s.send.slots.len());
+        let mut missing = req.missing.iter().copied().peekable();
+        for i in 0..n {
+            let named = missing.peek() == Some(&(i as u32));
+            if named {
+                missing.next();
+                if let Some(Some(o)) = s.send.slots.get_mut(i)
+                    && o.sent_at
+                        .is_some_and(|t| now.saturating_duration_since(t) > s.rtt)
+                {
+                    o.sent_at = None;
+                    s.send.unsent += 1;
+                }
+            } else if let Some(slot) = s.send.slots.get_mut(i)
+                && let Some(o) = slot.take()
+                && o.sent_at.is_none()
+            {
+                s.send.unsent -= 1;
+            }
+        }
+    }
+
+    /// Accepts a handshake as a new session (`accept_crypto_connection`).
+    fn accept(
+        &mut self,
+        now: Instant,
+        pk: PublicKey,
+        peer: &mut Peer,
+        p: &HandshakePayload,
+        dht_pk: PublicKey,
+        from: SocketAddr,
+    ) {
+        peer.dht_pk = Some(dht_pk);
+        peer.addr = Some(from);
+        let mut s = Session::new(now, dht_pk, self.rng);
+        s.status = SessionStatus::NotConfirmed;
+        s.recv_nonce = p.base_nonce;
+        s.peer_session_pk = Some(p.session_pk);
+        s.shared = Some(PrecomputedKey::new(&s.keys.secret, &p.session_pk));
+        self.set_addr(pk, &mut s, from, Some(now));
+        peer.session = Some(s);
+        self.send_handshake(now, pk, peer, p.other_cookie);
+        if let Some(s) = peer.session.as_mut() {
+            self.send_request(now, s);
+        }
+    }
+
+    /// A decrypted data packet for an existing session (`handle_data_packet_core`).
+    fn on_data(
+        &mut self,
+        now: Instant,
+        pk: PublicKey,
+        peer: &mut Peer,
+        from: SocketAddr,
+        payload: CryptoDataPayload,
+    ) {
+        let Some(s) = peer.session.as_mut() else {
+            return;
+        };
+        let cap = self.config.buffer_slots.min(CRYPTO_PACKET_BUFFER_SIZE);
+        if payload.buffer_start != s.send.start {
+            let adv = payload.buffer_start.wrapping_sub(s.send.start);
+            if adv as usize > s.send.slots.len() {
+                self.stats.malformed += 1;
+                return;
+            }
+            if let Some(Some(o)) = s.send.slots.front()
+                && let Some(t) = o.sent_at
+            {
+                s.rtt = s.rtt.min(now.saturating_duration_since(t));
+            }
+            for _ in 0..adv {
+                if let Some(Some(o)) = s.send.slots.pop_front()
+                    && o.sent_at.is_none()
+                {
+                    s.send.unsent -= 1;
+                }
+                let number = s.send.start;
+                s.send.start = s.send.start.wrapping_add(1);
+                self.emit(NetCryptoEvent::Delivered {
+                    peer: pk,
+                    packet_number: number,
+                });
+            }
+        }
+        s.last_recv = now;
+        self.set_addr(pk, s, from, Some(now));
+        let Some(&id) = payload.data.first() else {
+            return;
+        };
+        let kind = DataKind::of(id);
+        match kind {
+            DataKind::Kill => {
+                if let Some(mut old) = peer.session.take() {
+                    self.close(now, pk, &mut old, Some(CloseReason::KillReceived));
+                }
+                self.start(now, pk, peer);
+                return;
+            }
+            DataKind::Padding | DataKind::Reserved | DataKind::Invalid => {
+                self.stats.malformed += 1;
+                return;
+            }
+            DataKind::Request | DataKind::Lossless | DataKind::Lossy => {}
+        }
+        if s.status == SessionStatus::NotConfirmed {
+            s.status = SessionStatus::Established;
+            s.temp = None;
+            s.temp_sent_at = None;
+            s.request_due = Some(now);
+            s.cc = Congestion::new(now);
+            self.stats.established += 1;
+            self.emit(NetCryptoEvent::Established {
+                peer: pk,
+                addr: from,
+            });
+        }
+        match kind {
+            DataKind::Request => {
+                let Ok(req) = PacketRequest::decode(&payload.data) else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                self.apply_request(now, s, &req);
+                let before = s.recv.slots.len();
+                if s.recv.set_end(payload.packet_number, cap) && s.recv.slots.len() > before {
+                    s.request_due = Some(now);
+                }
+            }
+            DataKind::Lossless => {
+                let off = payload.packet_number.wrapping_sub(s.recv.start);
+                if off >= cap {
+                    self.stats.duplicates += 1;
+                } else {
+                    let off = off as usize;
+                    let old_len = s.recv.slots.len();
+                    if off < old_len && s.recv.slots[off].is_some() {
+                        self.stats.duplicates += 1;
+                    } else {
+                        if off >= old_len {
+                            s.recv.slots.resize_with(off + 1, || None);
+                        }
+                        s.recv.slots[off] = Some(payload.data);
+                        while let Some(Some(_)) = s.recv.slots.front() {
+                            if let Some(Some(data)) = s.recv.slots.pop_front() {
+                                s.recv.start = s.recv.start.wrapping_add(1);
+                                self.emit(NetCryptoEvent::Lossless { peer: pk, data });
+                            }
+                        }
+                    }
+                    let ack_at = if s.recv.has_gap() && off > old_len {
+                        now
+                    } else {
+                        now + self.config.ack_delay
+                    };
+                    s.request_due = Some(s.request_due.map_or(ack_at, |t| t.min(ack_at)));
+                }
+            }
+            DataKind::Lossy => {
+                let before = s.recv.slots.len();
+                if s.recv.set_end(payload.packet_number, cap) && s.recv.slots.len() > before {
+                    s.request_due = Some(now);
+                }
+                self.emit(NetCryptoEvent::Lossy {
+                    peer: pk,
+                    data: payload.data,
+                });
+            }
+            _ => {}
+        }
+        self.service(now, pk, peer);
+    }
+}
+
+impl NetCrypto {
+    /// A manager with our long-term (`real_keys`) and DHT (`dht_keys`) key pairs.
+    pub fn new(
+        config: NetCryptoConfig,
+        real_keys: KeyPair,
+        dht_keys: KeyPair,
+        mut rng: FerryRng,
+        now: Instant,
+    ) -> Self {
+        let cookie_key = SymmetricKey::generate(&mut rng);
+        let dht_cache = PrecomputedCache::new(dht_keys.secret.clone(), config.dht_key_cache_size);
+        Self {
+            config,
+            real: real_keys,
+            dht: dht_keys,
+            rng,
+            epoch: now,
+            last_now: now,
+            cookie_key,
+            dht_cache,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: NetCryptoStats::default(),
+        }
+    }
+
+    fn parts(&mut self) -> (&mut HashMap<PublicKey, Peer>, Ctx<'_>) {
+        let ctx = Ctx {
+            config: &self.config,
+            rng: &mut self.rng,
+            cookie_key: &self.cookie_key,
+            real: &self.real,
+            dht: &self.dht,
+            epoch: self.epoch,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+            stats: &mut self.stats,
+            by_addr: &mut self.by_addr,
+        };
+        (&mut self.peers, ctx)
+    }
+
+    /// Our long-term public key.
+    pub fn real_public_key(&self) -> PublicKey {
+        self.real.public
+    }
+
+    /// Our DHT public key (the one cookie requests are boxed to).
+    pub fn dht_public_key(&self) -> PublicKey {
+        self.dht.public
+    }
+
+    /// Registers a peer we accept sessions with (a friend). Idempotent. Beyond
+    /// [`NetCryptoConfig::max_sessions`] peers the call is ignored and counted
+    /// ([`NetCryptoStats::peers_rejected`]).
+    pub fn add_peer(&mut self, now: Instant, real_pk: PublicKey) {
+        self.last_now = self.last_now.max(now);
+        if self.peers.contains_key(&real_pk) || real_pk == self.real.public {
+            return;
+        }
+        if self.peers.len() >= self.config.max_sessions {
+            self.stats.peers_rejected += 1;
+            return;
+        }
+        let real_key = PrecomputedKey::new(&self.real.secret, &real_pk);
+        self.peers.insert(
+            real_pk,
+            Peer {
+                real_key,
+                dht_pk: None,
+                addr: None,
+                session: None,
+            },
+        );
+    }
+
+    /// Forgets a peer, killing its session (a kill packet goes out if it was established, and
+    /// [`NetCryptoEvent::Closed`] with [`CloseReason::Removed`] is reported).
+    pub fn remove_peer(&mut self, now: Instant, real_pk: &PublicKey) {
+        self.last_now = self.last_now.max(now);
+        let (peers, mut ctx) = self.parts();
+        if let Some(mut peer) = peers.remove(real_pk)
+            && let Some(mut s) = peer.session.take()
+        {
+            ctx.close(now, *real_pk, &mut s, Some(CloseReason::Removed));
+        }
+    }
+
+    /// The peer's current DHT public key (from the onion, DHT-PK packets, or its handshake).
+    /// Starts the cookie request → handshake when no session exists; a different key than the
+    /// session's kills the session (reported as [`CloseReason::Replaced`] if established) and
+    /// starts over with the new key.
+    pub fn set_peer_dht_key(&mut self, now: Instant, real_pk: &PublicKey, dht_pk: PublicKey) {
+        self.last_now = self.last_now.max(now);
+        let (peers, mut ctx) = self.parts();
+        let Some(peer) = peers.get_mut(real_pk) else {
+            return;
+        };
+        peer.dht_pk = Some(dht_pk);
+        if peer.session.as_ref().is_some_and(|s| s.dht_pk != dht_pk)
+            && let Some(mut old) = peer.session.take()
+        {
+            ctx.close(now, *real_pk, &mut old, Some(CloseReason::Replaced));
+        }
+        ctx.service(now, *real_pk, peer);
+    }
+
+    /// Stops new attempts for a peer whose DHT key went stale (c-toxcore forgets it 122 s after
+    /// the last announcement); an existing session is kept.
+    pub fn clear_peer_dht_key(&mut self, now: Instant, real_pk: &PublicKey) {
+        self.last_now = self.last_now.max(now);
+        let (peers, mut ctx) = self.parts();
+        if let Some(peer) = peers.get_mut(real_pk) {
+            peer.dht_pk = None;
+            if peer.session.as_ref().is_some_and(|s| !s.connected())
+                && let Some(mut old) = peer.session.take()
+            {
+                ctx.close(now, *real_pk, &mut old, None);
+            }
+        }
+    }
+
+    /// A UDP address of the peer (from the DHT). Used for the next packets (c-toxcore keeps one
+    /// IPv4 and one IPv6 address per session and prefers the one it heard from last).
+    pub fn set_peer_addr(&mut self, now: Instant, real_pk: &PublicKey, addr: SocketAddr) {
+        self.last_now = self.last_now.max(now);
+        let addr = normalize(addr);
+        let (peers, mut ctx) = self.parts();
+        let Some(peer) = peers.get_mut(real_pk) else {
+            return;
+        };
+        peer.addr = Some(addr);
+        if let Some(s) = peer.session.as_mut() {
+            ctx.set_addr(*real_pk, s, addr, Some(now));
+        }
+        ctx.service(now, *real_pk, peer);
+    }
+
+    /// Feeds one received datagram of kind 0x18..=0x1b that came over direct UDP. Malformed or
+    /// unexpected input is counted ([`NetCrypto::stats`]) and dropped; this never panics.
+    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.handle_path_packet(now, Path::Udp(from), bytes);
+    }
+
+    /// [`NetCrypto::handle_packet`] for any [`Path`].
+    pub fn handle_path_packet(&mut self, now: Instant, path: Path, bytes: &[u8]) {
+        self.last_now = self.last_now.max(now);
+        let Path::Udp(from) = path;
+        let from = normalize(from);
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += bytes.len() as u64;
+        match bytes.first() {
+            Some(&kind::COOKIE_REQUEST) => self.on_cookie_request(now, from, bytes),
+            Some(&kind::COOKIE_RESPONSE) => self.on_cookie_response(now, from, bytes),
+            Some(&kind::CRYPTO_HANDSHAKE) => self.on_handshake(now, from, bytes),
+            Some(&kind::CRYPTO_DATA) => self.on_data(now, from, bytes),
+            _ => self.stats.malformed += 1,
+        }
+    }
+
+    fn on_cookie_request(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(req) = CookieRequest::decode(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let key = self.dht_cache.get(&req.sender_dht_pk);
+        let Ok(p) = req.open(key) else {
+            self.stats.decrypt_failed += 1;
+            return;
+        };
+        let plain = CookiePlain {
+            time: now.saturating_duration_since(self.epoch).as_secs(),
+            real_pk: p.real_pk,
+            dht_pk: req.sender_dht_pk,
+        };
+        let Ok(cookie) = Cookie::seal(&self.cookie_key, &Nonce::random(&mut self.rng), &plain)
+        else {
+            return;
+        };
+        let payload = CookieResponsePayload {
+            cookie,
+            echo_id: p.echo_id,
+        };
+        let nonce = Nonce::random(&mut self.rng);
+        let key = self.dht_cache.get(&req.sender_dht_pk);
+        let Ok(resp) = CookieResponse::seal(nonce, key, &payload) else {
+            return;
+        };
+        self.stats.cookies_issued += 1;
+        let (_, mut ctx) = self.parts();
+        ctx.transmit(Path::Udp(from), resp.encode());
+    }
+
+    fn on_cookie_response(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(resp) = CookieResponse::decode(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let (peers, mut ctx) = self.parts();
+        let Some(pk) = ctx.by_addr.get(&from).copied() else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        let Some(peer) = peers.get_mut(&pk) else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        let Some(s) = peer.session.as_mut() else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        if s.status != SessionStatus::CookieRequesting {
+            ctx.stats.unexpected += 1;
+            return;
+        }
+        let Some(Ok(p)) = s.cookie_shared.as_ref().map(|k| resp.open(k)) else {
+            ctx.stats.decrypt_failed += 1;
+            return;
+        };
+        if p.echo_id != s.echo_id {
+            ctx.stats.unexpected += 1;
+            return;
+        }
+        s.status = SessionStatus::HandshakeSent;
+        ctx.send_handshake(now, pk, peer, p.cookie);
+    }
+
+    fn on_handshake(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(h) = Handshake::decode(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(plain) = h.cookie.open(&self.cookie_key) else {
+            self.stats.decrypt_failed += 1;
+            return;
+        };
+        let secs = now.saturating_duration_since(self.epoch).as_secs();
+        if secs < plain.time
+            || plain
+                .time
+                .saturating_add(self.config.cookie_timeout.as_secs())
+                < secs
+        {
+            self.stats.stale_cookies += 1;
+            return;
+        }
+        let real_pk = plain.real_pk;
+        if real_pk == self.real.public {
+            self.stats.malformed += 1;
+            return;
+        }
+        let (peers, mut ctx) = self.parts();
+        let Some(peer) = peers.get_mut(&real_pk) else {
+            let key = PrecomputedKey::new(&ctx.real.secret, &real_pk);
+            if h.open_checked(&key).is_err() {
+                ctx.stats.decrypt_failed += 1;
+                return;
+            }
+            ctx.stats.unknown_peer += 1;
+            ctx.emit(NetCryptoEvent::UnknownPeer {
+                real_pk,
+                dht_pk: plain.dht_pk,
+                addr: from,
+            });
+            return;
+        };
+        let Ok(p) = h.open_checked(&peer.real_key) else {
+            ctx.stats.decrypt_failed += 1;
+            return;
+        };
+        let replace = match &peer.session {
+            None => false,
+            Some(s) if s.dht_pk != plain.dht_pk => true,
+            Some(s) if s.status == SessionStatus::Established => {
+                if s.peer_session_pk == Some(p.session_pk) {
+                    // A resend of the handshake that set this session up.
+                    return;
+                }
+                true
+            }
+            Some(_) => {
+                // Our attempt meets theirs (or their resend): adopt their nonce and key.
+                let Some(s) = peer.session.as_mut() else {
+                    return;
+                };
+                s.recv_nonce = p.base_nonce;
+                s.peer_session_pk = Some(p.session_pk);
+                s.shared = Some(PrecomputedKey::new(&s.keys.secret, &p.session_pk));
+                s.last_recv = now;
+                ctx.set_addr(real_pk, s, from, Some(now));
+                let was = s.status;
+                s.status = SessionStatus::NotConfirmed;
+                peer.addr = Some(from);
+                if was != SessionStatus::NotConfirmed {
+                    ctx.send_handshake(now, real_pk, peer, p.other_cookie);
+                }
+                if let Some(s) = peer.session.as_mut() {
+                    ctx.send_request(now, s);
+                }
+                return;
+            }
+        };
+        if replace && let Some(mut old) = peer.session.take() {
+            ctx.close(now, real_pk, &mut old, Some(CloseReason::Replaced));
+        }
+        ctx.accept(now, real_pk, peer, &p, plain.dht_pk, from);
+    }
+
+    fn on_data(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let Ok(pkt) = CryptoData::decode(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let (peers, mut ctx) = self.parts();
+        let Some(pk) = ctx.by_addr.get(&from).copied() else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        let Some(peer) = peers.get_mut(&pk) else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        let Some(s) = peer.session.as_mut().filter(|s| s.connected()) else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        let Some(key) = s.shared.as_ref() else {
+            ctx.stats.unexpected += 1;
+            return;
+        };
+        let (nonce, diff) = reconstruct_nonce(&s.recv_nonce, pkt.nonce_low);
+        let Ok(plain) = key.decrypt(&nonce, &pkt.ciphertext) else {
+            ctx.stats.decrypt_failed += 1;
+            return;
+        };
+        if diff > 2 * DATA_NUM_THRESHOLD {
+            nonce_add(&mut s.recv_nonce, u32::from(DATA_NUM_THRESHOLD));
+        }
+        let Ok(payload) = CryptoDataPayload::decode(&plain) else {
+            ctx.stats.malformed += 1;
+            return;
+        };
+        ctx.on_data(now, pk, peer, from, payload);
+    }
+
+    /// Sends a lossless packet: `data[0]` must be a lossless id (16..=191), 1..=1373 bytes.
+    /// Returns its packet number (see [`NetCryptoEvent::Delivered`]). The packet goes out at once
+    /// (in [`NetCrypto::poll_transmit`]) unless the congestion controller holds it back.
+    ///
+    /// # Errors
+    /// [`NetCryptoError::BadId`], [`NetCryptoError::BadLength`], [`NetCryptoError::NotEstablished`],
+    /// [`NetCryptoError::QueueFull`] (32768 packets unacknowledged).
+    pub fn send_lossless(
+        &mut self,
+        now: Instant,
+        real_pk: &PublicKey,
+        data: &[u8],
+    ) -> Result<u32, NetCryptoError> {
+        self.last_now = self.last_now.max(now);
+        check_data(data, DataKind::Lossless)?;
+        let cap = self.config.buffer_slots.min(CRYPTO_PACKET_BUFFER_SIZE) as usize;
+        let (peers, mut ctx) = self.parts();
+        let s = peers
+            .get_mut(real_pk)
+            .and_then(|p| p.session.as_mut())
+            .filter(|s| s.status == SessionStatus::Established)
+            .ok_or(NetCryptoError::NotEstablished)?;
+        if s.send.slots.len() >= cap {
+            return Err(NetCryptoError::QueueFull);
+        }
+        let num = s.send.end();
+        s.send.slots.push_back(Some(Outgoing {
+            data: data.to_vec(),
+            sent_at: None,
+            tries: 0,
+        }));
+        s.send.unsent += 1;
+        ctx.flush(now, s);
+        Ok(num)
+    }
+
+    /// Sends a lossy packet: `data[0]` must be a lossy id (192..=254), 1..=1373 bytes. Not
+    /// congestion controlled, never retransmitted.
+    ///
+    /// # Errors
+    /// [`NetCryptoError::BadId`], [`NetCryptoError::BadLength`], [`NetCryptoError::NotEstablished`].
+    pub fn send_lossy(
+        &mut self,
+        now: Instant,
+        real_pk: &PublicKey,
+        data: &[u8],
+    ) -> Result<(), NetCryptoError> {
+        self.last_now = self.last_now.max(now);
+        check_data(data, DataKind::Lossy)?;
+        let (peers, mut ctx) = self.parts();
+        let s = peers
+            .get_mut(real_pk)
+            .and_then(|p| p.session.as_mut())
+            .filter(|s| s.status == SessionStatus::Established)
+            .ok_or(NetCryptoError::NotEstablished)?;
+        let end = s.send.end();
+        ctx.send_data(now, s, end, data);
+        Ok(())
+    }
+
+    /// Free send buffer slots for `real_pk` (0 without an established session): a bulk sender
+    /// (file transfer) keeps below this (`crypto_num_free_sendqueue_slots`).
+    pub fn send_queue_free(&self, real_pk: &PublicKey) -> u32 {
+        let cap = self.config.buffer_slots.min(CRYPTO_PACKET_BUFFER_SIZE);
+        self.peers
+            .get(real_pk)
+            .and_then(|p| p.session.as_ref())
+            .filter(|s| s.status == SessionStatus::Established)
+            .map_or(0, |s| cap.saturating_sub(s.send.slots.len() as u32))
+    }
+
+    /// The peer's session, if it has one (any phase).
+    pub fn session_state(&self, real_pk: &PublicKey) -> Option<SessionState> {
+        let s = self.peers.get(real_pk)?.session.as_ref()?;
+        let now = self.last_now;
+        let addr = s.addr(now, self.config.udp_direct_timeout);
+        let direct = [(s.v4, s.v4_recv), (s.v6, s.v6_recv)].iter().any(|(a, t)| {
+            a.is_some() && *a == addr && s.fresh(*t, now, self.config.udp_direct_timeout)
+        });
+        Some(SessionState {
+            status: s.status,
+            established: s.status == SessionStatus::Established,
+            addr,
+            direct,
+            dht_pk: s.dht_pk,
+            send_queue: s.send.slots.len() as u32,
+            recv_queue: s.recv.slots.iter().filter(|x| x.is_some()).count() as u32,
+            rtt: s.rtt,
+            send_rate: s.cc.rate,
+        })
+    }
+
+    /// Registered peers.
+    pub fn peers(&self) -> impl Iterator<Item = &PublicKey> {
+        self.peers.keys()
+    }
+
+    /// Runs the timers due at `now` (resends, packet requests, queued data, timeouts).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let (peers, mut ctx) = self.parts();
+        for (pk, peer) in peers.iter_mut() {
+            ctx.service(now, *pk, peer);
+        }
+    }
+
+    /// When [`NetCrypto::handle_timeout`] must next run: the earliest timer of any session, or
+    /// an hour ahead when nothing is pending.
+    pub fn poll_timeout(&self) -> Instant {
+        let now = self.last_now;
+        let ctx_config = &self.config;
+        let mut t = now + IDLE;
+        for peer in self.peers.values() {
+            if let Some(s) = &peer.session {
+                if let Some(x) = next_timeout(ctx_config, now, s) {
+                    t = t.min(x);
+                }
+            } else if peer.dht_pk.is_some() {
+                t = t.min(now);
+            }
+        }
+        t
+    }
+
+    /// The next datagram to send, if any. Drain after every call.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.poll_path_transmit().map(|(path, payload)| match path {
+            Path::Udp(a) => Transmit {
+                destination: Destination::Addr(a),
+                payload,
+            },
+        })
+    }
+
+    /// The next datagram with its [`Path`].
+    pub fn poll_path_transmit(&mut self) -> Option<(Path, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event, if any. Drain after every call.
+    pub fn poll_event(&mut self) -> Option<NetCryptoEvent> {
+        self.events.pop_front()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> NetCryptoStats {
+        self.stats
+    }
+}
+
+fn next_timeout(config: &NetCryptoConfig, now: Instant, s: &Session) -> Option<Instant> {
+    let mut t: Option<Instant> = None;
+    let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+    if s.status != SessionStatus::Established
+        && s.temp.is_some()
+        && s.addr(now, config.udp_direct_timeout).is_some()
+    {
+        min(s.temp_sent_at.map_or(now, |x| x + config.resend_interval));
+    }
+    if s.connected() {
+        min(s.last_recv + config.session_timeout);
+        if let Some(d) = s.request_due {
+            min(d);
+        }
+        min(s.last_request.map_or(now, |x| x + request_every(config, s)));
+        if s.status == SessionStatus::Established && s.send.unsent > 0 && s.cc.tokens < 1.0 {
+            min(s.cc.next_token());
+        }
+    }
+    t
+}
+
+fn request_every(config: &NetCryptoConfig, s: &Session) -> Duration {
+    if s.send.slots.is_empty() {
+        config.request_interval
+    } else {
+        (s.rtt * 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1))
+            .min(config.request_interval)
+    }
+}
+
+fn check_data(data: &[u8], want: DataKind) -> Result<(), NetCryptoError> {
+    let Some(&id) = data.first() else {
+        return Err(NetCryptoError::BadLength(0));
+    };
+    if data.len() > MAX_CRYPTO_DATA_SIZE {
+        return Err(NetCryptoError::BadLength(data.len()));
+    }
+    if DataKind::of(id) != want {
+        return Err(NetCryptoError::BadId(id));
+    }
+    Ok(())
+}
+
+impl Endpoint for NetCrypto {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.handle_packet(now, from, bytes);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Self::handle_timeout(self, now);
+    }
+
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Self::poll_transmit(self)
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        Self::poll_timeout(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;
