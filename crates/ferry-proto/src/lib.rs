@@ -14,8 +14,9 @@
 //!    send each [`Transmit`]; drain the machine's events likewise.
 //! 3. Sleep until [`Endpoint::poll_timeout`] or the next datagram, whichever comes first.
 //!
-//! Layers present: [`dht`] (Tox DHT, c-toxcore 0.2.18 compatible). Onion, net_crypto and the TCP
-//! relay client join as further modules behind the same contract.
+//! Layers present: [`dht`] (Tox DHT) and [`onion`] (onion relay, announce store and client), both
+//! c-toxcore 0.2.18 compatible. net_crypto and the TCP relay client join as further modules behind
+//! the same contract.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -25,6 +26,8 @@ use std::time::Instant;
 
 pub mod dht;
 pub mod net_crypto;
+pub mod node;
+pub mod onion;
 mod ping_array;
 
 /// Where a datagram goes.

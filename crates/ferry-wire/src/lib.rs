@@ -4,9 +4,10 @@
 //! [packed node](node::PackedNode), the encrypted [DHT envelope](dht::DhtEnvelope) and its
 //! plaintext payloads (ping, nodes request, nodes response), the routed
 //! [DHT request](dht::DhtRequest) `0x20`, [LAN discovery](dht::LanDiscovery) `0x21` and
-//! [bootstrap info](dht::BootstrapInfo) `0xf0`, and the [net_crypto](net_crypto) packets
-//! `0x18`–`0x1b` (§5). Later layers (onion, TCP relay,
-//! messenger, ferry's extensions) add modules here.
+//! [bootstrap info](dht::BootstrapInfo) `0xf0`; the [net_crypto](net_crypto) packets
+//! `0x18`–`0x1b` (§5); the [onion](onion) (`0x80`–`0x8e`, §4); friend_connection and
+//! [messenger](messenger) packets (§7). Later layers (TCP relay, ferry's extensions) add modules
+//! here.
 //!
 //! Every decoder takes untrusted bytes and returns a [`WireError`] on anything malformed; each has
 //! a proptest round trip and a cargo-fuzz target (`fuzz/`).
@@ -18,6 +19,7 @@ pub mod dht;
 pub mod messenger;
 pub mod net_crypto;
 pub mod node;
+pub mod onion;
 mod reader;
 pub mod toxid;
 
@@ -51,6 +53,26 @@ pub mod kind {
     pub const LAN_DISCOVERY: u8 = 0x21;
     /// Bootstrap info (MOTD) request and response.
     pub const BOOTSTRAP_INFO: u8 = 0xf0;
+    /// Onion request, client → first relay ("send initial").
+    pub const ONION_REQUEST_0: u8 = 0x80;
+    /// Onion request, first → second relay.
+    pub const ONION_REQUEST_1: u8 = 0x81;
+    /// Onion request, second → third relay.
+    pub const ONION_REQUEST_2: u8 = 0x82;
+    /// Onion announce request (`NET_PACKET_ANNOUNCE_REQUEST_OLD`).
+    pub const ANNOUNCE_REQUEST: u8 = 0x83;
+    /// Onion announce response (`NET_PACKET_ANNOUNCE_RESPONSE_OLD`).
+    pub const ANNOUNCE_RESPONSE: u8 = 0x84;
+    /// Onion data request (to the node storing the destination's announce).
+    pub const DATA_REQUEST: u8 = 0x85;
+    /// Onion data response (down the destination's return path).
+    pub const DATA_RESPONSE: u8 = 0x86;
+    /// Onion response, destination → third relay ("recv 3").
+    pub const ONION_RESPONSE_3: u8 = 0x8c;
+    /// Onion response, third → second relay ("recv 2").
+    pub const ONION_RESPONSE_2: u8 = 0x8d;
+    /// Onion response, second → first relay ("recv 1").
+    pub const ONION_RESPONSE_1: u8 = 0x8e;
 }
 
 /// Why bytes did not parse. Errors caused by remote input are counted and dropped by the caller.
