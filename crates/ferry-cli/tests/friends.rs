@@ -33,8 +33,8 @@ impl Infra {
         let nodes = rt.block_on(async {
             let mut nodes = Vec::new();
             for _ in 0..n {
-                let socket = bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0))
-                    .expect("bind");
+                let socket =
+                    bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0)).expect("bind");
                 let dht = DhtConfig {
                     lan_discovery: false,
                     ..DhtConfig::default()
@@ -126,9 +126,8 @@ fn wait_message(up: &FerryUp, pk: &str, text: &str, timeout: Duration) {
     loop {
         let out = up.cli(&["messages", pk, "--json"]).expect("messages");
         let found = String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                v["direction"] == "in" && v["text"] == text && v["friend"] == pk
-            })
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["direction"] == "in" && v["text"] == text && v["friend"] == pk)
         });
         if found {
             return;
@@ -152,7 +151,10 @@ fn wait_packet(up: &FerryUp, hex: &str, timeout: Duration) {
         if got.iter().any(|p| p.data_hex == hex) {
             return;
         }
-        assert!(start.elapsed() < timeout, "packet {hex} never arrived: {got:?}");
+        assert!(
+            start.elapsed() < timeout,
+            "packet {hex} never arrived: {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -182,30 +184,50 @@ fn ferry_adds_c_toxcore_and_they_chat() {
     let out = up
         .cli(&["friend", "add", &tox.address, "hello from ferry", "--json"])
         .expect("friend add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let req = tox.wait_for("FRIEND_REQUEST ", STEP).expect("request arrives");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let req = tox
+        .wait_for("FRIEND_REQUEST ", STEP)
+        .expect("request arrives");
     let me = public_key(&up);
     assert!(
-        req.to_ascii_uppercase().contains(&me.to_ascii_uppercase()) && req.contains("hello from ferry"),
+        req.to_ascii_uppercase().contains(&me.to_ascii_uppercase())
+            && req.contains("hello from ferry"),
         "{req}"
     );
     tox.send_command(&format!("ACCEPT {me}")).expect("accept");
     let tox_pk = tox.public_key().to_ascii_uppercase();
     let online = wait_online(&up, &tox_pk, STEP);
-    eprintln!("ferry -> c-toxcore: request + accept + online in {:?}", started.elapsed());
+    eprintln!(
+        "ferry -> c-toxcore: request + accept + online in {:?}",
+        started.elapsed()
+    );
     let _ = online;
-    tox.wait_for("FRIEND_CONNECTION 0 ", STEP).expect("c-toxcore sees ferry online");
+    tox.wait_for("FRIEND_CONNECTION 0 ", STEP)
+        .expect("c-toxcore sees ferry online");
 
     // Messages both ways.
     let out = up.cli(&["send", &tox_pk, "ping from ferry"]).expect("send");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    tox.wait_for("MESSAGE 0 normal ping from ferry", STEP).expect("message at c-toxcore");
-    tox.send_command("SEND 0 pong from c-toxcore").expect("send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tox.wait_for("MESSAGE 0 normal ping from ferry", STEP)
+        .expect("message at c-toxcore");
+    tox.send_command("SEND 0 pong from c-toxcore")
+        .expect("send");
     wait_message(&up, &tox_pk, "pong from c-toxcore", STEP);
     tox.send_command("ACTION 0 waves").expect("action");
-    let out = up.cli(&["send", &tox_pk, "waves back", "--action"]).expect("send");
+    let out = up
+        .cli(&["send", &tox_pk, "waves back", "--action"])
+        .expect("send");
     assert!(out.status.success());
-    tox.wait_for("MESSAGE 0 action waves back", STEP).expect("action at c-toxcore");
+    tox.wait_for("MESSAGE 0 action waves back", STEP)
+        .expect("action at c-toxcore");
 
     // Read receipt: the outgoing message becomes delivered.
     let start = Instant::now();
@@ -225,7 +247,11 @@ fn ferry_adds_c_toxcore_and_they_chat() {
     // Custom packets both ways: lossless 160–191, lossy 200–254.
     for hex in ["a0beef", "c8cafe"] {
         let out = up.cli(&["friend", "packet", &tox_pk, hex]).expect("packet");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     tox.wait_for("LOSSLESS 0 A0BEEF", STEP)
         .or_else(|_| tox.wait_for("LOSSLESS 0 a0beef", Duration::from_secs(1)))
@@ -247,13 +273,19 @@ fn c_toxcore_adds_ferry_and_they_chat() {
     let up = FerryUp::start(ferry(), &infra.ferry_arg()).expect("ferry up");
     let mut tox = tox_client(&infra, false);
     let id = tox_id(&up);
-    let n = tox.add_friend(&id, "hi ferry, c-toxcore here").expect("ADD");
+    let n = tox
+        .add_friend(&id, "hi ferry, c-toxcore here")
+        .expect("ADD");
     let start = Instant::now();
     let pk = tox.public_key().to_ascii_uppercase();
     loop {
-        let reqs = up.json(&["friend", "requests", "--json"]).expect("requests");
+        let reqs = up
+            .json(&["friend", "requests", "--json"])
+            .expect("requests");
         if reqs.as_array().expect("array").iter().any(|r| {
-            r["public_key"].as_str().is_some_and(|k| k.eq_ignore_ascii_case(&pk))
+            r["public_key"]
+                .as_str()
+                .is_some_and(|k| k.eq_ignore_ascii_case(&pk))
                 && r["message"] == "hi ferry, c-toxcore here"
         }) {
             break;
@@ -261,15 +293,24 @@ fn c_toxcore_adds_ferry_and_they_chat() {
         assert!(start.elapsed() < STEP, "request never listed: {reqs}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = up.cli(&["friend", "accept", &pk, "--json"]).expect("accept");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = up
+        .cli(&["friend", "accept", &pk, "--json"])
+        .expect("accept");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_online(&up, &pk, STEP);
-    tox.wait_for(&format!("FRIEND_CONNECTION {n} "), STEP).expect("online at c-toxcore");
-    tox.send_command(&format!("SEND {n} hello ferry")).expect("send");
+    tox.wait_for(&format!("FRIEND_CONNECTION {n} "), STEP)
+        .expect("online at c-toxcore");
+    tox.send_command(&format!("SEND {n} hello ferry"))
+        .expect("send");
     wait_message(&up, &pk, "hello ferry", STEP);
     let out = up.cli(&["send", &pk, "hello c-toxcore"]).expect("send");
     assert!(out.status.success());
-    tox.wait_for(&format!("MESSAGE {n} normal hello c-toxcore"), STEP).expect("message");
+    tox.wait_for(&format!("MESSAGE {n} normal hello c-toxcore"), STEP)
+        .expect("message");
     assert!(up.stop().expect("stop"));
 }
 
@@ -282,11 +323,17 @@ fn c_toxcore_pair_over_a_ferry_only_network() {
     let mut b = tox_client(&infra, true);
     let start = Instant::now();
     let n = a.add_friend(&b.address.clone(), "over ferry").expect("ADD");
-    a.wait_for(&format!("FRIEND_CONNECTION {n} "), STEP).expect("a sees b");
+    a.wait_for(&format!("FRIEND_CONNECTION {n} "), STEP)
+        .expect("a sees b");
     b.wait_for("FRIEND_CONNECTION 0 ", STEP).expect("b sees a");
-    eprintln!("c-toxcore <-> c-toxcore over ferry: online after {:?}", start.elapsed());
-    a.send_command(&format!("SEND {n} through ferry")).expect("send");
-    b.wait_for("MESSAGE 0 normal through ferry", STEP).expect("message");
+    eprintln!(
+        "c-toxcore <-> c-toxcore over ferry: online after {:?}",
+        start.elapsed()
+    );
+    a.send_command(&format!("SEND {n} through ferry"))
+        .expect("send");
+    b.wait_for("MESSAGE 0 normal through ferry", STEP)
+        .expect("message");
 }
 
 /// ferry <-> ferry: friends, chat, then kill -9 one side mid-conversation and restart it:
@@ -301,19 +348,34 @@ fn ferry_pair_survives_kill_9() {
     let (a_pk, b_pk) = (public_key(&a), public_key(&b));
     let start = Instant::now();
     let out = a.cli(&["friend", "add", &tox_id(&b), "hi b"]).expect("add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = wait_online(&a, &b_pk, STEP);
-    eprintln!("ferry <-> ferry: online {:?} after the request", t.max(start.elapsed()));
+    eprintln!(
+        "ferry <-> ferry: online {:?} after the request",
+        t.max(start.elapsed())
+    );
     wait_online(&b, &a_pk, STEP);
     for i in 0..5 {
-        let out = a.cli(&["send", &b_pk, &format!("before {i}")]).expect("send");
+        let out = a
+            .cli(&["send", &b_pk, &format!("before {i}")])
+            .expect("send");
         assert!(out.status.success());
     }
     wait_message(&b, &a_pk, "before 4", STEP);
     // Kill a mid-conversation: b keeps sending while a is dead.
     a.kill9().expect("kill -9");
-    let out = b.cli(&["send", &a_pk, "while you were away"]).expect("send");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = b
+        .cli(&["send", &a_pk, "while you were away"])
+        .expect("send");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     a.restart().expect("restart");
     let t = wait_online(&a, &b_pk, STEP);
     eprintln!("ferry <-> ferry: reconnected {t:?} after restart");

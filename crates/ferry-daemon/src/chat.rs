@@ -449,7 +449,15 @@ impl ChatShared {
     }
 
     /// Inside the node task: hand one stored message to the node, remembering its id.
-    fn send_now(&self, n: &mut Node, now: Instant, pk: PublicKey, seq: u64, action: bool, text: &str) {
+    fn send_now(
+        &self,
+        n: &mut Node,
+        now: Instant,
+        pk: PublicKey,
+        seq: u64,
+        action: bool,
+        text: &str,
+    ) {
         match n.send_message(now, &pk, action, text) {
             Ok(id) => {
                 lock(&self.pending).insert((pk, id), seq);

@@ -66,7 +66,7 @@ enum ChatLine {
 }
 
 impl ferry_net::EventHandler for DevnetChat {
-    fn on_event(&mut self, node: &mut Node, now: std::time::Instant, event: NodeEvent) {
+    fn on_event(&mut self, node: &mut Node, now: Instant, event: NodeEvent) {
         let say = |tx: &tokio::sync::mpsc::Sender<ChatLine>, l: ChatLine| {
             let _ = tx.try_send(l);
         };

@@ -293,8 +293,8 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         real_keys: Some(identity.long_term.clone()),
         nospam: identity.nospam,
     };
-    let (node, join) = spawn_node(udp, options, ChatHandler(Arc::clone(&chat)))
-        .context("starting the node")?;
+    let (node, join) =
+        spawn_node(udp, options, ChatHandler(Arc::clone(&chat))).context("starting the node")?;
     chat.restore(&node).await?;
     let status = node.status().await?;
     eprintln!(

@@ -130,7 +130,7 @@ pub struct NodeStatus {
 /// datagrams that the same input produced are sent. A handler that persists a received message
 /// here therefore commits it before net_crypto's acknowledgement leaves the host (issue 4:
 /// nothing acknowledged is lost on `kill -9`).
-pub trait EventHandler: Send + 'static {
+pub trait EventHandler: Send + Sync + 'static {
     /// One event. `node` may be commanded (e.g. accept a request, resend queued messages).
     fn on_event(&mut self, node: &mut Node, now: Instant, event: NodeEvent);
 }
@@ -254,7 +254,8 @@ impl NodeHandle {
     /// # Errors
     /// [`NetError::Stopped`]; the inner result carries the DHT's refusal.
     pub async fn add_search(&self, pk: PublicKey) -> Result<Result<(), DhtError>, NetError> {
-        self.call(move |n, now| n.dht_mut().add_search(now, pk)).await
+        self.call(move |n, now| n.dht_mut().add_search(now, pk))
+            .await
     }
 
     /// Where a search stands.

@@ -350,7 +350,10 @@ impl Node {
     pub fn set_status_message(&mut self, now: Instant, text: &[u8]) -> Result<(), NodeError> {
         check_len("status message", text.len(), 0, MAX_STATUS_MESSAGE_LENGTH)?;
         self.status_message = text.to_vec();
-        self.broadcast(now, &MessengerPacket::StatusMessage(self.status_message.clone()));
+        self.broadcast(
+            now,
+            &MessengerPacket::StatusMessage(self.status_message.clone()),
+        );
         Ok(())
     }
 
@@ -385,7 +388,12 @@ impl Node {
         id: &ToxId,
         message: &[u8],
     ) -> Result<(), NodeError> {
-        check_len("friend request message", message.len(), 1, MAX_FRIEND_REQUEST_LENGTH)?;
+        check_len(
+            "friend request message",
+            message.len(),
+            1,
+            MAX_FRIEND_REQUEST_LENGTH,
+        )?;
         self.insert_friend(now, id.public_key)?;
         if let Some(f) = self.friends.get_mut(&id.public_key) {
             f.request = Some(PendingRequest {
@@ -434,7 +442,13 @@ impl Node {
                 receipts: VecDeque::new(),
             },
         );
-        self.onion.add_friend(now, pk);
+        if let Err(e) = self.onion.add_friend(now, pk) {
+            self.friends.remove(&pk);
+            return Err(match e {
+                crate::onion::OnionError::TooManyFriends(_) => NodeError::TooManyFriends,
+                _ => NodeError::TooManyFriends,
+            });
+        }
         self.crypto.add_peer(now, pk);
         self.recent_requests.retain(|k| *k != pk);
         Ok(())
@@ -525,7 +539,12 @@ impl Node {
     ///
     /// # Errors
     /// [`NodeError::NotFriend`], [`NodeError::NotOnline`].
-    pub fn set_typing(&mut self, now: Instant, pk: &PublicKey, typing: bool) -> Result<(), NodeError> {
+    pub fn set_typing(
+        &mut self,
+        now: Instant,
+        pk: &PublicKey,
+        typing: bool,
+    ) -> Result<(), NodeError> {
         let f = self.friends.get_mut(pk).ok_or(NodeError::NotFriend)?;
         f.typing_out = typing;
         if !f.online {
@@ -543,7 +562,12 @@ impl Node {
     /// # Errors
     /// [`NodeError::BadPacketId`], [`NodeError::BadLength`], [`NodeError::NotFriend`],
     /// [`NodeError::NotOnline`], [`NodeError::Congested`].
-    pub fn send_custom(&mut self, now: Instant, pk: &PublicKey, data: &[u8]) -> Result<(), NodeError> {
+    pub fn send_custom(
+        &mut self,
+        now: Instant,
+        pk: &PublicKey,
+        data: &[u8],
+    ) -> Result<(), NodeError> {
         check_len("custom packet", data.len(), 1, MAX_CUSTOM_PACKET_SIZE)?;
         let id = data[0];
         let lossless = mp::CUSTOM_LOSSLESS.contains(&id);
@@ -600,7 +624,8 @@ impl Node {
                 if let Some(real) = real {
                     self.set_friend_addr(now, real, addr);
                 } else {
-                    self.events.push_back(NodeEvent::Dht(DhtEvent::Found { public_key, addr }));
+                    self.events
+                        .push_back(NodeEvent::Dht(DhtEvent::Found { public_key, addr }));
                 }
             }
             DhtEvent::DhtRequest {
@@ -608,8 +633,9 @@ impl Node {
                 from,
                 id,
                 data,
-            } if id == ferry_wire::onion::DHT_PK_ID => {
-                self.onion.handle_dht_pk_request(now, sender, from, &data);
+            } if id == ferry_wire::onion::DATA_ID_DHT_PK => {
+                let _ = from;
+                self.onion.handle_dht_pk_request(&sender, &data);
             }
             other => self.events.push_back(NodeEvent::Dht(other)),
         }
@@ -691,9 +717,9 @@ impl Node {
                     f.last_recv = now;
                     f.last_alive_sent = now;
                     f.request = None;
-                    let _ = self
-                        .crypto
-                        .send_lossless(now, &peer, &MessengerPacket::Online.encode());
+                    let _ =
+                        self.crypto
+                            .send_lossless(now, &peer, &MessengerPacket::Online.encode());
                 }
             }
             NetCryptoEvent::Closed { peer, .. } => self.session_down(now, peer),
@@ -881,7 +907,12 @@ impl Node {
 
 fn check_len(what: &'static str, len: usize, min: usize, max: usize) -> Result<(), NodeError> {
     if len < min || len > max {
-        Err(NodeError::BadLength { what, len, min, max })
+        Err(NodeError::BadLength {
+            what,
+            len,
+            min,
+            max,
+        })
     } else {
         Ok(())
     }

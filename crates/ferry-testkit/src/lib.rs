@@ -548,8 +548,7 @@ impl FerryUp {
             .stderr(Stdio::piped())
             .spawn()?;
         self.stderr = Lines::default();
-        self.stderr
-            .collect(child.stderr.take().context("stderr")?);
+        self.stderr.collect(child.stderr.take().context("stderr")?);
         self.child = Some(child);
         let start = Instant::now();
         loop {
