@@ -156,7 +156,7 @@ enum Command {
 }
 
 /// Options of a node task.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NodeOptions {
     /// DHT configuration.
     pub dht: DhtConfig,
@@ -166,17 +166,6 @@ pub struct NodeOptions {
     pub real_keys: Option<KeyPair>,
     /// Nospam of our Tox ID.
     pub nospam: u32,
-}
-
-impl Default for NodeOptions {
-    fn default() -> Self {
-        Self {
-            dht: DhtConfig::default(),
-            bootstrap: Vec::new(),
-            real_keys: None,
-            nospam: 0,
-        }
-    }
 }
 
 /// A cheap, cloneable handle to a running node task.

@@ -652,11 +652,9 @@ impl Node {
 
     fn on_onion_event(&mut self, now: Instant, e: OnionEvent) {
         match e {
-            OnionEvent::Connected(c) => {
-                if c != self.self_connected {
-                    self.self_connected = c;
-                    self.events.push_back(NodeEvent::SelfConnection(c));
-                }
+            OnionEvent::Connected(c) if c != self.self_connected => {
+                self.self_connected = c;
+                self.events.push_back(NodeEvent::SelfConnection(c));
             }
             OnionEvent::FriendRequest {
                 real_pk,
@@ -776,53 +774,45 @@ impl Node {
             return;
         };
         match p {
-            MessengerPacket::Online => {
-                if !f.online {
-                    f.online = true;
-                    f.request = None;
-                    let typing = f.typing_out;
-                    self.onion.set_friend_online(&peer, true);
-                    self.events.push_back(NodeEvent::FriendConnection {
-                        public_key: peer,
-                        connection: Connection::Udp,
-                    });
-                    for p in [
-                        MessengerPacket::Nickname(self.name.clone()),
-                        MessengerPacket::StatusMessage(self.status_message.clone()),
-                        MessengerPacket::UserStatus(self.user_status),
-                        MessengerPacket::Typing(typing),
-                    ] {
-                        let _ = self.crypto.send_lossless(now, &peer, &p.encode());
-                    }
+            MessengerPacket::Online if !f.online => {
+                f.online = true;
+                f.request = None;
+                let typing = f.typing_out;
+                self.onion.set_friend_online(&peer, true);
+                self.events.push_back(NodeEvent::FriendConnection {
+                    public_key: peer,
+                    connection: Connection::Udp,
+                });
+                for p in [
+                    MessengerPacket::Nickname(self.name.clone()),
+                    MessengerPacket::StatusMessage(self.status_message.clone()),
+                    MessengerPacket::UserStatus(self.user_status),
+                    MessengerPacket::Typing(typing),
+                ] {
+                    let _ = self.crypto.send_lossless(now, &peer, &p.encode());
                 }
             }
-            MessengerPacket::Offline => {
-                if f.online {
-                    f.online = false;
-                    self.onion.set_friend_online(&peer, false);
-                    self.events.push_back(NodeEvent::FriendConnection {
-                        public_key: peer,
-                        connection: Connection::None,
-                    });
-                }
+            MessengerPacket::Offline if f.online => {
+                f.online = false;
+                self.onion.set_friend_online(&peer, false);
+                self.events.push_back(NodeEvent::FriendConnection {
+                    public_key: peer,
+                    connection: Connection::None,
+                });
             }
-            MessengerPacket::Nickname(name) => {
-                if f.name != name {
-                    f.name.clone_from(&name);
-                    self.events.push_back(NodeEvent::FriendName {
-                        public_key: peer,
-                        name,
-                    });
-                }
+            MessengerPacket::Nickname(name) if f.name != name => {
+                f.name.clone_from(&name);
+                self.events.push_back(NodeEvent::FriendName {
+                    public_key: peer,
+                    name,
+                });
             }
-            MessengerPacket::StatusMessage(text) => {
-                if f.status_message != text {
-                    f.status_message.clone_from(&text);
-                    self.events.push_back(NodeEvent::FriendStatusMessage {
-                        public_key: peer,
-                        text,
-                    });
-                }
+            MessengerPacket::StatusMessage(text) if f.status_message != text => {
+                f.status_message.clone_from(&text);
+                self.events.push_back(NodeEvent::FriendStatusMessage {
+                    public_key: peer,
+                    text,
+                });
             }
             MessengerPacket::Typing(typing) => self.events.push_back(NodeEvent::FriendTyping {
                 public_key: peer,
@@ -842,14 +832,16 @@ impl Node {
                     data,
                 });
             }
-            MessengerPacket::CustomLossy(data) if !lossless && f.online => {
-                if data.first().is_some_and(|id| mp::CUSTOM_LOSSY.contains(id)) {
-                    self.events.push_back(NodeEvent::CustomPacket {
-                        public_key: peer,
-                        lossless: false,
-                        data,
-                    });
-                }
+            MessengerPacket::CustomLossy(data)
+                if !lossless
+                    && f.online
+                    && data.first().is_some_and(|id| mp::CUSTOM_LOSSY.contains(id)) =>
+            {
+                self.events.push_back(NodeEvent::CustomPacket {
+                    public_key: peer,
+                    lossless: false,
+                    data,
+                });
             }
             _ => {}
         }
