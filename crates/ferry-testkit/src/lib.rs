@@ -5,7 +5,7 @@
 //!   loopback and [`ToxClient`] as a scriptable Tox client (friends, messages, custom packets,
 //!   save files) driven by line commands;
 //! * [`FerryUp`] runs `ferry up` on loopback with its own temporary profile;
-//! * [`free_udp_port`] finds a free loopback port.
+//! * [`free_udp_port`] / [`free_tcp_port`] find a free loopback port.
 //!
 //! Every process started here is killed by PID when its handle drops; nothing is killed by name.
 //! All traffic stays on 127.0.0.1.
@@ -72,6 +72,12 @@ pub fn toxpeer_path() -> anyhow::Result<PathBuf> {
 /// A free UDP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
 pub fn free_udp_port() -> u16 {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted in tests).
+pub fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap().port()
 }
 

@@ -96,3 +96,44 @@ fn two_c_toxcore_clients_befriend_chat_and_reload() {
     });
     assert!(wrong.is_err());
 }
+
+/// `--udp-disabled` with a TCP relay: a UDP-less client reaches a friend through a TCP relay
+/// server (`--tcp-port`) and chats over `tcp`. Its bootstrap entries only seed onion paths.
+#[test]
+fn udp_less_client_chats_through_tcp_relay() {
+    let tcp_port = ferry_testkit::free_tcp_port();
+    let relay = ToxClient::spawn(&ToxClientOptions {
+        tcp_port: Some(tcp_port),
+        ..Default::default()
+    })
+    .expect("relay");
+    let mut a = ToxClient::spawn(&ToxClientOptions {
+        auto_accept: true,
+        bootstrap: vec![relay.as_bootstrap()],
+        ..Default::default()
+    })
+    .expect("a");
+    let c = ToxClient::spawn(&ToxClientOptions {
+        bootstrap: vec![relay.as_bootstrap(), a.as_bootstrap()],
+        ..Default::default()
+    })
+    .expect("c");
+    let mut b = ToxClient::spawn(&ToxClientOptions {
+        udp_disabled: true,
+        bootstrap: vec![relay.as_bootstrap(), a.as_bootstrap(), c.as_bootstrap()],
+        tcp_relays: vec![("127.0.0.1".into(), tcp_port, relay.dht_id.clone())],
+        ..Default::default()
+    })
+    .expect("b");
+    assert_eq!(b.port, 0);
+    b.add_friend(&a.address, "over tcp").expect("add");
+    a.wait_for("FRIEND_REQUEST ", LONG).expect("request");
+    b.wait_for("FRIEND_CONNECTION 0 tcp", LONG)
+        .expect("b sees a");
+    a.wait_for("FRIEND_CONNECTION 0", LONG).expect("a sees b");
+    b.request("SEND 0 via relay", "SENT ").expect("send");
+    assert_eq!(
+        a.wait_for("MESSAGE 0", LONG).unwrap(),
+        "MESSAGE 0 normal via relay"
+    );
+}
