@@ -112,6 +112,29 @@ enum Command {
         /// Friend: public key or name.
         friend: String,
     },
+    /// Import a Tox profile (.tox save of qTox, uTox, toxic…): same Tox ID, name and friends.
+    /// An encrypted save's passphrase comes from $FERRY_PASSPHRASE or is asked for.
+    Import {
+        /// The .tox file.
+        file: PathBuf,
+        /// Replace an existing ferry identity (it is lost).
+        #[arg(long)]
+        force: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export this profile as a .tox save other Tox clients load (stop `ferry up` first).
+    Export {
+        /// The .tox file to write (mode 0600).
+        file: PathBuf,
+        /// Encrypt with a passphrase (toxencryptsave), from $FERRY_PASSPHRASE or asked for.
+        #[arg(long)]
+        encrypt: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Deterministic simulations of many nodes in virtual time.
     Sim {
         #[command(subcommand)]
@@ -336,6 +359,61 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Import { file, force, json } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pass = if ferry_daemon::toxfile::is_encrypted(&data) {
+                Some(passphrase("passphrase of the .tox file")?)
+            } else {
+                None
+            };
+            let r = ferry_daemon::toxfile::import(
+                profile_dir,
+                &data,
+                pass.as_deref().map(str::as_bytes),
+                force,
+            )?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!("{}", r.tox_id);
+                eprintln!(
+                    "imported {} ({} friends) into {}",
+                    if r.name.is_empty() {
+                        "the profile"
+                    } else {
+                        &r.name
+                    },
+                    r.friends,
+                    profile_dir.display()
+                );
+            }
+        }
+        Command::Export {
+            file,
+            encrypt,
+            json,
+        } => {
+            let pass = if encrypt {
+                Some(passphrase("passphrase to encrypt the .tox file")?)
+            } else {
+                None
+            };
+            let (bytes, r) =
+                ferry_daemon::toxfile::export(profile_dir, pass.as_deref().map(str::as_bytes))?;
+            write_private(&file, &bytes)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                eprintln!(
+                    "wrote {} ({} bytes, {} friends{})",
+                    file.display(),
+                    r.bytes,
+                    r.friends,
+                    if r.encrypted { ", encrypted" } else { "" }
+                );
+            }
+        }
         Command::Friend { command } => chat::friend(&client(profile_dir), command).await?,
         Command::Send {
             friend,
@@ -439,6 +517,40 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The passphrase from `$FERRY_PASSPHRASE`, else one line read from stdin after a prompt.
+fn passphrase(prompt: &str) -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("FERRY_PASSPHRASE") {
+        return Ok(p);
+    }
+    eprint!("{prompt}: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the passphrase")?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    anyhow::ensure!(!p.is_empty(), "empty passphrase");
+    Ok(p)
+}
+
+/// Writes `bytes` to `path` readable by the owner only (a save holds the secret key).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()?;
     Ok(())
 }
 

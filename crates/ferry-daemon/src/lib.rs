@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod chat;
 pub mod devnet;
 pub mod profile;
+pub mod toxfile;
 pub mod up;
 
 /// ferry's version, as reported by the control API.
