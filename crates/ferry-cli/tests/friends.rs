@@ -397,3 +397,118 @@ fn ferry_pair_survives_kill_9() {
     assert!(a.stop().expect("stop a"));
     assert!(b.stop().expect("stop b"));
 }
+
+/// A `.tox` profile written by c-toxcore (plain and encrypted) imports into ferry with the same
+/// Tox ID, name and friends; ferry's export (plain and encrypted) loads into c-toxcore with the
+/// same Tox ID and friends.
+#[test]
+fn tox_profiles_move_between_c_toxcore_and_ferry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tox = ToxClient::spawn(&ToxClientOptions {
+        port: ferry_testkit::free_udp_port(),
+        seconds: Some(120),
+        ..ToxClientOptions::default()
+    })
+    .expect("toxpeer");
+    tox.request("NAME carol", "OK").expect("name");
+    // Two friends: Tox IDs of two throwaway ferry identities.
+    let mut friend_keys = Vec::new();
+    for _ in 0..2 {
+        let p = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(ferry())
+            .arg("--profile")
+            .arg(p.path())
+            .args(["init"])
+            .output()
+            .expect("init");
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        tox.add_friend(&id, "hi").expect("ADD");
+        friend_keys.push(id[..64].to_string());
+    }
+    let plain = dir.path().join("carol.tox");
+    let enc = dir.path().join("carol-enc.tox");
+    tox.save(&plain, None).expect("save");
+    tox.save(&enc, Some("correct horse"))
+        .expect("save encrypted");
+    let address = tox.address.clone();
+    drop(tox);
+
+    for (file, pass) in [(&plain, None), (&enc, Some("correct horse"))] {
+        let profile = tempfile::tempdir().expect("profile");
+        let mut cmd = std::process::Command::new(ferry());
+        cmd.arg("--profile")
+            .arg(profile.path())
+            .arg("import")
+            .arg(file)
+            .arg("--json");
+        if let Some(p) = pass {
+            cmd.env("FERRY_PASSPHRASE", p);
+        }
+        let out = cmd.output().expect("import");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(report["tox_id"].as_str(), Some(address.as_str()));
+        assert_eq!(report["friends"], 2);
+        let up = FerryUp::start_with_profile(ferry(), profile, &[]).expect("up");
+        let id = tox_id(&up);
+        assert_eq!(id, address, "same Tox ID after import");
+        let list = up.json(&["friend", "list", "--json"]).expect("list");
+        let keys: Vec<String> = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|f| f["public_key"].as_str().map(str::to_ascii_uppercase))
+            .collect();
+        for k in &friend_keys {
+            assert!(keys.contains(&k.to_ascii_uppercase()), "{keys:?}");
+        }
+        let me = up.json(&["set", "name", "carol", "--json"]).expect("self");
+        assert_eq!(me["tox_id"].as_str(), Some(address.as_str()));
+        // Export (the daemon must be stopped), plain and encrypted, and load into c-toxcore.
+        let out_plain = dir.path().join(format!("out-{}.tox", pass.is_some()));
+        let out_enc = dir.path().join(format!("out-enc-{}.tox", pass.is_some()));
+        let running = up
+            .cli(&["export", out_plain.to_str().expect("path")])
+            .expect("export");
+        assert!(
+            !running.status.success(),
+            "export must refuse while the daemon runs"
+        );
+        let profile = up.stop_keep_profile().expect("stop");
+        for (out, encrypt) in [(&out_plain, false), (&out_enc, true)] {
+            let mut cmd = std::process::Command::new(ferry());
+            cmd.arg("--profile")
+                .arg(profile.path())
+                .arg("export")
+                .arg(out)
+                .arg("--json");
+            if encrypt {
+                cmd.arg("--encrypt")
+                    .env("FERRY_PASSPHRASE", "battery staple");
+            }
+            let o = cmd.output().expect("export");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let mut loaded = ToxClient::spawn(&ToxClientOptions {
+                port: ferry_testkit::free_udp_port(),
+                seconds: Some(60),
+                load: Some(out.clone()),
+                passphrase: encrypt.then(|| "battery staple".to_string()),
+                ..ToxClientOptions::default()
+            })
+            .expect("c-toxcore loads ferry's export");
+            assert_eq!(loaded.address, address);
+            let friends = loaded.friends().expect("FRIENDS");
+            let keys: Vec<String> = friends
+                .iter()
+                .map(|f| f.public_key.to_ascii_uppercase())
+                .collect();
+            for k in &friend_keys {
+                assert!(keys.contains(&k.to_ascii_uppercase()), "{keys:?}");
+            }
+        }
+    }
+}

@@ -536,6 +536,28 @@ impl FerryUp {
         Ok(up)
     }
 
+    /// Starts `ferry up` (same arguments as [`Self::start`]) on an existing profile directory,
+    /// e.g. one made by `ferry import`.
+    ///
+    /// # Errors
+    /// Start failures or a daemon that never answers.
+    pub fn start_with_profile(
+        ferry: &Path,
+        profile: tempfile::TempDir,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut up = Self {
+            child: None,
+            ferry: ferry.to_path_buf(),
+            profile,
+            port: free_udp_port(),
+            stderr: Lines::default(),
+            extra: extra.to_vec(),
+        };
+        up.spawn()?;
+        Ok(up)
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
         let mut child = Command::new(&self.ferry)
             .arg("--profile")
@@ -566,6 +588,35 @@ impl FerryUp {
                 bail!("ferry up never answered: {:?}", self.stderr.snapshot());
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the daemon like [`Self::stop`] (which must succeed) and hands back its profile
+    /// directory, e.g. to export it.
+    ///
+    /// # Errors
+    /// A daemon that did not stop cleanly.
+    pub fn stop_keep_profile(mut self) -> anyhow::Result<tempfile::TempDir> {
+        let profile = std::mem::replace(&mut self.profile, tempfile::tempdir()?);
+        let ferry = self.ferry.clone();
+        let _ = Command::new(&ferry)
+            .arg("--profile")
+            .arg(profile.path())
+            .arg("stop")
+            .output();
+        let mut child = self.child.take().context("not running")?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::ensure!(status.success(), "ferry up exited with {status}");
+                return Ok(profile);
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("ferry up did not stop within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
