@@ -287,10 +287,15 @@ pub fn spawn_node(
         .real_keys
         .unwrap_or_else(|| KeyPair::generate(&mut rng));
     let now = Instant::now();
-    let config = NodeConfig {
+    let mut config = NodeConfig {
         dht: options.dht,
         ..NodeConfig::default()
     };
+    // DHT-PK `no_replay` must grow across restarts (friends drop smaller ones): Unix seconds,
+    // as c-toxcore uses.
+    config.onion.no_replay_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut node = Node::new(config, real_keys, dht_keys, options.nospam, rng, now);
     for (addr, pk) in options.bootstrap {
         node.dht_mut().bootstrap(now, addr, pk);
