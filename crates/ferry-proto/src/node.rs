@@ -53,6 +53,8 @@ pub const RECENT_REQUESTS: usize = 32;
 pub const MAX_PENDING_RECEIPTS: usize = 4096;
 /// Longest friend-request message, bytes (`TOX_MAX_FRIEND_REQUEST_LENGTH`).
 pub const MAX_FRIEND_REQUEST_LENGTH: usize = 1016;
+/// Most undrained events kept; older ones are dropped (and counted).
+pub const MAX_QUEUED_EVENTS: usize = 65_536;
 /// How often the node re-checks friends' DHT addresses and request timers.
 pub const FRIEND_TICK: Duration = Duration::from_millis(500);
 
@@ -255,6 +257,7 @@ pub struct Node {
     next_message_id: u64,
     next_tick: Instant,
     events: VecDeque<NodeEvent>,
+    events_dropped: u64,
     self_connected: bool,
 }
 
@@ -293,6 +296,7 @@ impl Node {
             next_message_id: 1,
             next_tick: now,
             events: VecDeque::new(),
+            events_dropped: 0,
             self_connected: false,
         }
     }
@@ -586,6 +590,20 @@ impl Node {
         r.map_err(|e| NodeError::Congested(e.to_string()))
     }
 
+    fn emit(&mut self, e: NodeEvent) {
+        if self.events.len() >= MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    /// Events dropped because the owner did not drain [`Node::poll_event`] (cap
+    /// [`MAX_QUEUED_EVENTS`]).
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+
     /// The next event, if any. Drain after every input.
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
@@ -637,7 +655,7 @@ impl Node {
                 let _ = from;
                 self.onion.handle_dht_pk_request(&sender, &data);
             }
-            other => self.events.push_back(NodeEvent::Dht(other)),
+            other => self.emit(NodeEvent::Dht(other)),
         }
     }
 
@@ -654,7 +672,7 @@ impl Node {
         match e {
             OnionEvent::Connected(c) if c != self.self_connected => {
                 self.self_connected = c;
-                self.events.push_back(NodeEvent::SelfConnection(c));
+                self.emit(NodeEvent::SelfConnection(c));
             }
             OnionEvent::FriendRequest {
                 real_pk,
@@ -672,7 +690,7 @@ impl Node {
                     self.recent_requests.pop_front();
                 }
                 self.recent_requests.push_back(real_pk);
-                self.events.push_back(NodeEvent::FriendRequest {
+                self.emit(NodeEvent::FriendRequest {
                     public_key: real_pk,
                     message,
                 });
@@ -730,17 +748,21 @@ impl Node {
                 let Some(f) = self.friends.get_mut(&peer) else {
                     return;
                 };
+                let mut done = Vec::new();
                 while let Some(&(pn, id)) = f.receipts.front() {
                     // Packet numbers wrap (u32); "at or before" in wrapping order.
                     if packet_number.wrapping_sub(pn) < u32::MAX / 2 {
                         f.receipts.pop_front();
-                        self.events.push_back(NodeEvent::Receipt {
-                            public_key: peer,
-                            message_id: id,
-                        });
+                        done.push(id);
                     } else {
                         break;
                     }
+                }
+                for id in done {
+                    self.emit(NodeEvent::Receipt {
+                        public_key: peer,
+                        message_id: id,
+                    });
                 }
             }
             #[allow(unreachable_patterns)]
@@ -758,7 +780,7 @@ impl Node {
             f.online = false;
             f.receipts.clear();
             self.onion.set_friend_online(&peer, false);
-            self.events.push_back(NodeEvent::FriendConnection {
+            self.emit(NodeEvent::FriendConnection {
                 public_key: peer,
                 connection: Connection::None,
             });
@@ -779,7 +801,7 @@ impl Node {
                 f.request = None;
                 let typing = f.typing_out;
                 self.onion.set_friend_online(&peer, true);
-                self.events.push_back(NodeEvent::FriendConnection {
+                self.emit(NodeEvent::FriendConnection {
                     public_key: peer,
                     connection: Connection::Udp,
                 });
@@ -795,38 +817,38 @@ impl Node {
             MessengerPacket::Offline if f.online => {
                 f.online = false;
                 self.onion.set_friend_online(&peer, false);
-                self.events.push_back(NodeEvent::FriendConnection {
+                self.emit(NodeEvent::FriendConnection {
                     public_key: peer,
                     connection: Connection::None,
                 });
             }
             MessengerPacket::Nickname(name) if f.name != name => {
                 f.name.clone_from(&name);
-                self.events.push_back(NodeEvent::FriendName {
+                self.emit(NodeEvent::FriendName {
                     public_key: peer,
                     name,
                 });
             }
             MessengerPacket::StatusMessage(text) if f.status_message != text => {
                 f.status_message.clone_from(&text);
-                self.events.push_back(NodeEvent::FriendStatusMessage {
+                self.emit(NodeEvent::FriendStatusMessage {
                     public_key: peer,
                     text,
                 });
             }
-            MessengerPacket::Typing(typing) => self.events.push_back(NodeEvent::FriendTyping {
+            MessengerPacket::Typing(typing) => self.emit(NodeEvent::FriendTyping {
                 public_key: peer,
                 typing,
             }),
             MessengerPacket::Message { action, text } if f.online => {
-                self.events.push_back(NodeEvent::Message {
+                self.emit(NodeEvent::Message {
                     public_key: peer,
                     action,
                     text,
                 });
             }
             MessengerPacket::CustomLossless(data) if lossless && f.online => {
-                self.events.push_back(NodeEvent::CustomPacket {
+                self.emit(NodeEvent::CustomPacket {
                     public_key: peer,
                     lossless: true,
                     data,
@@ -837,7 +859,7 @@ impl Node {
                     && f.online
                     && data.first().is_some_and(|id| mp::CUSTOM_LOSSY.contains(id)) =>
             {
-                self.events.push_back(NodeEvent::CustomPacket {
+                self.emit(NodeEvent::CustomPacket {
                     public_key: peer,
                     lossless: false,
                     data,
