@@ -5,10 +5,15 @@
  *   toxpeer --address-of SECRET_KEY_HEX NOSPAM_HEX
  *       Load the secret key into a Tox instance, set the nospam, print "ADDRESS <76 hex>", exit.
  *   toxpeer [--port N] [--bootstrap IP PORT DHT_KEY_HEX]... [--seconds S]
+ *           [--friend-request ADDRESS_HEX MESSAGE]... [--friend PUBLIC_KEY_HEX]...
  *       Run a UDP-only DHT node on loopback (LAN discovery, IPv6 and TCP off). Prints
- *       "DHT_ID <hex>", "PORT <n>", "READY" at start, then one "RX <ip>:<port> <kind>" line the
- *       first time a datagram of a given kind arrives from a given address, and
- *       "CONNECTION <0|1|2>" when the connection status changes. Runs until killed or S seconds.
+ *       "DHT_ID <hex>", "PORT <n>", "ADDRESS <76 hex>", "READY" at start, then one
+ *       "RX <ip>:<port> <kind>" line the first time a datagram of a given kind arrives from a
+ *       given address, and "CONNECTION <0|1|2>" when the connection status changes. Runs until
+ *       killed or S seconds.
+ *       --friend-request adds a friend with a request (sent by onion once found);
+ *       --friend adds one without. Received requests print "FRIEND_REQUEST <pk hex> <message>",
+ *       friend connection changes "FRIEND_CONNECTION <friend number> <0|1|2>".
  *
  * The RX lines come from an interposed recvfrom(): the executable defines recvfrom, so
  * libtoxcore's calls reach it first and it forwards to libc's. That is how a test proves that two
@@ -141,6 +146,24 @@ static int address_of(const char *sk_hex, const char *nospam_hex)
     return 0;
 }
 
+static void on_friend_request(Tox *tox, const uint8_t *pk, const uint8_t *msg, size_t len, void *user)
+{
+    (void)tox;
+    (void)user;
+    printf("FRIEND_REQUEST ");
+    for (size_t i = 0; i < TOX_PUBLIC_KEY_SIZE; i++) {
+        printf("%02X", pk[i]);
+    }
+    printf(" %.*s\n", (int)len, (const char *)msg);
+}
+
+static void on_friend_connection(Tox *tox, uint32_t friend_number, Tox_Connection status, void *user)
+{
+    (void)tox;
+    (void)user;
+    printf("FRIEND_CONNECTION %u %d\n", friend_number, (int)status);
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -156,6 +179,10 @@ int main(int argc, char **argv)
             seconds = atol(argv[++i]);
         } else if (strcmp(argv[i], "--bootstrap") == 0 && i + 3 < argc) {
             i += 3;
+        } else if (strcmp(argv[i], "--friend-request") == 0 && i + 2 < argc) {
+            i += 2;
+        } else if (strcmp(argv[i], "--friend") == 0 && i + 1 < argc) {
+            i += 1;
         } else {
             fprintf(stderr, "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--seconds S] | --address-of SK NOSPAM\n");
             return 2;
@@ -173,6 +200,11 @@ int main(int argc, char **argv)
     tox_self_get_dht_id(tox, dht_id);
     print_hex("DHT_ID", dht_id, sizeof dht_id);
     printf("PORT %u\n", tox_self_get_udp_port(tox, NULL));
+    uint8_t address[TOX_ADDRESS_SIZE];
+    tox_self_get_address(tox, address);
+    print_hex("ADDRESS", address, sizeof address);
+    tox_callback_friend_request(tox, on_friend_request);
+    tox_callback_friend_connection_status(tox, on_friend_connection);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--bootstrap") == 0 && i + 3 < argc) {
             uint8_t key[TOX_PUBLIC_KEY_SIZE];
@@ -186,6 +218,31 @@ int main(int argc, char **argv)
                 return 1;
             }
             i += 3;
+        } else if (strcmp(argv[i], "--friend-request") == 0 && i + 2 < argc) {
+            uint8_t addr[TOX_ADDRESS_SIZE];
+            if (hex_to_bytes(argv[i + 1], addr, sizeof addr)) {
+                fprintf(stderr, "bad friend address\n");
+                return 2;
+            }
+            const char *msg = argv[i + 2];
+            Tox_Err_Friend_Add ferr;
+            if (tox_friend_add(tox, addr, (const uint8_t *)msg, strlen(msg), &ferr) == UINT32_MAX) {
+                fprintf(stderr, "tox_friend_add failed: %d\n", ferr);
+                return 1;
+            }
+            i += 2;
+        } else if (strcmp(argv[i], "--friend") == 0 && i + 1 < argc) {
+            uint8_t pk[TOX_PUBLIC_KEY_SIZE];
+            if (hex_to_bytes(argv[i + 1], pk, sizeof pk)) {
+                fprintf(stderr, "bad friend key\n");
+                return 2;
+            }
+            Tox_Err_Friend_Add ferr;
+            if (tox_friend_add_norequest(tox, pk, &ferr) == UINT32_MAX) {
+                fprintf(stderr, "tox_friend_add_norequest failed: %d\n", ferr);
+                return 1;
+            }
+            i += 1;
         }
     }
     printf("READY\n");
