@@ -114,6 +114,9 @@ pub struct OnionConfig {
     /// sends its monotonic clock; the driver should pass the Unix time in seconds so values keep
     /// growing across restarts.
     pub no_replay_base: u64,
+    /// Also send DHT-PK every [`DHT_DHTPK_SEND_INTERVAL`] as a DHT request, as c-toxcore does
+    /// (default). Tests turn it off to prove the onion path alone.
+    pub dht_pk_over_dht: bool,
 }
 
 impl Default for OnionConfig {
@@ -126,6 +129,7 @@ impl Default for OnionConfig {
             key_cache_size: 512,
             key_source: None,
             no_replay_base: 0,
+            dht_pk_over_dht: true,
         }
     }
 }
@@ -201,6 +205,16 @@ pub struct OnionStats {
     pub unsolicited: u64,
     /// Onion packets we sent as a client (announce and data requests).
     pub client_requests: u64,
+    /// Onion data packets (0x86) that decrypted and parsed (any id).
+    pub data_received: u64,
+    /// Friend requests received by onion data.
+    pub friend_requests_received: u64,
+    /// DHT-PK accepted from friends by onion data (0x86).
+    pub dht_pk_via_onion: u64,
+    /// DHT-PK accepted from friends by DHT request (0x20 / 0x9c).
+    pub dht_pk_via_dht: u64,
+    /// DHT-PK dropped: a replayed `no_replay`, or not from a friend.
+    pub dht_pk_dropped: u64,
     /// Datagrams dropped because the transmit queue was full.
     pub tx_dropped: u64,
     /// Announcements we store for others (now).

@@ -29,7 +29,7 @@ struct Live {
 }
 
 impl Live {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, config: OnionConfig) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
         sock.set_nonblocking(true).expect("nonblocking");
         let addr = sock.local_addr().expect("addr");
@@ -46,7 +46,7 @@ impl Live {
             rng.fork(),
             now,
         );
-        let onion = Onion::new(OnionConfig::default(), real_keys, dht_keys, rng.fork(), now);
+        let onion = Onion::new(config, real_keys, dht_keys, rng.fork(), now);
         Self {
             sock,
             addr,
@@ -123,7 +123,17 @@ fn pk_of_address(address: &str) -> PublicKey {
 /// exchanges DHT-PK with them.
 #[test]
 fn onion_interop_with_c_toxcore() {
-    let mut nodes: Vec<Live> = (0..8).map(|i| Live::new(1000 + i)).collect();
+    let f = 3; // the ferry node that befriends c-toxcore
+    let mut nodes: Vec<Live> = (0..8)
+        .map(|i| {
+            // F sends DHT-PK by onion only, so T3 acting on it proves the onion data path.
+            let config = OnionConfig {
+                dht_pk_over_dht: i != f,
+                ..OnionConfig::default()
+            };
+            Live::new(1000 + i as u64, config)
+        })
+        .collect();
     let seed_addr = nodes[0].addr;
     let seed_pk = nodes[0].dht.public_key();
     let now = Instant::now();
@@ -131,7 +141,6 @@ fn onion_interop_with_c_toxcore() {
         n.dht.bootstrap(now, seed_addr, seed_pk);
     }
     let boot = [(seed_addr.port(), seed_pk.to_hex())];
-    let f = 3; // the ferry node that befriends c-toxcore
     let f_pk = nodes[f].onion.real_public_key();
     // T1 only receives; T2 asks T1 for friendship; T3 is F's friend (no request needed).
     let t1 = ToxPeer::start_with(free_udp_port(), &boot, &[]).expect("toxpeer 1");
@@ -241,7 +250,22 @@ fn onion_interop_with_c_toxcore() {
         "ferry friend request did not reach c-toxcore"
     );
     assert!(dht_pk_from_t3.is_some(), "no DHT-PK from c-toxcore");
-    assert!(t3_cookie.is_some(), "c-toxcore did not act on our DHT-PK");
+    assert!(
+        t3_cookie.is_some(),
+        "c-toxcore did not act on our onion DHT-PK"
+    );
+    let fs = nodes[f].onion.stats();
+    eprintln!("F: {fs:?}");
+    assert!(fs.dht_pk_via_onion + fs.dht_pk_via_dht >= 1);
+    assert!(
+        fs.data_received >= 1,
+        "no onion data from c-toxcore decrypted"
+    );
+    let forwarded: u64 = nodes.iter().map(|n| n.onion.stats().data_forwarded).sum();
+    assert!(
+        forwarded >= 1,
+        "no data request reached a ferry announce store"
+    );
     assert_eq!(
         malformed, 0,
         "ferry dropped c-toxcore onion packets as malformed"

@@ -509,7 +509,7 @@ impl Onion {
         };
         match OnionData::decode(&plain) {
             Ok(OnionData::DhtPk(p)) if p.dht_pk == *sender_dht_pk => {
-                self.accept_dht_pk(env.sender, p)
+                self.accept_dht_pk(env.sender, p, true)
             }
             _ => {
                 self.stats.malformed += 1;
@@ -695,6 +695,7 @@ impl Onion {
             }
         }
         if dht_due
+            && self.config.dht_pk_over_dht
             && let Some((friend_dht, data)) = self.build_dht_pk_request(now, &pk, dht)
             && dht.send_dht_request(now, friend_dht, DATA_ID_DHT_PK, &data)
             && let Some(f) = self.client.friends.get_mut(&pk)
@@ -846,8 +847,13 @@ impl Onion {
         else {
             return false;
         };
-        match OnionData::decode(&data) {
+        let parsed = OnionData::decode(&data);
+        if parsed.is_ok() {
+            self.stats.data_received += 1;
+        }
+        match parsed {
             Ok(OnionData::FriendRequest { nospam, message }) => {
+                self.stats.friend_requests_received += 1;
                 self.emit(OnionEvent::FriendRequest {
                     real_pk: inner.sender,
                     nospam,
@@ -856,7 +862,7 @@ impl Onion {
                 true
             }
             Ok(OnionData::DhtPk(p)) => {
-                self.accept_dht_pk(inner.sender, p);
+                self.accept_dht_pk(inner.sender, p, false);
                 true
             }
             Err(WireError::UnknownKind(_)) => true,
@@ -865,15 +871,23 @@ impl Onion {
     }
 
     /// `handle_dhtpk_announce`: friends only, `no_replay` strictly increasing.
-    fn accept_dht_pk(&mut self, sender: PublicKey, p: DhtPk) -> bool {
-        let Some(f) = self.client.friends.get_mut(&sender) else {
+    fn accept_dht_pk(&mut self, sender: PublicKey, p: DhtPk, via_dht: bool) -> bool {
+        let Some(f) = self
+            .client
+            .friends
+            .get_mut(&sender)
+            .filter(|f| p.no_replay > f.last_no_replay)
+        else {
+            self.stats.dht_pk_dropped += 1;
             return false;
         };
-        if p.no_replay <= f.last_no_replay {
-            return false;
-        }
         f.last_no_replay = p.no_replay;
         f.dht_pk = Some(p.dht_pk);
+        if via_dht {
+            self.stats.dht_pk_via_dht += 1;
+        } else {
+            self.stats.dht_pk_via_onion += 1;
+        }
         self.emit(OnionEvent::FriendDhtPk {
             real_pk: sender,
             dht_pk: p.dht_pk,
