@@ -207,6 +207,8 @@ pub struct OnionStats {
     pub client_requests: u64,
     /// Onion data packets (0x86) that decrypted and parsed (any id).
     pub data_received: u64,
+    /// Copies of onion data already received (one send goes to each node storing us).
+    pub data_duplicates: u64,
     /// Friend requests received by onion data.
     pub friend_requests_received: u64,
     /// DHT-PK accepted from friends by onion data (0x86).
@@ -436,6 +438,10 @@ impl<K: std::hash::Hash + Eq + Copy, V> Bounded<K, V> {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
         }
+    }
+
+    fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {

@@ -61,6 +61,8 @@ const MAX_RUN_COUNT_EXPONENT: u32 = 12;
 const MAX_STORED_PINGED_NODES: usize = 9;
 /// A node is not pinged again from a response within this (`MIN_NODE_PING_TIME`, 10 s).
 const MIN_NODE_PING_TIME: Duration = Duration::from_secs(10);
+/// Recent onion data nonces remembered to drop the copies of one send.
+const RECENT_DATA: usize = 256;
 /// Precomputed keys cached per friend's temporary search key.
 const FRIEND_KEY_CACHE: usize = 64;
 
@@ -200,6 +202,9 @@ pub(super) struct ClientState {
     path_nodes: Vec<PackedNode>,
     path_nodes_index: usize,
     sendbacks: Bounded<[u8; 8], Sendback>,
+    /// (sender, nonce) of recent onion data: the copies a sender sends to each of our announce
+    /// nodes share one nonce, so only the first is reported.
+    recent_data: Bounded<(PublicKey, [u8; 24]), ()>,
     pub(super) friends: BTreeMap<PublicKey, Friend>,
     last_announce: Option<Instant>,
     last_populated: Option<Instant>,
@@ -223,6 +228,7 @@ impl ClientState {
             path_nodes: Vec::new(),
             path_nodes_index: 0,
             sendbacks: Bounded::new(ANNOUNCE_ARRAY_SIZE),
+            recent_data: Bounded::new(RECENT_DATA),
             friends: BTreeMap::new(),
             last_announce: None,
             last_populated: None,
@@ -851,6 +857,17 @@ impl Onion {
         if parsed.is_ok() {
             self.stats.data_received += 1;
         }
+        if self
+            .client
+            .recent_data
+            .contains(&(inner.sender, resp.nonce.0))
+        {
+            self.stats.data_duplicates += 1;
+            return true;
+        }
+        self.client
+            .recent_data
+            .insert((inner.sender, resp.nonce.0), ());
         match parsed {
             Ok(OnionData::FriendRequest { nospam, message }) => {
                 self.stats.friend_requests_received += 1;
