@@ -142,8 +142,8 @@ fn onion_interop_with_c_toxcore() {
     }
     let boot = [(seed_addr.port(), seed_pk.to_hex())];
     let f_pk = nodes[f].onion.real_public_key();
-    // T1 only receives; T2 asks T1 for friendship; T3 is F's friend (no request needed).
-    let t1 = ToxPeer::start_with(free_udp_port(), &boot, &[]).expect("toxpeer 1");
+    // T1 accepts requests; T2 asks T1 for friendship; T3 is F's friend (no request needed).
+    let t1 = ToxPeer::start_with(free_udp_port(), &boot, &["--accept".into()]).expect("toxpeer 1");
     let t2 = ToxPeer::start_with(
         free_udp_port(),
         &boot,
@@ -156,6 +156,12 @@ fn onion_interop_with_c_toxcore() {
     .expect("toxpeer 2");
     let t3 = ToxPeer::start_with(free_udp_port(), &boot, &["--friend".into(), f_pk.to_hex()])
         .expect("toxpeer 3");
+    // T4 is F's friend too, but F treats it as online (no search, no DHT-PK of ours), so T4
+    // cannot know F's DHT key and its DHT-PK can only come by onion.
+    let t4 = ToxPeer::start_with(free_udp_port(), &boot, &["--friend".into(), f_pk.to_hex()])
+        .expect("toxpeer 4");
+    let t4_pk = pk_of_address(&t4.address);
+    let t4_dht = PublicKey::from_hex(&t4.dht_id).expect("hex");
     let (t1_pk, t2_pk, t3_pk) = (
         pk_of_address(&t1.address),
         pk_of_address(&t2.address),
@@ -171,6 +177,8 @@ fn onion_interop_with_c_toxcore() {
     let start = Instant::now();
     nodes[f].onion.add_friend(start, t1_pk).expect("add t1");
     nodes[f].onion.add_friend(start, t3_pk).expect("add t3");
+    nodes[f].onion.add_friend(start, t4_pk).expect("add t4");
+    nodes[f].onion.set_friend_online(&t4_pk, true);
 
     let mut request_sent = None;
     let mut c_request = None;
@@ -178,6 +186,8 @@ fn onion_interop_with_c_toxcore() {
     let mut dht_pk_from_t3 = None;
     let mut t3_cookie = None;
     let mut f_connected = None;
+    let mut c_friends_online = None;
+    let mut onion_dht_pk_from_t4 = None;
     let deadline = start + Duration::from_secs(90);
     while Instant::now() < deadline {
         run(&mut nodes, Duration::from_millis(500));
@@ -218,12 +228,32 @@ fn onion_interop_with_c_toxcore() {
         {
             dht_pk_from_t3 = Some(el);
         }
+        if onion_dht_pk_from_t4.is_none()
+            && nodes[f].events.iter().any(|e| {
+                matches!(e, OnionEvent::FriendDhtPk { real_pk, dht_pk, .. }
+                    if *real_pk == t4_pk && *dht_pk == t4_dht)
+            })
+        {
+            onion_dht_pk_from_t4 = Some(el);
+        }
         // T3 learned our DHT key from our DHT-PK once it starts net_crypto: a cookie request
         // (0x18) from T3 reaches F.
         if t3_cookie.is_none() && nodes[f].seen.contains(&(t3_addr, 0x18)) {
             t3_cookie = Some(el);
         }
+        // T2's friend 0 is T1: both c-toxcore peers became friends over a ferry network.
+        if c_friends_online.is_none()
+            && t2
+                .lines
+                .snapshot()
+                .iter()
+                .any(|l| l == "FRIEND_CONNECTION 0 1" || l == "FRIEND_CONNECTION 0 2")
+        {
+            c_friends_online = Some(el);
+        }
         if c_request.is_some()
+            && c_friends_online.is_some()
+            && onion_dht_pk_from_t4.is_some()
             && our_request.is_some()
             && dht_pk_from_t3.is_some()
             && t3_cookie.is_some()
@@ -237,7 +267,8 @@ fn onion_interop_with_c_toxcore() {
     eprintln!(
         "F connected {f_connected:?}; c-toxcore→c-toxcore request via ferry {c_request:?}; \
          ferry request sent {request_sent:?}, arrived {our_request:?}; F got T3's DHT key \
-         {dht_pk_from_t3:?}; T3 sent F a cookie request {t3_cookie:?}; ferry nodes: {stored} \
+         {dht_pk_from_t3:?}; T3 sent F a cookie request {t3_cookie:?}; c-toxcore friends \
+         online {c_friends_online:?}; F got T4's DHT key by onion {onion_dht_pk_from_t4:?}; ferry nodes: {stored} \
          announcements stored, {relayed} requests relayed, {malformed} malformed"
     );
     assert!(f_connected.is_some(), "ferry never onion-connected");
@@ -246,17 +277,25 @@ fn onion_interop_with_c_toxcore() {
         "c-toxcore friend request did not arrive over ferry"
     );
     assert!(
+        c_friends_online.is_some(),
+        "c-toxcore friends did not connect over a ferry network"
+    );
+    assert!(
         our_request.is_some(),
         "ferry friend request did not reach c-toxcore"
     );
     assert!(dht_pk_from_t3.is_some(), "no DHT-PK from c-toxcore");
+    assert!(
+        onion_dht_pk_from_t4.is_some(),
+        "no onion DHT-PK from c-toxcore"
+    );
     assert!(
         t3_cookie.is_some(),
         "c-toxcore did not act on our onion DHT-PK"
     );
     let fs = nodes[f].onion.stats();
     eprintln!("F: {fs:?}");
-    assert!(fs.dht_pk_via_onion + fs.dht_pk_via_dht >= 1);
+    assert!(fs.dht_pk_via_onion >= 1 && fs.dht_pk_via_dht >= 1);
     assert!(
         fs.data_received >= 1,
         "no onion data from c-toxcore decrypted"
@@ -270,5 +309,5 @@ fn onion_interop_with_c_toxcore() {
         malformed, 0,
         "ferry dropped c-toxcore onion packets as malformed"
     );
-    drop((t1, t2, t3));
+    drop((t1, t2, t3, t4));
 }

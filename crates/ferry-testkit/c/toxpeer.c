@@ -5,15 +5,16 @@
  *   toxpeer --address-of SECRET_KEY_HEX NOSPAM_HEX
  *       Load the secret key into a Tox instance, set the nospam, print "ADDRESS <76 hex>", exit.
  *   toxpeer [--port N] [--bootstrap IP PORT DHT_KEY_HEX]... [--seconds S]
- *           [--friend-request ADDRESS_HEX MESSAGE]... [--friend PUBLIC_KEY_HEX]...
+ *           [--friend-request ADDRESS_HEX MESSAGE]... [--friend PUBLIC_KEY_HEX]... [--accept]
  *       Run a UDP-only DHT node on loopback (LAN discovery, IPv6 and TCP off). Prints
  *       "DHT_ID <hex>", "PORT <n>", "ADDRESS <76 hex>", "READY" at start, then one
  *       "RX <ip>:<port> <kind>" line the first time a datagram of a given kind arrives from a
  *       given address, and "CONNECTION <0|1|2>" when the connection status changes. Runs until
  *       killed or S seconds.
  *       --friend-request adds a friend with a request (sent by onion once found);
- *       --friend adds one without. Received requests print "FRIEND_REQUEST <pk hex> <message>",
- *       friend connection changes "FRIEND_CONNECTION <friend number> <0|1|2>".
+ *       --friend adds one without; --accept accepts every friend request. Received requests
+ *       print "FRIEND_REQUEST <pk hex> <message>", friend connection changes
+ *       "FRIEND_CONNECTION <friend number> <0|1|2>".
  *
  * The RX lines come from an interposed recvfrom(): the executable defines recvfrom, so
  * libtoxcore's calls reach it first and it forwards to libc's. That is how a test proves that two
@@ -146,10 +147,14 @@ static int address_of(const char *sk_hex, const char *nospam_hex)
     return 0;
 }
 
+static int accept_requests = 0;
+
 static void on_friend_request(Tox *tox, const uint8_t *pk, const uint8_t *msg, size_t len, void *user)
 {
-    (void)tox;
     (void)user;
+    if (accept_requests) {
+        tox_friend_add_norequest(tox, pk, NULL);
+    }
     printf("FRIEND_REQUEST ");
     for (size_t i = 0; i < TOX_PUBLIC_KEY_SIZE; i++) {
         printf("%02X", pk[i]);
@@ -183,8 +188,10 @@ int main(int argc, char **argv)
             i += 2;
         } else if (strcmp(argv[i], "--friend") == 0 && i + 1 < argc) {
             i += 1;
+        } else if (strcmp(argv[i], "--accept") == 0) {
+            accept_requests = 1;
         } else {
-            fprintf(stderr, "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--seconds S] | --address-of SK NOSPAM\n");
+            fprintf(stderr, "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--seconds S] [--friend-request ADDRESS MSG]... [--friend PK]... [--accept] | --address-of SK NOSPAM\n");
             return 2;
         }
     }
