@@ -294,9 +294,12 @@ impl Onion {
         self.real_keys.public
     }
 
-    /// Feeds one datagram whose first byte is in `0x80..=0x8e`. Relays, answers, or updates the
-    /// client; malformed input is counted and dropped. `dht` supplies nodes for announce
-    /// responses and path candidates.
+    /// Feeds one datagram whose first byte is in `0x80..=0x8e`: onion requests and responses to
+    /// relay (0x80–0x82, 0x8c–0x8e), announce and data requests arriving in the clear from a
+    /// path's last relay (0x83, 0x85), and announce and data responses for our own client from a
+    /// path's first relay (0x84, 0x86). Malformed input is counted in
+    /// [`OnionStats::malformed`] and dropped; other kinds (0x87, 0x88) are ignored. `dht`
+    /// supplies the nodes of announce responses.
     pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], dht: &mut Dht) {
         let from = normalize(from);
         self.stats.rx_packets += 1;

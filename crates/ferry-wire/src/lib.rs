@@ -4,7 +4,7 @@
 //! [packed node](node::PackedNode), the encrypted [DHT envelope](dht::DhtEnvelope) and its
 //! plaintext payloads (ping, nodes request, nodes response), the routed
 //! [DHT request](dht::DhtRequest) `0x20`, [LAN discovery](dht::LanDiscovery) `0x21` and
-//! [bootstrap info](dht::BootstrapInfo) `0xf0`, and the [onion](onion) (`0x80`–`0x8e`, §4). Later
+//! [bootstrap info](dht::BootstrapInfo) `0xf0`, and the [`onion`] (`0x80`–`0x8e`, §4). Later
 //! layers (net_crypto, TCP relay, messenger, ferry's extensions) add modules here.
 //!
 //! Every decoder takes untrusted bytes and returns a [`WireError`] on anything malformed; each has

@@ -301,12 +301,14 @@ impl Onion {
     // ----- public commands -----
 
     /// Starts searching for a friend's long-term key (`onion_addfriend`; a fresh temporary key
-    /// pair is used for its searches). Adding a friend twice is not an error.
+    /// pair is used for its searches). Searching starts on the next tick once we are connected,
+    /// as in c-toxcore (`now` is kept for symmetry with the other commands). Adding a friend
+    /// twice, or our own key, is not an error.
     ///
     /// # Errors
     /// [`OnionError::TooManyFriends`] past [`super::OnionConfig::max_friends`].
     pub fn add_friend(&mut self, now: Instant, real_pk: PublicKey) -> Result<(), OnionError> {
-        let _ = now;
+        let _ = now; // the search runs from `handle_timeout`
         if real_pk == self.real_keys.public || self.client.friends.contains_key(&real_pk) {
             return Ok(());
         }
@@ -372,7 +374,8 @@ impl Onion {
         self.client.friends.get(real_pk)?.dht_pk
     }
 
-    /// Whether a friend was found: at least one of its search nodes stores its announcement.
+    /// Whether a friend was found (as of the last tick): at least one of its search nodes stores
+    /// its announcement, so [`Onion::send_friend_request`] can succeed.
     pub fn is_friend_found(&self, real_pk: &PublicKey) -> bool {
         let now = self.client.last_run;
         self.client.friends.get(real_pk).is_some_and(|f| {
