@@ -114,6 +114,9 @@ pub struct OnionConfig {
     /// sends its monotonic clock; the driver should pass the Unix time in seconds so values keep
     /// growing across restarts.
     pub no_replay_base: u64,
+    /// Also send DHT-PK every [`DHT_DHTPK_SEND_INTERVAL`] as a DHT request, as c-toxcore does
+    /// (default). Tests turn it off to prove the onion path alone.
+    pub dht_pk_over_dht: bool,
 }
 
 impl Default for OnionConfig {
@@ -126,6 +129,7 @@ impl Default for OnionConfig {
             key_cache_size: 512,
             key_source: None,
             no_replay_base: 0,
+            dht_pk_over_dht: true,
         }
     }
 }
@@ -201,6 +205,18 @@ pub struct OnionStats {
     pub unsolicited: u64,
     /// Onion packets we sent as a client (announce and data requests).
     pub client_requests: u64,
+    /// Onion data packets (0x86) that decrypted and parsed (any id).
+    pub data_received: u64,
+    /// Copies of onion data already received (one send goes to each node storing us).
+    pub data_duplicates: u64,
+    /// Friend requests received by onion data.
+    pub friend_requests_received: u64,
+    /// DHT-PK accepted from friends by onion data (0x86).
+    pub dht_pk_via_onion: u64,
+    /// DHT-PK accepted from friends by DHT request (0x20 / 0x9c).
+    pub dht_pk_via_dht: u64,
+    /// DHT-PK dropped: a replayed `no_replay`, or not from a friend.
+    pub dht_pk_dropped: u64,
     /// Datagrams dropped because the transmit queue was full.
     pub tx_dropped: u64,
     /// Announcements we store for others (now).
@@ -278,9 +294,12 @@ impl Onion {
         self.real_keys.public
     }
 
-    /// Feeds one datagram whose first byte is in `0x80..=0x8e`. Relays, answers, or updates the
-    /// client; malformed input is counted and dropped. `dht` supplies nodes for announce
-    /// responses and path candidates.
+    /// Feeds one datagram whose first byte is in `0x80..=0x8e`: onion requests and responses to
+    /// relay (0x80–0x82, 0x8c–0x8e), announce and data requests arriving in the clear from a
+    /// path's last relay (0x83, 0x85), and announce and data responses for our own client from a
+    /// path's first relay (0x84, 0x86). Malformed input is counted in
+    /// [`OnionStats::malformed`] and dropped; other kinds (0x87, 0x88) are ignored. `dht`
+    /// supplies the nodes of announce responses.
     pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], dht: &mut Dht) {
         let from = normalize(from);
         self.stats.rx_packets += 1;
@@ -422,6 +441,10 @@ impl<K: std::hash::Hash + Eq + Copy, V> Bounded<K, V> {
             let map = &self.map;
             self.order.retain(|k| map.contains_key(k));
         }
+    }
+
+    fn contains(&self, k: &K) -> bool {
+        self.map.contains_key(k)
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {

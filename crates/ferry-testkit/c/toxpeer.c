@@ -8,12 +8,14 @@
  *       Load the secret key into a Tox instance, set the nospam, print "ADDRESS <76 hex>", exit.
  *   toxpeer [--port N] [--bootstrap IP PORT DHT_KEY_HEX]... [--tcp-relay IP PORT KEY_HEX]...
  *           [--seconds S] [--load FILE [--passphrase P]] [--iterate-ms N] [--udp-disabled]
- *           [--tcp-port N] [--auto-accept]
+ *           [--tcp-port N] [--auto-accept | --accept]
+ *           [--friend-request ADDRESS_HEX MESSAGE]... [--friend PUBLIC_KEY_HEX]...
  *       Run a Tox client on loopback (LAN discovery, IPv6 and hole punching off; a TCP relay
  *       server only with --tcp-port). --load reads a Tox save (decrypted with --passphrase when
  *       it starts with toxencryptsave's "toxEsave" magic). --iterate-ms overrides the sleep
  *       between tox_iterate calls (default tox_iteration_interval). --auto-accept accepts every
- *       friend request. Runs until QUIT, until killed, or for S seconds.
+ *       friend request (--accept is the same). --friend-request adds a friend with a request at
+ *       start; --friend adds one without. Runs until QUIT, until killed, or for S seconds.
  *
  * Output: one line per event on stdout, flushed at once.
  *   Start:  DHT_ID <hex> | DHTKEY <hex> | ADDRESS <76 hex> | PORT <n> | READY
@@ -647,7 +649,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--tcp-relay IP PORT KEY]... [--seconds S]\n"
             "               [--load FILE [--passphrase P]] [--iterate-ms N] [--udp-disabled] [--tcp-port N]\n"
-            "               [--auto-accept]\n"
+            "               [--auto-accept] [--friend-request ADDRESS MESSAGE]... [--friend PK]...\n"
             "       toxpeer --address-of SK NOSPAM\n");
 }
 
@@ -679,8 +681,12 @@ int main(int argc, char **argv)
             passphrase = argv[++i];
         } else if (strcmp(argv[i], "--udp-disabled") == 0) {
             udp_disabled = 1;
-        } else if (strcmp(argv[i], "--auto-accept") == 0) {
+        } else if (strcmp(argv[i], "--auto-accept") == 0 || strcmp(argv[i], "--accept") == 0) {
             auto_accept = 1;
+        } else if (strcmp(argv[i], "--friend-request") == 0 && i + 2 < argc) {
+            i += 2;
+        } else if (strcmp(argv[i], "--friend") == 0 && i + 1 < argc) {
+            i += 1;
         } else if ((strcmp(argv[i], "--bootstrap") == 0 || strcmp(argv[i], "--tcp-relay") == 0) && i + 3 < argc) {
             i += 3;
         } else {
@@ -758,6 +764,24 @@ int main(int argc, char **argv)
                 return 1;
             }
             i += 3;
+        } else if (strcmp(argv[i], "--friend-request") == 0 && i + 2 < argc) {
+            uint8_t addr[TOX_ADDRESS_SIZE];
+            Tox_Err_Friend_Add ferr;
+            if (hex_to_bytes(argv[i + 1], addr, sizeof addr) != 0 ||
+                tox_friend_add(tox, addr, (const uint8_t *)argv[i + 2], strlen(argv[i + 2]), &ferr) == UINT32_MAX) {
+                fprintf(stderr, "bad --friend-request\n");
+                return 1;
+            }
+            i += 2;
+        } else if (strcmp(argv[i], "--friend") == 0 && i + 1 < argc) {
+            uint8_t pk[TOX_PUBLIC_KEY_SIZE];
+            Tox_Err_Friend_Add ferr;
+            if (hex_to_bytes(argv[i + 1], pk, sizeof pk) != 0 ||
+                tox_friend_add_norequest(tox, pk, &ferr) == UINT32_MAX) {
+                fprintf(stderr, "bad --friend\n");
+                return 1;
+            }
+            i += 1;
         }
     }
     printf("READY\n");

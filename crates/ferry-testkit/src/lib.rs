@@ -131,6 +131,8 @@ pub struct ToxPeer {
     pub dht_id: String,
     /// Its UDP port on 127.0.0.1.
     pub port: u16,
+    /// Its Tox ID (`tox_self_get_address`), 76 upper-case hex.
+    pub address: String,
     /// Its stdout lines (`RX ip:port kind`, `CONNECTION n`).
     pub lines: Lines,
 }
@@ -141,11 +143,25 @@ impl ToxPeer {
     /// # Errors
     /// Build or start failures.
     pub fn start(port: u16, bootstrap: &[(u16, String)]) -> anyhow::Result<Self> {
+        Self::start_with(port, bootstrap, &[])
+    }
+
+    /// Like [`ToxPeer::start`], with extra toxpeer arguments (`--friend-request ADDRESS MSG`,
+    /// `--friend PK`, see `c/toxpeer.c`).
+    ///
+    /// # Errors
+    /// Build or start failures.
+    pub fn start_with(
+        port: u16,
+        bootstrap: &[(u16, String)],
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(toxpeer_path()?);
         cmd.args(["--port", &port.to_string(), "--seconds", "600"]);
         for (p, key) in bootstrap {
             cmd.args(["--bootstrap", "127.0.0.1", &p.to_string(), key]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -158,6 +174,7 @@ impl ToxPeer {
             child,
             dht_id: String::new(),
             port,
+            address: String::new(),
             lines,
         };
         let id = peer
@@ -168,6 +185,10 @@ impl ToxPeer {
             .lines
             .wait_for(Duration::from_secs(10), |l| l.starts_with("PORT "))?;
         peer.port = p["PORT ".len()..].trim().parse()?;
+        let a = peer
+            .lines
+            .wait_for(Duration::from_secs(10), |l| l.starts_with("ADDRESS "))?;
+        peer.address = a["ADDRESS ".len()..].trim().to_string();
         peer.lines
             .wait_for(Duration::from_secs(10), |l| l == "READY")?;
         Ok(peer)

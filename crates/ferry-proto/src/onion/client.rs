@@ -61,6 +61,8 @@ const MAX_RUN_COUNT_EXPONENT: u32 = 12;
 const MAX_STORED_PINGED_NODES: usize = 9;
 /// A node is not pinged again from a response within this (`MIN_NODE_PING_TIME`, 10 s).
 const MIN_NODE_PING_TIME: Duration = Duration::from_secs(10);
+/// Recent onion data nonces remembered to drop the copies of one send.
+const RECENT_DATA: usize = 256;
 /// Precomputed keys cached per friend's temporary search key.
 const FRIEND_KEY_CACHE: usize = 64;
 
@@ -200,6 +202,9 @@ pub(super) struct ClientState {
     path_nodes: Vec<PackedNode>,
     path_nodes_index: usize,
     sendbacks: Bounded<[u8; 8], Sendback>,
+    /// (sender, nonce) of recent onion data: the copies a sender sends to each of our announce
+    /// nodes share one nonce, so only the first is reported.
+    recent_data: Bounded<(PublicKey, [u8; 24]), ()>,
     pub(super) friends: BTreeMap<PublicKey, Friend>,
     last_announce: Option<Instant>,
     last_populated: Option<Instant>,
@@ -223,6 +228,7 @@ impl ClientState {
             path_nodes: Vec::new(),
             path_nodes_index: 0,
             sendbacks: Bounded::new(ANNOUNCE_ARRAY_SIZE),
+            recent_data: Bounded::new(RECENT_DATA),
             friends: BTreeMap::new(),
             last_announce: None,
             last_populated: None,
@@ -295,12 +301,14 @@ impl Onion {
     // ----- public commands -----
 
     /// Starts searching for a friend's long-term key (`onion_addfriend`; a fresh temporary key
-    /// pair is used for its searches). Adding a friend twice is not an error.
+    /// pair is used for its searches). Searching starts on the next tick once we are connected,
+    /// as in c-toxcore (`now` is kept for symmetry with the other commands). Adding a friend
+    /// twice, or our own key, is not an error.
     ///
     /// # Errors
     /// [`OnionError::TooManyFriends`] past [`super::OnionConfig::max_friends`].
     pub fn add_friend(&mut self, now: Instant, real_pk: PublicKey) -> Result<(), OnionError> {
-        let _ = now;
+        let _ = now; // the search runs from `handle_timeout`
         if real_pk == self.real_keys.public || self.client.friends.contains_key(&real_pk) {
             return Ok(());
         }
@@ -366,7 +374,8 @@ impl Onion {
         self.client.friends.get(real_pk)?.dht_pk
     }
 
-    /// Whether a friend was found: at least one of its search nodes stores its announcement.
+    /// Whether a friend was found (as of the last tick): at least one of its search nodes stores
+    /// its announcement, so [`Onion::send_friend_request`] can succeed.
     pub fn is_friend_found(&self, real_pk: &PublicKey) -> bool {
         let now = self.client.last_run;
         self.client.friends.get(real_pk).is_some_and(|f| {
@@ -509,7 +518,7 @@ impl Onion {
         };
         match OnionData::decode(&plain) {
             Ok(OnionData::DhtPk(p)) if p.dht_pk == *sender_dht_pk => {
-                self.accept_dht_pk(env.sender, p)
+                self.accept_dht_pk(env.sender, p, true)
             }
             _ => {
                 self.stats.malformed += 1;
@@ -695,6 +704,7 @@ impl Onion {
             }
         }
         if dht_due
+            && self.config.dht_pk_over_dht
             && let Some((friend_dht, data)) = self.build_dht_pk_request(now, &pk, dht)
             && dht.send_dht_request(now, friend_dht, DATA_ID_DHT_PK, &data)
             && let Some(f) = self.client.friends.get_mut(&pk)
@@ -846,8 +856,24 @@ impl Onion {
         else {
             return false;
         };
-        match OnionData::decode(&data) {
+        let parsed = OnionData::decode(&data);
+        if parsed.is_ok() {
+            self.stats.data_received += 1;
+        }
+        if self
+            .client
+            .recent_data
+            .contains(&(inner.sender, resp.nonce.0))
+        {
+            self.stats.data_duplicates += 1;
+            return true;
+        }
+        self.client
+            .recent_data
+            .insert((inner.sender, resp.nonce.0), ());
+        match parsed {
             Ok(OnionData::FriendRequest { nospam, message }) => {
+                self.stats.friend_requests_received += 1;
                 self.emit(OnionEvent::FriendRequest {
                     real_pk: inner.sender,
                     nospam,
@@ -856,7 +882,7 @@ impl Onion {
                 true
             }
             Ok(OnionData::DhtPk(p)) => {
-                self.accept_dht_pk(inner.sender, p);
+                self.accept_dht_pk(inner.sender, p, false);
                 true
             }
             Err(WireError::UnknownKind(_)) => true,
@@ -865,15 +891,23 @@ impl Onion {
     }
 
     /// `handle_dhtpk_announce`: friends only, `no_replay` strictly increasing.
-    fn accept_dht_pk(&mut self, sender: PublicKey, p: DhtPk) -> bool {
-        let Some(f) = self.client.friends.get_mut(&sender) else {
+    fn accept_dht_pk(&mut self, sender: PublicKey, p: DhtPk, via_dht: bool) -> bool {
+        let Some(f) = self
+            .client
+            .friends
+            .get_mut(&sender)
+            .filter(|f| p.no_replay > f.last_no_replay)
+        else {
+            self.stats.dht_pk_dropped += 1;
             return false;
         };
-        if p.no_replay <= f.last_no_replay {
-            return false;
-        }
         f.last_no_replay = p.no_replay;
         f.dht_pk = Some(p.dht_pk);
+        if via_dht {
+            self.stats.dht_pk_via_dht += 1;
+        } else {
+            self.stats.dht_pk_via_onion += 1;
+        }
         self.emit(OnionEvent::FriendDhtPk {
             real_pk: sender,
             dht_pk: p.dht_pk,
