@@ -716,3 +716,38 @@ proptest! {
         prop_assert_eq!(net.lossless_from(1, r0), vec![vec![160, 5]]);
     }
 }
+
+#[test]
+fn bulk_transfer_ramps_up() {
+    let mut net = connect(13);
+    let (r0, r1) = (net.nodes[0].real, net.nodes[1].real);
+    let total = 20_000usize;
+    let start = net.now;
+    for i in 0..total {
+        let now = net.now;
+        let mut data = vec![160];
+        data.extend_from_slice(&(i as u32).to_be_bytes());
+        data.resize(1300, 0);
+        net.nodes[0]
+            .nc
+            .send_lossless(now, &r1, &data)
+            .expect("queued");
+    }
+    net.collect();
+    let mut got = 0;
+    let end = net.now + Duration::from_secs(60);
+    while net.now < end && got < total {
+        net.step();
+        got += net.nodes[1]
+            .events
+            .drain(..)
+            .filter(|e| matches!(e, NetCryptoEvent::Lossless { peer, .. } if *peer == r0))
+            .count();
+    }
+    assert_eq!(got, total);
+    let took = net.now - start;
+    let rate = net.nodes[0].nc.session_state(&r1).expect("state").send_rate;
+    // 20,000 × 1300 B over a 1 ms link: the rate has to climb far above the 4 packets/s floor.
+    assert!(took < Duration::from_secs(20), "took {took:?}, rate {rate}");
+    assert_eq!(net.nodes[0].nc.stats().retransmissions, 0);
+}
