@@ -84,12 +84,20 @@
 //! data packet; as both sides send a packet request at least every second, only a dead path
 //! triggers it. A killed or timed-out session sends a kill packet (id 2) when established.
 //!
+//! # Caps
+//!
+//! Registered peers (hence sessions) ≤ [`NetCryptoConfig::max_sessions`] (1024); the address
+//! index holds ≤ 2 addresses per session; send and receive buffers hold ≤ 32768 packets each (an
+//! authenticated friend can make us buffer up to 32768 × 1373 B ≈ 45 MB, as in c-toxcore);
+//! queued transmits and events are capped; shared keys for cookie requests sit in a 256-entry LRU.
+//! Tables are ordered maps, so a seeded simulator run replays identically.
+//!
 //! # Transport
 //!
 //! Packets are addressed to a [`Path`]; today only direct UDP. The same bytes can later travel
 //! over TCP relays (c-toxcore switches after 8 s without UDP, `UDP_DIRECT_TIMEOUT`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -609,7 +617,7 @@ struct Ctx<'a> {
     transmits: &'a mut VecDeque<(Path, Vec<u8>)>,
     events: &'a mut VecDeque<NetCryptoEvent>,
     stats: &'a mut NetCryptoStats,
-    by_addr: &'a mut HashMap<SocketAddr, PublicKey>,
+    by_addr: &'a mut BTreeMap<SocketAddr, PublicKey>,
 }
 
 impl Ctx<'_> {
@@ -860,8 +868,8 @@ pub struct NetCrypto {
     last_now: Instant,
     cookie_key: SymmetricKey,
     dht_cache: PrecomputedCache,
-    peers: HashMap<PublicKey, Peer>,
-    by_addr: HashMap<SocketAddr, PublicKey>,
+    peers: BTreeMap<PublicKey, Peer>,
+    by_addr: BTreeMap<SocketAddr, PublicKey>,
     transmits: VecDeque<(Path, Vec<u8>)>,
     events: VecDeque<NetCryptoEvent>,
     stats: NetCryptoStats,
@@ -1108,15 +1116,15 @@ impl NetCrypto {
             last_now: now,
             cookie_key,
             dht_cache,
-            peers: HashMap::new(),
-            by_addr: HashMap::new(),
+            peers: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: NetCryptoStats::default(),
         }
     }
 
-    fn parts(&mut self) -> (&mut HashMap<PublicKey, Peer>, Ctx<'_>) {
+    fn parts(&mut self) -> (&mut BTreeMap<PublicKey, Peer>, Ctx<'_>) {
         let ctx = Ctx {
             config: &self.config,
             rng: &mut self.rng,
