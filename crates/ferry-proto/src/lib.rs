@@ -14,7 +14,8 @@
 //!    send each [`Transmit`]; drain the machine's events likewise.
 //! 3. Sleep until [`Endpoint::poll_timeout`] or the next datagram, whichever comes first.
 //!
-//! Layers present: [`dht`] (Tox DHT, c-toxcore 0.2.18 compatible). Onion, net_crypto and the TCP
+//! Layers present: [`dht`] (Tox DHT) and [`net_crypto`] (encrypted friend sessions), c-toxcore
+//! 0.2.18 compatible. Onion and the TCP
 //! relay client join as further modules behind the same contract.
 
 #![forbid(unsafe_code)]

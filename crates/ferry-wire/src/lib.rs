@@ -4,7 +4,7 @@
 //! [packed node](node::PackedNode), the encrypted [DHT envelope](dht::DhtEnvelope) and its
 //! plaintext payloads (ping, nodes request, nodes response), the routed
 //! [DHT request](dht::DhtRequest) `0x20`, [LAN discovery](dht::LanDiscovery) `0x21` and
-//! [bootstrap info](dht::BootstrapInfo) `0xf0`, and the [net_crypto](net_crypto) packets
+//! [bootstrap info](dht::BootstrapInfo) `0xf0`, and the [`net_crypto`] packets
 //! `0x18`–`0x1b` (§5). Later layers (onion, TCP relay,
 //! messenger, ferry's extensions) add modules here.
 //!
