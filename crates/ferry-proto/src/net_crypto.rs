@@ -720,10 +720,10 @@ impl Ctx<'_> {
     fn send_request(&mut self, now: Instant, s: &mut Session) {
         let req = s.recv.missing().encode();
         let end = s.send.end();
-        if self.send_data(now, s, end, &req) {
-            s.last_request = Some(now);
-            s.request_due = None;
-        }
+        // Timers move on even if nothing could be sent, so poll_timeout never stays in the past.
+        self.send_data(now, s, end, &req);
+        s.last_request = Some(now);
+        s.request_due = None;
     }
 
     fn send_kill(&mut self, now: Instant, s: &mut Session) {
