@@ -917,32 +917,6 @@ impl Ctx<'_> {
         }
     }
 
-    /// Applies a packet request to our send buffer (`handle_request_packet`): named packets
-    /// last sent over one RTT ago are queued again, packets stepped over are freed.
-    fn apply_request(&mut self, now: Instant, s: &mut Session, req: &PacketRequest) {
-        let n = (req.covered as usize).min(s.send.slots.len());
-        let mut missing = req.missing.iter().copied().peekable();
-        for i in 0..n {
-            let named = missing.peek() == Some(&(i as u32));
-            if named {
-                missing.next();
-                if let Some(Some(o)) = s.send.slots.get_mut(i)
-                    && o.sent_at
-                        .is_some_and(|t| now.saturating_duration_since(t) > s.rtt)
-                {
-                    o.sent_at = None;
-                    s.send.unsent += 1;
-                    s.send.scan = s.send.scan.min(i);
-                }
-            } else if let Some(slot) = s.send.slots.get_mut(i)
-                && let Some(o) = slot.take()
-                && o.sent_at.is_none()
-            {
-                s.send.unsent -= 1;
-            }
-        }
-    }
-
     /// Accepts a handshake as a new session (`accept_crypto_connection`).
     fn accept(
         &mut self,
@@ -1045,7 +1019,7 @@ impl Ctx<'_> {
                     self.stats.malformed += 1;
                     return;
                 };
-                self.apply_request(now, s, &req);
+                apply_request(now, s, &req);
                 let before = s.recv.slots.len();
                 if s.recv.set_end(payload.packet_number, cap) && s.recv.slots.len() > before {
                     s.request_due = Some(now);
@@ -1613,6 +1587,32 @@ fn next_timeout(config: &NetCryptoConfig, now: Instant, s: &Session) -> Option<I
         }
     }
     t
+}
+
+/// Applies a packet request to our send buffer (`handle_request_packet`): named packets
+/// last sent over one RTT ago are queued again, packets stepped over are freed.
+fn apply_request(now: Instant, s: &mut Session, req: &PacketRequest) {
+    let n = (req.covered as usize).min(s.send.slots.len());
+    let mut missing = req.missing.iter().copied().peekable();
+    for i in 0..n {
+        let named = missing.peek() == Some(&(i as u32));
+        if named {
+            missing.next();
+            if let Some(Some(o)) = s.send.slots.get_mut(i)
+                && o.sent_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > s.rtt)
+            {
+                o.sent_at = None;
+                s.send.unsent += 1;
+                s.send.scan = s.send.scan.min(i);
+            }
+        } else if let Some(slot) = s.send.slots.get_mut(i)
+            && let Some(o) = slot.take()
+            && o.sent_at.is_none()
+        {
+            s.send.unsent -= 1;
+        }
+    }
 }
 
 fn request_every(config: &NetCryptoConfig, s: &Session) -> Duration {

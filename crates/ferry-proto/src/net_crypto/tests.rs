@@ -751,3 +751,56 @@ fn bulk_transfer_ramps_up() {
     assert!(took < Duration::from_secs(20), "took {took:?}, rate {rate}");
     assert_eq!(net.nodes[0].nc.stats().retransmissions, 0);
 }
+
+#[test]
+fn packet_request_spans_long_gaps() {
+    let now = Net::new(1, 14).now;
+    let mut rng = FerryRng::from_u64(14);
+    // Receiver side: 700 packets known, 0, 300, 301 and 650 missing.
+    let mut recv = RecvBuffer::default();
+    recv.start = u32::MAX - 100; // numbers wrap inside the window
+    assert!(recv.set_end(recv.start.wrapping_add(700), CRYPTO_PACKET_BUFFER_SIZE));
+    for i in 0..700 {
+        if ![0, 300, 301, 650].contains(&i) {
+            recv.slots[i] = Some(vec![160]);
+        }
+    }
+    let bytes = recv.missing().encode();
+    assert_eq!(bytes, vec![1, 1, 0, 45, 1, 0, 94]);
+    let req = PacketRequest::decode(&bytes).expect("decode");
+    // Sender side: the same 700 packets, all sent 2 s ago.
+    let mut s = Session::new(now, PublicKey([1; 32]), &mut rng);
+    s.send.start = recv.start;
+    for _ in 0..700 {
+        s.send.slots.push_back(Some(Outgoing {
+            data: vec![160],
+            sent_at: Some(now),
+            tries: 1,
+        }));
+    }
+    s.send.scan = 700;
+    apply_request(now + Duration::from_secs(2), &mut s, &req);
+    let pending: Vec<usize> = (0..700)
+        .filter(|&i| matches!(&s.send.slots[i], Some(o) if o.sent_at.is_none()))
+        .collect();
+    assert_eq!(pending, vec![0, 300, 301, 650]);
+    let kept: usize = s.send.slots.iter().filter(|o| o.is_some()).count();
+    // Everything up to 650 not requested is freed; 651..700 are beyond the request and kept.
+    assert_eq!(kept, 4 + 49);
+    assert_eq!(s.send.unsent, 4);
+    assert_eq!(s.send.scan, 0);
+    // A request for packets sent less than one RTT ago does not resend them.
+    let mut s2 = Session::new(now, PublicKey([1; 32]), &mut rng);
+    s2.rtt = Duration::from_millis(100);
+    s2.send.slots.push_back(Some(Outgoing {
+        data: vec![160],
+        sent_at: Some(now),
+        tries: 1,
+    }));
+    apply_request(
+        now + Duration::from_millis(50),
+        &mut s2,
+        &PacketRequest::decode(&[1, 1]).expect("decode"),
+    );
+    assert_eq!(s2.send.unsent, 0);
+}
