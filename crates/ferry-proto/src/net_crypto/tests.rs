@@ -757,8 +757,11 @@ fn packet_request_spans_long_gaps() {
     let now = Net::new(1, 14).now;
     let mut rng = FerryRng::from_u64(14);
     // Receiver side: 700 packets known, 0, 300, 301 and 650 missing.
-    let mut recv = RecvBuffer::default();
-    recv.start = u32::MAX - 100; // numbers wrap inside the window
+    // Numbers wrap inside the window.
+    let mut recv = RecvBuffer {
+        start: u32::MAX - 100,
+        ..RecvBuffer::default()
+    };
     assert!(recv.set_end(recv.start.wrapping_add(700), CRYPTO_PACKET_BUFFER_SIZE));
     for i in 0..700 {
         if ![0, 300, 301, 650].contains(&i) {
