@@ -14,9 +14,10 @@
 //!    send each [`Transmit`]; drain the machine's events likewise.
 //! 3. Sleep until [`Endpoint::poll_timeout`] or the next datagram, whichever comes first.
 //!
-//! Layers present: [`dht`] (Tox DHT) and [`onion`] (onion relay, announce store and client), both
-//! c-toxcore 0.2.18 compatible. net_crypto and the TCP relay client join as further modules behind
-//! the same contract.
+//! Layers present, all c-toxcore 0.2.18 compatible: [`dht`] (Tox DHT), [`onion`] (onion relay,
+//! announce store and client), [`net_crypto`] (encrypted friend sessions) and [`node`] (all of
+//! them glued by friend_connection and messenger: the unit the driver and the simulator run). The
+//! TCP relay client joins as a further module behind the same contract.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -716,3 +716,94 @@ proptest! {
         prop_assert_eq!(net.lossless_from(1, r0), vec![vec![160, 5]]);
     }
 }
+
+#[test]
+fn bulk_transfer_ramps_up() {
+    let mut net = connect(13);
+    let (r0, r1) = (net.nodes[0].real, net.nodes[1].real);
+    let total = 20_000usize;
+    let start = net.now;
+    for i in 0..total {
+        let now = net.now;
+        let mut data = vec![160];
+        data.extend_from_slice(&(i as u32).to_be_bytes());
+        data.resize(1300, 0);
+        net.nodes[0]
+            .nc
+            .send_lossless(now, &r1, &data)
+            .expect("queued");
+    }
+    net.collect();
+    let mut got = 0;
+    let end = net.now + Duration::from_secs(60);
+    while net.now < end && got < total {
+        net.step();
+        got += net.nodes[1]
+            .events
+            .drain(..)
+            .filter(|e| matches!(e, NetCryptoEvent::Lossless { peer, .. } if *peer == r0))
+            .count();
+    }
+    assert_eq!(got, total);
+    let took = net.now - start;
+    let rate = net.nodes[0].nc.session_state(&r1).expect("state").send_rate;
+    // 20,000 × 1300 B over a 1 ms link: the rate has to climb far above the 4 packets/s floor.
+    assert!(took < Duration::from_secs(20), "took {took:?}, rate {rate}");
+    assert_eq!(net.nodes[0].nc.stats().retransmissions, 0);
+}
+
+#[test]
+fn packet_request_spans_long_gaps() {
+    let now = Net::new(1, 14).now;
+    let mut rng = FerryRng::from_u64(14);
+    // Receiver side: 700 packets known, 0, 300, 301 and 650 missing.
+    // Numbers wrap inside the window.
+    let mut recv = RecvBuffer {
+        start: u32::MAX - 100,
+        ..RecvBuffer::default()
+    };
+    assert!(recv.set_end(recv.start.wrapping_add(700), CRYPTO_PACKET_BUFFER_SIZE));
+    for i in 0..700 {
+        if ![0, 300, 301, 650].contains(&i) {
+            recv.slots[i] = Some(vec![160]);
+        }
+    }
+    let bytes = recv.missing().encode();
+    assert_eq!(bytes, vec![1, 1, 0, 45, 1, 0, 94]);
+    let req = PacketRequest::decode(&bytes).expect("decode");
+    // Sender side: the same 700 packets, all sent 2 s ago.
+    let mut s = Session::new(now, PublicKey([1; 32]), &mut rng);
+    s.send.start = recv.start;
+    for _ in 0..700 {
+        s.send.slots.push_back(Some(Outgoing {
+            data: vec![160],
+            sent_at: Some(now),
+            tries: 1,
+        }));
+    }
+    s.send.scan = 700;
+    apply_request(now + Duration::from_secs(2), &mut s, &req);
+    let pending: Vec<usize> = (0..700)
+        .filter(|&i| matches!(&s.send.slots[i], Some(o) if o.sent_at.is_none()))
+        .collect();
+    assert_eq!(pending, vec![0, 300, 301, 650]);
+    let kept: usize = s.send.slots.iter().filter(|o| o.is_some()).count();
+    // Everything up to 650 not requested is freed; 651..700 are beyond the request and kept.
+    assert_eq!(kept, 4 + 49);
+    assert_eq!(s.send.unsent, 4);
+    assert_eq!(s.send.scan, 0);
+    // A request for packets sent less than one RTT ago does not resend them.
+    let mut s2 = Session::new(now, PublicKey([1; 32]), &mut rng);
+    s2.rtt = Duration::from_millis(100);
+    s2.send.slots.push_back(Some(Outgoing {
+        data: vec![160],
+        sent_at: Some(now),
+        tries: 1,
+    }));
+    apply_request(
+        now + Duration::from_millis(50),
+        &mut s2,
+        &PacketRequest::decode(&[1, 1]).expect("decode"),
+    );
+    assert_eq!(s2.send.unsent, 0);
+}
