@@ -92,6 +92,10 @@ pub const PORTS_PER_DISCOVERY: u16 = 10;
 pub const FAKE_FRIENDS: usize = 2;
 /// The state machine's tick.
 pub const TICK: Duration = Duration::from_secs(1);
+/// Shortest spacing of "to bootstrap" flushes (nodes requests for new close-list and search
+/// candidates, e.g. right after [`Dht::add_search`]). c-toxcore sends them on its next
+/// iteration (~50 ms); ferry wakes only while some are pending.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// While no close node is good, bootstrap nodes are asked again this often (ferry's choice:
 /// c-toxcore leaves re-bootstrapping to the client).
 pub const REBOOTSTRAP_INTERVAL: Duration = Duration::from_secs(10);
@@ -1121,9 +1125,11 @@ impl Dht {
     }
 
     /// Sends the queued nodes requests for nodes learned from responses (`to_bootstrap` of the
-    /// close list and of every search list), at most once per [`TICK`].
+    /// close list and of every search list), at most once per [`FLUSH_INTERVAL`].
     fn flush_to_bootstrap(&mut self, now: Instant) {
-        if !self.to_bootstrap_pending || now.saturating_duration_since(self.last_flush) < TICK {
+        if !self.to_bootstrap_pending
+            || now.saturating_duration_since(self.last_flush) < FLUSH_INTERVAL
+        {
             return;
         }
         self.to_bootstrap_pending = false;
@@ -1399,13 +1405,13 @@ impl Endpoint for Dht {
     }
 
     /// The earliest of: the next list scan, the next flush of queued nodes requests (≤ 1 per
-    /// [`TICK`]), the ping-back queue ([`TIME_TO_PING`]), LAN discovery
+    /// [`FLUSH_INTERVAL`]), the ping-back queue ([`TIME_TO_PING`]), LAN discovery
     /// ([`LAN_DISCOVERY_INTERVAL`]) and re-bootstrapping ([`REBOOTSTRAP_INTERVAL`]). An idle node
     /// wakes only when something is due (c-toxcore wakes every 50 ms to check).
     fn poll_timeout(&self) -> Instant {
         let mut t = self.next_scan;
         if self.to_bootstrap_pending {
-            t = t.min(self.last_flush + TICK);
+            t = t.min(self.last_flush + FLUSH_INTERVAL);
         }
         if !self.to_ping.is_empty() {
             t = t.min(self.last_to_ping + TIME_TO_PING);

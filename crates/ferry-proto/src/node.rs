@@ -44,7 +44,7 @@ pub const FRIEND_REQUEST_RETRY: Duration = Duration::from_secs(5);
 /// Longest friend-request resend delay (ferry's cap).
 pub const FRIEND_REQUEST_MAX_RETRY: Duration = Duration::from_secs(600);
 /// While the friend is not found by the onion yet, a request is retried this often.
-pub const FRIEND_REQUEST_NOT_FOUND_RETRY: Duration = Duration::from_secs(1);
+pub const FRIEND_REQUEST_NOT_FOUND_RETRY: Duration = Duration::from_millis(250);
 /// Most friends (cap on a table; c-toxcore has none).
 pub const MAX_FRIENDS: usize = 4096;
 /// Senders remembered to drop duplicate friend requests (c-toxcore `MAX_RECEIVED_STORED`).
@@ -56,10 +56,10 @@ pub const MAX_FRIEND_REQUEST_LENGTH: usize = 1016;
 /// Most undrained events kept; older ones are dropped (and counted).
 pub const MAX_QUEUED_EVENTS: usize = 65_536;
 /// How often the node re-checks friends' DHT addresses and request timers.
-pub const FRIEND_TICK: Duration = Duration::from_millis(500);
+pub const FRIEND_TICK: Duration = Duration::from_millis(100);
 
 /// Configuration of a [`Node`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NodeConfig {
     /// The DHT layer.
     pub dht: DhtConfig,
@@ -67,6 +67,24 @@ pub struct NodeConfig {
     pub onion: OnionConfig,
     /// The net_crypto layer.
     pub net_crypto: NetCryptoConfig,
+}
+
+/// How long a full node runs the onion's fast start ([`OnionConfig::fast_start`]) after start
+/// and after adding a friend.
+pub const FAST_START: Duration = Duration::from_secs(30);
+
+impl Default for NodeConfig {
+    /// c-toxcore's timers everywhere, except the onion's bounded [`FAST_START`].
+    fn default() -> Self {
+        Self {
+            dht: DhtConfig::default(),
+            onion: OnionConfig {
+                fast_start: Some(FAST_START),
+                ..OnionConfig::default()
+            },
+            net_crypto: NetCryptoConfig::default(),
+        }
+    }
 }
 
 /// How a friend is connected.

@@ -117,7 +117,19 @@ pub struct OnionConfig {
     /// Also send DHT-PK every [`DHT_DHTPK_SEND_INTERVAL`] as a DHT request, as c-toxcore does
     /// (default). Tests turn it off to prove the onion path alone.
     pub dht_pk_over_dht: bool,
+    /// ferry's fast start (`None` = c-toxcore's timing exactly). For this long after start and
+    /// after each [`Onion::add_friend`], the client runs every [`FAST_TICK`] instead of every
+    /// second, announces without the 3-s warm-up, re-announces and searches not-yet-found friends
+    /// every [`FAST_INTERVAL`] instead of 3 s, and searches friends before it counts as
+    /// "connected". Only timing changes, never a packet, so c-toxcore peers are unaffected; the
+    /// extra traffic is bounded by the window. The full node uses 30 s.
+    pub fast_start: Option<Duration>,
 }
+
+/// Client period during [`OnionConfig::fast_start`].
+pub const FAST_TICK: Duration = Duration::from_millis(100);
+/// Re-announce / new-friend search interval during [`OnionConfig::fast_start`].
+pub const FAST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Default for OnionConfig {
     fn default() -> Self {
@@ -130,6 +142,7 @@ impl Default for OnionConfig {
             key_source: None,
             no_replay_base: 0,
             dht_pk_over_dht: true,
+            fast_start: None,
         }
     }
 }
@@ -245,6 +258,8 @@ pub struct Onion {
     relay: relay::RelayState,
     client: client::ClientState,
     next_tick: Instant,
+    /// End of the fast-start window, if any.
+    fast_until: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<OnionEvent>,
     stats: OnionStats,
@@ -260,6 +275,7 @@ impl Onion {
         mut rng: FerryRng,
         now: Instant,
     ) -> Self {
+        let fast_until = config.fast_start.map(|d| now + d);
         let dht_cache = PrecomputedCache::with_source(
             dht_keys.secret.clone(),
             config.key_cache_size,
@@ -283,6 +299,7 @@ impl Onion {
             relay,
             client,
             next_tick: now,
+            fast_until,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: OnionStats::default(),
@@ -331,13 +348,19 @@ impl Onion {
         if now < self.next_tick {
             return;
         }
-        self.next_tick = now + TICK;
+        self.next_tick = now + if self.is_fast(now) { FAST_TICK } else { TICK };
         self.relay.maybe_rotate(&mut self.rng, now);
         self.relay.expire(now);
         self.do_client(now, dht);
     }
 
-    /// When [`Onion::handle_timeout`] must next be called (every [`TICK`]).
+    /// Whether the [`OnionConfig::fast_start`] window is open at `now`.
+    pub(crate) fn is_fast(&self, now: Instant) -> bool {
+        self.fast_until.is_some_and(|t| now < t)
+    }
+
+    /// When [`Onion::handle_timeout`] must next be called (every [`TICK`], or [`FAST_TICK`]
+    /// during the fast-start window).
     pub fn poll_timeout(&self) -> Instant {
         self.next_tick
     }

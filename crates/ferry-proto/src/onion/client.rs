@@ -308,9 +308,13 @@ impl Onion {
     /// # Errors
     /// [`OnionError::TooManyFriends`] past [`super::OnionConfig::max_friends`].
     pub fn add_friend(&mut self, now: Instant, real_pk: PublicKey) -> Result<(), OnionError> {
-        let _ = now; // the search runs from `handle_timeout`
         if real_pk == self.real_keys.public || self.client.friends.contains_key(&real_pk) {
             return Ok(());
+        }
+        // The search runs from `handle_timeout`; a fast start reopens its window.
+        if let Some(d) = self.config.fast_start {
+            self.fast_until = Some(self.fast_until.map_or(now + d, |t| t.max(now + d)));
+            self.next_tick = self.next_tick.min(now + super::FAST_TICK);
         }
         if self.client.friends.len() >= self.config.max_friends {
             return Err(OnionError::TooManyFriends(self.config.max_friends));
@@ -533,8 +537,10 @@ impl Onion {
     pub(super) fn do_client(&mut self, now: Instant, dht: &mut Dht) {
         self.client.last_run = now;
         let was = self.is_connected();
-        if now.saturating_duration_since(self.client.first_run)
-            >= Duration::from_secs(ONION_CONNECTION_SECONDS.into())
+        let fast = self.is_fast(now);
+        if fast
+            || now.saturating_duration_since(self.client.first_run)
+                >= Duration::from_secs(ONION_CONNECTION_SECONDS.into())
         {
             for n in dht.random_good_nodes(now, MAX_ONION_CLIENTS) {
                 self.client.add_path_node(n);
@@ -563,7 +569,7 @@ impl Onion {
         if is != was {
             self.emit(OnionEvent::Connected(is));
         }
-        if is {
+        if is || (fast && !self.client.path_nodes.is_empty()) {
             let friends: Vec<PublicKey> = self.client.friends.keys().copied().collect();
             for pk in friends {
                 self.do_friend(now, pk, dht);
@@ -598,7 +604,11 @@ impl Onion {
             if n.pings >= ONION_NODE_MAX_PINGS {
                 continue;
             }
-            let mut interval = ANNOUNCE_INTERVAL_NOT_ANNOUNCED;
+            let mut interval = if self.is_fast(now) {
+                super::FAST_INTERVAL
+            } else {
+                ANNOUNCE_INTERVAL_NOT_ANNOUNCED
+            };
             if n.is_stored != 0 && self.path_exists(now, PathSet::Announce, n.path_used) {
                 interval = ONION_NODE_PING_INTERVAL;
                 let slot = n.path_used as usize % NUMBER_ONION_PATHS;
@@ -687,11 +697,28 @@ impl Onion {
         if f.is_online {
             return;
         }
-        let interval = Duration::from_secs(interval_secs);
-        let per_friend = Duration::from_secs(interval_secs / (MAX_ONION_CLIENTS as u64 / 2));
+        // c-toxcore divides whole seconds (3 / 4 = 0 for new friends).
+        let (interval, per_friend) = if is_new && self.is_fast(now) {
+            (
+                super::FAST_INTERVAL,
+                super::FAST_INTERVAL / (MAX_ONION_CLIENTS as u32 / 2),
+            )
+        } else {
+            (
+                Duration::from_secs(interval_secs),
+                Duration::from_secs(interval_secs / (MAX_ONION_CLIENTS as u64 / 2)),
+            )
+        };
+        // During a fast start, resend every FAST_INTERVAL: an early DHT-PK may have gone to a
+        // stale announcement (the friend restarted and has not re-announced yet).
+        let dht_pk_interval = if self.is_fast(now) {
+            super::FAST_INTERVAL
+        } else {
+            ONION_DHTPK_SEND_INTERVAL
+        };
         let onion_due = f
             .last_dht_pk_onion_sent
-            .is_none_or(|t| now.saturating_duration_since(t) >= ONION_DHTPK_SEND_INTERVAL);
+            .is_none_or(|t| now.saturating_duration_since(t) >= dht_pk_interval);
         let dht_due = f
             .last_dht_pk_dht_sent
             .is_none_or(|t| now.saturating_duration_since(t) >= DHT_DHTPK_SEND_INTERVAL);
