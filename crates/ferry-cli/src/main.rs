@@ -303,6 +303,14 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 println!("DHT public key  {}", s.dht_public_key);
                 println!("UDP port        {}", s.udp_port);
                 println!("connection      {}", s.connection);
+                println!(
+                    "onion           {}",
+                    if s.onion_connected {
+                        "announced (friends can find you)"
+                    } else {
+                        "not announced yet"
+                    }
+                );
                 println!("close nodes     {}", s.close_nodes);
                 println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
                 println!(
