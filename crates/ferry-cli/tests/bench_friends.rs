@@ -12,50 +12,16 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use ferry_net::{EventHandler, NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
+use ferry_net::{EventHandler, NodeOptions, PortSpec, bind_udp, spawn_node};
 use ferry_proto::dht::DhtConfig;
 use ferry_proto::node::{Connection, Node, NodeEvent};
-use ferry_testkit::{FerryUp, ToxClient, ToxClientOptions};
+use ferry_testkit::{FerryUp, Infra, ToxClient, ToxClientOptions};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
 }
 
 const STEP: Duration = Duration::from_secs(120);
-
-fn infra(
-    rt: &tokio::runtime::Runtime,
-    n: usize,
-) -> Vec<(NodeHandle, std::net::SocketAddr, String)> {
-    rt.block_on(async {
-        let mut nodes = Vec::new();
-        for _ in 0..n {
-            let socket =
-                bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0)).expect("bind");
-            let dht = DhtConfig {
-                lan_discovery: false,
-                ..DhtConfig::default()
-            };
-            let (h, _) = spawn_node(
-                socket,
-                NodeOptions {
-                    dht,
-                    ..NodeOptions::default()
-                },
-                ferry_net::DhtEvents(None),
-            )
-            .expect("spawn");
-            let s = h.status().await.expect("status");
-            nodes.push((h, s.local_addr, s.dht_public_key.to_hex()));
-        }
-        let seed = (nodes[0].1, nodes[0].2.clone());
-        for (h, _, _) in &nodes[1..] {
-            let pk = ferry_crypto::PublicKey::from_hex(&seed.1).expect("key");
-            h.bootstrap(seed.0, pk).await.expect("bootstrap");
-        }
-        nodes
-    })
-}
 
 fn online(up: &FerryUp, pk: &str) -> bool {
     up.json(&["friend", "list", "--json"])
@@ -92,21 +58,9 @@ fn id_of(up: &FerryUp) -> (String, String) {
 #[test]
 #[ignore = "benchmark: run bench/friends.sh"]
 fn bench_time_to_friend_online() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("rt");
-    let nodes = infra(&rt, 8);
-    let boot = vec![
-        "--bootstrap".to_string(),
-        format!("{}:{}", nodes[0].1, nodes[0].2),
-    ];
-    let tox_boot: Vec<(String, u16, String)> = nodes
-        .iter()
-        .take(2)
-        .map(|(_, a, k)| (a.ip().to_string(), a.port(), k.clone()))
-        .collect();
+    let infra = Infra::new(8).expect("infra");
+    let boot = infra.ferry_args();
+    let tox_boot = infra.tox_bootstrap();
     let dir = tempfile::tempdir().expect("dir");
     let mut rows: Vec<(&str, Duration)> = Vec::new();
 
@@ -200,11 +154,6 @@ fn bench_time_to_friend_online() {
             d.as_secs_f64() / base
         );
     }
-    rt.block_on(async {
-        for (h, _, _) in nodes {
-            h.shutdown().await;
-        }
-    });
 }
 
 /// Echoes messages (bob) or reports their arrival (alice) from inside the node task.
@@ -246,13 +195,10 @@ fn bench_message_round_trip() {
         .enable_all()
         .build()
         .expect("rt");
-    let nodes = infra(&rt, 6);
+    let infra = Infra::new(6).expect("infra");
     let (a_tx, a_rx) = std_mpsc::sync_channel(4096);
     let (b_tx, _b_rx) = std_mpsc::sync_channel(4096);
-    let seed = (
-        nodes[0].1,
-        ferry_crypto::PublicKey::from_hex(&nodes[0].2).expect("pk"),
-    );
+    let seed = (infra.nodes[0].1, infra.nodes[0].2);
     let (alice, bob) = rt.block_on(async {
         let mut hs = Vec::new();
         for (echo, tx) in [(false, a_tx), (true, b_tx)] {
@@ -319,8 +265,5 @@ fn bench_message_round_trip() {
     rt.block_on(async {
         alice.shutdown().await;
         bob.shutdown().await;
-        for (h, _, _) in nodes {
-            h.shutdown().await;
-        }
     });
 }

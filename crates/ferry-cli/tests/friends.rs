@@ -2,92 +2,16 @@
 //! clients (`toxpeer`) on loopback, over a small network of ferry nodes that relay onion packets
 //! and store announcements. Nothing leaves 127.0.0.1.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
-use ferry_proto::dht::DhtConfig;
-use ferry_testkit::{FerryUp, ToxClient, ToxClientOptions};
+use ferry_testkit::{FerryUp, Infra, ToxClient, ToxClientOptions};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
 }
 
 const STEP: Duration = Duration::from_secs(90);
-
-/// `n` ferry nodes in this process (their own tokio runtime), bootstrapped to node 0: the
-/// network's infrastructure (DHT, onion relays, announce storage).
-struct Infra {
-    rt: tokio::runtime::Runtime,
-    nodes: Vec<(NodeHandle, SocketAddr, String)>,
-}
-
-impl Infra {
-    fn new(n: usize) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let nodes = rt.block_on(async {
-            let mut nodes = Vec::new();
-            for _ in 0..n {
-                let socket =
-                    bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0)).expect("bind");
-                let dht = DhtConfig {
-                    lan_discovery: false,
-                    ..DhtConfig::default()
-                };
-                let (h, _join) = spawn_node(
-                    socket,
-                    NodeOptions {
-                        dht,
-                        ..NodeOptions::default()
-                    },
-                    ferry_net::DhtEvents(None),
-                )
-                .expect("spawn");
-                let s = h.status().await.expect("status");
-                nodes.push((h, s.local_addr, s.dht_public_key.to_hex()));
-            }
-            let seed = (nodes[0].1, nodes[0].2.clone());
-            for (h, _, _) in &nodes[1..] {
-                let pk = ferry_crypto::PublicKey::from_hex(&seed.1).expect("key");
-                h.bootstrap(seed.0, pk).await.expect("bootstrap");
-            }
-            nodes
-        });
-        Self { rt, nodes }
-    }
-
-    /// `--bootstrap` argument for ferry up.
-    fn ferry_arg(&self) -> Vec<String> {
-        vec![
-            "--bootstrap".into(),
-            format!("{}:{}", self.nodes[0].1, self.nodes[0].2),
-        ]
-    }
-
-    fn tox_bootstrap(&self) -> Vec<(String, u16, String)> {
-        self.nodes
-            .iter()
-            .take(2)
-            .map(|(_, a, k)| (a.ip().to_string(), a.port(), k.clone()))
-            .collect()
-    }
-}
-
-impl Drop for Infra {
-    fn drop(&mut self) {
-        let nodes = std::mem::take(&mut self.nodes);
-        self.rt.block_on(async {
-            for (h, _, _) in nodes {
-                h.shutdown().await;
-            }
-        });
-    }
-}
 
 fn tox_client(infra: &Infra, auto_accept: bool) -> ToxClient {
     ToxClient::spawn(&ToxClientOptions {
@@ -177,8 +101,8 @@ fn public_key(up: &FerryUp) -> String {
 /// round-trip both ways.
 #[test]
 fn ferry_adds_c_toxcore_and_they_chat() {
-    let infra = Infra::new(6);
-    let up = FerryUp::start(ferry(), &infra.ferry_arg()).expect("ferry up");
+    let infra = Infra::new(6).expect("infra");
+    let up = FerryUp::start(ferry(), &infra.ferry_args()).expect("ferry up");
     let mut tox = tox_client(&infra, false);
     let started = Instant::now();
     let out = up
@@ -269,8 +193,8 @@ fn ferry_adds_c_toxcore_and_they_chat() {
 /// The c-toxcore client sends the request; ferry lists it, accepts it; they chat.
 #[test]
 fn c_toxcore_adds_ferry_and_they_chat() {
-    let infra = Infra::new(6);
-    let up = FerryUp::start(ferry(), &infra.ferry_arg()).expect("ferry up");
+    let infra = Infra::new(6).expect("infra");
+    let up = FerryUp::start(ferry(), &infra.ferry_args()).expect("ferry up");
     let mut tox = tox_client(&infra, false);
     let id = tox_id(&up);
     let n = tox
@@ -318,7 +242,7 @@ fn c_toxcore_adds_ferry_and_they_chat() {
 /// ferry relays their onion packets and stores their announcements.
 #[test]
 fn c_toxcore_pair_over_a_ferry_only_network() {
-    let infra = Infra::new(6);
+    let infra = Infra::new(6).expect("infra");
     let mut a = tox_client(&infra, false);
     let mut b = tox_client(&infra, true);
     let start = Instant::now();
@@ -340,9 +264,9 @@ fn c_toxcore_pair_over_a_ferry_only_network() {
 /// the friends reconnect by themselves and the history is intact.
 #[test]
 fn ferry_pair_survives_kill_9() {
-    let infra = Infra::new(6);
-    let mut a = FerryUp::start(ferry(), &infra.ferry_arg()).expect("a");
-    let b = FerryUp::start(ferry(), &infra.ferry_arg()).expect("b");
+    let infra = Infra::new(6).expect("infra");
+    let mut a = FerryUp::start(ferry(), &infra.ferry_args()).expect("a");
+    let b = FerryUp::start(ferry(), &infra.ferry_args()).expect("b");
     let out = b.cli(&["set", "auto-accept", "on"]).expect("auto-accept");
     assert!(out.status.success());
     let (a_pk, b_pk) = (public_key(&a), public_key(&b));

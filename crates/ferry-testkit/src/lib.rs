@@ -545,16 +545,7 @@ impl FerryUp {
                 String::from_utf8_lossy(&init.stderr)
             );
         }
-        let mut up = Self {
-            child: None,
-            ferry: ferry.to_path_buf(),
-            profile,
-            port: free_udp_port(),
-            stderr: Lines::default(),
-            extra: extra.to_vec(),
-        };
-        up.spawn()?;
-        Ok(up)
+        Self::start_with_profile(ferry, profile, extra)
     }
 
     /// Starts `ferry up` (same arguments as [`Self::start`]) on an existing profile directory,
@@ -818,5 +809,99 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A network of in-process ferry nodes (their own tokio runtime, loopback sockets, LAN discovery
+/// off), all bootstrapped to node 0: the DHT, onion relays and announce stores that the
+/// processes under test (ferry daemons, c-toxcore clients) use. Shut down on drop.
+pub struct Infra {
+    rt: tokio::runtime::Runtime,
+    /// (handle, UDP address, DHT public key) per node.
+    pub nodes: Vec<(
+        ferry_net::NodeHandle,
+        std::net::SocketAddr,
+        ferry_crypto::PublicKey,
+    )>,
+}
+
+impl std::fmt::Debug for Infra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Infra")
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+impl Infra {
+    /// Starts `n` ≥ 1 nodes.
+    ///
+    /// # Errors
+    /// Runtime, socket or spawn failures.
+    pub fn new(n: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(n >= 1, "an infrastructure needs a node");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let nodes = rt.block_on(async {
+            let mut nodes = Vec::new();
+            for _ in 0..n {
+                let socket = ferry_net::bind_udp(
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                    ferry_net::PortSpec::Exact(0),
+                )?;
+                let options = ferry_net::NodeOptions {
+                    dht: ferry_proto::dht::DhtConfig {
+                        lan_discovery: false,
+                        ..ferry_proto::dht::DhtConfig::default()
+                    },
+                    ..ferry_net::NodeOptions::default()
+                };
+                let (h, _join) =
+                    ferry_net::spawn_node(socket, options, ferry_net::DhtEvents(None))?;
+                let s = h.status().await?;
+                nodes.push((h, s.local_addr, s.dht_public_key));
+            }
+            let (addr, pk) = (nodes[0].1, nodes[0].2);
+            for (h, _, _) in &nodes[1..] {
+                h.bootstrap(addr, pk).await?;
+            }
+            anyhow::Ok(nodes)
+        })?;
+        Ok(Self { rt, nodes })
+    }
+
+    /// The runtime the nodes run on (to drive their handles from a test).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// `--bootstrap IP:PORT:KEY` arguments for `ferry up` (node 0).
+    pub fn ferry_args(&self) -> Vec<String> {
+        vec![
+            "--bootstrap".into(),
+            format!("{}:{}", self.nodes[0].1, self.nodes[0].2.to_hex()),
+        ]
+    }
+
+    /// Bootstrap triples for [`ToxClientOptions::bootstrap`] (nodes 0 and 1).
+    pub fn tox_bootstrap(&self) -> Vec<(String, u16, String)> {
+        self.nodes
+            .iter()
+            .take(2)
+            .map(|(_, a, k)| (a.ip().to_string(), a.port(), k.to_hex()))
+            .collect()
+    }
+}
+
+impl Drop for Infra {
+    fn drop(&mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        self.rt.block_on(async {
+            for (h, _, _) in nodes {
+                h.shutdown().await;
+            }
+        });
     }
 }
