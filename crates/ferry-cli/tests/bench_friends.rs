@@ -238,6 +238,8 @@ fn bench_message_round_trip() {
         .expect("pk");
     let mut rtts = Vec::new();
     for i in 0..500 {
+        // Chat-like spacing: each message starts from a quiet session.
+        std::thread::sleep(Duration::from_millis(0));
         let text = format!("ping {i}");
         let sent = Instant::now();
         let t2 = text.clone();
