@@ -17,7 +17,7 @@
 //! doubling, capped at 10 min) until the friend comes online; received ones are checked
 //! against our nospam, existing friends and a ring of recent senders.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -270,7 +270,8 @@ pub struct Node {
     name: Vec<u8>,
     status_message: Vec<u8>,
     user_status: UserStatus,
-    friends: HashMap<PublicKey, Friend>,
+    /// Ordered, so iteration (and with it randomness use) is the same in every run.
+    friends: BTreeMap<PublicKey, Friend>,
     recent_requests: VecDeque<PublicKey>,
     next_message_id: u64,
     next_tick: Instant,
@@ -309,7 +310,7 @@ impl Node {
             name: Vec::new(),
             status_message: Vec::new(),
             user_status: UserStatus::Online,
-            friends: HashMap::new(),
+            friends: BTreeMap::new(),
             recent_requests: VecDeque::new(),
             next_message_id: 1,
             next_tick: now,
