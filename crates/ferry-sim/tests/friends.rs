@@ -27,10 +27,12 @@ impl SimNode {
         let mut rng = rng.fork();
         let real = KeyPair::generate(&mut rng);
         let dht = KeyPair::generate(&mut rng);
-        let mut config = NodeConfig::default();
-        config.dht = DhtConfig {
-            lan_discovery: false,
-            ..DhtConfig::default()
+        let config = NodeConfig {
+            dht: DhtConfig {
+                lan_discovery: false,
+                ..DhtConfig::default()
+            },
+            ..NodeConfig::default()
         };
         Self {
             node: Node::new(config, real, dht, 7, rng.fork(), now),
