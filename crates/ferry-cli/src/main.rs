@@ -115,8 +115,8 @@ enum SimCommand {
         /// Lookups each node starts per hour.
         #[arg(long, default_value_t = 6.0)]
         lookups_per_hour: f64,
-        /// Threads advancing the nodes (default: the machine's cores); the result is the same for
-        /// any count.
+        /// Threads advancing the nodes (default: the cores not already busy, per the load
+        /// average); the result is the same for any count.
         #[arg(long)]
         threads: Option<usize>,
         /// JSON output.

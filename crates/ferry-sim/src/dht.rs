@@ -84,9 +84,19 @@ impl DhtScenario {
     }
 }
 
-/// The machine's cores (1 if unknown): the default [`DhtScenario::threads`].
+/// The default [`DhtScenario::threads`]: the machine's cores that are not already busy (cores
+/// minus the 1-minute load average, rounded; at least 1). The threads advance in lockstep windows
+/// of 10 ms of virtual time, so a thread that has to share its core with another process stalls
+/// the others: on a loaded machine one thread is faster (bench/RESULTS.md). The thread count
+/// never changes a run's result.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let busy = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .filter(|l| l.is_finite() && *l >= 0.0)
+        .map_or(0, |l| l.round() as usize);
+    cores.saturating_sub(busy).max(1)
 }
 
 /// What a run measured. `--json` of `ferry sim dht` prints this.

@@ -548,12 +548,14 @@ impl<N: Endpoint + Send> Network<N> {
         let generation = AtomicU64::new(0);
         let done = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
+        let main = std::thread::current();
         std::thread::scope(|scope| {
+            let mut workers = Vec::with_capacity(n - 1);
             for k in 1..n {
-                let (ctx, lock) = (&ctx, &lock);
+                let (ctx, lock, main) = (&ctx, &lock, &main);
                 let (window_end, generation, done, failed) =
                     (&window_end, &generation, &done, &failed);
-                scope.spawn(move || {
+                let handle = scope.spawn(move || {
                     let _guard = PanicFlag(failed);
                     let mut seen = 0;
                     loop {
@@ -567,9 +569,18 @@ impl<N: Endpoint + Send> Network<N> {
                         }
                         lock(k).run(end, ctx);
                         done.fetch_add(1, Atomic::AcqRel);
+                        main.unpark();
                     }
                 });
+                workers.push(handle.thread().clone());
             }
+            let open_window = |end: u64| {
+                window_end.store(end, Atomic::Release);
+                generation.fetch_add(1, Atomic::AcqRel);
+                for w in &workers {
+                    w.unpark();
+                }
+            };
             let _guard = PanicFlag(&failed);
             let mut moved = Vec::new();
             loop {
@@ -588,15 +599,13 @@ impl<N: Endpoint + Send> Network<N> {
                 };
                 let end = start.saturating_add(lookahead).min(until_ns + 1);
                 done.store(0, Atomic::Release);
-                window_end.store(end, Atomic::Release);
-                generation.fetch_add(1, Atomic::AcqRel);
+                open_window(end);
                 lock(0).run(end, &ctx);
                 if !wait_for(|| done.load(Atomic::Acquire) == n - 1, &failed) {
                     break;
                 }
             }
-            window_end.store(STOP, Atomic::Release);
-            generation.fetch_add(1, Atomic::AcqRel);
+            open_window(STOP);
         });
         self.shards = shards
             .into_iter()
@@ -616,7 +625,8 @@ impl Drop for PanicFlag<'_> {
     }
 }
 
-/// Waits until `ready()`: spins briefly (windows are short), then yields the core. `false` if
+/// Waits until `ready()`: spins briefly (windows are short), then sleeps until unparked (so a
+/// waiting thread leaves the core to the one it waits for when cores are shared). `false` if
 /// another thread panicked.
 fn wait_for(ready: impl Fn() -> bool, failed: &AtomicBool) -> bool {
     let mut spins = 0u32;
@@ -624,11 +634,11 @@ fn wait_for(ready: impl Fn() -> bool, failed: &AtomicBool) -> bool {
         if failed.load(Atomic::Acquire) {
             return false;
         }
-        if spins < 256 {
+        if spins < 2000 {
             spins += 1;
             std::hint::spin_loop();
         } else {
-            std::thread::yield_now();
+            std::thread::park_timeout(Duration::from_millis(1));
         }
     }
     true
