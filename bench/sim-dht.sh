@@ -5,6 +5,8 @@
 #   bench/sim-dht.sh                 # 1,000 nodes: no churn; 10 %/h and 30 %/h churn with 5 % loss
 #   NODES=10000 bench/sim-dht.sh     # the same at 10,000 nodes
 #   HOURS=1 SEED=1 LOOKUPS=6         # defaults
+#   THREADS=2 bench/sim-dht.sh       # threads advancing the nodes (default: the idle cores, by
+#                                    # load average); reports are identical for any count
 #
 # Everything runs in one process in virtual time; nothing touches the network.
 set -euo pipefail
@@ -13,13 +15,15 @@ nodes="${NODES:-1000}"
 hours="${HOURS:-1}"
 seed="${SEED:-1}"
 lookups="${LOOKUPS:-6}"
+threads=()
+[ -n "${THREADS:-}" ] && threads=(--threads "$THREADS")
 cargo build --release -q -p ferry-cli
 out="$(mktemp)"
 for spec in "0 0" "0.1 0.05" "0.3 0.05"; do
     set -- $spec
-    echo "== nodes=$nodes hours=$hours churn=$1/h loss=$2 seed=$seed" >&2
+    echo "== nodes=$nodes hours=$hours churn=$1/h loss=$2 seed=$seed threads=${THREADS:-auto}" >&2
     ./target/release/ferry sim dht --nodes "$nodes" --hours "$hours" --churn "$1" --loss "$2" \
-        --seed "$seed" --lookups-per-hour "$lookups" --json | tr -d '\n ' >>"$out"
+        --seed "$seed" --lookups-per-hour "$lookups" "${threads[@]}" --json | tr -d '\n ' >>"$out"
     echo >>"$out"
 done
 cat "$out"

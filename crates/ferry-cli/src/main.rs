@@ -179,6 +179,10 @@ enum SimCommand {
         /// Lookups each node starts per hour.
         #[arg(long, default_value_t = 6.0)]
         lookups_per_hour: f64,
+        /// Threads advancing the nodes (default: the cores not already busy, per the load
+        /// average); the result is the same for any count.
+        #[arg(long)]
+        threads: Option<usize>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -445,6 +449,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                     hours,
                     seed,
                     lookups_per_hour,
+                    threads,
                     json,
                 },
         } => {
@@ -459,6 +464,10 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             scenario.churn_per_hour = churn;
             scenario.link.loss = loss;
             scenario.lookups_per_node_hour = lookups_per_hour;
+            if let Some(t) = threads {
+                anyhow::ensure!(t >= 1, "--threads must be at least 1");
+                scenario.threads = t;
+            }
             let bar = indicatif::ProgressBar::new(scenario.duration.as_secs());
             bar.set_style(
                 indicatif::ProgressStyle::with_template(

@@ -397,20 +397,23 @@ impl Search {
     /// The slot `pk` would take (`store_node_ok` on the worst entry): an empty one, a bad one, or
     /// the farthest one if `pk` is closer to `target`.
     fn worst_replaceable(&self, target: &PublicKey, pk: &PublicKey, now: Instant) -> Option<usize> {
-        let worst = self
-            .clients
-            .iter()
-            .enumerate()
-            .max_by(|(_, a), (_, b)| {
-                // Bad before good, then farthest first.
-                (!a.good(now))
-                    .cmp(&!b.good(now))
-                    .then(target.distance_cmp(&a.public_key, &b.public_key))
-            })
-            .map(|(i, _)| i)?;
-        let w = &self.clients[worst];
-        if !w.good(now) || target.distance_cmp(pk, &w.public_key).is_lt() {
-            Some(worst)
+        // The maximum of (bad, distance to `target`): bad before good, then farthest first. One
+        // pass, each client's liveness computed once (a hot path of every nodes response).
+        let mut worst: Option<(usize, bool)> = None;
+        for (i, c) in self.clients.iter().enumerate() {
+            let bad = !c.good(now);
+            let further = worst.is_none_or(|(w, w_bad)| {
+                bad.cmp(&w_bad)
+                    .then(target.distance_cmp(&c.public_key, &self.clients[w].public_key))
+                    .is_ge()
+            });
+            if further {
+                worst = Some((i, bad));
+            }
+        }
+        let (w, w_bad) = worst?;
+        if w_bad || target.distance_cmp(pk, &self.clients[w].public_key).is_lt() {
+            Some(w)
         } else {
             None
         }

@@ -18,13 +18,16 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::FerryRng;
 use ferry_crypto::{KeyPair, KeySource, PrecomputedKey, PublicKey, SecretKey};
+use ferry_proto::Endpoint;
+use ferry_proto::Transmit;
 use ferry_proto::dht::{Dht, DhtConfig, DhtEvent};
 use serde::Serialize;
+use std::net::SocketAddr;
 
 use crate::net::{LinkConfig, Network, NodeId, exp_delay};
 
@@ -53,6 +56,8 @@ pub struct DhtScenario {
     pub lookup_timeout: Duration,
     /// Run seed: same seed, same run.
     pub seed: u64,
+    /// Threads advancing the nodes (the report is the same for any count).
+    pub threads: usize,
 }
 
 impl DhtScenario {
@@ -74,8 +79,24 @@ impl DhtScenario {
             lookups_per_node_hour: 6.0,
             lookup_timeout: Duration::from_secs(60),
             seed,
+            threads: default_threads(),
         }
     }
+}
+
+/// The default [`DhtScenario::threads`]: the machine's cores that are not already busy (cores
+/// minus the 1-minute load average, rounded; at least 1). The threads advance in lockstep windows
+/// of 10 ms of virtual time, so a thread that has to share its core with another process stalls
+/// the others: on a loaded machine one thread is faster (bench/RESULTS.md). The thread count
+/// never changes a run's result.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let busy = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .filter(|l| l.is_finite() && *l >= 0.0)
+        .map_or(0, |l| l.round() as usize);
+    cores.saturating_sub(busy).max(1)
 }
 
 /// What a run measured. `--json` of `ferry sim dht` prints this.
@@ -142,15 +163,78 @@ struct Lookup {
 
 #[derive(Debug, Default)]
 struct Tally {
-    /// Pending lookups per searcher.
-    pending: HashMap<NodeId, Vec<Lookup>>,
     durations_ms: Vec<f64>,
     requests: u64,
     failed: u64,
     next_lookup_id: u64,
 }
 
-fn new_node(rng: &mut FerryRng, now: Instant, memo: &Arc<PairMemo>) -> Dht {
+impl Tally {
+    /// Takes the lookups a node resolved (when it leaves, and at the end of the run).
+    fn absorb(&mut self, node: &mut SimNode) {
+        self.durations_ms.append(&mut node.durations_ms);
+        self.requests += std::mem::take(&mut node.requests);
+    }
+}
+
+/// One simulated DHT node: the real [`Dht`] plus the scenario's record of the lookups it started,
+/// which it resolves itself as `Found` events come out, so nodes share nothing and can be
+/// advanced by several threads.
+#[derive(Debug)]
+pub struct SimNode {
+    dht: Dht,
+    pending: Vec<Lookup>,
+    durations_ms: Vec<f64>,
+    requests: u64,
+}
+
+impl SimNode {
+    /// The node's DHT state machine.
+    pub fn dht(&self) -> &Dht {
+        &self.dht
+    }
+
+    /// Drains the DHT's events after each input: a `Found` for a pending lookup resolves it.
+    fn observe(&mut self, now: Instant) {
+        while let Some(ev) = self.dht.poll_event() {
+            let DhtEvent::Found { public_key, .. } = ev else {
+                continue;
+            };
+            let Some(pos) = self.pending.iter().position(|l| l.target == public_key) else {
+                continue;
+            };
+            let l = self.pending.swap_remove(pos);
+            self.requests += self
+                .dht
+                .search_status(now, &public_key)
+                .map_or(0, |s| u64::from(s.requests));
+            self.durations_ms
+                .push(now.saturating_duration_since(l.started).as_secs_f64() * 1000.0);
+            if !self.pending.iter().any(|o| o.target == public_key) {
+                self.dht.remove_search(&public_key);
+            }
+        }
+    }
+}
+
+impl Endpoint for SimNode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.dht.handle_datagram(now, from, bytes);
+        self.observe(now);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.dht.handle_timeout(now);
+        self.observe(now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.dht.poll_transmit()
+    }
+    fn poll_timeout(&self) -> Instant {
+        self.dht.poll_timeout()
+    }
+}
+
+fn new_node(rng: &mut FerryRng, now: Instant, memo: &Arc<PairMemo>) -> SimNode {
     let mut node_rng = rng.fork();
     let keys = KeyPair::generate(&mut node_rng);
     let source: Arc<dyn KeySource> = memo.clone();
@@ -160,14 +244,71 @@ fn new_node(rng: &mut FerryRng, now: Instant, memo: &Arc<PairMemo>) -> Dht {
         key_source: Some(source),
         ..DhtConfig::default()
     };
-    Dht::new(config, keys, node_rng, now)
+    SimNode {
+        dht: Dht::new(config, keys, node_rng, now),
+        pending: Vec::new(),
+        durations_ms: Vec::new(),
+        requests: 0,
+    }
 }
 
+type Pair = (PublicKey, PublicKey);
+
 /// The simulator's shared-key memo: both ends of a pair derive the same `crypto_box` key, so it
-/// is computed once per pair for the whole simulated network instead of once per node.
-#[derive(Debug, Default)]
+/// is computed once per pair for the whole simulated network instead of once per node, and again
+/// only after it aged out.
+///
+/// Bounded by two generations: keys live in the current map; when it reaches the capacity it
+/// becomes the previous map (and the old previous one is dropped); a key found in the previous
+/// map moves back to the current one. So at most `2 × capacity` keys are held, and a pair in use
+/// within the last `capacity` insertions is never recomputed. Which keys are held never changes a
+/// run's result (every node still counts its own cache misses), only how often X25519 runs.
+#[derive(Debug)]
 pub struct PairMemo {
-    keys: Mutex<HashMap<(PublicKey, PublicKey), Arc<PrecomputedKey>>>,
+    capacity: usize,
+    generations: Mutex<[HashMap<Pair, Arc<PrecomputedKey>>; 2]>,
+}
+
+impl Default for PairMemo {
+    /// A memo of 1,000,000 pairs per generation (about 150 MB each).
+    fn default() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+}
+
+impl PairMemo {
+    /// A memo holding `capacity` (at least 1) pairs per generation.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            generations: Mutex::new([HashMap::new(), HashMap::new()]),
+        }
+    }
+
+    /// Pairs held now (both generations).
+    pub fn len(&self) -> usize {
+        let g = self.lock();
+        g[0].len() + g[1].len()
+    }
+
+    /// Whether no pair is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [HashMap<Pair, Arc<PrecomputedKey>>; 2]> {
+        self.generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, pair: Pair, key: Arc<PrecomputedKey>) -> Arc<PrecomputedKey> {
+        let mut g = self.lock();
+        if g[0].len() >= self.capacity {
+            g[1] = std::mem::take(&mut g[0]);
+        }
+        g[0].entry(pair).or_insert(key).clone()
+    }
 }
 
 impl KeySource for PairMemo {
@@ -182,13 +323,16 @@ impl KeySource for PairMemo {
         } else {
             (*theirs, *our_public)
         };
-        let mut map = self
-            .keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(pair)
-            .or_insert_with(|| Arc::new(PrecomputedKey::new(ours, theirs)))
-            .clone()
+        let aged = {
+            let mut g = self.lock();
+            if let Some(k) = g[0].get(&pair) {
+                return k.clone();
+            }
+            g[1].remove(&pair)
+        };
+        // X25519 outside the lock, so other threads' lookups do not wait for it.
+        let key = aged.unwrap_or_else(|| Arc::new(PrecomputedKey::new(ours, theirs)));
+        self.insert(pair, key)
     }
 }
 
@@ -197,8 +341,8 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
     let wall = Instant::now();
     let base = wall;
     let mut rng = FerryRng::from_u64(s.seed);
-    let mut net: Network<Dht> = Network::new(s.link, rng.fork(), base);
-    let memo = Arc::new(PairMemo::default());
+    let mut net: Network<SimNode> = Network::with_threads(s.link, rng.fork(), base, s.threads);
+    let memo = Arc::new(PairMemo::with_capacity(s.nodes.max(1000) * 256));
     let mut keys: HashMap<NodeId, PublicKey> = HashMap::new();
     let mut seeds = Vec::new();
     for _ in 0..s.seeds.min(s.nodes) {
@@ -206,7 +350,7 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
         keys.insert(
             id,
             net.node(id)
-                .map(Dht::public_key)
+                .map(|n| n.dht.public_key())
                 .unwrap_or(PublicKey([0; 32])),
         );
         seeds.push(id);
@@ -216,7 +360,7 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
             if a != b {
                 let (addr, pk) = (net.addr(b), keys.get(&b).copied());
                 if let (Some(addr), Some(pk)) = (addr, pk) {
-                    net.with_node(a, |n, now| n.bootstrap(now, addr, pk));
+                    net.with_node(a, |n, now| n.dht.bootstrap(now, addr, pk));
                 }
             }
         }
@@ -261,12 +405,12 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
         if at > s.duration {
             break;
         }
-        net.run_until(at, |id, node, now| observe(&mut tally, id, node, now));
+        net.run_until(at);
         // Idle window bookkeeping happens at sample times.
         match step {
             Step::Join => {
                 let id = net.add(|_, r| new_node(r, base, &memo));
-                if let Some(pk) = net.node(id).map(Dht::public_key) {
+                if let Some(pk) = net.node(id).map(|n| n.dht.public_key()) {
                     keys.insert(id, pk);
                 }
                 bootstrap_from_seeds(&mut net, id, &seeds, &keys);
@@ -278,7 +422,7 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
                     let live = net.live();
                     let counts: Vec<usize> = live
                         .iter()
-                        .filter_map(|&i| net.node(i).map(|n| n.good_close_count(now)))
+                        .filter_map(|&i| net.node(i).map(|n| n.dht.good_close_count(now)))
                         .collect();
                     let total: u64 = counts.iter().map(|&c| c as u64).sum();
                     let min = counts.iter().copied().min().unwrap_or(0);
@@ -332,17 +476,20 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
                     }
                     if let Some(pk) = keys.get(&target).copied() {
                         let added = net
-                            .with_node(id, |n, now| n.add_search(now, pk).is_ok())
+                            .with_node(id, |n, now| n.dht.add_search(now, pk).is_ok())
                             .unwrap_or(false);
                         if added {
                             tally.next_lookup_id += 1;
                             let lid = tally.next_lookup_id;
-                            tally.pending.entry(id).or_default().push(Lookup {
-                                id: lid,
-                                target: pk,
-                                target_node: target,
-                                started: net.now(),
-                            });
+                            let started = net.now();
+                            if let Some(n) = net.node_mut(id) {
+                                n.pending.push(Lookup {
+                                    id: lid,
+                                    target: pk,
+                                    target_node: target,
+                                    started,
+                                });
+                            }
                             push(
                                 &mut steps,
                                 at + s.lookup_timeout,
@@ -360,17 +507,17 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
                 }
             }
             Step::LookupDeadline(id, lid) => {
-                let Some(list) = tally.pending.get_mut(&id) else {
+                let Some(list) = net.node_mut(id).map(|n| &mut n.pending) else {
                     continue;
                 };
                 let Some(pos) = list.iter().position(|l| l.id == lid) else {
                     continue;
                 };
                 let l = list.swap_remove(pos);
-                if net.node(l.target_node).is_some() && net.node(id).is_some() {
+                if net.node(l.target_node).is_some() {
                     tally.failed += 1;
                 }
-                net.with_node(id, |n, _| n.remove_search(&l.target));
+                net.with_node(id, |n, _| n.dht.remove_search(&l.target));
             }
             Step::Churn => {
                 let live: Vec<NodeId> = net
@@ -380,11 +527,12 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
                     .collect();
                 if !live.is_empty() {
                     let gone = live[rng.below(live.len())];
-                    net.remove(gone);
+                    if let Some(mut node) = net.remove(gone) {
+                        tally.absorb(&mut node);
+                    }
                     keys.remove(&gone);
-                    tally.pending.remove(&gone);
                     let id = net.add(|_, r| new_node(r, base, &memo));
-                    if let Some(pk) = net.node(id).map(Dht::public_key) {
+                    if let Some(pk) = net.node(id).map(|n| n.dht.public_key()) {
                         keys.insert(id, pk);
                     }
                     bootstrap_from_seeds(&mut net, id, &seeds, &keys);
@@ -399,19 +547,22 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
             }
         }
     }
-    net.run_until(s.duration, |id, node, now| {
-        observe(&mut tally, id, node, now)
-    });
+    net.run_until(s.duration);
 
     let live = net.live();
     let keys_total: u64 = live
         .iter()
-        .filter_map(|&i| net.node(i).map(|n| n.stats().keys_computed))
+        .filter_map(|&i| net.node(i).map(|n| n.dht.stats().keys_computed))
         .sum();
+    for &i in &live {
+        if let Some(n) = net.node_mut(i) {
+            tally.absorb(n);
+        }
+    }
     let keys_computed_per_node = keys_total as f64 / live.len().max(1) as f64;
     let resolved = tally.durations_ms.len() as u64;
     let lookups = resolved + tally.failed;
-    let mut d = tally.durations_ms.clone();
+    let mut d = std::mem::take(&mut tally.durations_ms);
     d.sort_by(f64::total_cmp);
     DhtReport {
         nodes: s.nodes,
@@ -446,40 +597,14 @@ pub fn run(s: &DhtScenario, mut progress: impl FnMut(Duration, Duration)) -> Dht
 }
 
 fn bootstrap_from_seeds(
-    net: &mut Network<Dht>,
+    net: &mut Network<SimNode>,
     id: NodeId,
     seeds: &[NodeId],
     keys: &HashMap<NodeId, PublicKey>,
 ) {
     for &seed in seeds {
         if let (Some(addr), Some(pk)) = (net.addr(seed), keys.get(&seed).copied()) {
-            net.with_node(id, |n, now| n.bootstrap(now, addr, pk));
-        }
-    }
-}
-
-/// Drains a node's events after each input: a `Found` for a pending lookup resolves it.
-fn observe(tally: &mut Tally, id: NodeId, node: &mut Dht, now: Instant) {
-    while let Some(ev) = node.poll_event() {
-        let DhtEvent::Found { public_key, .. } = ev else {
-            continue;
-        };
-        let Some(list) = tally.pending.get_mut(&id) else {
-            continue;
-        };
-        let Some(pos) = list.iter().position(|l| l.target == public_key) else {
-            continue;
-        };
-        let l = list.swap_remove(pos);
-        let requests = node
-            .search_status(now, &public_key)
-            .map_or(0, |s| u64::from(s.requests));
-        tally.requests += requests;
-        tally
-            .durations_ms
-            .push(now.saturating_duration_since(l.started).as_secs_f64() * 1000.0);
-        if !list.iter().any(|o| o.target == public_key) {
-            node.remove_search(&public_key);
+            net.with_node(id, |n, now| n.dht.bootstrap(now, addr, pk));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The simulated network: a virtual clock, an event queue and seeded links, generic over any
 //! sans-IO [`Endpoint`]. Anchors: quinn-proto's `Pair` driver (drive endpoints by hand, no
 //! sockets), str0m's seeded `netem` (loss, latency, bandwidth from one seed), FoundationDB-style
-//! determinism (one RNG, one ordered event queue, no wall clock in the logic).
+//! determinism (seeded RNGs, totally ordered events, no wall clock in the logic).
 //!
 //! # Link model
 //!
@@ -13,13 +13,26 @@
 //!
 //! # Determinism
 //!
-//! Events are ordered by (virtual time, sequence number); all randomness comes from one
-//! [`FerryRng`] seeded by the run seed; node RNGs are forked from it. The same seed gives the same
-//! run, bit for bit, whatever the machine.
+//! Every event has a total, schedule-independent key: (virtual time, receiving node, sending node,
+//! the sender's sequence number); timers are events a node sends itself. Loss and jitter are drawn
+//! from the *sender's* link RNG, node RNGs and link RNGs are forked from the run's RNG when a node
+//! is added. So each node sees the same inputs in the same order however the nodes are spread
+//! over threads: the same seed gives the same run, bit for bit, with 1 thread or many.
+//!
+//! # Threads (conservative parallel discrete-event simulation)
+//!
+//! With `threads > 1` the nodes are split into shards (node id mod shards), each with its own
+//! event queue, advanced by its own thread in windows of virtual time no longer than the minimum
+//! link latency ([`LinkConfig::latency_min_ms`]): nothing sent inside a window can arrive inside
+//! it, so shards never wait for each other within a window. At each window's end, datagrams for
+//! other shards are moved to their queues. Commands ([`Network::with_node`], adding and removing
+//! nodes) happen between [`Network::run_until`] calls, when all threads are stopped.
 
-use std::cmp::Reverse;
+use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as Atomic};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::{FerryRng, RngCore};
@@ -28,7 +41,8 @@ use ferry_proto::{Destination, Endpoint};
 /// Link parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
-    /// One-way latency between the closest nodes, in ms.
+    /// One-way latency between the closest nodes, in ms. It is also the length of the windows in
+    /// which threads advance independently (a smaller value means more synchronisation).
     pub latency_min_ms: f64,
     /// One-way latency between the farthest nodes, in ms.
     pub latency_max_ms: f64,
@@ -52,6 +66,19 @@ impl Default for LinkConfig {
     }
 }
 
+impl LinkConfig {
+    /// The least one-way delay any datagram can have, in ns (the lookahead of the parallel
+    /// simulation; 0 = none, which forces one thread).
+    fn lookahead_ns(&self) -> u64 {
+        let ms = self.latency_min_ms.min(self.latency_max_ms) + self.jitter_ms.min(0.0);
+        if ms.is_finite() && ms > 0.0 {
+            (ms * 1_000_000.0) as u64
+        } else {
+            0
+        }
+    }
+}
+
 /// Network-wide counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
@@ -65,6 +92,16 @@ pub struct NetStats {
     pub lost: u64,
     /// Datagrams to an address with no live node (departed, never existed, or broadcast).
     pub undeliverable: u64,
+}
+
+impl NetStats {
+    fn add(&mut self, o: &Self) {
+        self.sent += o.sent;
+        self.sent_bytes += o.sent_bytes;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        self.undeliverable += o.undeliverable;
+    }
 }
 
 /// Per-node traffic counters.
@@ -82,36 +119,201 @@ pub type NodeId = usize;
 struct Slot<N> {
     node: N,
     addr: SocketAddr,
-    pos: (f64, f64),
     uplink_free_at: u64,
     timer_at: Option<u64>,
     traffic: NodeTraffic,
+    /// Loss and jitter of this node's datagrams.
+    link_rng: FerryRng,
+    /// Sequence number of this node's last event (datagram sent or timer armed).
+    seq: u64,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Event {
-    Deliver {
-        to: NodeId,
-        from: SocketAddr,
-        bytes: Vec<u8>,
-    },
-    Timer {
-        node: NodeId,
-    },
+enum Payload {
+    Deliver { from: SocketAddr, bytes: Vec<u8> },
+    Timer,
+}
+
+/// An event, ordered by (time, receiver, sender, sender's sequence number): a key that does not
+/// depend on how nodes are spread over shards. `BinaryHeap` is a max-heap, so `Ord` is reversed.
+struct Event {
+    at: u64,
+    to: NodeId,
+    src: NodeId,
+    seq: u64,
+    payload: Payload,
+}
+
+impl Event {
+    fn key(&self) -> (u64, NodeId, NodeId, u64) {
+        (self.at, self.to, self.src, self.seq)
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.key().cmp(&self.key())
+    }
+}
+
+/// What every shard reads and nobody writes while a window runs.
+struct Ctx<'a> {
+    base: Instant,
+    config: LinkConfig,
+    by_addr: &'a HashMap<SocketAddr, NodeId>,
+    pos: &'a [(f64, f64)],
+    shards: usize,
+}
+
+/// The nodes `id ≡ index (mod shards)` and their pending events.
+struct Shard<N> {
+    index: usize,
+    /// Slot of node `id` at `id / shards`.
+    slots: Vec<Option<Slot<N>>>,
+    queue: BinaryHeap<Event>,
+    /// Datagrams for other shards, moved at the end of the window.
+    outbox: Vec<Event>,
+    stats: NetStats,
+}
+
+impl<N: Endpoint> Shard<N> {
+    /// Runs this shard's events due before `end` (ns, exclusive).
+    fn run(&mut self, end: u64, ctx: &Ctx<'_>) {
+        while self.queue.peek().is_some_and(|e| e.at < end) {
+            let Some(ev) = self.queue.pop() else { break };
+            let now = ctx.base + Duration::from_nanos(ev.at);
+            let Some(slot) = self
+                .slots
+                .get_mut(ev.to / ctx.shards)
+                .and_then(Option::as_mut)
+            else {
+                if matches!(ev.payload, Payload::Deliver { .. }) {
+                    self.stats.undeliverable += 1;
+                }
+                continue;
+            };
+            match ev.payload {
+                Payload::Deliver { from, bytes } => {
+                    slot.traffic.received += 1;
+                    slot.node.handle_datagram(now, from, &bytes);
+                    self.stats.delivered += 1;
+                }
+                Payload::Timer => {
+                    if slot.timer_at != Some(ev.at) {
+                        continue; // superseded
+                    }
+                    slot.timer_at = None;
+                    slot.node.handle_timeout(now);
+                }
+            }
+            self.after_input(ev.to, ev.at, ctx);
+        }
+    }
+
+    /// Drains a node's transmits into the network and (re)arms its timer.
+    fn after_input(&mut self, id: NodeId, now_ns: u64, ctx: &Ctx<'_>) {
+        let Self {
+            index,
+            slots,
+            queue,
+            outbox,
+            stats,
+        } = self;
+        let Some(slot) = slots.get_mut(id / ctx.shards).and_then(Option::as_mut) else {
+            return;
+        };
+        let c = ctx.config;
+        let pos = ctx.pos[id];
+        while let Some(t) = slot.node.poll_transmit() {
+            stats.sent += 1;
+            stats.sent_bytes += t.payload.len() as u64;
+            let Destination::Addr(to_addr) = t.destination else {
+                // No LAN in the simulated internet.
+                stats.undeliverable += 1;
+                continue;
+            };
+            slot.traffic.sent += 1;
+            let depart = match c.uplink_bytes_per_s {
+                Some(bw) if bw > 0 => {
+                    let start = slot.uplink_free_at.max(now_ns);
+                    let done = start + (t.payload.len() as u64 * 1_000_000_000) / bw;
+                    slot.uplink_free_at = done;
+                    done
+                }
+                _ => now_ns,
+            };
+            if c.loss > 0.0 && unit(&mut slot.link_rng) < c.loss {
+                stats.lost += 1;
+                continue;
+            }
+            let Some(&to) = ctx.by_addr.get(&to_addr) else {
+                stats.undeliverable += 1;
+                continue;
+            };
+            let to_pos = ctx.pos[to];
+            let dist = ((pos.0 - to_pos.0).powi(2) + (pos.1 - to_pos.1).powi(2)).sqrt()
+                / std::f64::consts::SQRT_2;
+            let ms = c.latency_min_ms
+                + (c.latency_max_ms - c.latency_min_ms) * dist
+                + c.jitter_ms * unit(&mut slot.link_rng);
+            slot.seq += 1;
+            let ev = Event {
+                at: depart + (ms * 1_000_000.0) as u64,
+                to,
+                src: id,
+                seq: slot.seq,
+                payload: Payload::Deliver {
+                    from: slot.addr,
+                    bytes: t.payload,
+                },
+            };
+            if to % ctx.shards == *index {
+                queue.push(ev);
+            } else {
+                outbox.push(ev);
+            }
+        }
+        let deadline = (slot
+            .node
+            .poll_timeout()
+            .saturating_duration_since(ctx.base)
+            .as_nanos() as u64)
+            .max(now_ns);
+        if slot.timer_at.is_none_or(|t| deadline < t) {
+            slot.timer_at = Some(deadline);
+            slot.seq += 1;
+            queue.push(Event {
+                at: deadline,
+                to: id,
+                src: id,
+                seq: slot.seq,
+                payload: Payload::Timer,
+            });
+        }
+    }
 }
 
 /// A simulated network of endpoints of type `N`.
 pub struct Network<N> {
     base: Instant,
     now_ns: u64,
-    seq: u64,
     rng: FerryRng,
     config: LinkConfig,
-    slots: Vec<Option<Slot<N>>>,
+    shards: Vec<Shard<N>>,
     by_addr: HashMap<SocketAddr, NodeId>,
-    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    /// Position of every node ever added, by id.
+    pos: Vec<(f64, f64)>,
     next_ip: u32,
-    stats: NetStats,
 }
 
 impl<N> std::fmt::Debug for Network<N> {
@@ -119,7 +321,7 @@ impl<N> std::fmt::Debug for Network<N> {
         f.debug_struct("Network")
             .field("now_ns", &self.now_ns)
             .field("live", &self.by_addr.len())
-            .field("stats", &self.stats)
+            .field("threads", &self.shards.len())
             .finish()
     }
 }
@@ -130,22 +332,44 @@ const FIRST_IP: u32 = 0x0B00_0001;
 /// The port every simulated node uses.
 pub const SIM_PORT: u16 = 33445;
 
-impl<N: Endpoint> Network<N> {
-    /// An empty network. `base` is the `Instant` that virtual time 0 maps to (any value works:
-    /// only differences matter to the endpoints).
+impl<N: Endpoint + Send> Network<N> {
+    /// An empty network run by one thread. `base` is the `Instant` that virtual time 0 maps to
+    /// (any value works: only differences matter to the endpoints).
     pub fn new(config: LinkConfig, rng: FerryRng, base: Instant) -> Self {
+        Self::with_threads(config, rng, base, 1)
+    }
+
+    /// An empty network whose nodes are advanced by `threads` threads (at least 1; 1 when the
+    /// links have no minimum latency). The run is the same, bit for bit, for any thread count.
+    pub fn with_threads(config: LinkConfig, rng: FerryRng, base: Instant, threads: usize) -> Self {
+        let threads = if config.lookahead_ns() == 0 {
+            1
+        } else {
+            threads.max(1)
+        };
         Self {
             base,
             now_ns: 0,
-            seq: 0,
             rng,
             config,
-            slots: Vec::new(),
+            shards: (0..threads)
+                .map(|index| Shard {
+                    index,
+                    slots: Vec::new(),
+                    queue: BinaryHeap::new(),
+                    outbox: Vec::new(),
+                    stats: NetStats::default(),
+                })
+                .collect(),
             by_addr: HashMap::new(),
-            queue: BinaryHeap::new(),
+            pos: Vec::new(),
             next_ip: FIRST_IP,
-            stats: NetStats::default(),
         }
+    }
+
+    /// Threads that advance the nodes.
+    pub fn threads(&self) -> usize {
+        self.shards.len()
     }
 
     /// The current virtual time as an `Instant`.
@@ -165,12 +389,26 @@ impl<N: Endpoint> Network<N> {
 
     /// Counters.
     pub fn stats(&self) -> NetStats {
-        self.stats
+        let mut s = NetStats::default();
+        for shard in &self.shards {
+            s.add(&shard.stats);
+        }
+        s
     }
 
     /// The next free address; every node ever added gets a new one.
     pub fn next_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::from(self.next_ip)), SIM_PORT)
+    }
+
+    fn slot(&self, id: NodeId) -> Option<&Slot<N>> {
+        let n = self.shards.len();
+        self.shards[id % n].slots.get(id / n)?.as_ref()
+    }
+
+    fn slot_mut(&mut self, id: NodeId) -> Option<&mut Slot<N>> {
+        let n = self.shards.len();
+        self.shards[id % n].slots.get_mut(id / n)?.as_mut()
     }
 
     /// Adds a node built by `make(address)`; returns its id.
@@ -179,58 +417,68 @@ impl<N: Endpoint> Network<N> {
         self.next_ip += 1;
         let node = make(addr, &mut self.rng);
         let pos = (unit(&mut self.rng), unit(&mut self.rng));
-        let id = self.slots.len();
-        self.slots.push(Some(Slot {
+        let link_rng = self.rng.fork();
+        let id = self.pos.len();
+        self.pos.push(pos);
+        let n = self.shards.len();
+        let shard = &mut self.shards[id % n];
+        debug_assert_eq!(shard.slots.len(), id / n, "ids are dealt round-robin");
+        shard.slots.push(Some(Slot {
             node,
             addr,
-            pos,
             uplink_free_at: self.now_ns,
             timer_at: None,
             traffic: NodeTraffic::default(),
+            link_rng,
+            seq: 0,
         }));
         self.by_addr.insert(addr, id);
-        self.after_input(id);
+        self.input_done(id);
         id
     }
 
     /// Removes a node (it leaves without a word); datagrams in flight to it are dropped.
     pub fn remove(&mut self, id: NodeId) -> Option<N> {
-        let slot = self.slots.get_mut(id)?.take()?;
+        let n = self.shards.len();
+        let slot = self.shards[id % n].slots.get_mut(id / n)?.take()?;
         self.by_addr.remove(&slot.addr);
         Some(slot.node)
     }
 
     /// The node with id `id`, if live.
     pub fn node(&self, id: NodeId) -> Option<&N> {
-        self.slots.get(id)?.as_ref().map(|s| &s.node)
+        self.slot(id).map(|s| &s.node)
+    }
+
+    /// The node with id `id`, if live, for changes that send nothing (else use
+    /// [`Network::with_node`]).
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut N> {
+        self.slot_mut(id).map(|s| &mut s.node)
     }
 
     /// Runs `f` on a live node, then drains its output (call this for every command).
     pub fn with_node<R>(&mut self, id: NodeId, f: impl FnOnce(&mut N, Instant) -> R) -> Option<R> {
         let now = self.now();
-        let slot = self.slots.get_mut(id)?.as_mut()?;
+        let slot = self.slot_mut(id)?;
         let r = f(&mut slot.node, now);
-        self.after_input(id);
+        self.input_done(id);
         Some(r)
     }
 
     /// A node's address.
     pub fn addr(&self, id: NodeId) -> Option<SocketAddr> {
-        self.slots.get(id)?.as_ref().map(|s| s.addr)
+        self.slot(id).map(|s| s.addr)
     }
 
     /// A node's traffic counters.
     pub fn traffic(&self, id: NodeId) -> Option<NodeTraffic> {
-        self.slots.get(id)?.as_ref().map(|s| s.traffic)
+        self.slot(id).map(|s| s.traffic)
     }
 
     /// Ids of the live nodes, in ascending order.
     pub fn live(&self) -> Vec<NodeId> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_some())
-            .map(|(i, _)| i)
+        (0..self.pos.len())
+            .filter(|&i| self.slot(i).is_some())
             .collect()
     }
 
@@ -239,127 +487,161 @@ impl<N: Endpoint> Network<N> {
         self.by_addr.len()
     }
 
-    /// Runs events until virtual time `until`, calling `observe(id, node)` after each input to a
-    /// node (drain its events there).
-    pub fn run_until(&mut self, until: Duration, mut observe: impl FnMut(NodeId, &mut N, Instant)) {
+    /// Drains a node's output after a command (outside [`Network::run_until`]).
+    fn input_done(&mut self, id: NodeId) {
+        let ctx = Ctx {
+            base: self.base,
+            config: self.config,
+            by_addr: &self.by_addr,
+            pos: &self.pos,
+            shards: self.shards.len(),
+        };
+        let n = self.shards.len();
+        self.shards[id % n].after_input(id, self.now_ns, &ctx);
+        let moved: Vec<Event> = self
+            .shards
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.outbox))
+            .collect();
+        for ev in moved {
+            self.shards[ev.to % n].queue.push(ev);
+        }
+    }
+
+    /// Runs every event due at or before virtual time `until`.
+    pub fn run_until(&mut self, until: Duration) {
         let until_ns = until.as_nanos() as u64;
-        while let Some(Reverse((t, _, _))) = self.queue.peek() {
-            if *t > until_ns {
-                break;
-            }
-            let Some(Reverse((t, _, ev))) = self.queue.pop() else {
-                break;
+        if self.shards.len() == 1 {
+            let ctx = Ctx {
+                base: self.base,
+                config: self.config,
+                by_addr: &self.by_addr,
+                pos: &self.pos,
+                shards: 1,
             };
-            self.now_ns = t;
-            let now = self.now();
-            match ev {
-                Event::Deliver { to, from, bytes } => {
-                    let Some(slot) = self.slots.get_mut(to).and_then(Option::as_mut) else {
-                        self.stats.undeliverable += 1;
-                        continue;
-                    };
-                    slot.traffic.received += 1;
-                    slot.node.handle_datagram(now, from, &bytes);
-                    self.stats.delivered += 1;
-                    observe(to, &mut slot.node, now);
-                    self.after_input(to);
-                }
-                Event::Timer { node } => {
-                    let Some(slot) = self.slots.get_mut(node).and_then(Option::as_mut) else {
-                        continue;
-                    };
-                    if slot.timer_at != Some(t) {
-                        continue; // superseded
-                    }
-                    slot.timer_at = None;
-                    slot.node.handle_timeout(now);
-                    observe(node, &mut slot.node, now);
-                    self.after_input(node);
-                }
-            }
+            self.shards[0].run(until_ns.saturating_add(1), &ctx);
+        } else {
+            self.run_parallel(until_ns);
         }
         self.now_ns = self.now_ns.max(until_ns);
     }
 
-    fn push(&mut self, at: u64, ev: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, ev)));
-    }
-
-    /// Drains a node's transmits into the network and (re)arms its timer.
-    fn after_input(&mut self, id: NodeId) {
-        let now_ns = self.now_ns;
-        let mut out = Vec::new();
-        let (deadline, from, pos) = {
-            let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
-                return;
-            };
-            while let Some(t) = slot.node.poll_transmit() {
-                out.push(t);
-            }
-            let d = slot
-                .node
-                .poll_timeout()
-                .saturating_duration_since(self.base)
-                .as_nanos() as u64;
-            (d.max(now_ns), slot.addr, slot.pos)
+    /// Conservative parallel run: windows of at most the lookahead, one thread per shard
+    /// (this one runs shard 0), cross-shard datagrams moved between windows.
+    fn run_parallel(&mut self, until_ns: u64) {
+        const STOP: u64 = u64::MAX;
+        let lookahead = self.config.lookahead_ns();
+        let n = self.shards.len();
+        let shards: Vec<Mutex<Shard<N>>> = std::mem::take(&mut self.shards)
+            .into_iter()
+            .map(Mutex::new)
+            .collect();
+        let ctx = Ctx {
+            base: self.base,
+            config: self.config,
+            by_addr: &self.by_addr,
+            pos: &self.pos,
+            shards: n,
         };
-        for t in out {
-            self.stats.sent += 1;
-            self.stats.sent_bytes += t.payload.len() as u64;
-            let Destination::Addr(to_addr) = t.destination else {
-                // No LAN in the simulated internet.
-                self.stats.undeliverable += 1;
-                continue;
-            };
-            let depart = {
-                let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
-                    return;
-                };
-                slot.traffic.sent += 1;
-                match self.config.uplink_bytes_per_s {
-                    Some(bw) if bw > 0 => {
-                        let start = slot.uplink_free_at.max(now_ns);
-                        let done = start + (t.payload.len() as u64 * 1_000_000_000) / bw;
-                        slot.uplink_free_at = done;
-                        done
+        let lock = |k: usize| shards[k].lock().unwrap_or_else(PoisonError::into_inner);
+        let window_end = AtomicU64::new(0);
+        let generation = AtomicU64::new(0);
+        let done = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let main = std::thread::current();
+        std::thread::scope(|scope| {
+            let mut workers = Vec::with_capacity(n - 1);
+            for k in 1..n {
+                let (ctx, lock, main) = (&ctx, &lock, &main);
+                let (window_end, generation, done, failed) =
+                    (&window_end, &generation, &done, &failed);
+                let handle = scope.spawn(move || {
+                    let _guard = PanicFlag(failed);
+                    let mut seen = 0;
+                    loop {
+                        if !wait_for(|| generation.load(Atomic::Acquire) != seen, failed) {
+                            return;
+                        }
+                        seen = generation.load(Atomic::Acquire);
+                        let end = window_end.load(Atomic::Acquire);
+                        if end == STOP {
+                            return;
+                        }
+                        lock(k).run(end, ctx);
+                        done.fetch_add(1, Atomic::AcqRel);
+                        main.unpark();
                     }
-                    _ => now_ns,
+                });
+                workers.push(handle.thread().clone());
+            }
+            let open_window = |end: u64| {
+                window_end.store(end, Atomic::Release);
+                generation.fetch_add(1, Atomic::AcqRel);
+                for w in &workers {
+                    w.unpark();
                 }
             };
-            if self.config.loss > 0.0 && unit(&mut self.rng) < self.config.loss {
-                self.stats.lost += 1;
-                continue;
+            let _guard = PanicFlag(&failed);
+            let mut moved = Vec::new();
+            loop {
+                // Between windows every worker waits: move datagrams to their shards.
+                for k in 0..n {
+                    moved.append(&mut lock(k).outbox);
+                }
+                for ev in moved.drain(..) {
+                    lock(ev.to % n).queue.push(ev);
+                }
+                let next = (0..n)
+                    .filter_map(|k| lock(k).queue.peek().map(|e| e.at))
+                    .min();
+                let Some(start) = next.filter(|&t| t <= until_ns) else {
+                    break;
+                };
+                let end = start.saturating_add(lookahead).min(until_ns + 1);
+                done.store(0, Atomic::Release);
+                open_window(end);
+                lock(0).run(end, &ctx);
+                if !wait_for(|| done.load(Atomic::Acquire) == n - 1, &failed) {
+                    break;
+                }
             }
-            let Some(&to) = self.by_addr.get(&to_addr) else {
-                self.stats.undeliverable += 1;
-                continue;
-            };
-            let to_pos = self.slots[to].as_ref().map(|s| s.pos).unwrap_or(pos);
-            let dist = ((pos.0 - to_pos.0).powi(2) + (pos.1 - to_pos.1).powi(2)).sqrt()
-                / std::f64::consts::SQRT_2;
-            let c = self.config;
-            let ms = c.latency_min_ms
-                + (c.latency_max_ms - c.latency_min_ms) * dist
-                + c.jitter_ms * unit(&mut self.rng);
-            let arrive = depart + (ms * 1_000_000.0) as u64;
-            self.push(
-                arrive,
-                Event::Deliver {
-                    to,
-                    from,
-                    bytes: t.payload,
-                },
-            );
-        }
-        let Some(slot) = self.slots.get_mut(id).and_then(Option::as_mut) else {
-            return;
-        };
-        if slot.timer_at.is_none_or(|t| deadline < t) {
-            slot.timer_at = Some(deadline);
-            self.push(deadline, Event::Timer { node: id });
+            open_window(STOP);
+        });
+        self.shards = shards
+            .into_iter()
+            .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+            .collect();
+    }
+}
+
+/// Sets the flag when its thread unwinds, so the other threads stop waiting for it.
+struct PanicFlag<'a>(&'a AtomicBool);
+
+impl Drop for PanicFlag<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Atomic::Release);
         }
     }
+}
+
+/// Waits until `ready()`: spins briefly (windows are short), then sleeps until unparked (so a
+/// waiting thread leaves the core to the one it waits for when cores are shared). `false` if
+/// another thread panicked.
+fn wait_for(ready: impl Fn() -> bool, failed: &AtomicBool) -> bool {
+    let mut spins = 0u32;
+    while !ready() {
+        if failed.load(Atomic::Acquire) {
+            return false;
+        }
+        if spins < 2000 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+    true
 }
 
 /// A uniform f64 in [0, 1) from the RNG (53 random bits).
@@ -442,7 +724,7 @@ mod tests {
             ..LinkConfig::default()
         };
         let (mut net, _, rx) = pair(cfg, Duration::from_millis(10), 10);
-        net.run_until(Duration::from_secs(100), |_, _, _| {});
+        net.run_until(Duration::from_secs(100));
         let got = net.node(rx).expect("rx").received.len() as f64;
         let rate = 1.0 - got / 10_000.0;
         assert!((0.18..0.22).contains(&rate), "loss {rate}");
@@ -460,13 +742,13 @@ mod tests {
             ..LinkConfig::default()
         };
         let (mut net, _, rx) = pair(cfg, Duration::from_millis(1), 1000);
-        net.run_until(Duration::from_secs(10), |_, _, _| {});
+        net.run_until(Duration::from_secs(10));
         let got = net.node(rx).expect("rx").received.len();
         assert!((990..=1000).contains(&got), "{got} arrived in 10 s");
         // Unlimited: the first datagram arrives after the pair's latency, 10..=150 ms.
         let (mut net, _, rx) = pair(LinkConfig::default(), Duration::from_secs(1), 10);
         let base = net.now();
-        net.run_until(Duration::from_millis(200), |_, _, _| {});
+        net.run_until(Duration::from_millis(200));
         let first = net.node(rx).expect("rx").received[0].duration_since(base);
         assert!(
             first >= Duration::from_millis(10) && first <= Duration::from_millis(155),

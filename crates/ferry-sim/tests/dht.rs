@@ -109,3 +109,23 @@ fn thousand_nodes_half_hour_churn_and_loss() {
         r.lookup_success_rate
     );
 }
+
+/// The parallel simulation gives the same run as one thread, bit for bit, with churn and loss
+/// (which draw from the nodes' link RNGs), and with more threads than cores.
+#[test]
+fn threads_do_not_change_the_run() {
+    let mut s = scenario(80, 0.12, 5);
+    s.churn_per_hour = 0.5;
+    s.link.loss = 0.05;
+    s.threads = 1;
+    let one = run(&s, |_, _| {});
+    for threads in [2, 3] {
+        s.threads = threads;
+        let many = run(&s, |_, _| {});
+        assert!(
+            same_but_wall(&one, &many),
+            "seed 5: {threads} threads diverged from 1:\n{one:?}\n{many:?}"
+        );
+    }
+    assert!(one.churned > 0 && one.lookups > 0, "seed 5: {one:?}");
+}
