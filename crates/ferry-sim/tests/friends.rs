@@ -99,7 +99,7 @@ fn run(seed: u64, n: usize) -> (Vec<(u64, u64)>, usize) {
         });
     }
     // Let the DHT form.
-    net.run_until(Duration::from_secs(20), |_, _, _| {});
+    net.run_until(Duration::from_secs(20));
     let start = net.now();
     let real = |net: &Network<SimNode>, id: NodeId| net.node(id).expect("live").node.tox_id();
     // Pairs who already are friends (as after a restart), and one friend request.
@@ -125,7 +125,7 @@ fn run(seed: u64, n: usize) -> (Vec<(u64, u64)>, usize) {
     })
     .expect("live")
     .expect("add");
-    net.run_until(Duration::from_secs(80), |_, _, _| {});
+    net.run_until(Duration::from_secs(80));
     let mut times = Vec::new();
     for &(a, b) in pairs.iter().chain([(7usize, 8usize)].iter()) {
         let (pa, pb) = (real(&net, ids[a]).public_key, real(&net, ids[b]).public_key);
@@ -151,7 +151,7 @@ fn run(seed: u64, n: usize) -> (Vec<(u64, u64)>, usize) {
             .expect("send");
         sent.push((ids[a], ids[b], id));
     }
-    net.run_until(Duration::from_secs(85), |_, _, _| {});
+    net.run_until(Duration::from_secs(85));
     let mut delivered = 0;
     for &(a, b, id) in &sent {
         let got = net.node(b).expect("live").log.iter().any(

@@ -121,10 +121,7 @@ fn network(n: usize, seed: u64, loss: f64) -> (Network<TestNode>, Vec<NodeId>) {
     let seed_addr = net.addr(ids[0]).expect("seed");
     let seed_pk = net.node(ids[0]).expect("seed").dht.public_key();
     for (k, &id) in ids.iter().enumerate().skip(1) {
-        net.run_until(
-            Duration::from_millis(2000 * k as u64 / n as u64),
-            |_, _, _| {},
-        );
+        net.run_until(Duration::from_millis(2000 * k as u64 / n as u64));
         net.with_node(id, |node, now| node.dht.bootstrap(now, seed_addr, seed_pk));
     }
     (net, ids)
@@ -167,7 +164,7 @@ fn friends_get_each_others_dht_key_in_c_toxcore_like_time() {
         net.with_node(b, |n, now| n.onion.add_friend(now, pka))
             .expect("live")
             .expect("added");
-        net.run_until(Duration::from_secs(60), |_, _, _| {});
+        net.run_until(Duration::from_secs(60));
         let connected = ids
             .iter()
             .filter(|&&i| net.node(i).is_some_and(|n| n.onion.is_connected()))
@@ -221,7 +218,7 @@ fn friend_request_arrives_with_its_message() {
     // Like Messenger: retry every 5 s until the friend is found and the request goes out.
     let mut sent_at = None;
     for step in 1..=24u64 {
-        net.run_until(Duration::from_secs(step * 5), |_, _, _| {});
+        net.run_until(Duration::from_secs(step * 5));
         let r = net
             .with_node(c, |n, now| {
                 n.onion
@@ -238,7 +235,7 @@ fn friend_request_arrives_with_its_message() {
         }
     }
     let sent_at = sent_at.expect("D found within 120 s");
-    net.run_until(Duration::from_secs(sent_at + 3), |_, _, _| {});
+    net.run_until(Duration::from_secs(sent_at + 3));
     let got = net.node(d).expect("d").events.iter().filter(|(_, e)| {
         matches!(e, OnionEvent::FriendRequest { real_pk, nospam, message }
             if *real_pk == pkc && *nospam == [0xde, 0xad, 0xbe, 0xef] && message == b"Hi, this is C.")
@@ -255,7 +252,7 @@ fn friend_request_arrives_with_its_message() {
 #[test]
 fn malformed_onion_packets_are_counted_and_dropped() {
     let (mut net, ids) = network(30, 21, 0.0);
-    net.run_until(Duration::from_secs(20), |_, _, _| {});
+    net.run_until(Duration::from_secs(20));
     let victim = ids[5];
     let from: SocketAddr = "11.9.9.9:33445".parse().expect("addr");
     let before = net.node(victim).expect("v").onion.stats().malformed;
@@ -282,7 +279,7 @@ fn malformed_onion_packets_are_counted_and_dropped() {
         after - before
     );
     // The network still works: nearly everyone stays onion-connected.
-    net.run_until(Duration::from_secs(40), |_, _, _| {});
+    net.run_until(Duration::from_secs(40));
     let connected = ids
         .iter()
         .filter(|&&i| net.node(i).is_some_and(|n| n.onion.is_connected()))
@@ -300,7 +297,7 @@ fn same_seed_same_onion_run() {
         let (pka, pkb) = (real_pk(&net, a), real_pk(&net, b));
         net.with_node(a, |n, now| n.onion.add_friend(now, pkb));
         net.with_node(b, |n, now| n.onion.add_friend(now, pka));
-        net.run_until(Duration::from_secs(40), |_, _, _| {});
+        net.run_until(Duration::from_secs(40));
         ids.iter()
             .flat_map(|&i| {
                 net.node(i)
