@@ -464,6 +464,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             scenario.churn_per_hour = churn;
             scenario.link.loss = loss;
             scenario.lookups_per_node_hour = lookups_per_hour;
+            scenario.threads = ferry_sim::dht::default_threads();
             if let Some(t) = threads {
                 anyhow::ensure!(t >= 1, "--threads must be at least 1");
                 scenario.threads = t;
