@@ -108,6 +108,12 @@ router() {
         # Behind a NAT only replies come in (conntrack), as on a home router.
         "${ipt[@]}" -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
         "${ipt[@]}" -A FORWARD -i wan -o lan -j DROP
+        # The router itself takes nothing unsolicited from the WAN either. This matters for hole
+        # punching: a packet that reaches the router before the host's own first packet out
+        # would otherwise leave a conntrack entry (to the router) that clashes with the host's
+        # mapping, and MASQUERADE would pick another port.
+        "${ipt[@]}" -A INPUT -i wan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+        "${ipt[@]}" -A INPUT -i wan -j DROP
     fi
 }
 
