@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_testkit::KillOnDrop;
+use ferry_testkit::{KillOnDrop, ToxClient, ToxClientOptions};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
@@ -184,8 +184,22 @@ struct Cell {
     connected: Option<Duration>,
 }
 
-/// Runs one cell: lab, six public nodes, two peers behind their routers.
-fn run_cell(nat_a: &'static str, nat_b: &'static str, tag: usize) -> anyhow::Result<Cell> {
+/// Which implementation the two peers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peers {
+    /// `ferry up`.
+    Ferry,
+    /// c-toxcore 0.2.18 (`toxpeer`, hole punching on).
+    CToxcore,
+}
+
+/// Runs one cell: lab, six public ferry nodes, two peers behind their routers.
+fn run_cell(
+    peers: Peers,
+    nat_a: &'static str,
+    nat_b: &'static str,
+    tag: usize,
+) -> anyhow::Result<Cell> {
     let prefix = format!("nt{:x}x{tag}", std::process::id() & 0xffff);
     let lab = Lab::up(&format!("{nat_a}:{nat_b}"), &prefix)?;
     let boot_ns = lab.var("NS_BOOT").to_string();
@@ -200,6 +214,16 @@ fn run_cell(nat_a: &'static str, nat_b: &'static str, tag: usize) -> anyhow::Res
     public.push(first);
     for i in 1..PUBLIC_NODES {
         public.push(Daemon::start(&boot_ns, 33445 + i, &boot)?);
+    }
+    if peers == Peers::CToxcore {
+        let connected = c_toxcore_pair(&lab, &boot_ip, &first_key)?;
+        drop(public);
+        drop(lab);
+        return Ok(Cell {
+            nat_a,
+            nat_b,
+            connected,
+        });
     }
     let a = Daemon::start(lab.var("NS_A"), 33445, &boot)?;
     let b = Daemon::start(lab.var("NS_B"), 33445, &boot)?;
@@ -238,16 +262,65 @@ fn run_cell(nat_a: &'static str, nat_b: &'static str, tag: usize) -> anyhow::Res
     })
 }
 
+/// A c-toxcore pair in the lab: A adds B (auto-accept), both online, one message A → B.
+fn c_toxcore_pair(lab: &Lab, boot_ip: &str, boot_key: &str) -> anyhow::Result<Option<Duration>> {
+    let opts = |ns: &str| ToxClientOptions {
+        port: 33445,
+        bootstrap: vec![(boot_ip.to_string(), 33445, boot_key.to_string())],
+        auto_accept: true,
+        hole_punching: true,
+        netns: Some(ns.to_string()),
+        seconds: Some(200),
+        ..ToxClientOptions::default()
+    };
+    let mut a = ToxClient::spawn(&opts(lab.var("NS_A")))?;
+    let mut b = ToxClient::spawn(&opts(lab.var("NS_B")))?;
+    let start = Instant::now();
+    let n = a.add_friend(&b.address.clone(), "nat lab")?;
+    let left = || CELL_TIMEOUT.saturating_sub(start.elapsed());
+    let online = |c: &ToxClient, t: Duration| {
+        c.lines.wait_for(t, |l| {
+            l.starts_with("FRIEND_CONNECTION ") && !l.ends_with(" none")
+        })
+    };
+    if online(&a, left()).is_err() || online(&b, left()).is_err() {
+        return Ok(None);
+    }
+    a.send_command(&format!("SEND {n} through the NAT"))?;
+    if b.wait_for("MESSAGE 0 normal through the NAT", left())
+        .is_err()
+    {
+        return Ok(None);
+    }
+    Ok(Some(start.elapsed()))
+}
+
 /// The matrix of none / cone / symmetric against each other. Cells where at least one side is
 /// routed or both are cone must connect directly (hole punching or plain DHT pings); the others
 /// are measured and reported (port-restricted cone against symmetric and symmetric against
 /// symmetric need a relay with Linux's random port allocation).
 #[test]
 fn nat_matrix() {
-    if let Some(why) = skip_reason() {
-        eprintln!("SKIP nat_matrix: {why} (needs root, iproute2 and iptables)");
+    matrix(Peers::Ferry);
+}
+
+/// The same cells with c-toxcore 0.2.18 pairs (hole punching on) over the same public ferry
+/// nodes, for comparison; measured, not asserted. Needs `libtoxcore-dev` too.
+#[test]
+fn nat_matrix_c_toxcore() {
+    if ferry_testkit::toxpeer_path().is_err() {
+        eprintln!("SKIP nat_matrix_c_toxcore: no toxpeer (install libtoxcore-dev, pkg-config, cc)");
         return;
     }
+    matrix(Peers::CToxcore);
+}
+
+fn matrix(peers: Peers) {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP nat matrix: {why} (needs root, iproute2 and iptables)");
+        return;
+    }
+    let base = if peers == Peers::Ferry { 0 } else { 10 };
     let cells: [(&str, &str); 6] = [
         ("none", "none"),
         ("none", "cone"),
@@ -262,7 +335,9 @@ fn nat_matrix() {
         let handles: Vec<_> = batch
             .iter()
             .enumerate()
-            .map(|(i, &(x, y))| std::thread::spawn(move || run_cell(x, y, batch_no * 3 + i)))
+            .map(|(i, &(x, y))| {
+                std::thread::spawn(move || run_cell(peers, x, y, base + batch_no * 3 + i))
+            })
             .collect();
         for h in handles {
             results.push(h.join().expect("cell thread").expect("cell"));
@@ -270,7 +345,7 @@ fn nat_matrix() {
     }
     for c in &results {
         eprintln!(
-            "MEASURE nat {:>9} x {:<9} {}",
+            "MEASURE nat {peers:?} {:>9} x {:<9} {}",
             c.nat_a,
             c.nat_b,
             c.connected.map_or("no connection".to_string(), |d| format!(
@@ -278,6 +353,9 @@ fn nat_matrix() {
                 d.as_secs_f64()
             ))
         );
+    }
+    if peers == Peers::CToxcore {
+        return;
     }
     for c in &results {
         let must = c.nat_a == "none" || c.nat_b == "none" || (c.nat_a, c.nat_b) == ("cone", "cone");
