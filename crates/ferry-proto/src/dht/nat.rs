@@ -306,8 +306,220 @@ pub fn common_ip(list: &[SocketAddr], min: usize) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
 mod tests {
     use super::*;
+    use crate::dht::{Dht, DhtConfig, DhtEvent};
+    use crate::{Destination, Endpoint};
+    use ferry_crypto::{KeyPair, Nonce, PrecomputedKey};
+    use ferry_wire::dht::{DhtEnvelope, DhtKind, DhtRequest, NatPing, Packet, PingPayload};
+
+    /// Drains `a`'s transmits as (destination, datagram).
+    fn sent(a: &mut Dht) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::iter::from_fn(|| a.poll_transmit())
+            .filter_map(|t| match t.destination {
+                Destination::Addr(addr) => Some((addr, t.payload)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The NAT ping inside a DHT request from `a` to the friend.
+    fn open_nat_ping(bytes: &[u8], key: &PrecomputedKey) -> Option<NatPing> {
+        let Ok(Packet::DhtRequest(r)) = Packet::decode(bytes) else {
+            return None;
+        };
+        NatPing::decode(&key.decrypt(&r.nonce, &r.ciphertext).ok()?).ok()
+    }
+
+    fn nat_ping_from(
+        friend: &KeyPair,
+        to: &PublicKey,
+        key: &PrecomputedKey,
+        ping: NatPing,
+    ) -> Vec<u8> {
+        let nonce = Nonce([7; 24]);
+        DhtRequest {
+            receiver: *to,
+            sender: friend.public,
+            nonce,
+            ciphertext: key.encrypt(&nonce, &ping.encode()).expect("encrypt"),
+        }
+        .encode()
+    }
+
+    /// The whole chain on one node: four search-list nodes report the friend at one IP with
+    /// four ports (a symmetric NAT) → NAT ping requests through all four; the friend's NAT ping
+    /// request is answered through one; the friend's response arms a punch → 48 pings around
+    /// the reported ports; a ping response from a punched port makes that address the friend's
+    /// (`Found`, `address_of`), and NAT pinging stops (direct connectivity).
+    #[test]
+    fn reports_nat_ping_punch_and_found() {
+        let mut rng = FerryRng::from_u64(5);
+        let now = Instant::now();
+        let keys = KeyPair::generate(&mut rng);
+        let friend = KeyPair::generate(&mut rng);
+        let own = keys.public;
+        let config = DhtConfig {
+            lan_discovery: false,
+            ..DhtConfig::default()
+        };
+        let mut a = Dht::new(config, keys, rng.fork(), now);
+        let fkey = PrecomputedKey::new(&friend.secret, &own);
+        a.add_search(now, friend.public).expect("search");
+        let relays: Vec<(PublicKey, SocketAddr)> = (0..4u8)
+            .map(|i| {
+                let pk = KeyPair::generate(&mut rng).public;
+                (pk, SocketAddr::from(([192, 0, 2, 10 + i], 33445)))
+            })
+            .collect();
+        {
+            let s = a.searches.get_mut(&friend.public).expect("search");
+            for &(pk, addr) in &relays {
+                s.clients.push(Client::new(pk, addr, now));
+            }
+        }
+        let ext = IpAddr::from([198, 51, 100, 7]);
+        // Three reports: not enough.
+        for (i, &(pk, _)) in relays.iter().enumerate().take(3) {
+            a.nat_report(
+                now,
+                pk,
+                friend.public,
+                SocketAddr::new(ext, 40_000 + i as u16),
+            );
+        }
+        a.handle_timeout(now);
+        let _ = sent(&mut a);
+        assert_eq!(a.stats().nat_pings, 0);
+        a.nat_report(
+            now,
+            relays[3].0,
+            friend.public,
+            SocketAddr::new(ext, 40_003),
+        );
+        // A report from a node outside the search list does not count.
+        assert!(!a.searches[&friend.public].nat.clone().report(
+            &a.searches[&friend.public].clients,
+            own,
+            SocketAddr::new(ext, 1),
+            now
+        ));
+        let t = now + Duration::from_millis(100);
+        a.handle_timeout(t);
+        let out = sent(&mut a);
+        let pings: Vec<_> = out
+            .iter()
+            .filter_map(|(to, b)| open_nat_ping(b, &fkey).map(|p| (*to, p)))
+            .collect();
+        assert_eq!(pings.len(), 4, "one NAT ping request per search-list node");
+        assert!(
+            pings
+                .iter()
+                .all(|(to, p)| !p.is_response && relays.iter().any(|r| r.1 == *to))
+        );
+        let our_id = pings[0].1.id;
+        // Not again before PUNCH_INTERVAL.
+        a.handle_timeout(t + Duration::from_secs(1));
+        assert!(
+            sent(&mut a)
+                .iter()
+                .all(|(_, b)| open_nat_ping(b, &fkey).is_none())
+        );
+
+        // The friend's NAT ping request, routed to us by relay 0: answered through one relay.
+        let theirs = NatPing {
+            is_response: false,
+            id: [9; 8],
+        };
+        let t = t + Duration::from_secs(1);
+        a.handle_datagram(t, relays[0].1, &nat_ping_from(&friend, &own, &fkey, theirs));
+        let out = sent(&mut a);
+        let replies: Vec<_> = out
+            .iter()
+            .filter_map(|(to, b)| open_nat_ping(b, &fkey).map(|p| (*to, p)))
+            .collect();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(
+            replies[0].1,
+            NatPing {
+                is_response: true,
+                id: [9; 8]
+            }
+        );
+        // A response with a wrong id does nothing; ours arms the punch.
+        let wrong = NatPing {
+            is_response: true,
+            id: [1; 8],
+        };
+        a.handle_datagram(t, relays[1].1, &nat_ping_from(&friend, &own, &fkey, wrong));
+        assert!(!a.searches[&friend.public].nat.armed);
+        let resp = NatPing {
+            is_response: true,
+            id: our_id,
+        };
+        a.handle_datagram(t, relays[1].1, &nat_ping_from(&friend, &own, &fkey, resp));
+        assert!(a.searches[&friend.public].nat.armed);
+        assert_ne!(
+            a.searches[&friend.public].nat.ping_id,
+            Some(our_id),
+            "fresh id"
+        );
+        a.handle_timeout(t);
+        let out = sent(&mut a);
+        let punches: Vec<(SocketAddr, [u8; 8])> = out
+            .iter()
+            .filter_map(|(to, b)| {
+                let Ok(Packet::Dht(env)) = Packet::decode(b) else {
+                    return None;
+                };
+                (env.kind == DhtKind::PingRequest).then_some(())?;
+                let p = PingPayload::decode(&env.open(&fkey).ok()?).ok()?;
+                Some((*to, p.ping_id))
+            })
+            .collect();
+        assert_eq!(punches.len(), 48);
+        assert_eq!(a.stats().punch_pings, 48);
+        assert!(punches.iter().all(|(to, _)| to.ip() == ext));
+        let expected = guess_ports(&[40_000, 40_001, 40_002, 40_003], 0);
+        assert_eq!(
+            punches.iter().map(|(to, _)| to.port()).collect::<Vec<_>>(),
+            expected
+        );
+        // The friend answers the ping that reached port 40_005.
+        let (hit, ping_id) = *punches
+            .iter()
+            .find(|(to, _)| to.port() == 40_005)
+            .expect("40005");
+        let pong = PingPayload {
+            is_response: true,
+            ping_id,
+        }
+        .encode();
+        let bytes = DhtEnvelope::seal(
+            DhtKind::PingResponse,
+            friend.public,
+            Nonce([3; 24]),
+            &fkey,
+            &pong,
+        )
+        .expect("seal")
+        .encode();
+        a.handle_datagram(t, hit, &bytes);
+        let found = std::iter::from_fn(|| a.poll_event()).any(|e| {
+            e == DhtEvent::Found {
+                public_key: friend.public,
+                addr: hit,
+            }
+        });
+        assert!(found);
+        assert_eq!(a.address_of(t, &friend.public), Some(hit));
+        // Direct now: no more NAT pings.
+        let before = a.stats().nat_pings;
+        a.handle_timeout(t + Duration::from_secs(10));
+        let _ = sent(&mut a);
+        assert_eq!(a.stats().nat_pings, before);
+    }
 
     #[test]
     fn guesses_follow_the_c_toxcore_sequence() {
