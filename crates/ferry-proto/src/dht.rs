@@ -46,13 +46,15 @@ use ferry_crypto::rng::FerryRng;
 use ferry_crypto::{KeyPair, Nonce, PrecomputedCache, PublicKey};
 use ferry_wire::WireError;
 use ferry_wire::dht::{
-    BootstrapInfo, DhtEnvelope, DhtKind, DhtRequest, LanDiscovery, MAX_SENT_NODES,
+    BootstrapInfo, DhtEnvelope, DhtKind, DhtRequest, LanDiscovery, MAX_SENT_NODES, NatPing,
     NodesRequestPayload, NodesResponsePayload, Packet, PingPayload,
 };
 use ferry_wire::node::{PackedNode, ip_is_lan, normalize};
 
 use crate::ping_array::PingArray;
 use crate::{Destination, Endpoint, Transmit};
+
+pub mod nat;
 
 /// Number of close-list buckets (`LCLIENT_LENGTH`).
 pub const BUCKETS: usize = 128;
@@ -208,6 +210,10 @@ pub struct DhtStats {
     pub tx_dropped: u64,
     /// Shared keys computed (X25519), i.e. misses of the precomputed-key cache.
     pub keys_computed: u64,
+    /// NAT ping requests and responses sent (one per routing node), [`nat`].
+    pub nat_pings: u64,
+    /// DHT ping requests sent by hole punching ([`nat`]).
+    pub punch_pings: u64,
 }
 
 /// One node's address of one family and its timestamps.
@@ -378,6 +384,7 @@ struct Search {
     found: Option<SocketAddr>,
     started: Instant,
     requests: u32,
+    nat: nat::NatState,
 }
 
 impl Search {
@@ -391,6 +398,7 @@ impl Search {
             found: None,
             started: now,
             requests: 0,
+            nat: nat::NatState::new(),
         }
     }
 
@@ -511,6 +519,8 @@ pub struct Dht {
     transmits: VecDeque<Transmit>,
     events: VecDeque<DhtEvent>,
     stats: DhtStats,
+    /// When hole punching ([`nat`]) next needs a look; `None` until some search has reports.
+    next_nat: Option<Instant>,
 }
 
 impl Dht {
@@ -553,6 +563,7 @@ impl Dht {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: DhtStats::default(),
+            next_nat: None,
         }
     }
 
@@ -1044,6 +1055,7 @@ impl Dht {
                 continue;
             }
             self.consider_returned_node(now, node.public_key, addr);
+            self.nat_report(now, sender, node.public_key, addr);
         }
         Ok(())
     }
@@ -1104,6 +1116,9 @@ impl Dht {
             .get(&req.sender)
             .decrypt(&req.nonce, &req.ciphertext)
         {
+            Ok(plain) if plain.first() == Some(&NatPing::REQUEST_ID) => {
+                self.handle_nat_ping(now, req.sender, &plain);
+            }
             Ok(plain) if !plain.is_empty() => {
                 let id = plain[0];
                 let data = plain[1..].to_vec();
@@ -1289,6 +1304,114 @@ impl Dht {
     }
 }
 
+/// Hole punching ([`nat`]): reports, NAT pings, punching rounds.
+impl Dht {
+    /// `returnedip_ports`: node `reporter` answered a nodes request listing `pk` at `addr`.
+    fn nat_report(&mut self, now: Instant, reporter: PublicKey, pk: PublicKey, addr: SocketAddr) {
+        let Some(s) = self.searches.get_mut(&pk).filter(|s| !s.fake) else {
+            return;
+        };
+        if s.nat.report(&s.clients, reporter, addr, now) {
+            self.next_nat = Some(self.next_nat.map_or(now, |t| t.min(now)));
+        }
+    }
+
+    /// `handle_NATping`: a NAT ping from a searched key. A request is answered through one
+    /// random node of that key's search list and noted (the friend punches too); a response
+    /// with our current ping id arms one punch and draws a new id.
+    fn handle_nat_ping(&mut self, now: Instant, sender: PublicKey, plain: &[u8]) {
+        let Ok(ping) = NatPing::decode(plain) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Some(s) = self.searches.get_mut(&sender).filter(|s| !s.fake) else {
+            return;
+        };
+        if !ping.is_response {
+            s.nat.last_recv_nat_ping = Some(now);
+            let relays: Vec<SocketAddr> = s
+                .clients
+                .iter()
+                .filter_map(|c| c.assocs().max_by_key(|a| a.last_resp).map(|a| a.addr))
+                .collect();
+            self.next_nat = Some(self.next_nat.map_or(now, |t| t.min(now)));
+            if relays.is_empty() {
+                return;
+            }
+            let relay = relays[self.rng.below(relays.len())];
+            let reply = NatPing {
+                is_response: true,
+                id: ping.id,
+            };
+            self.send_nat_ping(sender, &[relay], reply);
+        } else if s.nat.ping_id == Some(ping.id) {
+            s.nat.ping_id = Some(self.rng.bytes());
+            s.nat.armed = true;
+            self.next_nat = Some(self.next_nat.map_or(now, |t| t.min(now)));
+        }
+    }
+
+    /// Encrypts a NAT ping to `receiver` as a DHT request (0x20) and sends it to each of `via`,
+    /// which route it to `receiver` (`send_NATping`).
+    fn send_nat_ping(&mut self, receiver: PublicKey, via: &[SocketAddr], ping: NatPing) {
+        let nonce = Nonce::random(&mut self.rng);
+        let Ok(ciphertext) = self.cache.get(&receiver).encrypt(&nonce, &ping.encode()) else {
+            return;
+        };
+        let bytes = DhtRequest {
+            receiver,
+            sender: self.keys.public,
+            nonce,
+            ciphertext,
+        }
+        .encode();
+        for &addr in via {
+            self.stats.nat_pings += 1;
+            self.queue(Destination::Addr(addr), bytes.clone());
+        }
+    }
+
+    /// `do_NAT`: for every search, NAT pings and punching rounds that are due; schedules the
+    /// next look.
+    fn do_nat(&mut self, now: Instant) {
+        let mut next: Option<Instant> = None;
+        let mut actions = Vec::new();
+        for (target, s) in &mut self.searches {
+            if s.fake {
+                continue;
+            }
+            let plan = s.nat.plan(&s.clients, target, now, &mut self.rng);
+            if let Some(n) = plan.next {
+                next = Some(next.map_or(n, |t| t.min(n)));
+            }
+            if plan.nat_ping.is_some() || !plan.punch.is_empty() {
+                // Route through every node of the list (`route_to_friend`).
+                let via: Vec<SocketAddr> = s
+                    .clients
+                    .iter()
+                    .filter_map(|c| c.assocs().max_by_key(|a| a.last_resp).map(|a| a.addr))
+                    .collect();
+                actions.push((*target, plan, via));
+            }
+        }
+        // Never busy-loop: look again no sooner than one tick from now.
+        self.next_nat = next.map(|n| n.max(now + TICK));
+        for (target, plan, via) in actions {
+            if let Some(id) = plan.nat_ping {
+                let ping = NatPing {
+                    is_response: false,
+                    id,
+                };
+                self.send_nat_ping(target, &via, ping);
+            }
+            for addr in plan.punch {
+                self.stats.punch_pings += 1;
+                self.send_ping_request(now, addr, target);
+            }
+        }
+    }
+}
+
 /// Number of leading zero bits of a 256-bit big-endian number.
 fn leading_zero_bits(d: &[u8; 32]) -> usize {
     d.iter()
@@ -1397,6 +1520,9 @@ impl Endpoint for Dht {
         }
         self.do_to_ping(now);
         self.do_lan_discovery(now);
+        if self.next_nat.is_some_and(|t| now >= t) {
+            self.do_nat(now);
+        }
         debug_assert!(
             self.poll_timeout() > now,
             "handle_timeout must move the deadline forward"
@@ -1409,10 +1535,14 @@ impl Endpoint for Dht {
 
     /// The earliest of: the next list scan, the next flush of queued nodes requests (≤ 1 per
     /// [`FLUSH_INTERVAL`]), the ping-back queue ([`TIME_TO_PING`]), LAN discovery
-    /// ([`LAN_DISCOVERY_INTERVAL`]) and re-bootstrapping ([`REBOOTSTRAP_INTERVAL`]). An idle node
-    /// wakes only when something is due (c-toxcore wakes every 50 ms to check).
+    /// ([`LAN_DISCOVERY_INTERVAL`]), re-bootstrapping ([`REBOOTSTRAP_INTERVAL`]) and hole
+    /// punching ([`nat::PUNCH_INTERVAL`]). An idle node wakes only when something is due
+    /// (c-toxcore wakes every 50 ms to check).
     fn poll_timeout(&self) -> Instant {
         let mut t = self.next_scan;
+        if let Some(n) = self.next_nat {
+            t = t.min(n);
+        }
         if self.to_bootstrap_pending {
             t = t.min(self.last_flush + FLUSH_INTERVAL);
         }

@@ -8,7 +8,7 @@
  *       Load the secret key into a Tox instance, set the nospam, print "ADDRESS <76 hex>", exit.
  *   toxpeer [--port N] [--bootstrap IP PORT DHT_KEY_HEX]... [--tcp-relay IP PORT KEY_HEX]...
  *           [--seconds S] [--load FILE [--passphrase P]] [--iterate-ms N] [--udp-disabled]
- *           [--tcp-port N] [--auto-accept | --accept]
+ *           [--tcp-port N] [--auto-accept | --accept] [--hole-punching]
  *           [--friend-request ADDRESS_HEX MESSAGE]... [--friend PUBLIC_KEY_HEX]...
  *       Run a Tox client on loopback (LAN discovery, IPv6 and hole punching off; a TCP relay
  *       server only with --tcp-port). --load reads a Tox save (decrypted with --passphrase when
@@ -649,7 +649,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: toxpeer [--port N] [--bootstrap IP PORT KEY]... [--tcp-relay IP PORT KEY]... [--seconds S]\n"
             "               [--load FILE [--passphrase P]] [--iterate-ms N] [--udp-disabled] [--tcp-port N]\n"
-            "               [--auto-accept] [--friend-request ADDRESS MESSAGE]... [--friend PK]...\n"
+            "               [--auto-accept] [--hole-punching] [--friend-request ADDRESS MESSAGE]... [--friend PK]...\n"
             "       toxpeer --address-of SK NOSPAM\n");
 }
 
@@ -664,6 +664,7 @@ int main(int argc, char **argv)
     long seconds = 0;
     long iterate_ms = 0;
     int udp_disabled = 0;
+    int hole_punching = 0;
     const char *load = NULL;
     const char *passphrase = NULL;
     for (int i = 1; i < argc; i++) {
@@ -681,6 +682,8 @@ int main(int argc, char **argv)
             passphrase = argv[++i];
         } else if (strcmp(argv[i], "--udp-disabled") == 0) {
             udp_disabled = 1;
+        } else if (strcmp(argv[i], "--hole-punching") == 0) {
+            hole_punching = 1;
         } else if (strcmp(argv[i], "--auto-accept") == 0 || strcmp(argv[i], "--accept") == 0) {
             auto_accept = 1;
         } else if (strcmp(argv[i], "--friend-request") == 0 && i + 2 < argc) {
@@ -697,6 +700,9 @@ int main(int argc, char **argv)
     struct Tox_Options *o = loopback_options(port);
     if (udp_disabled) {
         tox_options_set_udp_enabled(o, false);
+    }
+    if (hole_punching) {
+        tox_options_set_hole_punching_enabled(o, true);
     }
     tox_options_set_tcp_port(o, tcp_port);
     uint8_t *save = NULL;

@@ -248,6 +248,11 @@ pub struct ToxClientOptions {
     pub tcp_relays: Vec<(String, u16, String)>,
     /// Exit after this many seconds (default 600, a safety net for leaked processes).
     pub seconds: Option<u32>,
+    /// Enable c-toxcore's UDP hole punching (`--hole-punching`; off by default).
+    pub hole_punching: bool,
+    /// Run inside this network namespace (`ip netns exec NS toxpeer …`; needs root). The client
+    /// then binds all addresses of that namespace, not only loopback.
+    pub netns: Option<String>,
 }
 
 /// One line of a [`ToxClient::friends`] listing (`FRIEND <n> <pk> <none|tcp|udp> <name>`).
@@ -292,8 +297,18 @@ impl ToxClient {
     /// Build or start failures, or a client that exits before `READY` (bad save, wrong
     /// passphrase: the error carries its stderr).
     pub fn spawn(opts: &ToxClientOptions) -> anyhow::Result<Self> {
-        let mut cmd = Command::new(toxpeer_path()?);
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(toxpeer_path()?);
+                c
+            }
+            None => Command::new(toxpeer_path()?),
+        };
         cmd.args(["--port", &opts.port.to_string()]);
+        if opts.hole_punching {
+            cmd.arg("--hole-punching");
+        }
         cmd.args(["--seconds", &opts.seconds.unwrap_or(600).to_string()]);
         if let Some(p) = &opts.load {
             cmd.arg("--load").arg(p);

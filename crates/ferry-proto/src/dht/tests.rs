@@ -310,7 +310,7 @@ fn routed_request_is_forwarded_to_a_close_node() {
         let ct = n0
             .cache
             .get(&pk2)
-            .encrypt(&nonce, &[0xfe, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+            .encrypt(&nonce, &[0x9c, 0, 1, 2, 3, 4, 5, 6, 7, 8])
             .expect("enc");
         DhtRequest {
             receiver: pk2,
@@ -325,7 +325,7 @@ fn routed_request_is_forwarded_to_a_close_node() {
     net.run(Duration::from_millis(5));
     let ev = std::iter::from_fn(|| net.node(2).poll_event())
         .find(|e| matches!(e, DhtEvent::DhtRequest { .. }));
-    assert!(matches!(ev, Some(DhtEvent::DhtRequest { id: 0xfe, .. })));
+    assert!(matches!(ev, Some(DhtEvent::DhtRequest { id: 0x9c, .. })));
 }
 
 #[test]
