@@ -23,9 +23,11 @@
 //!    OOB packets go to any connected client by pk. The server pings every 30 s and drops a
 //!    client that has not answered within 10 s.
 //!
-//! Onion requests over TCP (id 8) are counted and dropped: this relay is not an onion entry
-//! node yet (c-toxcore does the same when it runs without an onion). Forward requests (id 10)
-//! close the stream, as c-toxcore without forwarding does.
+//! Onion requests over TCP (id 8) go to the driver ([`Output::OnionRequest`]), which hands them
+//! to the node's onion layer as node A; responses come back through
+//! [`RelayServer::send_onion_response`] (id 9). With [`RelayConfig::onion`] off they are counted
+//! and dropped, as c-toxcore without an onion does. Forward requests (id 10) close the stream,
+//! as c-toxcore without forwarding does.
 //!
 //! Remote input never panics the server: a malformed frame closes its stream.
 
@@ -79,6 +81,10 @@ pub struct RelayConfig {
     /// Keep a copy of the (relay-decrypted) payloads it forwards, up to this many bytes (a test
     /// hook to prove the relay never sees plaintext; 0 = off).
     pub tap_bytes: usize,
+    /// Hand onion requests (id 8) to the driver as [`Output::OnionRequest`] (the node then acts
+    /// as onion node A, answering with [`RelayServer::send_onion_response`]); when false they
+    /// are counted and dropped. Default true.
+    pub onion: bool,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +98,7 @@ impl Default for RelayConfig {
             oob_rate: DEFAULT_LINK_RATE,
             handshake_timeout: Duration::from_secs(10),
             tap_bytes: 0,
+            onion: true,
         }
     }
 }
@@ -103,6 +110,9 @@ pub enum Output {
     Send(ConnId, Vec<u8>),
     /// Close the stream (after writing what was queued before); the server has forgotten it.
     Close(ConnId),
+    /// An onion request from this client for the node's onion layer: the packet after the id,
+    /// `[nonce 24][IP_Port of B 19][pk 32][box for B]` (c-toxcore `onion_send_1`).
+    OnionRequest(ConnId, Vec<u8>),
 }
 
 /// Counters of a relay server.
@@ -120,8 +130,12 @@ pub struct RelayStats {
     pub packets_relayed: u64,
     /// Payload bytes dropped by the bandwidth limit, total.
     pub bytes_rate_limited: u64,
-    /// Onion requests received and dropped, total.
+    /// Onion requests received and dropped (onion off), total.
     pub onion_dropped: u64,
+    /// Onion requests handed to the node, total.
+    pub onion_requests: u64,
+    /// Onion responses sent to clients, total.
+    pub onion_responses: u64,
     /// Streams closed for protocol errors, total.
     pub protocol_errors: u64,
     /// Stream bytes received, total.
@@ -214,6 +228,7 @@ pub struct RelayServer {
     stats: RelayStats,
     next_tick: Option<Instant>,
     tap: Vec<u8>,
+    tap_total: usize,
 }
 
 fn is_pong_zero(id: &[u8; 8]) -> bool {
@@ -236,6 +251,7 @@ impl RelayServer {
             stats: RelayStats::default(),
             next_tick: None,
             tap: Vec::new(),
+            tap_total: 0,
         }
     }
 
@@ -252,10 +268,11 @@ impl RelayServer {
         s
     }
 
-    /// The tapped payloads (empty unless [`RelayConfig::tap_bytes`] > 0): what the relay could
-    /// read of the traffic it forwarded.
-    pub fn tap(&self) -> &[u8] {
-        &self.tap
+    /// Takes the tapped payloads gathered since the last call (always empty unless
+    /// [`RelayConfig::tap_bytes`] > 0): what the relay itself could read of the traffic it
+    /// forwarded. At most `tap_bytes` are gathered over the server's life.
+    pub fn take_tap(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.tap)
     }
 
     /// A new stream. The oldest stream still in its handshake is closed when
@@ -394,6 +411,16 @@ impl RelayServer {
         }
     }
 
+    /// Sends an onion response (TCP id 9, `data` = the bare response the node's onion layer
+    /// produced for this client) if `conn` is still a confirmed client.
+    pub fn send_onion_response(&mut self, conn: ConnId, data: Vec<u8>) {
+        if data.is_empty() || self.client(conn).is_none() {
+            return;
+        }
+        self.stats.onion_responses += 1;
+        self.send(conn, &RelayPacket::OnionResponse(data));
+    }
+
     fn handshake(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) -> Option<()> {
         let hs = ClientHandshake::decode(bytes).ok()?;
         let theirs = hs.open(&self.secret).ok()?;
@@ -489,18 +516,21 @@ impl RelayServer {
     fn record(&mut self, data: &[u8]) {
         self.stats.bytes_relayed += data.len() as u64;
         self.stats.packets_relayed += 1;
-        let room = self.config.tap_bytes.saturating_sub(self.tap.len());
+        let room = self.config.tap_bytes.saturating_sub(self.tap_total);
+        let take = room.min(data.len());
+        self.tap_total += take;
         self.tap
-            .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+            .extend_from_slice(data.get(..take).unwrap_or_default());
     }
 
     /// Handles one packet of a confirmed client; false = close the stream (as c-toxcore's
     /// `handle_TCP_packet` returning -1).
     fn handle_packet(&mut self, now: Instant, conn: ConnId, p: RelayPacket) -> bool {
-        let (rate, oob_rate, burst) = (
+        let (rate, oob_rate, burst, onion) = (
             self.config.link_rate,
             self.config.oob_rate,
             self.config.link_burst,
+            self.config.onion,
         );
         let Some(cl) = self.client(conn) else {
             return false;
@@ -539,7 +569,14 @@ impl RelayServer {
                     self.send(other, &RelayPacket::OobRecv { src: me, data });
                 }
             }
-            RelayPacket::OnionRequest(_) => self.stats.onion_dropped += 1,
+            RelayPacket::OnionRequest(body) => {
+                if onion {
+                    self.stats.onion_requests += 1;
+                    self.out.push_back(Output::OnionRequest(conn, body));
+                } else {
+                    self.stats.onion_dropped += 1;
+                }
+            }
             RelayPacket::Data { conn_id, data } => {
                 let Some(idx) = conn_id.checked_sub(NUM_RESERVED_IDS) else {
                     return false;

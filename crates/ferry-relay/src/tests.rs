@@ -17,6 +17,7 @@ struct Harness {
     server: RelayServer,
     now: Instant,
     clients: Vec<TestClient>,
+    onion: Vec<(ConnId, Vec<u8>)>,
 }
 
 impl Harness {
@@ -28,6 +29,7 @@ impl Harness {
             server: RelayServer::new(config, sk, rng.fork()),
             now: Instant::now(),
             clients: Vec::new(),
+            onion: Vec::new(),
         }
     }
 
@@ -96,6 +98,7 @@ impl Harness {
                         c.closed = true;
                     }
                 }
+                Output::OnionRequest(conn, body) => self.onion.push((conn, body)),
             }
         }
     }
@@ -195,7 +198,8 @@ fn link_data_and_disconnect() {
     );
     let s = h.server.stats();
     assert_eq!((s.bytes_relayed, s.packets_relayed), (48, 1));
-    assert_eq!(h.server.tap(), &[0x1b; 48][..]);
+    assert_eq!(h.server.take_tap(), vec![0x1b; 48]);
+    assert!(h.server.take_tap().is_empty());
     // Asking again returns the same id, no new link.
     let pb = h.pk(b);
     h.send(a, &RelayPacket::RoutingRequest { pk: pb });
@@ -406,6 +410,20 @@ fn same_key_replaces_old_stream() {
     h.server.accept(h.now, 50);
     h.server.handle_bytes(h.now, 50, &hs.encode());
     assert_eq!(h.server.stats().clients, before);
+}
+
+#[test]
+fn onion_requests_go_to_the_node_and_back() {
+    let mut h = Harness::new(RelayConfig::default());
+    let a = h.connect(1);
+    h.send(a, &RelayPacket::OnionRequest(vec![3; 200]));
+    assert_eq!(h.onion, vec![(1, vec![3; 200])]);
+    h.server.send_onion_response(1, vec![0x84; 100]);
+    h.pump();
+    assert_eq!(h.recv(a), vec![RelayPacket::OnionResponse(vec![0x84; 100])]);
+    // Onion responses from a client close it (c-toxcore does the same).
+    h.send(a, &RelayPacket::OnionResponse(vec![1]));
+    assert!(h.clients[a].closed);
 }
 
 proptest! {
