@@ -387,11 +387,9 @@ impl RelayClient {
             RelayPacket::Ping { ping_id } => {
                 self.send(&RelayPacket::Pong { ping_id });
             }
-            RelayPacket::Pong { ping_id } => {
-                if self.ping_id == Some(ping_id) {
-                    self.ping_id = None;
-                    self.last_ping = now;
-                }
+            RelayPacket::Pong { ping_id } if self.ping_id == Some(ping_id) => {
+                self.ping_id = None;
+                self.last_ping = now;
             }
             RelayPacket::OobRecv { src, data } => {
                 self.events.push_back(RelayClientEvent::Oob { src, data });
