@@ -99,3 +99,108 @@ fn udp_disabled_c_toxcore_friends_chat_through_a_ferry_relay() {
     );
     assert!(!contains(&seen, b"friend request through a relay"));
 }
+
+fn flush(stream: &mut std::net::TcpStream, client: &mut ferry_proto::tcp_client::RelayClient) {
+    use std::io::Write;
+    while let Some(b) = client.poll_output() {
+        stream.write_all(&b).expect("write");
+    }
+}
+
+/// Drives a sans-IO relay client over a blocking loopback stream until `want` returns a value.
+fn drive<T>(
+    stream: &mut std::net::TcpStream,
+    client: &mut ferry_proto::tcp_client::RelayClient,
+    mut want: impl FnMut(&ferry_proto::tcp_client::RelayClientEvent) -> Option<T>,
+) -> T {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        while let Some(b) = client.poll_output() {
+            stream.write_all(&b).expect("write");
+        }
+        while let Some(ev) = client.poll_event() {
+            if let Some(v) = want(&ev) {
+                return v;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "relay too slow");
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("relay closed the stream"),
+            Ok(n) => client.handle_bytes(Instant::now(), &buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// ferry's relay client speaks c-toxcore's TCP relay protocol: two ferry clients handshake with a
+/// c-toxcore 0.2.18 relay (toxpeer --tcp-port, key = its DHT key), get linked, exchange data
+/// and an OOB packet.
+#[test]
+fn ferry_relay_clients_through_a_c_toxcore_relay() {
+    use ferry_crypto::KeyPair;
+    use ferry_crypto::rng::FerryRng;
+    use ferry_proto::tcp_client::{RelayClient, RelayClientEvent};
+
+    let port = free_tcp_port();
+    let relay = ToxClient::spawn(&ToxClientOptions {
+        port: ferry_testkit::free_udp_port(),
+        tcp_port: Some(port),
+        seconds: Some(120),
+        ..ToxClientOptions::default()
+    })
+    .expect("toxpeer relay");
+    let relay_pk: ferry_crypto::PublicKey = relay.dht_id.parse().expect("DHT key");
+    let mut rng = FerryRng::from_u64(0x7e1a);
+    let ka = KeyPair::generate(&mut rng);
+    let kb = KeyPair::generate(&mut rng);
+    let open = || {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        s
+    };
+    let (mut sa, mut sb) = (open(), open());
+    let mut a = RelayClient::new(Instant::now(), &ka, relay_pk, rng.fork());
+    let mut b = RelayClient::new(Instant::now(), &kb, relay_pk, rng.fork());
+    let ready = |e: &RelayClientEvent| matches!(e, RelayClientEvent::Ready).then_some(());
+    drive(&mut sa, &mut a, ready);
+    drive(&mut sb, &mut b, ready);
+    a.routing_request(kb.public);
+    drive(&mut sa, &mut a, |e| {
+        matches!(
+            e,
+            RelayClientEvent::RoutingResponse {
+                conn_id: Some(_),
+                ..
+            }
+        )
+        .then_some(())
+    });
+    b.routing_request(ka.public);
+    let connected =
+        |e: &RelayClientEvent| matches!(e, RelayClientEvent::Connected { .. }).then_some(());
+    drive(&mut sb, &mut b, connected);
+    drive(&mut sa, &mut a, connected);
+    assert!(a.send_data(&kb.public, vec![0x1b; 80]));
+    flush(&mut sa, &mut a);
+    let got = drive(&mut sb, &mut b, |e| match e {
+        RelayClientEvent::Data { pk, data } => Some((*pk, data.clone())),
+        _ => None,
+    });
+    assert_eq!(got, (ka.public, vec![0x1b; 80]));
+    assert!(b.send_oob(ka.public, vec![0x18; 145]));
+    flush(&mut sb, &mut b);
+    let got = drive(&mut sa, &mut a, |e| match e {
+        RelayClientEvent::Oob { src, data } => Some((*src, data.clone())),
+        _ => None,
+    });
+    assert_eq!(got, (kb.public, vec![0x18; 145]));
+    drop(relay);
+}
