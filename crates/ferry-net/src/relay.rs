@@ -52,6 +52,8 @@ pub fn tcp_client_conn(addr: std::net::SocketAddr) -> Option<ConnId> {
 pub const WRITE_QUEUE: usize = 256;
 /// Bytes read from a stream at once.
 const READ_CHUNK: usize = 4096;
+/// Onion requests queued from relay clients to the node task before new ones are dropped.
+const ONION_QUEUE: usize = 256;
 /// Inputs (bytes, EOF, accepts) queued to the server task.
 const EVENT_QUEUE: usize = 1024;
 
@@ -177,9 +179,24 @@ pub fn spawn_relay_server(
             }
         }));
     }
+    let onion_tx = node.map(|node| {
+        let (q, mut qr) = mpsc::channel::<(std::net::SocketAddr, Vec<u8>)>(ONION_QUEUE);
+        acceptors.push(tokio::spawn(async move {
+            while let Some((from, body)) = qr.recv().await {
+                if node
+                    .call(move |n, now| n.handle_tcp_onion_request(now, from, &body))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+        q
+    });
     let (tx, rx) = mpsc::channel(16);
     let task = RelayTask {
-        node,
+        onion_tx,
         server,
         streams: HashMap::new(),
         next_id: 1,
@@ -204,7 +221,7 @@ pub fn spawn_relay_server(
 }
 
 struct RelayTask {
-    node: Option<NodeHandle>,
+    onion_tx: Option<mpsc::Sender<(std::net::SocketAddr, Vec<u8>)>>,
     server: RelayServer,
     streams: HashMap<ConnId, Stream>,
     next_id: ConnId,
@@ -304,15 +321,10 @@ impl RelayTask {
                 }
                 Output::Close(id) => self.drop_stream(id),
                 Output::OnionRequest(id, body) => {
-                    if let Some(node) = &self.node {
-                        let node = node.clone();
-                        let from = tcp_client_addr(id);
-                        // The node task owns the onion; don't block the relay on it.
-                        tokio::spawn(async move {
-                            let _ = node
-                                .call(move |n, now| n.handle_tcp_onion_request(now, from, &body))
-                                .await;
-                        });
+                    // The node task owns the onion; a bounded queue keeps the relay from
+                    // waiting on it (full: dropped, the client's onion retries).
+                    if let Some(q) = &self.onion_tx {
+                        let _ = q.try_send((tcp_client_addr(id), body));
                     }
                 }
             }
