@@ -720,4 +720,34 @@ impl RelayServer {
 }
 
 #[cfg(test)]
+impl RelayServer {
+    /// Test check: every link is symmetric and counted once per pair.
+    fn check_invariants(&self) {
+        let mut linked = 0;
+        for (&id, c) in &self.conns {
+            let State::Confirmed(cl) = &c.state else {
+                continue;
+            };
+            assert_eq!(self.by_pk.get(&cl.pk), Some(&id));
+            for (&idx, slot) in &cl.slots {
+                if let Some((other, oidx)) = slot.link {
+                    linked += 1;
+                    let Some(Conn {
+                        state: State::Confirmed(ocl),
+                        ..
+                    }) = self.conns.get(&other)
+                    else {
+                        panic!("link to a missing client");
+                    };
+                    let back = ocl.slots.get(&oidx).and_then(|s| s.link);
+                    assert_eq!(back, Some((id, idx)), "asymmetric link");
+                    assert_eq!(slot.pk, ocl.pk);
+                }
+            }
+        }
+        assert_eq!(linked, 2 * self.stats.links);
+    }
+}
+
+#[cfg(test)]
 mod tests;

@@ -428,6 +428,46 @@ fn onion_requests_go_to_the_node_and_back() {
 
 proptest! {
     #[test]
+    fn links_stay_symmetric(ops in proptest::collection::vec((0usize..4, 0usize..4, 0u8..4), 1..60)) {
+        let mut h = Harness::new(RelayConfig::default());
+        for i in 0..4 {
+            h.connect(i as u64 + 1);
+        }
+        for (a, b, op) in ops {
+            if h.clients[a].closed {
+                continue;
+            }
+            let pb = h.pk(b);
+            match op {
+                0 | 1 => h.send(a, &RelayPacket::RoutingRequest { pk: pb }),
+                2 => {
+                    // Disconnect whatever id a holds for b, if any (unknown ids close a).
+                    h.send(a, &RelayPacket::RoutingRequest { pk: pb });
+                    let id = h.recv(a).iter().find_map(|p| match p {
+                        RelayPacket::RoutingResponse { conn_id, pk } if *pk == pb && *conn_id != 0 => Some(*conn_id),
+                        _ => None,
+                    });
+                    if let Some(conn_id) = id {
+                        h.send(a, &RelayPacket::DisconnectNotification { conn_id });
+                    }
+                }
+                _ => {
+                    let conn = h.clients[a].conn;
+                    h.server.closed(conn);
+                    h.clients[a].closed = true;
+                    h.pump();
+                }
+            }
+            for i in 0..4 {
+                if !h.clients[i].closed {
+                    h.recv(i);
+                }
+            }
+            h.server.check_invariants();
+        }
+    }
+
+    #[test]
     fn garbage_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
         let mut h = Harness::new(RelayConfig::default());
         let a = h.connect(1);
