@@ -204,3 +204,45 @@ fn ferry_relay_clients_through_a_c_toxcore_relay() {
     assert_eq!(got, (kb.public, vec![0x18; 145]));
     drop(relay);
 }
+
+/// Baseline for the figure above: the same two UDP-disabled c-toxcore friends through a
+/// c-toxcore 0.2.18 relay (a toxpeer with `--tcp-port`, bootstrapped into the same ferry
+/// network). Run with `--ignored --nocapture` to compare times.
+#[test]
+#[ignore = "timing baseline, run by hand"]
+fn baseline_udp_disabled_c_toxcore_friends_through_a_c_toxcore_relay() {
+    let infra = Infra::new(3).expect("infra");
+    let port = free_tcp_port();
+    let relay = ToxClient::spawn(&ToxClientOptions {
+        port: ferry_testkit::free_udp_port(),
+        tcp_port: Some(port),
+        bootstrap: infra.tox_bootstrap(),
+        seconds: Some(300),
+        ..ToxClientOptions::default()
+    })
+    .expect("toxpeer relay");
+    // Let the relay join the DHT first, as a long-running ferry relay would have.
+    std::thread::sleep(Duration::from_secs(8));
+    let client = |auto_accept| {
+        ToxClient::spawn(&ToxClientOptions {
+            udp_disabled: true,
+            bootstrap: infra.tox_bootstrap(),
+            tcp_relays: vec![("127.0.0.1".to_string(), port, relay.dht_id.clone())],
+            auto_accept,
+            seconds: Some(300),
+            ..ToxClientOptions::default()
+        })
+        .expect("toxpeer")
+    };
+    let start = Instant::now();
+    let mut a = client(false);
+    let mut b = client(true);
+    let n = a.add_friend(&b.address, "hello").expect("ADD");
+    a.wait_for(&format!("FRIEND_CONNECTION {n} "), STEP)
+        .expect("a sees b online");
+    b.wait_for("FRIEND_CONNECTION 0 ", STEP).expect("b sees a");
+    println!(
+        "c-toxcore relay: friends online after {:?}",
+        start.elapsed()
+    );
+}
