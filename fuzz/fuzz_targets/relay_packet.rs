@@ -2,7 +2,9 @@
 //! handshakes and every payload re-encode to the same bytes; the frame reader never panics on
 //! a stream split anywhere.
 #![no_main]
-use ferry_wire::relay::{ClientHandshake, FrameReader, HandshakePlain, RelayPacket, ServerHandshake};
+use ferry_wire::relay::{
+    ClientHandshake, FrameReader, HandshakePlain, RelayPacket, ServerHandshake,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
