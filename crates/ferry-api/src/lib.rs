@@ -303,6 +303,37 @@ fn normal() -> String {
     "normal".into()
 }
 
+/// `GET /v1/relay/status`: the TCP relay server this node offers (`ferry up --tcp-relay`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// Whether a relay server runs.
+    pub enabled: bool,
+    /// The relay's public key (the node's DHT key; clients need it), hex.
+    pub public_key: String,
+    /// TCP ports listened on.
+    pub ports: Vec<u16>,
+    /// Confirmed clients now.
+    pub clients: usize,
+    /// Streams still in the handshake now.
+    pub unconfirmed: usize,
+    /// Linked client pairs now.
+    pub links: usize,
+    /// Payload bytes forwarded between clients (data and OOB), total.
+    pub bytes_relayed: u64,
+    /// Packets forwarded between clients, total.
+    pub packets_relayed: u64,
+    /// Payload bytes dropped by the per-link bandwidth limit, total.
+    pub bytes_rate_limited: u64,
+    /// Per-link bandwidth limit, bytes/s each direction (0 = unlimited).
+    pub link_rate: u32,
+    /// Onion requests over TCP dropped, total.
+    pub onion_dropped: u64,
+    /// Onion requests over TCP handed to the node (it is onion node A for its clients), total.
+    pub onion_requests: u64,
+    /// Streams closed for protocol errors, total.
+    pub protocol_errors: u64,
+}
+
 /// `POST /v1/messages/list`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ListMessages {
@@ -432,6 +463,10 @@ pub trait Backend: Send + Sync + 'static {
     fn packets(&self, _req: ListPackets) -> BoxFuture<'_, Result<Vec<ReceivedPacket>, ApiError>> {
         unsupported()
     }
+    /// `GET /v1/relay/status`.
+    fn relay_status(&self) -> BoxFuture<'_, Result<RelayStatus, ApiError>> {
+        Box::pin(async { Ok(RelayStatus::default()) })
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -475,6 +510,7 @@ handler!(typing, post_ok, typing, Typing);
 handler!(send_message, post, send_message, SendMessage, Message);
 handler!(messages, post, messages, ListMessages, Vec<Message>);
 handler!(packets, post, packets, ListPackets, Vec<ReceivedPacket>);
+handler!(relay_status, get, relay_status, RelayStatus);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -496,6 +532,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/messages/send", post(send_message::<B>))
         .route("/v1/messages/list", post(messages::<B>))
         .route("/v1/packets/list", post(packets::<B>))
+        .route("/v1/relay/status", get(relay_status::<B>))
         .with_state(backend)
 }
 

@@ -28,6 +28,21 @@ struct Cli {
     command: Command,
 }
 
+fn ferry_relay_default_rate() -> u32 {
+    ferry_daemon::up::DEFAULT_RELAY_LINK_RATE
+}
+
+/// `ferry relay ...`.
+#[derive(Subcommand, Debug)]
+enum RelayCommand {
+    /// Clients, links and bytes relayed by this node's TCP relay.
+    Status {
+        /// JSON: {"enabled", "public_key", "ports", "clients", "links", "bytes_relayed", …}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a profile (long-term key pair and nospam) and print its Tox ID.
@@ -59,6 +74,20 @@ enum Command {
         /// Address to bind the UDP socket to (default :: — all IPv4 and IPv6 addresses).
         #[arg(long, value_name = "IP", default_value = "::")]
         bind: IpAddr,
+        /// Offer a Tox TCP relay on these TCP ports (bound at --bind); its key is the DHT key.
+        #[arg(long = "tcp-relay", value_name = "PORT[,PORT]", value_delimiter = ',')]
+        tcp_relay: Vec<u16>,
+        /// Bandwidth per relayed link, bytes/s each direction (0 = unlimited).
+        #[arg(long, value_name = "BYTES", default_value_t = ferry_relay_default_rate())]
+        relay_link_rate: u32,
+        /// Test hook: append what the relay can read of the payloads it forwards to this file.
+        #[arg(long, value_name = "FILE", hide = true)]
+        relay_tap_file: Option<PathBuf>,
+    },
+    /// TCP relay server commands.
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
     },
     /// Ask the running daemon to stop.
     Stop,
@@ -282,6 +311,9 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             no_default_bootstrap,
             no_lan,
             bind,
+            tcp_relay,
+            relay_link_rate,
+            relay_tap_file,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -289,8 +321,38 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 bootstrap,
                 no_default_bootstrap,
                 no_lan,
+                tcp_relay_ports: tcp_relay,
+                relay_link_rate,
+                relay_tap_file,
             };
             run_up(profile_dir, opts).await?;
+        }
+        Command::Relay {
+            command: RelayCommand::Status { json },
+        } => {
+            let s: ferry_api::RelayStatus = client(profile_dir).get("/v1/relay/status").await?;
+            if json {
+                print_json(&s)?;
+            } else if !s.enabled {
+                println!("no TCP relay (start with `ferry up --tcp-relay PORT`)");
+            } else {
+                let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+                println!("relay key       {}", s.public_key);
+                println!("TCP ports       {}", ports.join(","));
+                println!(
+                    "clients         {} (+{} in handshake)",
+                    s.clients, s.unconfirmed
+                );
+                println!("links           {}", s.links);
+                println!(
+                    "relayed         {} bytes in {} packets",
+                    s.bytes_relayed, s.packets_relayed
+                );
+                println!(
+                    "rate limit      {} B/s per link, {} bytes dropped",
+                    s.link_rate, s.bytes_rate_limited
+                );
+            }
         }
         Command::Stop => {
             let _: ferry_api::Ok = client(profile_dir)

@@ -10,10 +10,13 @@ use anyhow::Context;
 use ferry_api::{
     AddFriend, ApiError, Backend, BootstrapRequest, BoxFuture, CustomPacket, DhtNode, Friend,
     FriendKey, FriendRequest, ListMessages, ListPackets, LookupRequest, LookupResult, Message,
-    ReceivedPacket, SelfInfo, SelfUpdate, SendMessage, Status, Typing,
+    ReceivedPacket, RelayStatus, SelfInfo, SelfUpdate, SendMessage, Status, Typing,
 };
-use ferry_crypto::PublicKey;
-use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
+use ferry_crypto::{KeyPair, PublicKey};
+use ferry_net::{
+    NodeHandle, NodeOptions, PortSpec, RelayServerHandle, bind_udp, spawn_node_with_dht_keys,
+    spawn_relay_server,
+};
 use ferry_proto::dht::DhtConfig;
 use tokio::sync::Notify;
 
@@ -34,7 +37,16 @@ pub struct UpOptions {
     pub no_default_bootstrap: bool,
     /// Turn LAN discovery off.
     pub no_lan: bool,
+    /// TCP ports of the relay server this node offers (empty = none), bound at `bind`.
+    pub tcp_relay_ports: Vec<u16>,
+    /// Bandwidth per relayed link, bytes/s each direction (0 = unlimited).
+    pub relay_link_rate: u32,
+    /// Test hook: append what the relay can read of forwarded payloads to this file.
+    pub relay_tap_file: Option<PathBuf>,
 }
+
+/// Default bandwidth per relayed link: 32 KiB/s each direction ([`ferry_relay::DEFAULT_LINK_RATE`]).
+pub const DEFAULT_RELAY_LINK_RATE: u32 = ferry_relay::DEFAULT_LINK_RATE;
 
 impl Default for UpOptions {
     fn default() -> Self {
@@ -44,6 +56,9 @@ impl Default for UpOptions {
             bootstrap: Vec::new(),
             no_default_bootstrap: false,
             no_lan: false,
+            tcp_relay_ports: Vec::new(),
+            relay_link_rate: DEFAULT_RELAY_LINK_RATE,
+            relay_tap_file: None,
         }
     }
 }
@@ -60,6 +75,7 @@ pub struct NodeBackend {
     identity: Identity,
     stop: Arc<Notify>,
     chat: Option<Arc<ChatShared>>,
+    relay: Option<RelayServerHandle>,
 }
 
 impl NodeBackend {
@@ -70,7 +86,14 @@ impl NodeBackend {
             identity,
             stop,
             chat: None,
+            relay: None,
         }
+    }
+
+    /// Adds the TCP relay server's status to the API.
+    pub fn with_relay(mut self, relay: RelayServerHandle) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Adds friends and chat (the profile's store) to the API.
@@ -238,6 +261,30 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.chat()?.list(req).await })
     }
 
+    fn relay_status(&self) -> BoxFuture<'_, Result<RelayStatus, ApiError>> {
+        Box::pin(async move {
+            let Some(r) = &self.relay else {
+                return Ok(RelayStatus::default());
+            };
+            let s = r.stats().await.map_err(stopped)?;
+            Ok(RelayStatus {
+                enabled: true,
+                public_key: r.public_key().to_hex(),
+                ports: r.ports().to_vec(),
+                clients: s.clients,
+                unconfirmed: s.unconfirmed,
+                links: s.links,
+                bytes_relayed: s.bytes_relayed,
+                packets_relayed: s.packets_relayed,
+                bytes_rate_limited: s.bytes_rate_limited,
+                link_rate: r.link_rate(),
+                onion_dropped: s.onion_dropped,
+                onion_requests: s.onion_requests,
+                protocol_errors: s.protocol_errors,
+            })
+        })
+    }
+
     fn packets(&self, req: ListPackets) -> BoxFuture<'_, Result<Vec<ReceivedPacket>, ApiError>> {
         Box::pin(async move { self.chat()?.packets(req).await })
     }
@@ -293,8 +340,53 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         real_keys: Some(identity.long_term.clone()),
         nospam: identity.nospam,
     };
+    // A fresh DHT key per start, as c-toxcore; the relay server (if any) uses it too.
+    let seed = ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+    let dht_keys = KeyPair::generate(&mut ferry_crypto::rng::FerryRng::from_seed(seed));
+    let relay_listeners = if opts.tcp_relay_ports.is_empty() {
+        None
+    } else {
+        let mut listeners = Vec::new();
+        for port in &opts.tcp_relay_ports {
+            let addr = std::net::SocketAddr::new(opts.bind, *port);
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(_) if opts.bind == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+                    tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, *port))
+                        .await
+                        .with_context(|| format!("TCP relay port {port}"))?
+                }
+                Err(e) => return Err(e).with_context(|| format!("TCP relay port {port}")),
+            };
+            listeners.push(l);
+        }
+        Some(listeners)
+    };
+    let relay_secret = dht_keys.secret.clone();
     let (node, join) =
-        spawn_node(udp, options, ChatHandler(Arc::clone(&chat))).context("starting the node")?;
+        spawn_node_with_dht_keys(udp, options, dht_keys, ChatHandler(Arc::clone(&chat)))
+            .context("starting the node")?;
+    let relay = match relay_listeners {
+        None => None,
+        Some(listeners) => {
+            let config = ferry_relay::RelayConfig {
+                link_rate: opts.relay_link_rate,
+                tap_bytes: if opts.relay_tap_file.is_some() {
+                    16 << 20
+                } else {
+                    0
+                },
+                ..ferry_relay::RelayConfig::default()
+            };
+            Some(spawn_relay_server(
+                listeners,
+                relay_secret,
+                config,
+                opts.relay_tap_file.clone(),
+                Some(node.clone()),
+            )?)
+        }
+    };
     chat.restore(&node).await?;
     let status = node.status().await?;
     eprintln!(
@@ -305,7 +397,18 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         socket_path.display()
     );
     let stop = Arc::new(Notify::new());
-    let backend = Arc::new(NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat));
+    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat);
+    if let Some((r, _)) = &relay {
+        let ports: Vec<String> = r.ports().iter().map(u16::to_string).collect();
+        eprintln!(
+            "  TCP relay on port(s) {} (key = DHT key {}, {} B/s per link)",
+            ports.join(","),
+            r.public_key(),
+            r.link_rate()
+        );
+        backend = backend.with_relay(r.clone());
+    }
+    let backend = Arc::new(backend);
     let shutdown = {
         let stop = stop.clone();
         async move {
@@ -318,6 +421,10 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     ferry_api::serve(listener, ferry_api::router(backend), shutdown)
         .await
         .context("control API")?;
+    if let Some((r, j)) = relay {
+        r.shutdown().await;
+        let _ = j.await;
+    }
     node.shutdown().await;
     let _ = join.await;
     eprintln!("ferry up: stopped");

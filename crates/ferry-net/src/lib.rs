@@ -20,6 +20,9 @@ use ferry_wire::MAX_UDP_PACKET_SIZE;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod relay;
+pub use relay::{RelayServerHandle, spawn_relay_server};
+
 /// The default UDP port range tried when no port is given (c-toxcore: 33445..=33545).
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (33445, 33545);
 /// Capacity of a node's command channel.
@@ -152,6 +155,7 @@ type Job = Box<dyn FnOnce(&mut Node, Instant) + Send>;
 
 enum Command {
     Run(Job),
+    SetTcpOnion(mpsc::Sender<(SocketAddr, Vec<u8>)>),
     Shutdown,
 }
 
@@ -177,6 +181,21 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// Routes onion responses for TCP relay clients (transmits to [`relay::tcp_client_addr`]
+    /// addresses) to `sink` instead of the UDP socket (full sink: dropped).
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`] when the node has stopped.
+    pub async fn set_tcp_onion_sink(
+        &self,
+        sink: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    ) -> Result<(), NetError> {
+        self.tx
+            .send(Command::SetTcpOnion(sink))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
     /// Runs `f` on the node inside its task (then the task drains transmits and events as
     /// usual) and returns its result. This is how every command reaches the node (house rule 7:
     /// one owner per state).
@@ -281,8 +300,23 @@ pub fn spawn_node(
     handler: impl EventHandler,
 ) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NetError> {
     let seed = os_seed().map_err(|e| NetError::Rng(e.to_string()))?;
+    let dht_keys = KeyPair::generate(&mut FerryRng::from_seed(seed));
+    spawn_node_with_dht_keys(socket, options, dht_keys, handler)
+}
+
+/// As [`spawn_node`] with a DHT key pair chosen by the caller (a node that also runs a TCP relay
+/// server needs the DHT secret key: it is the relay's key, `tox-protocol.md` §6).
+///
+/// # Errors
+/// As [`spawn_node`].
+pub fn spawn_node_with_dht_keys(
+    socket: UdpSocket,
+    options: NodeOptions,
+    dht_keys: KeyPair,
+    handler: impl EventHandler,
+) -> Result<(NodeHandle, tokio::task::JoinHandle<()>), NetError> {
+    let seed = os_seed().map_err(|e| NetError::Rng(e.to_string()))?;
     let mut rng = FerryRng::from_seed(seed);
-    let dht_keys = KeyPair::generate(&mut rng);
     let real_keys = options
         .real_keys
         .unwrap_or_else(|| KeyPair::generate(&mut rng));
@@ -310,6 +344,7 @@ pub fn spawn_node(
         handler: Box::new(handler),
         broadcast: Vec::new(),
         broadcast_at: None,
+        tcp_onion: None,
     };
     let join = tokio::spawn(driver.run());
     Ok((
@@ -330,6 +365,7 @@ struct Driver {
     handler: Box<dyn EventHandler>,
     broadcast: Vec<IpAddr>,
     broadcast_at: Option<Instant>,
+    tcp_onion: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
 }
 
 impl Driver {
@@ -352,6 +388,7 @@ impl Driver {
                 cmd = self.rx.recv() => match cmd {
                     None | Some(Command::Shutdown) => break,
                     Some(Command::Run(job)) => job(&mut self.node, Instant::now()),
+                    Some(Command::SetTcpOnion(sink)) => self.tcp_onion = Some(sink),
                 },
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
             }
@@ -368,6 +405,11 @@ impl Driver {
         }
         while let Some(t) = self.node.poll_transmit() {
             match t.destination {
+                Destination::Addr(addr) if relay::tcp_client_conn(addr).is_some() => {
+                    if let Some(sink) = &self.tcp_onion {
+                        let _ = sink.try_send((addr, t.payload));
+                    }
+                }
                 Destination::Addr(addr) => self.send(addr, &t.payload).await,
                 Destination::LanBroadcast { port } => {
                     for ip in self.broadcast_addrs() {

@@ -30,6 +30,7 @@ pub mod net_crypto;
 pub mod node;
 pub mod onion;
 mod ping_array;
+pub mod tcp_client;
 
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -335,6 +335,17 @@ impl Node {
         &self.onion
     }
 
+    /// An onion request from a client of this node's TCP relay server (TCP id 8): see
+    /// [`Onion::handle_tcp_onion_request`]. Drain transmits afterwards as usual.
+    pub fn handle_tcp_onion_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        body: &[u8],
+    ) -> bool {
+        self.onion.handle_tcp_onion_request(now, from, body)
+    }
+
     /// The net_crypto layer.
     pub fn net_crypto(&self) -> &NetCrypto {
         &self.crypto

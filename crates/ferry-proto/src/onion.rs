@@ -342,6 +342,27 @@ impl Onion {
         }
     }
 
+    /// An onion request that arrived over a TCP relay this node serves (TCP packet id 8,
+    /// `tox-protocol.md` §6): we act as the path's first relay. `body` is the packet after the
+    /// id, `[nonce 24][IP_Port of B 19][pk 32][box for B]`; `from` is a synthetic address the
+    /// driver maps back to the TCP client: the response arrives as a transmit to `from` carrying
+    /// the bare onion response data (to be sent as TCP packet id 9). Returns false (and counts
+    /// it malformed) for bad input.
+    pub fn handle_tcp_onion_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        body: &[u8],
+    ) -> bool {
+        self.stats.rx_packets += 1;
+        self.relay.maybe_rotate(&mut self.rng, now);
+        let ok = self.handle_tcp_onion_request_inner(from, body);
+        if !ok {
+            self.stats.malformed += 1;
+        }
+        ok
+    }
+
     /// Runs the once-per-second client work (`do_onion_client`) and expires stored
     /// announcements. Call when `now >= poll_timeout()`; earlier calls do nothing.
     pub fn handle_timeout(&mut self, now: Instant, dht: &mut Dht) {

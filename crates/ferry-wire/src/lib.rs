@@ -6,7 +6,8 @@
 //! [DHT request](dht::DhtRequest) `0x20`, [LAN discovery](dht::LanDiscovery) `0x21` and
 //! [bootstrap info](dht::BootstrapInfo) `0xf0`; the [net_crypto](net_crypto) packets
 //! `0x18`–`0x1b` (§5); the [onion](onion) (`0x80`–`0x8e`, §4); friend_connection and
-//! [messenger](messenger) packets (§7). Later layers (TCP relay, ferry's extensions) add modules
+//! [messenger](messenger) packets (§7); the [TCP relay](relay) handshakes, frames and payloads
+//! (§6). Later layers (ferry's extensions) add modules
 //! here.
 //!
 //! Every decoder takes untrusted bytes and returns a [`WireError`] on anything malformed; each has
@@ -21,6 +22,7 @@ pub mod net_crypto;
 pub mod node;
 pub mod onion;
 mod reader;
+pub mod relay;
 pub mod toxid;
 
 pub use reader::Reader;

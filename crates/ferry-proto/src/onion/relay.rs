@@ -223,6 +223,35 @@ impl Onion {
         true
     }
 
+    /// An onion request from a TCP relay client (TCP id 8; c-toxcore `onion_send_1`): we are node
+    /// A and the client already did A's decryption. `body` = `[nonce 24][IP_Port of B 19][pk 32]
+    /// [box for B]`; `from` is the driver's synthetic address of that client, sealed into the
+    /// return blob like a UDP source.
+    pub(super) fn handle_tcp_onion_request_inner(&mut self, from: SocketAddr, body: &[u8]) -> bool {
+        let Some((n, plain)) = body.split_at_checked(NONCE_SIZE) else {
+            return false;
+        };
+        let Ok(nonce) = n.try_into().map(Nonce) else {
+            return false;
+        };
+        let Ok(layer) = OnionLayer::decode(plain) else {
+            return false;
+        };
+        let Some(ret) = self.relay.seal_return(&mut self.rng, from, &[]) else {
+            return false;
+        };
+        let next = OnionRequest {
+            layer: 1,
+            nonce,
+            public_key: layer.public_key,
+            ciphertext: layer.ciphertext,
+            ret,
+        };
+        self.stats.relayed_requests += 1;
+        self.queue(layer.next.0, next.encode());
+        true
+    }
+
     /// 0x8c/0x8d/0x8e (`handle_recv_3`, `_2`, `_1`).
     pub(super) fn handle_onion_response(&mut self, bytes: &[u8]) -> bool {
         let Ok(resp) = OnionResponse::decode(bytes) else {
