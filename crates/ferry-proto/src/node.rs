@@ -476,12 +476,10 @@ impl Node {
                 receipts: VecDeque::new(),
             },
         );
-        if let Err(e) = self.onion.add_friend(now, pk) {
+        // The onion's only refusal here is its own friend cap.
+        if self.onion.add_friend(now, pk).is_err() {
             self.friends.remove(&pk);
-            return Err(match e {
-                crate::onion::OnionError::TooManyFriends(_) => NodeError::TooManyFriends,
-                _ => NodeError::TooManyFriends,
-            });
+            return Err(NodeError::TooManyFriends);
         }
         self.crypto.add_peer(now, pk);
         self.recent_requests.retain(|k| *k != pk);
@@ -677,12 +675,8 @@ impl Node {
                 }
             }
             DhtEvent::DhtRequest {
-                sender,
-                from,
-                id,
-                data,
+                sender, id, data, ..
             } if id == ferry_wire::onion::DATA_ID_DHT_PK => {
-                let _ = from;
                 self.onion.handle_dht_pk_request(&sender, &data);
             }
             other => self.emit(NodeEvent::Dht(other)),
