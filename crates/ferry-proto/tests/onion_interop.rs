@@ -257,6 +257,12 @@ fn onion_interop_with_c_toxcore() {
             && our_request.is_some()
             && dht_pk_from_t3.is_some()
             && t3_cookie.is_some()
+            && {
+                // The final assertions also need DHT-PK by both routes: wait for them too
+                // instead of racing c-toxcore's DHT-PK timers.
+                let fs = nodes[f].onion.stats();
+                fs.dht_pk_via_onion >= 1 && fs.dht_pk_via_dht >= 1
+            }
         {
             break;
         }
