@@ -31,6 +31,7 @@ pub mod node;
 pub mod onion;
 mod ping_array;
 pub mod tcp_client;
+pub mod tcp_connection;
 
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
