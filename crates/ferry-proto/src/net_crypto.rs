@@ -99,8 +99,12 @@
 //!
 //! # Transport
 //!
-//! Packets are addressed to a [`Path`]; today only direct UDP. The same bytes can later travel
-//! over TCP relays (c-toxcore switches after 8 s without UDP, `UDP_DIRECT_TIMEOUT`).
+//! Packets are addressed to a [`Path`]: direct UDP, or TCP relays to the peer's DHT key
+//! ([`Path::Relay`], only with [`NetCrypto::set_relay_fallback`]). As c-toxcore's
+//! `send_packet_to`: while we heard the peer over UDP within 8 s (`UDP_DIRECT_TIMEOUT`) packets
+//! go by UDP only; otherwise by relay, and cookie requests, handshakes and, every 4 s, one small
+//! (< 96 bytes) data packet also try UDP, so a direct path is found (and preferred) as soon as
+//! it works.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -197,14 +201,25 @@ impl Default for NetCryptoConfig {
     }
 }
 
-/// Where a net_crypto packet goes or came from. Only direct UDP today; TCP relays will carry the
-/// same bytes later.
+/// Where a net_crypto packet goes or came from (`tox-protocol.md` §5.2, §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Path {
     /// Direct UDP to/from this address.
     Udp(SocketAddr),
+    /// Through TCP relays to/from the node with this DHT key (the TCP connection layer picks
+    /// the relay: linked data, else OOB).
+    Relay(PublicKey),
 }
+
+/// While relayed, a small data packet also tries UDP this often (`UDP_DIRECT_TIMEOUT` / 2).
+pub const RELAYED_UDP_TRY: Duration = Duration::from_secs(4);
+/// Data packets below this size may try UDP while relayed (c-toxcore: 96 bytes).
+const RELAYED_UDP_TRY_SIZE: usize = 96;
+
+/// The address events report for packets that came over a relay (`0.0.0.0:0`).
+pub const RELAY_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// Phase of a session (`Crypto_Conn_State`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -230,6 +245,8 @@ pub struct SessionState {
     pub addr: Option<SocketAddr>,
     /// Whether we heard from that address within 8 s (c-toxcore "direct connected").
     pub direct: bool,
+    /// Not direct, and the peer was heard over a TCP relay within 8 s: packets go by relay.
+    pub relayed: bool,
     /// The peer's DHT key this session was made with.
     pub dht_pk: PublicKey,
     /// Lossless packets sent but not yet acknowledged (or not yet sent).
@@ -547,6 +564,10 @@ struct Session {
     request_due: Option<Instant>,
     rtt: Duration,
     cc: Congestion,
+    /// Last packet from the peer over a relay.
+    relay_recv: Option<Instant>,
+    /// Last UDP try while relayed.
+    udp_try: Option<Instant>,
 }
 
 impl Session {
@@ -575,6 +596,8 @@ impl Session {
             request_due: None,
             rtt: DEFAULT_RTT,
             cc: Congestion::new(now),
+            relay_recv: None,
+            udp_try: None,
         }
     }
 
@@ -607,6 +630,11 @@ impl Session {
         v4_lan.or(self.v6).or(self.v4)
     }
 
+    /// Whether we heard the peer over UDP within `timeout` (c-toxcore "direct connected").
+    fn direct(&self, now: Instant, timeout: Duration) -> bool {
+        self.fresh(self.v4_recv, now, timeout) || self.fresh(self.v6_recv, now, timeout)
+    }
+
     fn addrs(&self) -> impl Iterator<Item = SocketAddr> {
         self.v4.into_iter().chain(self.v6)
     }
@@ -634,6 +662,7 @@ struct Ctx<'a> {
     events: &'a mut VecDeque<NetCryptoEvent>,
     stats: &'a mut NetCryptoStats,
     by_addr: &'a mut BTreeMap<SocketAddr, PublicKey>,
+    relay: bool,
 }
 
 impl Ctx<'_> {
@@ -698,22 +727,53 @@ impl Ctx<'_> {
         }
     }
 
+    /// Sends one packet to the session's peer (c-toxcore `send_packet_to`, see the module
+    /// docs): false when there is no path at all.
+    fn send_to(&mut self, now: Instant, s: &mut Session, bytes: Vec<u8>, handshake: bool) -> bool {
+        let timeout = self.config.udp_direct_timeout;
+        let addr = s.addr(now, timeout);
+        if !self.relay || s.direct(now, timeout) {
+            let Some(addr) = addr else {
+                return false;
+            };
+            self.transmit(Path::Udp(addr), bytes);
+            return true;
+        }
+        if let Some(addr) = addr
+            && (handshake
+                || (bytes.len() < RELAYED_UDP_TRY_SIZE
+                    && s.udp_try
+                        .is_none_or(|t| now.saturating_duration_since(t) >= RELAYED_UDP_TRY)))
+        {
+            s.udp_try = Some(now);
+            self.transmit(Path::Udp(addr), bytes.clone());
+        }
+        self.transmit(Path::Relay(s.dht_pk), bytes);
+        true
+    }
+
+    /// Whether the session has any path to send on.
+    fn can_send(&self, now: Instant, s: &Session) -> bool {
+        self.relay || s.addr(now, self.config.udp_direct_timeout).is_some()
+    }
+
     fn send_temp(&mut self, now: Instant, s: &mut Session) {
-        let Some(addr) = s.addr(now, self.config.udp_direct_timeout) else {
-            return;
-        };
         let Some(bytes) = s.temp.clone() else {
             return;
         };
-        self.transmit(Path::Udp(addr), bytes);
+        if !self.send_to(now, s, bytes, true) {
+            return;
+        }
         s.temp_sent_at = Some(now);
         s.temp_tries += 1;
     }
 
     /// Encrypts and sends one data packet (`send_data_packet_helper`).
     fn send_data(&mut self, now: Instant, s: &mut Session, num: u32, data: &[u8]) -> bool {
-        let (Some(addr), Some(key)) = (s.addr(now, self.config.udp_direct_timeout), &s.shared)
-        else {
+        if !self.can_send(now, s) {
+            return false;
+        }
+        let Some(key) = &s.shared else {
             return false;
         };
         let payload = CryptoDataPayload {
@@ -725,7 +785,7 @@ impl Ctx<'_> {
             return false;
         };
         s.sent_nonce.increment();
-        self.transmit(Path::Udp(addr), pkt.encode());
+        self.send_to(now, s, pkt.encode(), false);
         if !s.recv.has_gap() {
             // The ACK rode along.
             s.request_due = None;
@@ -815,6 +875,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// The peer was heard on `from`: a UDP address is recorded (and counts as direct), a relay
+    /// is noted.
+    fn heard(&mut self, now: Instant, peer_pk: PublicKey, s: &mut Session, from: Path) {
+        match from {
+            Path::Udp(a) => self.set_addr(peer_pk, s, a, Some(now)),
+            Path::Relay(_) => s.relay_recv = Some(now),
+        }
+    }
+
     /// Ends a session: kill packet if established, `Closed` if established, index cleanup.
     fn close(
         &mut self,
@@ -889,6 +958,7 @@ pub struct NetCrypto {
     transmits: VecDeque<(Path, Vec<u8>)>,
     events: VecDeque<NetCryptoEvent>,
     stats: NetCryptoStats,
+    relay_fallback: bool,
 }
 
 impl Ctx<'_> {
@@ -903,7 +973,7 @@ impl Ctx<'_> {
             let due = s
                 .temp_sent_at
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.config.resend_interval);
-            if due && s.addr(now, self.config.udp_direct_timeout).is_some() {
+            if due && self.can_send(now, s) {
                 if s.temp_tries >= self.config.max_handshake_tries {
                     if let Some(mut old) = peer.session.take() {
                         self.close(now, pk, &mut old, None);
@@ -941,16 +1011,23 @@ impl Ctx<'_> {
         peer: &mut Peer,
         p: &HandshakePayload,
         dht_pk: PublicKey,
-        from: SocketAddr,
+        from: Path,
     ) {
         peer.dht_pk = Some(dht_pk);
-        peer.addr = Some(from);
+        if let Path::Udp(a) = from {
+            peer.addr = Some(a);
+        }
         let mut s = Session::new(now, dht_pk, self.rng);
         s.status = SessionStatus::NotConfirmed;
         s.recv_nonce = p.base_nonce;
         s.peer_session_pk = Some(p.session_pk);
         s.shared = Some(PrecomputedKey::new(&s.keys.secret, &p.session_pk));
-        self.set_addr(pk, &mut s, from, Some(now));
+        if let Some(a) = peer.addr
+            && from != Path::Udp(a)
+        {
+            self.set_addr(pk, &mut s, a, None);
+        }
+        self.heard(now, pk, &mut s, from);
         peer.session = Some(s);
         self.send_handshake(now, pk, peer, p.other_cookie);
         if let Some(s) = peer.session.as_mut() {
@@ -964,7 +1041,7 @@ impl Ctx<'_> {
         now: Instant,
         pk: PublicKey,
         peer: &mut Peer,
-        from: SocketAddr,
+        from: Path,
         payload: CryptoDataPayload,
     ) {
         let Some(s) = peer.session.as_mut() else {
@@ -998,7 +1075,7 @@ impl Ctx<'_> {
             s.send.scan = s.send.scan.saturating_sub(adv as usize);
         }
         s.last_recv = now;
-        self.set_addr(pk, s, from, Some(now));
+        self.heard(now, pk, s, from);
         let Some(&id) = payload.data.first() else {
             return;
         };
@@ -1026,7 +1103,10 @@ impl Ctx<'_> {
             self.stats.established += 1;
             self.emit(NetCryptoEvent::Established {
                 peer: pk,
-                addr: from,
+                addr: match from {
+                    Path::Udp(a) => a,
+                    Path::Relay(_) => RELAY_ADDR,
+                },
             });
         }
         match kind {
@@ -1111,7 +1191,15 @@ impl NetCrypto {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: NetCryptoStats::default(),
+            relay_fallback: false,
         }
+    }
+
+    /// Lets sessions fall back to TCP relays ([`Path::Relay`]) whenever the peer was not heard
+    /// over UDP within 8 s (off by default: UDP only). The owner then drains
+    /// [`NetCrypto::poll_path_transmit`] and hands relay packets to its TCP connections.
+    pub fn set_relay_fallback(&mut self, on: bool) {
+        self.relay_fallback = on;
     }
 
     fn parts(&mut self) -> (&mut BTreeMap<PublicKey, Peer>, Ctx<'_>) {
@@ -1126,6 +1214,7 @@ impl NetCrypto {
             events: &mut self.events,
             stats: &mut self.stats,
             by_addr: &mut self.by_addr,
+            relay: self.relay_fallback,
         };
         (&mut self.peers, ctx)
     }
@@ -1235,8 +1324,10 @@ impl NetCrypto {
     /// [`NetCrypto::handle_packet`] for any [`Path`].
     pub fn handle_path_packet(&mut self, now: Instant, path: Path, bytes: &[u8]) {
         self.last_now = self.last_now.max(now);
-        let Path::Udp(from) = path;
-        let from = normalize(from);
+        let from = match path {
+            Path::Udp(a) => Path::Udp(normalize(a)),
+            relay => relay,
+        };
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += bytes.len() as u64;
         match bytes.first() {
@@ -1248,7 +1339,7 @@ impl NetCrypto {
         }
     }
 
-    fn on_cookie_request(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    fn on_cookie_request(&mut self, now: Instant, from: Path, bytes: &[u8]) {
         let Ok(req) = CookieRequest::decode(bytes) else {
             self.stats.malformed += 1;
             return;
@@ -1278,16 +1369,21 @@ impl NetCrypto {
         };
         self.stats.cookies_issued += 1;
         let (_, mut ctx) = self.parts();
-        ctx.transmit(Path::Udp(from), resp.encode());
+        // Over a relay the answer goes back to the requester's DHT key.
+        let to = match from {
+            Path::Relay(_) => Path::Relay(req.sender_dht_pk),
+            udp => udp,
+        };
+        ctx.transmit(to, resp.encode());
     }
 
-    fn on_cookie_response(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    fn on_cookie_response(&mut self, now: Instant, from: Path, bytes: &[u8]) {
         let Ok(resp) = CookieResponse::decode(bytes) else {
             self.stats.malformed += 1;
             return;
         };
         let (peers, mut ctx) = self.parts();
-        let Some(pk) = ctx.by_addr.get(&from).copied() else {
+        let Some(pk) = peer_of(peers, ctx.by_addr, from) else {
             ctx.stats.unexpected += 1;
             return;
         };
@@ -1315,7 +1411,7 @@ impl NetCrypto {
         ctx.send_handshake(now, pk, peer, p.cookie);
     }
 
-    fn on_handshake(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    fn on_handshake(&mut self, now: Instant, from: Path, bytes: &[u8]) {
         let Ok(h) = Handshake::decode(bytes) else {
             self.stats.malformed += 1;
             return;
@@ -1350,7 +1446,10 @@ impl NetCrypto {
             ctx.emit(NetCryptoEvent::UnknownPeer {
                 real_pk,
                 dht_pk: plain.dht_pk,
-                addr: from,
+                addr: match from {
+                    Path::Udp(a) => a,
+                    Path::Relay(_) => RELAY_ADDR,
+                },
             });
             return;
         };
@@ -1377,10 +1476,12 @@ impl NetCrypto {
                 s.peer_session_pk = Some(p.session_pk);
                 s.shared = Some(PrecomputedKey::new(&s.keys.secret, &p.session_pk));
                 s.last_recv = now;
-                ctx.set_addr(real_pk, s, from, Some(now));
+                ctx.heard(now, real_pk, s, from);
                 let was = s.status;
                 s.status = SessionStatus::NotConfirmed;
-                peer.addr = Some(from);
+                if let Path::Udp(a) = from {
+                    peer.addr = Some(a);
+                }
                 if was != SessionStatus::NotConfirmed {
                     ctx.send_handshake(now, real_pk, peer, p.other_cookie);
                 }
@@ -1396,13 +1497,13 @@ impl NetCrypto {
         ctx.accept(now, real_pk, peer, &p, plain.dht_pk, from);
     }
 
-    fn on_data(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+    fn on_data(&mut self, now: Instant, from: Path, bytes: &[u8]) {
         let Ok(pkt) = CryptoData::decode(bytes) else {
             self.stats.malformed += 1;
             return;
         };
         let (peers, mut ctx) = self.parts();
-        let Some(pk) = ctx.by_addr.get(&from).copied() else {
+        let Some(pk) = peer_of(peers, ctx.by_addr, from) else {
             ctx.stats.unexpected += 1;
             return;
         };
@@ -1538,6 +1639,9 @@ impl NetCrypto {
             established: s.status == SessionStatus::Established,
             addr,
             direct,
+            relayed: !direct
+                && self.relay_fallback
+                && s.fresh(s.relay_recv, now, self.config.udp_direct_timeout),
             dht_pk: s.dht_pk,
             send_queue: s.send.slots.len() as u32,
             recv_queue: s.recv.slots.iter().filter(|x| x.is_some()).count() as u32,
@@ -1568,7 +1672,7 @@ impl NetCrypto {
         let mut t = now + IDLE;
         for peer in self.peers.values() {
             if let Some(s) = &peer.session {
-                if let Some(x) = next_timeout(ctx_config, now, s) {
+                if let Some(x) = next_timeout(ctx_config, self.relay_fallback, now, s) {
                     t = t.min(x);
                 }
             } else if peer.dht_pk.is_some() {
@@ -1580,12 +1684,17 @@ impl NetCrypto {
 
     /// The next datagram to send, if any. Drain after every call.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.poll_path_transmit().map(|(path, payload)| match path {
-            Path::Udp(a) => Transmit {
-                destination: Destination::Addr(a),
-                payload,
-            },
-        })
+        loop {
+            let (path, payload) = self.poll_path_transmit()?;
+            if let Path::Udp(a) = path {
+                return Some(Transmit {
+                    destination: Destination::Addr(a),
+                    payload,
+                });
+            }
+            // Relay paths only exist with relay fallback on; their owner drains
+            // `poll_path_transmit` instead.
+        }
     }
 
     /// The next datagram with its [`Path`].
@@ -1604,12 +1713,32 @@ impl NetCrypto {
     }
 }
 
-fn next_timeout(config: &NetCryptoConfig, now: Instant, s: &Session) -> Option<Instant> {
+/// The peer a packet from `from` belongs to: by UDP address, or by the session's DHT key.
+fn peer_of(
+    peers: &BTreeMap<PublicKey, Peer>,
+    by_addr: &BTreeMap<SocketAddr, PublicKey>,
+    from: Path,
+) -> Option<PublicKey> {
+    match from {
+        Path::Udp(a) => by_addr.get(&a).copied(),
+        Path::Relay(d) => peers
+            .iter()
+            .find(|(_, p)| p.session.as_ref().is_some_and(|s| s.dht_pk == d))
+            .map(|(k, _)| *k),
+    }
+}
+
+fn next_timeout(
+    config: &NetCryptoConfig,
+    relay: bool,
+    now: Instant,
+    s: &Session,
+) -> Option<Instant> {
     let mut t: Option<Instant> = None;
     let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
     if s.status != SessionStatus::Established
         && s.temp.is_some()
-        && s.addr(now, config.udp_direct_timeout).is_some()
+        && (relay || s.addr(now, config.udp_direct_timeout).is_some())
     {
         min(s.temp_sent_at.map_or(now, |x| x + config.resend_interval));
     }

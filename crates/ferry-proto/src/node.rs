@@ -31,9 +31,11 @@ use ferry_wire::messenger::{
 use ferry_wire::toxid::ToxId;
 
 use crate::dht::{Dht, DhtConfig, DhtEvent};
-use crate::net_crypto::{NetCrypto, NetCryptoConfig, NetCryptoEvent};
+use crate::net_crypto::{NetCrypto, NetCryptoConfig, NetCryptoEvent, Path};
 use crate::onion::{Onion, OnionConfig, OnionEvent};
-use crate::{Endpoint, Transmit};
+use crate::tcp_connection::{RelayInfo, TcpCommand, TcpConnections, TcpEvent, TcpId};
+use crate::{Destination, Endpoint, Transmit};
+use ferry_wire::node::{PackedNode, Transport};
 
 /// friend_connection keepalive interval (`FRIEND_PING_INTERVAL`).
 pub const ALIVE_INTERVAL: Duration = Duration::from_secs(8);
@@ -57,6 +59,12 @@ pub const MAX_FRIEND_REQUEST_LENGTH: usize = 1016;
 pub const MAX_QUEUED_EVENTS: usize = 65_536;
 /// How often the node re-checks friends' DHT addresses and request timers.
 pub const FRIEND_TICK: Duration = Duration::from_millis(100);
+/// Share-relays packet (messenger id 17) interval per online friend (`SHARE_RELAYS_INTERVAL`).
+pub const SHARE_RELAYS_INTERVAL: Duration = Duration::from_secs(120);
+/// Relays in a share-relays packet (`MAX_SHARED_RELAYS`).
+pub const MAX_SHARED_RELAYS: usize = 3;
+/// TCP relays at the front of our DHT-PK announcements (`tox-protocol.md` §4.4).
+pub const DHT_PK_RELAYS: usize = 2;
 
 /// Configuration of a [`Node`].
 #[derive(Clone, Debug)]
@@ -67,6 +75,9 @@ pub struct NodeConfig {
     pub onion: OnionConfig,
     /// The net_crypto layer.
     pub net_crypto: NetCryptoConfig,
+    /// Send UDP at all (`false` = c-toxcore's `udp_enabled = false`: every UDP transmit is
+    /// dropped, friends are reached through TCP relays only).
+    pub udp_enabled: bool,
 }
 
 /// How long a full node runs the onion's fast start ([`OnionConfig::fast_start`]) after start
@@ -83,6 +94,7 @@ impl Default for NodeConfig {
                 ..OnionConfig::default()
             },
             net_crypto: NetCryptoConfig::default(),
+            udp_enabled: true,
         }
     }
 }
@@ -233,6 +245,8 @@ pub struct FriendInfo {
     pub request_pending: bool,
     /// Their current DHT key, if known.
     pub dht_key: Option<PublicKey>,
+    /// When [`Connection::Tcp`]: the relay carrying the session (its key and TCP address).
+    pub relay: Option<(PublicKey, SocketAddr)>,
 }
 
 #[derive(Debug)]
@@ -257,6 +271,9 @@ struct Friend {
     typing_out: bool,
     /// (highest net_crypto packet number of a message, message id), in send order.
     receipts: VecDeque<(u32, u64)>,
+    /// Path reported while online (Udp or Tcp).
+    path: Connection,
+    last_share: Option<Instant>,
 }
 
 /// A Tox node: DHT, onion, net_crypto, friend_connection and messenger.
@@ -278,6 +295,8 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     events_dropped: u64,
     self_connected: bool,
+    tcp: TcpConnections,
+    udp_enabled: bool,
 }
 
 impl Node {
@@ -300,7 +319,14 @@ impl Node {
             rng.fork(),
             now,
         );
-        let crypto = NetCrypto::new(config.net_crypto, real_keys, dht_keys, rng.fork(), now);
+        let crypto = NetCrypto::new(
+            config.net_crypto,
+            real_keys,
+            dht_keys.clone(),
+            rng.fork(),
+            now,
+        );
+        let tcp = TcpConnections::new(dht_keys, rng.fork());
         Self {
             dht,
             onion,
@@ -317,6 +343,71 @@ impl Node {
             events: VecDeque::new(),
             events_dropped: 0,
             self_connected: false,
+            tcp,
+            udp_enabled: config.udp_enabled,
+        }
+    }
+
+    /// Adds one of our own TCP relays (`tox_add_tcp_relay`, `--relay-peer`): kept connected,
+    /// announced to friends, used to reach friends without a direct UDP path. Drain
+    /// [`Node::poll_tcp_command`] afterwards.
+    pub fn add_tcp_relay(&mut self, now: Instant, addr: SocketAddr, public_key: PublicKey) -> bool {
+        self.tcp.add_relay(now, addr, public_key, true)
+    }
+
+    /// Every known TCP relay (ours and friends').
+    pub fn tcp_relays(&self) -> Vec<RelayInfo> {
+        self.tcp.relays()
+    }
+
+    /// The next TCP stream command for the driver (open, write, close). Drain after every
+    /// input, after [`Endpoint::poll_transmit`].
+    pub fn poll_tcp_command(&mut self) -> Option<TcpCommand> {
+        self.tcp.poll_command()
+    }
+
+    /// The driver opened TCP stream `id`.
+    pub fn handle_tcp_connected(&mut self, now: Instant, id: TcpId) {
+        self.tcp.handle_connected(now, id);
+        self.pump(now);
+    }
+
+    /// Bytes read from TCP stream `id`.
+    pub fn handle_tcp_bytes(&mut self, now: Instant, id: TcpId, bytes: &[u8]) {
+        self.tcp.handle_bytes(now, id, bytes);
+        self.pump(now);
+    }
+
+    /// TCP stream `id` failed to open or ended.
+    pub fn handle_tcp_closed(&mut self, now: Instant, id: TcpId) {
+        self.tcp.handle_closed(now, id);
+        self.pump(now);
+    }
+
+    fn on_tcp_event(&mut self, now: Instant, e: TcpEvent) {
+        match e {
+            TcpEvent::Packet { peer, data, .. } => {
+                if let Some(&k) = data.first()
+                    && (kind::COOKIE_REQUEST..=kind::CRYPTO_DATA).contains(&k)
+                {
+                    self.crypto
+                        .handle_path_packet(now, Path::Relay(peer), &data);
+                }
+            }
+            TcpEvent::RelayStatus { .. } => {
+                self.crypto.set_relay_fallback(self.tcp.any_ready());
+                self.next_tick = now;
+            }
+            TcpEvent::OnionResponse { .. } => {}
+        }
+    }
+
+    /// The path of a friend's session: UDP when heard directly within 8 s, else TCP.
+    fn session_path(&self, pk: &PublicKey) -> Connection {
+        match self.crypto.session_state(pk) {
+            Some(st) if st.direct || !self.tcp.any_ready() => Connection::Udp,
+            Some(_) => Connection::Tcp,
+            None => Connection::None,
         }
     }
 
@@ -474,6 +565,8 @@ impl Node {
                 status_message: Vec::new(),
                 typing_out: false,
                 receipts: VecDeque::new(),
+                path: Connection::None,
+                last_share: None,
             },
         );
         // The onion's only refusal here is its own friend cap.
@@ -501,6 +594,7 @@ impl Node {
         self.onion.remove_friend(pk);
         if let Some(d) = f.dht_pk {
             self.dht.remove_search(&d);
+            self.tcp.remove_friend(now, &d);
         }
         Ok(())
     }
@@ -514,13 +608,13 @@ impl Node {
                 public_key: *pk,
                 name: f.name.clone(),
                 status_message: f.status_message.clone(),
-                connection: if f.online {
-                    Connection::Udp
-                } else {
-                    Connection::None
-                },
+                connection: if f.online { f.path } else { Connection::None },
                 request_pending: f.request.is_some(),
                 dht_key: f.dht_pk,
+                relay: match (f.online, f.path, f.dht_pk) {
+                    (true, Connection::Tcp, Some(d)) => self.tcp.route_of(&d),
+                    _ => None,
+                },
             })
             .collect();
         v.sort_by_key(|f| f.public_key.0);
@@ -653,6 +747,10 @@ impl Node {
                 progressed = true;
                 self.on_crypto_event(now, e);
             }
+            while let Some(e) = self.tcp.poll_event() {
+                progressed = true;
+                self.on_tcp_event(now, e);
+            }
             if !progressed {
                 break;
             }
@@ -730,14 +828,19 @@ impl Node {
                 if f.dht_pk != Some(dht_pk) {
                     if let Some(old) = f.dht_pk.replace(dht_pk) {
                         self.dht.remove_search(&old);
+                        self.tcp.remove_friend(now, &old);
                     }
                     f.addr = None;
                     let _ = self.dht.add_search(now, dht_pk);
+                    self.tcp.set_friend(now, dht_pk, true);
                     self.crypto.set_peer_dht_key(now, &real_pk, dht_pk);
                 }
                 for n in nodes {
-                    if n.transport == ferry_wire::node::Transport::Udp {
-                        self.dht.bootstrap(now, n.addr, n.public_key);
+                    match n.transport {
+                        Transport::Udp => self.dht.bootstrap(now, n.addr, n.public_key),
+                        Transport::Tcp => {
+                            self.tcp.add_friend_relay(now, dht_pk, n.addr, n.public_key);
+                        }
                     }
                 }
                 if let Some(addr) = self.dht.address_of(now, &dht_pk) {
@@ -825,9 +928,13 @@ impl Node {
                 f.request = None;
                 let typing = f.typing_out;
                 self.onion.set_friend_online(&peer, true);
+                let path = self.session_path(&peer);
+                if let Some(f) = self.friends.get_mut(&peer) {
+                    f.path = path;
+                }
                 self.emit(NodeEvent::FriendConnection {
                     public_key: peer,
-                    connection: Connection::Udp,
+                    connection: path,
                 });
                 for p in [
                     MessengerPacket::Nickname(self.name.clone()),
@@ -859,6 +966,20 @@ impl Node {
                     public_key: peer,
                     text,
                 });
+            }
+            MessengerPacket::ShareRelays(bytes) => {
+                let Some(d) = f.dht_pk else {
+                    return;
+                };
+                let mut r = ferry_wire::Reader::new(&bytes);
+                for _ in 0..MAX_SHARED_RELAYS {
+                    let Ok(n) = PackedNode::decode(&mut r) else {
+                        break;
+                    };
+                    if n.transport == Transport::Tcp {
+                        self.tcp.add_friend_relay(now, d, n.addr, n.public_key);
+                    }
+                }
             }
             MessengerPacket::Typing(typing) => self.emit(NodeEvent::FriendTyping {
                 public_key: peer,
@@ -932,14 +1053,76 @@ impl Node {
                         .crypto
                         .send_lossless(now, &pk, &MessengerPacket::Alive.encode());
                 }
-            } else if let Some(d) = f.dht_pk
-                && let Some(addr) = self.dht.address_of(now, &d)
-            {
-                self.set_friend_addr(now, pk, addr);
+                self.relay_tick(now, pk);
+            } else if let Some(d) = f.dht_pk {
+                // No session: a relayed route may be needed to make one.
+                self.tcp.set_friend(now, d, true);
+                if let Some(addr) = self.dht.address_of(now, &d) {
+                    self.set_friend_addr(now, pk, addr);
+                }
             }
         }
-        let nodes = self.dht.closest_nodes(now, &self.dht.public_key(), false);
+        let mut nodes: Vec<PackedNode> = self
+            .tcp
+            .announced_relays(DHT_PK_RELAYS)
+            .into_iter()
+            .map(|(addr, public_key)| PackedNode {
+                transport: Transport::Tcp,
+                addr,
+                public_key,
+            })
+            .collect();
+        nodes.extend(self.dht.closest_nodes(now, &self.dht.public_key(), false));
         self.onion.set_dht_pk_nodes(nodes);
+    }
+
+    /// Per established friend: the reported path (UDP/TCP; a change is an event), whether the
+    /// relayed route is wanted (dropped while direct UDP works), and share-relays every 120 s.
+    fn relay_tick(&mut self, now: Instant, pk: PublicKey) {
+        let path = self.session_path(&pk);
+        let Some(f) = self.friends.get_mut(&pk) else {
+            return;
+        };
+        if let Some(d) = f.dht_pk {
+            let direct = path == Connection::Udp
+                && self
+                    .crypto
+                    .session_state(&pk)
+                    .is_some_and(|s| s.direct && s.established);
+            self.tcp.set_friend(now, d, !direct);
+        }
+        if f.online && path != Connection::None && f.path != path {
+            f.path = path;
+            self.emit(NodeEvent::FriendConnection {
+                public_key: pk,
+                connection: path,
+            });
+        }
+        let Some(f) = self.friends.get_mut(&pk) else {
+            return;
+        };
+        if f.online
+            && f.last_share
+                .is_none_or(|t| now.saturating_duration_since(t) >= SHARE_RELAYS_INTERVAL)
+        {
+            let relays = self.tcp.announced_relays(MAX_SHARED_RELAYS);
+            if relays.is_empty() {
+                return;
+            }
+            f.last_share = Some(now);
+            let mut b = Vec::new();
+            for (addr, public_key) in relays {
+                PackedNode {
+                    transport: Transport::Tcp,
+                    addr,
+                    public_key,
+                }
+                .encode(&mut b);
+            }
+            let _ = self
+                .crypto
+                .send_lossless(now, &pk, &MessengerPacket::ShareRelays(b).encode());
+        }
     }
 }
 
@@ -979,6 +1162,9 @@ impl Endpoint for Node {
         if now >= self.crypto.poll_timeout() {
             self.crypto.handle_timeout(now);
         }
+        if self.tcp.poll_timeout().is_some_and(|t| now >= t) {
+            self.tcp.handle_timeout(now);
+        }
         self.pump(now);
         if now >= self.next_tick {
             self.next_tick = now + FRIEND_TICK;
@@ -987,11 +1173,28 @@ impl Endpoint for Node {
         }
     }
 
+    /// Datagrams only; net_crypto packets for relays go to the TCP connections here (drain
+    /// [`Node::poll_tcp_command`] afterwards). With UDP disabled everything UDP is dropped.
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.crypto
-            .poll_transmit()
-            .or_else(|| self.onion.poll_transmit())
-            .or_else(|| self.dht.poll_transmit())
+        loop {
+            let t = match self.crypto.poll_path_transmit() {
+                Some((Path::Udp(a), payload)) => Transmit {
+                    destination: Destination::Addr(a),
+                    payload,
+                },
+                Some((Path::Relay(pk), payload)) => {
+                    self.tcp.send(&pk, payload);
+                    continue;
+                }
+                None => self
+                    .onion
+                    .poll_transmit()
+                    .or_else(|| self.dht.poll_transmit())?,
+            };
+            if self.udp_enabled {
+                return Some(t);
+            }
+        }
     }
 
     fn poll_timeout(&self) -> Instant {
@@ -1002,6 +1205,9 @@ impl Endpoint for Node {
             self.crypto.poll_timeout(),
         ] {
             t = t.min(other);
+        }
+        if let Some(x) = self.tcp.poll_timeout() {
+            t = t.min(x);
         }
         t
     }

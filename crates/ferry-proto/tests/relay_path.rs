@@ -1,0 +1,319 @@
+//! Issue 5 point 3 in a deterministic in-memory world: two full [`Node`]s whose direct UDP is
+//! blocked become friends and chat through one TCP relay ([`ferry_relay::RelayServer`]); then UDP
+//! is unblocked and the relayed route must be dropped within 10 s of the direct path working
+//! (seed 004).
+
+#![allow(clippy::disallowed_methods)] // the test picks its base `Instant` once
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ferry_crypto::KeyPair;
+use ferry_crypto::rng::FerryRng;
+use ferry_proto::dht::DhtConfig;
+use ferry_proto::node::{Connection, Node, NodeConfig, NodeEvent};
+use ferry_proto::tcp_connection::TcpCommand;
+use ferry_proto::{Destination, Endpoint};
+use ferry_relay::{Output, RelayConfig, RelayServer};
+
+const LATENCY: Duration = Duration::from_millis(5);
+
+/// A datagram in flight: (deliver at, sequence, to node, from address, bytes).
+type InFlight = Reverse<(Instant, u64, usize, SocketAddr, Vec<u8>)>;
+
+struct World {
+    now: Instant,
+    nodes: Vec<Node>,
+    addrs: Vec<SocketAddr>,
+    relay: RelayServer,
+    relay_addr: SocketAddr,
+    /// (node, stream id) ↔ server conn id.
+    streams: BTreeMap<(usize, u64), u64>,
+    back: BTreeMap<u64, (usize, u64)>,
+    next_conn: u64,
+    /// (deliver at, seq) → (to, from, bytes).
+    queue: BinaryHeap<InFlight>,
+    seq: u64,
+    /// UDP between these two nodes is dropped.
+    blocked: Option<(usize, usize)>,
+    udp_ab: u64,
+    log: Vec<(Instant, usize, NodeEvent)>,
+}
+
+impl World {
+    fn new(n: usize, seed: u64) -> Self {
+        let now = Instant::now();
+        let mut rng = FerryRng::from_u64(seed);
+        let relay_keys = KeyPair::generate(&mut rng);
+        let relay = RelayServer::new(
+            RelayConfig {
+                tap_bytes: 1 << 20,
+                ..RelayConfig::default()
+            },
+            relay_keys.secret.clone(),
+            rng.fork(),
+        );
+        let mut nodes = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..n {
+            let mut r = rng.fork();
+            let real = KeyPair::generate(&mut r);
+            let dht = KeyPair::generate(&mut r);
+            let config = NodeConfig {
+                dht: DhtConfig {
+                    lan_discovery: false,
+                    ..DhtConfig::default()
+                },
+                ..NodeConfig::default()
+            };
+            nodes.push(Node::new(config, real, dht, 7, r.fork(), now));
+            addrs.push(SocketAddr::from(([10, 0, 0, i as u8 + 1], 33445)));
+        }
+        Self {
+            now,
+            nodes,
+            addrs,
+            relay,
+            relay_addr: "10.9.9.9:33445".parse().expect("addr"),
+            streams: BTreeMap::new(),
+            back: BTreeMap::new(),
+            next_conn: 1,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            blocked: None,
+            udp_ab: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(ev) = self.nodes[i].poll_event() {
+                    self.log.push((self.now, i, ev));
+                }
+                while let Some(t) = self.nodes[i].poll_transmit() {
+                    moved = true;
+                    let Destination::Addr(to) = t.destination else {
+                        continue;
+                    };
+                    let Some(j) = self.addrs.iter().position(|a| *a == to) else {
+                        continue;
+                    };
+                    if let Some((a, b)) = self.blocked
+                        && ((i, j) == (a, b) || (i, j) == (b, a))
+                    {
+                        continue;
+                    }
+                    if self.blocked.is_none() && (i, j) == (1, 2) {
+                        self.udp_ab += 1;
+                    }
+                    self.seq += 1;
+                    self.queue.push(Reverse((
+                        self.now + LATENCY,
+                        self.seq,
+                        j,
+                        self.addrs[i],
+                        t.payload,
+                    )));
+                }
+                while let Some(c) = self.nodes[i].poll_tcp_command() {
+                    moved = true;
+                    match c {
+                        TcpCommand::Connect { id, addr } => {
+                            if addr == self.relay_addr {
+                                let conn = self.next_conn;
+                                self.next_conn += 1;
+                                self.streams.insert((i, id), conn);
+                                self.back.insert(conn, (i, id));
+                                self.relay.accept(self.now, conn);
+                                self.nodes[i].handle_tcp_connected(self.now, id);
+                            } else {
+                                self.nodes[i].handle_tcp_closed(self.now, id);
+                            }
+                        }
+                        TcpCommand::Send { id, bytes } => {
+                            if let Some(&conn) = self.streams.get(&(i, id)) {
+                                self.relay.handle_bytes(self.now, conn, &bytes);
+                            }
+                        }
+                        TcpCommand::Close { id } => {
+                            if let Some(conn) = self.streams.remove(&(i, id)) {
+                                self.back.remove(&conn);
+                                self.relay.closed(conn);
+                            }
+                        }
+                    }
+                }
+            }
+            while let Some(o) = self.relay.poll_output() {
+                moved = true;
+                match o {
+                    Output::Send(conn, bytes) => {
+                        if let Some(&(i, id)) = self.back.get(&conn) {
+                            self.nodes[i].handle_tcp_bytes(self.now, id, &bytes);
+                        }
+                    }
+                    Output::Close(conn) => {
+                        if let Some((i, id)) = self.back.remove(&conn) {
+                            self.streams.remove(&(i, id));
+                            self.nodes[i].handle_tcp_closed(self.now, id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.flush();
+            let mut next = end;
+            for n in &self.nodes {
+                next = next.min(n.poll_timeout());
+            }
+            if let Some(t) = self.relay.poll_timeout() {
+                next = next.min(t);
+            }
+            if let Some(Reverse((t, ..))) = self.queue.peek() {
+                next = next.min(*t);
+            }
+            self.now = next.max(self.now);
+            while let Some(Reverse((t, ..))) = self.queue.peek()
+                && *t <= self.now
+            {
+                let Some(Reverse((_, _, j, from, bytes))) = self.queue.pop() else {
+                    break;
+                };
+                self.nodes[j].handle_datagram(self.now, from, &bytes);
+            }
+            for n in &mut self.nodes {
+                if n.poll_timeout() <= self.now {
+                    n.handle_timeout(self.now);
+                }
+            }
+            if self.relay.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.relay.handle_timeout(self.now);
+            }
+            // Never stall on a timer in the past.
+            if self.now == next && self.queue.is_empty() {
+                self.now += Duration::from_millis(1);
+            }
+        }
+        self.flush();
+    }
+
+    fn connection(&self, i: usize, friend: &ferry_crypto::PublicKey) -> Connection {
+        self.nodes[i]
+            .friends()
+            .iter()
+            .find(|f| f.public_key == *friend)
+            .map_or(Connection::None, |f| f.connection)
+    }
+}
+
+#[test]
+fn friends_chat_through_a_relay_then_switch_to_direct_udp() {
+    let mut w = World::new(10, 4);
+    let boot = (w.addrs[0], w.nodes[0].dht().public_key());
+    let now = w.now;
+    for i in 1..w.nodes.len() {
+        w.nodes[i].dht_mut().bootstrap(now, boot.0, boot.1);
+    }
+    let (a, b) = (1, 2);
+    let relay_pk = w.relay.public_key();
+    let relay_addr = w.relay_addr;
+    w.nodes[a].add_tcp_relay(now, relay_addr, relay_pk);
+    w.nodes[b].add_tcp_relay(now, relay_addr, relay_pk);
+    w.blocked = Some((a, b));
+    w.run_for(Duration::from_secs(15));
+    let pa = w.nodes[a].tox_id().public_key;
+    let pb = w.nodes[b].tox_id().public_key;
+    let t0 = w.now;
+    w.nodes[a].add_friend_norequest(t0, pb).expect("add");
+    w.nodes[b].add_friend_norequest(t0, pa).expect("add");
+    // Online through the relay.
+    let mut online = None;
+    for _ in 0..600 {
+        w.run_for(Duration::from_millis(100));
+        if w.connection(a, &pb) == Connection::Tcp && w.connection(b, &pa) == Connection::Tcp {
+            online = Some(w.now.duration_since(t0));
+            break;
+        }
+    }
+    let online = online.expect("friends came online through the relay within 60 s");
+    eprintln!("online via relay after {online:?}");
+    w.run_for(Duration::from_millis(500));
+    assert_eq!(w.relay.stats().links, 1, "the relay links the two");
+    let info = w.nodes[a]
+        .friends()
+        .into_iter()
+        .find(|f| f.public_key == pb)
+        .expect("friend");
+    assert_eq!(
+        info.relay,
+        Some((relay_pk, relay_addr)),
+        "the relay is reported"
+    );
+    // Chat.
+    let secret = "relayed secret text 1234567890";
+    let t = w.now;
+    w.nodes[a]
+        .send_message(t, &pb, false, secret)
+        .expect("send");
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        w.log.iter().any(|(_, i, e)| *i == b
+            && matches!(e, NodeEvent::Message { text, .. } if text == secret.as_bytes())),
+        "b got the message through the relay"
+    );
+    let tap = w.relay.take_tap();
+    assert!(!tap.is_empty(), "traffic went through the relay");
+    assert!(
+        !tap.windows(secret.len()).any(|x| x == secret.as_bytes()),
+        "the relay never sees plaintext"
+    );
+    // Unblock UDP: direct must take over and the relayed route go within 10 s of it working.
+    w.blocked = None;
+    let unblocked = w.now;
+    let mut direct_at = None;
+    let mut dropped_at = None;
+    for _ in 0..400 {
+        w.run_for(Duration::from_millis(100));
+        let both_udp =
+            w.connection(a, &pb) == Connection::Udp && w.connection(b, &pa) == Connection::Udp;
+        if both_udp && direct_at.is_none() {
+            direct_at = Some(w.now);
+        }
+        if direct_at.is_some() && w.relay.stats().links == 0 {
+            dropped_at = Some(w.now);
+            break;
+        }
+    }
+    let direct_at = direct_at.expect("direct UDP took over within 40 s of unblocking");
+    let dropped_at = dropped_at.expect("relayed route dropped");
+    eprintln!(
+        "direct after {:?}, relay route dropped {:?} later",
+        direct_at.duration_since(unblocked),
+        dropped_at.duration_since(direct_at)
+    );
+    assert!(dropped_at.duration_since(direct_at) <= Duration::from_secs(10));
+    // Still chatting, now directly.
+    let t = w.now;
+    w.nodes[b]
+        .send_message(t, &pa, false, "direct")
+        .expect("send");
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.log.iter().any(|(_, i, e)| *i == a
+            && matches!(e, NodeEvent::Message { text, .. } if text == b"direct"))
+    );
+}
