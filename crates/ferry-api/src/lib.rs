@@ -67,6 +67,9 @@ pub struct Status {
     pub onion_connected: bool,
     /// Good nodes in the DHT close list.
     pub close_nodes: usize,
+    /// Known TCP relays (ours and friends').
+    #[serde(default)]
+    pub relays: Vec<TcpRelay>,
     /// Milliseconds since the node started.
     pub uptime_ms: u64,
     /// Datagrams received since start.
@@ -77,6 +80,17 @@ pub struct Status {
     pub malformed_dropped: u64,
     /// ferry's version.
     pub version: String,
+}
+
+/// A TCP relay of `GET /v1/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TcpRelay {
+    /// `IP:PORT:KEY` (the `--relay-peer` syntax).
+    pub relay: String,
+    /// The relay connection is up (handshake done).
+    pub connected: bool,
+    /// One of our own relays (announced to friends), not only a friend's.
+    pub own: bool,
 }
 
 /// One close-list entry of `GET /v1/dht/nodes`.
@@ -234,6 +248,9 @@ pub struct Friend {
     pub status_message: String,
     /// `"none"`, `"udp"` or `"tcp"`.
     pub connection: String,
+    /// With `"tcp"`: the relay carrying the session, `IP:PORT:KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// Our friend request to them is still being sent (they have not come online yet).
     #[serde(default)]
     pub request_pending: bool,

@@ -142,6 +142,9 @@ fn print_friend_line(f: &Friend) {
         ""
     };
     println!("{}  {:<5} {}{}", f.public_key, f.connection, name, pending);
+    if let Some(r) = &f.relay {
+        println!("{:>66}via relay {r}", "");
+    }
     if !f.status_message.is_empty() {
         println!("{:>66}{}", "", f.status_message);
     }

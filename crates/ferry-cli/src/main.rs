@@ -83,6 +83,13 @@ enum Command {
         /// Test hook: append what the relay can read of the payloads it forwards to this file.
         #[arg(long, value_name = "FILE", hide = true)]
         relay_tap_file: Option<PathBuf>,
+        /// A TCP relay to use, IP:PORT:PUBLIC_KEY_HEX (repeatable; as `tox_add_tcp_relay`): kept
+        /// connected, announced to friends, used when no direct UDP path works.
+        #[arg(long = "relay-peer", value_name = "IP:PORT:KEY")]
+        relay_peer: Vec<BootstrapNode>,
+        /// Send no UDP at all (networks that block it): friends only through --relay-peer relays.
+        #[arg(long)]
+        no_udp: bool,
     },
     /// TCP relay server commands.
     Relay {
@@ -314,6 +321,8 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             tcp_relay,
             relay_link_rate,
             relay_tap_file,
+            relay_peer,
+            no_udp,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -324,6 +333,8 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 tcp_relay_ports: tcp_relay,
                 relay_link_rate,
                 relay_tap_file,
+                relay_peers: relay_peer,
+                no_udp,
             };
             run_up(profile_dir, opts).await?;
         }
@@ -378,6 +389,18 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                     }
                 );
                 println!("close nodes     {}", s.close_nodes);
+                for r in &s.relays {
+                    println!(
+                        "TCP relay       {} ({}{})",
+                        r.relay,
+                        if r.connected {
+                            "connected"
+                        } else {
+                            "not connected"
+                        },
+                        if r.own { ", announced" } else { ", a friend's" }
+                    );
+                }
                 println!("uptime          {:.1} s", s.uptime_ms as f64 / 1000.0);
                 println!(
                     "packets in/out  {}/{}  (malformed dropped: {})",

@@ -217,6 +217,7 @@ fn bench_message_round_trip() {
                     bootstrap: vec![seed],
                     real_keys: Some(keys),
                     nospam: 1,
+                    ..NodeOptions::default()
                 },
                 Echo { echo, tx },
             )

@@ -259,6 +259,7 @@ impl ChatShared {
                         String::from_utf8_lossy(&f.status_message).into_owned()
                     },
                     connection: f.connection.as_str().to_string(),
+                    relay: f.relay.map(|(pk, addr)| crate::up::format_relay(addr, &pk)),
                     request_pending: f.request_pending,
                     last_seen_ms: if f.connection == Connection::None {
                         rec.map_or(0, |r| r.last_seen_ms)
@@ -277,6 +278,7 @@ impl ChatShared {
             name: String::new(),
             status_message: String::new(),
             connection: "none".into(),
+            relay: None,
             request_pending: pending,
             last_seen_ms: 0,
         }

@@ -43,6 +43,16 @@ pub struct UpOptions {
     pub relay_link_rate: u32,
     /// Test hook: append what the relay can read of forwarded payloads to this file.
     pub relay_tap_file: Option<PathBuf>,
+    /// Our TCP relays (`--relay-peer IP:PORT:KEY`, as `tox_add_tcp_relay`).
+    pub relay_peers: Vec<BootstrapNode>,
+    /// No UDP traffic at all: friends are reached through relays only (`--no-udp`).
+    pub no_udp: bool,
+}
+
+/// A relay as the CLI shows it and `--relay-peer` takes it: `IP:PORT:KEY` (IPv6 as
+/// `[IP]:PORT:KEY`).
+pub fn format_relay(addr: std::net::SocketAddr, public_key: &PublicKey) -> String {
+    format!("{addr}:{}", public_key.to_hex())
 }
 
 /// Default bandwidth per relayed link: 32 KiB/s each direction ([`ferry_relay::DEFAULT_LINK_RATE`]).
@@ -59,6 +69,8 @@ impl Default for UpOptions {
             tcp_relay_ports: Vec::new(),
             relay_link_rate: DEFAULT_RELAY_LINK_RATE,
             relay_tap_file: None,
+            relay_peers: Vec::new(),
+            no_udp: false,
         }
     }
 }
@@ -122,7 +134,23 @@ impl Backend for NodeBackend {
                 public_key: self.identity.public_key().to_hex(),
                 tox_id: self.identity.tox_id().to_string(),
                 udp_port: s.local_addr.port(),
-                connection: if s.connected { "udp" } else { "none" }.to_string(),
+                connection: if s.connected {
+                    "udp"
+                } else if s.tcp_relays.iter().any(|r| r.ready) {
+                    "tcp"
+                } else {
+                    "none"
+                }
+                .to_string(),
+                relays: s
+                    .tcp_relays
+                    .iter()
+                    .map(|r| ferry_api::TcpRelay {
+                        relay: format_relay(r.addr, &r.public_key),
+                        connected: r.ready,
+                        own: r.base,
+                    })
+                    .collect(),
                 onion_connected: s.onion_connected,
                 close_nodes: s.close_nodes,
                 uptime_ms: s.uptime.as_millis() as u64,
@@ -339,6 +367,12 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         bootstrap,
         real_keys: Some(identity.long_term.clone()),
         nospam: identity.nospam,
+        relays: opts
+            .relay_peers
+            .iter()
+            .map(|b| (b.addr, b.public_key))
+            .collect(),
+        no_udp: opts.no_udp,
     };
     // A fresh DHT key per start, as c-toxcore; the relay server (if any) uses it too.
     let seed = ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;

@@ -15,9 +15,11 @@ use ferry_crypto::rng::{FerryRng, os_seed};
 use ferry_crypto::{KeyPair, PublicKey};
 use ferry_proto::dht::{CloseNode, DhtConfig, DhtError, DhtEvent, DhtStats, SearchStatus};
 use ferry_proto::node::{Node, NodeConfig, NodeEvent};
+use ferry_proto::tcp_connection::{TcpCommand, TcpId};
 use ferry_proto::{Destination, Endpoint};
 use ferry_wire::MAX_UDP_PACKET_SIZE;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod relay;
@@ -127,6 +129,8 @@ pub struct NodeStatus {
     pub stats: DhtStats,
     /// Time since the node started.
     pub uptime: Duration,
+    /// Known TCP relays (ours and friends'), with their connection state.
+    pub tcp_relays: Vec<ferry_proto::tcp_connection::RelayInfo>,
 }
 
 /// Receives the node's events inside the node task, with the node at hand, before the
@@ -170,6 +174,10 @@ pub struct NodeOptions {
     pub real_keys: Option<KeyPair>,
     /// Nospam of our Tox ID.
     pub nospam: u32,
+    /// Our own TCP relays (`--relay-peer`, `tox_add_tcp_relay`): address and public key.
+    pub relays: Vec<(SocketAddr, PublicKey)>,
+    /// Send no UDP at all (c-toxcore `udp_enabled = false`): friends only through relays.
+    pub no_udp: bool,
 }
 
 /// A cheap, cloneable handle to a running node task.
@@ -240,6 +248,7 @@ impl NodeHandle {
             close_nodes: n.dht().good_close_count(now),
             stats: n.dht().stats(),
             uptime: now.saturating_duration_since(started),
+            tcp_relays: n.tcp_relays(),
         })
         .await
     }
@@ -323,6 +332,7 @@ pub fn spawn_node_with_dht_keys(
     let now = Instant::now();
     let mut config = NodeConfig {
         dht: options.dht,
+        udp_enabled: !options.no_udp,
         ..NodeConfig::default()
     };
     // DHT-PK `no_replay` must grow across restarts (friends drop smaller ones): Unix seconds,
@@ -334,9 +344,16 @@ pub fn spawn_node_with_dht_keys(
     for (addr, pk) in options.bootstrap {
         node.dht_mut().bootstrap(now, addr, pk);
     }
+    for (addr, pk) in options.relays {
+        node.add_tcp_relay(now, addr, pk);
+    }
     let local_addr = socket.local_addr()?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (tcp_tx, tcp_rx) = mpsc::channel(TCP_EVENT_QUEUE);
     let driver = Driver {
+        tcp_tx,
+        tcp_rx,
+        tcp_streams: std::collections::HashMap::new(),
         socket,
         local_addr,
         node,
@@ -357,7 +374,74 @@ pub fn spawn_node_with_dht_keys(
     ))
 }
 
+/// Inputs from relay client streams to the node task.
+enum TcpIo {
+    Connected(TcpId, mpsc::Sender<Vec<u8>>),
+    Bytes(TcpId, Vec<u8>),
+    Closed(TcpId),
+}
+
+/// Inputs queued from relay client streams to the node task.
+const TCP_EVENT_QUEUE: usize = 1024;
+/// Writes queued per relay client stream before new ones are dropped (net_crypto retransmits).
+const TCP_WRITE_QUEUE: usize = 512;
+/// Time allowed for a relay TCP connect.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One relay client stream: its writer queue (once connected) and its I/O task.
+struct TcpStreamIo {
+    writer: Option<mpsc::Sender<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Opens a relay client stream and pumps it (`tox-protocol.md` §6); reports to the node task.
+async fn tcp_stream_task(id: TcpId, addr: SocketAddr, events: mpsc::Sender<TcpIo>) {
+    let stream = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            let _ = events.send(TcpIo::Closed(id)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(TCP_WRITE_QUEUE);
+    if events.send(TcpIo::Connected(id, wtx)).await.is_err() {
+        return;
+    }
+    let writer = async move {
+        while let Some(b) = wrx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let ev = events.clone();
+    let reader = async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ev.send(TcpIo::Bytes(id, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = writer => {},
+        () = reader => {},
+    }
+    let _ = events.send(TcpIo::Closed(id)).await;
+}
+
 struct Driver {
+    tcp_tx: mpsc::Sender<TcpIo>,
+    tcp_rx: mpsc::Receiver<TcpIo>,
+    tcp_streams: std::collections::HashMap<TcpId, TcpStreamIo>,
     socket: UdpSocket,
     local_addr: SocketAddr,
     node: Node,
@@ -390,8 +474,30 @@ impl Driver {
                     Some(Command::Run(job)) => job(&mut self.node, Instant::now()),
                     Some(Command::SetTcpOnion(sink)) => self.tcp_onion = Some(sink),
                 },
+                io = self.tcp_rx.recv() => match io {
+                    Some(TcpIo::Connected(id, w)) => {
+                        if let Some(s) = self.tcp_streams.get_mut(&id) {
+                            s.writer = Some(w);
+                            self.node.handle_tcp_connected(Instant::now(), id);
+                        }
+                    }
+                    Some(TcpIo::Bytes(id, b)) => {
+                        if self.tcp_streams.contains_key(&id) {
+                            self.node.handle_tcp_bytes(Instant::now(), id, &b);
+                        }
+                    }
+                    Some(TcpIo::Closed(id)) => {
+                        if self.tcp_streams.remove(&id).is_some() {
+                            self.node.handle_tcp_closed(Instant::now(), id);
+                        }
+                    }
+                    None => {}
+                },
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
             }
+        }
+        for (_, s) in self.tcp_streams.drain() {
+            s.task.abort();
         }
         tracing::info!("node stopped");
     }
@@ -414,6 +520,26 @@ impl Driver {
                 Destination::LanBroadcast { port } => {
                     for ip in self.broadcast_addrs() {
                         self.send(SocketAddr::new(ip, port), &t.payload).await;
+                    }
+                }
+            }
+        }
+        while let Some(c) = self.node.poll_tcp_command() {
+            match c {
+                TcpCommand::Connect { id, addr } => {
+                    let task = tokio::spawn(tcp_stream_task(id, addr, self.tcp_tx.clone()));
+                    self.tcp_streams
+                        .insert(id, TcpStreamIo { writer: None, task });
+                }
+                TcpCommand::Send { id, bytes } => {
+                    if let Some(w) = self.tcp_streams.get(&id).and_then(|s| s.writer.as_ref()) {
+                        // Full queue: dropped, as c-toxcore drops when the socket buffer is full.
+                        let _ = w.try_send(bytes);
+                    }
+                }
+                TcpCommand::Close { id } => {
+                    if let Some(s) = self.tcp_streams.remove(&id) {
+                        s.task.abort();
                     }
                 }
             }

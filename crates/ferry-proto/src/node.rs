@@ -1141,6 +1141,9 @@ fn check_len(what: &'static str, len: usize, min: usize, max: usize) -> Result<(
 
 impl Endpoint for Node {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if !self.udp_enabled {
+            return;
+        }
         let from = ferry_wire::node::normalize(from);
         match bytes.first() {
             Some(&k) if (kind::COOKIE_REQUEST..=kind::CRYPTO_DATA).contains(&k) => {
