@@ -343,6 +343,9 @@ pub fn spawn_node_with_dht_keys(
     let mut node = Node::new(config, real_keys, dht_keys, options.nospam, rng, now);
     for (addr, pk) in options.bootstrap {
         node.dht_mut().bootstrap(now, addr, pk);
+        if options.no_udp {
+            node.add_onion_path_node(addr, pk);
+        }
     }
     for (addr, pk) in options.relays {
         node.add_tcp_relay(now, addr, pk);
@@ -396,12 +399,10 @@ struct TcpStreamIo {
 
 /// Opens a relay client stream and pumps it (`tox-protocol.md` §6); reports to the node task.
 async fn tcp_stream_task(id: TcpId, addr: SocketAddr, events: mpsc::Sender<TcpIo>) {
-    let stream = match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            let _ = events.send(TcpIo::Closed(id)).await;
-            return;
-        }
+    let Ok(Ok(stream)) = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+    else {
+        let _ = events.send(TcpIo::Closed(id)).await;
+        return;
     };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -481,17 +482,13 @@ impl Driver {
                             self.node.handle_tcp_connected(Instant::now(), id);
                         }
                     }
-                    Some(TcpIo::Bytes(id, b)) => {
-                        if self.tcp_streams.contains_key(&id) {
-                            self.node.handle_tcp_bytes(Instant::now(), id, &b);
-                        }
+                    Some(TcpIo::Bytes(id, b)) if self.tcp_streams.contains_key(&id) => {
+                        self.node.handle_tcp_bytes(Instant::now(), id, &b);
                     }
-                    Some(TcpIo::Closed(id)) => {
-                        if self.tcp_streams.remove(&id).is_some() {
-                            self.node.handle_tcp_closed(Instant::now(), id);
-                        }
+                    Some(TcpIo::Closed(id)) if self.tcp_streams.remove(&id).is_some() => {
+                        self.node.handle_tcp_closed(Instant::now(), id);
                     }
-                    None => {}
+                    _ => {}
                 },
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
             }

@@ -396,10 +396,41 @@ impl Node {
             }
             TcpEvent::RelayStatus { .. } => {
                 self.crypto.set_relay_fallback(self.tcp.any_ready());
+                self.update_onion_relays();
                 self.next_tick = now;
             }
-            TcpEvent::OnionResponse { .. } => {}
+            TcpEvent::OnionResponse { relay, data } => {
+                if matches!(
+                    data.first(),
+                    Some(&(kind::ANNOUNCE_RESPONSE | kind::DATA_RESPONSE))
+                ) && let Some(addr) = self.tcp.relay_addr(&relay)
+                {
+                    self.onion.handle_packet(now, addr, &data, &mut self.dht);
+                }
+            }
         }
+    }
+
+    /// Ready relays become onion first hops when UDP is off (onion over TCP).
+    fn update_onion_relays(&mut self) {
+        let relays: Vec<PackedNode> = self
+            .tcp
+            .relays()
+            .into_iter()
+            .filter(|r| r.ready)
+            .map(|r| PackedNode {
+                transport: Transport::Tcp,
+                addr: r.addr,
+                public_key: r.public_key,
+            })
+            .collect();
+        self.onion.set_tcp_relays(relays, !self.udp_enabled);
+    }
+
+    /// Adds a node to build onion paths from (`onion_add_bs_path_node`): with UDP off the DHT
+    /// stays empty, so bootstrap nodes are the first path nodes behind a relay.
+    pub fn add_onion_path_node(&mut self, addr: SocketAddr, public_key: PublicKey) {
+        self.onion.add_path_node(PackedNode::udp(addr, public_key));
     }
 
     /// The path of a friend's session: UDP when heard directly within 8 s, else TCP.
@@ -1189,10 +1220,14 @@ impl Endpoint for Node {
                     self.tcp.send(&pk, payload);
                     continue;
                 }
-                None => self
-                    .onion
-                    .poll_transmit()
-                    .or_else(|| self.dht.poll_transmit())?,
+                None => {
+                    while let Some((relay, body)) = self.onion.poll_tcp_request() {
+                        self.tcp.send_onion_request_via(&relay, body);
+                    }
+                    self.onion
+                        .poll_transmit()
+                        .or_else(|| self.dht.poll_transmit())?
+                }
             };
             if self.udp_enabled {
                 return Some(t);

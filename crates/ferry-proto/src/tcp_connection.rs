@@ -337,8 +337,28 @@ impl TcpConnections {
         sent
     }
 
-    /// Sends an onion request (TCP id 8: `[IP_Port of node B][PK1][box_B(...)]`) through one
-    /// ready relay (chosen at random). False when none is ready.
+    /// Sends an onion request through relay `relay` if it is ready, else through any
+    /// ([`Self::send_onion_request`]).
+    pub fn send_onion_request_via(&mut self, relay: &PublicKey, body: Vec<u8>) -> bool {
+        if self.is_ready(relay) {
+            let ok = self
+                .relays
+                .get_mut(relay)
+                .and_then(|r| r.conn.as_mut())
+                .is_some_and(|(_, c)| c.send_onion_request(body));
+            self.drain_outputs();
+            return ok;
+        }
+        self.send_onion_request(body)
+    }
+
+    /// The TCP address of a known relay.
+    pub fn relay_addr(&self, relay: &PublicKey) -> Option<SocketAddr> {
+        self.relays.get(relay).map(|r| r.addr)
+    }
+
+    /// Sends an onion request (TCP id 8: `[nonce][IP_Port of node B][PK1][box_B(...)]`) through
+    /// one ready relay (chosen at random). False when none is ready.
     pub fn send_onion_request(&mut self, body: Vec<u8>) -> bool {
         let ready: Vec<PublicKey> = self
             .relays

@@ -43,40 +43,46 @@ struct World {
 }
 
 impl World {
-    fn new(n: usize, seed: u64) -> Self {
+    /// `n` nodes; node 0 also hosts the relay (its onion layer serves the relay's onion
+    /// requests, as `ferry up --tcp-relay` does); nodes in `no_udp` send no UDP.
+    fn new(n: usize, seed: u64, no_udp: &[usize]) -> Self {
         let now = Instant::now();
         let mut rng = FerryRng::from_u64(seed);
-        let relay_keys = KeyPair::generate(&mut rng);
-        let relay = RelayServer::new(
-            RelayConfig {
-                tap_bytes: 1 << 20,
-                ..RelayConfig::default()
-            },
-            relay_keys.secret.clone(),
-            rng.fork(),
-        );
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
+        let mut relay_secret = None;
         for i in 0..n {
             let mut r = rng.fork();
             let real = KeyPair::generate(&mut r);
             let dht = KeyPair::generate(&mut r);
+            if i == 0 {
+                relay_secret = Some(dht.secret.clone());
+            }
             let config = NodeConfig {
                 dht: DhtConfig {
                     lan_discovery: false,
                     ..DhtConfig::default()
                 },
+                udp_enabled: !no_udp.contains(&i),
                 ..NodeConfig::default()
             };
             nodes.push(Node::new(config, real, dht, 7, r.fork(), now));
             addrs.push(SocketAddr::from(([10, 0, 0, i as u8 + 1], 33445)));
         }
+        let relay = RelayServer::new(
+            RelayConfig {
+                tap_bytes: 1 << 20,
+                ..RelayConfig::default()
+            },
+            relay_secret.expect("node 0"),
+            rng.fork(),
+        );
         Self {
             now,
             nodes,
             addrs,
             relay,
-            relay_addr: "10.9.9.9:33445".parse().expect("addr"),
+            relay_addr: "10.0.0.1:3389".parse().expect("addr"),
             streams: BTreeMap::new(),
             back: BTreeMap::new(),
             next_conn: 1,
@@ -100,6 +106,12 @@ impl World {
                     let Destination::Addr(to) = t.destination else {
                         continue;
                     };
+                    if i == 0
+                        && let Some(conn) = relay_client_conn(to)
+                    {
+                        self.relay.send_onion_response(conn, t.payload);
+                        continue;
+                    }
                     let Some(j) = self.addrs.iter().position(|a| *a == to) else {
                         continue;
                     };
@@ -163,7 +175,10 @@ impl World {
                             self.nodes[i].handle_tcp_closed(self.now, id);
                         }
                     }
-                    _ => {}
+                    Output::OnionRequest(conn, body) => {
+                        let now = self.now;
+                        self.nodes[0].handle_tcp_onion_request(now, relay_client_addr(conn), &body);
+                    }
                 }
             }
             if !moved {
@@ -220,9 +235,90 @@ impl World {
     }
 }
 
+/// The synthetic address node 0's onion layer knows relay client `conn` by (as ferry-net's).
+fn relay_client_addr(conn: u64) -> SocketAddr {
+    SocketAddr::from((
+        std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, conn as u16),
+        1,
+    ))
+}
+
+fn relay_client_conn(a: SocketAddr) -> Option<u64> {
+    match a {
+        SocketAddr::V6(v6) if v6.port() == 1 && v6.ip().segments()[0] == 0x100 => {
+            Some(u64::from(v6.ip().segments()[7]))
+        }
+        _ => None,
+    }
+}
+
+/// `--no-udp`: a node that sends no UDP at all announces and searches through the relay's
+/// onion (onion over TCP) and reaches its UDP-enabled friend through the relay.
+#[test]
+fn a_node_without_udp_reaches_its_friend_through_a_relay() {
+    let mut w = World::new(10, 5, &[1]);
+    let boot = (w.addrs[0], w.nodes[0].dht().public_key());
+    let now = w.now;
+    for i in 2..w.nodes.len() {
+        w.nodes[i].dht_mut().bootstrap(now, boot.0, boot.1);
+    }
+    // The UDP-less node knows bootstrap nodes only as onion path nodes.
+    for j in [0, 3, 4, 5] {
+        let (addr, pk) = (w.addrs[j], w.nodes[j].dht().public_key());
+        w.nodes[1].add_onion_path_node(addr, pk);
+    }
+    let (a, b) = (1, 2);
+    let relay_pk = w.relay.public_key();
+    let relay_addr = w.relay_addr;
+    w.nodes[a].add_tcp_relay(now, relay_addr, relay_pk);
+    w.nodes[b].add_tcp_relay(now, relay_addr, relay_pk);
+    w.run_for(Duration::from_secs(10));
+    let pa = w.nodes[a].tox_id().public_key;
+    let pb_id = w.nodes[b].tox_id();
+    let pb = pb_id.public_key;
+    let t0 = w.now;
+    // A real friend request, sent over the onion through the relay.
+    w.nodes[a]
+        .add_friend(t0, &pb_id, b"hi through tcp")
+        .expect("add");
+    let mut accepted = false;
+    let mut online = None;
+    for _ in 0..1200 {
+        w.run_for(Duration::from_millis(100));
+        if !accepted
+            && w.log.iter().any(|(_, i, e)| {
+                *i == b
+                    && matches!(e, NodeEvent::FriendRequest { public_key, .. } if *public_key == pa)
+            })
+        {
+            let t = w.now;
+            w.nodes[b].add_friend_norequest(t, pa).expect("accept");
+            accepted = true;
+        }
+        if w.connection(a, &pb) == Connection::Tcp && w.connection(b, &pa) == Connection::Tcp {
+            online = Some(w.now.duration_since(t0));
+            break;
+        }
+    }
+    assert!(
+        accepted,
+        "the friend request arrived over the onion through the relay"
+    );
+    let online = online.expect("online through the relay within 120 s");
+    eprintln!("no-UDP node online via relay after {online:?}");
+    let t = w.now;
+    w.nodes[a]
+        .send_message(t, &pb, false, "no udp here")
+        .expect("send");
+    w.run_for(Duration::from_secs(2));
+    assert!(w.log.iter().any(|(_, i, e)| *i == b
+        && matches!(e, NodeEvent::Message { text, .. } if text == b"no udp here")));
+    assert!(w.relay.stats().onion_requests > 0);
+}
+
 #[test]
 fn friends_chat_through_a_relay_then_switch_to_direct_udp() {
-    let mut w = World::new(10, 4);
+    let mut w = World::new(10, 4, &[]);
     let boot = (w.addrs[0], w.nodes[0].dht().public_key());
     let now = w.now;
     for i in 1..w.nodes.len() {

@@ -215,6 +215,12 @@ pub(super) struct ClientState {
     pub(super) last_run: Instant,
     dht_pk_nodes: Vec<PackedNode>,
     last_no_replay_sent: u64,
+    /// Ready TCP relays usable as a path's first node (onion over TCP).
+    tcp_relays: Vec<PackedNode>,
+    /// Build paths whose first node is a TCP relay (UDP unusable).
+    tcp_first_hop: bool,
+    /// Onion requests for relays: (relay key, TCP packet 8 body).
+    pub(super) tcp_requests: std::collections::VecDeque<(PublicKey, Vec<u8>)>,
 }
 
 impl ClientState {
@@ -239,6 +245,9 @@ impl ClientState {
             last_run: now,
             dht_pk_nodes: Vec::new(),
             last_no_replay_sent: 0,
+            tcp_relays: Vec::new(),
+            tcp_first_hop: false,
+            tcp_requests: std::collections::VecDeque::new(),
         }
     }
 
@@ -249,8 +258,11 @@ impl ClientState {
         }
     }
 
-    /// `onion_add_path_node`: a ring of [`MAX_PATH_NODES`] distinct nodes.
+    /// `onion_add_path_node`: a ring of [`MAX_PATH_NODES`] distinct nodes (UDP nodes only).
     fn add_path_node(&mut self, node: PackedNode) {
+        if node.transport != ferry_wire::node::Transport::Udp {
+            return;
+        }
         if self
             .path_nodes
             .iter()
@@ -371,6 +383,30 @@ impl Onion {
         let mut nodes = nodes;
         nodes.truncate(MAX_ANNOUNCE_NODES);
         self.client.dht_pk_nodes = nodes;
+    }
+
+    /// Onion over TCP (`tox-protocol.md` §4.1, §6): `relays` are the ready TCP relays; with
+    /// `first_hop` set, new paths start at one of them (the relay acts as node A) and the
+    /// requests come out of [`Onion::poll_tcp_request`] instead of UDP transmits.
+    pub fn set_tcp_relays(&mut self, relays: Vec<PackedNode>, first_hop: bool) {
+        if first_hop != self.client.tcp_first_hop {
+            // Paths of the other kind are useless now.
+            self.client.self_paths.iter_mut().for_each(|p| *p = None);
+            self.client.friend_paths.iter_mut().for_each(|p| *p = None);
+        }
+        self.client.tcp_relays = relays;
+        self.client.tcp_first_hop = first_hop;
+    }
+
+    /// Adds a node for building onion paths (`onion_add_bs_path_node`): how a node without UDP
+    /// DHT learns its first path nodes (bootstrap nodes).
+    pub fn add_path_node(&mut self, node: PackedNode) {
+        self.client.add_path_node(node);
+    }
+
+    /// The next onion request for a TCP relay: (relay key, body of TCP packet 8).
+    pub fn poll_tcp_request(&mut self) -> Option<(PublicKey, Vec<u8>)> {
+        self.client.tcp_requests.pop_front()
     }
 
     /// The DHT key a friend last told us (DHT-PK), if any.
@@ -1207,6 +1243,17 @@ impl Onion {
             ciphertext: c2,
         };
         let (a_pk, a_addr) = (path.nodes[0].public_key, path.nodes[0].addr);
+        if path.nodes[0].transport == ferry_wire::node::Transport::Tcp {
+            // The relay is node A: it gets layer 1 unwrapped (TCP packet 8).
+            if self.client.tcp_requests.len() >= self.config.max_queued_transmits {
+                self.stats.tx_dropped += 1;
+                return false;
+            }
+            self.stats.client_requests += 1;
+            let body = [nonce.0.as_slice(), &l1.encode()].concat();
+            self.client.tcp_requests.push_back((a_pk, body));
+            return true;
+        }
         let Ok(c1) = self.dht_cache.get(&a_pk).encrypt(&nonce, &l1.encode()) else {
             return false;
         };
@@ -1238,21 +1285,32 @@ impl Onion {
             .is_none_or(|p| p.timed_out(now));
         if needs_new {
             let pool = self.client.path_nodes.len();
-            if pool < 3 {
+            let tcp = self.client.tcp_first_hop;
+            let need = if tcp { 2 } else { 3 };
+            if pool < need || (tcp && self.client.tcp_relays.is_empty()) {
                 return None;
             }
             let mut picked: Vec<usize> = Vec::with_capacity(3);
-            while picked.len() < 3 {
+            while picked.len() < need {
                 let i = self.rng.below(pool);
                 if !picked.contains(&i) {
                     picked.push(i);
                 }
             }
-            let nodes = [
-                self.client.path_nodes[picked[0]],
-                self.client.path_nodes[picked[1]],
-                self.client.path_nodes[picked[2]],
-            ];
+            let nodes = if tcp {
+                let r = self.rng.below(self.client.tcp_relays.len());
+                [
+                    self.client.tcp_relays[r],
+                    self.client.path_nodes[picked[0]],
+                    self.client.path_nodes[picked[1]],
+                ]
+            } else {
+                [
+                    self.client.path_nodes[picked[0]],
+                    self.client.path_nodes[picked[1]],
+                    self.client.path_nodes[picked[2]],
+                ]
+            };
             let kp2 = KeyPair::generate(&mut self.rng);
             let kp3 = KeyPair::generate(&mut self.rng);
             let num = (self.rng.next_u32() / NUMBER_ONION_PATHS as u32) * NUMBER_ONION_PATHS as u32
