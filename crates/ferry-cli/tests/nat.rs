@@ -6,7 +6,10 @@
 //!
 //! Needs root, iproute2 and iptables; skipped with a message otherwise. Every cell has its own
 //! lab prefix (parallel-safe) and tears its lab down (processes killed by PID) on drop.
-//! UDP-blocked cells need the TCP relay (not in ferry yet) and are left out.
+//! The first public node also offers a TCP relay (`--tcp-relay 33500`) that both ferry peers
+//! know (`--relay-peer`): cells that cannot be punched (cone × symmetric, symmetric ×
+//! symmetric) and cells with UDP blocked connect relayed; each cell records its path
+//! (`ferry friend list` `connection`).
 //!
 //! Measured here (2 cores, debug build; time from `friend add` to the message delivered):
 //!
@@ -112,6 +115,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(ns: &str, port: u16, bootstrap: &[String]) -> anyhow::Result<Self> {
+        Self::start_with(ns, port, bootstrap, &[])
+    }
+
+    fn start_with(
+        ns: &str,
+        port: u16,
+        bootstrap: &[String],
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let profile = tempfile::tempdir()?;
         let init = Command::new(ferry())
             .arg("--profile")
@@ -129,6 +141,7 @@ impl Daemon {
         for b in bootstrap {
             cmd.args(["--bootstrap", b]);
         }
+        cmd.args(extra);
         let child = KillOnDrop(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
         let d = Self {
             _child: child,
@@ -170,13 +183,17 @@ impl Daemon {
     }
 
     fn online(&self, pk: &str) -> bool {
+        self.path(pk).is_some_and(|c| c != "none")
+    }
+
+    /// The friend's `connection` ("none", "udp", "tcp").
+    fn path(&self, pk: &str) -> Option<String> {
         self.json(&["friend", "list", "--json"])
             .and_then(|v| v.as_array().cloned())
-            .is_some_and(|l| {
-                l.iter().any(|f| {
-                    f["public_key"].as_str() == Some(pk)
-                        && f["connection"].as_str().is_some_and(|c| c != "none")
-                })
+            .and_then(|l| {
+                l.iter()
+                    .find(|f| f["public_key"].as_str() == Some(pk))
+                    .and_then(|f| f["connection"].as_str().map(str::to_string))
             })
     }
 
@@ -197,6 +214,8 @@ struct Cell {
     nat_b: &'static str,
     /// Time from `friend add` to both sides online and a message through, if it happened.
     connected: Option<Duration>,
+    /// A's path to B at that moment ("udp" = direct, "tcp" = relayed).
+    path: String,
 }
 
 /// Which implementation the two peers run.
@@ -220,7 +239,13 @@ fn run_cell(
     let boot_ns = lab.var("NS_BOOT").to_string();
     let boot_ip = lab.var("BOOT_IP").to_string();
     let mut public = Vec::new();
-    let first = Daemon::start(&boot_ns, 33445, &[])?;
+    let relay_port = 33500u16;
+    let first = Daemon::start_with(
+        &boot_ns,
+        33445,
+        &[],
+        &["--tcp-relay".to_string(), relay_port.to_string()],
+    )?;
     let first_key = first.json(&["status", "--json"]).expect("status")["dht_public_key"]
         .as_str()
         .expect("dht key")
@@ -230,6 +255,20 @@ fn run_cell(
     for i in 1..PUBLIC_NODES {
         public.push(Daemon::start(&boot_ns, 33445 + i, &boot)?);
     }
+    // The peers know every public node (onion path nodes when their UDP is blocked) and the
+    // relay (its key is the first node's DHT key).
+    let mut peer_boot = boot.clone();
+    for (i, d) in public.iter().enumerate().skip(1) {
+        let k = d.json(&["status", "--json"]).expect("status")["dht_public_key"]
+            .as_str()
+            .expect("dht key")
+            .to_string();
+        peer_boot.push(format!("{boot_ip}:{}:{k}", 33445 + i));
+    }
+    let relay_arg = vec![
+        "--relay-peer".to_string(),
+        format!("{boot_ip}:{relay_port}:{first_key}"),
+    ];
     if peers == Peers::CToxcore {
         let connected = c_toxcore_pair(&lab, &boot_ip, &first_key)?;
         drop(public);
@@ -238,10 +277,11 @@ fn run_cell(
             nat_a,
             nat_b,
             connected,
+            path: String::new(),
         });
     }
-    let a = Daemon::start(lab.var("NS_A"), 33445, &boot)?;
-    let b = Daemon::start(lab.var("NS_B"), 33445, &boot)?;
+    let a = Daemon::start_with(lab.var("NS_A"), 33445, &peer_boot, &relay_arg)?;
+    let b = Daemon::start_with(lab.var("NS_B"), 33445, &peer_boot, &relay_arg)?;
     for d in [&a, &b] {
         let ok = d
             .cli(&["set", "auto-accept", "on"])
@@ -255,6 +295,7 @@ fn run_cell(
         .is_some_and(|o| o.status.success());
     anyhow::ensure!(added, "friend add failed");
     let mut connected = None;
+    let mut path = String::from("none");
     let mut sent = false;
     while start.elapsed() < CELL_TIMEOUT {
         if !sent && a.online(&b_pk) && b.online(&a_pk) {
@@ -264,6 +305,7 @@ fn run_cell(
         }
         if sent && b.has_message(&a_pk, "through the NAT") {
             connected = Some(start.elapsed());
+            path = a.path(&b_pk).unwrap_or_default();
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -274,6 +316,7 @@ fn run_cell(
         nat_a,
         nat_b,
         connected,
+        path,
     })
 }
 
@@ -336,7 +379,7 @@ fn matrix(peers: Peers) {
         return;
     }
     let base = if peers == Peers::Ferry { 0 } else { 10 };
-    let cells: [(&str, &str); 6] = [
+    let mut cells: Vec<(&str, &str)> = vec![
         ("none", "none"),
         ("none", "cone"),
         ("none", "symmetric"),
@@ -344,6 +387,15 @@ fn matrix(peers: Peers) {
         ("cone", "symmetric"),
         ("symmetric", "symmetric"),
     ];
+    if peers == Peers::Ferry {
+        // c-toxcore pairs here run without relays; ferry pairs get the public relay.
+        cells.extend([
+            ("none", "udp-blocked"),
+            ("cone", "udp-blocked"),
+            ("symmetric", "udp-blocked"),
+            ("udp-blocked", "udp-blocked"),
+        ]);
+    }
     // Three cells at a time (8 daemons each).
     let mut results = Vec::new();
     for (batch_no, batch) in cells.chunks(3).enumerate() {
@@ -364,7 +416,12 @@ fn matrix(peers: Peers) {
             c.nat_a,
             c.nat_b,
             c.connected.map_or("no connection".to_string(), |d| format!(
-                "direct, {:.1} s",
+                "{}, {:.1} s",
+                match c.path.as_str() {
+                    "tcp" => "relayed",
+                    "udp" | "" => "direct",
+                    other => other,
+                },
                 d.as_secs_f64()
             ))
         );
@@ -373,12 +430,22 @@ fn matrix(peers: Peers) {
         return;
     }
     for c in &results {
-        let must = c.nat_a == "none" || c.nat_b == "none" || (c.nat_a, c.nat_b) == ("cone", "cone");
+        // With the relay every cell connects; direct wherever one side is routed or both are
+        // cone and UDP is open.
         assert!(
-            !must || c.connected.is_some(),
+            c.connected.is_some(),
             "{} x {} did not connect",
             c.nat_a,
             c.nat_b
         );
+        let blocked = c.nat_a == "udp-blocked" || c.nat_b == "udp-blocked";
+        let direct = !blocked
+            && (c.nat_a == "none" || c.nat_b == "none" || (c.nat_a, c.nat_b) == ("cone", "cone"));
+        if direct {
+            assert_eq!(c.path, "udp", "{} x {} should be direct", c.nat_a, c.nat_b);
+        }
+        if blocked {
+            assert_eq!(c.path, "tcp", "{} x {} must be relayed", c.nat_a, c.nat_b);
+        }
     }
 }

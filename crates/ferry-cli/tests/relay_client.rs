@@ -79,13 +79,22 @@ fn pair_through(infra: &Infra, relay: &str, what: &str) -> Duration {
     b_args.extend(["--relay-peer".into(), relay.to_string()]);
     let a = FerryUp::start(ferry(), &a_args).expect("a (--no-udp)");
     let b = FerryUp::start(ferry(), &b_args).expect("b");
-    assert!(b.cli(&["set", "auto-accept", "on"]).expect("cli").status.success());
+    assert!(
+        b.cli(&["set", "auto-accept", "on"])
+            .expect("cli")
+            .status
+            .success()
+    );
     let (a_pk, b_pk) = (id_field(&a, "public_key"), id_field(&b, "public_key"));
     let start = Instant::now();
     let out = a
         .cli(&["friend", "add", &id_field(&b, "tox_id"), "hi over tcp"])
         .expect("add");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let fa = wait_online(&a, &b_pk, STEP);
     let online = start.elapsed();
     let fb = wait_online(&b, &a_pk, STEP);

@@ -343,9 +343,9 @@ pub fn spawn_node_with_dht_keys(
     let mut node = Node::new(config, real_keys, dht_keys, options.nospam, rng, now);
     for (addr, pk) in options.bootstrap {
         node.dht_mut().bootstrap(now, addr, pk);
-        if options.no_udp {
-            node.add_onion_path_node(addr, pk);
-        }
+        // As c-toxcore's `onion_add_bs_path_node`: the first onion path nodes, which a node
+        // whose UDP is off or blocked reaches through a relay.
+        node.add_onion_path_node(addr, pk);
     }
     for (addr, pk) in options.relays {
         node.add_tcp_relay(now, addr, pk);

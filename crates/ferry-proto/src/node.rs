@@ -396,7 +396,7 @@ impl Node {
             }
             TcpEvent::RelayStatus { .. } => {
                 self.crypto.set_relay_fallback(self.tcp.any_ready());
-                self.update_onion_relays();
+                self.update_onion_relays(now);
                 self.next_tick = now;
             }
             TcpEvent::OnionResponse { relay, data } => {
@@ -411,8 +411,9 @@ impl Node {
         }
     }
 
-    /// Ready relays become onion first hops when UDP is off (onion over TCP).
-    fn update_onion_relays(&mut self) {
+    /// Ready relays become onion first hops when UDP is off or the DHT has no good node (UDP
+    /// blocked): onion over TCP, as c-toxcore does when not UDP-connected.
+    fn update_onion_relays(&mut self, now: Instant) {
         let relays: Vec<PackedNode> = self
             .tcp
             .relays()
@@ -424,7 +425,8 @@ impl Node {
                 public_key: r.public_key,
             })
             .collect();
-        self.onion.set_tcp_relays(relays, !self.udp_enabled);
+        let first_hop = !relays.is_empty() && (!self.udp_enabled || !self.dht.is_connected(now));
+        self.onion.set_tcp_relays(relays, first_hop);
     }
 
     /// Adds a node to build onion paths from (`onion_add_bs_path_node`): with UDP off the DHT
@@ -642,7 +644,12 @@ impl Node {
                 connection: if f.online { f.path } else { Connection::None },
                 request_pending: f.request.is_some(),
                 dht_key: f.dht_pk,
-                relay: match (f.online, f.path, f.dht_pk) {
+                relay: match (
+                    f.online,
+                    f.path,
+                    f.dht_pk
+                        .or_else(|| self.crypto.session_state(pk).map(|s| s.dht_pk)),
+                ) {
                     (true, Connection::Tcp, Some(d)) => self.tcp.route_of(&d),
                     _ => None,
                 },
@@ -1105,16 +1112,19 @@ impl Node {
             .collect();
         nodes.extend(self.dht.closest_nodes(now, &self.dht.public_key(), false));
         self.onion.set_dht_pk_nodes(nodes);
+        self.update_onion_relays(now);
     }
 
     /// Per established friend: the reported path (UDP/TCP; a change is an event), whether the
     /// relayed route is wanted (dropped while direct UDP works), and share-relays every 120 s.
     fn relay_tick(&mut self, now: Instant, pk: PublicKey) {
         let path = self.session_path(&pk);
+        let session_dht = self.crypto.session_state(&pk).map(|s| s.dht_pk);
         let Some(f) = self.friends.get_mut(&pk) else {
             return;
         };
-        if let Some(d) = f.dht_pk {
+        // A session accepted from the friend's handshake may come before its DHT-PK.
+        if let Some(d) = session_dht.or(f.dht_pk) {
             let direct = path == Connection::Udp
                 && self
                     .crypto
