@@ -13,18 +13,25 @@
 //!
 //! Measured here (2 cores, debug build; time from `friend add` to the message delivered):
 //!
-//! | A × B | ferry pair | c-toxcore 0.2.18 pair |
-//! |---|---|---|
-//! | none × none | direct, 3.0 s | direct, 9.5 s |
-//! | none × cone | direct, 3.0 s | direct, 10.3 s |
-//! | none × symmetric | direct, 3.0 s | direct, 9.5 s |
-//! | cone × cone | direct, 3.2 s | direct, 9.9 s |
-//! | cone × symmetric | no connection | no connection |
-//! | symmetric × symmetric | no connection | no connection |
+//! | A × B | ferry pair (with the public relay) | ferry pair, no relay (before) | c-toxcore 0.2.18 pair, no relay |
+//! |---|---|---|---|
+//! | none × none | relayed 0.7 s, direct from 2.8 s | direct, 3.0 s | direct, 9.5 s |
+//! | none × cone | relayed 1.5 s, direct from 2.6 s | direct, 3.0 s | direct, 10.3 s |
+//! | none × symmetric | relayed 0.7 s, direct from 3.0 s | direct, 3.0 s | direct, 9.5 s |
+//! | cone × cone | relayed 0.5 s, direct from 2.8 s | direct, 3.2 s | direct, 9.9 s |
+//! | cone × symmetric | relayed, 0.7 s | no connection | no connection |
+//! | symmetric × symmetric | relayed, 0.7 s | no connection | no connection |
+//! | none × udp-blocked | relayed, 1.1 s | – | – |
+//! | cone × udp-blocked | relayed, 1.1 s | – | – |
+//! | symmetric × udp-blocked | relayed, 1.1 s | – | – |
+//! | udp-blocked × udp-blocked | relayed, 1.1 s | – | – |
 //!
-//! Port-restricted cone × symmetric cannot be punched with Linux's random port choice: the cone
-//! side only lets in the exact ip:port it sent to, and no guess finds the symmetric side's fresh
-//! random port; c-toxcore fails there the same way. Those cells need the TCP relay.
+//! With a relay both peers know, the first session comes up through it (OOB cookies, then a
+//! routing link) before the DHT has found the friend; once it has, small packets probe the
+//! friend's UDP address every 4 s and the session moves to direct UDP (the relayed route is then
+//! dropped). Port-restricted cone × symmetric cannot be punched with Linux's random port choice:
+//! the cone side only lets in the exact ip:port it sent to, and no guess finds the symmetric
+//! side's fresh random port; c-toxcore fails there the same way. Those cells stay relayed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -214,9 +221,15 @@ struct Cell {
     nat_b: &'static str,
     /// Time from `friend add` to both sides online and a message through, if it happened.
     connected: Option<Duration>,
-    /// A's path to B at that moment ("udp" = direct, "tcp" = relayed).
+    /// A's path to B once settled ("udp" = direct, "tcp" = relayed): a relayed start switches
+    /// to direct UDP as soon as the DHT finds the friend and a punch works.
     path: String,
+    /// When the path became direct (from `friend add`), if it started relayed.
+    direct_at: Option<Duration>,
 }
+
+/// How long a relayed cell is watched for a switch to direct UDP.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// Which implementation the two peers run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,6 +291,7 @@ fn run_cell(
             nat_b,
             connected,
             path: String::new(),
+            direct_at: None,
         });
     }
     let a = Daemon::start_with(lab.var("NS_A"), 33445, &peer_boot, &relay_arg)?;
@@ -310,6 +324,16 @@ fn run_cell(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let mut direct_at = None;
+    if let Some(t) = connected {
+        while path == "tcp" && start.elapsed() < t + SETTLE {
+            std::thread::sleep(Duration::from_millis(250));
+            if a.path(&b_pk).as_deref() == Some("udp") && b.path(&a_pk).as_deref() == Some("udp") {
+                path = "udp".into();
+                direct_at = Some(start.elapsed());
+            }
+        }
+    }
     drop((a, b, public));
     drop(lab);
     Ok(Cell {
@@ -317,6 +341,7 @@ fn run_cell(
         nat_b,
         connected,
         path,
+        direct_at,
     })
 }
 
@@ -415,15 +440,23 @@ fn matrix(peers: Peers) {
             "MEASURE nat {peers:?} {:>9} x {:<9} {}",
             c.nat_a,
             c.nat_b,
-            c.connected.map_or("no connection".to_string(), |d| format!(
-                "{}, {:.1} s",
-                match c.path.as_str() {
-                    "tcp" => "relayed",
-                    "udp" | "" => "direct",
-                    other => other,
-                },
-                d.as_secs_f64()
-            ))
+            c.connected
+                .map_or("no connection".to_string(), |d| match c.direct_at {
+                    Some(t) => format!(
+                        "relayed, {:.1} s; direct from {:.1} s",
+                        d.as_secs_f64(),
+                        t.as_secs_f64()
+                    ),
+                    None => format!(
+                        "{}, {:.1} s",
+                        match c.path.as_str() {
+                            "tcp" => "relayed",
+                            "udp" | "" => "direct",
+                            other => other,
+                        },
+                        d.as_secs_f64()
+                    ),
+                })
         );
     }
     if peers == Peers::CToxcore {

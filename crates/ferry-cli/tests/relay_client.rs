@@ -207,3 +207,61 @@ fn no_udp_ferry_reaches_its_friend_through_a_c_toxcore_relay() {
     let t = pair_through(&infra, &relay, "tox-bootstrapd relay");
     assert!(t < STEP);
 }
+
+/// Interop over relays end to end: a `--no-udp` ferry node and a UDP-disabled c-toxcore 0.2.18
+/// client (`toxpeer --udp-disabled`) become friends and chat with nothing but a c-toxcore relay
+/// (`tox-bootstrapd`) between them: onion over TCP, OOB cookies and net_crypto over relay data,
+/// in both implementations.
+#[test]
+fn no_udp_ferry_and_udp_disabled_c_toxcore_chat_through_tox_bootstrapd() {
+    if ferry_testkit::toxpeer_path().is_err() {
+        eprintln!("SKIP: no toxpeer (install libtoxcore-dev, pkg-config, cc)");
+        return;
+    }
+    let infra = Infra::new(3).expect("infra");
+    let tbd = Bootstrapd::start(infra.tox_bootstrap().remove(0));
+    std::thread::sleep(Duration::from_secs(3));
+    let relay = format!("127.0.0.1:{}:{}", tbd.tcp_port, tbd.public_key);
+    let mut tox = ferry_testkit::ToxClient::spawn(&ferry_testkit::ToxClientOptions {
+        udp_disabled: true,
+        bootstrap: infra.tox_bootstrap(),
+        tcp_relays: vec![("127.0.0.1".into(), tbd.tcp_port, tbd.public_key.clone())],
+        auto_accept: true,
+        seconds: Some(300),
+        ..ferry_testkit::ToxClientOptions::default()
+    })
+    .expect("toxpeer");
+    let mut args = bootstrap_args(&infra);
+    args.extend(["--no-udp".into(), "--relay-peer".into(), relay.clone()]);
+    let a = FerryUp::start(ferry(), &args).expect("ferry --no-udp");
+    let tox_pk = tox.public_key().to_string();
+    let start = Instant::now();
+    let out = a
+        .cli(&["friend", "add", &tox.address, "hello c-toxcore over tcp"])
+        .expect("add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = wait_online(&a, &tox_pk, STEP);
+    let online = start.elapsed();
+    let line = tox
+        .wait_for("FRIEND_CONNECTION 0 ", STEP)
+        .expect("tox sees ferry");
+    println!(
+        "ferry --no-udp <-> c-toxcore --udp-disabled via tox-bootstrapd: online after {online:?}: {f} / {line}"
+    );
+    assert_eq!(f["connection"], "tcp", "{f}");
+    assert!(line.ends_with("tcp"), "{line}");
+    let out = a
+        .cli(&["send", &tox_pk, "from ferry over tcp"])
+        .expect("send");
+    assert!(out.status.success());
+    tox.wait_for("MESSAGE 0 normal from ferry over tcp", STEP)
+        .expect("c-toxcore got it");
+    tox.send_command("SEND 0 from c-toxcore over tcp")
+        .expect("SEND");
+    wait_message(&a, &tox_pk, "from c-toxcore over tcp", STEP);
+    assert!(a.stop().expect("stop"));
+}

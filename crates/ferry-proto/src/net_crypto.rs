@@ -1315,6 +1315,23 @@ impl NetCrypto {
         ctx.service(now, *real_pk, peer);
     }
 
+    /// A UDP address to *try* for a peer whose session runs over a relay: recorded (packets
+    /// from it are accepted, small packets probe it every 4 s) but, unlike
+    /// [`NetCrypto::set_peer_addr`], not counted as heard, so the relay stays in use until the
+    /// peer really answers over UDP.
+    pub fn add_peer_addr_candidate(&mut self, now: Instant, real_pk: &PublicKey, addr: SocketAddr) {
+        self.last_now = self.last_now.max(now);
+        let addr = normalize(addr);
+        let (peers, mut ctx) = self.parts();
+        let Some(peer) = peers.get_mut(real_pk) else {
+            return;
+        };
+        peer.addr = Some(addr);
+        if let Some(s) = peer.session.as_mut() {
+            ctx.set_addr(*real_pk, s, addr, None);
+        }
+    }
+
     /// Feeds one received datagram of kind 0x18..=0x1b that came over direct UDP. Malformed or
     /// unexpected input is counted ([`NetCrypto::stats`]) and dropped; this never panics.
     pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {

@@ -820,12 +820,39 @@ impl Node {
     }
 
     fn set_friend_addr(&mut self, now: Instant, real: PublicKey, addr: SocketAddr) {
+        let relayed = self
+            .crypto
+            .session_state(&real)
+            .is_some_and(|s| s.established && !s.direct && self.tcp.any_ready());
         if let Some(f) = self.friends.get_mut(&real)
             && f.addr != Some(addr)
         {
             f.addr = Some(addr);
-            self.crypto.set_peer_addr(now, &real, addr);
+            if relayed {
+                // Probe it; the relay stays until the friend answers over UDP.
+                self.crypto.add_peer_addr_candidate(now, &real, addr);
+            } else {
+                self.crypto.set_peer_addr(now, &real, addr);
+            }
         }
+    }
+
+    /// The friend's current DHT key, learnt from its DHT-PK or from its handshake (a session
+    /// made over a relay can come first): the DHT searches its address, relays route to it.
+    fn learn_dht_pk(&mut self, now: Instant, real: PublicKey, dht_pk: PublicKey) {
+        let Some(f) = self.friends.get_mut(&real) else {
+            return;
+        };
+        if f.dht_pk == Some(dht_pk) {
+            return;
+        }
+        if let Some(old) = f.dht_pk.replace(dht_pk) {
+            self.dht.remove_search(&old);
+            self.tcp.remove_friend(now, &old);
+        }
+        f.addr = None;
+        let _ = self.dht.add_search(now, dht_pk);
+        self.tcp.set_friend(now, dht_pk, true);
     }
 
     fn on_onion_event(&mut self, now: Instant, e: OnionEvent) {
@@ -864,13 +891,7 @@ impl Node {
                     return;
                 };
                 if f.dht_pk != Some(dht_pk) {
-                    if let Some(old) = f.dht_pk.replace(dht_pk) {
-                        self.dht.remove_search(&old);
-                        self.tcp.remove_friend(now, &old);
-                    }
-                    f.addr = None;
-                    let _ = self.dht.add_search(now, dht_pk);
-                    self.tcp.set_friend(now, dht_pk, true);
+                    self.learn_dht_pk(now, real_pk, dht_pk);
                     self.crypto.set_peer_dht_key(now, &real_pk, dht_pk);
                 }
                 for n in nodes {
@@ -893,6 +914,9 @@ impl Node {
     fn on_crypto_event(&mut self, now: Instant, e: NetCryptoEvent) {
         match e {
             NetCryptoEvent::Established { peer, .. } => {
+                if let Some(d) = self.crypto.session_state(&peer).map(|s| s.dht_pk) {
+                    self.learn_dht_pk(now, peer, d);
+                }
                 if let Some(f) = self.friends.get_mut(&peer) {
                     f.session = true;
                     f.last_recv = now;
@@ -1091,7 +1115,14 @@ impl Node {
                         .crypto
                         .send_lossless(now, &pk, &MessengerPacket::Alive.encode());
                 }
+                let dht_pk = f.dht_pk;
                 self.relay_tick(now, pk);
+                // The DHT may find the friend's address while the session runs over a relay.
+                if let Some(d) = dht_pk
+                    && let Some(addr) = self.dht.address_of(now, &d)
+                {
+                    self.set_friend_addr(now, pk, addr);
+                }
             } else if let Some(d) = f.dht_pk {
                 // No session: a relayed route may be needed to make one.
                 self.tcp.set_friend(now, d, true);
