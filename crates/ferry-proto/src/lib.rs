@@ -16,8 +16,10 @@
 //!
 //! Layers present, all c-toxcore 0.2.18 compatible: [`dht`] (Tox DHT), [`onion`] (onion relay,
 //! announce store and client), [`net_crypto`] (encrypted friend sessions) and [`node`] (all of
-//! them glued by friend_connection and messenger: the unit the driver and the simulator run). The
-//! TCP relay client joins as a further module behind the same contract.
+//! them glued by friend_connection and messenger: the unit the driver and the simulator run), and
+//! the TCP relay client: [`tcp_client`] (one relay stream) and [`tcp_connection`] (the node's set
+//! of relays; the driver opens, writes and closes streams on its [`tcp_connection::TcpCommand`]s,
+//! drained after the transmits).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

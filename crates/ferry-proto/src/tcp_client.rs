@@ -12,8 +12,7 @@
 //! client of the same relay by DHT key. Pings every 30 s; no pong within 10 s, or no handshake
 //! reply within 10 s, ends the connection ([`RelayClientEvent::Closed`]).
 //!
-//! Not wired into [`crate::node::Node`] yet: choosing relays, `Path::Relay` in net_crypto and
-//! relay sharing are the next step (issue 5).
+//! [`crate::tcp_connection::TcpConnections`] owns these, one per relay stream, for the node.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
