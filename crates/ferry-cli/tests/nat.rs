@@ -226,6 +226,8 @@ struct Cell {
     path: String,
     /// When the path became direct (from `friend add`), if it started relayed.
     direct_at: Option<Duration>,
+    /// How long after `direct_at` the relay showed no linked pair any more.
+    relay_dropped_after: Option<Duration>,
 }
 
 /// How long a relayed cell is watched for a switch to direct UDP.
@@ -292,6 +294,7 @@ fn run_cell(
             connected,
             path: String::new(),
             direct_at: None,
+            relay_dropped_after: None,
         });
     }
     let a = Daemon::start_with(lab.var("NS_A"), 33445, &peer_boot, &relay_arg)?;
@@ -325,6 +328,18 @@ fn run_cell(
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut direct_at = None;
+    let mut relay_dropped_after = None;
+    let relay_links = || {
+        public[0]
+            .json(&["relay", "status", "--json"])
+            .and_then(|v| v["links"].as_u64())
+    };
+    if connected.is_some() && path == "tcp" {
+        anyhow::ensure!(
+            relay_links().is_some_and(|l| l >= 1),
+            "relayed, but the relay links nobody"
+        );
+    }
     if let Some(t) = connected {
         while path == "tcp" && start.elapsed() < t + SETTLE {
             std::thread::sleep(Duration::from_millis(250));
@@ -332,6 +347,15 @@ fn run_cell(
                 path = "udp".into();
                 direct_at = Some(start.elapsed());
             }
+        }
+    }
+    if let Some(d) = direct_at {
+        while start.elapsed() < d + Duration::from_secs(15) {
+            if relay_links() == Some(0) {
+                relay_dropped_after = Some(start.elapsed().saturating_sub(d));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     drop((a, b, public));
@@ -342,6 +366,7 @@ fn run_cell(
         connected,
         path,
         direct_at,
+        relay_dropped_after,
     })
 }
 
@@ -443,9 +468,13 @@ fn matrix(peers: Peers) {
             c.connected
                 .map_or("no connection".to_string(), |d| match c.direct_at {
                     Some(t) => format!(
-                        "relayed, {:.1} s; direct from {:.1} s",
+                        "relayed, {:.1} s; direct from {:.1} s; relay route dropped {}",
                         d.as_secs_f64(),
-                        t.as_secs_f64()
+                        t.as_secs_f64(),
+                        c.relay_dropped_after.map_or("never".into(), |x| format!(
+                            "{:.1} s later",
+                            x.as_secs_f64()
+                        ))
                     ),
                     None => format!(
                         "{}, {:.1} s",
@@ -479,6 +508,15 @@ fn matrix(peers: Peers) {
         }
         if blocked {
             assert_eq!(c.path, "tcp", "{} x {} must be relayed", c.nat_a, c.nat_b);
+        }
+        if c.direct_at.is_some() {
+            assert!(
+                c.relay_dropped_after
+                    .is_some_and(|d| d <= Duration::from_secs(10)),
+                "{} x {}: relayed route not dropped within 10 s of direct",
+                c.nat_a,
+                c.nat_b
+            );
         }
     }
 }

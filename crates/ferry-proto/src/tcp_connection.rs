@@ -530,6 +530,13 @@ impl TcpConnections {
 
     /// Opens wanted relays, closes unwanted ones.
     fn maintain(&mut self, now: Instant) {
+        // Retry delays that are over no longer hold a timer (or `poll_timeout` would stay in
+        // the past for a relay nobody wants now).
+        for r in self.relays.values_mut() {
+            if r.retry_at.is_some_and(|t| now >= t) {
+                r.retry_at = None;
+            }
+        }
         let want = self.wanted(now);
         let unwanted: Vec<PublicKey> = self
             .relays
@@ -694,8 +701,7 @@ impl TcpConnections {
             .values()
             .filter_map(|r| match &r.conn {
                 Some((_, c)) => c.poll_timeout(),
-                None if self.relays.len() <= MAX_KNOWN_RELAYS => r.retry_at,
-                None => None,
+                None => r.retry_at,
             })
             .min()
     }
@@ -809,5 +815,32 @@ mod tests {
         pump(&mut server, now, &mut [&mut a, &mut b]);
         assert!(!a.is_linked(&kb.public));
         assert!(!b.is_linked(&ka.public));
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn failed_relays_are_retried_and_leave_no_stale_timer() {
+        let now = Instant::now();
+        let mut rng = FerryRng::from_u64(3);
+        let me = KeyPair::generate(&mut rng);
+        let relay = KeyPair::generate(&mut rng);
+        let friend = KeyPair::generate(&mut rng);
+        let mut t = TcpConnections::new(me, rng.fork());
+        let addr: SocketAddr = "127.0.0.1:3389".parse().expect("addr");
+        t.set_friend(now, friend.public, true);
+        t.add_friend_relay(now, friend.public, addr, relay.public);
+        let Some(TcpCommand::Connect { id, .. }) = t.poll_command() else {
+            panic!("a friend's relay is opened while the friend is active");
+        };
+        t.handle_closed(now, id);
+        assert_eq!(t.poll_timeout(), Some(now + FIRST_RETRY));
+        // The friend goes direct meanwhile: nothing is wanted, nothing is due.
+        t.set_friend(now, friend.public, false);
+        t.handle_timeout(now + FIRST_RETRY);
+        assert_eq!(t.poll_command(), None);
+        assert_eq!(t.poll_timeout(), None);
+        // Active again: reopened at once.
+        t.set_friend(now + FIRST_RETRY, friend.public, true);
+        assert!(matches!(t.poll_command(), Some(TcpCommand::Connect { .. })));
     }
 }
