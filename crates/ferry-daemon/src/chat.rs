@@ -578,6 +578,18 @@ impl EventHandler for ChatHandler {
                     tracing::error!(error = %e, "storing friend request");
                 }
             }
+            NodeEvent::FriendPath {
+                public_key,
+                connection,
+                relay,
+            } => {
+                tracing::info!(
+                    friend = %public_key,
+                    connection = connection.as_str(),
+                    relay = ?relay.map(|(k, a)| crate::up::format_relay(a, &k)),
+                    "friend path"
+                );
+            }
             NodeEvent::FriendConnection {
                 public_key,
                 connection,

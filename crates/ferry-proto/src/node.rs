@@ -182,6 +182,16 @@ pub enum NodeEvent {
         /// New state.
         connection: Connection,
     },
+    /// An online friend's path changed (direct UDP ↔ TCP relay); [`NodeEvent::FriendConnection`]
+    /// reports coming online/offline (with the first path) only.
+    FriendPath {
+        /// The friend.
+        public_key: PublicKey,
+        /// [`Connection::Udp`] or [`Connection::Tcp`].
+        connection: Connection,
+        /// With [`Connection::Tcp`]: the relay (its key and TCP address), when known.
+        relay: Option<(PublicKey, SocketAddr)>,
+    },
     /// A chat message arrived.
     Message {
         /// From whom.
@@ -1165,9 +1175,14 @@ impl Node {
         }
         if f.online && path != Connection::None && f.path != path {
             f.path = path;
-            self.emit(NodeEvent::FriendConnection {
+            let relay = match (path, session_dht) {
+                (Connection::Tcp, Some(d)) => self.tcp.route_of(&d),
+                _ => None,
+            };
+            self.emit(NodeEvent::FriendPath {
                 public_key: pk,
                 connection: path,
+                relay,
             });
         }
         let Some(f) = self.friends.get_mut(&pk) else {

@@ -402,6 +402,11 @@ fn friends_chat_through_a_relay_then_switch_to_direct_udp() {
         dropped_at.duration_since(direct_at)
     );
     assert!(dropped_at.duration_since(direct_at) <= Duration::from_secs(10));
+    assert!(
+        w.log.iter().any(|(_, i, e)| *i == a
+            && matches!(e, NodeEvent::FriendPath { public_key, connection: Connection::Udp, .. } if *public_key == pb)),
+        "the switch to UDP is reported"
+    );
     // Still chatting, now directly.
     let t = w.now;
     w.nodes[b]
