@@ -285,14 +285,14 @@ fn run_cell(
         format!("{boot_ip}:{relay_port}:{first_key}"),
     ];
     if peers == Peers::CToxcore {
-        let connected = c_toxcore_pair(&lab, &boot_ip, &first_key)?;
+        let (connected, path) = c_toxcore_pair(&lab, &boot_ip, &first_key, relay_port)?;
         drop(public);
         drop(lab);
         return Ok(Cell {
             nat_a,
             nat_b,
             connected,
-            path: String::new(),
+            path,
             direct_at: None,
             relay_dropped_after: None,
         });
@@ -371,10 +371,17 @@ fn run_cell(
 }
 
 /// A c-toxcore pair in the lab: A adds B (auto-accept), both online, one message A → B.
-fn c_toxcore_pair(lab: &Lab, boot_ip: &str, boot_key: &str) -> anyhow::Result<Option<Duration>> {
+/// Both know the public relay too. Returns the time and A's path when online.
+fn c_toxcore_pair(
+    lab: &Lab,
+    boot_ip: &str,
+    boot_key: &str,
+    relay_port: u16,
+) -> anyhow::Result<(Option<Duration>, String)> {
     let opts = |ns: &str| ToxClientOptions {
         port: 33445,
         bootstrap: vec![(boot_ip.to_string(), 33445, boot_key.to_string())],
+        tcp_relays: vec![(boot_ip.to_string(), relay_port, boot_key.to_string())],
         auto_accept: true,
         hole_punching: true,
         netns: Some(ns.to_string()),
@@ -391,16 +398,20 @@ fn c_toxcore_pair(lab: &Lab, boot_ip: &str, boot_key: &str) -> anyhow::Result<Op
             l.starts_with("FRIEND_CONNECTION ") && !l.ends_with(" none")
         })
     };
-    if online(&a, left()).is_err() || online(&b, left()).is_err() {
-        return Ok(None);
+    let Ok(line) = online(&a, left()) else {
+        return Ok((None, String::new()));
+    };
+    if online(&b, left()).is_err() {
+        return Ok((None, String::new()));
     }
     a.send_command(&format!("SEND {n} through the NAT"))?;
     if b.wait_for("MESSAGE 0 normal through the NAT", left())
         .is_err()
     {
-        return Ok(None);
+        return Ok((None, String::new()));
     }
-    Ok(Some(start.elapsed()))
+    let path = line.rsplit(' ').next().unwrap_or_default().to_string();
+    Ok((Some(start.elapsed()), path))
 }
 
 /// The matrix of none / cone / symmetric against each other. Cells where at least one side is
@@ -437,15 +448,12 @@ fn matrix(peers: Peers) {
         ("cone", "symmetric"),
         ("symmetric", "symmetric"),
     ];
-    if peers == Peers::Ferry {
-        // c-toxcore pairs here run without relays; ferry pairs get the public relay.
-        cells.extend([
-            ("none", "udp-blocked"),
-            ("cone", "udp-blocked"),
-            ("symmetric", "udp-blocked"),
-            ("udp-blocked", "udp-blocked"),
-        ]);
-    }
+    cells.extend([
+        ("none", "udp-blocked"),
+        ("cone", "udp-blocked"),
+        ("symmetric", "udp-blocked"),
+        ("udp-blocked", "udp-blocked"),
+    ]);
     // Three cells at a time (8 daemons each).
     let mut results = Vec::new();
     for (batch_no, batch) in cells.chunks(3).enumerate() {
