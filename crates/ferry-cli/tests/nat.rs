@@ -13,18 +13,22 @@
 //!
 //! Measured here (2 cores, debug build; time from `friend add` to the message delivered):
 //!
-//! | A × B | ferry pair (with the public relay) | ferry pair, no relay (before) | c-toxcore 0.2.18 pair, no relay |
+//! | A × B | ferry pair | c-toxcore 0.2.18 pair | both without a relay (before) |
 //! |---|---|---|---|
-//! | none × none | relayed 0.7 s, direct from 2.8 s | direct, 3.0 s | direct, 9.5 s |
-//! | none × cone | relayed 1.5 s, direct from 2.6 s | direct, 3.0 s | direct, 10.3 s |
-//! | none × symmetric | relayed 0.7 s, direct from 3.0 s | direct, 3.0 s | direct, 9.5 s |
-//! | cone × cone | relayed 0.5 s, direct from 2.8 s | direct, 3.2 s | direct, 9.9 s |
-//! | cone × symmetric | relayed, 0.7 s | no connection | no connection |
-//! | symmetric × symmetric | relayed, 0.7 s | no connection | no connection |
-//! | none × udp-blocked | relayed, 1.1 s | – | – |
-//! | cone × udp-blocked | relayed, 1.1 s | – | – |
-//! | symmetric × udp-blocked | relayed, 1.1 s | – | – |
-//! | udp-blocked × udp-blocked | relayed, 1.1 s | – | – |
+//! | none × none | relayed 0.7 s → direct 3.0 s | relayed, 9.2 s | ferry direct 3.0 s / c-toxcore direct 9.5 s |
+//! | none × cone | relayed 1.1 s → direct 2.4 s | relayed, 9.3 s | 3.0 s / 10.3 s |
+//! | none × symmetric | relayed 0.7 s → direct 3.0 s | relayed, 9.2 s | 3.0 s / 9.5 s |
+//! | cone × cone | relayed 0.7 s → direct 3.0 s | relayed, 9.0 s | 3.2 s / 9.9 s |
+//! | cone × symmetric | relayed, 0.7 s | relayed, 8.9 s | no connection / no connection |
+//! | symmetric × symmetric | relayed, 0.7 s | relayed, 9.0 s | no connection / no connection |
+//! | none × udp-blocked | relayed, 1.1 s | no connection (once) | – |
+//! | cone × udp-blocked | relayed, 1.1 s | relayed, 10.0 s | – |
+//! | symmetric × udp-blocked | relayed, 1.1 s | relayed, 9.0 s | – |
+//! | udp-blocked × udp-blocked | relayed, 1.1 s | relayed, 9.1 s | – |
+//!
+//! (ferry: time to the first message, then when both sides report direct UDP; the relayed
+//! route was gone from the relay < 0.1 s after that. c-toxcore: the path `toxpeer` reports when
+//! the friend comes online, measured and not asserted.)
 //!
 //! With a relay both peers know, the first session comes up through it (OOB cookies, then a
 //! routing link) before the DHT has found the friend; once it has, small packets probe the
