@@ -418,3 +418,152 @@ fn friends_chat_through_a_relay_then_switch_to_direct_udp() {
             && matches!(e, NodeEvent::Message { text, .. } if text == b"direct"))
     );
 }
+
+/// net_crypto alone over [`Path::Relay`]: two managers that know no UDP address of each other
+/// (relay fallback on) do cookie → handshake → data over the relay path only, in both
+/// directions; then one learns the other's UDP address, hears from it, and its packets move to
+/// UDP (c-toxcore `send_packet_to`).
+#[test]
+fn net_crypto_session_over_the_relay_path() {
+    use ferry_proto::net_crypto::{NetCrypto, NetCryptoConfig, NetCryptoEvent, Path};
+    let mut now = Instant::now();
+    let mut rng = FerryRng::from_u64(11);
+    let mk = |rng: &mut FerryRng| {
+        let real = KeyPair::generate(rng);
+        let dht = KeyPair::generate(rng);
+        let mut nc = NetCrypto::new(
+            NetCryptoConfig::default(),
+            real.clone(),
+            dht.clone(),
+            rng.fork(),
+            now,
+        );
+        nc.set_relay_fallback(true);
+        (nc, real.public, dht.public)
+    };
+    let (mut a, ra, da) = mk(&mut rng);
+    let (mut b, rb, db) = mk(&mut rng);
+    let ua: SocketAddr = "10.0.0.1:33445".parse().expect("addr");
+    let ub: SocketAddr = "10.0.0.2:33445".parse().expect("addr");
+    a.add_peer(now, rb);
+    b.add_peer(now, ra);
+    a.set_peer_dht_key(now, &rb, db);
+    b.set_peer_dht_key(now, &ra, da);
+    let mut udp_sent = 0;
+    let mut relay_sent = 0;
+    let mut udp_ok = false;
+    let mut events: Vec<(usize, NetCryptoEvent)> = Vec::new();
+    let mut step = |a: &mut NetCrypto,
+                    b: &mut NetCrypto,
+                    now: Instant,
+                    udp_ok: bool,
+                    udp_sent: &mut u32,
+                    relay_sent: &mut u32,
+                    events: &mut Vec<(usize, NetCryptoEvent)>| {
+        for _ in 0..20 {
+            let mut moved = false;
+            while let Some((p, bytes)) = a.poll_path_transmit() {
+                moved = true;
+                match p {
+                    Path::Relay(to) => {
+                        assert_eq!(to, db);
+                        *relay_sent += 1;
+                        b.handle_path_packet(now, Path::Relay(da), &bytes);
+                    }
+                    Path::Udp(to) => {
+                        assert_eq!(to, ub);
+                        *udp_sent += 1;
+                        if udp_ok {
+                            b.handle_packet(now, ua, &bytes);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Some((p, bytes)) = b.poll_path_transmit() {
+                moved = true;
+                match p {
+                    Path::Relay(_) => a.handle_path_packet(now, Path::Relay(db), &bytes),
+                    Path::Udp(_) if udp_ok => a.handle_packet(now, ub, &bytes),
+                    _ => {}
+                }
+            }
+            while let Some(e) = a.poll_event() {
+                events.push((0, e));
+            }
+            while let Some(e) = b.poll_event() {
+                events.push((1, e));
+            }
+            if !moved {
+                break;
+            }
+        }
+    };
+    for _ in 0..50 {
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        step(
+            &mut a,
+            &mut b,
+            now,
+            udp_ok,
+            &mut udp_sent,
+            &mut relay_sent,
+            &mut events,
+        );
+        now += Duration::from_millis(100);
+    }
+    let st = a.session_state(&rb).expect("session");
+    assert!(st.established && st.relayed && !st.direct, "{st:?}");
+    a.send_lossless(now, &rb, &[0x40, b'h', b'i'])
+        .expect("send");
+    b.send_lossless(now, &ra, &[0x40, b'y', b'o'])
+        .expect("send");
+    step(
+        &mut a,
+        &mut b,
+        now,
+        udp_ok,
+        &mut udp_sent,
+        &mut relay_sent,
+        &mut events,
+    );
+    assert!(events.iter().any(|(i, e)| *i == 1
+        && matches!(e, NetCryptoEvent::Lossless { data, .. } if data == &[0x40, b'h', b'i'])));
+    assert!(events.iter().any(|(i, e)| *i == 0
+        && matches!(e, NetCryptoEvent::Lossless { data, .. } if data == &[0x40, b'y', b'o'])));
+    assert_eq!(udp_sent, 0, "no UDP address known, nothing went by UDP");
+    assert!(relay_sent > 0);
+    // UDP opens: A learns B's address (as a probe), B learns A's; probes get through.
+    udp_ok = true;
+    a.add_peer_addr_candidate(now, &rb, ub);
+    b.add_peer_addr_candidate(now, &ra, ua);
+    for _ in 0..100 {
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        step(
+            &mut a,
+            &mut b,
+            now,
+            udp_ok,
+            &mut udp_sent,
+            &mut relay_sent,
+            &mut events,
+        );
+        now += Duration::from_millis(100);
+    }
+    let st = a.session_state(&rb).expect("session");
+    assert!(st.direct && !st.relayed, "direct after probes: {st:?}");
+    let before = relay_sent;
+    a.send_lossless(now, &rb, &[0x40, b'u']).expect("send");
+    step(
+        &mut a,
+        &mut b,
+        now,
+        udp_ok,
+        &mut udp_sent,
+        &mut relay_sent,
+        &mut events,
+    );
+    assert_eq!(relay_sent, before, "direct: nothing more over the relay");
+}
