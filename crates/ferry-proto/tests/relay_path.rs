@@ -453,13 +453,13 @@ fn net_crypto_session_over_the_relay_path() {
     let mut relay_sent = 0;
     let mut udp_ok = false;
     let mut events: Vec<(usize, NetCryptoEvent)> = Vec::new();
-    let mut step = |a: &mut NetCrypto,
-                    b: &mut NetCrypto,
-                    now: Instant,
-                    udp_ok: bool,
-                    udp_sent: &mut u32,
-                    relay_sent: &mut u32,
-                    events: &mut Vec<(usize, NetCryptoEvent)>| {
+    let step = |a: &mut NetCrypto,
+                b: &mut NetCrypto,
+                now: Instant,
+                udp_ok: bool,
+                udp_sent: &mut u32,
+                relay_sent: &mut u32,
+                events: &mut Vec<(usize, NetCryptoEvent)>| {
         for _ in 0..20 {
             let mut moved = false;
             while let Some((p, bytes)) = a.poll_path_transmit() {
