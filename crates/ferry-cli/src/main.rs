@@ -90,6 +90,10 @@ enum Command {
         /// Send no UDP at all (networks that block it): friends only through --relay-peer relays.
         #[arg(long)]
         no_udp: bool,
+        /// Do not try the embedded public bootstrap nodes as TCP relays (they are by default,
+        /// after every --relay-peer).
+        #[arg(long)]
+        no_bootstrap_relays: bool,
     },
     /// TCP relay server commands.
     Relay {
@@ -323,6 +327,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             relay_tap_file,
             relay_peer,
             no_udp,
+            no_bootstrap_relays,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -335,6 +340,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 relay_tap_file,
                 relay_peers: relay_peer,
                 no_udp,
+                no_bootstrap_relays,
             };
             run_up(profile_dir, opts).await?;
         }

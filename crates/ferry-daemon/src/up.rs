@@ -47,6 +47,30 @@ pub struct UpOptions {
     pub relay_peers: Vec<BootstrapNode>,
     /// No UDP traffic at all: friends are reached through relays only (`--no-udp`).
     pub no_udp: bool,
+    /// Do not try the embedded public bootstrap nodes as TCP relays (`--no-bootstrap-relays`).
+    pub no_bootstrap_relays: bool,
+}
+
+/// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
+/// `--no-default-bootstrap` or `--no-bootstrap-relays`, the embedded public bootstrap nodes on
+/// their DHT port. Those run `tox-bootstrapd`, whose default config serves a TCP relay on that
+/// port with the DHT key (as qTox and toxic add bootstrap nodes with `tox_add_tcp_relay`); a node
+/// that does not only costs a refused connect, retried with backoff (5 s doubling to 2 min).
+/// Relays past the first 3 that work stay known but unconnected (`tcp_connection`).
+pub fn relay_candidates(opts: &UpOptions) -> Vec<(std::net::SocketAddr, PublicKey)> {
+    let mut v: Vec<(std::net::SocketAddr, PublicKey)> = opts
+        .relay_peers
+        .iter()
+        .map(|b| (b.addr, b.public_key))
+        .collect();
+    if !opts.no_default_bootstrap && !opts.no_bootstrap_relays {
+        for b in default_nodes() {
+            if !v.iter().any(|(_, k)| *k == b.public_key) {
+                v.push((b.addr, b.public_key));
+            }
+        }
+    }
+    v
 }
 
 /// A relay as the CLI shows it and `--relay-peer` takes it: `IP:PORT:KEY` (IPv6 as
@@ -71,6 +95,7 @@ impl Default for UpOptions {
             relay_tap_file: None,
             relay_peers: Vec::new(),
             no_udp: false,
+            no_bootstrap_relays: false,
         }
     }
 }
@@ -367,11 +392,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         bootstrap,
         real_keys: Some(identity.long_term.clone()),
         nospam: identity.nospam,
-        relays: opts
-            .relay_peers
-            .iter()
-            .map(|b| (b.addr, b.public_key))
-            .collect(),
+        relays: relay_candidates(&opts),
         no_udp: opts.no_udp,
     };
     // A fresh DHT key per start, as c-toxcore; the relay server (if any) uses it too.
@@ -495,5 +516,44 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_candidates_put_relay_peers_first_then_bootstrap_nodes() {
+        let peer: BootstrapNode =
+            "127.0.0.1:4000:7E5668E0EE09E19F320AD47902419331FFEE147BB3606769CFBE921A2A2FD34C"
+                .parse()
+                .expect("node");
+        let opts = UpOptions {
+            relay_peers: vec![peer],
+            ..UpOptions::default()
+        };
+        let v = relay_candidates(&opts);
+        let defaults = default_nodes();
+        // The peer's key is also a default node's: listed once, at the peer's address.
+        assert_eq!(v[0], (peer.addr, peer.public_key));
+        assert_eq!(v.len(), defaults.len());
+        assert!(
+            defaults[1..]
+                .iter()
+                .all(|d| v.contains(&(d.addr, d.public_key)))
+        );
+
+        let off = UpOptions {
+            relay_peers: vec![peer],
+            no_bootstrap_relays: true,
+            ..UpOptions::default()
+        };
+        assert_eq!(relay_candidates(&off), vec![(peer.addr, peer.public_key)]);
+        let no_default = UpOptions {
+            no_default_bootstrap: true,
+            ..UpOptions::default()
+        };
+        assert!(relay_candidates(&no_default).is_empty());
     }
 }
