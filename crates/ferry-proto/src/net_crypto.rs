@@ -119,6 +119,9 @@ use ferry_wire::node::{ip_is_lan, normalize};
 
 use crate::{Destination, Endpoint, Transmit};
 
+mod cc;
+use cc::Bbr;
+
 /// Cookie lifetime (`COOKIE_TIMEOUT` = 15 s).
 pub const COOKIE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Cookie request / handshake resend interval, and the packet request keepalive interval
@@ -133,18 +136,8 @@ pub const CRYPTO_PACKET_BUFFER_SIZE: u32 = 32768;
 pub const UDP_DIRECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Session timeout without valid data (c-toxcore `FRIEND_CONNECTION_TIMEOUT` = 32 s).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(32);
-/// Lowest send rate, packets/s (`CRYPTO_PACKET_MIN_RATE`).
-pub const CRYPTO_PACKET_MIN_RATE: f64 = 4.0;
-/// Token bucket floor, packets (`CRYPTO_MIN_QUEUE_LENGTH`).
-pub const CRYPTO_MIN_QUEUE_LENGTH: f64 = 64.0;
-/// Rate update step (`PACKET_COUNTER_AVERAGE_INTERVAL` = 50 ms).
-pub const RATE_INTERVAL: Duration = Duration::from_millis(50);
-/// Rate is held down this long after a congestion event (`CONGESTION_EVENT_TIMEOUT` = 1 s).
-pub const CONGESTION_EVENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// RTT assumed before the first sample (`DEFAULT_PING_CONNECTION` = 1000 ms).
 pub const DEFAULT_RTT: Duration = Duration::from_secs(1);
-/// Delivery-rate window, in [`RATE_INTERVAL`] buckets (`CONGESTION_QUEUE_ARRAY_SIZE`).
-const RATE_BUCKETS: usize = 12;
 /// When nothing is due, [`NetCrypto::poll_timeout`] is this far ahead.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -236,10 +229,16 @@ pub struct SessionState {
     pub send_queue: u32,
     /// Packets waiting for a gap before them to fill.
     pub recv_queue: u32,
-    /// Smallest RTT seen (1 s before the first sample).
+    /// Smallest RTT of the last 10 s (1 s before the first sample).
     pub rtt: Duration,
-    /// Congestion controller send rate, packets/s.
+    /// Congestion controller pacing rate, packets/s.
     pub send_rate: f64,
+    /// Congestion controller bottleneck bandwidth estimate, packets/s.
+    pub btl_bw: f64,
+    /// Congestion window, packets.
+    pub cwnd: u32,
+    /// Lossless packets sent and not yet known received.
+    pub inflight: u32,
 }
 
 /// Why a session ended ([`NetCryptoEvent::Closed`]).
@@ -383,11 +382,26 @@ struct SendBuffer {
     unsent: usize,
     /// No slot below this index waits to be sent (keeps [`Ctx::flush`] linear overall).
     scan: usize,
+    /// Slots known received (`None`) that `buffer_start` has not passed yet.
+    freed: usize,
+    /// Latest first-send time of a packet known received (RACK loss rule, see `cc`).
+    newest_delivered_sent: Option<Instant>,
 }
 
 impl SendBuffer {
     fn end(&self) -> u32 {
         self.start.wrapping_add(self.slots.len() as u32)
+    }
+
+    /// Packets sent and not known received.
+    fn inflight(&self) -> usize {
+        self.slots.len() - self.unsent - self.freed
+    }
+
+    fn note_delivered(&mut self, o: &Outgoing) {
+        if let Some(t) = o.sent_at {
+            self.newest_delivered_sent = Some(self.newest_delivered_sent.map_or(t, |x| x.max(t)));
+        }
     }
 }
 
@@ -435,90 +449,6 @@ fn is_priority(data: &[u8]) -> bool {
     !matches!(data.first(), Some(0x52 | 160..=191))
 }
 
-/// The rate-based congestion controller (see the module docs).
-#[derive(Debug)]
-struct Congestion {
-    rate: f64,
-    tokens: f64,
-    last_refill: Instant,
-    sent: [u32; RATE_BUCKETS],
-    resent: [u32; RATE_BUCKETS],
-    bucket: usize,
-    bucket_start: Instant,
-    last_congestion: Option<Instant>,
-}
-
-impl Congestion {
-    fn new(now: Instant) -> Self {
-        Self {
-            rate: CRYPTO_PACKET_MIN_RATE,
-            tokens: CRYPTO_MIN_QUEUE_LENGTH,
-            last_refill: now,
-            sent: [0; RATE_BUCKETS],
-            resent: [0; RATE_BUCKETS],
-            bucket: 0,
-            bucket_start: now,
-            last_congestion: None,
-        }
-    }
-
-    fn capacity(&self) -> f64 {
-        CRYPTO_MIN_QUEUE_LENGTH + self.rate * 0.2
-    }
-
-    fn update(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.bucket_start) >= RATE_INTERVAL {
-            steps += 1;
-            if steps > RATE_BUCKETS {
-                self.sent = [0; RATE_BUCKETS];
-                self.resent = [0; RATE_BUCKETS];
-                self.bucket_start = now;
-            } else {
-                self.bucket_start += RATE_INTERVAL;
-            }
-            let sent: u32 = self.sent.iter().sum();
-            let resent: u32 = self.resent.iter().sum();
-            if sent >= 8 && resent.saturating_mul(4) > sent {
-                self.last_congestion = Some(now);
-            }
-            let d = f64::from(sent) / (RATE_INTERVAL.as_secs_f64() * RATE_BUCKETS as f64);
-            let congested = self
-                .last_congestion
-                .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_EVENT_TIMEOUT);
-            let factor = if congested { 0.9 } else { 1.25 };
-            self.rate = (d * factor).max(CRYPTO_PACKET_MIN_RATE);
-            self.bucket = (self.bucket + 1) % RATE_BUCKETS;
-            self.sent[self.bucket] = 0;
-            self.resent[self.bucket] = 0;
-        }
-        let dt = now
-            .saturating_duration_since(self.last_refill)
-            .as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
-        self.last_refill = now;
-    }
-
-    /// A priority packet went out without a token: counted for the rate estimate only.
-    fn count_sent(&mut self) {
-        self.sent[self.bucket] = self.sent[self.bucket].saturating_add(1);
-    }
-
-    fn on_sent(&mut self, resend: bool) {
-        self.tokens -= 1.0;
-        self.sent[self.bucket] = self.sent[self.bucket].saturating_add(1);
-        if resend {
-            self.resent[self.bucket] = self.resent[self.bucket].saturating_add(1);
-        }
-    }
-
-    /// When one token will be there (only meaningful with tokens < 1).
-    fn next_token(&self) -> Instant {
-        let wait = ((1.0 - self.tokens) / self.rate).max(0.0001);
-        self.last_refill + Duration::from_secs_f64(wait)
-    }
-}
-
 /// One session's state (`Crypto_Connection`).
 #[derive(Debug)]
 struct Session {
@@ -545,8 +475,7 @@ struct Session {
     last_recv: Instant,
     last_request: Option<Instant>,
     request_due: Option<Instant>,
-    rtt: Duration,
-    cc: Congestion,
+    cc: Bbr,
 }
 
 impl Session {
@@ -573,8 +502,7 @@ impl Session {
             last_recv: now,
             last_request: None,
             request_due: None,
-            rtt: DEFAULT_RTT,
-            cc: Congestion::new(now),
+            cc: Bbr::new(now),
         }
     }
 
@@ -753,13 +681,10 @@ impl Ctx<'_> {
             return;
         }
         s.cc.update(now);
-        if s.send.unsent == 0 || s.cc.tokens < 1.0 {
-            return;
-        }
         let start = s.send.start;
         let mut i = s.send.scan;
         while i < s.send.slots.len() {
-            if s.send.unsent == 0 || s.cc.tokens < 1.0 {
+            if s.send.unsent == 0 || !s.cc.can_send(s.send.inflight()) {
                 break;
             }
             let data = match &s.send.slots[i] {
@@ -783,10 +708,13 @@ impl Ctx<'_> {
                 self.stats.retransmissions += 1;
             }
             s.send.unsent -= 1;
-            s.cc.on_sent(resend);
+            s.cc.on_sent();
             i += 1;
         }
         s.send.scan = i;
+        if s.send.unsent == 0 && !s.cc.window_full(s.send.inflight()) {
+            s.cc.set_app_limited();
+        }
     }
 
     fn set_addr(
@@ -977,16 +905,27 @@ impl Ctx<'_> {
                 self.stats.malformed += 1;
                 return;
             }
-            if let Some(Some(o)) = s.send.slots.front()
-                && let Some(t) = o.sent_at
-            {
-                s.rtt = s.rtt.min(now.saturating_duration_since(t));
-            }
+            // RTT sample: the newest packet this ACK covers, unless a retransmission in the
+            // covered range may have held `buffer_start` back (Karn).
+            let mut sample: Option<Instant> = None;
+            let mut clean = true;
+            let mut delivered = 0;
             for _ in 0..adv {
-                if let Some(Some(o)) = s.send.slots.pop_front()
-                    && o.sent_at.is_none()
-                {
-                    s.send.unsent -= 1;
+                match s.send.slots.pop_front() {
+                    Some(Some(o)) => {
+                        delivered += 1;
+                        if o.sent_at.is_none() {
+                            s.send.unsent -= 1;
+                        }
+                        if o.tries > 1 {
+                            clean = false;
+                        } else if let Some(t) = o.sent_at {
+                            sample = Some(sample.map_or(t, |x| x.max(t)));
+                        }
+                        s.send.note_delivered(&o);
+                    }
+                    Some(None) => s.send.freed -= 1,
+                    None => {}
                 }
                 let number = s.send.start;
                 s.send.start = s.send.start.wrapping_add(1);
@@ -996,6 +935,10 @@ impl Ctx<'_> {
                 });
             }
             s.send.scan = s.send.scan.saturating_sub(adv as usize);
+            s.cc.on_delivered(delivered);
+            if clean && let Some(t) = sample {
+                s.cc.on_rtt_sample(now, now.saturating_duration_since(t));
+            }
         }
         s.last_recv = now;
         self.set_addr(pk, s, from, Some(now));
@@ -1022,7 +965,7 @@ impl Ctx<'_> {
             s.temp = None;
             s.temp_sent_at = None;
             s.request_due = Some(now);
-            s.cc = Congestion::new(now);
+            s.cc = Bbr::new(now);
             self.stats.established += 1;
             self.emit(NetCryptoEvent::Established {
                 peer: pk,
@@ -1471,7 +1414,7 @@ impl NetCrypto {
             }));
             s.cc.update(now);
             if ctx.send_data(now, s, num, data) {
-                s.cc.count_sent();
+                s.cc.on_sent();
             } else if let Some(Some(o)) = s.send.slots.back_mut() {
                 // Could not send now: leave it to the paced path.
                 o.sent_at = None;
@@ -1525,6 +1468,26 @@ impl NetCrypto {
             .map_or(0, |s| cap.saturating_sub(s.send.slots.len() as u32))
     }
 
+    /// How many bulk lossless packets (file data, custom 160–191) to hand to
+    /// [`NetCrypto::send_lossless`] now: enough to keep the path full, few enough that a chat
+    /// message queued after them is not held up (packets are delivered in order). 0 without an
+    /// established session. A bulk sender calls this before each batch.
+    pub fn send_budget(&self, real_pk: &PublicKey) -> u32 {
+        let cap = self.config.buffer_slots.min(CRYPTO_PACKET_BUFFER_SIZE);
+        self.peers
+            .get(real_pk)
+            .and_then(|p| p.session.as_ref())
+            .filter(|s| s.status == SessionStatus::Established)
+            .map_or(0, |s| {
+                let free = cap.saturating_sub(s.send.slots.len() as u32);
+                // The window plus about 2 ms of pacing beyond it.
+                let queue = (s.cc.pacing_rate() * 0.002).max(32.0);
+                let target = (s.cc.cwnd() + queue) as u32;
+                let have = (s.send.inflight() + s.send.unsent) as u32;
+                free.min(target.saturating_sub(have))
+            })
+    }
+
     /// The peer's session, if it has one (any phase).
     pub fn session_state(&self, real_pk: &PublicKey) -> Option<SessionState> {
         let s = self.peers.get(real_pk)?.session.as_ref()?;
@@ -1541,8 +1504,11 @@ impl NetCrypto {
             dht_pk: s.dht_pk,
             send_queue: s.send.slots.len() as u32,
             recv_queue: s.recv.slots.iter().filter(|x| x.is_some()).count() as u32,
-            rtt: s.rtt,
-            send_rate: s.cc.rate,
+            rtt: s.cc.min_rtt.unwrap_or(DEFAULT_RTT),
+            send_rate: s.cc.pacing_rate(),
+            btl_bw: s.cc.btl_bw(),
+            cwnd: s.cc.cwnd() as u32,
+            inflight: s.send.inflight() as u32,
         })
     }
 
@@ -1619,44 +1585,77 @@ fn next_timeout(config: &NetCryptoConfig, now: Instant, s: &Session) -> Option<I
             min(d);
         }
         min(s.last_request.map_or(now, |x| x + request_every(config, s)));
-        if s.status == SessionStatus::Established && s.send.unsent > 0 && s.cc.tokens < 1.0 {
+        if s.status == SessionStatus::Established
+            && s.send.unsent > 0
+            && !s.cc.window_full(s.send.inflight())
+        {
             min(s.cc.next_token());
         }
     }
     t
 }
 
-/// Applies a packet request to our send buffer (`handle_request_packet`): named packets
-/// last sent over one RTT ago are queued again, packets stepped over are freed.
+/// Applies a packet request to our send buffer (`handle_request_packet`): packets stepped over
+/// are freed (received; counted as delivered), named packets are queued again when lost: sent
+/// before a packet the peer already has (RACK), or longer ago than the retransmission timeout
+/// (see `cc`).
 fn apply_request(now: Instant, s: &mut Session, req: &PacketRequest) {
     let n = (req.covered as usize).min(s.send.slots.len());
+    // The timeout from before this request's own RTT sample.
+    let rto = s.cc.rto();
     let mut missing = req.missing.iter().copied().peekable();
+    let mut delivered = 0;
+    let mut sample: Option<Instant> = None;
     for i in 0..n {
-        let named = missing.peek() == Some(&(i as u32));
-        if named {
+        if missing.peek() == Some(&(i as u32)) {
             missing.next();
-            if let Some(Some(o)) = s.send.slots.get_mut(i)
-                && o.sent_at
-                    .is_some_and(|t| now.saturating_duration_since(t) > s.rtt)
-            {
-                o.sent_at = None;
-                s.send.unsent += 1;
-                s.send.scan = s.send.scan.min(i);
-            }
-        } else if let Some(slot) = s.send.slots.get_mut(i)
+            continue;
+        }
+        if let Some(slot) = s.send.slots.get_mut(i)
             && let Some(o) = slot.take()
-            && o.sent_at.is_none()
         {
-            s.send.unsent -= 1;
+            s.send.freed += 1;
+            delivered += 1;
+            if o.sent_at.is_none() {
+                s.send.unsent -= 1;
+            } else if o.tries == 1 {
+                sample = sample.max(o.sent_at);
+            }
+            s.send.note_delivered(&o);
         }
     }
+    s.cc.on_delivered(delivered);
+    if let Some(t) = sample {
+        s.cc.on_rtt_sample(now, now.saturating_duration_since(t));
+    }
+    let newest = s
+        .send
+        .newest_delivered_sent
+        .map(|t| t.checked_sub(s.cc.reorder_window()).unwrap_or(t));
+    let mut lost = 0;
+    for &m in &req.missing {
+        let i = m as usize;
+        if i >= n {
+            break;
+        }
+        if let Some(Some(o)) = s.send.slots.get_mut(i)
+            && let Some(t) = o.sent_at
+            && (newest.is_some_and(|x| t < x) || now.saturating_duration_since(t) > rto)
+        {
+            o.sent_at = None;
+            s.send.unsent += 1;
+            s.send.scan = s.send.scan.min(i);
+            lost += 1;
+        }
+    }
+    s.cc.on_lost(lost);
 }
 
 fn request_every(config: &NetCryptoConfig, s: &Session) -> Duration {
     if s.send.slots.is_empty() {
         config.request_interval
     } else {
-        (s.rtt * 4)
+        (s.cc.srtt.unwrap_or(DEFAULT_RTT) * 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1))
             .min(config.request_interval)
     }

@@ -794,7 +794,7 @@ fn packet_request_spans_long_gaps() {
     assert_eq!(s.send.scan, 0);
     // A request for packets sent less than one RTT ago does not resend them.
     let mut s2 = Session::new(now, PublicKey([1; 32]), &mut rng);
-    s2.rtt = Duration::from_millis(100);
+    s2.cc.on_rtt_sample(now, Duration::from_millis(100));
     s2.send.slots.push_back(Some(Outgoing {
         data: vec![160],
         sent_at: Some(now),

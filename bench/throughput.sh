@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# net_crypto bulk throughput (issue 6 point 4). Not run in CI.
+#
+#   bench/throughput.sh [MIB] [loopback|netem|all]
+#
+# 1. loopback: two ferry nodes in one process on 127.0.0.1 (crates/ferry-net/benches/throughput.rs),
+#    bulk custom lossless packets (1373 B) plus a chat message every 20 ms; and a plain TCP copy
+#    of the same bytes on loopback as the ceiling.
+# 2. netem: two network namespaces joined by a veth pair with `netem delay 10ms loss 0.25%` on
+#    each side (20 ms RTT, ~0.5 % loss round trip); one ferry node per namespace, then the TCP copy
+#    over the same path. Namespaces get unique names and are removed on exit (needs root).
+#
+# Prints MiB/s per case and ferry/TCP ratios. Absolute numbers swing on the shared 2-vCPU machine;
+# compare within one run.
+set -euo pipefail
+MIB=${1:-256}
+WHAT=${2:-all}
+NETEM_MIB=${NETEM_MIB:-$MIB}
+cd "$(dirname "$0")/.."
+
+BIN=$(nice -n 10 cargo bench -p ferry-net --bench throughput --no-run --message-format=json 2>/dev/null |
+	jq -r 'select(.reason=="compiler-artifact" and .target.name=="throughput" and .executable!=null) | .executable' | tail -1)
+[ -x "$BIN" ] || { echo "bench binary not built" >&2; exit 1; }
+
+# A TCP copy of N MiB: receiver counts bytes, sender writes 1 MiB chunks; prints MiB/s.
+tcp_copy_py='
+import socket, sys, time
+mode, addr, port, mib = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+total = mib * 1024 * 1024
+if mode == "recv":
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(1)
+    c, _ = s.accept()
+    got, t0 = 0, None
+    buf = bytearray(1 << 20)
+    while got < total:
+        n = c.recv_into(buf)
+        if n == 0: break
+        if t0 is None: t0 = time.monotonic()
+        got += n
+    dt = time.monotonic() - t0
+    print("TCP mib=%d secs=%.3f mib_per_s=%.1f" % (mib, dt, got / dt / 1048576))
+else:
+    for _ in range(200):
+        try:
+            c = socket.create_connection((addr, port)); break
+        except OSError:
+            time.sleep(0.05)
+    chunk = b"\0" * (1 << 20)
+    for _ in range(mib):
+        c.sendall(chunk)
+    c.close()
+'
+
+val() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" | tail -1; }
+
+loopback() {
+	echo "== loopback, ${MIB} MiB"
+	out=$(nice -n 10 "$BIN" both --mib "$MIB" --time-limit 300 | grep RESULT)
+	echo "ferry->ferry  $out"
+	tcp=$( (python3 -c "$tcp_copy_py" recv 127.0.0.1 47311 "$MIB" &
+		sleep 0.3; python3 -c "$tcp_copy_py" send 127.0.0.1 47311 "$MIB"; wait) | grep TCP)
+	echo "tcp copy      $tcp"
+	f=$(echo "$out" | val mib_per_s); t=$(echo "$tcp" | val mib_per_s)
+	echo "ratio ferry/tcp: $(python3 -c "print('%.3f' % ($f / $t))")   ferry/c-toxcore(6.25 MiB/s): $(python3 -c "print('%.1fx' % ($f / 6.25))")"
+}
+
+netem() {
+	local A=fspeed-$$-a B=fspeed-$$-b
+	cleanup() {
+		[ -n "${RPID:-}" ] && kill "$RPID" 2>/dev/null || true
+		ip netns del "$A" 2>/dev/null || true
+		ip netns del "$B" 2>/dev/null || true
+	}
+	trap cleanup EXIT INT TERM
+	ip netns add "$A"; ip netns add "$B"
+	ip link add va$$ netns "$A" type veth peer name vb$$ netns "$B"
+	ip -n "$A" addr add 10.77.0.1/24 dev va$$; ip -n "$B" addr add 10.77.0.2/24 dev vb$$
+	ip -n "$A" link set va$$ up; ip -n "$B" link set vb$$ up
+	ip -n "$A" link set lo up; ip -n "$B" link set lo up
+	ip netns exec "$A" tc qdisc add dev va$$ root netem delay 10ms loss 0.25% limit 100000
+	ip netns exec "$B" tc qdisc add dev vb$$ root netem delay 10ms loss 0.25% limit 100000
+	echo "== netem: 2 namespaces, delay 10ms + loss 0.25% each way (20 ms RTT), ${NETEM_MIB} MiB"
+	ip netns exec "$A" ping -c 3 -i 0.2 10.77.0.2 | tail -1
+	ip netns exec "$B" nice -n 10 "$BIN" recv --bind 10.77.0.2:40001 --peer 10.77.0.1:40001 \
+		--mib "$NETEM_MIB" --time-limit 600 >"/tmp/fspeed-$$-recv.txt" &
+	RPID=$!
+	ip netns exec "$A" nice -n 10 "$BIN" send --bind 10.77.0.1:40001 --peer 10.77.0.2:40001 \
+		--mib "$NETEM_MIB" --time-limit 600 | grep SENT || true
+	wait "$RPID" || true; RPID=
+	out=$(grep RESULT "/tmp/fspeed-$$-recv.txt" || echo "RESULT failed mib_per_s=0")
+	rm -f "/tmp/fspeed-$$-recv.txt"
+	echo "ferry->ferry  $out"
+	ip netns exec "$B" python3 -c "$tcp_copy_py" recv 10.77.0.2 47312 "$NETEM_MIB" >"/tmp/fspeed-$$-tcp.txt" &
+	RPID=$!
+	sleep 0.3
+	ip netns exec "$A" python3 -c "$tcp_copy_py" send 10.77.0.2 47312 "$NETEM_MIB"
+	wait "$RPID" || true; RPID=
+	tcp=$(grep TCP "/tmp/fspeed-$$-tcp.txt"); rm -f "/tmp/fspeed-$$-tcp.txt"
+	echo "tcp copy      $tcp  (cc: $(cat /proc/sys/net/ipv4/tcp_congestion_control))"
+	f=$(echo "$out" | val mib_per_s); t=$(echo "$tcp" | val mib_per_s)
+	echo "ratio ferry/tcp: $(python3 -c "print('%.3f' % ($f / $t))")"
+}
+
+case "$WHAT" in
+loopback) loopback ;;
+netem) netem ;;
+all) loopback; netem ;;
+esac
