@@ -6,9 +6,12 @@
 # 1. loopback: two ferry nodes in one process on 127.0.0.1 (crates/ferry-net/benches/throughput.rs),
 #    bulk custom lossless packets (1373 B) plus a chat message every 20 ms; and a plain TCP copy
 #    of the same bytes on loopback as the ceiling.
-# 2. netem: two network namespaces joined by a veth pair with `netem delay 10ms loss 0.25%` on
-#    each side (20 ms RTT, ~0.5 % loss round trip); one ferry node per namespace, then the TCP copy
-#    over the same path. Namespaces get unique names and are removed on exit (needs root).
+# 2. netem: namespaces A and B joined through a middle namespace M that adds 10 ms delay and 0.25 %
+#    loss each way (20 ms RTT, ~0.5 % loss round trip); one ferry node in A and one in B, then the
+#    TCP copy over the same path. This VM's kernel has no sch_netem, so M delays packets in a
+#    userspace TUN delay line (bench/delay_tun.py; it caps the path at roughly 100k packets/s,
+#    for both TCP and ferry) and drops them with iptables `-m statistic`. Namespaces get unique
+#    names and are removed on exit (needs root).
 #
 # Prints MiB/s per case and ferry/TCP ratios. Absolute numbers swing on the shared 2-vCPU machine;
 # compare within one run.
@@ -67,40 +70,56 @@ loopback() {
 }
 
 netem() {
-	local A=fspeed-$$-a B=fspeed-$$-b
+	A=fspeed-$$-a M=fspeed-$$-m B=fspeed-$$-b
 	cleanup() {
-		[ -n "${RPID:-}" ] && kill "$RPID" 2>/dev/null || true
+		for p in ${RPID:-} ${DPID:-}; do kill "$p" 2>/dev/null || true; done
 		ip netns del "$A" 2>/dev/null || true
+		ip netns del "$M" 2>/dev/null || true
 		ip netns del "$B" 2>/dev/null || true
 	}
 	trap cleanup EXIT INT TERM
-	ip netns add "$A"; ip netns add "$B"
-	ip link add va$$ netns "$A" type veth peer name vb$$ netns "$B"
-	ip -n "$A" addr add 10.77.0.1/24 dev va$$; ip -n "$B" addr add 10.77.0.2/24 dev vb$$
-	ip -n "$A" link set va$$ up; ip -n "$B" link set vb$$ up
-	ip -n "$A" link set lo up; ip -n "$B" link set lo up
-	ip netns exec "$A" tc qdisc add dev va$$ root netem delay 10ms loss 0.25% limit 100000
-	ip netns exec "$B" tc qdisc add dev vb$$ root netem delay 10ms loss 0.25% limit 100000
-	echo "== netem: 2 namespaces, delay 10ms + loss 0.25% each way (20 ms RTT), ${NETEM_MIB} MiB"
-	ip netns exec "$A" ping -c 3 -i 0.2 10.77.0.2 | tail -1
-	ip netns exec "$B" nice -n 10 "$BIN" recv --bind 10.77.0.2:40001 --peer 10.77.0.1:40001 \
+	ip netns add "$A"; ip netns add "$M"; ip netns add "$B"
+	ip link add va netns "$A" type veth peer name vma netns "$M"
+	ip link add vb netns "$B" type veth peer name vmb netns "$M"
+	ip -n "$A" addr add 10.77.1.1/24 dev va; ip -n "$M" addr add 10.77.1.2/24 dev vma
+	ip -n "$B" addr add 10.77.2.1/24 dev vb; ip -n "$M" addr add 10.77.2.2/24 dev vmb
+	for ns in "$A" "$M" "$B"; do ip -n "$ns" link set lo up; done
+	ip -n "$A" link set va up; ip -n "$B" link set vb up
+	ip -n "$M" link set vma up; ip -n "$M" link set vmb up
+	ip -n "$A" route add default via 10.77.1.2; ip -n "$B" route add default via 10.77.2.2
+	ip netns exec "$M" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+	# This kernel has no sch_netem: delay in a userspace TUN delay line, loss with iptables.
+	ip -n "$M" tuntap add dev fdl mode tun
+	ip -n "$M" link set fdl up
+	ip netns exec "$M" sysctl -qw net.ipv4.conf.fdl.rp_filter=0
+	ip -n "$M" rule add iif vma lookup 100; ip -n "$M" rule add iif vmb lookup 100
+	ip -n "$M" route add default dev fdl table 100
+	ip netns exec "$M" iptables -A FORWARD -i vma -m statistic --mode random --probability 0.0025 -j DROP
+	ip netns exec "$M" iptables -A FORWARD -i vmb -m statistic --mode random --probability 0.0025 -j DROP
+	ip netns exec "$M" python3 bench/delay_tun.py fdl 10 >/dev/null &
+	DPID=$!
+	sleep 0.5
+	echo "== 'netem': namespaces A - M - B, 10 ms delay + 0.25 % loss each way (20 ms RTT, ~0.5 % loss), ${NETEM_MIB} MiB"
+	ip netns exec "$B" nice -n 10 "$BIN" recv --bind 10.77.2.1:40001 --peer 10.77.1.1:40001 \
 		--mib "$NETEM_MIB" --time-limit 600 >"/tmp/fspeed-$$-recv.txt" &
 	RPID=$!
-	ip netns exec "$A" nice -n 10 "$BIN" send --bind 10.77.0.1:40001 --peer 10.77.0.2:40001 \
+	ip netns exec "$A" nice -n 10 "$BIN" send --bind 10.77.1.1:40001 --peer 10.77.2.1:40001 \
 		--mib "$NETEM_MIB" --time-limit 600 | grep SENT || true
 	wait "$RPID" || true; RPID=
 	out=$(grep RESULT "/tmp/fspeed-$$-recv.txt" || echo "RESULT failed mib_per_s=0")
 	rm -f "/tmp/fspeed-$$-recv.txt"
 	echo "ferry->ferry  $out"
-	ip netns exec "$B" python3 -c "$tcp_copy_py" recv 10.77.0.2 47312 "$NETEM_MIB" >"/tmp/fspeed-$$-tcp.txt" &
+	ip netns exec "$B" python3 -c "$tcp_copy_py" recv 10.77.2.1 47312 "$NETEM_MIB" >"/tmp/fspeed-$$-tcp.txt" &
 	RPID=$!
 	sleep 0.3
-	ip netns exec "$A" python3 -c "$tcp_copy_py" send 10.77.0.2 47312 "$NETEM_MIB"
+	ip netns exec "$A" python3 -c "$tcp_copy_py" send 10.77.2.1 47312 "$NETEM_MIB"
 	wait "$RPID" || true; RPID=
 	tcp=$(grep TCP "/tmp/fspeed-$$-tcp.txt"); rm -f "/tmp/fspeed-$$-tcp.txt"
-	echo "tcp copy      $tcp  (cc: $(cat /proc/sys/net/ipv4/tcp_congestion_control))"
+	echo "tcp copy      $tcp  (cc: $(ip netns exec "$A" cat /proc/sys/net/ipv4/tcp_congestion_control))"
+	echo "drops in M: $(ip netns exec "$M" iptables -vnL FORWARD | awk '/DROP/ {s+=$1} END {print s}') packets"
 	f=$(echo "$out" | val mib_per_s); t=$(echo "$tcp" | val mib_per_s)
 	echo "ratio ferry/tcp: $(python3 -c "print('%.3f' % ($f / $t))")"
+	cleanup; trap - EXIT INT TERM
 }
 
 case "$WHAT" in
