@@ -49,37 +49,38 @@
 //!
 //! # Congestion control
 //!
-//! A rate-based token bucket after c-toxcore's `send_crypto_packets` (the packet-rate scheme of
-//! irungentoo's net_crypto), simplified to one bucket for new and retransmitted packets:
+//! A model-based controller after BBR v1 (Cardwell et al., ACM Queue 2016) in the `cc`
+//! submodule, fed only by what c-toxcore's wire format already carries, so c-toxcore peers
+//! interoperate unchanged (they see ordinary data packets and packet requests):
 //!
-//! * Every 50 ms (`PACKET_COUNTER_AVERAGE_INTERVAL`) the send rate is set from the rate `d` at
-//!   which packets actually left over the last 600 ms (12 × 50 ms, c-toxcore's
-//!   `CONGESTION_QUEUE_ARRAY_SIZE`): `rate = 1.25 × d` normally, `rate = 0.9 × d` for 1 s
-//!   (`CONGESTION_EVENT_TIMEOUT`) after a congestion event, never below 4 packets/s
-//!   (`CRYPTO_PACKET_MIN_RATE`). A congestion event is a 600 ms window in which more than a
-//!   quarter of the packets sent (at least 8) were retransmissions the peer asked for: random
-//!   loss below 25 % (wireless, the tests' 20 % lossy link) does not throttle, an overflowing
-//!   bottleneck queue does.
-//! * Tokens accrue at `rate`; the bucket holds `64 + rate × 0.2 s` (c-toxcore:
-//!   `CRYPTO_MIN_QUEUE_LENGTH` + 4 refills). So after any pause a burst of up to 64 packets leaves
-//!   back-to-back — chat, receipts and control packets do not wait — while a bulk sender's rate
-//!   climbs to 1.25 × what it managed over the last 600 ms, re-measured every 50 ms, and falls
-//!   back to 0.9 × that when the peer reports heavy loss.
-//! * Priority packets — every lossless id except file data (0x52) and custom lossless packets
-//!   (160–191), as c-toxcore's `congestion_control = false` sends — leave at once when nothing is
-//!   queued ahead of them, token or not (ferry measured a back-to-back chat round trip of 2.3 ms
-//!   when messages waited for tokens, 0.08 ms without); they still count towards the rate, and
-//!   their retransmissions are paced.
-//! * Packets beyond the tokens stay queued (numbered, counted in the send buffer) and leave as
-//!   tokens accrue; [`NetCrypto::send_lossless`] fails with [`NetCryptoError::QueueFull`] only
-//!   when the 32768-slot send buffer is full. [`NetCrypto::send_queue_free`] lets a bulk sender
-//!   (file transfer) pace itself.
+//! * **Delivered** packets: slots freed by the peer's `buffer_start` (cumulative ACK) or stepped
+//!   over by its packet requests (selective ACK). Every round (`max(srtt, 4 ms)`) the delivery
+//!   rate is one sample; the bottleneck bandwidth is the maximum of the last 10.
+//! * **RTT** from first sends to the ACK that frees them (Karn's rule); srtt/rttvar per RFC 6298,
+//!   min_rtt over 10 s.
+//! * **Loss** (RACK, RFC 8985): a packet a request names is resent when a packet sent after it
+//!   (minus min_rtt/4 reordering allowance) is known received, or when it is older than
+//!   `1.25 srtt + 4 rttvar + 3 ms`. Resends go first (the send scan restarts at the lowest
+//!   requested slot): fast retransmission straight from packet requests. Random loss does not
+//!   lower the rate; a round losing more than 20 % of its packets scales the model by 0.7.
+//! * **Sending**: pacing at `gain × bottleneck bandwidth` (token bucket of 32 packets + 2 ms),
+//!   at most `cwnd = gain × bandwidth × (min_rtt + 2 ms) + 64` packets in flight; Startup at gain
+//!   2.89 until the bandwidth stops growing by 25 %/round for 3 rounds, one Drain round, then the
+//!   ProbeBw gain cycle 1.25, 0.75, 1 × 6.
+//! * **Priority packets** — every lossless id except file data (0x52) and custom lossless
+//!   packets (160–191), as c-toxcore's `congestion_control = false` sends — leave at once when
+//!   nothing is queued ahead of them, window or not (ferry measured a back-to-back chat round trip
+//!   of 2.3 ms when messages waited for tokens, 0.08 ms without); their retransmissions are paced.
+//! * **Queueing**: packets beyond the window and pacing stay queued (numbered, counted in the
+//!   32768-slot send buffer). Lossless packets are delivered in order, so a chat message queued
+//!   behind bulk data waits for it: a bulk sender (file transfer) should queue only what
+//!   [`NetCrypto::send_budget`] allows (the window plus about 2 ms of pacing), which keeps a chat
+//!   message behind at most about one RTT + 2 ms. [`NetCrypto::send_lossless`] fails with
+//!   [`NetCryptoError::QueueFull`] only when the send buffer is full.
 //!
-//! c-toxcore also measures the queue drain (`packets_sent` minus send-queue growth) and uses ×1.2
-//! headroom, but keeps a second budget for retransmissions and calls it congestion when
-//! retransmissions exhaust the normal budget; it additionally slows down when the send queue
-//! holds more than 2 s of packets. One shared budget with an explicit loss threshold is simpler
-//! to reason about and test; the wire format does not depend on the choice.
+//! c-toxcore 0.2.18 instead sets a packet rate from the queue drain of the last 1.2 s (×1.25
+//! headroom, held after congestion events), which measured 6.1–6.4 MiB/s on loopback (issue 6);
+//! ferry's first port of that scheme measured 1.1 MiB/s in `bench/throughput.sh`.
 //!
 //! # Timeouts
 //!
