@@ -222,7 +222,19 @@ async fn send_all(h: &NodeHandle, peer: PublicKey, total: u64, chat_ms: u64) -> 
     }
 }
 
-fn report(mode: &str, shared: &Shared, total: u64, retrans: u64) {
+/// CPU seconds (user + system) this process used so far, from `/proc/self/stat`.
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")"; 100 ticks/s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn report(mode: &str, shared: &Shared, total: u64, retrans: u64, cpu: f64) {
     let first = shared.first.lock().expect("lock").expect("no data");
     let last = shared.last.lock().expect("lock").expect("no data");
     let secs = last.duration_since(first).as_secs_f64().max(1e-9);
@@ -237,8 +249,9 @@ fn report(mode: &str, shared: &Shared, total: u64, retrans: u64) {
         }
     };
     println!(
-        "RESULT mode={mode} mib={mib:.0} secs={secs:.3} mib_per_s={:.1} chat_n={} chat_p50_ms={:.2} chat_p99_ms={:.2} chat_max_ms={:.2} retransmissions={retrans}",
+        "RESULT mode={mode} mib={mib:.0} secs={secs:.3} mib_per_s={:.1} cpu_s={cpu:.2} mib_per_cpu_s={:.1} chat_n={} chat_p50_ms={:.2} chat_p99_ms={:.2} chat_max_ms={:.2} retransmissions={retrans}",
         mib / secs,
+        mib / cpu.max(1e-9),
         chat.len(),
         p(0.5),
         p(0.99),
@@ -272,17 +285,22 @@ fn main() {
                 befriend(&ha, &kb, hb.local_addr()).await;
                 befriend(&hb, &ka, ha.local_addr()).await;
                 wait_online(&sa, Duration::from_secs(20)).await;
+                let cpu0 = cpu_secs();
                 let retrans = send_all(&ha, kb.real.public, total, a.chat_ms).await;
                 wait_bytes(&sb, total, a.time_limit).await;
-                report("both", &sb, total, retrans);
+                report("both", &sb, total, retrans, cpu_secs() - cpu0);
             }
             "send" => {
                 let s = Arc::new(Shared::default());
                 let h = start(&ka, a.bind, s.clone()).await;
                 befriend(&h, &kb, a.peer.expect("--peer")).await;
                 wait_online(&s, Duration::from_secs(30)).await;
+                let cpu0 = cpu_secs();
                 let retrans = send_all(&h, kb.real.public, total, a.chat_ms).await;
-                println!("SENT retransmissions={retrans}");
+                println!(
+                    "SENT retransmissions={retrans} sender_cpu_s={:.2}",
+                    cpu_secs() - cpu0
+                );
                 // Let the last acknowledgements and the receiver's report settle.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -291,8 +309,9 @@ fn main() {
                 let h = start(&kb, a.bind, s.clone()).await;
                 befriend(&h, &ka, a.peer.expect("--peer")).await;
                 wait_online(&s, Duration::from_secs(30)).await;
+                let cpu0 = cpu_secs();
                 wait_bytes(&s, total, a.time_limit).await;
-                report("recv", &s, total, 0);
+                report("recv", &s, total, 0, cpu_secs() - cpu0);
             }
             m => panic!("unknown mode {m}"),
         }

@@ -108,12 +108,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::FerryRng;
-use ferry_crypto::{KeyPair, Nonce, PrecomputedCache, PrecomputedKey, PublicKey, SymmetricKey};
+use ferry_crypto::{
+    KeyPair, MAC_SIZE, Nonce, PrecomputedCache, PrecomputedKey, PublicKey, SymmetricKey,
+};
 use ferry_wire::kind;
 use ferry_wire::net_crypto::{
-    Cookie, CookiePlain, CookieRequest, CookieRequestPayload, CookieResponse,
+    CRYPTO_MAX_PADDING, Cookie, CookiePlain, CookieRequest, CookieRequestPayload, CookieResponse,
     CookieResponsePayload, CryptoData, CryptoDataPayload, DATA_NUM_THRESHOLD, DataKind, Handshake,
-    HandshakePayload, MAX_CRYPTO_DATA_SIZE, PACKET_ID_KILL, PacketRequest, nonce_add,
+    HandshakePayload, MAX_CRYPTO_DATA_SIZE, PACKET_ID_KILL, PacketRequest, nonce_add, nonce_low16,
     reconstruct_nonce,
 };
 use ferry_wire::node::{ip_is_lan, normalize};
@@ -641,24 +643,50 @@ impl Ctx<'_> {
 
     /// Encrypts and sends one data packet (`send_data_packet_helper`).
     fn send_data(&mut self, now: Instant, s: &mut Session, num: u32, data: &[u8]) -> bool {
-        let (Some(addr), Some(key)) = (s.addr(now, self.config.udp_direct_timeout), &s.shared)
-        else {
+        let Some(addr) = s.addr(now, self.config.udp_direct_timeout) else {
             return false;
         };
-        let payload = CryptoDataPayload {
-            buffer_start: s.recv.start,
-            packet_number: num,
-            data: data.to_vec(),
-        };
-        let Ok(pkt) = CryptoData::seal(&s.sent_nonce, key, &payload) else {
+        let Some(key) = &s.shared else {
             return false;
         };
-        s.sent_nonce.increment();
-        self.transmit(Path::Udp(addr), pkt.encode());
-        if !s.recv.has_gap() {
+        let sent = self.seal_data(addr, key, &mut s.sent_nonce, s.recv.start, num, data);
+        if sent && !s.recv.has_gap() {
             // The ACK rode along.
             s.request_due = None;
         }
+        sent
+    }
+
+    /// Builds the 0x1b datagram in one buffer, encrypting in place (no per-packet copies but
+    /// the one into the datagram): `[0x1b][nonce low 2][MAC 16][buffer_start][packet number]
+    /// [padding][data]`, padding as in [`CryptoDataPayload::encode`].
+    fn seal_data(
+        &mut self,
+        addr: SocketAddr,
+        key: &PrecomputedKey,
+        nonce: &mut Nonce,
+        buffer_start: u32,
+        num: u32,
+        data: &[u8],
+    ) -> bool {
+        const HEADER: usize = 3;
+        if data.is_empty() || data.len() > MAX_CRYPTO_DATA_SIZE {
+            return false;
+        }
+        let padding = (MAX_CRYPTO_DATA_SIZE - data.len()) % CRYPTO_MAX_PADDING;
+        let mut pkt = Vec::with_capacity(HEADER + MAC_SIZE + 8 + padding + data.len());
+        pkt.push(kind::CRYPTO_DATA);
+        pkt.extend_from_slice(&nonce_low16(nonce).to_be_bytes());
+        pkt.extend_from_slice(&[0; MAC_SIZE]);
+        pkt.extend_from_slice(&buffer_start.to_be_bytes());
+        pkt.extend_from_slice(&num.to_be_bytes());
+        pkt.resize(pkt.len() + padding, 0);
+        pkt.extend_from_slice(data);
+        if key.encrypt_in_place(nonce, &mut pkt, HEADER).is_err() {
+            return false;
+        }
+        nonce.increment();
+        self.transmit(Path::Udp(addr), pkt);
         true
     }
 
@@ -688,16 +716,23 @@ impl Ctx<'_> {
             if s.send.unsent == 0 || !s.cc.can_send(s.send.inflight()) {
                 break;
             }
+            let num = start.wrapping_add(i as u32);
+            let (Some(addr), Some(key)) = (s.addr(now, self.config.udp_direct_timeout), &s.shared)
+            else {
+                break;
+            };
             let data = match &s.send.slots[i] {
-                Some(o) if o.sent_at.is_none() => o.data.clone(),
+                Some(o) if o.sent_at.is_none() => &o.data,
                 _ => {
                     i += 1;
                     continue;
                 }
             };
-            let num = start.wrapping_add(i as u32);
-            if !self.send_data(now, s, num, &data) {
+            if !self.seal_data(addr, key, &mut s.sent_nonce, s.recv.start, num, data) {
                 break;
+            }
+            if !s.recv.has_gap() {
+                s.request_due = None;
             }
             let mut resend = false;
             if let Some(Some(o)) = s.send.slots.get_mut(i) {
