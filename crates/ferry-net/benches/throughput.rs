@@ -177,8 +177,22 @@ async fn send_all(h: &NodeHandle, peer: PublicKey, total: u64, chat_ms: u64) -> 
     let mut left = total.div_ceil(PACKET as u64);
     let mut next_chat = Instant::now();
     let mut idle_spins = 0u32;
+    let mut all_sent: Option<Instant> = None;
+    let verbose = std::env::var_os("FERRY_BENCH_VERBOSE").is_some();
+    let mut next_log = Instant::now();
     loop {
-        let chat = chat_ms > 0 && Instant::now() >= next_chat;
+        if verbose && Instant::now() >= next_log {
+            next_log = Instant::now() + Duration::from_millis(250);
+            let line = h
+                .call(move |n, _| {
+                    let st = n.net_crypto().session_state(&peer);
+                    format!("{st:?} {:?}", n.net_crypto().stats())
+                })
+                .await
+                .expect("call");
+            eprintln!("STATE {line}");
+        }
+        let chat = chat_ms > 0 && left > 0 && Instant::now() >= next_chat;
         if chat {
             next_chat = Instant::now() + Duration::from_millis(chat_ms);
         }
@@ -207,6 +221,11 @@ async fn send_all(h: &NodeHandle, peer: PublicKey, total: u64, chat_ms: u64) -> 
             .expect("call");
         left -= sent;
         if left == 0 && drained {
+            return retrans;
+        }
+        if left == 0 && all_sent.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(5)
+        {
+            eprintln!("send queue did not drain within 5 s of the last packet");
             return retrans;
         }
         if sent == 0 {
@@ -312,6 +331,8 @@ fn main() {
                 let cpu0 = cpu_secs();
                 wait_bytes(&s, total, a.time_limit).await;
                 report("recv", &s, total, 0, cpu_secs() - cpu0);
+                // Stay up a moment so the last acknowledgements reach the sender.
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             m => panic!("unknown mode {m}"),
         }

@@ -59,8 +59,8 @@
 //! * **RTT** from first sends to the ACK that frees them (Karn's rule); srtt/rttvar per RFC 6298,
 //!   min_rtt over 10 s.
 //! * **Loss** (RACK, RFC 8985): a packet a request names is resent when a packet sent after it
-//!   (minus min_rtt/4 reordering allowance) is known received, or when it is older than
-//!   `1.25 srtt + 4 rttvar + 3 ms`. Resends go first (the send scan restarts at the lowest
+//!   (minus min_rtt/4 reordering allowance) is known received, or, when nothing sent after it
+//!   is known received (a lost tail), when it is older than `2 srtt + 4 rttvar + 5 ms`. Resends go first (the send scan restarts at the lowest
 //!   requested slot): fast retransmission straight from packet requests. Random loss does not
 //!   lower the rate; a round losing more than 20 % of its packets scales the model by 0.7.
 //! * **Sending**: pacing at `gain × bottleneck bandwidth` (token bucket of 32 packets + 2 ms),
@@ -372,6 +372,8 @@ struct Outgoing {
     data: Vec<u8>,
     /// When last sent; `None` = not sent yet, or requested again.
     sent_at: Option<Instant>,
+    /// The controller's delivery state when last sent (delivery-rate sampling, see `cc`).
+    rate: cc::SendState,
     /// Times sent.
     tries: u32,
 }
@@ -735,8 +737,10 @@ impl Ctx<'_> {
                 s.request_due = None;
             }
             let mut resend = false;
+            let state = s.cc.send_state();
             if let Some(Some(o)) = s.send.slots.get_mut(i) {
                 o.sent_at = Some(now);
+                o.rate = state;
                 resend = o.tries > 0;
                 o.tries += 1;
             }
@@ -959,6 +963,9 @@ impl Ctx<'_> {
                             sample = Some(sample.map_or(t, |x| x.max(t)));
                         }
                         s.send.note_delivered(&o);
+                        if let Some(t) = o.sent_at {
+                            s.cc.on_packet_delivered(now, o.rate, t);
+                        }
                     }
                     Some(None) => s.send.freed -= 1,
                     None => {}
@@ -1446,6 +1453,7 @@ impl NetCrypto {
             s.send.slots.push_back(Some(Outgoing {
                 data: data.to_vec(),
                 sent_at: Some(now),
+                rate: s.cc.send_state(),
                 tries: 1,
             }));
             s.cc.update(now);
@@ -1462,6 +1470,7 @@ impl NetCrypto {
         s.send.slots.push_back(Some(Outgoing {
             data: data.to_vec(),
             sent_at: None,
+            rate: s.cc.send_state(),
             tries: 0,
         }));
         s.send.unsent += 1;
@@ -1658,6 +1667,9 @@ fn apply_request(now: Instant, s: &mut Session, req: &PacketRequest) {
                 sample = sample.max(o.sent_at);
             }
             s.send.note_delivered(&o);
+            if let Some(t) = o.sent_at {
+                s.cc.on_packet_delivered(now, o.rate, t);
+            }
         }
     }
     s.cc.on_delivered(delivered);
@@ -1676,7 +1688,11 @@ fn apply_request(now: Instant, s: &mut Session, req: &PacketRequest) {
         }
         if let Some(Some(o)) = s.send.slots.get_mut(i)
             && let Some(t) = o.sent_at
-            && (newest.is_some_and(|x| t < x) || now.saturating_duration_since(t) > rto)
+            && match newest {
+                Some(x) if t < x => true,
+                // Nothing sent after it is known received: only a timeout tells.
+                _ => now.saturating_duration_since(t) > rto,
+            }
         {
             o.sent_at = None;
             s.send.unsent += 1;

@@ -13,15 +13,20 @@
 //!   give no sample). `srtt`/`rttvar` as in RFC 6298; `min_rtt` is the smallest sample of the
 //!   last 10 s.
 //! * **Loss**: a packet request naming a packet we sent before a packet the peer already has
-//!   (RACK-style, RFC 8985), or naming one older than the retransmission timeout
-//!   ([`Bbr::rto`]). Loss alone does not lower the rate (random loss of a few percent on a
+//!   (RACK-style, RFC 8985), or, when nothing sent after it is known received yet (a lost
+//!   tail), naming one older than the retransmission timeout ([`Bbr::rto`]). Loss alone does not lower the rate (random loss of a few percent on a
 //!   wireless or netem path is not congestion); a round with more than 20 % loss does.
 //!
 //! # Model and control
 //!
-//! * Time is cut into **rounds** of `max(srtt, 4 ms)`. At the end of each round the delivery rate
-//!   `delivered in round / round length` is one sample; the **bottleneck bandwidth** `btl_bw` is
-//!   the maximum of the last 10 samples. Samples taken while the sender had nothing to send
+//! * **Delivery rate** per packet as in BBR: a packet records the delivered count and the time of
+//!   the last delivery (and the send time of the packet delivered then) when it is sent; when it
+//!   is known received, `(delivered now − delivered then) / max(ACK interval, send interval)` is
+//!   a sample. Packets credited in a burst (the cumulative ACK
+//!   jumping past a filled hole) thus count over the whole interval, not as a spike.
+//! * Time is cut into **rounds** of `max(srtt, 4 ms)`; a round's sample is its highest
+//!   per-packet sample. The **bottleneck bandwidth** `btl_bw` is the maximum of the last 10
+//!   round samples. Samples taken while the sender had nothing to send
 //!   (app-limited) only count when they raise the estimate.
 //! * **Pacing rate** `= pacing_gain × btl_bw`, enforced with a token bucket holding at most
 //!   `32 + 2 ms` of packets (the driver's timer granularity is about 1 ms).
@@ -58,6 +63,16 @@ const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// Bandwidth estimate before any sample, packets/s (about 2.7 MB/s of 1373-byte packets).
 const INITIAL_BW: f64 = 2000.0;
 
+/// What a packet remembers of the controller when it is sent: packets delivered so far and when
+/// the last of them was (BBR's per-packet delivery-rate sampling).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SendState {
+    delivered: u64,
+    delivered_time: Instant,
+    /// When the most recently delivered packet had been sent.
+    first_sent: Instant,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Startup,
@@ -76,6 +91,13 @@ pub(super) struct Bbr {
     next_sample: usize,
     btl_bw: f64,
     delivered: u64,
+    /// Deliveries of the ACK being processed, not yet in `delivered`.
+    pending_delivered: u64,
+    delivered_time: Instant,
+    /// When the most recently delivered packet had been sent.
+    first_sent: Instant,
+    /// Highest per-packet delivery-rate sample of the current round, packets/s.
+    round_max_rate: f64,
     lost: u64,
     round_start: Instant,
     round_delivered: u64,
@@ -99,6 +121,10 @@ impl Bbr {
             next_sample: 0,
             btl_bw: INITIAL_BW,
             delivered: 0,
+            pending_delivered: 0,
+            delivered_time: now,
+            first_sent: now,
+            round_max_rate: 0.0,
             lost: 0,
             round_start: now,
             round_delivered: 0,
@@ -140,12 +166,13 @@ impl Bbr {
         32.0 + self.pacing_rate() * ACK_ALLOWANCE.as_secs_f64()
     }
 
-    /// Retransmission timeout for packets a request names: `1.25 srtt + 4 rttvar + 3 ms`
+    /// Retransmission timeout for packets a request names that the RACK rule cannot judge
+    /// (nothing sent after them is known received, e.g. a lost tail): `2 srtt + 4 rttvar + 5 ms`
     /// (1 s before the first sample, `DEFAULT_PING_CONNECTION`).
     pub(super) fn rto(&self) -> Duration {
         match self.srtt {
             None => Duration::from_secs(1),
-            Some(s) => s * 5 / 4 + self.rttvar * 4 + Duration::from_millis(3),
+            Some(s) => s * 2 + self.rttvar * 4 + Duration::from_millis(5),
         }
     }
 
@@ -174,8 +201,41 @@ impl Bbr {
         }
     }
 
+    /// The state a packet sent now records.
+    pub(super) fn send_state(&self) -> SendState {
+        SendState {
+            delivered: self.delivered + self.pending_delivered,
+            delivered_time: self.delivered_time,
+            first_sent: self.first_sent,
+        }
+    }
+
+    /// One sent packet is known received: a delivery-rate sample over the time since the last
+    /// delivery before it was sent. A burst of packets credited at once (the cumulative ACK
+    /// jumping when a hole is filled) is thereby spread over the whole interval.
+    pub(super) fn on_packet_delivered(&mut self, now: Instant, sent: SendState, sent_at: Instant) {
+        self.pending_delivered += 1;
+        self.delivered_time = now;
+        self.first_sent = self.first_sent.max(sent_at);
+        // BBR: the longer of the ACK interval and the send interval, so that ACKs arriving
+        // compressed (a receiver catching up, a cumulative ACK jumping) cannot claim a rate the
+        // sender never sent at.
+        let ack_elapsed = now.saturating_duration_since(sent.delivered_time);
+        let send_elapsed = sent_at.saturating_duration_since(sent.first_sent);
+        let interval = ack_elapsed.max(send_elapsed);
+        if interval >= Duration::from_micros(500) {
+            let n = (self.delivered + self.pending_delivered).saturating_sub(sent.delivered);
+            let rate = n as f64 / interval.as_secs_f64();
+            self.round_max_rate = self.round_max_rate.max(rate);
+        }
+    }
+
+    /// `n` packets were freed by one ACK or packet request (their per-packet samples were
+    /// taken by [`Bbr::on_packet_delivered`]).
     pub(super) fn on_delivered(&mut self, n: u64) {
-        self.delivered += n;
+        let _ = n;
+        self.delivered += self.pending_delivered;
+        self.pending_delivered = 0;
     }
 
     pub(super) fn on_lost(&mut self, n: u64) {
@@ -207,7 +267,12 @@ impl Bbr {
         let lost = self.lost - self.round_lost;
         self.round_delivered = self.delivered;
         self.round_lost = self.lost;
-        let sample = delivered as f64 / elapsed.as_secs_f64();
+        // Per-packet samples when there were any, else the round's average.
+        let sample = if self.round_max_rate > 0.0 {
+            std::mem::take(&mut self.round_max_rate)
+        } else {
+            delivered as f64 / elapsed.as_secs_f64()
+        };
         let app_limited = std::mem::take(&mut self.round_app_limited);
         if !app_limited || sample > self.btl_bw {
             self.samples[self.next_sample] = sample;

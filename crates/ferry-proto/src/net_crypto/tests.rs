@@ -792,9 +792,11 @@ fn packet_request_spans_long_gaps() {
     let mut s = Session::new(now, PublicKey([1; 32]), &mut rng);
     s.send.start = recv.start;
     for _ in 0..700 {
+        let rate = s.cc.send_state();
         s.send.slots.push_back(Some(Outgoing {
             data: vec![160],
             sent_at: Some(now),
+            rate,
             tries: 1,
         }));
     }
@@ -812,9 +814,11 @@ fn packet_request_spans_long_gaps() {
     // A request for packets sent less than one RTT ago does not resend them.
     let mut s2 = Session::new(now, PublicKey([1; 32]), &mut rng);
     s2.cc.on_rtt_sample(now, Duration::from_millis(100));
+    let rate = s2.cc.send_state();
     s2.send.slots.push_back(Some(Outgoing {
         data: vec![160],
         sent_at: Some(now),
+        rate,
         tries: 1,
     }));
     apply_request(
