@@ -1515,8 +1515,11 @@ impl NetCrypto {
 
     /// How many bulk lossless packets (file data, custom 160–191) to hand to
     /// [`NetCrypto::send_lossless`] now: enough to keep the path full, few enough that a chat
-    /// message queued after them is not held up (packets are delivered in order). 0 without an
-    /// established session. A bulk sender calls this before each batch.
+    /// message queued after them is not held up (packets are delivered in order): at most about
+    /// 2 ms of pacing (≥ 32 packets) waiting to be sent, and in flight plus waiting at most the
+    /// congestion window plus that. 0 without an established session. A bulk sender (file
+    /// transfer) calls this before each batch and again when packets are delivered or after
+    /// about 1 ms.
     pub fn send_budget(&self, real_pk: &PublicKey) -> u32 {
         let cap = self.config.buffer_slots.min(CRYPTO_PACKET_BUFFER_SIZE);
         self.peers
@@ -1525,11 +1528,15 @@ impl NetCrypto {
             .filter(|s| s.status == SessionStatus::Established)
             .map_or(0, |s| {
                 let free = cap.saturating_sub(s.send.slots.len() as u32);
-                // The window plus about 2 ms of pacing beyond it.
-                let queue = (s.cc.pacing_rate() * 0.002).max(32.0);
-                let target = (s.cc.cwnd() + queue) as u32;
+                // About 2 ms of pacing waiting to be sent, and no more than the window plus
+                // that in flight and queued: a chat message queued behind waits for little more
+                // than the window ahead of it.
+                let queue = (s.cc.pacing_rate() * 0.002).max(32.0) as u32;
+                let target = s.cc.cwnd() as u32 + queue;
                 let have = (s.send.inflight() + s.send.unsent) as u32;
+                let unsent = s.send.unsent as u32;
                 free.min(target.saturating_sub(have))
+                    .min(queue.saturating_sub(unsent))
             })
     }
 
