@@ -12,6 +12,8 @@
 //!   namespaces. Keys are derived from fixed seeds, so the two processes know each other.
 //!
 //! Options: `--mib N` (default 256), `--chat-ms N` (default 20, 0 = none), `--time-limit S`.
+//! `FERRY_BENCH_VERBOSE=1` prints the sender's session state (rate, window, in flight) every
+//! 250 ms. Without arguments (as `cargo test --benches` runs it) it does nothing.
 //! Output: one line `RESULT mode=.. mib=.. secs=.. mib_per_s=.. chat_n=.. chat_p50_ms=..
 //! chat_max_ms=.. retransmissions=..`.
 //!
@@ -287,6 +289,12 @@ async fn wait_bytes(shared: &Shared, total: u64, limit: Duration) {
 }
 
 fn main() {
+    // `cargo test --benches` runs this without arguments: do nothing there (`cargo bench` passes
+    // `--bench`, bench/throughput.sh a mode).
+    if std::env::args().len() <= 1 {
+        println!("throughput: pass a mode (both | send | recv) or run via cargo bench");
+        return;
+    }
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
