@@ -1383,7 +1383,7 @@ impl NetCrypto {
     }
 
     fn on_data(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        let Ok(pkt) = CryptoData::decode(bytes) else {
+        let Ok((nonce_low, ciphertext)) = CryptoData::split(bytes) else {
             self.stats.malformed += 1;
             return;
         };
@@ -1404,15 +1404,15 @@ impl NetCrypto {
             ctx.stats.unexpected += 1;
             return;
         };
-        let (nonce, diff) = reconstruct_nonce(&s.recv_nonce, pkt.nonce_low);
-        let Ok(plain) = key.decrypt(&nonce, &pkt.ciphertext) else {
+        let (nonce, diff) = reconstruct_nonce(&s.recv_nonce, nonce_low);
+        let Ok(plain) = key.decrypt(&nonce, ciphertext) else {
             ctx.stats.decrypt_failed += 1;
             return;
         };
         if diff > 2 * DATA_NUM_THRESHOLD {
             nonce_add(&mut s.recv_nonce, u32::from(DATA_NUM_THRESHOLD));
         }
-        let Ok(payload) = CryptoDataPayload::decode(&plain) else {
+        let Ok(payload) = CryptoDataPayload::decode_vec(plain) else {
             ctx.stats.malformed += 1;
             return;
         };
