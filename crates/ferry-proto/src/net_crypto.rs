@@ -66,7 +66,7 @@
 //! * **Sending**: pacing at `gain × bottleneck bandwidth` (token bucket of 32 packets + 2 ms),
 //!   at most `cwnd = gain × bandwidth × (min_rtt + 2 ms) + 64` packets in flight; Startup at gain
 //!   2.89 until the bandwidth stops growing by 25 %/round for 3 rounds, one Drain round, then the
-//!   ProbeBw gain cycle 1.25, 0.75, 1 × 6.
+//!   ProbeBw gain cycle 1.25, 0.75, 1 × 6 (0.75 while srtt shows a standing queue).
 //! * **Priority packets** — every lossless id except file data (0x52) and custom lossless
 //!   packets (160–191), as c-toxcore's `congestion_control = false` sends — leave at once when
 //!   nothing is queued ahead of them, window or not (ferry measured a back-to-back chat round trip

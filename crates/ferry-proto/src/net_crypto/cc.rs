@@ -35,7 +35,8 @@
 //! * **States**: *Startup* (pacing and cwnd gain 2.89 = 2/ln 2, doubling the delivery rate every
 //!   round) until `btl_bw` grew by less than 25 % for 3 rounds; *Drain* (gain 1/2.89) for one
 //!   round; then *ProbeBw*, cycling pacing gains 1.25, 0.75, 1, 1, 1, 1, 1, 1 (one round each)
-//!   with cwnd gain 2.
+//!   with cwnd gain 2, except that a round ending with `srtt > 2 × min_rtt + 5 ms` (a standing
+//!   queue) makes the next one a 0.75 drain round (a delay guard in the spirit of BBR v2).
 //! * **Heavy loss** (more than 20 % of a round's packets, at least 16): every bandwidth sample
 //!   is scaled by 0.7 and Startup ends; this keeps an overflowing bottleneck from collapsing.
 //!
@@ -104,6 +105,8 @@ pub(super) struct Bbr {
     round_lost: u64,
     round_app_limited: bool,
     mode: Mode,
+    /// The last round ended with srtt above `2 × min_rtt + 5 ms`.
+    queueing: bool,
     full_bw: f64,
     full_bw_rounds: u32,
     tokens: f64,
@@ -131,6 +134,7 @@ impl Bbr {
             round_lost: 0,
             round_app_limited: false,
             mode: Mode::Startup,
+            queueing: false,
             full_bw: 0.0,
             full_bw_rounds: 0,
             tokens: MIN_CWND,
@@ -142,6 +146,8 @@ impl Bbr {
         match self.mode {
             Mode::Startup => (HIGH_GAIN, HIGH_GAIN),
             Mode::Drain => (1.0 / HIGH_GAIN, HIGH_GAIN),
+            // A standing queue (srtt well above min_rtt): drain instead of probing.
+            Mode::ProbeBw(_) if self.queueing => (0.75, 2.0),
             Mode::ProbeBw(i) => (CYCLE[i % CYCLE.len()], 2.0),
         }
     }
@@ -263,6 +269,10 @@ impl Bbr {
     }
 
     fn end_round(&mut self, elapsed: Duration) {
+        self.queueing = match (self.srtt, self.min_rtt) {
+            (Some(s), Some(m)) => s > m * 2 + Duration::from_millis(5),
+            _ => false,
+        };
         let delivered = self.delivered - self.round_delivered;
         let lost = self.lost - self.round_lost;
         self.round_delivered = self.delivered;
