@@ -4,10 +4,21 @@
 //! channel (architecture.md house rule 7: one owner per state).
 //!
 //! This is the only place (with the daemon) that reads the clock, the OS RNG and sockets.
+//!
+//! # Batched socket I/O (issue 6 point 4)
+//!
+//! Per-datagram syscalls, not crypto alone, bound a userspace data path (`tunnel.md`). The
+//! driver therefore uses `quinn-udp`: receives come in `recvmmsg` batches of up to 32 datagrams
+//! (with UDP GRO, each may hold several coalesced datagrams of one sender), and consecutive
+//! transmits to one address with the same size go out as one UDP GSO `sendmsg` of up to 64
+//! segments (the kernel splits them; on the wire they are ordinary datagrams, so c-toxcore peers
+//! see no difference). Without GSO/GRO support the same code sends and receives one datagram per
+//! call. After each received batch, command or timer, events are handled first and then every
+//! datagram the node queued is sent. Socket buffers are 4 MiB (capped by `rmem_max`/`wmem_max`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -18,7 +29,8 @@ use ferry_proto::node::{Node, NodeConfig, NodeEvent};
 use ferry_proto::tcp_connection::{TcpCommand, TcpId};
 use ferry_proto::{Destination, Endpoint};
 use ferry_wire::MAX_UDP_PACKET_SIZE;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +41,16 @@ pub use relay::{RelayServerHandle, spawn_relay_server};
 pub const DEFAULT_PORT_RANGE: (u16, u16) = (33445, 33545);
 /// Capacity of a node's command channel.
 pub const COMMAND_QUEUE: usize = 256;
+/// Requested UDP socket buffer size, bytes (the kernel caps it at `rmem_max`/`wmem_max`).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+/// Receive buffer per batch slot: room for a GRO-coalesced group of datagrams.
+const RECV_SLOT: usize = 64 * 1024;
+/// Most `recvmmsg` batches handled before the driver flushes its transmits.
+const RECV_BATCHES_PER_FLUSH: usize = 4;
+/// Most queued commands run back to back before the driver flushes.
+const COMMANDS_PER_FLUSH: usize = 64;
+/// Largest GSO send, bytes (UDP payload limit with room for headers).
+const GSO_MAX_BYTES: usize = 65_000;
 
 /// Errors of the driver layer.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +126,10 @@ fn bind_one(addr: SocketAddr) -> io::Result<UdpSocket> {
         socket.set_only_v6(false)?;
     }
     socket.set_broadcast(true)?;
-    // Large buffers: a DHT node answers bursts of requests.
-    let _ = socket.set_recv_buffer_size(1 << 20);
-    let _ = socket.set_send_buffer_size(1 << 20);
+    // Large buffers: a DHT node answers bursts of requests, net_crypto sends bulk data in bursts
+    // of a pacing quantum.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
@@ -351,6 +374,7 @@ pub fn spawn_node_with_dht_keys(
         node.add_tcp_relay(now, addr, pk);
     }
     let local_addr = socket.local_addr()?;
+    let state = UdpSocketState::new((&socket).into())?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (tcp_tx, tcp_rx) = mpsc::channel(TCP_EVENT_QUEUE);
     let driver = Driver {
@@ -358,6 +382,8 @@ pub fn spawn_node_with_dht_keys(
         tcp_rx,
         tcp_streams: std::collections::HashMap::new(),
         socket,
+        state,
+        gso: Vec::with_capacity(GSO_MAX_BYTES),
         local_addr,
         node,
         rx,
@@ -444,6 +470,9 @@ struct Driver {
     tcp_rx: mpsc::Receiver<TcpIo>,
     tcp_streams: std::collections::HashMap<TcpId, TcpStreamIo>,
     socket: UdpSocket,
+    state: UdpSocketState,
+    /// The GSO batch being built: payloads of equal size back to back.
+    gso: Vec<u8>,
     local_addr: SocketAddr,
     node: Node,
     rx: mpsc::Receiver<Command>,
@@ -453,27 +482,69 @@ struct Driver {
     tcp_onion: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
 }
 
+/// Receive buffers and metadata for one `recvmmsg` batch, reused across batches.
+struct RecvBufs {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl RecvBufs {
+    fn new() -> Self {
+        Self {
+            bufs: (0..quinn_udp::BATCH_SIZE)
+                .map(|_| vec![0u8; RECV_SLOT])
+                .collect(),
+            meta: vec![RecvMeta::default(); quinn_udp::BATCH_SIZE],
+        }
+    }
+}
+
+/// A GSO batch: where it goes and the size of each segment.
+#[derive(Clone, Copy)]
+struct Batch {
+    dest: SocketAddr,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the batch (it may only be the last segment).
+    closed: bool,
+}
+
 impl Driver {
     async fn run(mut self) {
-        let mut buf = vec![0u8; MAX_UDP_PACKET_SIZE + 1];
+        let mut rx = RecvBufs::new();
         tracing::info!(dht_public_key = %self.node.dht().public_key(), addr = %self.local_addr, "node started");
         loop {
             self.flush().await;
             let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => {
-                        if n <= MAX_UDP_PACKET_SIZE {
-                            self.node.handle_datagram(Instant::now(), from, &buf[..n]);
+                r = self.socket.readable() => match r {
+                    Ok(()) => self.recv_batches(&mut rx),
+                    Err(e) => tracing::debug!(error = %e, "readable"),
+                },
+                cmd = self.rx.recv() => {
+                    let mut cmd = cmd;
+                    let mut n = 0;
+                    loop {
+                        match cmd {
+                            None | Some(Command::Shutdown) => {
+                                for (_, s) in self.tcp_streams.drain() {
+                                    s.task.abort();
+                                }
+                                tracing::info!("node stopped");
+                                return;
+                            }
+                            Some(Command::Run(job)) => job(&mut self.node, Instant::now()),
+                            Some(Command::SetTcpOnion(sink)) => self.tcp_onion = Some(sink),
+                        }
+                        n += 1;
+                        if n >= COMMANDS_PER_FLUSH {
+                            break;
+                        }
+                        match self.rx.try_recv() {
+                            Ok(c) => cmd = Some(c),
+                            Err(_) => break,
                         }
                     }
-                    // ICMP port-unreachable and similar surface here on Linux; keep going.
-                    Err(e) => tracing::debug!(error = %e, "recv_from"),
-                },
-                cmd = self.rx.recv() => match cmd {
-                    None | Some(Command::Shutdown) => break,
-                    Some(Command::Run(job)) => job(&mut self.node, Instant::now()),
-                    Some(Command::SetTcpOnion(sink)) => self.tcp_onion = Some(sink),
                 },
                 io = self.tcp_rx.recv() => match io {
                     Some(TcpIo::Connected(id, w)) => {
@@ -493,19 +564,53 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
             }
         }
-        for (_, s) in self.tcp_streams.drain() {
-            s.task.abort();
-        }
-        tracing::info!("node stopped");
     }
 
-    /// Events first (the handler may persist them and command the node), then datagrams.
+    /// Reads up to [`RECV_BATCHES_PER_FLUSH`] `recvmmsg` batches and feeds every datagram (GRO
+    /// groups split at their stride) to the node.
+    fn recv_batches(&mut self, rx: &mut RecvBufs) {
+        for _ in 0..RECV_BATCHES_PER_FLUSH {
+            let mut slices: Vec<IoSliceMut<'_>> =
+                rx.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            let (socket, state) = (&self.socket, &self.state);
+            let r = socket.try_io(Interest::READABLE, || {
+                state.recv(socket.into(), &mut slices, &mut rx.meta)
+            });
+            drop(slices);
+            let n = match r {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP port-unreachable and similar surface here on Linux; keep going.
+                Err(e) => {
+                    tracing::debug!(error = %e, "recv");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            for (meta, buf) in rx.meta[..n].iter().zip(&rx.bufs) {
+                let stride = meta.stride.max(1);
+                for dgram in buf[..meta.len.min(buf.len())].chunks(stride) {
+                    if dgram.len() <= MAX_UDP_PACKET_SIZE {
+                        self.node.handle_datagram(now, meta.addr, dgram);
+                    }
+                }
+            }
+            if n < quinn_udp::BATCH_SIZE {
+                return;
+            }
+        }
+    }
+
+    /// Events first (the handler may persist them and command the node), then datagrams,
+    /// coalesced into GSO batches where consecutive ones share address and size.
     async fn flush(&mut self) {
         let now = Instant::now();
         while let Some(ev) = self.node.poll_event() {
             tracing::debug!(?ev, "node event");
             self.handler.on_event(&mut self.node, now, ev);
         }
+        let max_segments = self.state.max_gso_segments().max(1);
+        let mut batch: Option<Batch> = None;
         while let Some(t) = self.node.poll_transmit() {
             match t.destination {
                 Destination::Addr(addr) if relay::tcp_client_conn(addr).is_some() => {
@@ -513,13 +618,54 @@ impl Driver {
                         let _ = sink.try_send((addr, t.payload));
                     }
                 }
-                Destination::Addr(addr) => self.send(addr, &t.payload).await,
+                Destination::Addr(addr) => {
+                    let Some(dest) = self.map_dest(addr) else {
+                        continue;
+                    };
+                    let len = t.payload.len();
+                    let fits = batch.is_some_and(|b| {
+                        b.dest == dest
+                            && !b.closed
+                            && b.count < max_segments
+                            && len <= b.segment
+                            && self.gso.len() + len <= GSO_MAX_BYTES
+                    });
+                    if !fits {
+                        if let Some(b) = batch.take() {
+                            self.send_batch(b).await;
+                        }
+                        batch = Some(Batch {
+                            dest,
+                            segment: len,
+                            count: 0,
+                            closed: false,
+                        });
+                    }
+                    if let Some(b) = batch.as_mut() {
+                        self.gso.extend_from_slice(&t.payload);
+                        b.count += 1;
+                        b.closed = len < b.segment;
+                    }
+                }
                 Destination::LanBroadcast { port } => {
                     for ip in self.broadcast_addrs() {
-                        self.send(SocketAddr::new(ip, port), &t.payload).await;
+                        if let Some(dest) = self.map_dest(SocketAddr::new(ip, port)) {
+                            self.gso.clear();
+                            self.gso.extend_from_slice(&t.payload);
+                            let b = Batch {
+                                dest,
+                                segment: t.payload.len(),
+                                count: 1,
+                                closed: true,
+                            };
+                            self.send_batch(b).await;
+                        }
                     }
                 }
             }
+        }
+        if let Some(b) = batch.take() {
+            self.send_batch(b).await;
         }
         while let Some(c) = self.node.poll_tcp_command() {
             match c {
@@ -543,18 +689,48 @@ impl Driver {
         }
     }
 
-    async fn send(&self, addr: SocketAddr, payload: &[u8]) {
-        let dest = match (self.local_addr, addr) {
-            // A dual-stack socket reaches IPv4 peers through IPv4-mapped addresses.
-            (SocketAddr::V6(_), SocketAddr::V4(v4)) => {
-                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
-            }
-            (SocketAddr::V4(_), SocketAddr::V6(_)) => return,
-            _ => addr,
-        };
-        if let Err(e) = self.socket.send_to(payload, dest).await {
-            tracing::debug!(error = %e, %dest, "send_to");
+    /// A dual-stack socket reaches IPv4 peers through IPv4-mapped addresses; an IPv4 socket
+    /// cannot reach IPv6 ones.
+    fn map_dest(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        match (self.local_addr, addr) {
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) => Some(SocketAddr::new(
+                IpAddr::V6(v4.ip().to_ipv6_mapped()),
+                v4.port(),
+            )),
+            (SocketAddr::V4(_), SocketAddr::V6(_)) => None,
+            _ => Some(addr),
         }
+    }
+
+    /// Sends the batch in `self.gso` (one datagram, or a GSO group) and empties it; waits while
+    /// the socket buffer is full.
+    async fn send_batch(&mut self, b: Batch) {
+        let transmit = quinn_udp::Transmit {
+            destination: b.dest,
+            ecn: None,
+            contents: &self.gso,
+            segment_size: (b.count > 1).then_some(b.segment),
+            src_ip: None,
+        };
+        loop {
+            let (socket, state) = (&self.socket, &self.state);
+            match socket.try_io(Interest::WRITABLE, || {
+                state.try_send(socket.into(), &transmit)
+            }) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.socket.writable().await {
+                        tracing::debug!(error = %e, "writable");
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, dest = %b.dest, "send");
+                    break;
+                }
+            }
+        }
+        self.gso.clear();
     }
 
     /// LAN discovery targets: every IPv4 interface broadcast address, 255.255.255.255 and, on an

@@ -49,37 +49,38 @@
 //!
 //! # Congestion control
 //!
-//! A rate-based token bucket after c-toxcore's `send_crypto_packets` (the packet-rate scheme of
-//! irungentoo's net_crypto), simplified to one bucket for new and retransmitted packets:
+//! A model-based controller after BBR v1 (Cardwell et al., ACM Queue 2016) in the `cc`
+//! submodule, fed only by what c-toxcore's wire format already carries, so c-toxcore peers
+//! interoperate unchanged (they see ordinary data packets and packet requests):
 //!
-//! * Every 50 ms (`PACKET_COUNTER_AVERAGE_INTERVAL`) the send rate is set from the rate `d` at
-//!   which packets actually left over the last 600 ms (12 × 50 ms, c-toxcore's
-//!   `CONGESTION_QUEUE_ARRAY_SIZE`): `rate = 1.25 × d` normally, `rate = 0.9 × d` for 1 s
-//!   (`CONGESTION_EVENT_TIMEOUT`) after a congestion event, never below 4 packets/s
-//!   (`CRYPTO_PACKET_MIN_RATE`). A congestion event is a 600 ms window in which more than a
-//!   quarter of the packets sent (at least 8) were retransmissions the peer asked for: random
-//!   loss below 25 % (wireless, the tests' 20 % lossy link) does not throttle, an overflowing
-//!   bottleneck queue does.
-//! * Tokens accrue at `rate`; the bucket holds `64 + rate × 0.2 s` (c-toxcore:
-//!   `CRYPTO_MIN_QUEUE_LENGTH` + 4 refills). So after any pause a burst of up to 64 packets leaves
-//!   back-to-back — chat, receipts and control packets do not wait — while a bulk sender's rate
-//!   climbs to 1.25 × what it managed over the last 600 ms, re-measured every 50 ms, and falls
-//!   back to 0.9 × that when the peer reports heavy loss.
-//! * Priority packets — every lossless id except file data (0x52) and custom lossless packets
-//!   (160–191), as c-toxcore's `congestion_control = false` sends — leave at once when nothing is
-//!   queued ahead of them, token or not (ferry measured a back-to-back chat round trip of 2.3 ms
-//!   when messages waited for tokens, 0.08 ms without); they still count towards the rate, and
-//!   their retransmissions are paced.
-//! * Packets beyond the tokens stay queued (numbered, counted in the send buffer) and leave as
-//!   tokens accrue; [`NetCrypto::send_lossless`] fails with [`NetCryptoError::QueueFull`] only
-//!   when the 32768-slot send buffer is full. [`NetCrypto::send_queue_free`] lets a bulk sender
-//!   (file transfer) pace itself.
+//! * **Delivered** packets: slots freed by the peer's `buffer_start` (cumulative ACK) or stepped
+//!   over by its packet requests (selective ACK). Every round (`max(srtt, 4 ms)`) the delivery
+//!   rate is one sample; the bottleneck bandwidth is the maximum of the last 10.
+//! * **RTT** from first sends to the ACK that frees them (Karn's rule); srtt/rttvar per RFC 6298,
+//!   min_rtt over 10 s.
+//! * **Loss** (RACK, RFC 8985): a packet a request names is resent when a packet sent after it
+//!   (minus min_rtt/4 reordering allowance) is known received, or, when nothing sent after it
+//!   is known received (a lost tail), when it is older than `2 srtt + 4 rttvar + 5 ms`. Resends go first (the send scan restarts at the lowest
+//!   requested slot): fast retransmission straight from packet requests. Random loss does not
+//!   lower the rate; a round losing more than 20 % of its packets scales the model by 0.7.
+//! * **Sending**: pacing at `gain × bottleneck bandwidth` (token bucket of 32 packets + 2 ms),
+//!   at most `cwnd = gain × bandwidth × (min_rtt + 2 ms) + 64` packets in flight; Startup at gain
+//!   2.89 until the bandwidth stops growing by 25 %/round for 3 rounds, one Drain round, then the
+//!   ProbeBw gain cycle 1.25, 0.75, 1 × 6 (0.75 while srtt shows a standing queue).
+//! * **Priority packets** — every lossless id except file data (0x52) and custom lossless
+//!   packets (160–191), as c-toxcore's `congestion_control = false` sends — leave at once when
+//!   nothing is queued ahead of them, window or not (ferry measured a back-to-back chat round trip
+//!   of 2.3 ms when messages waited for tokens, 0.08 ms without); their retransmissions are paced.
+//! * **Queueing**: packets beyond the window and pacing stay queued (numbered, counted in the
+//!   32768-slot send buffer). Lossless packets are delivered in order, so a chat message queued
+//!   behind bulk data waits for it: a bulk sender (file transfer) should queue only what
+//!   [`NetCrypto::send_budget`] allows (the window plus about 2 ms of pacing), which keeps a chat
+//!   message behind at most about one RTT + 2 ms. [`NetCrypto::send_lossless`] fails with
+//!   [`NetCryptoError::QueueFull`] only when the send buffer is full.
 //!
-//! c-toxcore also measures the queue drain (`packets_sent` minus send-queue growth) and uses ×1.2
-//! headroom, but keeps a second budget for retransmissions and calls it congestion when
-//! retransmissions exhaust the normal budget; it additionally slows down when the send queue
-//! holds more than 2 s of packets. One shared budget with an explicit loss threshold is simpler
-//! to reason about and test; the wire format does not depend on the choice.
+//! c-toxcore 0.2.18 instead sets a packet rate from the queue drain of the last 1.2 s (×1.25
+//! headroom, held after congestion events), which measured 6.1–6.4 MiB/s on loopback (issue 6);
+//! ferry's first port of that scheme measured 1.1 MiB/s in `bench/throughput.sh`.
 //!
 //! # Timeouts
 //!
@@ -111,17 +112,22 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferry_crypto::rng::FerryRng;
-use ferry_crypto::{KeyPair, Nonce, PrecomputedCache, PrecomputedKey, PublicKey, SymmetricKey};
+use ferry_crypto::{
+    KeyPair, MAC_SIZE, Nonce, PrecomputedCache, PrecomputedKey, PublicKey, SymmetricKey,
+};
 use ferry_wire::kind;
 use ferry_wire::net_crypto::{
-    Cookie, CookiePlain, CookieRequest, CookieRequestPayload, CookieResponse,
+    CRYPTO_MAX_PADDING, Cookie, CookiePlain, CookieRequest, CookieRequestPayload, CookieResponse,
     CookieResponsePayload, CryptoData, CryptoDataPayload, DATA_NUM_THRESHOLD, DataKind, Handshake,
-    HandshakePayload, MAX_CRYPTO_DATA_SIZE, PACKET_ID_KILL, PacketRequest, nonce_add,
+    HandshakePayload, MAX_CRYPTO_DATA_SIZE, PACKET_ID_KILL, PacketRequest, nonce_add, nonce_low16,
     reconstruct_nonce,
 };
 use ferry_wire::node::{ip_is_lan, normalize};
 
 use crate::{Destination, Endpoint, Transmit};
+
+mod cc;
+use cc::Bbr;
 
 /// Cookie lifetime (`COOKIE_TIMEOUT` = 15 s).
 pub const COOKIE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -137,18 +143,8 @@ pub const CRYPTO_PACKET_BUFFER_SIZE: u32 = 32768;
 pub const UDP_DIRECT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Session timeout without valid data (c-toxcore `FRIEND_CONNECTION_TIMEOUT` = 32 s).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(32);
-/// Lowest send rate, packets/s (`CRYPTO_PACKET_MIN_RATE`).
-pub const CRYPTO_PACKET_MIN_RATE: f64 = 4.0;
-/// Token bucket floor, packets (`CRYPTO_MIN_QUEUE_LENGTH`).
-pub const CRYPTO_MIN_QUEUE_LENGTH: f64 = 64.0;
-/// Rate update step (`PACKET_COUNTER_AVERAGE_INTERVAL` = 50 ms).
-pub const RATE_INTERVAL: Duration = Duration::from_millis(50);
-/// Rate is held down this long after a congestion event (`CONGESTION_EVENT_TIMEOUT` = 1 s).
-pub const CONGESTION_EVENT_TIMEOUT: Duration = Duration::from_secs(1);
 /// RTT assumed before the first sample (`DEFAULT_PING_CONNECTION` = 1000 ms).
 pub const DEFAULT_RTT: Duration = Duration::from_secs(1);
-/// Delivery-rate window, in [`RATE_INTERVAL`] buckets (`CONGESTION_QUEUE_ARRAY_SIZE`).
-const RATE_BUCKETS: usize = 12;
 /// When nothing is due, [`NetCrypto::poll_timeout`] is this far ahead.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -253,10 +249,16 @@ pub struct SessionState {
     pub send_queue: u32,
     /// Packets waiting for a gap before them to fill.
     pub recv_queue: u32,
-    /// Smallest RTT seen (1 s before the first sample).
+    /// Smallest RTT of the last 10 s (1 s before the first sample).
     pub rtt: Duration,
-    /// Congestion controller send rate, packets/s.
+    /// Congestion controller pacing rate, packets/s.
     pub send_rate: f64,
+    /// Congestion controller bottleneck bandwidth estimate, packets/s.
+    pub btl_bw: f64,
+    /// Congestion window, packets.
+    pub cwnd: u32,
+    /// Lossless packets sent and not yet known received.
+    pub inflight: u32,
 }
 
 /// Why a session ended ([`NetCryptoEvent::Closed`]).
@@ -387,6 +389,8 @@ struct Outgoing {
     data: Vec<u8>,
     /// When last sent; `None` = not sent yet, or requested again.
     sent_at: Option<Instant>,
+    /// The controller's delivery state when last sent (delivery-rate sampling, see `cc`).
+    rate: cc::SendState,
     /// Times sent.
     tries: u32,
 }
@@ -400,11 +404,26 @@ struct SendBuffer {
     unsent: usize,
     /// No slot below this index waits to be sent (keeps [`Ctx::flush`] linear overall).
     scan: usize,
+    /// Slots known received (`None`) that `buffer_start` has not passed yet.
+    freed: usize,
+    /// Latest first-send time of a packet known received (RACK loss rule, see `cc`).
+    newest_delivered_sent: Option<Instant>,
 }
 
 impl SendBuffer {
     fn end(&self) -> u32 {
         self.start.wrapping_add(self.slots.len() as u32)
+    }
+
+    /// Packets sent and not known received.
+    fn inflight(&self) -> usize {
+        self.slots.len() - self.unsent - self.freed
+    }
+
+    fn note_delivered(&mut self, o: &Outgoing) {
+        if let Some(t) = o.sent_at {
+            self.newest_delivered_sent = Some(self.newest_delivered_sent.map_or(t, |x| x.max(t)));
+        }
     }
 }
 
@@ -452,90 +471,6 @@ fn is_priority(data: &[u8]) -> bool {
     !matches!(data.first(), Some(0x52 | 160..=191))
 }
 
-/// The rate-based congestion controller (see the module docs).
-#[derive(Debug)]
-struct Congestion {
-    rate: f64,
-    tokens: f64,
-    last_refill: Instant,
-    sent: [u32; RATE_BUCKETS],
-    resent: [u32; RATE_BUCKETS],
-    bucket: usize,
-    bucket_start: Instant,
-    last_congestion: Option<Instant>,
-}
-
-impl Congestion {
-    fn new(now: Instant) -> Self {
-        Self {
-            rate: CRYPTO_PACKET_MIN_RATE,
-            tokens: CRYPTO_MIN_QUEUE_LENGTH,
-            last_refill: now,
-            sent: [0; RATE_BUCKETS],
-            resent: [0; RATE_BUCKETS],
-            bucket: 0,
-            bucket_start: now,
-            last_congestion: None,
-        }
-    }
-
-    fn capacity(&self) -> f64 {
-        CRYPTO_MIN_QUEUE_LENGTH + self.rate * 0.2
-    }
-
-    fn update(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now.saturating_duration_since(self.bucket_start) >= RATE_INTERVAL {
-            steps += 1;
-            if steps > RATE_BUCKETS {
-                self.sent = [0; RATE_BUCKETS];
-                self.resent = [0; RATE_BUCKETS];
-                self.bucket_start = now;
-            } else {
-                self.bucket_start += RATE_INTERVAL;
-            }
-            let sent: u32 = self.sent.iter().sum();
-            let resent: u32 = self.resent.iter().sum();
-            if sent >= 8 && resent.saturating_mul(4) > sent {
-                self.last_congestion = Some(now);
-            }
-            let d = f64::from(sent) / (RATE_INTERVAL.as_secs_f64() * RATE_BUCKETS as f64);
-            let congested = self
-                .last_congestion
-                .is_some_and(|t| now.saturating_duration_since(t) < CONGESTION_EVENT_TIMEOUT);
-            let factor = if congested { 0.9 } else { 1.25 };
-            self.rate = (d * factor).max(CRYPTO_PACKET_MIN_RATE);
-            self.bucket = (self.bucket + 1) % RATE_BUCKETS;
-            self.sent[self.bucket] = 0;
-            self.resent[self.bucket] = 0;
-        }
-        let dt = now
-            .saturating_duration_since(self.last_refill)
-            .as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.capacity());
-        self.last_refill = now;
-    }
-
-    /// A priority packet went out without a token: counted for the rate estimate only.
-    fn count_sent(&mut self) {
-        self.sent[self.bucket] = self.sent[self.bucket].saturating_add(1);
-    }
-
-    fn on_sent(&mut self, resend: bool) {
-        self.tokens -= 1.0;
-        self.sent[self.bucket] = self.sent[self.bucket].saturating_add(1);
-        if resend {
-            self.resent[self.bucket] = self.resent[self.bucket].saturating_add(1);
-        }
-    }
-
-    /// When one token will be there (only meaningful with tokens < 1).
-    fn next_token(&self) -> Instant {
-        let wait = ((1.0 - self.tokens) / self.rate).max(0.0001);
-        self.last_refill + Duration::from_secs_f64(wait)
-    }
-}
-
 /// One session's state (`Crypto_Connection`).
 #[derive(Debug)]
 struct Session {
@@ -562,8 +497,7 @@ struct Session {
     last_recv: Instant,
     last_request: Option<Instant>,
     request_due: Option<Instant>,
-    rtt: Duration,
-    cc: Congestion,
+    cc: Bbr,
     /// Last packet from the peer over a relay.
     relay_recv: Option<Instant>,
     /// Last UDP try while relayed.
@@ -594,8 +528,7 @@ impl Session {
             last_recv: now,
             last_request: None,
             request_due: None,
-            rtt: DEFAULT_RTT,
-            cc: Congestion::new(now),
+            cc: Bbr::new(now),
             relay_recv: None,
             udp_try: None,
         }
@@ -776,23 +709,20 @@ impl Ctx<'_> {
         let Some(key) = &s.shared else {
             return false;
         };
-        let payload = CryptoDataPayload {
-            buffer_start: s.recv.start,
-            packet_number: num,
-            data: data.to_vec(),
-        };
-        let Ok(pkt) = CryptoData::seal(&s.sent_nonce, key, &payload) else {
+        let Some(pkt) = seal_data(key, &mut s.sent_nonce, s.recv.start, num, data) else {
             return false;
         };
-        s.sent_nonce.increment();
-        self.send_to(now, s, pkt.encode(), false);
-        if !s.recv.has_gap() {
+        let sent = self.send_to(now, s, pkt, false);
+        if sent && !s.recv.has_gap() {
             // The ACK rode along.
             s.request_due = None;
         }
-        true
+        sent
     }
 
+    /// Builds the 0x1b datagram in one buffer, encrypting in place (no per-packet copies but
+    /// the one into the datagram): `[0x1b][nonce low 2][MAC 16][buffer_start][packet number]
+    /// [padding][data]`, padding as in [`CryptoDataPayload::encode`].
     fn send_request(&mut self, now: Instant, s: &mut Session) {
         let req = s.recv.missing().encode();
         let end = s.send.end();
@@ -813,29 +743,40 @@ impl Ctx<'_> {
             return;
         }
         s.cc.update(now);
-        if s.send.unsent == 0 || s.cc.tokens < 1.0 {
-            return;
-        }
         let start = s.send.start;
         let mut i = s.send.scan;
         while i < s.send.slots.len() {
-            if s.send.unsent == 0 || s.cc.tokens < 1.0 {
+            if s.send.unsent == 0 || !s.cc.can_send(s.send.inflight()) {
                 break;
             }
+            let num = start.wrapping_add(i as u32);
+            if !self.can_send(now, s) {
+                break;
+            }
+            let Some(key) = &s.shared else {
+                break;
+            };
             let data = match &s.send.slots[i] {
-                Some(o) if o.sent_at.is_none() => o.data.clone(),
+                Some(o) if o.sent_at.is_none() => &o.data,
                 _ => {
                     i += 1;
                     continue;
                 }
             };
-            let num = start.wrapping_add(i as u32);
-            if !self.send_data(now, s, num, &data) {
+            let Some(pkt) = seal_data(key, &mut s.sent_nonce, s.recv.start, num, data) else {
+                break;
+            };
+            if !self.send_to(now, s, pkt, false) {
                 break;
             }
+            if !s.recv.has_gap() {
+                s.request_due = None;
+            }
             let mut resend = false;
+            let state = s.cc.send_state();
             if let Some(Some(o)) = s.send.slots.get_mut(i) {
                 o.sent_at = Some(now);
+                o.rate = state;
                 resend = o.tries > 0;
                 o.tries += 1;
             }
@@ -843,10 +784,13 @@ impl Ctx<'_> {
                 self.stats.retransmissions += 1;
             }
             s.send.unsent -= 1;
-            s.cc.on_sent(resend);
+            s.cc.on_sent();
             i += 1;
         }
         s.send.scan = i;
+        if s.send.unsent == 0 && !s.cc.window_full(s.send.inflight()) {
+            s.cc.set_app_limited();
+        }
     }
 
     fn set_addr(
@@ -1054,16 +998,30 @@ impl Ctx<'_> {
                 self.stats.malformed += 1;
                 return;
             }
-            if let Some(Some(o)) = s.send.slots.front()
-                && let Some(t) = o.sent_at
-            {
-                s.rtt = s.rtt.min(now.saturating_duration_since(t));
-            }
+            // RTT sample: the newest packet this ACK covers, unless a retransmission in the
+            // covered range may have held `buffer_start` back (Karn).
+            let mut sample: Option<Instant> = None;
+            let mut clean = true;
+            let mut delivered = 0;
             for _ in 0..adv {
-                if let Some(Some(o)) = s.send.slots.pop_front()
-                    && o.sent_at.is_none()
-                {
-                    s.send.unsent -= 1;
+                match s.send.slots.pop_front() {
+                    Some(Some(o)) => {
+                        delivered += 1;
+                        if o.sent_at.is_none() {
+                            s.send.unsent -= 1;
+                        }
+                        if o.tries > 1 {
+                            clean = false;
+                        } else if let Some(t) = o.sent_at {
+                            sample = Some(sample.map_or(t, |x| x.max(t)));
+                        }
+                        s.send.note_delivered(&o);
+                        if let Some(t) = o.sent_at {
+                            s.cc.on_packet_delivered(now, o.rate, t);
+                        }
+                    }
+                    Some(None) => s.send.freed -= 1,
+                    None => {}
                 }
                 let number = s.send.start;
                 s.send.start = s.send.start.wrapping_add(1);
@@ -1073,6 +1031,10 @@ impl Ctx<'_> {
                 });
             }
             s.send.scan = s.send.scan.saturating_sub(adv as usize);
+            s.cc.on_delivered(delivered);
+            if clean && let Some(t) = sample {
+                s.cc.on_rtt_sample(now, now.saturating_duration_since(t));
+            }
         }
         s.last_recv = now;
         self.heard(now, pk, s, from);
@@ -1099,7 +1061,7 @@ impl Ctx<'_> {
             s.temp = None;
             s.temp_sent_at = None;
             s.request_due = Some(now);
-            s.cc = Congestion::new(now);
+            s.cc = Bbr::new(now);
             self.stats.established += 1;
             self.emit(NetCryptoEvent::Established {
                 peer: pk,
@@ -1515,7 +1477,7 @@ impl NetCrypto {
     }
 
     fn on_data(&mut self, now: Instant, from: Path, bytes: &[u8]) {
-        let Ok(pkt) = CryptoData::decode(bytes) else {
+        let Ok((nonce_low, ciphertext)) = CryptoData::split(bytes) else {
             self.stats.malformed += 1;
             return;
         };
@@ -1536,15 +1498,15 @@ impl NetCrypto {
             ctx.stats.unexpected += 1;
             return;
         };
-        let (nonce, diff) = reconstruct_nonce(&s.recv_nonce, pkt.nonce_low);
-        let Ok(plain) = key.decrypt(&nonce, &pkt.ciphertext) else {
+        let (nonce, diff) = reconstruct_nonce(&s.recv_nonce, nonce_low);
+        let Ok(plain) = key.decrypt(&nonce, ciphertext) else {
             ctx.stats.decrypt_failed += 1;
             return;
         };
         if diff > 2 * DATA_NUM_THRESHOLD {
             nonce_add(&mut s.recv_nonce, u32::from(DATA_NUM_THRESHOLD));
         }
-        let Ok(payload) = CryptoDataPayload::decode(&plain) else {
+        let Ok(payload) = CryptoDataPayload::decode_vec(plain) else {
             ctx.stats.malformed += 1;
             return;
         };
@@ -1585,11 +1547,12 @@ impl NetCrypto {
             s.send.slots.push_back(Some(Outgoing {
                 data: data.to_vec(),
                 sent_at: Some(now),
+                rate: s.cc.send_state(),
                 tries: 1,
             }));
             s.cc.update(now);
             if ctx.send_data(now, s, num, data) {
-                s.cc.count_sent();
+                s.cc.on_sent();
             } else if let Some(Some(o)) = s.send.slots.back_mut() {
                 // Could not send now: leave it to the paced path.
                 o.sent_at = None;
@@ -1601,6 +1564,7 @@ impl NetCrypto {
         s.send.slots.push_back(Some(Outgoing {
             data: data.to_vec(),
             sent_at: None,
+            rate: s.cc.send_state(),
             tries: 0,
         }));
         s.send.unsent += 1;
@@ -1643,6 +1607,33 @@ impl NetCrypto {
             .map_or(0, |s| cap.saturating_sub(s.send.slots.len() as u32))
     }
 
+    /// How many bulk lossless packets (file data, custom 160–191) to hand to
+    /// [`NetCrypto::send_lossless`] now: enough to keep the path full, few enough that a chat
+    /// message queued after them is not held up (packets are delivered in order): at most about
+    /// 2 ms of pacing (≥ 32 packets) waiting to be sent, and in flight plus waiting at most the
+    /// congestion window plus that. 0 without an established session. A bulk sender (file
+    /// transfer) calls this before each batch and again when packets are delivered or after
+    /// about 1 ms.
+    pub fn send_budget(&self, real_pk: &PublicKey) -> u32 {
+        let cap = self.config.buffer_slots.min(CRYPTO_PACKET_BUFFER_SIZE);
+        self.peers
+            .get(real_pk)
+            .and_then(|p| p.session.as_ref())
+            .filter(|s| s.status == SessionStatus::Established)
+            .map_or(0, |s| {
+                let free = cap.saturating_sub(s.send.slots.len() as u32);
+                // About 2 ms of pacing waiting to be sent, and no more than the window plus
+                // that in flight and queued: a chat message queued behind waits for little more
+                // than the window ahead of it.
+                let queue = (s.cc.pacing_rate() * 0.002).max(32.0) as u32;
+                let target = s.cc.cwnd() as u32 + queue;
+                let have = (s.send.inflight() + s.send.unsent) as u32;
+                let unsent = s.send.unsent as u32;
+                free.min(target.saturating_sub(have))
+                    .min(queue.saturating_sub(unsent))
+            })
+    }
+
     /// The peer's session, if it has one (any phase).
     pub fn session_state(&self, real_pk: &PublicKey) -> Option<SessionState> {
         let s = self.peers.get(real_pk)?.session.as_ref()?;
@@ -1662,8 +1653,11 @@ impl NetCrypto {
             dht_pk: s.dht_pk,
             send_queue: s.send.slots.len() as u32,
             recv_queue: s.recv.slots.iter().filter(|x| x.is_some()).count() as u32,
-            rtt: s.rtt,
-            send_rate: s.cc.rate,
+            rtt: s.cc.min_rtt.unwrap_or(DEFAULT_RTT),
+            send_rate: s.cc.pacing_rate(),
+            btl_bw: s.cc.btl_bw(),
+            cwnd: s.cc.cwnd() as u32,
+            inflight: s.send.inflight() as u32,
         })
     }
 
@@ -1765,44 +1759,84 @@ fn next_timeout(
             min(d);
         }
         min(s.last_request.map_or(now, |x| x + request_every(config, s)));
-        if s.status == SessionStatus::Established && s.send.unsent > 0 && s.cc.tokens < 1.0 {
+        if s.status == SessionStatus::Established
+            && s.send.unsent > 0
+            && !s.cc.window_full(s.send.inflight())
+        {
             min(s.cc.next_token());
         }
     }
     t
 }
 
-/// Applies a packet request to our send buffer (`handle_request_packet`): named packets
-/// last sent over one RTT ago are queued again, packets stepped over are freed.
+/// Applies a packet request to our send buffer (`handle_request_packet`): packets stepped over
+/// are freed (received; counted as delivered), named packets are queued again when lost: sent
+/// before a packet the peer already has (RACK), or longer ago than the retransmission timeout
+/// (see `cc`).
 fn apply_request(now: Instant, s: &mut Session, req: &PacketRequest) {
     let n = (req.covered as usize).min(s.send.slots.len());
+    // The timeout from before this request's own RTT sample.
+    let rto = s.cc.rto();
     let mut missing = req.missing.iter().copied().peekable();
+    let mut delivered = 0;
+    let mut sample: Option<Instant> = None;
     for i in 0..n {
-        let named = missing.peek() == Some(&(i as u32));
-        if named {
+        if missing.peek() == Some(&(i as u32)) {
             missing.next();
-            if let Some(Some(o)) = s.send.slots.get_mut(i)
-                && o.sent_at
-                    .is_some_and(|t| now.saturating_duration_since(t) > s.rtt)
-            {
-                o.sent_at = None;
-                s.send.unsent += 1;
-                s.send.scan = s.send.scan.min(i);
-            }
-        } else if let Some(slot) = s.send.slots.get_mut(i)
+            continue;
+        }
+        if let Some(slot) = s.send.slots.get_mut(i)
             && let Some(o) = slot.take()
-            && o.sent_at.is_none()
         {
-            s.send.unsent -= 1;
+            s.send.freed += 1;
+            delivered += 1;
+            if o.sent_at.is_none() {
+                s.send.unsent -= 1;
+            } else if o.tries == 1 {
+                sample = sample.max(o.sent_at);
+            }
+            s.send.note_delivered(&o);
+            if let Some(t) = o.sent_at {
+                s.cc.on_packet_delivered(now, o.rate, t);
+            }
         }
     }
+    s.cc.on_delivered(delivered);
+    if let Some(t) = sample {
+        s.cc.on_rtt_sample(now, now.saturating_duration_since(t));
+    }
+    let newest = s
+        .send
+        .newest_delivered_sent
+        .map(|t| t.checked_sub(s.cc.reorder_window()).unwrap_or(t));
+    let mut lost = 0;
+    for &m in &req.missing {
+        let i = m as usize;
+        if i >= n {
+            break;
+        }
+        if let Some(Some(o)) = s.send.slots.get_mut(i)
+            && let Some(t) = o.sent_at
+            && match newest {
+                Some(x) if t < x => true,
+                // Nothing sent after it is known received: only a timeout tells.
+                _ => now.saturating_duration_since(t) > rto,
+            }
+        {
+            o.sent_at = None;
+            s.send.unsent += 1;
+            s.send.scan = s.send.scan.min(i);
+            lost += 1;
+        }
+    }
+    s.cc.on_lost(lost);
 }
 
 fn request_every(config: &NetCryptoConfig, s: &Session) -> Duration {
     if s.send.slots.is_empty() {
         config.request_interval
     } else {
-        (s.rtt * 4)
+        (s.cc.srtt.unwrap_or(DEFAULT_RTT) * 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1))
             .min(config.request_interval)
     }
@@ -1837,6 +1871,35 @@ impl Endpoint for NetCrypto {
     fn poll_timeout(&self) -> Instant {
         Self::poll_timeout(self)
     }
+}
+
+/// Builds and encrypts one data packet in a single buffer (`send_data_packet_helper`): kind,
+/// low 16 bits of `nonce`, then MAC ‖ ciphertext of buffer_start (u32 BE) ‖ `num` (u32 BE) ‖
+/// zero padding ‖ `data`; the padding rounds the plaintext as c-toxcore does. Increments
+/// `nonce`. `None` if `data` is empty or over [`MAX_CRYPTO_DATA_SIZE`] bytes.
+fn seal_data(
+    key: &PrecomputedKey,
+    nonce: &mut Nonce,
+    buffer_start: u32,
+    num: u32,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    const HEADER: usize = 3;
+    if data.is_empty() || data.len() > MAX_CRYPTO_DATA_SIZE {
+        return None;
+    }
+    let padding = (MAX_CRYPTO_DATA_SIZE - data.len()) % CRYPTO_MAX_PADDING;
+    let mut pkt = Vec::with_capacity(HEADER + MAC_SIZE + 8 + padding + data.len());
+    pkt.push(kind::CRYPTO_DATA);
+    pkt.extend_from_slice(&nonce_low16(nonce).to_be_bytes());
+    pkt.extend_from_slice(&[0; MAC_SIZE]);
+    pkt.extend_from_slice(&buffer_start.to_be_bytes());
+    pkt.extend_from_slice(&num.to_be_bytes());
+    pkt.resize(pkt.len() + padding, 0);
+    pkt.extend_from_slice(data);
+    key.encrypt_in_place(nonce, &mut pkt, HEADER).ok()?;
+    nonce.increment();
+    Some(pkt)
 }
 
 #[cfg(test)]

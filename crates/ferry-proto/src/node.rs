@@ -584,6 +584,35 @@ impl Node {
         self.insert_friend(now, pk)
     }
 
+    /// Tells the node a friend's DHT key and, optionally, a UDP address, as an onion DHT-PK
+    /// announcement (`tox-protocol.md` §4.4) would: net_crypto starts its cookie request at once.
+    /// For peers known out of band (benchmarks, tests, static LAN peers).
+    ///
+    /// # Errors
+    /// [`NodeError::NotFriend`].
+    pub fn set_friend_dht_key(
+        &mut self,
+        now: Instant,
+        pk: &PublicKey,
+        dht_pk: PublicKey,
+        addr: Option<SocketAddr>,
+    ) -> Result<(), NodeError> {
+        let f = self.friends.get_mut(pk).ok_or(NodeError::NotFriend)?;
+        if f.dht_pk != Some(dht_pk) {
+            if let Some(old) = f.dht_pk.replace(dht_pk) {
+                self.dht.remove_search(&old);
+            }
+            f.addr = None;
+            let _ = self.dht.add_search(now, dht_pk);
+            self.crypto.set_peer_dht_key(now, pk, dht_pk);
+        }
+        if let Some(addr) = addr {
+            self.set_friend_addr(now, *pk, addr);
+        }
+        self.pump(now);
+        Ok(())
+    }
+
     fn insert_friend(&mut self, now: Instant, pk: PublicKey) -> Result<(), NodeError> {
         if pk == self.real_pk {
             return Err(NodeError::OwnKey);

@@ -560,6 +560,28 @@ impl CryptoData {
         })
     }
 
+    /// As [`CryptoData::decode`] without copying: the nonce's low 2 bytes and the ciphertext
+    /// (`MAC ‖ encrypted payload`) borrowed from `bytes` (the receive hot path).
+    ///
+    /// # Errors
+    /// As [`CryptoData::decode`].
+    pub fn split(bytes: &[u8]) -> Result<(u16, &[u8]), WireError> {
+        match bytes.first() {
+            None => return Err(WireError::Truncated("kind")),
+            Some(&b) if b != kind::CRYPTO_DATA => return Err(WireError::UnknownKind(b)),
+            Some(_) => {}
+        }
+        if !(CRYPTO_DATA_MIN_SIZE..=MAX_CRYPTO_PACKET_SIZE).contains(&bytes.len()) {
+            return Err(WireError::BadLength {
+                what: "crypto data",
+                len: bytes.len(),
+            });
+        }
+        let mut r = Reader::new(&bytes[1..]);
+        let nonce_low = r.u16_be("nonce low bytes")?;
+        Ok((nonce_low, r.rest()))
+    }
+
     /// Emits the datagram.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(3 + self.ciphertext.len());
@@ -663,6 +685,34 @@ impl CryptoDataPayload {
         out.resize(8 + padding, PACKET_ID_PADDING);
         out.extend_from_slice(&self.data);
         Ok(out)
+    }
+
+    /// As [`CryptoDataPayload::decode`], reusing the plaintext buffer for `data` (the numbers
+    /// and padding are cut off in place; no new allocation).
+    ///
+    /// # Errors
+    /// As [`CryptoDataPayload::decode`].
+    pub fn decode_vec(mut plain: Vec<u8>) -> Result<Self, WireError> {
+        let (buffer_start, packet_number, first) = {
+            let mut r = Reader::new(&plain);
+            let buffer_start = r.u32_be("buffer_start")?;
+            let packet_number = r.u32_be("packet number")?;
+            let first = r
+                .rest()
+                .iter()
+                .position(|&b| b != PACKET_ID_PADDING)
+                .ok_or(WireError::BadLength {
+                    what: "crypto data without data",
+                    len: plain.len(),
+                })?;
+            (buffer_start, packet_number, first)
+        };
+        plain.drain(..8 + first);
+        Ok(Self {
+            buffer_start,
+            packet_number,
+            data: plain,
+        })
     }
 
     /// Parses a plaintext, skipping any number of leading zero bytes after the two numbers.
@@ -928,6 +978,7 @@ mod tests {
             let plain = p.encode().expect("encode");
             prop_assert_eq!((plain.len() - 8) % 8, (MAX_CRYPTO_DATA_SIZE) % 8);
             prop_assert_eq!(CryptoDataPayload::decode(&plain).expect("decode"), p.clone());
+            prop_assert_eq!(CryptoDataPayload::decode_vec(plain.clone()).expect("decode"), p.clone());
             let saved = Nonce(base);
             let mut sent = saved;
             nonce_add(&mut sent, u32::from(step));
@@ -935,6 +986,8 @@ mod tests {
             let bytes = pkt.encode();
             prop_assert_eq!(bytes.len(), CRYPTO_DATA_OVERHEAD + plain.len() - 8);
             let back = CryptoData::decode(&bytes).expect("decode");
+            let (low, ct) = CryptoData::split(&bytes).expect("split");
+            prop_assert_eq!((low, ct), (back.nonce_low, back.ciphertext.as_slice()));
             let (n, diff) = reconstruct_nonce(&saved, back.nonce_low);
             prop_assert_eq!(diff, step);
             prop_assert_eq!(n, sent);

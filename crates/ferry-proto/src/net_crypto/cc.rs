@@ -1,0 +1,346 @@
+//! Congestion control of net_crypto's lossless path: a model-based controller after BBR v1
+//! (N. Cardwell, Y. Cheng, C. S. Gunn, S. H. Yeganeh, V. Jacobson, "BBR: Congestion-Based
+//! Congestion Control", ACM Queue 14(5), 2016; draft-cardwell-iccrg-bbr-congestion-control-00),
+//! simplified to the signals net_crypto's wire format already carries and written from the
+//! paper's description (no code copied).
+//!
+//! # Signals (all from c-toxcore-compatible packets, `tox-protocol.md` §5.2)
+//!
+//! * **Delivered packets**: the peer's `buffer_start` (cumulative ACK in every data packet) and
+//!   the numbers a packet request steps over (selective ACK) free send-buffer slots; each freed
+//!   slot is one delivered packet ([`Bbr::on_delivered`]).
+//! * **RTT**: time from a packet's only send to the ACK that freed it (Karn: retransmitted packets
+//!   give no sample). `srtt`/`rttvar` as in RFC 6298; `min_rtt` is the smallest sample of the
+//!   last 10 s.
+//! * **Loss**: a packet request naming a packet we sent before a packet the peer already has
+//!   (RACK-style, RFC 8985), or, when nothing sent after it is known received yet (a lost
+//!   tail), naming one older than the retransmission timeout ([`Bbr::rto`]). Loss alone does not lower the rate (random loss of a few percent on a
+//!   wireless or netem path is not congestion); a round with more than 20 % loss does.
+//!
+//! # Model and control
+//!
+//! * **Delivery rate** per packet as in BBR: a packet records the delivered count and the time of
+//!   the last delivery (and the send time of the packet delivered then) when it is sent; when it
+//!   is known received, `(delivered now − delivered then) / max(ACK interval, send interval)` is
+//!   a sample. Packets credited in a burst (the cumulative ACK
+//!   jumping past a filled hole) thus count over the whole interval, not as a spike.
+//! * Time is cut into **rounds** of `max(srtt, 4 ms)`; a round's sample is its highest
+//!   per-packet sample. The **bottleneck bandwidth** `btl_bw` is the maximum of the last 10
+//!   round samples. Samples taken while the sender had nothing to send
+//!   (app-limited) only count when they raise the estimate.
+//! * **Pacing rate** `= pacing_gain × btl_bw`, enforced with a token bucket holding at most
+//!   `32 + 2 ms` of packets (the driver's timer granularity is about 1 ms).
+//! * **Congestion window** (packets in flight) `= cwnd_gain × btl_bw × (min_rtt + 2 ms) + 64`
+//!   (the 2 ms cover the peer's delayed ACK and timer slack).
+//! * **States**: *Startup* (pacing and cwnd gain 2.89 = 2/ln 2, doubling the delivery rate every
+//!   round) until `btl_bw` grew by less than 25 % for 3 rounds; *Drain* (gain 1/2.89) for one
+//!   round; then *ProbeBw*, cycling pacing gains 1.25, 0.75, 1, 1, 1, 1, 1, 1 (one round each)
+//!   with cwnd gain 2, except that a round ending with `srtt > 2 × min_rtt + 5 ms` (a standing
+//!   queue) makes the next one a 0.75 drain round (a delay guard in the spirit of BBR v2).
+//! * **Heavy loss** (more than 20 % of a round's packets, at least 16): every bandwidth sample
+//!   is scaled by 0.7 and Startup ends; this keeps an overflowing bottleneck from collapsing.
+//!
+//! Differences from BBR v1: no ProbeRTT state (net_crypto sessions rarely run bulk for 10 s with a
+//! standing queue, and min_rtt expiry re-measures from normal traffic); rounds are time-based
+//! instead of packet-delivery-based; the heavy-loss rule is from BBR v2's spirit. The wire format
+//! does not depend on any of it: c-toxcore peers see ordinary data packets and packet requests.
+
+use std::time::{Duration, Instant};
+
+/// Bandwidth samples in the max filter (rounds).
+const BW_WINDOW: usize = 10;
+/// Startup / drain gain 2/ln 2.
+const HIGH_GAIN: f64 = 2.885;
+/// ProbeBw pacing gain cycle.
+const CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+/// Smallest congestion window, packets.
+pub(super) const MIN_CWND: f64 = 64.0;
+/// Allowance for the peer's delayed ACK and timer slack in the window.
+const ACK_ALLOWANCE: Duration = Duration::from_millis(2);
+/// Smallest round.
+const MIN_ROUND: Duration = Duration::from_millis(4);
+/// min_rtt expires after this long.
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// Bandwidth estimate before any sample, packets/s (about 2.7 MB/s of 1373-byte packets).
+const INITIAL_BW: f64 = 2000.0;
+
+/// What a packet remembers of the controller when it is sent: packets delivered so far and when
+/// the last of them was (BBR's per-packet delivery-rate sampling).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SendState {
+    delivered: u64,
+    delivered_time: Instant,
+    /// When the most recently delivered packet had been sent.
+    first_sent: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    Startup,
+    Drain,
+    ProbeBw(usize),
+}
+
+/// The controller state of one session.
+#[derive(Debug)]
+pub(super) struct Bbr {
+    pub(super) srtt: Option<Duration>,
+    rttvar: Duration,
+    pub(super) min_rtt: Option<Duration>,
+    min_rtt_at: Instant,
+    samples: [f64; BW_WINDOW],
+    next_sample: usize,
+    btl_bw: f64,
+    delivered: u64,
+    /// Deliveries of the ACK being processed, not yet in `delivered`.
+    pending_delivered: u64,
+    delivered_time: Instant,
+    /// When the most recently delivered packet had been sent.
+    first_sent: Instant,
+    /// Highest per-packet delivery-rate sample of the current round, packets/s.
+    round_max_rate: f64,
+    lost: u64,
+    round_start: Instant,
+    round_delivered: u64,
+    round_lost: u64,
+    round_app_limited: bool,
+    mode: Mode,
+    /// The last round ended with srtt above `2 × min_rtt + 5 ms`.
+    queueing: bool,
+    full_bw: f64,
+    full_bw_rounds: u32,
+    tokens: f64,
+    last_refill: Instant,
+}
+
+impl Bbr {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            min_rtt: None,
+            min_rtt_at: now,
+            samples: [0.0; BW_WINDOW],
+            next_sample: 0,
+            btl_bw: INITIAL_BW,
+            delivered: 0,
+            pending_delivered: 0,
+            delivered_time: now,
+            first_sent: now,
+            round_max_rate: 0.0,
+            lost: 0,
+            round_start: now,
+            round_delivered: 0,
+            round_lost: 0,
+            round_app_limited: false,
+            mode: Mode::Startup,
+            queueing: false,
+            full_bw: 0.0,
+            full_bw_rounds: 0,
+            tokens: MIN_CWND,
+            last_refill: now,
+        }
+    }
+
+    fn gains(&self) -> (f64, f64) {
+        match self.mode {
+            Mode::Startup => (HIGH_GAIN, HIGH_GAIN),
+            Mode::Drain => (1.0 / HIGH_GAIN, HIGH_GAIN),
+            // A standing queue (srtt well above min_rtt): drain instead of probing.
+            Mode::ProbeBw(_) if self.queueing => (0.75, 2.0),
+            Mode::ProbeBw(i) => (CYCLE[i % CYCLE.len()], 2.0),
+        }
+    }
+
+    /// Pacing rate, packets/s.
+    pub(super) fn pacing_rate(&self) -> f64 {
+        self.gains().0 * self.btl_bw
+    }
+
+    /// Bottleneck bandwidth estimate, packets/s.
+    pub(super) fn btl_bw(&self) -> f64 {
+        self.btl_bw
+    }
+
+    /// Congestion window, packets in flight.
+    pub(super) fn cwnd(&self) -> f64 {
+        let rtt = self.min_rtt.unwrap_or(Duration::from_millis(100)) + ACK_ALLOWANCE;
+        self.gains().1 * self.btl_bw * rtt.as_secs_f64() + MIN_CWND
+    }
+
+    fn bucket(&self) -> f64 {
+        32.0 + self.pacing_rate() * ACK_ALLOWANCE.as_secs_f64()
+    }
+
+    /// Retransmission timeout for packets a request names that the RACK rule cannot judge
+    /// (nothing sent after them is known received, e.g. a lost tail): `2 srtt + 4 rttvar + 5 ms`
+    /// (1 s before the first sample, `DEFAULT_PING_CONNECTION`).
+    pub(super) fn rto(&self) -> Duration {
+        match self.srtt {
+            None => Duration::from_secs(1),
+            Some(s) => s * 2 + self.rttvar * 4 + Duration::from_millis(5),
+        }
+    }
+
+    /// Reordering allowance for the RACK rule: a quarter of min_rtt.
+    pub(super) fn reorder_window(&self) -> Duration {
+        self.min_rtt.unwrap_or(Duration::ZERO) / 4
+    }
+
+    pub(super) fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(s) => {
+                let err = s.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((s * 7 + rtt) / 8);
+            }
+        }
+        if self.min_rtt.is_none_or(|m| {
+            rtt <= m || now.saturating_duration_since(self.min_rtt_at) > MIN_RTT_WINDOW
+        }) {
+            self.min_rtt = Some(rtt);
+            self.min_rtt_at = now;
+        }
+    }
+
+    /// The state a packet sent now records.
+    pub(super) fn send_state(&self) -> SendState {
+        SendState {
+            delivered: self.delivered + self.pending_delivered,
+            delivered_time: self.delivered_time,
+            first_sent: self.first_sent,
+        }
+    }
+
+    /// One sent packet is known received: a delivery-rate sample over the time since the last
+    /// delivery before it was sent. A burst of packets credited at once (the cumulative ACK
+    /// jumping when a hole is filled) is thereby spread over the whole interval.
+    pub(super) fn on_packet_delivered(&mut self, now: Instant, sent: SendState, sent_at: Instant) {
+        self.pending_delivered += 1;
+        self.delivered_time = now;
+        self.first_sent = self.first_sent.max(sent_at);
+        // BBR: the longer of the ACK interval and the send interval, so that ACKs arriving
+        // compressed (a receiver catching up, a cumulative ACK jumping) cannot claim a rate the
+        // sender never sent at.
+        let ack_elapsed = now.saturating_duration_since(sent.delivered_time);
+        let send_elapsed = sent_at.saturating_duration_since(sent.first_sent);
+        let interval = ack_elapsed.max(send_elapsed);
+        if interval >= Duration::from_micros(500) {
+            let n = (self.delivered + self.pending_delivered).saturating_sub(sent.delivered);
+            let rate = n as f64 / interval.as_secs_f64();
+            self.round_max_rate = self.round_max_rate.max(rate);
+        }
+    }
+
+    /// `n` packets were freed by one ACK or packet request (their per-packet samples were
+    /// taken by [`Bbr::on_packet_delivered`]).
+    pub(super) fn on_delivered(&mut self, n: u64) {
+        let _ = n;
+        self.delivered += self.pending_delivered;
+        self.pending_delivered = 0;
+    }
+
+    pub(super) fn on_lost(&mut self, n: u64) {
+        self.lost += n;
+    }
+
+    /// The sender ran out of data with room in the window.
+    pub(super) fn set_app_limited(&mut self) {
+        self.round_app_limited = true;
+    }
+
+    /// Ends rounds that are over and refills the pacing bucket.
+    pub(super) fn update(&mut self, now: Instant) {
+        let round = self.srtt.unwrap_or(MIN_ROUND).max(MIN_ROUND);
+        let elapsed = now.saturating_duration_since(self.round_start);
+        if elapsed >= round {
+            self.end_round(elapsed);
+            self.round_start = now;
+        }
+        let dt = now
+            .saturating_duration_since(self.last_refill)
+            .as_secs_f64();
+        self.tokens = (self.tokens + dt * self.pacing_rate()).min(self.bucket());
+        self.last_refill = now;
+    }
+
+    fn end_round(&mut self, elapsed: Duration) {
+        self.queueing = match (self.srtt, self.min_rtt) {
+            (Some(s), Some(m)) => s > m * 2 + Duration::from_millis(5),
+            _ => false,
+        };
+        let delivered = self.delivered - self.round_delivered;
+        let lost = self.lost - self.round_lost;
+        self.round_delivered = self.delivered;
+        self.round_lost = self.lost;
+        // Per-packet samples when there were any, else the round's average.
+        let sample = if self.round_max_rate > 0.0 {
+            std::mem::take(&mut self.round_max_rate)
+        } else {
+            delivered as f64 / elapsed.as_secs_f64()
+        };
+        let app_limited = std::mem::take(&mut self.round_app_limited);
+        if !app_limited || sample > self.btl_bw {
+            self.samples[self.next_sample] = sample;
+            self.next_sample = (self.next_sample + 1) % BW_WINDOW;
+        }
+        if lost >= 16 && lost * 5 > delivered + lost {
+            for s in &mut self.samples {
+                *s *= 0.7;
+            }
+            if self.mode == Mode::Startup {
+                self.mode = Mode::Drain;
+            }
+        }
+        let max = self.samples.iter().copied().fold(0.0, f64::max);
+        // Before any delivery the initial guess stands.
+        if max > 0.0 || self.delivered > 0 {
+            self.btl_bw = max.max(MIN_CWND / 0.1);
+        }
+        self.mode = match self.mode {
+            Mode::Startup => {
+                if app_limited {
+                    Mode::Startup
+                } else if self.btl_bw >= self.full_bw * 1.25 {
+                    self.full_bw = self.btl_bw;
+                    self.full_bw_rounds = 0;
+                    Mode::Startup
+                } else {
+                    self.full_bw_rounds += 1;
+                    if self.full_bw_rounds >= 3 {
+                        Mode::Drain
+                    } else {
+                        Mode::Startup
+                    }
+                }
+            }
+            Mode::Drain => Mode::ProbeBw(2),
+            Mode::ProbeBw(i) => Mode::ProbeBw((i + 1) % CYCLE.len()),
+        };
+    }
+
+    /// Whether one more packet may leave now with `inflight` packets unacknowledged.
+    pub(super) fn can_send(&self, inflight: usize) -> bool {
+        self.tokens >= 1.0 && (inflight as f64) < self.cwnd()
+    }
+
+    /// Only the window (not pacing) holds the sender back.
+    pub(super) fn window_full(&self, inflight: usize) -> bool {
+        (inflight as f64) >= self.cwnd()
+    }
+
+    /// One packet left (a priority packet may take the bucket below zero; it is bounded).
+    pub(super) fn on_sent(&mut self) {
+        self.tokens = (self.tokens - 1.0).max(-self.bucket());
+    }
+
+    /// When the next token is there (meaningful with tokens < 1).
+    pub(super) fn next_token(&self) -> Instant {
+        let wait = ((1.0 - self.tokens) / self.pacing_rate()).max(0.000_05);
+        self.last_refill + Duration::from_secs_f64(wait)
+    }
+}
