@@ -35,6 +35,9 @@ use crate::net_crypto::{NetCrypto, NetCryptoConfig, NetCryptoEvent};
 use crate::onion::{Onion, OnionConfig, OnionEvent};
 use crate::{Endpoint, Transmit};
 
+pub mod file;
+pub use file::{FileCommand, FileDirection, FileEvent, FileInfo, FileNumber, PeerControl};
+
 /// friend_connection keepalive interval (`FRIEND_PING_INTERVAL`).
 pub const ALIVE_INTERVAL: Duration = Duration::from_secs(8);
 /// A session without any packet for this long is dropped (`FRIEND_CONNECTION_TIMEOUT`, 4 × 8 s).
@@ -146,6 +149,15 @@ pub enum NodeError {
     /// The session refused the packet (send queue full).
     #[error("send queue full: {0}")]
     Congested(String),
+    /// All 256 outgoing file numbers for this friend are in use.
+    #[error("too many file transfers with this friend (256)")]
+    TooManyFiles,
+    /// No such file transfer.
+    #[error("no such file transfer")]
+    NoSuchFile,
+    /// The file transfer is not in a state that allows this.
+    #[error("file transfer: {0}")]
+    FileState(&'static str),
 }
 
 /// What the node tells its owner.
@@ -207,6 +219,8 @@ pub enum NodeEvent {
         /// Typing or not.
         typing: bool,
     },
+    /// A file-transfer event ([`file`]).
+    File(FileEvent),
     /// A custom lossless (160–191) or lossy (200–254) packet, id byte first.
     CustomPacket {
         /// The friend.
@@ -278,6 +292,10 @@ pub struct Node {
     events: VecDeque<NodeEvent>,
     events_dropped: u64,
     self_connected: bool,
+    /// File transfers per friend (only friends with some).
+    files: BTreeMap<PublicKey, file::FriendFiles>,
+    /// net_crypto's send buffer size, slots.
+    file_queue_cap: u32,
 }
 
 impl Node {
@@ -300,6 +318,10 @@ impl Node {
             rng.fork(),
             now,
         );
+        let file_queue_cap = config
+            .net_crypto
+            .buffer_slots
+            .min(crate::net_crypto::CRYPTO_PACKET_BUFFER_SIZE);
         let crypto = NetCrypto::new(config.net_crypto, real_keys, dht_keys, rng.fork(), now);
         Self {
             dht,
@@ -317,6 +339,8 @@ impl Node {
             events: VecDeque::new(),
             events_dropped: 0,
             self_connected: false,
+            files: BTreeMap::new(),
+            file_queue_cap,
         }
     }
 
@@ -492,6 +516,7 @@ impl Node {
     /// [`NodeError::NotFriend`].
     pub fn remove_friend(&mut self, now: Instant, pk: &PublicKey) -> Result<(), NodeError> {
         let f = self.friends.remove(pk).ok_or(NodeError::NotFriend)?;
+        self.files.remove(pk);
         if f.online {
             let _ = self
                 .crypto
@@ -657,6 +682,7 @@ impl Node {
                 break;
             }
         }
+        self.file_request_chunks(now);
     }
 
     fn on_dht_event(&mut self, now: Instant, e: DhtEvent) {
@@ -769,6 +795,7 @@ impl Node {
                 peer,
                 packet_number,
             } => {
+                self.on_file_delivered(peer, packet_number);
                 let Some(f) = self.friends.get_mut(&peer) else {
                     return;
                 };
@@ -803,6 +830,7 @@ impl Node {
         if f.online {
             f.online = false;
             f.receipts.clear();
+            self.on_file_friend_offline(peer);
             self.onion.set_friend_online(&peer, false);
             self.emit(NodeEvent::FriendConnection {
                 public_key: peer,
@@ -840,6 +868,7 @@ impl Node {
             }
             MessengerPacket::Offline if f.online => {
                 f.online = false;
+                self.on_file_friend_offline(peer);
                 self.onion.set_friend_online(&peer, false);
                 self.emit(NodeEvent::FriendConnection {
                     public_key: peer,
@@ -870,6 +899,13 @@ impl Node {
                     action,
                     text,
                 });
+            }
+            p @ (MessengerPacket::FileSendRequest(_)
+            | MessengerPacket::FileControl(_)
+            | MessengerPacket::FileData { .. })
+                if lossless && f.online =>
+            {
+                self.on_file_packet(now, peer, p);
             }
             MessengerPacket::CustomLossless(data) if lossless && f.online => {
                 self.emit(NodeEvent::CustomPacket {
