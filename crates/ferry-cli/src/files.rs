@@ -204,7 +204,11 @@ async fn finish(client: &Client, t: FileTransfer, wait: bool, json: bool) -> any
             println!(
                 "{} done {} ({} bytes){}",
                 t.id,
-                if t.direction == "in" { &t.path } else { &t.name },
+                if t.direction == "in" {
+                    &t.path
+                } else {
+                    &t.name
+                },
                 t.bytes_done,
                 t.hash.map(|h| format!(" blake3 {h}")).unwrap_or_default()
             );

@@ -250,9 +250,11 @@ impl ChatShared {
             .map_err(internal)?;
         let seed = ferry_crypto::rng::os_seed().map_err(internal)?;
         let file_id: [u8; 32] = ferry_crypto::rng::FerryRng::from_seed(seed).bytes();
-        let name = safe_name(&path.file_name().map_or_else(String::new, |n| {
-            n.to_string_lossy().into_owned()
-        }));
+        let name = safe_name(
+            &path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        );
         let rec = TransferRecord {
             id: 0,
             friend: pk.to_hex(),
@@ -385,8 +387,10 @@ impl ChatShared {
         let mut st = lock(&self.files);
         st.offered.remove(&id);
         st.live.insert((pk, file), id);
-        st.open
-            .insert(id, new_open(pk, file, handle, Some(blake3::Hasher::new()), 0));
+        st.open.insert(
+            id,
+            new_open(pk, file, handle, Some(blake3::Hasher::new()), 0),
+        );
         drop(st);
         self.set_state(id, TransferState::Active, |r| {
             r.path = path.to_string_lossy().into_owned();
@@ -550,13 +554,7 @@ impl ChatShared {
                 self.offer(n, now, pk, r.id);
             }
         }
-        if self
-            .store
-            .settings()
-            .ok()
-            .and_then(|s| s.avatar)
-            .is_some()
-        {
+        if self.store.settings().ok().and_then(|s| s.avatar).is_some() {
             self.send_avatar(n, now, pk);
         }
     }
@@ -680,9 +678,7 @@ impl ChatShared {
                 {
                     let next = if r.kind == FILE_KIND_AVATAR {
                         TransferState::Cancelled
-                    } else if r.state == TransferState::Waiting
-                        && r.direction == Direction::Out
-                    {
+                    } else if r.state == TransferState::Waiting && r.direction == Direction::Out {
                         TransferState::Waiting
                     } else {
                         TransferState::Broken

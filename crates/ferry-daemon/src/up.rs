@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ferry_api::{
     AddFriend, ApiError, Backend, BootstrapRequest, BoxFuture, CustomPacket, DhtNode, FileAction,
-    FileTransfer, Friend, SendFile, SetAvatar,
-    FriendKey, FriendRequest, ListMessages, ListPackets, LookupRequest, LookupResult, Message,
-    ReceivedPacket, RelayStatus, SelfInfo, SelfUpdate, SendMessage, Status, Typing,
+    FileTransfer, Friend, FriendKey, FriendRequest, ListMessages, ListPackets, LookupRequest,
+    LookupResult, Message, ReceivedPacket, RelayStatus, SelfInfo, SelfUpdate, SendFile,
+    SendMessage, SetAvatar, Status, Typing,
 };
 use ferry_crypto::{KeyPair, PublicKey};
 use ferry_net::{
