@@ -9,8 +9,10 @@
 //!    accepting, position < size) and then [`Node::file_control`] `Accept`.
 //! 3. Sender, once accepted: the node *pulls* data from the app as c-toxcore's
 //!    `file_chunk_request` callback does: [`FileEvent::ChunkRequest`] `{position, length ≤ 1371}`
-//!    for as many chunks as net_crypto's send queue has room for (free slots minus
-//!    [`MIN_SLOTS_FREE`], at most [`FILE_QUEUE_MAX`] file packets queued); the app answers
+//!    for as many chunks as net_crypto's send queue has room for: free slots minus
+//!    [`MIN_SLOTS_FREE`] (as c-toxcore), and at most [`FILE_QUEUE_MIN`] + [`FILE_QUEUE_SECONDS`]
+//!    of the measured drain rate (acknowledged packets/s), capped at [`FILE_QUEUE_MAX`], packets
+//!    queued; the app answers
 //!    [`Node::file_send_chunk`] with exactly that chunk (from inside its event handler, or
 //!    later). The chunks are FILE_DATA lossless packets, the only congestion-controlled
 //!    messenger packets.
@@ -43,11 +45,21 @@ use super::{Node, NodeError, NodeEvent};
 /// Send-queue slots file data leaves free for other packets (c-toxcore `MIN_SLOTS_FREE` =
 /// `CRYPTO_MIN_QUEUE_LENGTH / 4` = 16).
 pub const MIN_SLOTS_FREE: u32 = 16;
-/// Most packets (all kinds) in net_crypto's send queue before file chunks stop being requested
-/// (ferry's cap; c-toxcore fills the whole 32768-slot buffer). 4096 × 1.4 kB ≈ 5.6 MB in flight:
+/// Upper bound of the adaptive file window: most packets (all kinds) in net_crypto's send queue
+/// before file chunks stop being requested (ferry's cap; c-toxcore fills the whole 32768-slot
+/// buffer). 4096 × 1.4 kB ≈ 5.6 MB in flight:
 /// above the bandwidth-delay product of a 100 MiB/s path with 50 ms RTT, while a pause takes
 /// effect (and a chat message waits) behind at most that much queued file data.
 pub const FILE_QUEUE_MAX: u32 = 4096;
+/// File packets always allowed in the send queue, whatever the measured drain rate.
+pub const FILE_QUEUE_MIN: u32 = 256;
+/// Seconds of the measured drain rate the file layer keeps queued in net_crypto beyond
+/// [`FILE_QUEUE_MIN`]: enough to keep the congestion controller supplied between ACKs (which
+/// refill the queue), small enough that a pause or a chat message waits at most about this
+/// long behind queued file data.
+pub const FILE_QUEUE_SECONDS: f64 = 0.25;
+/// Drain-rate measurement window.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most chunk requests emitted per friend per node step (c-toxcore: 128 rounds over the files).
 pub const MAX_REQUESTS_PER_STEP: u32 = 4096;
 
@@ -254,6 +266,12 @@ pub(super) struct FriendFiles {
     active: u16,
     /// Round-robin start for chunk requests.
     cursor: usize,
+    /// Lossless packets the friend acknowledged in the current rate window.
+    delivered: u32,
+    /// Start of the current rate window.
+    window_start: Option<Instant>,
+    /// Smoothed drain rate, packets/s.
+    drain_rate: f64,
 }
 
 impl FriendFiles {
@@ -671,6 +689,7 @@ impl Node {
         if files.active == 0 {
             return;
         }
+        files.delivered = files.delivered.saturating_add(1);
         let mut done = Vec::new();
         for (i, t) in files.sending.iter().enumerate() {
             if let Some(t) = t
@@ -747,9 +766,23 @@ impl Node {
                 .flatten()
                 .map(Transfer::pending_chunks)
                 .sum();
+            // Measured drain rate (acknowledged packets per second), smoothed.
+            match files.window_start {
+                None => files.window_start = Some(now),
+                Some(t) if now.saturating_duration_since(t) >= RATE_WINDOW => {
+                    let el = now.saturating_duration_since(t).as_secs_f64();
+                    let inst = f64::from(files.delivered) / el;
+                    files.drain_rate = 0.5 * files.drain_rate + 0.5 * inst;
+                    files.delivered = 0;
+                    files.window_start = Some(now);
+                }
+                Some(_) => {}
+            }
+            let window = (f64::from(FILE_QUEUE_MIN) + files.drain_rate * FILE_QUEUE_SECONDS)
+                .min(f64::from(FILE_QUEUE_MAX)) as u32;
             let mut budget = free
                 .saturating_sub(MIN_SLOTS_FREE)
-                .min(FILE_QUEUE_MAX.saturating_sub(used))
+                .min(window.saturating_sub(used))
                 .saturating_sub(pending)
                 .min(MAX_REQUESTS_PER_STEP);
             let mut requests = Vec::new();
