@@ -600,12 +600,11 @@ impl ChatShared {
                         .map(|o| o.handle.read_exact_at(&mut buf, position))
                 };
                 match read {
-                    Some(Ok(())) => {
+                    Some(Ok(()))
                         if n.file_send_chunk(now, &friend, number, position, &buf)
-                            .is_ok()
-                        {
-                            self.progress(id, position + u64::from(length));
-                        }
+                            .is_ok() =>
+                    {
+                        self.progress(id, position + u64::from(length));
                     }
                     Some(Err(e)) => self.kill(
                         n,
@@ -614,7 +613,7 @@ impl ChatShared {
                         TransferState::Failed,
                         format!("reading source: {e}"),
                     ),
-                    None => {}
+                    _ => {}
                 }
             }
             FileEvent::Control {
@@ -711,11 +710,9 @@ impl ChatShared {
                 false
             }
         };
-        if save {
-            if let Ok(Some(mut r)) = self.store.transfer(id) {
-                r.bytes_done = bytes;
-                self.save(&r);
-            }
+        if save && let Ok(Some(mut r)) = self.store.transfer(id) {
+            r.bytes_done = bytes;
+            self.save(&r);
         }
     }
 

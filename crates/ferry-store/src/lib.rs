@@ -597,8 +597,27 @@ mod tests {
                 name: "alice".into(),
                 status_message: "hi".into(),
                 auto_accept: true,
+                auto_accept_files: Some("/tmp/in".into()),
+                avatar: None,
             })
             .expect("settings");
+            let t = TransferRecord {
+                id: 0,
+                friend: pk(1),
+                direction: Direction::In,
+                kind: 0,
+                file_id: "ab".repeat(32),
+                name: "f.bin".into(),
+                size: 10,
+                bytes_done: 4,
+                state: TransferState::Broken,
+                path: "/tmp/in/f.bin".into(),
+                hash: None,
+                error: None,
+                created_ms: 1,
+            };
+            assert_eq!(s.put_transfer(&t).expect("transfer"), 1);
+            assert_eq!(s.put_transfer(&t).expect("transfer"), 2);
             s.put_friend(&FriendRecord {
                 public_key: pk(1),
                 name: "bob".into(),
@@ -633,6 +652,16 @@ mod tests {
         }
         let s = Store::open(&path).expect("reopen");
         assert_eq!(s.settings().expect("settings").name, "alice");
+        let tr = s.transfers().expect("transfers");
+        assert_eq!(tr.len(), 2);
+        assert_eq!(
+            (tr[1].id, tr[1].bytes_done, tr[1].state),
+            (2, 4, TransferState::Broken)
+        );
+        assert_eq!(
+            s.transfer(1).expect("t").map(|t| t.name),
+            Some("f.bin".into())
+        );
         assert_eq!(s.friends().expect("friends")[0].name, "bob");
         assert_eq!(s.requests().expect("requests")[0].message, "let me in");
         let all = s.messages(None, 0, 100).expect("messages");
