@@ -1220,6 +1220,44 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "measurement: virtual-time rate of one transfer over an ideal link"]
+    fn virtual_time_rate() {
+        let mut p = Pair::new();
+        let data = pattern(40 << 20, 5);
+        p.send(0, data, 3);
+        let n = p.recv_number(1, 3);
+        let t0 = p.now;
+        p.accept(1, n, 0, Vec::new());
+        let mut last = 0;
+        for s in 0..60 {
+            p.run_until(
+                |p| p.incoming[0].3 || p.now >= t0 + Duration::from_secs(s + 1),
+                2_000_000,
+            );
+            let got = p.incoming[0].2.len();
+            let st = p.nodes[0]
+                .crypto
+                .session_state(&p.keys[1])
+                .expect("session");
+            eprintln!(
+                "t={:>2}s {:>6.2} MiB/s  send_rate {:>8.0} pkt/s  queue {}  drain {:.0}",
+                s + 1,
+                (got - last) as f64 / 1048576.0,
+                st.send_rate,
+                st.send_queue,
+                p.nodes[0]
+                    .files
+                    .get(&p.keys[1])
+                    .map_or(0.0, |f| f.drain_rate)
+            );
+            last = got;
+            if p.incoming[0].3 {
+                break;
+            }
+        }
+    }
+
+    #[test]
     fn bad_controls_are_refused_or_killed() {
         let mut p = Pair::new();
         let pk1 = p.keys[1];
