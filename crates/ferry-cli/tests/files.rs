@@ -288,9 +288,11 @@ fn ferry_to_ferry_pause_resume_cancel_and_20_concurrent() {
 }
 
 /// kill -9 of the receiver mid-file: after restart the sender offers the same file id again,
-/// the receiver seeks to the prefix it kept, and the result hashes equal.
+/// the receiver seeks to the prefix it kept, and the result hashes equal. Then the same with
+/// kill -9 of the sender (its records survive; it offers the file again when the friend is
+/// back).
 #[test]
-fn receiver_kill_9_resumes_by_seek() {
+fn kill_9_of_receiver_or_sender_resumes_by_seek() {
     let infra = Infra::new(6).expect("infra");
     let (a, mut b, _a_pk, b_pk) = ferry_pair(&infra);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -326,7 +328,34 @@ fn receiver_kill_9_resumes_by_seek() {
         log.contains("resuming incoming file"),
         "no resume in the log:\n{log}"
     );
-    eprintln!("resumed after kill -9 with {before} bytes kept");
+    eprintln!("resumed after kill -9 of the receiver with {before} bytes kept");
+
+    // kill -9 of the sender: after its restart it offers the file again by itself.
+    let mut a = a;
+    let src2 = make_file(dir.path(), "big2.bin", 48 << 20, 8);
+    let sent2 = a
+        .json(&[
+            "file",
+            "send",
+            &b_pk,
+            src2.to_str().expect("utf8"),
+            "--json",
+        ])
+        .expect("send");
+    let part2 = wait_file(&b, "partial 2", STEP, |v| {
+        v["file_id"] == sent2["file_id"] && v["bytes_done"].as_u64().unwrap_or(0) > (1 << 20)
+    });
+    assert_ne!(part2["state"], "done");
+    a.kill9().expect("kill -9 sender");
+    a.restart().expect("restart sender");
+    let done2 = wait_file(&b, "resumed after sender restart", STEP * 3, |v| {
+        v["file_id"] == sent2["file_id"] && v["state"] == "done"
+    });
+    assert_eq!(done2["id"], part2["id"], "same record resumed");
+    assert_eq!(done2["hash"].as_str(), Some(blake3_of(&src2).as_str()));
+    wait_file(&a, "sender record done", STEP, |v| {
+        v["id"] == sent2["id"] && v["state"] == "done"
+    });
     assert!(a.stop().expect("stop a"));
     assert!(b.stop().expect("stop b"));
 }

@@ -223,7 +223,16 @@ impl ChatShared {
     pub fn files_list(&self) -> Result<Vec<FileTransfer>, ApiError> {
         let recs = self.store.transfers().map_err(internal)?;
         let st = lock(&self.files);
-        Ok(recs.into_iter().map(|r| self.api_record(r, &st)).collect())
+        // Avatar offers repeat at every reconnect: list only the live or received ones.
+        Ok(recs
+            .into_iter()
+            .filter(|r| {
+                r.kind != FILE_KIND_AVATAR
+                    || !r.state.is_final()
+                    || (r.direction == Direction::In && r.state == TransferState::Done)
+            })
+            .map(|r| self.api_record(r, &st))
+            .collect())
     }
 
     /// `POST /v1/files/send`: hashes the source, records the transfer and offers it now if the
