@@ -283,6 +283,28 @@ fn ferry_to_ferry_pause_resume_cancel_and_20_concurrent() {
         assert!(start.elapsed() < STEP * 2, "{done}/20 done: {list:#?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Avatars: a sets one; b stores it under its profile.
+    let img = make_file(dir.path(), "me.png", 20_000, 99);
+    ok(&a
+        .cli(&["file", "avatar", img.to_str().expect("utf8")])
+        .expect("avatar"));
+    let want = std::fs::read(&img).expect("read");
+    let start = Instant::now();
+    loop {
+        let got = std::fs::read_dir(b.profile().join("avatars"))
+            .ok()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(&a_pk))
+            .and_then(|e| std::fs::read(e.path()).ok());
+        if got.as_deref() == Some(&want[..]) {
+            break;
+        }
+        assert!(start.elapsed() < STEP, "avatar never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(a.stop().expect("stop a"));
     assert!(b.stop().expect("stop b"));
 }

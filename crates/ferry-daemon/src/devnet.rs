@@ -53,6 +53,10 @@ pub struct DevnetReport {
     pub file_ms: Option<u64>,
     /// Bob's BLAKE3 of what he received equals alice's.
     pub file_hash_ok: bool,
+    /// alice's net_crypto: lossless packets sent again on request, of datagrams sent.
+    pub alice_retransmissions: u64,
+    /// alice's net_crypto datagrams sent.
+    pub alice_packets_sent: u64,
 }
 
 /// Size of the file alice sends bob on the devnet, bytes.
@@ -422,6 +426,7 @@ pub async fn run_devnet(
             _ = &mut ctrl_c => break,
         }
     }
+    let alice_stats = nodes[0].0.call(|n, _| n.net_crypto().stats()).await?;
     for (handle, _, _) in &nodes {
         handle.shutdown().await;
     }
@@ -441,6 +446,8 @@ pub async fn run_devnet(
         file_bytes,
         file_ms,
         file_hash_ok,
+        alice_retransmissions: alice_stats.retransmissions,
+        alice_packets_sent: alice_stats.tx_packets,
     })
 }
 

@@ -272,6 +272,8 @@ pub(super) struct FriendFiles {
     window_start: Option<Instant>,
     /// Smoothed drain rate, packets/s.
     drain_rate: f64,
+    /// Outgoing files in `Finished` (waiting for the ACK of their last chunk).
+    finishing: u16,
 }
 
 impl FriendFiles {
@@ -301,6 +303,9 @@ impl FriendFiles {
             && matches!(t.status, Status::Transferring | Status::Finished)
         {
             self.active = self.active.saturating_sub(1);
+        }
+        if f.direction == FileDirection::Outgoing && t.status == Status::Finished {
+            self.finishing = self.finishing.saturating_sub(1);
         }
         Some(t)
     }
@@ -500,15 +505,18 @@ impl Node {
             .send_lossless(now, pk, &encode_file_data(number, data))
         {
             Ok(pn) => {
-                if let Some(t) = self
-                    .files
-                    .get_mut(pk)
-                    .and_then(|f| f.get(FileNumber::outgoing(number)))
-                {
-                    t.transferred += len;
-                    if data.len() != MAX_FILE_DATA_SIZE || t.transferred == t.size {
-                        t.status = Status::Finished;
-                        t.last_packet = pn;
+                if let Some(files) = self.files.get_mut(pk) {
+                    let mut finished = false;
+                    if let Some(t) = files.get(FileNumber::outgoing(number)) {
+                        t.transferred += len;
+                        if data.len() != MAX_FILE_DATA_SIZE || t.transferred == t.size {
+                            t.status = Status::Finished;
+                            t.last_packet = pn;
+                            finished = true;
+                        }
+                    }
+                    if finished {
+                        files.finishing += 1;
                     }
                 }
                 Ok(())
@@ -690,6 +698,9 @@ impl Node {
             return;
         }
         files.delivered = files.delivered.saturating_add(1);
+        if files.finishing == 0 {
+            return;
+        }
         let mut done = Vec::new();
         for (i, t) in files.sending.iter().enumerate() {
             if let Some(t) = t
@@ -787,38 +798,39 @@ impl Node {
                 .min(MAX_REQUESTS_PER_STEP);
             let mut requests = Vec::new();
             let mut zero = Vec::new();
-            while budget > 0 {
-                let mut progressed = false;
-                for k in 0..MAX_CONCURRENT_FILE_PIPES {
-                    if budget == 0 {
-                        break;
+            // The sending files that want data, in round-robin order from the cursor.
+            let mut ready: Vec<usize> = Vec::new();
+            for k in 0..MAX_CONCURRENT_FILE_PIPES {
+                let i = (files.cursor + k) % MAX_CONCURRENT_FILE_PIPES;
+                let Some(Some(t)) = files.sending.get(i) else {
+                    continue;
+                };
+                if t.status != Status::Transferring || t.paused_us || t.paused_other {
+                    continue;
+                }
+                if t.size == 0 {
+                    if t.requested == 0 {
+                        zero.push(i as u8);
                     }
-                    let i = (files.cursor + k) % MAX_CONCURRENT_FILE_PIPES;
+                } else if t.requested < t.size {
+                    ready.push(i);
+                }
+            }
+            files.cursor = (files.cursor + 1) % MAX_CONCURRENT_FILE_PIPES;
+            while budget > 0 && !ready.is_empty() {
+                ready.retain(|&i| {
                     let Some(Some(t)) = files.sending.get_mut(i) else {
-                        continue;
+                        return false;
                     };
-                    if t.status != Status::Transferring || t.paused_us || t.paused_other {
-                        continue;
-                    }
-                    if t.size == 0 {
-                        if t.requested == 0 && !zero.contains(&(i as u8)) {
-                            zero.push(i as u8);
-                        }
-                        continue;
-                    }
-                    if t.requested >= t.size {
-                        continue;
+                    if budget == 0 || t.requested >= t.size {
+                        return budget > 0 && t.requested < t.size;
                     }
                     let length = (t.size - t.requested).min(MAX_FILE_DATA_SIZE as u64) as u16;
                     requests.push((i as u8, t.requested, length));
                     t.requested += u64::from(length);
                     budget -= 1;
-                    progressed = true;
-                }
-                files.cursor = (files.cursor + 1) % MAX_CONCURRENT_FILE_PIPES;
-                if !progressed {
-                    break;
-                }
+                    t.requested < t.size
+                });
             }
             for (number, position, length) in requests {
                 self.emit(NodeEvent::File(FileEvent::ChunkRequest {
