@@ -145,6 +145,29 @@ fn ferry_to_ferry_pause_resume_cancel_and_20_concurrent() {
             "--json",
         ])
         .expect("accept"));
+    // A chat message while the file flows: net_crypto delivers it in order after the file data
+    // queued before it, so the file window bounds its delay.
+    wait_file(&b, "bytes flowing", STEP, |v| {
+        v["id"] == offer["id"] && v["bytes_done"].as_u64().unwrap_or(0) > (1 << 20)
+    });
+    let t0 = Instant::now();
+    ok(&a
+        .cli(&["send", &b_pk, "chat during a transfer"])
+        .expect("send"));
+    loop {
+        let out = b.cli(&["messages", &a_pk, "--json"]).expect("messages");
+        if String::from_utf8_lossy(&out.stdout).contains("chat during a transfer") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "chat stuck behind the file"
+        );
+    }
+    eprintln!(
+        "chat message during the transfer arrived within {:?} (incl. two CLI round trips)",
+        t0.elapsed()
+    );
     let done = wait_file(&b, "one.bin done", STEP, |v| {
         v["id"] == offer["id"] && v["state"] == "done"
     });

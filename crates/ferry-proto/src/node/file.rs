@@ -10,9 +10,9 @@
 //! 3. Sender, once accepted: the node *pulls* data from the app as c-toxcore's
 //!    `file_chunk_request` callback does: [`FileEvent::ChunkRequest`] `{position, length ≤ 1371}`
 //!    for as many chunks as net_crypto's send queue has room for: free slots minus
-//!    [`MIN_SLOTS_FREE`] (as c-toxcore), and at most [`FILE_QUEUE_MIN`] + [`FILE_QUEUE_SECONDS`]
-//!    of the measured drain rate (acknowledged packets/s), capped at [`FILE_QUEUE_MAX`], packets
-//!    queued; the app answers
+//!    [`MIN_SLOTS_FREE`] (as c-toxcore), and at most [`FILE_QUEUE_MIN`] + (RTT +
+//!    [`FILE_QUEUE_SECONDS`]) × the measured drain rate (acknowledged packets/s), capped at
+//!    [`FILE_QUEUE_MAX`], packets queued; the app answers
 //!    [`Node::file_send_chunk`] with exactly that chunk (from inside its event handler, or
 //!    later). The chunks are FILE_DATA lossless packets, the only congestion-controlled
 //!    messenger packets.
@@ -52,12 +52,16 @@ pub const MIN_SLOTS_FREE: u32 = 16;
 /// effect (and a chat message waits) behind at most that much queued file data.
 pub const FILE_QUEUE_MAX: u32 = 4096;
 /// File packets always allowed in the send queue, whatever the measured drain rate.
-pub const FILE_QUEUE_MIN: u32 = 256;
+pub const FILE_QUEUE_MIN: u32 = 128;
 /// Seconds of the measured drain rate the file layer keeps queued in net_crypto beyond
-/// [`FILE_QUEUE_MIN`]: enough to keep the congestion controller supplied between ACKs (which
-/// refill the queue), small enough that a pause or a chat message waits at most about this
-/// long behind queued file data.
-pub const FILE_QUEUE_SECONDS: f64 = 0.25;
+/// [`FILE_QUEUE_MIN`] and the packets in flight (drain rate × RTT): enough to keep the
+/// congestion controller supplied between ACKs (which refill the queue), small enough that a
+/// pause or a chat message (which net_crypto delivers in order after the file data queued
+/// before it) waits about this long plus one RTT.
+pub const FILE_QUEUE_SECONDS: f64 = 0.05;
+/// Longest RTT the file window covers, seconds (net_crypto reports 1 s before its first
+/// sample).
+const FILE_MAX_RTT: f64 = 0.5;
 /// Drain-rate measurement window.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most chunk requests emitted per friend per node step (c-toxcore: 128 rounds over the files).
@@ -274,6 +278,8 @@ pub(super) struct FriendFiles {
     drain_rate: f64,
     /// Outgoing files in `Finished` (waiting for the ACK of their last chunk).
     finishing: u16,
+    /// The session's RTT as of the last rate window, seconds.
+    rtt: f64,
 }
 
 impl FriendFiles {
@@ -786,10 +792,15 @@ impl Node {
                     files.drain_rate = 0.5 * files.drain_rate + 0.5 * inst;
                     files.delivered = 0;
                     files.window_start = Some(now);
+                    files.rtt = self
+                        .crypto
+                        .session_state(&pk)
+                        .map_or(FILE_MAX_RTT, |s| s.rtt.as_secs_f64().min(FILE_MAX_RTT));
                 }
                 Some(_) => {}
             }
-            let window = (f64::from(FILE_QUEUE_MIN) + files.drain_rate * FILE_QUEUE_SECONDS)
+            let window = (f64::from(FILE_QUEUE_MIN)
+                + files.drain_rate * (files.rtt + FILE_QUEUE_SECONDS))
                 .min(f64::from(FILE_QUEUE_MAX)) as u32;
             let mut budget = free
                 .saturating_sub(MIN_SLOTS_FREE)
