@@ -218,6 +218,9 @@ pub struct SelfInfo {
     pub status_message: String,
     /// Friend requests are accepted automatically.
     pub auto_accept: bool,
+    /// Files from friends are accepted automatically into this directory (`None` = ask).
+    #[serde(default)]
+    pub auto_accept_files: Option<String>,
 }
 
 /// Changes to [`SelfInfo`]; absent fields stay.
@@ -235,6 +238,71 @@ pub struct SelfUpdate {
     /// Accept friend requests automatically.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_accept: Option<bool>,
+    /// Accept files automatically into this directory; `""` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_accept_files: Option<String>,
+}
+
+/// One file transfer (`ferry file list`, `GET /v1/files`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileTransfer {
+    /// Local transfer id (stable across restarts and resumes).
+    pub id: u64,
+    /// The friend's long-term public key, 64 hex digits.
+    pub friend: String,
+    /// `"in"` or `"out"`.
+    pub direction: String,
+    /// `"data"` or `"avatar"`.
+    pub kind: String,
+    /// File name as offered.
+    pub name: String,
+    /// Size in bytes (`u64::MAX` = unknown).
+    pub size: u64,
+    /// Bytes received (in) or handed to the session (out).
+    pub bytes_done: u64,
+    /// Current rate, bytes/s (0 when idle).
+    pub rate: u64,
+    /// `offered` (in, waiting for accept), `waiting` (out, waiting for the friend), `active`,
+    /// `paused`, `broken` (friend offline; resumes when it is back), `done`, `cancelled`,
+    /// `failed`.
+    pub state: String,
+    /// The Tox file id, 64 hex digits.
+    pub file_id: String,
+    /// Local path (source for out, destination for in; empty before accepting).
+    pub path: String,
+    /// BLAKE3 of the file, 64 hex digits: for out, of the source; for in, of what was written,
+    /// set only when complete.
+    pub hash: Option<String>,
+    /// Why it failed or was cancelled, if known.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/files/send`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SendFile {
+    /// Friend: public key, unique key prefix or name.
+    pub friend: String,
+    /// Path of the file on the daemon's machine (absolute).
+    pub path: String,
+}
+
+/// `POST /v1/files/{accept,cancel,pause,resume}`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileAction {
+    /// Transfer id.
+    pub id: u64,
+    /// accept only: directory to save into (default: the auto-accept directory, else the
+    /// profile's `downloads/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// `POST /v1/files/avatar`: our avatar (sent to every friend as they come online).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SetAvatar {
+    /// Path of the image (≤ 64 KiB, as c-toxcore clients expect); `""` removes it.
+    pub path: String,
 }
 
 /// One friend (`ferry friend list`).
@@ -484,6 +552,34 @@ pub trait Backend: Send + Sync + 'static {
     fn relay_status(&self) -> BoxFuture<'_, Result<RelayStatus, ApiError>> {
         Box::pin(async { Ok(RelayStatus::default()) })
     }
+    /// `GET /v1/files`.
+    fn files(&self) -> BoxFuture<'_, Result<Vec<FileTransfer>, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/files/send`.
+    fn send_file(&self, _req: SendFile) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/files/accept`.
+    fn accept_file(&self, _req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/files/cancel`.
+    fn cancel_file(&self, _req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/files/pause`.
+    fn pause_file(&self, _req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/files/resume`.
+    fn resume_file(&self, _req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/files/avatar`.
+    fn set_avatar(&self, _req: SetAvatar) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -528,6 +624,13 @@ handler!(send_message, post, send_message, SendMessage, Message);
 handler!(messages, post, messages, ListMessages, Vec<Message>);
 handler!(packets, post, packets, ListPackets, Vec<ReceivedPacket>);
 handler!(relay_status, get, relay_status, RelayStatus);
+handler!(files, get, files, Vec<FileTransfer>);
+handler!(send_file, post, send_file, SendFile, FileTransfer);
+handler!(accept_file, post, accept_file, FileAction, FileTransfer);
+handler!(cancel_file, post, cancel_file, FileAction, FileTransfer);
+handler!(pause_file, post, pause_file, FileAction, FileTransfer);
+handler!(resume_file, post, resume_file, FileAction, FileTransfer);
+handler!(set_avatar, post_ok, set_avatar, SetAvatar);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -550,6 +653,13 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/messages/list", post(messages::<B>))
         .route("/v1/packets/list", post(packets::<B>))
         .route("/v1/relay/status", get(relay_status::<B>))
+        .route("/v1/files", get(files::<B>))
+        .route("/v1/files/send", post(send_file::<B>))
+        .route("/v1/files/accept", post(accept_file::<B>))
+        .route("/v1/files/cancel", post(cancel_file::<B>))
+        .route("/v1/files/pause", post(pause_file::<B>))
+        .route("/v1/files/resume", post(resume_file::<B>))
+        .route("/v1/files/avatar", post(set_avatar::<B>))
         .with_state(backend)
 }
 

@@ -107,6 +107,14 @@ pub(crate) enum SetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Accept files from friends automatically into DIR ("" = ask).
+    AutoAcceptFiles {
+        /// Directory ("" turns it off).
+        dir: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A switch.
@@ -262,6 +270,17 @@ pub(crate) async fn set(client: &Client, cmd: SetCommand) -> anyhow::Result<()> 
             },
             json,
         ),
+        SetCommand::AutoAcceptFiles { dir, json } => (
+            SelfUpdate {
+                auto_accept_files: Some(if dir.is_empty() {
+                    dir
+                } else {
+                    std::path::absolute(&dir)?.to_string_lossy().into_owned()
+                }),
+                ..SelfUpdate::default()
+            },
+            json,
+        ),
         SetCommand::AutoAccept { value, json } => (
             SelfUpdate {
                 auto_accept: Some(matches!(value, OnOff::On)),
@@ -281,6 +300,9 @@ pub(crate) async fn set(client: &Client, cmd: SetCommand) -> anyhow::Result<()> 
             "auto-accept     {}",
             if me.auto_accept { "on" } else { "off" }
         );
+        if let Some(d) = &me.auto_accept_files {
+            println!("accept files    {d}");
+        }
     }
     Ok(())
 }

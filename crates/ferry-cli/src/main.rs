@@ -15,6 +15,7 @@ use ferry_daemon::profile;
 use ferry_daemon::up::{UpOptions, run_up};
 
 mod chat;
+mod files;
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
@@ -141,6 +142,11 @@ enum Command {
         /// JSON lines: {"friend", "direction", "kind", "text", "time_ms", …}.
         #[arg(long)]
         json: bool,
+    },
+    /// File transfer: send, list, accept, cancel, pause, resume, avatar.
+    File {
+        #[command(subcommand)]
+        command: files::FileCommand,
     },
     /// Set your name, status message, nospam or auto-accept.
     Set {
@@ -530,6 +536,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             json,
         } => chat::messages(&client(profile_dir), friend, follow, json).await?,
         Command::Set { command } => chat::set(&client(profile_dir), command).await?,
+        Command::File { command } => files::file(&client(profile_dir), command).await?,
         Command::Chat { friend } => chat::chat(&client(profile_dir), friend, profile_dir).await?,
         Command::Sim {
             command:

@@ -51,6 +51,8 @@ pub struct ChatShared {
     /// Received custom packets, the last [`MAX_PACKETS`].
     packets: Mutex<(u64, std::collections::VecDeque<ferry_api::ReceivedPacket>)>,
     packets_changed: Notify,
+    /// Running file transfers ([`crate::files`]).
+    pub(crate) files: Mutex<crate::files::FileState>,
 }
 
 /// Received custom packets kept for `POST /v1/packets/list`.
@@ -96,6 +98,7 @@ impl ChatShared {
             changed: Notify::new(),
             packets: Mutex::new((0, std::collections::VecDeque::new())),
             packets_changed: Notify::new(),
+            files: Mutex::new(crate::files::FileState::default()),
         }))
     }
 
@@ -105,6 +108,7 @@ impl ChatShared {
     /// # Errors
     /// Store failures.
     pub async fn restore(self: &Arc<Self>, node: &NodeHandle) -> anyhow::Result<()> {
+        self.files_restore();
         let friends = self.store.friends()?;
         let settings = self.store.settings()?;
         node.call(move |n, now| {
@@ -127,6 +131,16 @@ impl ChatShared {
         })
         .await?;
         Ok(())
+    }
+
+    /// The profile directory.
+    pub fn profile_dir(&self) -> &std::path::Path {
+        &self.profile_dir
+    }
+
+    /// Resolves a friend as `ferry send` does (key, key prefix, name).
+    pub(crate) fn resolve_friend(&self, friend: &str) -> Result<PublicKey, ApiError> {
+        self.resolve(friend)
     }
 
     fn append(&self, m: &MessageRecord) -> Result<u64, ApiError> {
@@ -180,6 +194,7 @@ impl ChatShared {
             name: s.name,
             status_message: s.status_message,
             auto_accept: s.auto_accept,
+            auto_accept_files: s.auto_accept_files.filter(|d| !d.is_empty()),
         })
     }
 
@@ -208,6 +223,19 @@ impl ChatShared {
         }
         if let Some(a) = req.auto_accept {
             s.auto_accept = a;
+        }
+        if let Some(d) = req.auto_accept_files {
+            s.auto_accept_files = if d.is_empty() {
+                None
+            } else {
+                let p = PathBuf::from(&d);
+                std::fs::create_dir_all(&p)
+                    .map_err(|e| ApiError::bad_request(format!("{d}: {e}")))?;
+                Some(
+                    p.canonicalize()
+                        .map_or(d, |p| p.to_string_lossy().into_owned()),
+                )
+            };
         }
         self.store.set_settings(&s).map_err(internal)?;
         if let Some(hex) = req.nospam {
@@ -602,6 +630,7 @@ impl EventHandler for ChatHandler {
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                 } else {
+                    s.files_friend_online(node, now, public_key);
                     let queued = s.store.undelivered().unwrap_or_default();
                     let hex = public_key.to_hex();
                     for (seq, m) in queued.into_iter().filter(|(_, m)| m.friend == hex) {
@@ -678,6 +707,7 @@ impl EventHandler for ChatHandler {
                 }
                 s.packets_changed.notify_waiters();
             }
+            NodeEvent::File(e) => s.on_file_event(node, now, e),
             NodeEvent::SelfConnection(c) => tracing::info!(connected = c, "onion connection"),
             _ => {}
         }

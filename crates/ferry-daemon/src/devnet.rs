@@ -11,7 +11,8 @@ use anyhow::Context;
 use ferry_crypto::PublicKey;
 use ferry_net::{NodeHandle, NodeOptions, PortSpec, bind_udp, spawn_node};
 use ferry_proto::dht::DhtConfig;
-use ferry_proto::node::{Connection, Node, NodeEvent};
+use ferry_proto::node::{Connection, FileCommand, FileEvent, FileNumber, Node, NodeEvent};
+use ferry_wire::messenger::FILE_KIND_DATA;
 use serde::Serialize;
 
 /// Options of `ferry devnet`.
@@ -46,6 +47,25 @@ pub struct DevnetReport {
     pub friends_online_ms: Option<u64>,
     /// Chat messages delivered between alice and bob (both directions).
     pub messages_delivered: usize,
+    /// Bytes of alice's file bob received (the devnet sends [`DEVNET_FILE_SIZE`] bytes).
+    pub file_bytes: u64,
+    /// Milliseconds the file took from offer to bob's last byte.
+    pub file_ms: Option<u64>,
+    /// Bob's BLAKE3 of what he received equals alice's.
+    pub file_hash_ok: bool,
+    /// alice's net_crypto: lossless packets sent again on request, of datagrams sent.
+    pub alice_retransmissions: u64,
+    /// alice's net_crypto datagrams sent.
+    pub alice_packets_sent: u64,
+}
+
+/// Size of the file alice sends bob on the devnet, bytes.
+pub const DEVNET_FILE_SIZE: usize = 16 << 20;
+
+fn devnet_file() -> Vec<u8> {
+    (0..DEVNET_FILE_SIZE)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
+        .collect()
 }
 
 /// The chat pair of the devnet: node 0 ("alice") befriends node 1 ("bob"), who accepts and
@@ -56,6 +76,9 @@ struct DevnetChat {
     peer: &'static str,
     echo: bool,
     tx: tokio::sync::mpsc::Sender<ChatLine>,
+    /// alice: the file she sends; bob: the hash of what he received so far.
+    file: Option<std::sync::Arc<Vec<u8>>>,
+    hasher: blake3::Hasher,
 }
 
 #[derive(Debug)]
@@ -63,6 +86,8 @@ enum ChatLine {
     Text(String),
     Online,
     Delivered,
+    FileProgress(u64),
+    FileDone(String),
 }
 
 impl ferry_net::EventHandler for DevnetChat {
@@ -115,6 +140,63 @@ impl ferry_net::EventHandler for DevnetChat {
                 say(&self.tx, ChatLine::Delivered);
                 if self.echo {
                     let _ = node.send_message(now, &public_key, false, &format!("echo: {text}"));
+                }
+            }
+            NodeEvent::File(e) => self.on_file(node, now, e),
+            _ => {}
+        }
+    }
+}
+
+impl DevnetChat {
+    fn on_file(&mut self, node: &mut Node, now: Instant, e: FileEvent) {
+        match e {
+            FileEvent::Recv {
+                friend,
+                number,
+                size,
+                name,
+                ..
+            } => {
+                let _ = self.tx.try_send(ChatLine::Text(format!(
+                    "{} is offered {:?} ({size} bytes) by {}; accepting",
+                    self.name,
+                    String::from_utf8_lossy(&name),
+                    self.peer
+                )));
+                let _ = node.file_control(
+                    now,
+                    &friend,
+                    FileNumber::incoming(number),
+                    FileCommand::Accept,
+                );
+            }
+            FileEvent::ChunkRequest {
+                friend,
+                number,
+                position,
+                length,
+            } if length > 0 => {
+                if let Some(d) = &self.file {
+                    let start = position as usize;
+                    if let Some(chunk) = d.get(start..start + usize::from(length)) {
+                        let _ = node.file_send_chunk(now, &friend, number, position, chunk);
+                    }
+                }
+            }
+            FileEvent::Chunk { position, data, .. } => {
+                if data.is_empty() {
+                    let h = std::mem::take(&mut self.hasher)
+                        .finalize()
+                        .to_hex()
+                        .to_string();
+                    let _ = self.tx.try_send(ChatLine::FileDone(h));
+                } else {
+                    self.hasher.update(&data);
+                    let end = position + data.len() as u64;
+                    if end % (1 << 20) < data.len() as u64 {
+                        let _ = self.tx.try_send(ChatLine::FileProgress(end));
+                    }
                 }
             }
             _ => {}
@@ -175,6 +257,7 @@ pub async fn run_devnet(
     let mut joins = Vec::new();
     let (chat_tx, mut chat_rx) = tokio::sync::mpsc::channel::<ChatLine>(1024);
     let mut bob_id = None;
+    let file = std::sync::Arc::new(devnet_file());
     for i in 0..opts.nodes {
         let socket = bind_udp(IpAddr::V4(Ipv4Addr::LOCALHOST), PortSpec::Exact(0))
             .context("binding a loopback port")?;
@@ -192,6 +275,8 @@ pub async fn run_devnet(
                 peer: ["bob", "alice"][i],
                 echo: i == 1,
                 tx: chat_tx.clone(),
+                file: (i == 0).then(|| std::sync::Arc::clone(&file)),
+                hasher: blake3::Hasher::new(),
             };
             spawn_node(socket, options, handler)?
         } else {
@@ -228,6 +313,11 @@ pub async fn run_devnet(
             .context("alice adds bob")?;
     }
     let mut online_at = None;
+    let file_hash = blake3::hash(&file).to_hex().to_string();
+    let mut file_started: Option<Instant> = None;
+    let mut file_bytes = 0u64;
+    let mut file_ms = None;
+    let mut file_hash_ok = false;
     let mut delivered = 0usize;
     let mut sent = 0usize;
     let lookups = opts.nodes * (opts.nodes - 1);
@@ -263,6 +353,49 @@ pub async fn run_devnet(
                     online_at.get_or_insert(started.elapsed());
                 }
                 ChatLine::Delivered => delivered += 1,
+                ChatLine::FileProgress(b) => file_bytes = file_bytes.max(b),
+                ChatLine::FileDone(h) => {
+                    file_bytes = DEVNET_FILE_SIZE as u64;
+                    file_hash_ok = h == file_hash;
+                    let el = file_started.map_or(Duration::ZERO, |t| t.elapsed());
+                    file_ms = Some(el.as_millis() as u64);
+                    chat.push(format!(
+                        "bob received alice's file: {} MiB in {:.2} s ({:.1} MiB/s), BLAKE3 {} {}",
+                        DEVNET_FILE_SIZE >> 20,
+                        el.as_secs_f64(),
+                        DEVNET_FILE_SIZE as f64 / 1048576.0 / el.as_secs_f64().max(1e-6),
+                        &h[..16],
+                        if file_hash_ok { "matches" } else { "MISMATCH" }
+                    ));
+                }
+            }
+        }
+        if let Some(t) = file_started
+            && file_ms.is_none()
+        {
+            let el = t.elapsed().as_secs_f64().max(1e-6);
+            chat.push(format!(
+                "alice -> bob: devnet.bin {:.1}/{} MiB ({:.1} MiB/s)",
+                file_bytes as f64 / 1048576.0,
+                DEVNET_FILE_SIZE >> 20,
+                file_bytes as f64 / 1048576.0 / el
+            ));
+        }
+        if delivered >= 2 && file_started.is_none() {
+            let bob_pk = nodes[1].0.call(|n, _| n.tox_id().public_key).await?;
+            let size = DEVNET_FILE_SIZE as u64;
+            let r = nodes[0]
+                .0
+                .call(move |n, now| {
+                    n.file_send(now, &bob_pk, FILE_KIND_DATA, size, [7; 32], b"devnet.bin")
+                })
+                .await?;
+            if r.is_ok() {
+                file_started = Some(Instant::now());
+                chat.push(format!(
+                    "alice offers bob devnet.bin ({} MiB)",
+                    DEVNET_FILE_SIZE >> 20
+                ));
             }
         }
         if online_at.is_some() && sent < 1000 {
@@ -282,7 +415,7 @@ pub async fn run_devnet(
             chat,
         };
         on_tick(&last);
-        if opts.until_resolved && all_resolved.is_some() && delivered >= 2 {
+        if opts.until_resolved && all_resolved.is_some() && delivered >= 2 && file_ms.is_some() {
             break;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -293,6 +426,7 @@ pub async fn run_devnet(
             _ = &mut ctrl_c => break,
         }
     }
+    let alice_stats = nodes[0].0.call(|n, _| n.net_crypto().stats()).await?;
     for (handle, _, _) in &nodes {
         handle.shutdown().await;
     }
@@ -309,6 +443,11 @@ pub async fn run_devnet(
         seconds: started.elapsed().as_secs_f64(),
         friends_online_ms: online_at.map(|d| d.as_millis() as u64),
         messages_delivered: delivered,
+        file_bytes,
+        file_ms,
+        file_hash_ok,
+        alice_retransmissions: alice_stats.retransmissions,
+        alice_packets_sent: alice_stats.tx_packets,
     })
 }
 
@@ -330,5 +469,7 @@ mod tests {
         assert!(report.close_nodes_min >= 1);
         assert!(report.friends_online_ms.is_some(), "{report:?}");
         assert!(report.messages_delivered >= 2, "{report:?}");
+        assert!(report.file_hash_ok, "{report:?}");
+        assert_eq!(report.file_bytes, DEVNET_FILE_SIZE as u64);
     }
 }

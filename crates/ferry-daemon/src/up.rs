@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferry_api::{
-    AddFriend, ApiError, Backend, BootstrapRequest, BoxFuture, CustomPacket, DhtNode, Friend,
-    FriendKey, FriendRequest, ListMessages, ListPackets, LookupRequest, LookupResult, Message,
-    ReceivedPacket, RelayStatus, SelfInfo, SelfUpdate, SendMessage, Status, Typing,
+    AddFriend, ApiError, Backend, BootstrapRequest, BoxFuture, CustomPacket, DhtNode, FileAction,
+    FileTransfer, Friend, FriendKey, FriendRequest, ListMessages, ListPackets, LookupRequest,
+    LookupResult, Message, ReceivedPacket, RelayStatus, SelfInfo, SelfUpdate, SendFile,
+    SendMessage, SetAvatar, Status, Typing,
 };
 use ferry_crypto::{KeyPair, PublicKey};
 use ferry_net::{
@@ -18,6 +19,7 @@ use ferry_net::{
     spawn_relay_server,
 };
 use ferry_proto::dht::DhtConfig;
+use ferry_proto::node::FileCommand;
 use tokio::sync::Notify;
 
 use crate::bootstrap::{BootstrapNode, default_nodes};
@@ -340,6 +342,46 @@ impl Backend for NodeBackend {
 
     fn packets(&self, req: ListPackets) -> BoxFuture<'_, Result<Vec<ReceivedPacket>, ApiError>> {
         Box::pin(async move { self.chat()?.packets(req).await })
+    }
+
+    fn files(&self) -> BoxFuture<'_, Result<Vec<FileTransfer>, ApiError>> {
+        Box::pin(async move { self.chat()?.files_list() })
+    }
+
+    fn send_file(&self, req: SendFile) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        Box::pin(async move { self.chat()?.files_send(&self.node, req).await })
+    }
+
+    fn accept_file(&self, req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        Box::pin(async move { self.chat()?.files_accept(&self.node, req).await })
+    }
+
+    fn cancel_file(&self, req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        Box::pin(async move {
+            self.chat()?
+                .files_control(&self.node, req.id, FileCommand::Kill)
+                .await
+        })
+    }
+
+    fn pause_file(&self, req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        Box::pin(async move {
+            self.chat()?
+                .files_control(&self.node, req.id, FileCommand::Pause)
+                .await
+        })
+    }
+
+    fn resume_file(&self, req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
+        Box::pin(async move {
+            self.chat()?
+                .files_control(&self.node, req.id, FileCommand::Accept)
+                .await
+        })
+    }
+
+    fn set_avatar(&self, req: SetAvatar) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.chat()?.files_set_avatar(&self.node, req.path).await })
     }
 }
 

@@ -37,6 +37,9 @@ use crate::tcp_connection::{RelayInfo, TcpCommand, TcpConnections, TcpEvent, Tcp
 use crate::{Destination, Endpoint, Transmit};
 use ferry_wire::node::{PackedNode, Transport};
 
+pub mod file;
+pub use file::{FileCommand, FileDirection, FileEvent, FileInfo, FileNumber, PeerControl};
+
 /// friend_connection keepalive interval (`FRIEND_PING_INTERVAL`).
 pub const ALIVE_INTERVAL: Duration = Duration::from_secs(8);
 /// A session without any packet for this long is dropped (`FRIEND_CONNECTION_TIMEOUT`, 4 × 8 s).
@@ -158,6 +161,15 @@ pub enum NodeError {
     /// The session refused the packet (send queue full).
     #[error("send queue full: {0}")]
     Congested(String),
+    /// All 256 outgoing file numbers for this friend are in use.
+    #[error("too many file transfers with this friend (256)")]
+    TooManyFiles,
+    /// No such file transfer.
+    #[error("no such file transfer")]
+    NoSuchFile,
+    /// The file transfer is not in a state that allows this.
+    #[error("file transfer: {0}")]
+    FileState(&'static str),
 }
 
 /// What the node tells its owner.
@@ -229,6 +241,8 @@ pub enum NodeEvent {
         /// Typing or not.
         typing: bool,
     },
+    /// A file-transfer event ([`file`]).
+    File(FileEvent),
     /// A custom lossless (160–191) or lossy (200–254) packet, id byte first.
     CustomPacket {
         /// The friend.
@@ -307,6 +321,8 @@ pub struct Node {
     self_connected: bool,
     tcp: TcpConnections,
     udp_enabled: bool,
+    /// File transfers per friend (only friends with some).
+    files: BTreeMap<PublicKey, file::FriendFiles>,
 }
 
 impl Node {
@@ -355,6 +371,7 @@ impl Node {
             self_connected: false,
             tcp,
             udp_enabled: config.udp_enabled,
+            files: BTreeMap::new(),
         }
     }
 
@@ -657,6 +674,7 @@ impl Node {
     /// [`NodeError::NotFriend`].
     pub fn remove_friend(&mut self, now: Instant, pk: &PublicKey) -> Result<(), NodeError> {
         let f = self.friends.remove(pk).ok_or(NodeError::NotFriend)?;
+        self.files.remove(pk);
         if f.online {
             let _ = self
                 .crypto
@@ -832,6 +850,7 @@ impl Node {
                 break;
             }
         }
+        self.file_request_chunks(now);
     }
 
     fn on_dht_event(&mut self, now: Instant, e: DhtEvent) {
@@ -973,6 +992,7 @@ impl Node {
                 peer,
                 packet_number,
             } => {
+                self.on_file_delivered(peer, packet_number);
                 let Some(f) = self.friends.get_mut(&peer) else {
                     return;
                 };
@@ -1007,6 +1027,7 @@ impl Node {
         if f.online {
             f.online = false;
             f.receipts.clear();
+            self.on_file_friend_offline(peer);
             self.onion.set_friend_online(&peer, false);
             self.emit(NodeEvent::FriendConnection {
                 public_key: peer,
@@ -1048,6 +1069,7 @@ impl Node {
             }
             MessengerPacket::Offline if f.online => {
                 f.online = false;
+                self.on_file_friend_offline(peer);
                 self.onion.set_friend_online(&peer, false);
                 self.emit(NodeEvent::FriendConnection {
                     public_key: peer,
@@ -1092,6 +1114,13 @@ impl Node {
                     action,
                     text,
                 });
+            }
+            p @ (MessengerPacket::FileSendRequest(_)
+            | MessengerPacket::FileControl(_)
+            | MessengerPacket::FileData { .. })
+                if lossless && f.online =>
+            {
+                self.on_file_packet(now, peer, p);
             }
             MessengerPacket::CustomLossless(data) if lossless && f.online => {
                 self.emit(NodeEvent::CustomPacket {

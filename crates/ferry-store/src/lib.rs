@@ -34,6 +34,86 @@ const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 const FRIENDS: TableDefinition<&[u8], &str> = TableDefinition::new("friends");
 const REQUESTS: TableDefinition<&[u8], &str> = TableDefinition::new("friend_requests");
 const MESSAGES: TableDefinition<u64, &str> = TableDefinition::new("messages");
+const TRANSFERS: TableDefinition<u64, &str> = TableDefinition::new("file_transfers");
+/// Most file transfer records kept; the oldest finished ones are pruned beyond it.
+pub const MAX_TRANSFERS: usize = 10_000;
+
+/// State of a file transfer record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    /// Incoming, offered, not accepted yet.
+    Offered,
+    /// Outgoing, offered, not accepted yet (or being offered again after a break).
+    Waiting,
+    /// Data flowing.
+    Active,
+    /// Paused by us.
+    Paused,
+    /// The friend went offline (or we restarted) mid-way; resumes when the friend is back.
+    Broken,
+    /// Complete (incoming: every byte written, synced and hashed).
+    Done,
+    /// Cancelled by either side.
+    Cancelled,
+    /// An I/O error.
+    Failed,
+}
+
+impl TransferState {
+    /// Lower-case name (the API spelling).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Waiting => "waiting",
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Broken => "broken",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Done, cancelled or failed.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Cancelled | Self::Failed)
+    }
+}
+
+/// One file transfer, persisted so it resumes after a restart (tox-protocol.md §7.3: resume =
+/// the same file id offered again, the receiver seeks to the prefix it has).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    /// Local id (key).
+    pub id: u64,
+    /// The friend's long-term key, 64 hex digits.
+    pub friend: String,
+    /// In or out.
+    pub direction: Direction,
+    /// Tox file kind (0 data, 1 avatar).
+    pub kind: u32,
+    /// The Tox file id, 64 hex digits.
+    pub file_id: String,
+    /// Name as offered.
+    pub name: String,
+    /// Size, bytes (`u64::MAX` unknown).
+    pub size: u64,
+    /// Bytes done as of the last save (incoming: the file on disk is authoritative).
+    pub bytes_done: u64,
+    /// State.
+    pub state: TransferState,
+    /// Source (out) or destination (in) path; empty before an incoming file is accepted.
+    pub path: String,
+    /// BLAKE3 hex: of the source (out); of what was written, once done (in).
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// Why it failed or was cancelled.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Created, ms since the Unix epoch.
+    pub created_ms: u64,
+}
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +156,12 @@ pub struct Settings {
     /// Accept every friend request automatically.
     #[serde(default)]
     pub auto_accept: bool,
+    /// Accept files from friends automatically into this directory.
+    #[serde(default)]
+    pub auto_accept_files: Option<String>,
+    /// Path of our avatar image, if set.
+    #[serde(default)]
+    pub avatar: Option<String>,
 }
 
 /// One friend.
@@ -183,9 +269,77 @@ impl Store {
             tx.open_table(FRIENDS)?;
             tx.open_table(REQUESTS)?;
             tx.open_table(MESSAGES)?;
+            tx.open_table(TRANSFERS)?;
         }
         tx.commit()?;
         Ok(Self { db })
+    }
+
+    /// Inserts or replaces a transfer record (id 0 = assign the next id). Returns its id.
+    /// Beyond [`MAX_TRANSFERS`] records the oldest final ones are pruned.
+    ///
+    /// # Errors
+    /// [`StoreError`] on I/O failure.
+    pub fn put_transfer(&self, r: &TransferRecord) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let id;
+        {
+            let mut t = tx.open_table(TRANSFERS)?;
+            id = if r.id == 0 {
+                t.last()?.map_or(1, |(k, _)| k.value() + 1)
+            } else {
+                r.id
+            };
+            let mut rec = r.clone();
+            rec.id = id;
+            t.insert(id, encode(&rec)?.as_str())?;
+            if t.len()? as usize > MAX_TRANSFERS {
+                let mut old = Vec::new();
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let rec: TransferRecord = decode(v.value())?;
+                    if rec.state.is_final() {
+                        old.push(k.value());
+                        if old.len() >= 16 {
+                            break;
+                        }
+                    }
+                }
+                for k in old {
+                    t.remove(k)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// One transfer record.
+    ///
+    /// # Errors
+    /// [`StoreError`] on I/O failure or a corrupt record.
+    pub fn transfer(&self, id: u64) -> Result<Option<TransferRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TRANSFERS)?;
+        match t.get(id)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every transfer record, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`] on I/O failure or a corrupt record.
+    pub fn transfers(&self) -> Result<Vec<TransferRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TRANSFERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
     }
 
     /// The settings (defaults when never written).
@@ -443,8 +597,27 @@ mod tests {
                 name: "alice".into(),
                 status_message: "hi".into(),
                 auto_accept: true,
+                auto_accept_files: Some("/tmp/in".into()),
+                avatar: None,
             })
             .expect("settings");
+            let t = TransferRecord {
+                id: 0,
+                friend: pk(1),
+                direction: Direction::In,
+                kind: 0,
+                file_id: "ab".repeat(32),
+                name: "f.bin".into(),
+                size: 10,
+                bytes_done: 4,
+                state: TransferState::Broken,
+                path: "/tmp/in/f.bin".into(),
+                hash: None,
+                error: None,
+                created_ms: 1,
+            };
+            assert_eq!(s.put_transfer(&t).expect("transfer"), 1);
+            assert_eq!(s.put_transfer(&t).expect("transfer"), 2);
             s.put_friend(&FriendRecord {
                 public_key: pk(1),
                 name: "bob".into(),
@@ -479,6 +652,16 @@ mod tests {
         }
         let s = Store::open(&path).expect("reopen");
         assert_eq!(s.settings().expect("settings").name, "alice");
+        let tr = s.transfers().expect("transfers");
+        assert_eq!(tr.len(), 2);
+        assert_eq!(
+            (tr[1].id, tr[1].bytes_done, tr[1].state),
+            (2, 4, TransferState::Broken)
+        );
+        assert_eq!(
+            s.transfer(1).expect("t").map(|t| t.name),
+            Some("f.bin".into())
+        );
         assert_eq!(s.friends().expect("friends")[0].name, "bob");
         assert_eq!(s.requests().expect("requests")[0].message, "let me in");
         let all = s.messages(None, 0, 100).expect("messages");

@@ -46,6 +46,8 @@
  *   SAVE_ENCRYPTED <path> <pass>   -> SAVED <path> | ERROR <text>
  *   FRIENDS                        -> FRIEND <n> <pk> <none|tcp|udp> <name> ... END
  *   ADD_TCP_RELAY <ip> <port> <key>, BOOTSTRAP <ip> <port> <key> -> OK | ERROR <text>
+ *   FILE_DIR / FILE_AUTO / FILE_SEND / FILE_ACCEPT / FILE_CONTROL / FILE_SEEK: see the file
+ *                                     transfer block below (events FILE_RECV, FILE_DONE, …)
  *   QUIT                           -> BYE, then exit 0
  *   anything else                  -> ERROR unknown command
  *
@@ -465,6 +467,282 @@ static int add_node(Tox *tox, int tcp, const char *ip, const char *port, const c
     return 0;
 }
 
+/* ---- file transfer (tox.h file API) ------------------------------------------------------
+ *
+ * Commands:
+ *   FILE_DIR <dir>                 -> OK                 directory received files are written to
+ *   FILE_AUTO 0|1                  -> OK                 accept every offered file at once
+ *   FILE_SEND <n> <path>           -> FILE_SENDING <n> <f> | ERROR <text>
+ *   FILE_ACCEPT <n> <f>            -> OK | ERROR <text>   (writes <dir>/<f>-<name>)
+ *   FILE_CONTROL <n> <f> resume|pause|cancel -> OK | ERROR <text>
+ *   FILE_SEEK <n> <f> <pos>        -> OK | ERROR <text>
+ * Events:
+ *   FILE_RECV <n> <f> <kind> <size> <file_id hex> <name>
+ *   FILE_CONTROL_RECV <n> <f> <resume|pause|cancel>
+ *   FILE_DONE <n> <f> <bytes> <path>   incoming complete (file closed; hash it)
+ *   FILE_SENT <n> <f> <bytes>          outgoing complete (friend has every chunk)
+ *   FILE_ERROR <n> <f> <text>
+ */
+
+#define MAX_FILES 600
+struct file_slot {
+    int used;
+    uint32_t friend_number;
+    uint32_t file_number;
+    FILE *fp;
+    uint64_t bytes;
+    char path[1024];
+    char name[256];
+};
+static struct file_slot file_slots[MAX_FILES];
+static char file_dir[900] = "/tmp";
+static int file_auto = 0;
+
+static struct file_slot *file_find(uint32_t n, uint32_t f, int create)
+{
+    for (int i = 0; i < MAX_FILES; i++) {
+        if (file_slots[i].used && file_slots[i].friend_number == n && file_slots[i].file_number == f) {
+            return &file_slots[i];
+        }
+    }
+    if (!create) {
+        return NULL;
+    }
+    for (int i = 0; i < MAX_FILES; i++) {
+        if (!file_slots[i].used) {
+            memset(&file_slots[i], 0, sizeof file_slots[i]);
+            file_slots[i].used = 1;
+            file_slots[i].friend_number = n;
+            file_slots[i].file_number = f;
+            return &file_slots[i];
+        }
+    }
+    return NULL;
+}
+
+static void file_free(struct file_slot *s)
+{
+    if (s->fp != NULL) {
+        fclose(s->fp);
+    }
+    s->fp = NULL;
+    s->used = 0;
+}
+
+static int file_accept(Tox *tox, uint32_t n, uint32_t f)
+{
+    struct file_slot *s = file_find(n, f, 0);
+    if (s == NULL) {
+        printf("ERROR no such file\n");
+        return -1;
+    }
+    snprintf(s->path, sizeof s->path, "%s/%u-%s", file_dir, f, s->name[0] ? s->name : "file");
+    s->fp = fopen(s->path, "w+b");
+    if (s->fp == NULL) {
+        printf("ERROR open %s: %s\n", s->path, strerror(errno));
+        return -1;
+    }
+    Tox_Err_File_Control err;
+    if (!tox_file_control(tox, n, f, TOX_FILE_CONTROL_RESUME, &err)) {
+        printf("ERROR tox_file_control failed: %d\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_file_recv(Tox *tox, uint32_t n, uint32_t f, uint32_t kind, uint64_t size,
+                         const uint8_t *name, size_t name_len, void *ud)
+{
+    (void)ud;
+    struct file_slot *s = file_find(n, f, 1);
+    if (s == NULL) {
+        tox_file_control(tox, n, f, TOX_FILE_CONTROL_CANCEL, NULL);
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < name_len && k + 1 < sizeof s->name; i++) {
+        char c = (char)name[i];
+        s->name[k++] = (c == '/' || c == ' ' || (unsigned char)c < 32) ? '_' : c;
+    }
+    s->name[k] = '\0';
+    uint8_t id[TOX_FILE_ID_LENGTH];
+    tox_file_get_file_id(tox, n, f, id, NULL);
+    printf("FILE_RECV %u %u %u %llu ", n, f, kind, (unsigned long long)size);
+    for (size_t i = 0; i < sizeof id; i++) {
+        printf("%02X", id[i]);
+    }
+    printf(" %s\n", s->name);
+    if (file_auto) {
+        if (file_accept(tox, n, f) != 0) {
+            printf("FILE_ERROR %u %u auto-accept failed\n", n, f);
+        }
+    }
+    fflush(stdout);
+}
+
+static void on_file_chunk(Tox *tox, uint32_t n, uint32_t f, uint64_t pos, const uint8_t *data,
+                          size_t len, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    struct file_slot *s = file_find(n, f, 0);
+    if (s == NULL || s->fp == NULL) {
+        return;
+    }
+    if (len == 0) {
+        fclose(s->fp);
+        s->fp = NULL;
+        printf("FILE_DONE %u %u %llu %s\n", n, f, (unsigned long long)s->bytes, s->path);
+        fflush(stdout);
+        file_free(s);
+        return;
+    }
+    if (fseeko(s->fp, (off_t)pos, SEEK_SET) != 0 || fwrite(data, 1, len, s->fp) != len) {
+        printf("FILE_ERROR %u %u write failed\n", n, f);
+        fflush(stdout);
+        return;
+    }
+    s->bytes = pos + len;
+}
+
+static void on_file_chunk_request(Tox *tox, uint32_t n, uint32_t f, uint64_t pos, size_t len, void *ud)
+{
+    (void)ud;
+    struct file_slot *s = file_find(n, f, 0);
+    if (s == NULL || s->fp == NULL) {
+        return;
+    }
+    if (len == 0) {
+        printf("FILE_SENT %u %u %llu\n", n, f, (unsigned long long)pos);
+        fflush(stdout);
+        file_free(s);
+        return;
+    }
+    uint8_t buf[TOX_MAX_CUSTOM_PACKET_SIZE];
+    if (len > sizeof buf || fseeko(s->fp, (off_t)pos, SEEK_SET) != 0 || fread(buf, 1, len, s->fp) != len) {
+        printf("FILE_ERROR %u %u read failed\n", n, f);
+        fflush(stdout);
+        return;
+    }
+    Tox_Err_File_Send_Chunk err;
+    if (!tox_file_send_chunk(tox, n, f, pos, buf, len, &err)) {
+        printf("FILE_ERROR %u %u send_chunk %d\n", n, f, err);
+        fflush(stdout);
+    }
+}
+
+static void on_file_control(Tox *tox, uint32_t n, uint32_t f, Tox_File_Control c, void *ud)
+{
+    (void)tox;
+    (void)ud;
+    const char *w = c == TOX_FILE_CONTROL_RESUME ? "resume" : c == TOX_FILE_CONTROL_PAUSE ? "pause" : "cancel";
+    printf("FILE_CONTROL_RECV %u %u %s\n", n, f, w);
+    fflush(stdout);
+    if (c == TOX_FILE_CONTROL_CANCEL) {
+        struct file_slot *s = file_find(n, f, 0);
+        if (s != NULL) {
+            file_free(s);
+        }
+    }
+}
+
+static void register_file_callbacks(Tox *tox)
+{
+    tox_callback_file_recv(tox, on_file_recv);
+    tox_callback_file_recv_chunk(tox, on_file_chunk);
+    tox_callback_file_chunk_request(tox, on_file_chunk_request);
+    tox_callback_file_recv_control(tox, on_file_control);
+}
+
+/* Returns 1 when `cmd` is a file command (and runs it). */
+static int file_command(Tox *tox, const char *cmd, char *rest)
+{
+    if (strcmp(cmd, "FILE_DIR") == 0) {
+        snprintf(file_dir, sizeof file_dir, "%s", rest);
+        printf("OK\n");
+    } else if (strcmp(cmd, "FILE_AUTO") == 0) {
+        file_auto = atoi(rest) != 0;
+        printf("OK\n");
+    } else if (strcmp(cmd, "FILE_SEND") == 0) {
+        char *w = next_word(&rest);
+        while (*rest == ' ') {
+            rest++;
+        }
+        if (w == NULL || *rest == '\0') {
+            printf("ERROR usage: FILE_SEND <n> <path>\n");
+            return 1;
+        }
+        uint32_t n = (uint32_t)atoi(w);
+        FILE *fp = fopen(rest, "rb");
+        if (fp == NULL) {
+            printf("ERROR open %s: %s\n", rest, strerror(errno));
+            return 1;
+        }
+        fseeko(fp, 0, SEEK_END);
+        uint64_t size = (uint64_t)ftello(fp);
+        const char *base = strrchr(rest, '/');
+        base = base != NULL ? base + 1 : rest;
+        Tox_Err_File_Send err;
+        uint32_t f = tox_file_send(tox, n, TOX_FILE_KIND_DATA, size, NULL, (const uint8_t *)base, strlen(base), &err);
+        if (f == UINT32_MAX) {
+            fclose(fp);
+            printf("ERROR tox_file_send failed: %d\n", err);
+            return 1;
+        }
+        struct file_slot *s = file_find(n, f, 1);
+        if (s == NULL) {
+            fclose(fp);
+            printf("ERROR too many files\n");
+            return 1;
+        }
+        s->fp = fp;
+        snprintf(s->path, sizeof s->path, "%s", rest);
+        printf("FILE_SENDING %u %u\n", n, f);
+    } else if (strcmp(cmd, "FILE_ACCEPT") == 0) {
+        char *a = next_word(&rest);
+        char *b = next_word(&rest);
+        if (a == NULL || b == NULL) {
+            printf("ERROR usage: FILE_ACCEPT <n> <f>\n");
+        } else if (file_accept(tox, (uint32_t)atoi(a), (uint32_t)strtoul(b, NULL, 10)) == 0) {
+            printf("OK\n");
+        }
+    } else if (strcmp(cmd, "FILE_CONTROL") == 0) {
+        char *a = next_word(&rest);
+        char *b = next_word(&rest);
+        char *c = next_word(&rest);
+        if (a == NULL || b == NULL || c == NULL) {
+            printf("ERROR usage: FILE_CONTROL <n> <f> resume|pause|cancel\n");
+            return 1;
+        }
+        Tox_File_Control ctl = strcmp(c, "pause") == 0    ? TOX_FILE_CONTROL_PAUSE
+                               : strcmp(c, "cancel") == 0 ? TOX_FILE_CONTROL_CANCEL
+                                                          : TOX_FILE_CONTROL_RESUME;
+        Tox_Err_File_Control err;
+        if (tox_file_control(tox, (uint32_t)atoi(a), (uint32_t)strtoul(b, NULL, 10), ctl, &err)) {
+            printf("OK\n");
+        } else {
+            printf("ERROR tox_file_control failed: %d\n", err);
+        }
+    } else if (strcmp(cmd, "FILE_SEEK") == 0) {
+        char *a = next_word(&rest);
+        char *b = next_word(&rest);
+        char *c = next_word(&rest);
+        Tox_Err_File_Seek err;
+        if (a == NULL || b == NULL || c == NULL) {
+            printf("ERROR usage: FILE_SEEK <n> <f> <pos>\n");
+        } else if (tox_file_seek(tox, (uint32_t)atoi(a), (uint32_t)strtoul(b, NULL, 10), strtoull(c, NULL, 10), &err)) {
+            printf("OK\n");
+        } else {
+            printf("ERROR tox_file_seek failed: %d\n", err);
+        }
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- end of file transfer block ------------------------------------------------------------ */
+
 /* Runs one command line; returns 1 on QUIT. */
 static int run_command(Tox *tox, char *line)
 {
@@ -636,6 +914,8 @@ static int run_command(Tox *tox, char *line)
         if (add_node(tox, strcmp(cmd, "ADD_TCP_RELAY") == 0, ip, port, key) == 0) {
             printf("OK\n");
         }
+    } else if (file_command(tox, cmd, rest)) {
+        /* handled in the file transfer block */
     } else {
         printf("ERROR unknown command %s\n", cmd);
     }
@@ -750,6 +1030,7 @@ int main(int argc, char **argv)
     tox_callback_friend_status_message(tox, on_status_message);
     tox_callback_friend_status(tox, on_status);
     tox_callback_friend_typing(tox, on_typing);
+    register_file_callbacks(tox);
 
     uint8_t dht_id[TOX_PUBLIC_KEY_SIZE];
     tox_self_get_dht_id(tox, dht_id);
