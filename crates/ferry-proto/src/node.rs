@@ -952,11 +952,19 @@ impl Node {
                     self.learn_dht_pk(now, real_pk, dht_pk);
                     self.crypto.set_peer_dht_key(now, &real_pk, dht_pk);
                 }
+                let friend_addr = self.friend_udp_addr(now, &real_pk, &dht_pk);
                 for n in nodes {
                     match n.transport {
                         Transport::Udp => self.dht.bootstrap(now, n.addr, n.public_key),
                         Transport::Tcp => {
-                            self.tcp.add_friend_relay(now, dht_pk, n.addr, n.public_key);
+                            if let Some(addr) = crate::tcp_connection::shared_relay_addr(
+                                n.addr,
+                                &n.public_key,
+                                &dht_pk,
+                                friend_addr,
+                            ) {
+                                self.tcp.add_friend_relay(now, dht_pk, addr, n.public_key);
+                            }
                         }
                     }
                 }
@@ -1094,13 +1102,23 @@ impl Node {
                 let Some(d) = f.dht_pk else {
                     return;
                 };
+                let friend_addr = self.friend_udp_addr(now, &peer, &d);
                 let mut r = ferry_wire::Reader::new(&bytes);
                 for _ in 0..MAX_SHARED_RELAYS {
                     let Ok(n) = PackedNode::decode(&mut r) else {
                         break;
                     };
-                    if n.transport == Transport::Tcp {
-                        self.tcp.add_friend_relay(now, d, n.addr, n.public_key);
+                    if n.transport != Transport::Tcp {
+                        continue;
+                    }
+                    // A relay the friend hosts itself comes as 127.0.0.1 from c-toxcore.
+                    if let Some(addr) = crate::tcp_connection::shared_relay_addr(
+                        n.addr,
+                        &n.public_key,
+                        &d,
+                        friend_addr,
+                    ) {
+                        self.tcp.add_friend_relay(now, d, addr, n.public_key);
                     }
                 }
             }
@@ -1212,6 +1230,19 @@ impl Node {
         nodes.extend(self.dht.closest_nodes(now, &self.dht.public_key(), false));
         self.onion.set_dht_pk_nodes(nodes);
         self.update_onion_relays(now);
+    }
+
+    /// The UDP address a friend is known at (c-toxcore's `dht_ip_port`): where the DHT last
+    /// saw its DHT key `dht_pk`, else its session's address.
+    fn friend_udp_addr(
+        &self,
+        now: Instant,
+        real_pk: &PublicKey,
+        dht_pk: &PublicKey,
+    ) -> Option<SocketAddr> {
+        self.dht
+            .address_of(now, dht_pk)
+            .or_else(|| self.crypto.session_state(real_pk).and_then(|s| s.addr))
     }
 
     /// Per established friend: the reported path (UDP/TCP; a change is an event), whether the
