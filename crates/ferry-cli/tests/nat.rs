@@ -36,6 +36,10 @@
 //! dropped). Port-restricted cone × symmetric cannot be punched with Linux's random port choice:
 //! the cone side only lets in the exact ip:port it sent to, and no guess finds the symmetric
 //! side's fresh random port; c-toxcore fails there the same way. Those cells stay relayed.
+//!
+//! `relayed_file_transfer` (issue 6) sends a 256 KiB file over the relayed path of a symmetric ×
+//! UDP-blocked lab at the relay's default link rate (32 KiB/s): measured here 10.1–10.3 s
+//! (≈ 25 KiB/s), BLAKE3 equal, path `tcp` throughout; the test takes ≈ 13 s in all.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
