@@ -265,3 +265,87 @@ fn no_udp_ferry_and_udp_disabled_c_toxcore_chat_through_tox_bootstrapd() {
     wait_message(&a, &tox_pk, "from c-toxcore over tcp", STEP);
     assert!(a.stop().expect("stop"));
 }
+
+/// Interop through a **ferry** relay with a UDP-enabled ferry node: a UDP-disabled c-toxcore
+/// 0.2.18 client (`toxpeer --udp-disabled`) adds a normal ferry node (auto-accept); both know
+/// a `ferry up --tcp-relay` node, which is all that can connect them (c-toxcore sends no UDP).
+/// Both report the path as TCP, messages go both ways, and the relay's `bytes_relayed` grows
+/// with the chat.
+#[test]
+fn udp_disabled_c_toxcore_and_udp_ferry_chat_through_a_ferry_relay() {
+    if ferry_testkit::toxpeer_path().is_err() {
+        eprintln!("SKIP: no toxpeer (install libtoxcore-dev, pkg-config, cc)");
+        return;
+    }
+    let infra = Infra::new(3).expect("infra");
+    let port = free_tcp_port();
+    let mut args = infra.ferry_args();
+    args.extend(["--tcp-relay".to_string(), port.to_string()]);
+    let relay = FerryUp::start(ferry(), &args).expect("ferry up --tcp-relay");
+    let relay_status = || {
+        relay
+            .json(&["relay", "status", "--json"])
+            .expect("relay status")
+    };
+    let key = relay_status()["public_key"]
+        .as_str()
+        .expect("key")
+        .to_uppercase();
+    std::thread::sleep(Duration::from_secs(3));
+    let relay_arg = format!("127.0.0.1:{port}:{key}");
+    let mut b_args = infra.ferry_args();
+    b_args.extend(["--relay-peer".into(), relay_arg.clone()]);
+    let b = FerryUp::start(ferry(), &b_args).expect("ferry (UDP on)");
+    assert!(
+        b.cli(&["set", "auto-accept", "on"])
+            .expect("cli")
+            .status
+            .success()
+    );
+    let mut tox = ferry_testkit::ToxClient::spawn(&ferry_testkit::ToxClientOptions {
+        udp_disabled: true,
+        bootstrap: infra.tox_bootstrap(),
+        tcp_relays: vec![("127.0.0.1".into(), port, key.clone())],
+        seconds: Some(300),
+        ..ferry_testkit::ToxClientOptions::default()
+    })
+    .expect("toxpeer");
+    let tox_pk = tox.public_key().to_string();
+    let start = Instant::now();
+    let n = tox
+        .add_friend(&id_field(&b, "tox_id"), "c-toxcore over a ferry relay")
+        .expect("add");
+    let f = wait_online(&b, &tox_pk, STEP);
+    let line = tox
+        .wait_for(&format!("FRIEND_CONNECTION {n} "), STEP)
+        .expect("c-toxcore sees ferry");
+    println!(
+        "c-toxcore --udp-disabled -> ferry (UDP) via a ferry relay: online after {:?}: {f} / {line}",
+        start.elapsed()
+    );
+    assert_eq!(f["connection"], "tcp", "{f}");
+    assert!(line.ends_with("tcp"), "{line}");
+    let before = relay_status()["bytes_relayed"].as_u64().expect("bytes");
+    tox.send_command(&format!("SEND {n} from c-toxcore via ferry relay"))
+        .expect("SEND");
+    wait_message(&b, &tox_pk, "from c-toxcore via ferry relay", STEP);
+    let out = b
+        .cli(&["send", &tox_pk, "from ferry via ferry relay"])
+        .expect("send");
+    assert!(out.status.success());
+    tox.wait_for(
+        &format!("MESSAGE {n} normal from ferry via ferry relay"),
+        STEP,
+    )
+    .expect("c-toxcore got it");
+    let s = relay_status();
+    println!("relay status: {s}");
+    assert!(
+        s["bytes_relayed"].as_u64() > Some(before),
+        "{before} -> {s}"
+    );
+    assert!(s["clients"].as_u64() >= Some(2), "{s}");
+    assert!(s["links"].as_u64() >= Some(1), "{s}");
+    assert!(b.stop().expect("stop b"));
+    assert!(relay.stop().expect("stop relay"));
+}

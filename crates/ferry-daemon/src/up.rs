@@ -436,6 +436,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         nospam: identity.nospam,
         relays: relay_candidates(&opts),
         no_udp: opts.no_udp,
+        hosted_relay_port: opts.tcp_relay_ports.first().copied(),
     };
     // A fresh DHT key per start, as c-toxcore; the relay server (if any) uses it too.
     let seed = ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;

@@ -147,8 +147,7 @@ async fn start(me: &Keys, bind: SocketAddr, shared: Arc<Shared>) -> NodeHandle {
             bootstrap: Vec::new(),
             real_keys: Some(me.real.clone()),
             nospam: 1,
-            relays: Vec::new(),
-            no_udp: false,
+            ..NodeOptions::default()
         },
         me.dht.clone(),
         Handler(shared),

@@ -201,6 +201,9 @@ pub struct NodeOptions {
     pub relays: Vec<(SocketAddr, PublicKey)>,
     /// Send no UDP at all (c-toxcore `udp_enabled = false`): friends only through relays.
     pub no_udp: bool,
+    /// TCP port of the relay this node hosts (`--tcp-relay`), announced to friends
+    /// ([`Node::set_hosted_relay`]).
+    pub hosted_relay_port: Option<u16>,
 }
 
 /// A cheap, cloneable handle to a running node task.
@@ -373,6 +376,7 @@ pub fn spawn_node_with_dht_keys(
     for (addr, pk) in options.relays {
         node.add_tcp_relay(now, addr, pk);
     }
+    node.set_hosted_relay(options.hosted_relay_port);
     let local_addr = socket.local_addr()?;
     let state = UdpSocketState::new((&socket).into())?;
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);

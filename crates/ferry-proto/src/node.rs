@@ -321,6 +321,8 @@ pub struct Node {
     self_connected: bool,
     tcp: TcpConnections,
     udp_enabled: bool,
+    /// TCP port of the relay this node hosts itself (`ferry up --tcp-relay`), if any.
+    hosted_relay: Option<u16>,
     /// File transfers per friend (only friends with some).
     files: BTreeMap<PublicKey, file::FriendFiles>,
 }
@@ -371,6 +373,7 @@ impl Node {
             self_connected: false,
             tcp,
             udp_enabled: config.udp_enabled,
+            hosted_relay: None,
             files: BTreeMap::new(),
         }
     }
@@ -380,6 +383,32 @@ impl Node {
     /// [`Node::poll_tcp_command`] afterwards.
     pub fn add_tcp_relay(&mut self, now: Instant, addr: SocketAddr, public_key: PublicKey) -> bool {
         self.tcp.add_relay(now, addr, public_key, true)
+    }
+
+    /// Tells the node it hosts a TCP relay on `port` (`ferry up --tcp-relay`; the relay's key is
+    /// our DHT key). As c-toxcore (which adds its own server as `127.0.0.1:PORT`), it is then the
+    /// first relay of our share-relays packets and DHT-PK announcements, as `127.0.0.1:PORT`;
+    /// friends put our IP in its place ([`crate::tcp_connection::shared_relay_addr`]).
+    pub fn set_hosted_relay(&mut self, port: Option<u16>) {
+        self.hosted_relay = port;
+    }
+
+    /// Relays we tell friends about, at most `n`: the one we host (as `127.0.0.1:PORT` with our
+    /// DHT key), then our ready base relays.
+    fn shared_relays(&self, n: usize) -> Vec<(SocketAddr, PublicKey)> {
+        let mut v: Vec<(SocketAddr, PublicKey)> = self
+            .hosted_relay
+            .map(|port| {
+                (
+                    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+                    self.dht.public_key(),
+                )
+            })
+            .into_iter()
+            .collect();
+        v.extend(self.tcp.announced_relays(n.saturating_sub(v.len())));
+        v.truncate(n);
+        v
     }
 
     /// Every known TCP relay (ours and friends').
@@ -952,11 +981,19 @@ impl Node {
                     self.learn_dht_pk(now, real_pk, dht_pk);
                     self.crypto.set_peer_dht_key(now, &real_pk, dht_pk);
                 }
+                let friend_addr = self.friend_udp_addr(now, &real_pk, &dht_pk);
                 for n in nodes {
                     match n.transport {
                         Transport::Udp => self.dht.bootstrap(now, n.addr, n.public_key),
                         Transport::Tcp => {
-                            self.tcp.add_friend_relay(now, dht_pk, n.addr, n.public_key);
+                            if let Some(addr) = crate::tcp_connection::shared_relay_addr(
+                                n.addr,
+                                &n.public_key,
+                                &dht_pk,
+                                friend_addr,
+                            ) {
+                                self.tcp.add_friend_relay(now, dht_pk, addr, n.public_key);
+                            }
                         }
                     }
                 }
@@ -1094,13 +1131,23 @@ impl Node {
                 let Some(d) = f.dht_pk else {
                     return;
                 };
+                let friend_addr = self.friend_udp_addr(now, &peer, &d);
                 let mut r = ferry_wire::Reader::new(&bytes);
                 for _ in 0..MAX_SHARED_RELAYS {
                     let Ok(n) = PackedNode::decode(&mut r) else {
                         break;
                     };
-                    if n.transport == Transport::Tcp {
-                        self.tcp.add_friend_relay(now, d, n.addr, n.public_key);
+                    if n.transport != Transport::Tcp {
+                        continue;
+                    }
+                    // A relay the friend hosts itself comes as 127.0.0.1 from c-toxcore.
+                    if let Some(addr) = crate::tcp_connection::shared_relay_addr(
+                        n.addr,
+                        &n.public_key,
+                        &d,
+                        friend_addr,
+                    ) {
+                        self.tcp.add_friend_relay(now, d, addr, n.public_key);
                     }
                 }
             }
@@ -1200,8 +1247,7 @@ impl Node {
             }
         }
         let mut nodes: Vec<PackedNode> = self
-            .tcp
-            .announced_relays(DHT_PK_RELAYS)
+            .shared_relays(DHT_PK_RELAYS)
             .into_iter()
             .map(|(addr, public_key)| PackedNode {
                 transport: Transport::Tcp,
@@ -1212,6 +1258,19 @@ impl Node {
         nodes.extend(self.dht.closest_nodes(now, &self.dht.public_key(), false));
         self.onion.set_dht_pk_nodes(nodes);
         self.update_onion_relays(now);
+    }
+
+    /// The UDP address a friend is known at (c-toxcore's `dht_ip_port`): where the DHT last
+    /// saw its DHT key `dht_pk`, else its session's address.
+    fn friend_udp_addr(
+        &self,
+        now: Instant,
+        real_pk: &PublicKey,
+        dht_pk: &PublicKey,
+    ) -> Option<SocketAddr> {
+        self.dht
+            .address_of(now, dht_pk)
+            .or_else(|| self.crypto.session_state(real_pk).and_then(|s| s.addr))
     }
 
     /// Per established friend: the reported path (UDP/TCP; a change is an event), whether the
@@ -1243,6 +1302,7 @@ impl Node {
                 relay,
             });
         }
+        let relays = self.shared_relays(MAX_SHARED_RELAYS);
         let Some(f) = self.friends.get_mut(&pk) else {
             return;
         };
@@ -1250,7 +1310,6 @@ impl Node {
             && f.last_share
                 .is_none_or(|t| now.saturating_duration_since(t) >= SHARE_RELAYS_INTERVAL)
         {
-            let relays = self.tcp.announced_relays(MAX_SHARED_RELAYS);
             if relays.is_empty() {
                 return;
             }

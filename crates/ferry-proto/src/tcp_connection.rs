@@ -54,6 +54,46 @@ pub const MAX_RETRY: Duration = Duration::from_secs(120);
 /// Peers whose last OOB relay is remembered (for answering on the same relay).
 const MAX_OOB_MEMORY: usize = 1024;
 
+/// Where to reach a TCP relay a friend told us about (share-relays packet, messenger id 17, or
+/// the TCP nodes of its DHT-PK announcement), as c-toxcore 0.2.18 `friend_connection.c`
+/// `friend_add_tcp_relay` decides it; `None` = do not use it.
+///
+/// * A relay whose key is the friend's DHT key `friend_dht` is one the friend hosts itself;
+///   c-toxcore announces its own relay as `127.0.0.1:PORT`. When that address is loopback, or
+///   LAN while the friend's own address is not, the relay is at the friend's IP
+///   (`friend_addr`, the address the DHT or the session knows it at) on the announced port.
+///   With no address known for the friend such a loopback relay is dropped (c-toxcore keeps it
+///   and clears `hosting_tcp_relay`; it would only reach our own host).
+/// * Any other loopback relay is on the friend's host: kept only if the friend itself is on
+///   loopback (or its address is unknown, as c-toxcore keeps it).
+/// * Everything else is kept as announced.
+pub fn shared_relay_addr(
+    addr: SocketAddr,
+    relay_pk: &PublicKey,
+    friend_dht: &PublicKey,
+    friend_addr: Option<SocketAddr>,
+) -> Option<SocketAddr> {
+    let loopback = addr.ip().to_canonical().is_loopback();
+    let friend_loopback = friend_addr.map(|a| a.ip().to_canonical().is_loopback());
+    if relay_pk == friend_dht {
+        let local = loopback
+            || (ferry_wire::node::ip_is_lan(addr.ip())
+                && friend_addr.is_some_and(|a| !ferry_wire::node::ip_is_lan(a.ip())));
+        if !local {
+            return Some(addr);
+        }
+        return match friend_addr {
+            Some(f) => Some(SocketAddr::new(f.ip(), addr.port())),
+            None if loopback => None,
+            None => Some(addr),
+        };
+    }
+    if loopback && friend_loopback == Some(false) {
+        return None;
+    }
+    Some(addr)
+}
+
 /// The driver's id of one relay stream.
 pub type TcpId = u64;
 
@@ -842,5 +882,65 @@ mod tests {
         // Active again: reopened at once.
         t.set_friend(now + FIRST_RETRY, friend.public, true);
         assert!(matches!(t.poll_command(), Some(TcpCommand::Connect { .. })));
+    }
+
+    #[test]
+    fn shared_relay_addresses_follow_c_toxcore() {
+        let friend = PublicKey([7; 32]);
+        let other = PublicKey([8; 32]);
+        let sa = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let public = Some(sa("203.0.113.5:33445"));
+        // The friend's own relay announced on loopback: at the friend's IP, announced port.
+        assert_eq!(
+            shared_relay_addr(sa("127.0.0.1:3389"), &friend, &friend, public),
+            Some(sa("203.0.113.5:3389"))
+        );
+        // ... on a LAN address while the friend is reached publicly: the same.
+        assert_eq!(
+            shared_relay_addr(sa("192.168.1.4:3389"), &friend, &friend, public),
+            Some(sa("203.0.113.5:3389"))
+        );
+        // ... on a LAN address and the friend is on the LAN too: as announced.
+        assert_eq!(
+            shared_relay_addr(
+                sa("192.168.1.4:3389"),
+                &friend,
+                &friend,
+                Some(sa("192.168.1.4:1"))
+            ),
+            Some(sa("192.168.1.4:3389"))
+        );
+        // ... on loopback with no address known for the friend: unusable.
+        assert_eq!(
+            shared_relay_addr(sa("127.0.0.1:3389"), &friend, &friend, None),
+            None
+        );
+        // Someone else's relay on the friend's loopback: only if the friend is local.
+        assert_eq!(
+            shared_relay_addr(sa("127.0.0.1:3389"), &other, &friend, public),
+            None
+        );
+        assert_eq!(
+            shared_relay_addr(
+                sa("127.0.0.1:3389"),
+                &other,
+                &friend,
+                Some(sa("127.0.0.1:5"))
+            ),
+            Some(sa("127.0.0.1:3389"))
+        );
+        assert_eq!(
+            shared_relay_addr(sa("127.0.0.1:3389"), &other, &friend, None),
+            Some(sa("127.0.0.1:3389"))
+        );
+        // Public relays are used as announced.
+        assert_eq!(
+            shared_relay_addr(sa("198.51.100.1:443"), &other, &friend, public),
+            Some(sa("198.51.100.1:443"))
+        );
+        assert_eq!(
+            shared_relay_addr(sa("198.51.100.1:443"), &friend, &friend, public),
+            Some(sa("198.51.100.1:443"))
+        );
     }
 }

@@ -567,3 +567,40 @@ fn net_crypto_session_over_the_relay_path() {
     );
     assert_eq!(relay_sent, before, "direct: nothing more over the relay");
 }
+
+/// A node hosting a relay announces it to friends as c-toxcore does (`127.0.0.1:PORT` with its
+/// DHT key, in share-relays packets and DHT-PK announcements); the friend puts the host's IP in
+/// place of the loopback address (`friend_connection.c` `friend_add_tcp_relay`).
+#[test]
+fn a_hosted_relay_is_shared_with_the_hosts_ip() {
+    let mut w = World::new(10, 6, &[]);
+    let boot = (w.addrs[0], w.nodes[0].dht().public_key());
+    let now = w.now;
+    for i in 1..w.nodes.len() {
+        w.nodes[i].dht_mut().bootstrap(now, boot.0, boot.1);
+    }
+    // Node 0 hosts the relay (on port 3389 of its address 10.0.0.1); node 2 is its friend.
+    w.nodes[0].set_hosted_relay(Some(w.relay_addr.port()));
+    w.run_for(Duration::from_secs(10));
+    let (a, b) = (0, 2);
+    let pa = w.nodes[a].tox_id().public_key;
+    let pb = w.nodes[b].tox_id().public_key;
+    let t0 = w.now;
+    w.nodes[a].add_friend_norequest(t0, pb).expect("add");
+    w.nodes[b].add_friend_norequest(t0, pa).expect("add");
+    let relay_pk = w.relay.public_key();
+    let mut learnt = None;
+    for _ in 0..600 {
+        w.run_for(Duration::from_millis(100));
+        learnt = w.nodes[b]
+            .tcp_relays()
+            .into_iter()
+            .find(|r| r.public_key == relay_pk);
+        if learnt.is_some() {
+            break;
+        }
+    }
+    let r = learnt.expect("the friend learnt the hosted relay within 60 s");
+    assert_eq!(r.addr, w.relay_addr, "at the host's IP, not 127.0.0.1");
+    assert!(!r.base, "a friend's relay, not one of ours");
+}
