@@ -259,7 +259,7 @@ fn ping6_through_the_tunnel() {
 
     // ping A → B's mesh address; retried while the address leaves DAD (bounded).
     let start = Instant::now();
-    let mut last = String::new();
+    let mut last;
     let ok = loop {
         let out = Command::new("ip")
             .args(["netns", "exec", &a.ns, "ping", "-6", "-c", "3", "-i", "0.2"])
