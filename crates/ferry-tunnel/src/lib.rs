@@ -58,8 +58,8 @@ pub const MESH_ADDRESS_LABEL: &[u8] = b"ferry mesh address v1";
 pub const TUNNEL_PACKET_ID: u8 = 222;
 
 /// TUN MTU, bytes: 1372. A net_crypto data packet is at most 1400 bytes of UDP payload
-/// (`MAX_CRYPTO_PACKET_SIZE`); its overhead is 1 (kind 0x1b) + 2 (nonce low bytes) + 16 (MAC)
-/// + 4 (buffer start) + 4 (packet number) = 27, leaving 1373 data bytes
+/// (`MAX_CRYPTO_PACKET_SIZE`); its overhead is 27 bytes: kind 0x1b (1), nonce low bytes (2),
+/// MAC (16), buffer start (4) and packet number (4), leaving 1373 data bytes
 /// (`MAX_CRYPTO_DATA_SIZE`), of which 1 is the packet id [`TUNNEL_PACKET_ID`]: 1373 − 1 = 1372.
 /// Padding (`(1373 − len) mod 8`) never pushes a packet past 1373. Over IPv6/UDP the outer
 /// packet is ≤ 1400 + 8 + 40 = 1448 bytes, under a 1500-byte Ethernet MTU; 1372 ≥ 1280, the
