@@ -480,6 +480,56 @@ pub struct Message {
     pub delivered: bool,
 }
 
+/// `POST /v1/tunnel/up` request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelUp {
+    /// TUN device name (default `ferry0`, ≤ 15 bytes).
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+/// A friend reachable through the tunnel.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelPeer {
+    /// The friend's long-term public key.
+    pub public_key: String,
+    /// Its mesh address.
+    pub address: String,
+}
+
+/// `POST /v1/tunnel/down` request (no fields).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelDown {}
+
+/// `GET /v1/tunnel/status` (also the answer to `POST /v1/tunnel/up`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelStatus {
+    /// Whether the tunnel is up.
+    pub up: bool,
+    /// TUN device name (empty when down).
+    pub device: String,
+    /// Our mesh address (shown even when down).
+    pub address: String,
+    /// The mesh prefix, e.g. `fd54:6f78::/32`.
+    pub prefix: String,
+    /// TUN MTU, bytes.
+    pub mtu: u32,
+    /// IP packets sent to friends.
+    pub tx_packets: u64,
+    /// IP bytes sent to friends.
+    pub tx_bytes: u64,
+    /// IP packets received from friends (written to TUN).
+    pub rx_packets: u64,
+    /// IP bytes received from friends.
+    pub rx_bytes: u64,
+    /// Packets dropped (any reason).
+    pub dropped: u64,
+    /// Dropped because a source address did not belong to its sender (spoofed).
+    pub dropped_bad_source: u64,
+    /// Friends with a route.
+    pub peers: Vec<TunnelPeer>,
+}
+
 /// A boxed `Send` future, the return type of [`Backend`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -576,6 +626,18 @@ pub trait Backend: Send + Sync + 'static {
     fn resume_file(&self, _req: FileAction) -> BoxFuture<'_, Result<FileTransfer, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/tunnel/up`.
+    fn tunnel_up(&self, _req: TunnelUp) -> BoxFuture<'_, Result<TunnelStatus, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/tunnel/down`.
+    fn tunnel_down(&self, _req: TunnelDown) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/tunnel/status`.
+    fn tunnel_status(&self) -> BoxFuture<'_, Result<TunnelStatus, ApiError>> {
+        unsupported()
+    }
     /// `POST /v1/files/avatar`.
     fn set_avatar(&self, _req: SetAvatar) -> BoxFuture<'_, Result<(), ApiError>> {
         unsupported()
@@ -631,6 +693,9 @@ handler!(cancel_file, post, cancel_file, FileAction, FileTransfer);
 handler!(pause_file, post, pause_file, FileAction, FileTransfer);
 handler!(resume_file, post, resume_file, FileAction, FileTransfer);
 handler!(set_avatar, post_ok, set_avatar, SetAvatar);
+handler!(tunnel_up, post, tunnel_up, TunnelUp, TunnelStatus);
+handler!(tunnel_down, post_ok, tunnel_down, TunnelDown);
+handler!(tunnel_status, get, tunnel_status, TunnelStatus);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -660,6 +725,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/files/pause", post(pause_file::<B>))
         .route("/v1/files/resume", post(resume_file::<B>))
         .route("/v1/files/avatar", post(set_avatar::<B>))
+        .route("/v1/tunnel/up", post(tunnel_up::<B>))
+        .route("/v1/tunnel/down", post(tunnel_down::<B>))
+        .route("/v1/tunnel/status", get(tunnel_status::<B>))
         .with_state(backend)
 }
 

@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: RelayCommand,
     },
+    /// IP tunnel over friends' sessions: `up`, `down`, `status`.
+    Tunnel {
+        #[command(subcommand)]
+        command: TunnelCommand,
+    },
     /// Ask the running daemon to stop.
     Stop,
     /// Show the running node's status.
@@ -377,6 +382,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Tunnel { command } => tunnel(&client(profile_dir), command).await?,
         Command::Stop => {
             let _: ferry_api::Ok = client(profile_dir)
                 .post("/v1/shutdown", &serde_json::json!({}))
@@ -727,4 +733,82 @@ fn print_sim_table(r: &ferry_sim::dht::DhtReport) {
     for (k, v) in rows {
         println!("{k:<32} {v}");
     }
+}
+
+/// `ferry tunnel ...`.
+#[derive(Debug, Subcommand)]
+enum TunnelCommand {
+    /// Create the TUN device with this node's mesh address and carry IPv6 to friends.
+    Up {
+        /// TUN device name.
+        #[arg(long, default_value = "ferry0")]
+        device: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the TUN device.
+    Down,
+    /// Show the tunnel: address, peers, packets and bytes each way.
+    Status {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_tunnel(s: &ferry_api::TunnelStatus) {
+    println!("state           {}", if s.up { "up" } else { "down" });
+    if s.up {
+        println!("device          {} (MTU {})", s.device, s.mtu);
+    }
+    println!("address         {} (mesh prefix {})", s.address, s.prefix);
+    println!(
+        "sent            {} packets, {} bytes",
+        s.tx_packets, s.tx_bytes
+    );
+    println!(
+        "received        {} packets, {} bytes",
+        s.rx_packets, s.rx_bytes
+    );
+    println!(
+        "dropped         {} ({} spoofed source)",
+        s.dropped, s.dropped_bad_source
+    );
+    for p in &s.peers {
+        println!("peer            {}  {}", p.address, p.public_key);
+    }
+}
+
+async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
+    match command {
+        TunnelCommand::Up { device, json } => {
+            let s: ferry_api::TunnelStatus = c
+                .post(
+                    "/v1/tunnel/up",
+                    &ferry_api::TunnelUp {
+                        device: Some(device),
+                    },
+                )
+                .await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print_tunnel(&s);
+            }
+        }
+        TunnelCommand::Down => {
+            let _: ferry_api::Ok = c.post("/v1/tunnel/down", &ferry_api::TunnelDown {}).await?;
+            println!("tunnel down");
+        }
+        TunnelCommand::Status { json } => {
+            let s: ferry_api::TunnelStatus = c.get("/v1/tunnel/status").await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print_tunnel(&s);
+            }
+        }
+    }
+    Ok(())
 }

@@ -53,6 +53,8 @@ pub struct ChatShared {
     packets_changed: Notify,
     /// Running file transfers ([`crate::files`]).
     pub(crate) files: Mutex<crate::files::FileState>,
+    /// The IP tunnel ([`crate::tunnel`]).
+    pub tunnel: crate::tunnel::TunnelShared,
 }
 
 /// Received custom packets kept for `POST /v1/packets/list`.
@@ -99,6 +101,7 @@ impl ChatShared {
             packets: Mutex::new((0, std::collections::VecDeque::new())),
             packets_changed: Notify::new(),
             files: Mutex::new(crate::files::FileState::default()),
+            tunnel: crate::tunnel::TunnelShared::default(),
         }))
     }
 
@@ -685,6 +688,13 @@ impl EventHandler for ChatHandler {
             NodeEvent::FriendStatusMessage { public_key, text } => {
                 let text = String::from_utf8_lossy(&text).into_owned();
                 s.update_friend(&public_key, |r| r.status_message = text);
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: false,
+                data,
+            } if data.first() == Some(&ferry_tunnel::TUNNEL_PACKET_ID) => {
+                s.tunnel.on_packet(&public_key, &data);
             }
             NodeEvent::CustomPacket {
                 public_key,

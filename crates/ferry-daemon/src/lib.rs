@@ -13,6 +13,7 @@ pub mod devnet;
 pub mod files;
 pub mod profile;
 pub mod toxfile;
+pub mod tunnel;
 pub mod up;
 
 /// ferry's version, as reported by the control API.

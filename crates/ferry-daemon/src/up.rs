@@ -380,6 +380,27 @@ impl Backend for NodeBackend {
         })
     }
 
+    fn tunnel_up(
+        &self,
+        req: ferry_api::TunnelUp,
+    ) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
+        Box::pin(async move {
+            let own = self.identity.public_key();
+            self.chat()?.tunnel.up(&self.node, own, req.device).await
+        })
+    }
+
+    fn tunnel_down(&self, _req: ferry_api::TunnelDown) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.chat()?.tunnel.down() })
+    }
+
+    fn tunnel_status(&self) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
+        Box::pin(async move {
+            let own = self.identity.public_key();
+            Ok(self.chat()?.tunnel.status(own))
+        })
+    }
+
     fn set_avatar(&self, req: SetAvatar) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async move { self.chat()?.files_set_avatar(&self.node, req.path).await })
     }

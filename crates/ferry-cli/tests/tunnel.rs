@@ -1,0 +1,315 @@
+//! The IP tunnel, first slice (issue 7): two `ferry up` peers in their own network namespaces
+//! (`lab/nat.sh up none:none`: hosts behind plain routers, a public segment with ferry DHT nodes
+//! and a TCP relay) become friends, run `ferry tunnel up` (a TUN device `ferry0` with each
+//! node's mesh address in `fd54:6f78::/32`), and `ping -6 -c 3 <peer's mesh address>` must
+//! succeed; `ferry tunnel status --json` must show packets both ways on both sides.
+//!
+//! Needs root, iproute2, iptables, ping and `/dev/net/tun`; skipped with a message otherwise.
+//! Bounded (90 s to online, 30 s of pings); the lab is torn down on drop (processes killed by PID).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_testkit::KillOnDrop;
+
+fn ferry() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+fn nat_sh() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lab/nat.sh")
+}
+
+/// Public DHT nodes (the first also a TCP relay).
+const PUBLIC_NODES: u16 = 4;
+/// Budget from `friend add` to both peers online.
+const ONLINE_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn skip_reason() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "iptables", "ping"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("{tool} not installed"));
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    None
+}
+
+struct Lab {
+    prefix: String,
+    vars: std::collections::HashMap<String, String>,
+}
+
+impl Lab {
+    fn up(topology: &str, prefix: &str) -> anyhow::Result<Self> {
+        let out = Command::new("bash")
+            .arg(nat_sh())
+            .args(["up", topology, prefix])
+            .output()?;
+        let lab = Self {
+            prefix: prefix.to_string(),
+            vars: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        anyhow::ensure!(
+            out.status.success(),
+            "nat.sh up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(lab)
+    }
+    fn var(&self, k: &str) -> &str {
+        self.vars.get(k).map_or("", String::as_str)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(nat_sh())
+            .args(["down", &self.prefix])
+            .output();
+    }
+}
+
+/// A `ferry up` inside a namespace (its own profile), killed by PID on drop.
+struct Daemon {
+    ns: String,
+    _child: KillOnDrop,
+    profile: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(ns: &str, port: u16, bootstrap: &[String], extra: &[String]) -> anyhow::Result<Self> {
+        let profile = tempfile::tempdir()?;
+        let init = Command::new(ferry())
+            .arg("--profile")
+            .arg(profile.path())
+            .arg("init")
+            .output()?;
+        anyhow::ensure!(init.status.success(), "ferry init failed");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(ferry())
+            .arg("--profile")
+            .arg(profile.path())
+            .args(["up", "--udp-port", &port.to_string()])
+            .args(["--bind", "0.0.0.0", "--no-default-bootstrap", "--no-lan"]);
+        for b in bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        cmd.args(extra);
+        let child = KillOnDrop(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+        let d = Self {
+            ns: ns.to_string(),
+            _child: child,
+            profile,
+        };
+        let start = Instant::now();
+        while d.json(&["status", "--json"]).is_none() {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "ferry up in {ns} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<std::process::Output> {
+        Command::new(ferry())
+            .arg("--profile")
+            .arg(self.profile.path())
+            .args(args)
+            .output()
+            .ok()
+    }
+
+    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn id(&self, field: &str) -> String {
+        self.json(&["id", "--json"]).expect("id")[field]
+            .as_str()
+            .expect("id field")
+            .to_string()
+    }
+
+    fn online(&self, pk: &str) -> bool {
+        self.json(&["friend", "list", "--json"])
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|l| {
+                l.iter().any(|f| {
+                    f["public_key"].as_str() == Some(pk)
+                        && f["connection"].as_str().is_some_and(|c| c != "none")
+                })
+            })
+    }
+
+    fn dht_key(&self) -> String {
+        self.json(&["status", "--json"]).expect("status")["dht_public_key"]
+            .as_str()
+            .expect("dht key")
+            .to_string()
+    }
+}
+
+#[test]
+fn ping6_through_the_tunnel() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP ping6_through_the_tunnel: {why}");
+        return;
+    }
+    let prefix = format!("tn{:x}", std::process::id() & 0xffff);
+    let lab = Lab::up("none:none", &prefix).expect("lab");
+    let boot_ns = lab.var("NS_BOOT").to_string();
+    let boot_ip = lab.var("BOOT_IP").to_string();
+    let relay_port = 33500u16;
+    let first = Daemon::start(
+        &boot_ns,
+        33445,
+        &[],
+        &["--tcp-relay".to_string(), relay_port.to_string()],
+    )
+    .expect("first public node");
+    let first_key = first.dht_key();
+    let boot = vec![format!("{boot_ip}:33445:{first_key}")];
+    let mut public = vec![first];
+    for i in 1..PUBLIC_NODES {
+        public.push(Daemon::start(&boot_ns, 33445 + i, &boot, &[]).expect("public node"));
+    }
+    let mut peer_boot = boot.clone();
+    for (i, d) in public.iter().enumerate().skip(1) {
+        peer_boot.push(format!("{boot_ip}:{}:{}", 33445 + i, d.dht_key()));
+    }
+    let relay = vec![
+        "--relay-peer".to_string(),
+        format!("{boot_ip}:{relay_port}:{first_key}"),
+    ];
+    let a = Daemon::start(lab.var("NS_A"), 33445, &peer_boot, &relay).expect("a");
+    let b = Daemon::start(lab.var("NS_B"), 33445, &peer_boot, &relay).expect("b");
+    for d in [&a, &b] {
+        assert!(
+            d.cli(&["set", "auto-accept", "on"])
+                .is_some_and(|o| o.status.success())
+        );
+    }
+    let (a_pk, b_pk) = (a.id("public_key"), b.id("public_key"));
+    let start = Instant::now();
+    assert!(
+        a.cli(&["friend", "add", &b.id("tox_id"), "tunnel"])
+            .is_some_and(|o| o.status.success())
+    );
+    while !(a.online(&b_pk) && b.online(&a_pk)) {
+        assert!(
+            start.elapsed() < ONLINE_TIMEOUT,
+            "friends not online in {ONLINE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("MEASURE tunnel: friends online after {:?}", start.elapsed());
+
+    let mut addrs = Vec::new();
+    for d in [&a, &b] {
+        let up = d.cli(&["tunnel", "up", "--json"]).expect("tunnel up");
+        assert!(
+            up.status.success(),
+            "tunnel up: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        let s: serde_json::Value = serde_json::from_slice(&up.stdout).expect("json");
+        assert_eq!(s["up"], true);
+        assert_eq!(s["mtu"], 1372);
+        let addr = s["address"].as_str().expect("address").to_string();
+        assert!(addr.starts_with("fd54:6f78:"), "{addr}");
+        addrs.push(addr);
+    }
+    // Both mesh addresses are on the devices inside their namespaces.
+    for (d, addr) in [(&a, &addrs[0]), (&b, &addrs[1])] {
+        let out = Command::new("ip")
+            .args(["-n", &d.ns, "-6", "addr", "show", "dev", "ferry0"])
+            .output()
+            .expect("ip addr");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(addr.as_str()),
+            "{addr} not on ferry0 in {}",
+            d.ns
+        );
+    }
+
+    // ping A → B's mesh address; retried while the address leaves DAD (bounded).
+    let start = Instant::now();
+    let mut last;
+    let ok = loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a.ns, "ping", "-6", "-c", "3", "-i", "0.2"])
+            .args(["-W", "2", &addrs[1]])
+            .output()
+            .expect("ping");
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("{last}");
+    let sa = a.json(&["tunnel", "status", "--json"]).expect("status a");
+    let sb = b.json(&["tunnel", "status", "--json"]).expect("status b");
+    eprintln!("A: {sa}\nB: {sb}");
+    assert!(ok, "ping -6 {} failed: {last}", addrs[1]);
+    for s in [&sa, &sb] {
+        assert!(s["tx_packets"].as_u64().unwrap_or(0) >= 3, "{s}");
+        assert!(s["rx_packets"].as_u64().unwrap_or(0) >= 3, "{s}");
+        assert!(s["tx_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["rx_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert_eq!(s["dropped_bad_source"], 0, "{s}");
+    }
+    // Status peers list the friend with its mesh address.
+    assert!(
+        sa["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x["address"] == addrs[1].as_str()))
+    );
+
+    // Down removes the device; status says down.
+    assert!(
+        a.cli(&["tunnel", "down"])
+            .is_some_and(|o| o.status.success())
+    );
+    let s = a.json(&["tunnel", "status", "--json"]).expect("status");
+    assert_eq!(s["up"], false);
+    let gone = Command::new("ip")
+        .args(["-n", &a.ns, "link", "show", "ferry0"])
+        .output()
+        .expect("ip link");
+    assert!(!gone.status.success(), "ferry0 still present after down");
+    drop((a, b, public));
+    drop(lab);
+}
