@@ -61,6 +61,10 @@ const ACK_ALLOWANCE: Duration = Duration::from_millis(2);
 const MIN_ROUND: Duration = Duration::from_millis(4);
 /// min_rtt expires after this long.
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+/// Lowest bottleneck-bandwidth estimate, packets/s (about 11 KiB/s of 1373-byte packets): low
+/// enough that a slow path, such as a TCP relay's 32 KiB/s link limit, is paced near its rate
+/// instead of being flooded (a floor of 640 packets/s sent ~22× what such a relay forwards).
+const MIN_BTL_BW: f64 = 8.0;
 /// Bandwidth estimate before any sample, packets/s (about 2.7 MB/s of 1373-byte packets).
 const INITIAL_BW: f64 = 2000.0;
 
@@ -299,7 +303,7 @@ impl Bbr {
         let max = self.samples.iter().copied().fold(0.0, f64::max);
         // Before any delivery the initial guess stands.
         if max > 0.0 || self.delivered > 0 {
-            self.btl_bw = max.max(MIN_CWND / 0.1);
+            self.btl_bw = max.max(MIN_BTL_BW);
         }
         self.mode = match self.mode {
             Mode::Startup => {
