@@ -41,19 +41,14 @@
 //! UDP-blocked lab at the relay's default link rate (32 KiB/s): measured here 10.1–10.3 s
 //! (≈ 25 KiB/s), BLAKE3 equal, path `tcp` throughout; the test takes ≈ 13 s in all.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::{KillOnDrop, ToxClient, ToxClientOptions};
+use ferry_testkit::lab::{NatLab, NetnsFerry, lab_skip_reason};
+use ferry_testkit::{ToxClient, ToxClientOptions};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
-}
-
-fn nat_sh() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lab/nat.sh")
 }
 
 /// Public DHT nodes on the public segment: enough that ≥ 4 nodes near each peer's DHT key
@@ -64,163 +59,16 @@ const CELL_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Why the test cannot run here, if it cannot.
 fn skip_reason() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "iptables"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
+    lab_skip_reason(&[])
 }
 
-/// A lab built by `lab/nat.sh up`; `down` on drop.
-struct Lab {
-    prefix: String,
-    vars: HashMap<String, String>,
+/// `ferry up` in namespace `ns` (see [`NetnsFerry::start`]).
+fn daemon(ns: &str, port: u16, bootstrap: &[String], extra: &[String]) -> anyhow::Result<Daemon> {
+    NetnsFerry::start(ferry(), ns, port, bootstrap, extra)
 }
 
-impl Lab {
-    fn up(topology: &str, prefix: &str) -> anyhow::Result<Self> {
-        let out = Command::new("bash")
-            .arg(nat_sh())
-            .args(["up", topology, prefix])
-            .output()?;
-        let lab = Self {
-            prefix: prefix.to_string(),
-            vars: String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        anyhow::ensure!(
-            out.status.success(),
-            "nat.sh up {topology}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(lab)
-    }
-    fn var(&self, k: &str) -> &str {
-        self.vars.get(k).map_or("", String::as_str)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(nat_sh())
-            .args(["down", &self.prefix])
-            .output();
-    }
-}
-
-/// A `ferry up` inside a namespace (its own profile), killed by PID on drop.
-struct Daemon {
-    _child: KillOnDrop,
-    profile: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(ns: &str, port: u16, bootstrap: &[String]) -> anyhow::Result<Self> {
-        Self::start_with(ns, port, bootstrap, &[])
-    }
-
-    fn start_with(
-        ns: &str,
-        port: u16,
-        bootstrap: &[String],
-        extra: &[String],
-    ) -> anyhow::Result<Self> {
-        let profile = tempfile::tempdir()?;
-        let init = Command::new(ferry())
-            .arg("--profile")
-            .arg(profile.path())
-            .arg("init")
-            .output()?;
-        anyhow::ensure!(init.status.success(), "ferry init failed");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(ferry())
-            .arg("--profile")
-            .arg(profile.path())
-            .args(["up", "--udp-port", &port.to_string()])
-            .args(["--bind", "0.0.0.0", "--no-default-bootstrap", "--no-lan"]);
-        for b in bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        cmd.args(extra);
-        let child = KillOnDrop(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-        let d = Self {
-            _child: child,
-            profile,
-        };
-        let start = Instant::now();
-        while d.json(&["status", "--json"]).is_none() {
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(20),
-                "ferry up in {ns} never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(d)
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<std::process::Output> {
-        Command::new(ferry())
-            .arg("--profile")
-            .arg(self.profile.path())
-            .args(args)
-            .output()
-            .ok()
-    }
-
-    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let out = self.cli(args)?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn id(&self, field: &str) -> String {
-        self.json(&["id", "--json"]).expect("id")[field]
-            .as_str()
-            .expect("id field")
-            .to_string()
-    }
-
-    fn online(&self, pk: &str) -> bool {
-        self.path(pk).is_some_and(|c| c != "none")
-    }
-
-    /// The friend's `connection` ("none", "udp", "tcp").
-    fn path(&self, pk: &str) -> Option<String> {
-        self.json(&["friend", "list", "--json"])
-            .and_then(|v| v.as_array().cloned())
-            .and_then(|l| {
-                l.iter()
-                    .find(|f| f["public_key"].as_str() == Some(pk))
-                    .and_then(|f| f["connection"].as_str().map(str::to_string))
-            })
-    }
-
-    fn has_message(&self, pk: &str, text: &str) -> bool {
-        self.cli(&["messages", pk, "--json"]).is_some_and(|out| {
-            String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .is_ok_and(|v| v["direction"] == "in" && v["text"] == text)
-            })
-        })
-    }
-}
+type Daemon = NetnsFerry;
+type Lab = NatLab;
 
 /// Result of one cell.
 #[derive(Debug)]
@@ -264,7 +112,7 @@ fn public_segment(
     let mut public = Vec::new();
     let mut relay_args = vec!["--tcp-relay".to_string(), relay_port.to_string()];
     relay_args.extend_from_slice(relay_extra);
-    let first = Daemon::start_with(&boot_ns, 33445, &[], &relay_args)?;
+    let first = daemon(&boot_ns, 33445, &[], &relay_args)?;
     let first_key = first.json(&["status", "--json"]).expect("status")["dht_public_key"]
         .as_str()
         .expect("dht key")
@@ -272,7 +120,7 @@ fn public_segment(
     let boot = vec![format!("{boot_ip}:33445:{first_key}")];
     public.push(first);
     for i in 1..PUBLIC_NODES {
-        public.push(Daemon::start(&boot_ns, 33445 + i, &boot)?);
+        public.push(daemon(&boot_ns, 33445 + i, &boot, &[])?);
     }
     let mut peer_boot = boot.clone();
     for (i, d) in public.iter().enumerate().skip(1) {
@@ -318,8 +166,8 @@ fn run_cell(
             relay_dropped_after: None,
         });
     }
-    let a = Daemon::start_with(lab.var("NS_A"), 33445, &peer_boot, &relay_arg)?;
-    let b = Daemon::start_with(lab.var("NS_B"), 33445, &peer_boot, &relay_arg)?;
+    let a = daemon(lab.var("NS_A"), 33445, &peer_boot, &relay_arg)?;
+    let b = daemon(lab.var("NS_B"), 33445, &peer_boot, &relay_arg)?;
     for d in [&a, &b] {
         let ok = d
             .cli(&["set", "auto-accept", "on"])
@@ -575,8 +423,8 @@ fn relayed_file_transfer() {
             .json(&["relay", "status", "--json"])
             .expect("relay status")
     };
-    let a = Daemon::start_with(lab.var("NS_A"), 33445, &peer_boot, &relay_arg).expect("a");
-    let b = Daemon::start_with(lab.var("NS_B"), 33445, &peer_boot, &relay_arg).expect("b");
+    let a = daemon(lab.var("NS_A"), 33445, &peer_boot, &relay_arg).expect("a");
+    let b = daemon(lab.var("NS_B"), 33445, &peer_boot, &relay_arg).expect("b");
     let dir = tempfile::tempdir().expect("tempdir");
     let inbox = dir.path().join("inbox");
     for args in [

@@ -7,18 +7,14 @@
 //! Needs root, iproute2, iptables, ping and `/dev/net/tun`; skipped with a message otherwise.
 //! Bounded (90 s to online, 30 s of pings); the lab is torn down on drop (processes killed by PID).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::KillOnDrop;
+use ferry_testkit::lab::{NatLab, NetnsFerry, lab_skip_reason};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
-}
-
-fn nat_sh() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../lab/nat.sh")
 }
 
 /// Public DHT nodes (the first also a TCP relay).
@@ -27,19 +23,8 @@ const PUBLIC_NODES: u16 = 4;
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn skip_reason() -> Option<String> {
-    let uid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        return Some("not root".into());
-    }
-    for tool in ["ip", "iptables", "ping"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
+    if let Some(why) = lab_skip_reason(&["ping"]) {
+        return Some(why);
     }
     if !Path::new("/dev/net/tun").exists() {
         return Some("no /dev/net/tun".into());
@@ -47,131 +32,14 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-struct Lab {
-    prefix: String,
-    vars: std::collections::HashMap<String, String>,
-}
-
-impl Lab {
-    fn up(topology: &str, prefix: &str) -> anyhow::Result<Self> {
-        let out = Command::new("bash")
-            .arg(nat_sh())
-            .args(["up", topology, prefix])
-            .output()?;
-        let lab = Self {
-            prefix: prefix.to_string(),
-            vars: String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        anyhow::ensure!(
-            out.status.success(),
-            "nat.sh up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(lab)
-    }
-    fn var(&self, k: &str) -> &str {
-        self.vars.get(k).map_or("", String::as_str)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(nat_sh())
-            .args(["down", &self.prefix])
-            .output();
-    }
-}
-
-/// A `ferry up` inside a namespace (its own profile), killed by PID on drop.
-struct Daemon {
-    ns: String,
-    _child: KillOnDrop,
-    profile: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(ns: &str, port: u16, bootstrap: &[String], extra: &[String]) -> anyhow::Result<Self> {
-        let profile = tempfile::tempdir()?;
-        let init = Command::new(ferry())
-            .arg("--profile")
-            .arg(profile.path())
-            .arg("init")
-            .output()?;
-        anyhow::ensure!(init.status.success(), "ferry init failed");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns])
-            .arg(ferry())
-            .arg("--profile")
-            .arg(profile.path())
-            .args(["up", "--udp-port", &port.to_string()])
-            .args(["--bind", "0.0.0.0", "--no-default-bootstrap", "--no-lan"]);
-        for b in bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        cmd.args(extra);
-        let child = KillOnDrop(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-        let d = Self {
-            ns: ns.to_string(),
-            _child: child,
-            profile,
-        };
-        let start = Instant::now();
-        while d.json(&["status", "--json"]).is_none() {
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(20),
-                "ferry up in {ns} never answered"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(d)
-    }
-
-    fn cli(&self, args: &[&str]) -> Option<std::process::Output> {
-        Command::new(ferry())
-            .arg("--profile")
-            .arg(self.profile.path())
-            .args(args)
-            .output()
-            .ok()
-    }
-
-    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let out = self.cli(args)?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn id(&self, field: &str) -> String {
-        self.json(&["id", "--json"]).expect("id")[field]
-            .as_str()
-            .expect("id field")
-            .to_string()
-    }
-
-    fn online(&self, pk: &str) -> bool {
-        self.json(&["friend", "list", "--json"])
-            .and_then(|v| v.as_array().cloned())
-            .is_some_and(|l| {
-                l.iter().any(|f| {
-                    f["public_key"].as_str() == Some(pk)
-                        && f["connection"].as_str().is_some_and(|c| c != "none")
-                })
-            })
-    }
-
-    fn dht_key(&self) -> String {
-        self.json(&["status", "--json"]).expect("status")["dht_public_key"]
-            .as_str()
-            .expect("dht key")
-            .to_string()
-    }
+/// `ferry up` in namespace `ns` (see [`NetnsFerry::start`]).
+fn daemon(
+    ns: &str,
+    port: u16,
+    bootstrap: &[String],
+    extra: &[String],
+) -> anyhow::Result<NetnsFerry> {
+    NetnsFerry::start(ferry(), ns, port, bootstrap, extra)
 }
 
 #[test]
@@ -181,11 +49,11 @@ fn ping6_through_the_tunnel() {
         return;
     }
     let prefix = format!("tn{:x}", std::process::id() & 0xffff);
-    let lab = Lab::up("none:none", &prefix).expect("lab");
+    let lab = NatLab::up("none:none", &prefix).expect("lab");
     let boot_ns = lab.var("NS_BOOT").to_string();
     let boot_ip = lab.var("BOOT_IP").to_string();
     let relay_port = 33500u16;
-    let first = Daemon::start(
+    let first = daemon(
         &boot_ns,
         33445,
         &[],
@@ -196,7 +64,7 @@ fn ping6_through_the_tunnel() {
     let boot = vec![format!("{boot_ip}:33445:{first_key}")];
     let mut public = vec![first];
     for i in 1..PUBLIC_NODES {
-        public.push(Daemon::start(&boot_ns, 33445 + i, &boot, &[]).expect("public node"));
+        public.push(daemon(&boot_ns, 33445 + i, &boot, &[]).expect("public node"));
     }
     let mut peer_boot = boot.clone();
     for (i, d) in public.iter().enumerate().skip(1) {
@@ -206,8 +74,8 @@ fn ping6_through_the_tunnel() {
         "--relay-peer".to_string(),
         format!("{boot_ip}:{relay_port}:{first_key}"),
     ];
-    let a = Daemon::start(lab.var("NS_A"), 33445, &peer_boot, &relay).expect("a");
-    let b = Daemon::start(lab.var("NS_B"), 33445, &peer_boot, &relay).expect("b");
+    let a = daemon(lab.var("NS_A"), 33445, &peer_boot, &relay).expect("a");
+    let b = daemon(lab.var("NS_B"), 33445, &peer_boot, &relay).expect("b");
     for d in [&a, &b] {
         assert!(
             d.cli(&["set", "auto-accept", "on"])
@@ -247,13 +115,13 @@ fn ping6_through_the_tunnel() {
     // Both mesh addresses are on the devices inside their namespaces.
     for (d, addr) in [(&a, &addrs[0]), (&b, &addrs[1])] {
         let out = Command::new("ip")
-            .args(["-n", &d.ns, "-6", "addr", "show", "dev", "ferry0"])
+            .args(["-n", d.ns(), "-6", "addr", "show", "dev", "ferry0"])
             .output()
             .expect("ip addr");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains(addr.as_str()),
             "{addr} not on ferry0 in {}",
-            d.ns
+            d.ns()
         );
     }
 
@@ -262,7 +130,17 @@ fn ping6_through_the_tunnel() {
     let mut last;
     let ok = loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", &a.ns, "ping", "-6", "-c", "3", "-i", "0.2"])
+            .args([
+                "netns",
+                "exec",
+                a.ns(),
+                "ping",
+                "-6",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+            ])
             .args(["-W", "2", &addrs[1]])
             .output()
             .expect("ping");
@@ -306,7 +184,7 @@ fn ping6_through_the_tunnel() {
     let s = a.json(&["tunnel", "status", "--json"]).expect("status");
     assert_eq!(s["up"], false);
     let gone = Command::new("ip")
-        .args(["-n", &a.ns, "link", "show", "ferry0"])
+        .args(["-n", a.ns(), "link", "show", "ferry0"])
         .output()
         .expect("ip link");
     assert!(!gone.status.success(), "ferry0 still present after down");

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod lab;
+
 const TOXPEER_SOURCE: &str = include_str!("../c/toxpeer.c");
 
 /// Builds (once per source version) and returns the path of the c-toxcore test peer.
