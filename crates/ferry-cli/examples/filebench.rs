@@ -335,6 +335,10 @@ fn main() -> anyhow::Result<()> {
                     v["direction"] == "in" && v["state"] == "offered"
                 })?;
                 let id = offer["id"].as_u64().context("id")?.to_string();
+                // Baseline: the same chat probe with no transfer running (CLI and store costs).
+                let idle = ChatProbe::start(&a, &b, &b_pk, &a_pk)?;
+                std::thread::sleep(Duration::from_secs(3));
+                println!("{} (idle, no transfer)", idle.finish());
                 let probe = ChatProbe::start(&a, &b, &b_pk, &a_pk)?;
                 let t0 = Instant::now();
                 b.json(&[
@@ -355,7 +359,7 @@ fn main() -> anyhow::Result<()> {
                 let ok =
                     done["hash"].as_str() == Some(want.as_str()) && blake3_file(&path)? == want;
                 report("ferry->ferry", size, secs, ok);
-                println!("{chat}");
+                println!("{chat} (during the transfer)");
                 let _ = std::fs::remove_file(&path);
             }
             "ft" => {
