@@ -217,14 +217,12 @@ impl ChatProbe {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let now = unix_ms();
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(t) = v["text"].as_str().and_then(|t| t.strip_prefix("lat ")) {
-                        if let Ok(sent) = t.parse::<u128>() {
-                            if v["direction"] == "in" {
-                                d2.lock().expect("lock").push(now.saturating_sub(sent));
-                            }
-                        }
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["direction"] == "in"
+                    && let Some(t) = v["text"].as_str().and_then(|t| t.strip_prefix("lat "))
+                    && let Ok(sent) = t.parse::<u128>()
+                {
+                    d2.lock().expect("lock").push(now.saturating_sub(sent));
                 }
             }
         });
