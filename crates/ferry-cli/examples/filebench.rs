@@ -329,7 +329,7 @@ fn main() -> anyhow::Result<()> {
                 a.wait_online(&b_pk)?;
                 b.wait_online(&a_pk)?;
                 a.json(&["file", "send", &b_pk, &file_s, "--json"])?;
-                let offer = b.wait_file("offer", Duration::from_millis(20), |v| {
+                let offer = b.wait_file("offer", Duration::from_millis(100), |v| {
                     v["direction"] == "in" && v["state"] == "offered"
                 })?;
                 let id = offer["id"].as_u64().context("id")?.to_string();
@@ -347,7 +347,7 @@ fn main() -> anyhow::Result<()> {
                     recv_dir.to_str().context("utf8")?,
                     "--json",
                 ])?;
-                let done = b.wait_file("ff done", Duration::from_millis(20), |v| {
+                let done = b.wait_file("ff done", Duration::from_millis(100), |v| {
                     v["id"].as_u64().map(|i| i.to_string()) == Some(id.clone())
                         && v["state"] == "done"
                 })?;
@@ -392,7 +392,7 @@ fn main() -> anyhow::Result<()> {
                 t.wait_for("FRIEND_CONNECTION 0 ", STEP)?;
                 b.wait_online(t.public_key())?;
                 t.request(&format!("FILE_SEND 0 {file_s}"), "FILE_SENDING")?;
-                let offer = b.wait_file("offer", Duration::from_millis(20), |v| {
+                let offer = b.wait_file("offer", Duration::from_millis(100), |v| {
                     v["direction"] == "in" && v["state"] == "offered" && v["name"] == name.as_str()
                 })?;
                 let id = offer["id"].as_u64().context("id")?.to_string();
@@ -405,7 +405,7 @@ fn main() -> anyhow::Result<()> {
                     recv_dir.to_str().context("utf8")?,
                     "--json",
                 ])?;
-                let done = b.wait_file("tf done", Duration::from_millis(20), |v| {
+                let done = b.wait_file("tf done", Duration::from_millis(100), |v| {
                     v["id"].as_u64().map(|i| i.to_string()) == Some(id.clone())
                         && v["state"] == "done"
                 })?;
