@@ -856,6 +856,15 @@ impl Infra {
     /// # Errors
     /// Runtime, socket or spawn failures.
     pub fn new(n: usize) -> anyhow::Result<Self> {
+        Self::new_on(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), n)
+    }
+
+    /// Like [`Self::new`], the nodes bound to `ip` (e.g. a namespace's address, so that
+    /// processes in other namespaces can bootstrap from them).
+    ///
+    /// # Errors
+    /// Runtime, socket or spawn failures.
+    pub fn new_on(ip: std::net::IpAddr, n: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(n >= 1, "an infrastructure needs a node");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -864,10 +873,7 @@ impl Infra {
         let nodes = rt.block_on(async {
             let mut nodes = Vec::new();
             for _ in 0..n {
-                let socket = ferry_net::bind_udp(
-                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                    ferry_net::PortSpec::Exact(0),
-                )?;
+                let socket = ferry_net::bind_udp(ip, ferry_net::PortSpec::Exact(0))?;
                 let options = ferry_net::NodeOptions {
                     dht: ferry_proto::dht::DhtConfig {
                         lan_discovery: false,
