@@ -46,11 +46,6 @@ use super::{Node, NodeError, NodeEvent};
 /// Send-queue slots file data leaves free for other packets (c-toxcore `MIN_SLOTS_FREE` =
 /// `CRYPTO_MIN_QUEUE_LENGTH / 4` = 16).
 pub const MIN_SLOTS_FREE: u32 = 16;
-/// Longest RTT the file window covers, seconds (net_crypto reports 1 s before its first
-/// sample).
-const FILE_MAX_RTT: f64 = 0.5;
-/// Drain-rate measurement window.
-const RATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most chunk requests emitted per friend per node step (c-toxcore: 128 rounds over the files).
 pub const MAX_REQUESTS_PER_STEP: u32 = 4096;
 
@@ -257,16 +252,8 @@ pub(super) struct FriendFiles {
     active: u16,
     /// Round-robin start for chunk requests.
     cursor: usize,
-    /// Lossless packets the friend acknowledged in the current rate window.
-    delivered: u32,
-    /// Start of the current rate window.
-    window_start: Option<Instant>,
-    /// Smoothed drain rate, packets/s.
-    drain_rate: f64,
     /// Outgoing files in `Finished` (waiting for the ACK of their last chunk).
     finishing: u16,
-    /// The session's RTT as of the last rate window, seconds.
-    rtt: f64,
 }
 
 impl FriendFiles {
@@ -690,7 +677,6 @@ impl Node {
         if files.active == 0 {
             return;
         }
-        files.delivered = files.delivered.saturating_add(1);
         if files.finishing == 0 {
             return;
         }
@@ -769,22 +755,6 @@ impl Node {
                 .flatten()
                 .map(Transfer::pending_chunks)
                 .sum();
-            // Measured drain rate (acknowledged packets per second), smoothed.
-            match files.window_start {
-                None => files.window_start = Some(now),
-                Some(t) if now.saturating_duration_since(t) >= RATE_WINDOW => {
-                    let el = now.saturating_duration_since(t).as_secs_f64();
-                    let inst = f64::from(files.delivered) / el;
-                    files.drain_rate = 0.5 * files.drain_rate + 0.5 * inst;
-                    files.delivered = 0;
-                    files.window_start = Some(now);
-                    files.rtt = self
-                        .crypto
-                        .session_state(&pk)
-                        .map_or(FILE_MAX_RTT, |s| s.rtt.as_secs_f64().min(FILE_MAX_RTT));
-                }
-                Some(_) => {}
-            }
             let mut budget = free
                 .saturating_sub(MIN_SLOTS_FREE)
                 .min(budget_now)
@@ -1246,15 +1216,12 @@ mod tests {
                 .session_state(&p.keys[1])
                 .expect("session");
             eprintln!(
-                "t={:>2}s {:>6.2} MiB/s  send_rate {:>8.0} pkt/s  queue {}  drain {:.0}",
+                "t={:>2}s {:>6.2} MiB/s  send_rate {:>8.0} pkt/s  queue {}  cwnd {:.0}",
                 s + 1,
                 (got - last) as f64 / 1048576.0,
                 st.send_rate,
                 st.send_queue,
-                p.nodes[0]
-                    .files
-                    .get(&p.keys[1])
-                    .map_or(0.0, |f| f.drain_rate)
+                st.cwnd
             );
             last = got;
             if p.incoming[0].3 {
