@@ -449,9 +449,15 @@ fn files_both_ways_with_c_toxcore() {
             "--json",
         ])
         .expect("send");
-    let line = tox
-        .wait_for("FILE_DONE ", STEP)
-        .expect("c-toxcore got the file");
+    let line = match tox.wait_for("FILE_DONE ", STEP) {
+        Ok(line) => line,
+        Err(e) => panic!(
+            "c-toxcore got the file: {e:#}\nferry's transfers: {:#?}\nferry status: {}\nferry stderr:\n{}",
+            files(&up),
+            up.json(&["status", "--json"]).unwrap_or_default(),
+            up.stderr.snapshot().join("\n")
+        ),
+    };
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "ferry -> c-toxcore: 4 MiB in {secs:.2} s = {:.2} MiB/s",

@@ -1031,7 +1031,7 @@ impl Ctx<'_> {
                 });
             }
             s.send.scan = s.send.scan.saturating_sub(adv as usize);
-            s.cc.on_delivered(delivered);
+            s.cc.on_delivered(now, delivered);
             if clean && let Some(t) = sample {
                 s.cc.on_rtt_sample(now, now.saturating_duration_since(t));
             }
@@ -1801,7 +1801,7 @@ fn apply_request(now: Instant, s: &mut Session, req: &PacketRequest) {
             }
         }
     }
-    s.cc.on_delivered(delivered);
+    s.cc.on_delivered(now, delivered);
     if let Some(t) = sample {
         s.cc.on_rtt_sample(now, now.saturating_duration_since(t));
     }

@@ -25,13 +25,20 @@
 //!   a sample. Packets credited in a burst (the cumulative ACK
 //!   jumping past a filled hole) thus count over the whole interval, not as a spike.
 //! * Time is cut into **rounds** of `max(srtt, 4 ms)`; a round's sample is its highest
-//!   per-packet sample. The **bottleneck bandwidth** `btl_bw` is the maximum of the last 10
+//!   per-packet sample. A round in which no ACK arrived lasts until one does (at most 1 s): a
+//!   c-toxcore peer reads its socket once per `tox_iterate` (50 ms) and ACKs in bursts, and
+//!   counting the silent rounds between as zero-rate samples collapsed the estimate to the
+//!   floor (measured: a 4 MiB ferry→c-toxcore transfer crawling at 8 KB/s). The **bottleneck bandwidth** `btl_bw` is the maximum of the last 10
 //!   round samples. Samples taken while the sender had nothing to send
 //!   (app-limited) only count when they raise the estimate.
 //! * **Pacing rate** `= pacing_gain × btl_bw`, enforced with a token bucket holding at most
 //!   `32 + 2 ms` of packets (the driver's timer granularity is about 1 ms).
-//! * **Congestion window** (packets in flight) `= cwnd_gain × btl_bw × (min_rtt + 2 ms) + 64`
-//!   (the 2 ms cover the peer's delayed ACK and timer slack).
+//! * **Congestion window** (packets in flight) `= cwnd_gain × btl_bw × (min_rtt + 2 ms) + 64
+//!   + extra_acked` (the 2 ms cover the peer's delayed ACK and timer slack). `extra_acked` is
+//!   BBR's ACK-aggregation allowance: the most packets any ACK epoch delivered beyond
+//!   `btl_bw × epoch length` over the last 10 rounds (capped at the window), so a peer that ACKs
+//!   in bursts is not left idle between them (ferry→c-toxcore loopback went from ~2 to 5–9
+//!   MiB/s in a debug build).
 //! * **States**: *Startup* (pacing and cwnd gain 2.89 = 2/ln 2, doubling the delivery rate every
 //!   round) until `btl_bw` grew by less than 25 % for 3 rounds; *Drain* (gain 1/2.89) for one
 //!   round; then *ProbeBw*, cycling pacing gains 1.25, 0.75, 1, 1, 1, 1, 1, 1 (one round each)
@@ -59,6 +66,13 @@ pub(super) const MIN_CWND: f64 = 64.0;
 const ACK_ALLOWANCE: Duration = Duration::from_millis(2);
 /// Smallest round.
 const MIN_ROUND: Duration = Duration::from_millis(4);
+/// A round in which no ACK arrived ends only after this long (it carries no bandwidth sample
+/// until then; a peer that reads its socket once per `tox_iterate`, every 50 ms, ACKs in
+/// bursts).
+const MAX_SILENT_ROUND: Duration = Duration::from_secs(1);
+/// An ACK aggregation epoch restarts after this many packets even if ACKs keep coming faster
+/// than `btl_bw` (bounds an epoch that started long ago).
+const ACK_EPOCH_RESET: u64 = 1 << 20;
 /// min_rtt expires after this long.
 const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// Lowest bottleneck-bandwidth estimate, packets/s (about 11 KiB/s of 1373-byte packets): low
@@ -115,6 +129,20 @@ pub(super) struct Bbr {
     full_bw_rounds: u32,
     tokens: f64,
     last_refill: Instant,
+    /// An ACK delivered packets (or a request reported losses) in the current round.
+    round_acked: bool,
+    /// Start of the current ACK aggregation epoch: the ACKs since came in faster than
+    /// `btl_bw` (BBR's `ack_epoch`).
+    ack_epoch_start: Instant,
+    /// Packets delivered in the current aggregation epoch.
+    ack_epoch_acked: u64,
+    /// Largest excess of delivered packets over `btl_bw × epoch length`, this round.
+    round_extra_acked: f64,
+    /// `round_extra_acked` of the last [`BW_WINDOW`] rounds.
+    extra_acked_rounds: [f64; BW_WINDOW],
+    next_extra: usize,
+    /// Max of `extra_acked_rounds`, packets: added to the window.
+    extra_acked: f64,
 }
 
 impl Bbr {
@@ -143,6 +171,13 @@ impl Bbr {
             full_bw_rounds: 0,
             tokens: MIN_CWND,
             last_refill: now,
+            round_acked: false,
+            ack_epoch_start: now,
+            ack_epoch_acked: 0,
+            round_extra_acked: 0.0,
+            extra_acked_rounds: [0.0; BW_WINDOW],
+            next_extra: 0,
+            extra_acked: 0.0,
         }
     }
 
@@ -166,8 +201,14 @@ impl Bbr {
         self.btl_bw
     }
 
-    /// Congestion window, packets in flight.
+    /// Congestion window, packets in flight: `cwnd_gain × btl_bw × (min_rtt + 2 ms) + 64`,
+    /// plus the recent ACK aggregation ([`Bbr::on_delivered`]), so a peer that ACKs in bursts
+    /// is not left idle between them.
     pub(super) fn cwnd(&self) -> f64 {
+        self.base_cwnd() + self.extra_acked
+    }
+
+    fn base_cwnd(&self) -> f64 {
         let rtt = self.min_rtt.unwrap_or(Duration::from_millis(100)) + ACK_ALLOWANCE;
         self.gains().1 * self.btl_bw * rtt.as_secs_f64() + MIN_CWND
     }
@@ -240,16 +281,38 @@ impl Bbr {
         }
     }
 
-    /// `n` packets were freed by one ACK or packet request (their per-packet samples were
-    /// taken by [`Bbr::on_packet_delivered`]).
-    pub(super) fn on_delivered(&mut self, n: u64) {
-        let _ = n;
+    /// `n` packets were freed by one ACK or packet request at `now` (their per-packet samples
+    /// were taken by [`Bbr::on_packet_delivered`]).
+    ///
+    /// ACK aggregation, as BBR estimates it: an epoch starts when ACKs fall behind `btl_bw`;
+    /// whatever is delivered within it beyond `btl_bw × its length` arrived in a burst, and the
+    /// window must hold that much more or the sender idles until the next burst (a c-toxcore
+    /// peer reads its socket once per `tox_iterate`, every 50 ms, and ACKs everything at once).
+    /// The largest excess of the last 10 rounds, at most the window, is added to it.
+    pub(super) fn on_delivered(&mut self, now: Instant, n: u64) {
         self.delivered += self.pending_delivered;
         self.pending_delivered = 0;
+        if n == 0 {
+            return;
+        }
+        self.round_acked = true;
+        let elapsed = now.saturating_duration_since(self.ack_epoch_start);
+        let mut expected = self.btl_bw * elapsed.as_secs_f64();
+        if self.ack_epoch_acked as f64 <= expected || self.ack_epoch_acked + n >= ACK_EPOCH_RESET {
+            self.ack_epoch_start = now;
+            self.ack_epoch_acked = 0;
+            expected = 0.0;
+        }
+        self.ack_epoch_acked += n;
+        let extra = (self.ack_epoch_acked as f64 - expected).min(self.cwnd());
+        self.round_extra_acked = self.round_extra_acked.max(extra);
     }
 
     pub(super) fn on_lost(&mut self, n: u64) {
         self.lost += n;
+        if n > 0 {
+            self.round_acked = true;
+        }
     }
 
     /// The sender ran out of data with room in the window.
@@ -261,7 +324,11 @@ impl Bbr {
     pub(super) fn update(&mut self, now: Instant) {
         let round = self.srtt.unwrap_or(MIN_ROUND).max(MIN_ROUND);
         let elapsed = now.saturating_duration_since(self.round_start);
-        if elapsed >= round {
+        // A round without any ACK says nothing about the bandwidth: it lasts until one comes
+        // (or the sender idles, or a long silence).
+        if elapsed >= round
+            && (self.round_acked || self.round_app_limited || elapsed >= MAX_SILENT_ROUND)
+        {
             self.end_round(elapsed);
             self.round_start = now;
         }
@@ -288,10 +355,16 @@ impl Bbr {
             delivered as f64 / elapsed.as_secs_f64()
         };
         let app_limited = std::mem::take(&mut self.round_app_limited);
+        self.round_acked = false;
+        let extra = std::mem::take(&mut self.round_extra_acked);
         if !app_limited || sample > self.btl_bw {
             self.samples[self.next_sample] = sample;
             self.next_sample = (self.next_sample + 1) % BW_WINDOW;
         }
+        // The peer's ACK pattern does not depend on whether we had data to send.
+        self.extra_acked_rounds[self.next_extra] = extra;
+        self.next_extra = (self.next_extra + 1) % BW_WINDOW;
+        self.extra_acked = self.extra_acked_rounds.iter().copied().fold(0.0, f64::max);
         if lost >= 16 && lost * 5 > delivered + lost {
             for s in &mut self.samples {
                 *s *= 0.7;
@@ -337,7 +410,8 @@ impl Bbr {
         (inflight as f64) >= self.cwnd()
     }
 
-    /// One packet left (a priority packet may take the bucket below zero; it is bounded).
+    /// One packet left at `now` (a priority packet may take the bucket below zero; it is
+    /// bounded).
     pub(super) fn on_sent(&mut self) {
         self.tokens = (self.tokens - 1.0).max(-self.bucket());
     }

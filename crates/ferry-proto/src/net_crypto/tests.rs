@@ -24,6 +24,8 @@ type Flight = (Instant, usize, SocketAddr, Vec<u8>);
 
 struct Net {
     now: Instant,
+    /// The virtual clock's origin.
+    start: Instant,
     nodes: Vec<Node>,
     in_flight: Vec<Flight>,
     rng: FerryRng,
@@ -40,6 +42,12 @@ struct Net {
     bottleneck: Option<(f64, usize)>,
     /// When each directed link (from, to) finishes sending its queue.
     link_free: std::collections::HashMap<(usize, usize), Instant>,
+    /// A receiver that reads its socket only every `period` (as a c-toxcore client does, once
+    /// per `tox_iterate`), holding at most `cap` datagrams between reads (its receive buffer):
+    /// (node, period, cap).
+    batched_rx: Option<(usize, Duration, usize)>,
+    /// Datagrams queued per batch slot of the batched receiver.
+    batch_fill: std::collections::HashMap<u64, usize>,
 }
 
 impl Net {
@@ -52,6 +60,7 @@ impl Net {
             .collect();
         Self {
             now,
+            start: now,
             nodes,
             in_flight: Vec::new(),
             rng,
@@ -62,6 +71,8 @@ impl Net {
             cut: false,
             bottleneck: None,
             link_free: std::collections::HashMap::new(),
+            batched_rx: None,
+            batch_fill: std::collections::HashMap::new(),
         }
     }
 
@@ -125,8 +136,20 @@ impl Net {
                     *free = start + per;
                     depart = start + per;
                 }
-                self.in_flight
-                    .push((depart + self.delay + jitter, j, addr(i), t.payload));
+                let mut arrive = depart + self.delay + jitter;
+                if let Some((node, period, cap)) = self.batched_rx
+                    && node == j
+                {
+                    let since = arrive.saturating_duration_since(self.start);
+                    let slot = since.as_nanos().div_ceil(period.as_nanos()) as u64;
+                    let fill = self.batch_fill.entry(slot).or_insert(0);
+                    if *fill >= cap {
+                        continue; // receive buffer full: dropped by the kernel
+                    }
+                    *fill += 1;
+                    arrive = self.start + period * slot as u32;
+                }
+                self.in_flight.push((arrive, j, addr(i), t.payload));
             }
             while let Some(e) = self.nodes[i].nc.poll_event() {
                 self.nodes[i].events.push(e);
@@ -946,4 +969,44 @@ fn chat_packet_is_not_stuck_behind_bulk() {
     assert!(rate > 12_000.0, "bulk ran at {rate:.0} packets/s");
     // One-way delay is 5 ms; the message waits at most for the window ahead of it.
     assert!(worst < Duration::from_millis(50), "chat took {worst:?}");
+}
+
+/// A receiver that reads its socket only every 50 ms, as a c-toxcore client does once per
+/// `tox_iterate`: its ACKs come in bursts 50 ms apart. The rate must not collapse between
+/// bursts (rounds without an ACK carry no bandwidth sample) and the window must cover the gap
+/// between ACKs (ACK aggregation), or the sender idles most of each 50 ms.
+#[test]
+fn bulk_to_a_receiver_that_reads_every_50_ms() {
+    let mut net = connect(23);
+    // 1,000 datagrams per read: a few MiB of receive buffer.
+    net.batched_rx = Some((1, Duration::from_millis(50), 1000));
+    let r0 = net.nodes[0].real;
+    let total = 20_000u32;
+    let mut sent = 0;
+    let start = net.now;
+    let end = start + Duration::from_secs(120);
+    let mut got = 0usize;
+    while net.now < end && got < total as usize {
+        push_bulk(&mut net, &mut sent, total, 1373);
+        net.step();
+        for e in net.nodes[1].events.drain(..) {
+            if let NetCryptoEvent::Lossless { peer, data } = e
+                && peer == r0
+            {
+                assert_eq!(&data[1..5], &(got as u32).to_be_bytes(), "in order, once");
+                got += 1;
+            }
+        }
+    }
+    assert_eq!(got, total as usize, "all delivered");
+    let took = net.now - start;
+    let rate = f64::from(total) / took.as_secs_f64();
+    let r1 = net.nodes[1].real;
+    eprintln!(
+        "50 ms reader: {rate:.0} packets/s in {took:?}, {} retransmissions, state {:?}",
+        net.nodes[0].nc.stats().retransmissions,
+        net.nodes[0].nc.session_state(&r1)
+    );
+    // Up to 1,000 packets per 50 ms read fit: 20,000 packets/s is the ceiling.
+    assert!(rate > 10_000.0, "{rate:.0} packets/s in {took:?}");
 }
