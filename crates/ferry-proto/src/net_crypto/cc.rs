@@ -33,12 +33,12 @@
 //!   (app-limited) only count when they raise the estimate.
 //! * **Pacing rate** `= pacing_gain × btl_bw`, enforced with a token bucket holding at most
 //!   `32 + 2 ms` of packets (the driver's timer granularity is about 1 ms).
-//! * **Congestion window** (packets in flight) `= cwnd_gain × btl_bw × (min_rtt + 2 ms) + 64
-//!   + extra_acked` (the 2 ms cover the peer's delayed ACK and timer slack). `extra_acked` is
-//!   BBR's ACK-aggregation allowance: the most packets any ACK epoch delivered beyond
-//!   `btl_bw × epoch length` over the last 10 rounds (capped at the window), so a peer that ACKs
-//!   in bursts is not left idle between them (ferry→c-toxcore loopback went from ~2 to 5–9
-//!   MiB/s in a debug build).
+//! * **Congestion window** (packets in flight)
+//!   `= cwnd_gain × btl_bw × (min_rtt + 2 ms) + 64 + extra_acked` (the 2 ms cover the peer's
+//!   delayed ACK and timer slack). `extra_acked` is BBR's ACK-aggregation allowance: the most
+//!   packets any ACK epoch delivered beyond `btl_bw × epoch length` over the last 10 rounds
+//!   (capped at the window), so a peer that ACKs in bursts is not left idle between them
+//!   (ferry→c-toxcore loopback went from ~2 to 5–9 MiB/s in a debug build).
 //! * **States**: *Startup* (pacing and cwnd gain 2.89 = 2/ln 2, doubling the delivery rate every
 //!   round) until `btl_bw` grew by less than 25 % for 3 rounds; *Drain* (gain 1/2.89) for one
 //!   round; then *ProbeBw*, cycling pacing gains 1.25, 0.75, 1, 1, 1, 1, 1, 1 (one round each)
