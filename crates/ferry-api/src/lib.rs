@@ -486,6 +486,31 @@ pub struct TunnelUp {
     /// TUN device name (default `ferry0`, ≤ 15 bytes).
     #[serde(default)]
     pub device: Option<String>,
+    /// Exit node (long-term public key, hex; must be a friend): non-mesh traffic goes there.
+    #[serde(default)]
+    pub exit: Option<String>,
+    /// Prefixes routed into the tunnel towards the exit (`10.0.0.0/8`, `0.0.0.0/0`, `::/0`).
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+/// Exit packet counters (exit node or exit client), drops by reason.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitDrops {
+    /// Client → outside packets passed (exit: written to TUN; client: sent to the exit).
+    pub forwarded: u64,
+    /// Outside → client packets passed (exit: sent to clients; client: written to TUN).
+    pub returned: u64,
+    /// Dropped: malformed IP packet.
+    pub malformed: u64,
+    /// Dropped: source address not assigned to the sender (or not addressed to us).
+    pub bad_source: u64,
+    /// Dropped: forbidden by the exit policy.
+    pub policy: u64,
+    /// Dropped: client without an address.
+    pub no_client: u64,
+    /// Dropped: return traffic to an address no client holds.
+    pub no_route: u64,
 }
 
 /// A friend reachable through the tunnel.
@@ -528,6 +553,27 @@ pub struct TunnelStatus {
     pub dropped_bad_source: u64,
     /// Friends with a route.
     pub peers: Vec<TunnelPeer>,
+    /// Client: the exit's long-term public key.
+    #[serde(default)]
+    pub exit: Option<String>,
+    /// Client: our IPv4 address in the tunnel, assigned by the exit.
+    #[serde(default)]
+    pub client_address_v4: Option<String>,
+    /// Client: our IPv6 source address through the exit (our mesh address).
+    #[serde(default)]
+    pub client_address_v6: Option<String>,
+    /// Client: prefixes routed into the tunnel (defaults split in two /1s).
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// This node is an exit.
+    #[serde(default)]
+    pub exit_node: bool,
+    /// Exit: clients holding addresses.
+    #[serde(default)]
+    pub exit_clients: u64,
+    /// Exit or exit client: packets passed and dropped by reason.
+    #[serde(default)]
+    pub exit_counters: Option<ExitDrops>,
 }
 
 /// A boxed `Send` future, the return type of [`Backend`] methods.

@@ -95,6 +95,21 @@ enum Command {
         /// after every --relay-peer).
         #[arg(long)]
         no_bootstrap_relays: bool,
+        /// Be an exit node: forward friends' tunnel traffic (IPv4 and IPv6) out of --uplink with
+        /// NAT (iptables/ip6tables chains FERRY-EXIT-<udp port>, removed on exit), hand out
+        /// client addresses (IPv4 from 100.64.0.0/10; IPv6 = the client's mesh address).
+        /// Nothing arriving on the uplink enters the mesh unless it answers a client's flow.
+        #[arg(long, requires = "uplink")]
+        exit_node: bool,
+        /// The exit's uplink interface (with --exit-node).
+        #[arg(long, value_name = "IFACE", requires = "exit_node")]
+        uplink: Option<String>,
+        /// Exit policy (TOML; with --exit-node). Without it every destination is allowed; with
+        /// it only what an [[allow]] rule lists: `cidr = "10.0.0.0/8"`, optional
+        /// `protocol = "tcp"|"udp"|"icmp"|"any"`, optional `ports = "80,443,8000-8100"`
+        /// (destination ports). Drops are counted in `ferry tunnel status`.
+        #[arg(long, value_name = "FILE", requires = "exit_node")]
+        exit_policy: Option<PathBuf>,
     },
     /// TCP relay server commands.
     Relay {
@@ -339,6 +354,9 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             relay_peer,
             no_udp,
             no_bootstrap_relays,
+            exit_node,
+            uplink,
+            exit_policy,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -352,6 +370,13 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 relay_peers: relay_peer,
                 no_udp,
                 no_bootstrap_relays,
+                exit: match (exit_node, uplink) {
+                    (true, Some(uplink)) => Some(ferry_daemon::exit::ExitOptions {
+                        uplink,
+                        policy_file: exit_policy,
+                    }),
+                    _ => None,
+                },
             };
             run_up(profile_dir, opts).await?;
         }
@@ -743,6 +768,17 @@ enum TunnelCommand {
         /// TUN device name.
         #[arg(long, default_value = "ferry0")]
         device: String,
+        /// Send non-mesh traffic to this exit node (its long-term public key; it must be a
+        /// friend). The exit assigns an IPv4 address from 100.64.0.0/10; IPv6 leaves with our
+        /// mesh address as source.
+        #[arg(long, value_name = "PUBLIC_KEY")]
+        exit: Option<String>,
+        /// Route this prefix into the tunnel to the exit (repeatable; IPv4 or IPv6). A default
+        /// route (0.0.0.0/0, ::/0) is installed as two /1 halves, after pinning host routes to
+        /// the exit's current UDP endpoint and TCP relay through the previous route, so
+        /// ferry's own traffic to the exit never enters the tunnel.
+        #[arg(long = "route", value_name = "CIDR", requires = "exit")]
+        routes: Vec<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -778,16 +814,43 @@ fn print_tunnel(s: &ferry_api::TunnelStatus) {
     for p in &s.peers {
         println!("peer            {}  {}", p.address, p.public_key);
     }
+    if s.exit_node {
+        println!("exit node       {} client(s)", s.exit_clients);
+    }
+    if let Some(e) = &s.exit {
+        println!("exit            {e}");
+        println!(
+            "client address  {} / {}",
+            s.client_address_v4.as_deref().unwrap_or("-"),
+            s.client_address_v6.as_deref().unwrap_or("-")
+        );
+        for r in &s.routes {
+            println!("route           {r}");
+        }
+    }
+    if let Some(c) = &s.exit_counters {
+        println!(
+            "exit traffic    {} out, {} back; dropped: {} malformed, {} bad source, {} policy, {} no client, {} no route",
+            c.forwarded, c.returned, c.malformed, c.bad_source, c.policy, c.no_client, c.no_route
+        );
+    }
 }
 
 async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
     match command {
-        TunnelCommand::Up { device, json } => {
+        TunnelCommand::Up {
+            device,
+            exit,
+            routes,
+            json,
+        } => {
             let s: ferry_api::TunnelStatus = c
                 .post(
                     "/v1/tunnel/up",
                     &ferry_api::TunnelUp {
                         device: Some(device),
+                        exit,
+                        routes,
                     },
                 )
                 .await?;

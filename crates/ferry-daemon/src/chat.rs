@@ -698,6 +698,13 @@ impl EventHandler for ChatHandler {
             }
             NodeEvent::CustomPacket {
                 public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&ferry_tunnel::exit::EXIT_CONTROL_PACKET_ID) => {
+                crate::exit::on_control(&s.tunnel, node, now, &public_key, &data);
+            }
+            NodeEvent::CustomPacket {
+                public_key,
                 lossless,
                 data,
             } => {

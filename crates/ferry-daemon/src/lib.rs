@@ -10,6 +10,7 @@
 pub mod bootstrap;
 pub mod chat;
 pub mod devnet;
+pub mod exit;
 pub mod files;
 pub mod profile;
 pub mod toxfile;

@@ -36,6 +36,27 @@ struct Running {
     router: MeshRouter,
     counters: TunnelCounters,
     task: tokio::task::JoinHandle<()>,
+    /// Exit node / exit client role ([`crate::exit`]).
+    exit: crate::exit::ExitHook,
+}
+
+impl Running {
+    /// The friend a TUN packet goes to: the exit role first, then the mesh router.
+    fn route_outbound(&mut self, pkt: &[u8]) -> Result<PublicKey, DropReason> {
+        match crate::exit::route_outbound(&mut self.exit, pkt) {
+            Some(r) => r,
+            None => self.router.route_outbound(pkt),
+        }
+    }
+
+    /// Whether a packet from friend `from` may be written to the TUN device: the exit role
+    /// first, then the mesh router.
+    fn check_inbound(&mut self, from: &PublicKey, pkt: &[u8]) -> Result<(), DropReason> {
+        match crate::exit::check_inbound(&mut self.exit, &self.router, from, pkt) {
+            Some(r) => r,
+            None => self.router.check_inbound(from, pkt),
+        }
+    }
 }
 
 impl std::fmt::Debug for Running {
@@ -75,11 +96,11 @@ impl TunnelShared {
             Ok(p) => p,
             Err(e) => return r.counters.count_drop(e),
         };
-        let mut check = r.router.check_inbound(from, pkt);
+        let mut check = r.check_inbound(from, pkt);
         if check == Err(DropReason::NoRoute) {
             // net_crypto sessions exist only with friends: a friend added after `tunnel up`.
             if r.router.insert(*from).is_ok() {
-                check = r.router.check_inbound(from, pkt);
+                check = r.check_inbound(from, pkt);
             }
         }
         if let Err(e) = check {
@@ -105,6 +126,21 @@ impl TunnelShared {
         node: &NodeHandle,
         own_key: PublicKey,
         device: Option<String>,
+    ) -> Result<TunnelStatus, ApiError> {
+        self.up_with(node, own_key, device, crate::exit::ExitHook::None)
+            .await
+    }
+
+    /// [`TunnelShared::up`] with an exit role ([`crate::exit`]).
+    ///
+    /// # Errors
+    /// As [`TunnelShared::up`].
+    pub async fn up_with(
+        &self,
+        node: &NodeHandle,
+        own_key: PublicKey,
+        device: Option<String>,
+        exit: crate::exit::ExitHook,
     ) -> Result<TunnelStatus, ApiError> {
         let device = device.unwrap_or_else(|| DEFAULT_DEVICE.to_string());
         if device.is_empty()
@@ -153,6 +189,7 @@ impl TunnelShared {
                 router,
                 counters: TunnelCounters::default(),
                 task,
+                exit,
             });
         }
         tracing::info!(%device, %addr, "tunnel up");
@@ -169,6 +206,7 @@ impl TunnelShared {
             .take()
             .ok_or_else(|| ApiError::not_found("tunnel is not up"))?;
         r.task.abort();
+        crate::exit::on_down(&r.exit);
         tracing::info!(device = %r.device, "tunnel down");
         Ok(())
     }
@@ -207,8 +245,19 @@ impl TunnelShared {
                 })
                 .collect();
             s.peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+            crate::exit::fill_status(&r.exit, &mut s);
         }
         s
+    }
+
+    /// Runs `f` on the running tunnel's exit role and router; `None` when the tunnel is down.
+    pub(crate) fn with_exit<R>(
+        &self,
+        f: impl FnOnce(&mut crate::exit::ExitHook, &MeshRouter) -> R,
+    ) -> Option<R> {
+        let mut g = lock(&self.inner);
+        let r = g.as_mut()?;
+        Some(f(&mut r.exit, &r.router))
     }
 }
 
@@ -226,7 +275,7 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
             }
         };
         let pkt = &buf[..n];
-        let mut route = lock(&inner).as_ref().map(|r| r.router.route_outbound(pkt));
+        let mut route = lock(&inner).as_mut().map(|r| r.route_outbound(pkt));
         if route == Some(Err(DropReason::NoRoute))
             && last_refresh.is_none_or(|t| t.elapsed() >= ROUTE_REFRESH_INTERVAL)
         {
@@ -240,7 +289,7 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
                 for f in friends {
                     let _ = r.router.insert(f.public_key);
                 }
-                route = Some(r.router.route_outbound(pkt));
+                route = Some(r.route_outbound(pkt));
             }
         }
         let dest = match route {

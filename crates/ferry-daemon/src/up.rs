@@ -51,6 +51,8 @@ pub struct UpOptions {
     pub no_udp: bool,
     /// Do not try the embedded public bootstrap nodes as TCP relays (`--no-bootstrap-relays`).
     pub no_bootstrap_relays: bool,
+    /// Run as an exit node (`--exit-node --uplink IFACE [--exit-policy FILE]`).
+    pub exit: Option<crate::exit::ExitOptions>,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -98,6 +100,7 @@ impl Default for UpOptions {
             relay_peers: Vec::new(),
             no_udp: false,
             no_bootstrap_relays: false,
+            exit: None,
         }
     }
 }
@@ -386,7 +389,17 @@ impl Backend for NodeBackend {
     ) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
         Box::pin(async move {
             let own = self.identity.public_key();
-            self.chat()?.tunnel.up(&self.node, own, req.device).await
+            let tunnel = &self.chat()?.tunnel;
+            match &req.exit {
+                Some(exit) => {
+                    crate::exit::client_up(tunnel, &self.node, own, req.device, exit, &req.routes)
+                        .await
+                }
+                None if !req.routes.is_empty() => {
+                    Err(ApiError::bad_request("--route needs --exit"))
+                }
+                None => tunnel.up(&self.node, own, req.device).await,
+            }
         })
     }
 
@@ -508,6 +521,19 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     };
     chat.restore(&node).await?;
     let status = node.status().await?;
+    let mut exit_fw = match &opts.exit {
+        Some(x) => Some(
+            crate::exit::start_exit(
+                &chat.tunnel,
+                &node,
+                identity.public_key(),
+                x,
+                status.local_addr.port(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     eprintln!(
         "ferry up: Tox ID {}\n  DHT key {}  UDP {}  control socket {}",
         identity.tox_id(),
@@ -540,6 +566,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     ferry_api::serve(listener, ferry_api::router(backend), shutdown)
         .await
         .context("control API")?;
+    if let Some(fw) = exit_fw.as_mut() {
+        fw.teardown();
+    }
     if let Some((r, j)) = relay {
         r.shutdown().await;
         let _ = j.await;

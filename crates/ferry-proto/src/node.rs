@@ -271,6 +271,9 @@ pub struct FriendInfo {
     pub dht_key: Option<PublicKey>,
     /// When [`Connection::Tcp`]: the relay carrying the session (its key and TCP address).
     pub relay: Option<(PublicKey, SocketAddr)>,
+    /// The friend's UDP endpoint as last learned (DHT search or session), if any; the tunnel
+    /// pins a host route to it so a default route into the tunnel does not capture it.
+    pub addr: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -739,6 +742,7 @@ impl Node {
                     (true, Connection::Tcp, Some(d)) => self.tcp.route_of(&d),
                     _ => None,
                 },
+                addr: f.addr,
             })
             .collect();
         v.sort_by_key(|f| f.public_key.0);

@@ -1,0 +1,526 @@
+//! Exit nodes (issue 7 item 2): a client namespace → exit namespace → server namespace.
+//!
+//! Topology: `lab/nat.sh up none:none` (public segment with 4 ferry DHT nodes, the first a TCP
+//! relay; host A = client, host B = exit, both behind plain routers) plus a server namespace
+//! `PREFIX-srv` joined to the exit by a veth pair: exit side `up0` (10.77.2.1/24,
+//! fd00:77:2::1/64, the exit's `--uplink`), server side `eth0` (10.77.2.2/24, fd00:77:2::2/64).
+//! The server has no route to the tunnel's addresses, so its answers only come back through NAT.
+//!
+//! The exit runs `ferry up --exit-node --uplink up0 --exit-policy FILE` (TCP 8080, UDP 9090 and
+//! ICMP allowed to the server, both families); the client befriends it and runs
+//! `ferry tunnel up --exit KEY --route 0.0.0.0/0 --route ::/0` (the default routes, so the test
+//! also shows ferry's own traffic to the exit survives them). Asserts:
+//! - ICMP, TCP and UDP reach the server through the exit over IPv4 and IPv6, and the server
+//!   sees the exit's uplink address as the source (NAT);
+//! - TCP to a forbidden port (8081, listening) gets no answer and the exit counts policy drops;
+//! - a packet injected from the server namespace towards the client's tunnel address is not
+//!   delivered (client listener hears nothing) and the exit's `-i up0 -o ferry0 DROP` rule
+//!   counts it;
+//! - `ferry stop` on the exit removes its iptables chains.
+//!
+//! Needs root, iproute2, iptables/ip6tables, ping, python3 and `/dev/net/tun`; skipped with a
+//! message otherwise. Namespaces are deleted and processes killed by PID on drop.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_testkit::KillOnDrop;
+use ferry_testkit::lab::{NatLab, NetnsFerry, lab_skip_reason};
+
+fn ferry() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// Public DHT nodes (the first also a TCP relay).
+const PUBLIC_NODES: u16 = 4;
+/// Budget from `friend add` to both peers online.
+const ONLINE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The exit's UDP port (its iptables chains are `FERRY-EXIT-<port>`).
+const EXIT_PORT: u16 = 33445;
+
+const SERVER_V4: &str = "10.77.2.2";
+const SERVER_V6: &str = "fd00:77:2::2";
+const UPLINK_V4: &str = "10.77.2.1";
+const UPLINK_V6: &str = "fd00:77:2::1";
+
+const POLICY: &str = r#"
+[[allow]]
+cidr = "10.77.2.0/24"
+protocol = "tcp"
+ports = "8080"
+[[allow]]
+cidr = "10.77.2.0/24"
+protocol = "udp"
+ports = [9090]
+[[allow]]
+cidr = "10.77.2.0/24"
+protocol = "icmp"
+[[allow]]
+cidr = "fd00:77:2::/64"
+protocol = "tcp"
+ports = "8080"
+[[allow]]
+cidr = "fd00:77:2::/64"
+protocol = "udp"
+ports = "9090"
+[[allow]]
+cidr = "fd00:77:2::/64"
+protocol = "icmp"
+"#;
+
+/// TCP 8080 and 8081 and UDP 9090 on both families; answers "<proto> <peer address> <data>".
+const SERVER_PY: &str = r#"
+import socket, threading
+def tcp(fam, addr, port):
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, port)); s.listen(16)
+    while True:
+        c, a = s.accept()
+        try:
+            d = c.recv(1024)
+            c.sendall(b"tcp " + a[0].encode() + b" " + d)
+        except OSError:
+            pass
+        finally:
+            c.close()
+def udp(fam, addr, port):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, port))
+    while True:
+        d, a = s.recvfrom(2048)
+        s.sendto(b"udp " + a[0].encode() + b" " + d, a)
+ts = []
+for fam, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    for p in (8080, 8081):
+        ts.append(threading.Thread(target=tcp, args=(fam, addr, p), daemon=True))
+    ts.append(threading.Thread(target=udp, args=(fam, addr, 9090), daemon=True))
+for t in ts: t.start()
+print("ready", flush=True)
+for t in ts: t.join()
+"#;
+
+/// `client.py MODE HOST PORT`: one TCP or UDP exchange, prints the answer; exit 1 on timeout.
+const CLIENT_PY: &str = r#"
+import socket, sys
+mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+try:
+    if mode == "tcp":
+        s = socket.create_connection((host, port), timeout=3)
+        s.settimeout(3)
+        s.sendall(b"hi")
+        print(s.recv(1024).decode())
+    elif mode == "udp":
+        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(3)
+        s.sendto(b"hi", (host, port))
+        print(s.recvfrom(2048)[0].decode())
+    elif mode == "listen":
+        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(port)
+        s.bind((host, 9999))
+        print("GOT", s.recvfrom(2048)[0].decode())
+    elif mode == "send":
+        s = socket.socket(fam, socket.SOCK_DGRAM)
+        for _ in range(5):
+            s.sendto(b"leak", (host, port))
+except OSError as e:
+    print("ERR", e)
+    sys.exit(1)
+"#;
+
+fn skip_reason() -> Option<String> {
+    if let Some(why) = lab_skip_reason(&["ping", "python3", "ip6tables"]) {
+        return Some(why);
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    None
+}
+
+fn sh(args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("command runs")
+}
+
+fn ok(args: &[&str]) {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The server namespace, deleted (processes killed by PID first) on drop.
+struct ServerNs(String);
+
+impl Drop for ServerNs {
+    fn drop(&mut self) {
+        let pids = sh(&["ip", "netns", "pids", &self.0]);
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> (bool, String) {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).args(args);
+    let o = c.output().expect("ip netns exec");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// Retries `f` for up to `budget` (routes and DAD settle); returns the last result.
+fn retry(budget: Duration, mut f: impl FnMut() -> (bool, String)) -> (bool, String) {
+    let start = Instant::now();
+    loop {
+        let r = f();
+        if r.0 || start.elapsed() > budget {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP exit_node_forwards_with_nat_policy_and_no_uplink_leak: {why}");
+        return;
+    }
+    let prefix = format!("ex{:x}", std::process::id() & 0xffff);
+    let lab = NatLab::up("none:none", &prefix).expect("lab");
+    let exit_ns = lab.var("NS_B").to_string();
+    let client_ns = lab.var("NS_A").to_string();
+    let srv = ServerNs(format!("{prefix}-srv"));
+    ok(&["ip", "netns", "add", &srv.0]);
+    ok(&[
+        "ip", "-n", &exit_ns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
+        "netns", &srv.0,
+    ]);
+    for (ns, dev, v4, v6) in [
+        (exit_ns.as_str(), "up0", UPLINK_V4, UPLINK_V6),
+        (srv.0.as_str(), "eth0", SERVER_V4, SERVER_V6),
+    ] {
+        ok(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            dev,
+        ]);
+        ok(&[
+            "ip",
+            "-n",
+            ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+        ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    let server_py = dir.path().join("server.py");
+    let client_py = dir.path().join("client.py");
+    std::fs::write(&policy, POLICY).expect("policy");
+    std::fs::write(&server_py, SERVER_PY).expect("server.py");
+    std::fs::write(&client_py, CLIENT_PY).expect("client.py");
+    let client_py = client_py.to_string_lossy().into_owned();
+    let mut server = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &srv.0, "python3", "-u"])
+            .arg(&server_py)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server"),
+    );
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let out = server.0.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("server ready");
+        assert_eq!(line.trim(), "ready");
+    }
+
+    // The ferry network.
+    let boot_ns = lab.var("NS_BOOT").to_string();
+    let boot_ip = lab.var("BOOT_IP").to_string();
+    let relay_port = 33500u16;
+    let first = NetnsFerry::start(
+        ferry(),
+        &boot_ns,
+        33445,
+        &[],
+        &["--tcp-relay".to_string(), relay_port.to_string()],
+    )
+    .expect("first public node");
+    let first_key = first.dht_key();
+    let boot = vec![format!("{boot_ip}:33445:{first_key}")];
+    let mut public = vec![first];
+    for i in 1..PUBLIC_NODES {
+        public.push(NetnsFerry::start(ferry(), &boot_ns, 33445 + i, &boot, &[]).expect("public"));
+    }
+    let mut peer_boot = boot.clone();
+    for (i, d) in public.iter().enumerate().skip(1) {
+        peer_boot.push(format!("{boot_ip}:{}:{}", 33445 + i as u16, d.dht_key()));
+    }
+    let relay = vec![
+        "--relay-peer".to_string(),
+        format!("{boot_ip}:{relay_port}:{first_key}"),
+    ];
+    let client = NetnsFerry::start(ferry(), &client_ns, 33445, &peer_boot, &relay).expect("client");
+    let mut exit_args = relay.clone();
+    exit_args.extend([
+        "--exit-node".to_string(),
+        "--uplink".to_string(),
+        "up0".to_string(),
+        "--exit-policy".to_string(),
+        policy.to_string_lossy().into_owned(),
+    ]);
+    let exit =
+        NetnsFerry::start(ferry(), &exit_ns, EXIT_PORT, &peer_boot, &exit_args).expect("exit");
+    let chain = format!("FERRY-EXIT-{EXIT_PORT}");
+    let rules = in_ns(&exit_ns, &["iptables", "-S", &chain]);
+    assert!(rules.0, "exit chain missing: {}", rules.1);
+    assert!(
+        rules.1.contains("ESTABLISHED,RELATED"),
+        "exit chain: {}",
+        rules.1
+    );
+    let nat6 = in_ns(&exit_ns, &["ip6tables", "-t", "nat", "-S", &chain]);
+    assert!(nat6.1.contains("MASQUERADE"), "ip6 nat: {}", nat6.1);
+
+    // Befriend (until service mode lands: explicit request, auto-accept on the exit).
+    for d in [&client, &exit] {
+        assert!(
+            d.cli(&["set", "auto-accept", "on"])
+                .is_some_and(|o| o.status.success())
+        );
+    }
+    let (client_pk, exit_pk) = (client.id("public_key"), exit.id("public_key"));
+    // Not yet a friend: a clear error.
+    let early = client
+        .cli(&[
+            "tunnel",
+            "up",
+            "--exit",
+            &exit_pk,
+            "--route",
+            "10.77.2.0/24",
+        ])
+        .expect("tunnel up");
+    assert!(!early.status.success());
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("not a friend"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    let start = Instant::now();
+    assert!(
+        client
+            .cli(&["friend", "add", &exit.id("tox_id"), "exit please"])
+            .is_some_and(|o| o.status.success())
+    );
+    while !(client.online(&exit_pk) && exit.online(&client_pk)) {
+        assert!(
+            start.elapsed() < ONLINE_TIMEOUT,
+            "friends not online in {ONLINE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("MEASURE exit: friends online after {:?}", start.elapsed());
+
+    let up = client
+        .cli(&[
+            "tunnel",
+            "up",
+            "--exit",
+            &exit_pk,
+            "--route",
+            "0.0.0.0/0",
+            "--route",
+            "::/0",
+            "--json",
+        ])
+        .expect("tunnel up");
+    assert!(
+        up.status.success(),
+        "tunnel up --exit: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&up.stdout).expect("json");
+    eprintln!("client tunnel: {s}");
+    assert_eq!(s["exit"], exit_pk.as_str());
+    let client_v4 = s["client_address_v4"].as_str().expect("v4").to_string();
+    assert!(client_v4.starts_with("100.64."), "{client_v4}");
+    assert_eq!(s["client_address_v6"], s["address"]);
+    let routes: Vec<&str> = s["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    for r in ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"] {
+        assert!(routes.contains(&r), "{r} not in {routes:?}");
+    }
+
+    // ICMP both families.
+    let ping4 = retry(Duration::from_secs(20), || {
+        in_ns(
+            &client_ns,
+            &["ping", "-c", "2", "-i", "0.3", "-W", "2", SERVER_V4],
+        )
+    });
+    assert!(ping4.0, "ping {SERVER_V4}: {}", ping4.1);
+    let ping6 = retry(Duration::from_secs(20), || {
+        in_ns(
+            &client_ns,
+            &["ping", "-6", "-c", "2", "-i", "0.3", "-W", "2", SERVER_V6],
+        )
+    });
+    assert!(ping6.0, "ping -6 {SERVER_V6}: {}", ping6.1);
+
+    // TCP and UDP both families; the server sees the exit's uplink address.
+    for (mode, host, port, seen) in [
+        ("tcp", SERVER_V4, "8080", UPLINK_V4),
+        ("udp", SERVER_V4, "9090", UPLINK_V4),
+        ("tcp", SERVER_V6, "8080", UPLINK_V6),
+        ("udp", SERVER_V6, "9090", UPLINK_V6),
+    ] {
+        let r = retry(Duration::from_secs(10), || {
+            in_ns(&client_ns, &["python3", &client_py, mode, host, port])
+        });
+        assert!(r.0, "{mode} {host}:{port}: {}", r.1);
+        assert_eq!(r.1.trim(), format!("{mode} {seen} hi"), "{mode} {host}");
+    }
+
+    // Policy: TCP 8081 (listening on the server) is forbidden.
+    let before = exit
+        .json(&["tunnel", "status", "--json"])
+        .expect("exit status");
+    let forbidden = in_ns(
+        &client_ns,
+        &["python3", &client_py, "tcp", SERVER_V4, "8081"],
+    );
+    assert!(!forbidden.0, "forbidden port answered: {}", forbidden.1);
+    let forbidden6 = in_ns(
+        &client_ns,
+        &["python3", &client_py, "tcp", SERVER_V6, "8081"],
+    );
+    assert!(!forbidden6.0, "forbidden port answered: {}", forbidden6.1);
+    let after = exit
+        .json(&["tunnel", "status", "--json"])
+        .expect("exit status");
+    eprintln!("exit tunnel: {after}");
+    assert_eq!(after["exit_node"], true);
+    assert_eq!(after["exit_clients"], 1);
+    let policy_drops = |v: &serde_json::Value| v["exit_counters"]["policy"].as_u64().unwrap_or(0);
+    assert!(
+        policy_drops(&after) >= policy_drops(&before) + 2,
+        "policy drops not counted: {after}"
+    );
+
+    // No leak: the server (given a route to the tunnel's addresses via the exit) sends UDP to the
+    // client's tunnel address; the client listens and hears nothing, the exit's DROP counts it.
+    ok(&[
+        "ip",
+        "-n",
+        &srv.0,
+        "route",
+        "add",
+        "100.64.0.0/10",
+        "via",
+        UPLINK_V4,
+    ]);
+    let listener = Command::new("ip")
+        .args(["netns", "exec", &client_ns, "python3", &client_py, "listen"])
+        .args(["0.0.0.0", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("listener");
+    let listener = KillOnDrop(listener);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = in_ns(&srv.0, &["python3", &client_py, "send", &client_v4, "9999"]);
+    let _ = in_ns(
+        &srv.0,
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", &client_v4],
+    );
+    let mut listener = listener;
+    let status = listener.0.wait().expect("listener exits");
+    let mut heard = String::new();
+    if let Some(mut o) = listener.0.stdout.take() {
+        use std::io::Read;
+        let _ = o.read_to_string(&mut heard);
+    }
+    assert!(
+        !status.success() && !heard.contains("GOT"),
+        "uplink traffic leaked into the mesh: {heard}"
+    );
+    let drops = in_ns(&exit_ns, &["iptables", "-v", "-x", "-n", "-L", &chain]);
+    let drop_line = drops
+        .1
+        .lines()
+        .find(|l| l.contains("DROP") && l.contains("up0"))
+        .unwrap_or("")
+        .to_string();
+    let dropped: u64 = drop_line
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 5, "uplink DROP rule did not count: {}", drops.1);
+
+    // The client's own connection to the exit survived the default routes.
+    assert!(client.online(&exit_pk), "client lost the exit");
+    let cs = client
+        .json(&["tunnel", "status", "--json"])
+        .expect("status");
+    eprintln!("client tunnel after: {cs}");
+    assert!(
+        cs["exit_counters"]["returned"].as_u64().unwrap_or(0) >= 6,
+        "{cs}"
+    );
+
+    // `ferry stop` on the exit removes its chains.
+    let _ = writeln!(std::io::stderr(), "stopping the exit");
+    assert!(exit.cli(&["stop"]).is_some_and(|o| o.status.success()));
+    let gone = retry(Duration::from_secs(10), || {
+        let a = in_ns(&exit_ns, &["iptables", "-S", &chain]);
+        let b = in_ns(&exit_ns, &["ip6tables", "-t", "nat", "-S", &chain]);
+        (!a.0 && !b.0, format!("{}{}", a.1, b.1))
+    });
+    assert!(gone.0, "exit chains left after stop: {}", gone.1);
+    drop((client, exit, public, server));
+    drop(srv);
+    drop(lab);
+}
