@@ -39,10 +39,14 @@
 //! every second until it gets [`ExitControl::Assign`] (≤ [`ASSIGN_TIMEOUT`]), puts the IPv4
 //! address on the TUN device as a /32, and adds `ip route replace CIDR dev ferry0 src ADDR` for
 //! each route (IPv6 routes use the mesh address as source). A default route (`0.0.0.0/0`, `::/0`)
-//! is installed as two /1 routes, which win over the existing default by length, after pinning
-//! host routes (`/32`, `/128`) to the exit's current UDP endpoint and TCP relay through the
-//! route the kernel used before (`ip route get`), so ferry's own packets to the exit never enter
-//! the tunnel. Other ferry traffic (DHT) then rides the tunnel, which works but is slower.
+//! is installed as two /1 routes, which win over the existing default by length, after
+//! - pinning host routes (`/32`, `/128`) to the exit's current UDP endpoint and TCP relay and to
+//!   our connected TCP relays through the route the kernel used before (`ip route get`), and
+//! - policy routing for ferry's own UDP socket ([`Bypass`]: `ip rule ... ipproto udp sport
+//!   PORT`), so ferry's DHT, onion and friend traffic keeps the previous default route.
+//!
+//! So ferry's own packets never enter the tunnel (no double encapsulation, hole punching to
+//! other friends keeps working). Relays connected later are not pinned.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -88,6 +92,8 @@ pub enum ExitHook {
         routes: Vec<Cidr>,
         /// Host routes pinned outside the tunnel (deleted on `tunnel down`).
         pinned: Vec<IpAddr>,
+        /// Policy-routing bypass of ferry's own UDP socket (removed on `tunnel down`).
+        bypass: Option<Bypass>,
     },
 }
 
@@ -224,9 +230,107 @@ pub fn fill_status(hook: &ExitHook, s: &mut TunnelStatus) {
 /// Called by `tunnel down` with the hook of the tunnel taken down: removes pinned host routes
 /// (routes through the device go with it).
 pub fn on_down(hook: &ExitHook) {
-    if let ExitHook::Client { pinned, .. } = hook {
+    if let ExitHook::Client { pinned, bypass, .. } = hook {
         for ip in pinned {
             let _ = ip_cmd(ip.is_ipv6(), &["route", "del", &host_cidr(ip)]);
+        }
+        if let Some(b) = bypass {
+            b.remove();
+        }
+    }
+}
+
+/// Routing table holding a copy of the pre-tunnel default routes: 21574 (0x5446, "TF").
+pub const BYPASS_TABLE: u32 = 0x5446;
+/// Preference of the first bypass rule (`lookup main suppress_prefixlength 1`); the second
+/// (`lookup` [`BYPASS_TABLE`]) is one more: 5446.
+pub const BYPASS_PREF: u32 = 5446;
+
+/// Policy routing that keeps ferry's own UDP socket (port `udp_port`) off the tunnel's default
+/// route: for packets with `ipproto udp sport PORT`, rule [`BYPASS_PREF`] uses the main table
+/// but ignores routes of prefix length ≤ 1 (the tunnel's two halves and the default), and rule
+/// `BYPASS_PREF + 1` uses [`BYPASS_TABLE`], a copy of the default route(s) from before the
+/// tunnel. Both families.
+#[derive(Clone, Debug)]
+pub struct Bypass {
+    udp_port: u16,
+}
+
+impl Bypass {
+    fn rule_args(&self, second: bool) -> Vec<String> {
+        let mut v: Vec<String> = ["rule", "add", "pref"]
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        v.push((BYPASS_PREF + u32::from(second)).to_string());
+        v.extend(["ipproto", "udp", "sport"].iter().map(ToString::to_string));
+        v.push(self.udp_port.to_string());
+        if second {
+            v.extend(["lookup".to_string(), BYPASS_TABLE.to_string()]);
+        } else {
+            v.extend(
+                ["lookup", "main", "suppress_prefixlength", "1"]
+                    .iter()
+                    .map(ToString::to_string),
+            );
+        }
+        v
+    }
+
+    /// Installs the rules and copies the current default routes into [`BYPASS_TABLE`].
+    ///
+    /// # Errors
+    /// An `ip` command failed (what was added is removed).
+    fn install(udp_port: u16) -> Result<Self, String> {
+        let b = Self { udp_port };
+        b.remove();
+        for v6 in [false, true] {
+            let defaults = ip_cmd(v6, &["route", "show", "default"]).unwrap_or_default();
+            for line in defaults.lines().filter(|l| l.starts_with("default")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let table = BYPASS_TABLE.to_string();
+                let mut args = vec!["route", "replace"];
+                // Keep `default [via GW] dev DEV` (drop proto/metric/etc.).
+                let mut i = 0;
+                while i < words.len() {
+                    match words[i] {
+                        "default" => args.push("default"),
+                        k @ ("via" | "dev") if i + 1 < words.len() => {
+                            args.extend([k, words[i + 1]]);
+                            i += 1;
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                args.extend(["table", table.as_str()]);
+                if let Err(e) = ip_cmd(v6, &args) {
+                    b.remove();
+                    return Err(e);
+                }
+            }
+            for second in [false, true] {
+                let a = b.rule_args(second);
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                if let Err(e) = ip_cmd(v6, &a) {
+                    b.remove();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Deletes the rules and flushes [`BYPASS_TABLE`]; idempotent.
+    fn remove(&self) {
+        for v6 in [false, true] {
+            for second in [false, true] {
+                let mut a = self.rule_args(second);
+                a[1] = "del".to_string();
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                while ip_cmd(v6, &a).is_ok() {}
+            }
+            let _ = ip_cmd(v6, &["route", "flush", "table", &BYPASS_TABLE.to_string()]);
         }
     }
 }
@@ -572,6 +676,7 @@ pub async fn client_up(
         refused: None,
         routes: Vec::new(),
         pinned: Vec::new(),
+        bypass: None,
     };
     let mut device_name = tunnel.status(own).device;
     if device_name.is_empty() {
@@ -637,25 +742,36 @@ pub async fn client_up(
         &["addr", "replace", &format!("{v4}/32"), "dev", &device_name],
     )
     .map_err(internal)?;
-    // Pin the exit's endpoints outside the tunnel before any default route goes in.
+    // Before any default route goes in: pin the exit's endpoints and our TCP relays outside
+    // the tunnel, and keep ferry's own UDP socket on the previous default (policy routing).
     let mut pinned = Vec::new();
+    let mut bypass = None;
     if cidrs.iter().any(|c| c.len <= 1) {
         let friends = node
             .call(|n, _| n.friends())
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let status = node
+            .status()
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let mut ips: Vec<IpAddr> = status.tcp_relays.iter().map(|r| r.addr.ip()).collect();
         if let Some(f) = friends.iter().find(|f| f.public_key == exit) {
-            for ip in f
-                .addr
-                .iter()
-                .chain(f.relay.iter().map(|(_, a)| a))
-                .map(|a| a.ip())
-            {
-                if pin_host_route(&ip).is_ok() {
-                    pinned.push(ip);
-                }
+            ips.extend(
+                f.addr
+                    .iter()
+                    .chain(f.relay.iter().map(|(_, a)| a))
+                    .map(|a| a.ip()),
+            );
+        }
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            if pin_host_route(&ip).is_ok() {
+                pinned.push(ip);
             }
         }
+        bypass = Some(Bypass::install(status.local_addr.port()).map_err(internal)?);
     }
     let mut installed = Vec::new();
     for c in &cidrs {
@@ -680,11 +796,15 @@ pub async fn client_up(
     }
     tunnel.with_exit(|h, _| {
         if let ExitHook::Client {
-            routes, pinned: p, ..
+            routes,
+            pinned: p,
+            bypass: b,
+            ..
         } = h
         {
             *routes = installed;
             *p = pinned;
+            *b = bypass;
         }
     });
     tracing::info!(%exit, %v4, %v6, "exit client up");
