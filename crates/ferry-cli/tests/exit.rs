@@ -16,7 +16,8 @@
 //! - a packet injected from the server namespace towards the client's tunnel address is not
 //!   delivered (client listener hears nothing) and the exit's `-i up0 -o ferry0 DROP` rule
 //!   counts it;
-//! - `ferry stop` on the exit removes its iptables chains.
+//! - the default routes keep ferry's own traffic off the tunnel (bypass rule, few policy drops);
+//! - SIGTERM to the exit removes its iptables chains and restores `net.ipv4.ip_forward`.
 //!
 //! Needs root, iproute2, iptables/ip6tables, ping, python3 and `/dev/net/tun`; skipped with a
 //! message otherwise. Namespaces are deleted and processes killed by PID on drop.
@@ -306,6 +307,7 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
         "--exit-policy".to_string(),
         policy.to_string_lossy().into_owned(),
     ]);
+    let forward_before = in_ns(&exit_ns, &["cat", "/proc/sys/net/ipv4/ip_forward"]).1;
     let exit =
         NetnsFerry::start(ferry(), &exit_ns, EXIT_PORT, &peer_boot, &exit_args).expect("exit");
     let chain = format!("FERRY-EXIT-{EXIT_PORT}");
@@ -533,15 +535,25 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
         rules_after.1
     );
 
-    // `ferry stop` on the exit removes its chains.
-    let _ = writeln!(std::io::stderr(), "stopping the exit");
-    assert!(exit.cli(&["stop"]).is_some_and(|o| o.status.success()));
+    // SIGTERM to the exit (by PID: the only process in its namespace) removes its chains and
+    // restores the forwarding sysctl.
+    let _ = writeln!(std::io::stderr(), "stopping the exit with SIGTERM");
+    let pids = sh(&["ip", "netns", "pids", &exit_ns]);
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        ok(&["kill", "-TERM", pid]);
+    }
     let gone = retry(Duration::from_secs(10), || {
         let a = in_ns(&exit_ns, &["iptables", "-S", &chain]);
         let b = in_ns(&exit_ns, &["ip6tables", "-t", "nat", "-S", &chain]);
         (!a.0 && !b.0, format!("{}{}", a.1, b.1))
     });
     assert!(gone.0, "exit chains left after stop: {}", gone.1);
+    let fwd = in_ns(&exit_ns, &["cat", "/proc/sys/net/ipv4/ip_forward"]);
+    assert_eq!(
+        fwd.1.trim(),
+        forward_before.trim(),
+        "ip_forward not restored"
+    );
     drop((client, exit, public, server));
     drop(srv);
     drop(lab);

@@ -830,3 +830,59 @@ fn pin_host_route(ip: &IpAddr) -> Result<(), String> {
     args.extend(["dev", dev]);
     ip_cmd(ip.is_ipv6(), &args).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn policy_file_parses_strings_and_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("policy.toml");
+        std::fs::write(
+            &p,
+            r#"
+[[allow]]
+cidr = "10.0.0.0/8"
+protocol = "tcp"
+ports = "80, 8000-8100"
+[[allow]]
+cidr = "2001:db8::/32"
+ports = [53, "5000-5001"]
+[[allow]]
+cidr = "0.0.0.0/0"
+protocol = "icmp"
+"#,
+        )
+        .unwrap();
+        let pol = load_policy(&p).unwrap();
+        assert!(!pol.default_allow);
+        assert_eq!(pol.rules.len(), 3);
+        assert_eq!(pol.rules[0].ports, vec![(80, 80), (8000, 8100)]);
+        assert_eq!(pol.rules[1].ports, vec![(53, 53), (5000, 5001)]);
+        // Unknown keys and bad rules are errors, not silently allowed.
+        std::fs::write(&p, "[[allow]]\ncidr = \"10.0.0.0/8\"\nport = \"80\"\n").unwrap();
+        assert!(load_policy(&p).is_err());
+        std::fs::write(&p, "[[allow]]\ncidr = \"10.0.0.0/40\"\n").unwrap();
+        assert!(load_policy(&p).is_err());
+        // An empty file denies everything.
+        std::fs::write(&p, "").unwrap();
+        let none = load_policy(&p).unwrap();
+        assert!(none.rules.is_empty() && !none.default_allow);
+    }
+
+    #[test]
+    fn bypass_rules_name_the_port_and_table() {
+        let b = Bypass { udp_port: 33445 };
+        assert_eq!(
+            b.rule_args(false).join(" "),
+            "rule add pref 5446 ipproto udp sport 33445 lookup main suppress_prefixlength 1"
+        );
+        assert_eq!(
+            b.rule_args(true).join(" "),
+            "rule add pref 5447 ipproto udp sport 33445 lookup 21574"
+        );
+    }
+}
