@@ -535,6 +535,17 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
         rules_after.1
     );
 
+    // The client gave its address back; the exit's tunnel cannot be taken down alone.
+    let released = retry(Duration::from_secs(10), || {
+        let v = exit
+            .json(&["tunnel", "status", "--json"])
+            .unwrap_or_default();
+        (v["exit_clients"] == 0, v.to_string())
+    });
+    assert!(released.0, "client not released: {}", released.1);
+    let refused = exit.cli(&["tunnel", "down"]).expect("tunnel down");
+    assert!(!refused.status.success(), "exit tunnel went down alone");
+
     // SIGTERM to the exit (by PID: the only process in its namespace) removes its chains and
     // restores the forwarding sysctl.
     let _ = writeln!(std::io::stderr(), "stopping the exit with SIGTERM");

@@ -811,6 +811,32 @@ pub async fn client_up(
     Ok(tunnel.status(own))
 }
 
+/// `POST /v1/tunnel/down` hook: an exit's tunnel stays up while `ferry up --exit-node` runs;
+/// a client gives its addresses back to its exit ([`ExitControl::Release`], best effort).
+///
+/// # Errors
+/// 409 on an exit node.
+pub async fn before_down(tunnel: &TunnelShared, node: &NodeHandle) -> Result<(), ApiError> {
+    let role = tunnel.with_exit(|h, _| match h {
+        ExitHook::Exit(_) => Err(()),
+        ExitHook::Client { client, .. } => Ok(Some(client.exit)),
+        ExitHook::None => Ok(None),
+    });
+    match role {
+        Some(Err(())) => Err(ApiError::conflict(
+            "this node is an exit: its tunnel goes down with `ferry stop`",
+        )),
+        Some(Ok(Some(exit))) => {
+            let msg = ExitControl::Release.encode();
+            let _ = node
+                .call(move |n, now| n.send_custom(now, &exit, &msg))
+                .await;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `ip route replace IP/32 via GW dev DEV` from what `ip route get IP` says now.
 fn pin_host_route(ip: &IpAddr) -> Result<(), String> {
     let out = ip_cmd(ip.is_ipv6(), &["route", "get", &ip.to_string()])?;

@@ -404,7 +404,11 @@ impl Backend for NodeBackend {
     }
 
     fn tunnel_down(&self, _req: ferry_api::TunnelDown) -> BoxFuture<'_, Result<(), ApiError>> {
-        Box::pin(async move { self.chat()?.tunnel.down() })
+        Box::pin(async move {
+            let tunnel = &self.chat()?.tunnel;
+            crate::exit::before_down(tunnel, &self.node).await?;
+            tunnel.down()
+        })
     }
 
     fn tunnel_status(&self) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {

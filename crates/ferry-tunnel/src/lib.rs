@@ -1,7 +1,8 @@
 //! Sans-IO logic of ferry's IP tunnel (issue 7, seeds 000/003), first slice: mesh addresses,
 //! IPv6 header checks and the routing decision between the TUN device and friends' net_crypto
 //! sessions. No sockets, clocks or devices here; the daemon (`ferry-daemon/src/tunnel.rs`) owns
-//! the TUN device and the node.
+//! the TUN device and the node. Exit nodes (address pool, policy, control messages, return
+//! routing) are in [`exit`].
 //!
 //! # Mesh addresses
 //! Every node has one IPv6 address in [`MESH_PREFIX`] (`fd54:6f78::/32`, a ULA prefix: `fd` =
