@@ -12,6 +12,7 @@
 //! also shows ferry's own traffic to the exit survives them). Asserts:
 //! - ICMP, TCP and UDP reach the server through the exit over IPv4 and IPv6, and the server
 //!   sees the exit's uplink address as the source (NAT);
+//! - a 16 MiB TCP download through the exit arrives intact (SHA-256), both families;
 //! - TCP to a forbidden port (8081, listening) gets no answer and the exit counts policy drops;
 //! - a packet injected from the server namespace towards the client's tunnel address is not
 //!   delivered (client listener hears nothing) and the exit's `-i up0 -o ferry0 DROP` rule
@@ -84,7 +85,12 @@ def tcp(fam, addr, port):
         c, a = s.accept()
         try:
             d = c.recv(1024)
-            c.sendall(b"tcp " + a[0].encode() + b" " + d)
+            if d == b"big":
+                block = bytes(range(256)) * 4096
+                for _ in range(16):
+                    c.sendall(block)
+            else:
+                c.sendall(b"tcp " + a[0].encode() + b" " + d)
         except OSError:
             pass
         finally:
@@ -118,6 +124,20 @@ try:
         s.settimeout(3)
         s.sendall(b"hi")
         print(s.recv(1024).decode())
+    elif mode == "big":
+        import hashlib, time
+        t = time.time()
+        s = socket.create_connection((host, port), timeout=5)
+        s.settimeout(30)
+        s.sendall(b"big")
+        h, n = hashlib.sha256(), 0
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            h.update(d); n += len(d)
+        want = hashlib.sha256(bytes(range(256)) * 4096 * 16).hexdigest()
+        print("OK" if h.hexdigest() == want else "BAD", n, round(time.time() - t, 3))
     elif mode == "udp":
         s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(3)
         s.sendto(b"hi", (host, port))
@@ -427,6 +447,23 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
         });
         assert!(r.0, "{mode} {host}:{port}: {}", r.1);
         assert_eq!(r.1.trim(), format!("{mode} {seen} hi"), "{mode} {host}");
+    }
+
+    // A 16 MiB download through the exit, content checked by SHA-256 (IPv4 and IPv6).
+    for host in [SERVER_V4, SERVER_V6] {
+        let r = in_ns(&client_ns, &["python3", &client_py, "big", host, "8080"]);
+        let words: Vec<&str> = r.1.split_whitespace().collect();
+        assert!(
+            r.0 && words.first() == Some(&"OK"),
+            "download from {host}: {}",
+            r.1
+        );
+        assert_eq!(words.get(1), Some(&"16777216"), "{}", r.1);
+        let secs: f64 = words.get(2).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+        eprintln!(
+            "MEASURE exit: 16 MiB from {host} in {secs:.2} s ({:.0} Mbit/s, debug build)",
+            16.0 * 8.388_608 / secs.max(0.001)
+        );
     }
 
     // Policy: TCP 8081 (listening on the server) is forbidden.
