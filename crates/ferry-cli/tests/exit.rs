@@ -13,6 +13,7 @@
 //! - ICMP, TCP and UDP reach the server through the exit over IPv4 and IPv6, and the server
 //!   sees the exit's uplink address as the source (NAT);
 //! - a 16 MiB TCP download through the exit arrives intact (SHA-256), both families;
+//! - spoofed-source packets into the tunnel are dropped and counted by the client;
 //! - TCP to a forbidden port (8081, listening) gets no answer and the exit counts policy drops;
 //! - a packet injected from the server namespace towards the client's tunnel address is not
 //!   delivered (client listener hears nothing) and the exit's `-i up0 -o ferry0 DROP` rule
@@ -138,6 +139,15 @@ try:
             h.update(d); n += len(d)
         want = hashlib.sha256(bytes(range(256)) * 4096 * 16).hexdigest()
         print("OK" if h.hexdigest() == want else "BAD", n, round(time.time() - t, 3))
+    elif mode == "spoof":
+        import struct
+        src, dst = socket.inet_aton("100.64.0.77"), socket.inet_aton(host)
+        udp = struct.pack("!HHHH", 40000, port, 10, 0) + b"hi"
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src, dst)
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        for _ in range(3):
+            s.sendto(ip + udp, (host, 0))
+        print("sent")
     elif mode == "udp":
         s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(3)
         s.sendto(b"hi", (host, port))
@@ -465,6 +475,31 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
             16.0 * 8.388_608 / secs.max(0.001)
         );
     }
+
+    // Spoofed sources: raw IPv4 packets from 100.64.0.77 (not our address) into the tunnel are
+    // dropped and counted by the client; the exit never sees them.
+    let c_before = client
+        .json(&["tunnel", "status", "--json"])
+        .expect("status");
+    let e_before = exit.json(&["tunnel", "status", "--json"]).expect("status");
+    let spoof = in_ns(
+        &client_ns,
+        &["python3", &client_py, "spoof", SERVER_V4, "9090"],
+    );
+    assert!(spoof.0, "spoof: {}", spoof.1);
+    let bad = |v: &serde_json::Value| v["exit_counters"]["bad_source"].as_u64().unwrap_or(0);
+    let counted = retry(Duration::from_secs(5), || {
+        let v = client
+            .json(&["tunnel", "status", "--json"])
+            .unwrap_or_default();
+        (bad(&v) >= bad(&c_before) + 3, v.to_string())
+    });
+    assert!(counted.0, "spoofed packets not counted: {}", counted.1);
+    let e_after = exit.json(&["tunnel", "status", "--json"]).expect("status");
+    assert_eq!(
+        e_after["exit_counters"]["forwarded"], e_before["exit_counters"]["forwarded"],
+        "spoofed packets reached the exit"
+    );
 
     // Policy: TCP 8081 (listening on the server) is forbidden.
     let before = exit
