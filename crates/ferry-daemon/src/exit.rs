@@ -12,7 +12,8 @@
 //!   reach only the uplink);
 //! - nat chain of the same name jumped to from `POSTROUTING`: `-s 100.64.0.0/10 -o IFACE
 //!   MASQUERADE` (IPv6: `-s fd54:6f78::/32`, the clients' mesh addresses);
-//! - `net.ipv4.ip_forward = 1`, `net.ipv6.conf.all.forwarding = 1` (previous values restored).
+//! - `net.ipv4.ip_forward = 1`, `net.ipv6.conf.all.forwarding = 1`, and the uplink's
+//!   `accept_ra` 1 → 2 so it keeps taking router advertisements (previous values restored).
 //!
 //! Teardown (on SIGINT/SIGTERM, `ferry stop`, or drop) deletes the jumps and exactly these two
 //! chains (names carry the UDP port, so two exits in one namespace do not collide) and restores
@@ -544,6 +545,15 @@ impl ExitFirewall {
             fw.saved_sysctls
                 .push((PathBuf::from(path), old.trim().to_string()));
         }
+        // With forwarding on, an uplink with accept_ra = 1 would stop taking router
+        // advertisements (and lose its SLAAC address/default route): 2 keeps taking them.
+        let ra = format!("/proc/sys/net/ipv6/conf/{uplink}/accept_ra");
+        if let Ok(old) = std::fs::read_to_string(&ra)
+            && old.trim() == "1"
+            && std::fs::write(&ra, "2\n").is_ok()
+        {
+            fw.saved_sysctls.push((PathBuf::from(ra), "1".to_string()));
+        }
         Ok(fw)
     }
 
@@ -599,6 +609,15 @@ pub async fn start_exit(
     opts: &ExitOptions,
     port: u16,
 ) -> anyhow::Result<ExitFirewall> {
+    let u = &opts.uplink;
+    anyhow::ensure!(
+        !u.is_empty()
+            && u.len() <= crate::tunnel::MAX_DEVICE_NAME
+            && u != "."
+            && u != ".."
+            && !u.bytes().any(|b| b == b'/' || b.is_ascii_whitespace()),
+        "bad uplink interface name {u:?}"
+    );
     let policy = match &opts.policy_file {
         Some(p) => {
             load_policy(p).map_err(|e| anyhow::anyhow!("exit policy {}: {e}", p.display()))?
