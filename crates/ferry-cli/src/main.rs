@@ -95,6 +95,11 @@ enum Command {
         /// after every --relay-peer).
         #[arg(long)]
         no_bootstrap_relays: bool,
+        /// Serve as a tunnel relay for multi-hop circuits: accept every friend request, with a
+        /// nospam anyone can derive from our public key (`ferry friend add PUBLIC_KEY` reaches
+        /// such a node).
+        #[arg(long)]
+        relay_node: bool,
     },
     /// TCP relay server commands.
     Relay {
@@ -339,6 +344,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             relay_peer,
             no_udp,
             no_bootstrap_relays,
+            relay_node,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -352,6 +358,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 relay_peers: relay_peer,
                 no_udp,
                 no_bootstrap_relays,
+                service: relay_node,
             };
             run_up(profile_dir, opts).await?;
         }
