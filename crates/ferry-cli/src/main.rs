@@ -99,6 +99,7 @@ enum Command {
         /// NAT (iptables/ip6tables chains FERRY-EXIT-<udp port>, removed on exit), hand out
         /// client addresses (IPv4 from 100.64.0.0/10; IPv6 = the client's mesh address).
         /// Nothing arriving on the uplink enters the mesh unless it answers a client's flow.
+        /// A service node like --relay-node: clients befriend it by `ferry friend add KEY`.
         #[arg(long, requires = "uplink")]
         exit_node: bool,
         /// The exit's uplink interface (with --exit-node).
@@ -110,6 +111,11 @@ enum Command {
         /// (destination ports). Drops are counted in `ferry tunnel status`.
         #[arg(long, value_name = "FILE", requires = "exit_node")]
         exit_policy: Option<PathBuf>,
+        /// Serve as a tunnel relay for multi-hop circuits: accept every friend request, with a
+        /// nospam anyone can derive from our public key (`ferry friend add PUBLIC_KEY` reaches
+        /// such a node).
+        #[arg(long)]
+        relay_node: bool,
     },
     /// TCP relay server commands.
     Relay {
@@ -357,6 +363,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             exit_node,
             uplink,
             exit_policy,
+            relay_node,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -377,6 +384,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                     }),
                     _ => None,
                 },
+                service: relay_node || exit_node,
             };
             run_up(profile_dir, opts).await?;
         }

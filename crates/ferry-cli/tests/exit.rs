@@ -347,13 +347,8 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
     let nat6 = in_ns(&exit_ns, &["ip6tables", "-t", "nat", "-S", &chain]);
     assert!(nat6.1.contains("MASQUERADE"), "ip6 nat: {}", nat6.1);
 
-    // Befriend (until service mode lands: explicit request, auto-accept on the exit).
-    for d in [&client, &exit] {
-        assert!(
-            d.cli(&["set", "auto-accept", "on"])
-                .is_some_and(|o| o.status.success())
-        );
-    }
+    // Befriend: the exit is a service node (nospam derived from its key, accepts every
+    // request), so its public key alone is enough.
     let (client_pk, exit_pk) = (client.id("public_key"), exit.id("public_key"));
     // Not yet a friend: a clear error.
     let early = client
@@ -375,7 +370,7 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
     let start = Instant::now();
     assert!(
         client
-            .cli(&["friend", "add", &exit.id("tox_id"), "exit please"])
+            .cli(&["friend", "add", &exit_pk, "exit please"])
             .is_some_and(|o| o.status.success())
     );
     while !(client.online(&exit_pk) && exit.online(&client_pk)) {

@@ -687,7 +687,7 @@ pub async fn client_up(
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if !friends.iter().any(|f| f.public_key == exit) {
         return Err(bad(format!(
-            "exit {exit} is not a friend: add it first (`ferry friend add <its Tox ID>`)"
+            "exit {exit} is not a friend: add it first (`ferry friend add <its public key>`)"
         )));
     }
     let hook = || ExitHook::Client {
