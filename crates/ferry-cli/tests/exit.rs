@@ -19,6 +19,8 @@
 //!   delivered (client listener hears nothing) and the exit's `-i up0 -o ferry0 DROP` rule
 //!   counts it;
 //! - the default routes keep ferry's own traffic off the tunnel (bypass rule, few policy drops);
+//! - `tunnel down` releases the address at the exit; a second `tunnel up --exit` with a single
+//!   host route gets a fresh address, installs no bypass rule, and pings through;
 //! - SIGTERM to the exit removes its iptables chains and restores `net.ipv4.ip_forward`.
 //!
 //! Needs root, iproute2, iptables/ip6tables, ping, python3 and `/dev/net/tun`; skipped with a
@@ -612,6 +614,38 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
     assert!(released.0, "client not released: {}", released.1);
     let refused = exit.cli(&["tunnel", "down"]).expect("tunnel down");
     assert!(!refused.status.success(), "exit tunnel went down alone");
+
+    // Again with one host route only: a fresh address, no bypass rule, ping through.
+    let up = client
+        .cli(&[
+            "tunnel",
+            "up",
+            "--exit",
+            &exit_pk,
+            "--route",
+            "10.77.2.2/32",
+            "--json",
+        ])
+        .expect("tunnel up");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let s2: serde_json::Value = serde_json::from_slice(&up.stdout).expect("json");
+    assert_eq!(s2["routes"], serde_json::json!(["10.77.2.2/32"]));
+    assert!(
+        s2["client_address_v4"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("100.64.") && a != client_v4),
+        "{s2}"
+    );
+    let rules2 = in_ns(&client_ns, &["ip", "rule", "show"]);
+    assert!(!rules2.1.contains("sport 33445"), "{}", rules2.1);
+    let ping = retry(Duration::from_secs(10), || {
+        in_ns(&client_ns, &["ping", "-c", "1", "-W", "2", SERVER_V4])
+    });
+    assert!(ping.0, "ping with a host route: {}", ping.1);
 
     // SIGTERM to the exit (by PID: the only process in its namespace) removes its chains and
     // restores the forwarding sysctl.
