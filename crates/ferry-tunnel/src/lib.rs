@@ -37,6 +37,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod circuit;
+
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
 
