@@ -486,6 +486,13 @@ pub struct TunnelUp {
     /// TUN device name (default `ferry0`, ≤ 15 bytes).
     #[serde(default)]
     pub device: Option<String>,
+    /// Relays of a multi-hop circuit to `exit`, in order (long-term keys, hex; `--via`).
+    #[serde(default)]
+    pub via: Vec<String>,
+    /// The circuit's far end (long-term key, hex; `--exit`): traffic to its mesh address goes
+    /// through the circuit.
+    #[serde(default)]
+    pub exit: Option<String>,
 }
 
 /// A friend reachable through the tunnel.
@@ -502,7 +509,7 @@ pub struct TunnelPeer {
 pub struct TunnelDown {}
 
 /// `GET /v1/tunnel/status` (also the answer to `POST /v1/tunnel/up`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TunnelStatus {
     /// Whether the tunnel is up.
     pub up: bool,
@@ -528,6 +535,37 @@ pub struct TunnelStatus {
     pub dropped_bad_source: u64,
     /// Friends with a route.
     pub peers: Vec<TunnelPeer>,
+    /// Multi-hop circuits this node builds, relays or ends (`--via`, `--relay-node`).
+    #[serde(default)]
+    pub circuits: Vec<TunnelCircuit>,
+}
+
+/// One multi-hop circuit in [`TunnelStatus`] (`ferry_tunnel::circuit`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TunnelCircuit {
+    /// Local handle (not on the wire).
+    pub id: u64,
+    /// `client` (we built it), `relay` (we forward it) or `end` (it ends here).
+    pub role: String,
+    /// Long-term keys (hex): client: relays then the far end; relay: `[previous, next]`;
+    /// end: `[previous]`. A relay knows nothing beyond its neighbours.
+    pub hops: Vec<String>,
+    /// Client: the far end's key; end: the client's key (identified circuits).
+    #[serde(default)]
+    pub far_end: Option<String>,
+    /// `pending` (no CREATED yet) or `open`.
+    pub state: String,
+    /// Bytes sent (client/end: IP bytes; relay: cell bytes forwarded towards the far end).
+    pub tx_bytes: u64,
+    /// Bytes received (relay: cell bytes forwarded towards the client).
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Client: last round-trip time through the circuit (setup or keepalive echo), ms.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// A boxed `Send` future, the return type of [`Backend`] methods.

@@ -95,6 +95,10 @@ enum Command {
         /// after every --relay-peer).
         #[arg(long)]
         no_bootstrap_relays: bool,
+        /// Forward other nodes' tunnel circuits (`ferry tunnel up --via`); this node learns only
+        /// each circuit's previous and next hop.
+        #[arg(long)]
+        relay_node: bool,
     },
     /// TCP relay server commands.
     Relay {
@@ -339,6 +343,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             relay_peer,
             no_udp,
             no_bootstrap_relays,
+            relay_node,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -352,6 +357,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 relay_peers: relay_peer,
                 no_udp,
                 no_bootstrap_relays,
+                relay_node,
             };
             run_up(profile_dir, opts).await?;
         }
@@ -743,6 +749,13 @@ enum TunnelCommand {
         /// TUN device name.
         #[arg(long, default_value = "ferry0")]
         device: String,
+        /// Reach the --exit node through these relays (long-term keys, comma-separated): a
+        /// multi-hop circuit where each relay learns only its previous and next hop.
+        #[arg(long, value_name = "PK,PK...", value_delimiter = ',')]
+        via: Vec<String>,
+        /// The far end of the --via circuit (long-term key).
+        #[arg(long, value_name = "PK")]
+        exit: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -778,16 +791,37 @@ fn print_tunnel(s: &ferry_api::TunnelStatus) {
     for p in &s.peers {
         println!("peer            {}  {}", p.address, p.public_key);
     }
+    for c in &s.circuits {
+        println!(
+            "circuit {:<7} {} {}  hops {}  tx {} pkts/{} B  rx {} pkts/{} B  rtt {}",
+            c.id,
+            c.role,
+            c.state,
+            c.hops.join(","),
+            c.tx_packets,
+            c.tx_bytes,
+            c.rx_packets,
+            c.rx_bytes,
+            c.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"))
+        );
+    }
 }
 
 async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
     match command {
-        TunnelCommand::Up { device, json } => {
+        TunnelCommand::Up {
+            device,
+            via,
+            exit,
+            json,
+        } => {
             let s: ferry_api::TunnelStatus = c
                 .post(
                     "/v1/tunnel/up",
                     &ferry_api::TunnelUp {
                         device: Some(device),
+                        via,
+                        exit,
                     },
                 )
                 .await?;

@@ -51,6 +51,8 @@ pub struct UpOptions {
     pub no_udp: bool,
     /// Do not try the embedded public bootstrap nodes as TCP relays (`--no-bootstrap-relays`).
     pub no_bootstrap_relays: bool,
+    /// Forward other nodes' tunnel circuits (`--relay-node`, [`crate::circuit`]).
+    pub relay_node: bool,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -98,6 +100,7 @@ impl Default for UpOptions {
             relay_peers: Vec::new(),
             no_udp: false,
             no_bootstrap_relays: false,
+            relay_node: false,
         }
     }
 }
@@ -386,12 +389,49 @@ impl Backend for NodeBackend {
     ) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
         Box::pin(async move {
             let own = self.identity.public_key();
-            self.chat()?.tunnel.up(&self.node, own, req.device).await
+            let chat = self.chat()?;
+            let exit = req
+                .exit
+                .as_deref()
+                .map(PublicKey::from_hex)
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("--exit: {e}")))?;
+            let via = req
+                .via
+                .iter()
+                .map(|k| PublicKey::from_hex(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::bad_request(format!("--via: {e}")))?;
+            if !via.is_empty() && exit.is_none() {
+                return Err(ApiError::bad_request("--via needs --exit (the far end)"));
+            }
+            let device = req.device.clone();
+            let mut status = chat.tunnel.up(&self.node, own, req.device).await?;
+            let circuits = &chat.tunnel.circuits;
+            circuits.set_end(&self.node, true).await;
+            if let Some(end) = exit {
+                if let Err(e) = circuits.build(&self.node, via, end).await {
+                    let _ = chat.tunnel.down();
+                    circuits.set_end(&self.node, false).await;
+                    return Err(e);
+                }
+                crate::circuit::CircuitDriver::route_mtu(
+                    device.as_deref().unwrap_or(crate::tunnel::DEFAULT_DEVICE),
+                    &end,
+                );
+                status = chat.tunnel.status(own);
+            }
+            Ok(status)
         })
     }
 
     fn tunnel_down(&self, _req: ferry_api::TunnelDown) -> BoxFuture<'_, Result<(), ApiError>> {
-        Box::pin(async move { self.chat()?.tunnel.down() })
+        Box::pin(async move {
+            let chat = self.chat()?;
+            chat.tunnel.down()?;
+            chat.tunnel.circuits.set_end(&self.node, false).await;
+            Ok(())
+        })
     }
 
     fn tunnel_status(&self) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
@@ -507,6 +547,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         }
     };
     chat.restore(&node).await?;
+    chat.tunnel
+        .circuits
+        .start(&node, identity.long_term.clone(), opts.relay_node)?;
     let status = node.status().await?;
     eprintln!(
         "ferry up: Tox ID {}\n  DHT key {}  UDP {}  control socket {}",
