@@ -207,6 +207,25 @@ fn ping6_through_a_two_relay_circuit() {
     if !capture {
         eprintln!("SKIP capture part: iptables string match unavailable");
     }
+    // Every UDP datagram to R1's port: proves the cells do cross the captured namespace.
+    let counted = sh(
+        &boot_ns,
+        &[
+            "iptables",
+            "-w",
+            "-I",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "33460",
+            "-m",
+            "comment",
+            "--comment",
+            "ferryr1udp",
+        ],
+    )
+    .is_some();
 
     let start = Instant::now();
     let mut last;
@@ -294,6 +313,20 @@ fn ping6_through_a_two_relay_circuit() {
         assert!(on_tun >= 3, "positive control: marker not seen on ferry0");
         assert_eq!(on_relays, 0, "plaintext marker seen in the relays' UDP");
     }
+    if counted {
+        let out = sh(
+            &boot_ns,
+            &["iptables", "-w", "-L", "INPUT", "-v", "-x", "-n"],
+        )
+        .unwrap_or_default();
+        let n: u64 = out
+            .lines()
+            .filter(|l| l.contains("ferryr1udp"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        eprintln!("UDP datagrams to R1: {n}");
+        assert!(n >= 6, "circuit cells did not cross R1's UDP port ({n})");
+    }
 
     // Down on the client tears the circuit down everywhere.
     assert!(
@@ -318,6 +351,25 @@ fn ping6_through_a_two_relay_circuit() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // Errors: a first hop that is not a friend; a relay whose next hop is not its friend
+    // (R1 and E are not friends) answers DESTROY(Unreachable).
+    let out = client
+        .cli(&["tunnel", "up", "--via", &r2_pk, "--exit", &e_pk])
+        .expect("tunnel up");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a friend"), "{err}");
+    let out = client
+        .cli(&["tunnel", "up", "--via", &r1_pk, "--exit", &e_pk])
+        .expect("tunnel up");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("next hop unreachable"), "{err}");
+    let s = client
+        .json(&["tunnel", "status", "--json"])
+        .expect("status");
+    assert_eq!(s["up"], false, "{s}");
     drop((client, end, r1, r2, public));
     drop(lab);
 }
