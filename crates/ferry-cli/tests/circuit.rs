@@ -194,6 +194,14 @@ fn ping6_through_a_two_relay_circuit() {
         String::from_utf8_lossy(&up.stderr)
     );
 
+    // The far end's host route carries the circuit MTU (1373 − 29 = 1344 bytes).
+    let route = sh(
+        client.ns(),
+        &["ip", "-6", "route", "show", &format!("{e_addr}/128")],
+    )
+    .unwrap_or_default();
+    assert!(route.contains("mtu 1344"), "route: {route}");
+
     // Capture rules: relays' namespace (UDP only) and the client's TUN (positive control).
     let capture = add_marker_rules(
         &boot_ns,

@@ -3,6 +3,13 @@
 //! sessions. No sockets, clocks or devices here; the daemon (`ferry-daemon/src/tunnel.rs`) owns
 //! the TUN device and the node.
 //!
+//! # net_crypto custom packet ids the tunnel uses
+//! | id | class | what |
+//! |---|---|---|
+//! | 222 | lossy | one-hop tunnel frame ([`TUNNEL_PACKET_ID`]) |
+//! | 230 | lossy | multi-hop circuit data cell ([`circuit::CIRCUIT_DATA_ID`]) |
+//! | 180 | lossless | circuit CREATE/CREATED/DESTROY ([`circuit::CIRCUIT_CONTROL_ID`]) |
+//!
 //! # Mesh addresses
 //! Every node has one IPv6 address in [`MESH_PREFIX`] (`fd54:6f78::/32`, a ULA prefix: `fd` =
 //! locally assigned, then `54 6f 78` = ASCII "Tox"), derived from its long-term (real) public key
