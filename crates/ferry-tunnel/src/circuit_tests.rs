@@ -433,3 +433,52 @@ proptest! {
         prop_assert!(ok);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any path length: data arrives both ways, and no relay ever handles (receives, sends or
+    /// stores) the plaintext or the key of a node that is not its neighbour.
+    #[test]
+    fn any_path_relays_see_only_neighbours(
+        n in 0usize..=MAX_RELAYS,
+        seed in any::<u64>(),
+        identified in any::<bool>(),
+        len in 41usize..=CIRCUIT_MTU,
+    ) {
+        let mut net = Net::new(n + 2, seed);
+        let t0 = Instant::now();
+        let relays: Vec<PublicKey> = net.keys[1..=n].to_vec();
+        let e = net.keys[n + 1];
+        let h = net.nodes[0].create(t0, &relays, e, identified).expect("create");
+        net.run(t0);
+        prop_assert_eq!(net.take_events(0), vec![CircuitEvent::Open { handle: h }]);
+        let ev = net.take_events(n + 1);
+        let Some(CircuitEvent::Incoming { handle: eh, .. }) = ev.first().cloned() else {
+            return Err(TestCaseError::fail("no Incoming"));
+        };
+        let marker = b"SECRET-PAYLOAD-0";
+        let p = packet(marker, len);
+        net.nodes[0].send(t0, h, &p).expect("send");
+        net.nodes[n + 1].send(t0, eh, &p).expect("send back");
+        net.run(t0);
+        let got_e = net.take_events(n + 1);
+        let got_c = net.take_events(0);
+        prop_assert_eq!(got_e, vec![CircuitEvent::Data { handle: eh, packet: p.clone() }]);
+        prop_assert_eq!(got_c, vec![CircuitEvent::Data { handle: h, packet: p.clone() }]);
+        for r in 1..=n {
+            let mut seen = net.recv[r].clone();
+            for c in &net.sent[r] {
+                seen.extend_from_slice(&c.data);
+                seen.extend_from_slice(c.to.as_bytes());
+            }
+            seen.extend_from_slice(&net.nodes[r].relay_view());
+            prop_assert!(!contains(&seen, marker));
+            for k in 0..n + 2 {
+                if k + 1 != r && k != r + 1 && k != r {
+                    prop_assert!(!contains(&seen, net.keys[k].as_bytes()), "relay {} saw key {}", r, k);
+                }
+            }
+        }
+    }
+}
