@@ -63,15 +63,27 @@ struct State {
     own_addr: Ipv6Addr,
     /// Circuit packets dropped (bad source/destination, unknown circuit, TUN full).
     dropped: u64,
+    /// TUN device while circuits may end here (tunnel up).
+    device: Option<String>,
+    /// Clients of new circuits ending here whose host route MTU the tick task sets (cap
+    /// [`MAX_PENDING_ROUTES`]).
+    pending_routes: Vec<PublicKey>,
 }
+
+/// Most far-end host routes waiting for the tick task: 64 (more are skipped; their large
+/// packets are then dropped and counted).
+pub const MAX_PENDING_ROUTES: usize = 64;
 
 /// What the TUN reader does with a packet ([`CircuitDriver::outbound`]).
 #[derive(Debug)]
 pub enum Outbound {
     /// Not for a circuit: route it as usual.
     NotCircuit,
-    /// For a circuit, but dropped (not open, too large).
+    /// For a circuit, but dropped (not open, bad source).
     Dropped,
+    /// Larger than [`CIRCUIT_MTU`]: dropped; write this ICMPv6 Packet Too Big to the TUN
+    /// device so the kernel lowers its path MTU to the far end (RFC 4443 §3.2, RFC 8201).
+    TooBig(Vec<u8>),
     /// Send this cell with `send_custom`.
     Send(Cell),
 }
@@ -111,6 +123,8 @@ impl CircuitDriver {
             opened: HashMap::new(),
             own_addr,
             dropped: 0,
+            device: None,
+            pending_routes: Vec::new(),
         });
         let me = Arc::clone(self);
         let node = node.clone();
@@ -118,15 +132,27 @@ impl CircuitDriver {
             let mut iv = tokio::time::interval(TICK_INTERVAL);
             loop {
                 iv.tick().await;
-                let me = Arc::clone(&me);
+                let m = Arc::clone(&me);
                 if node
                     .call(move |n, now| {
-                        let _ = me.with(n, now, |t| t.handle_timeout(now));
+                        let _ = m.with(n, now, |t| t.handle_timeout(now));
                     })
                     .await
                     .is_err()
                 {
                     return;
+                }
+                let routes = lock(&me.state).as_mut().and_then(|s| {
+                    let d = s.device.clone()?;
+                    Some((d, std::mem::take(&mut s.pending_routes)))
+                });
+                if let Some((device, keys)) = routes.filter(|(_, k)| !k.is_empty()) {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for k in keys {
+                            Self::route_mtu(&device, &k);
+                        }
+                    })
+                    .await;
                 }
             }
         });
@@ -179,9 +205,14 @@ impl CircuitDriver {
         let _ = self.with(node, now, |t| t.peer_gone(&peer));
     }
 
-    /// Tunnel up/down: accept circuits ending here only while the TUN device exists. Down also
+    /// Tunnel up (`Some(device)`) / down (`None`): accept circuits ending here only while the TUN device exists. Down also
     /// tears down circuits we end or built.
-    pub async fn set_end(self: &Arc<Self>, node: &NodeHandle, on: bool) {
+    pub async fn set_end(self: &Arc<Self>, node: &NodeHandle, device: Option<String>) {
+        let on = device.is_some();
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.device = device;
+            s.pending_routes.clear();
+        }
         let me = Arc::clone(self);
         let _ = node
             .call(move |n, now| {
@@ -306,6 +337,9 @@ impl CircuitDriver {
         if h.src != s.own_addr {
             return Outbound::Dropped;
         }
+        if pkt.len() > CIRCUIT_MTU {
+            return Outbound::TooBig(packet_too_big(pkt, &h));
+        }
         if s.table.send(Instant::now(), handle, pkt).is_err() {
             return Outbound::Dropped;
         }
@@ -355,6 +389,49 @@ impl CircuitDriver {
     }
 }
 
+/// Largest ICMPv6 error packet, bytes: 1280, the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
+const ICMP_ERROR_MAX: usize = 1280;
+
+/// An ICMPv6 Packet Too Big (type 2, code 0, MTU [`CIRCUIT_MTU`]) about `pkt`, from its
+/// destination (the far end) to its source (us), quoting as much of `pkt` as fits in 1280
+/// bytes: `[IPv6 header 40][type 2][code 0][checksum 2][MTU 4][invoking packet...]`.
+pub fn packet_too_big(pkt: &[u8], h: &Ipv6Header) -> Vec<u8> {
+    let quoted = &pkt[..pkt.len().min(ICMP_ERROR_MAX - 48)];
+    let icmp_len = 8 + quoted.len();
+    let mut v = Vec::with_capacity(40 + icmp_len);
+    v.extend_from_slice(&[0x60, 0, 0, 0]);
+    v.extend_from_slice(&(icmp_len as u16).to_be_bytes());
+    v.push(58); // next header: ICMPv6
+    v.push(64); // hop limit
+    v.extend_from_slice(&h.dst.octets());
+    v.extend_from_slice(&h.src.octets());
+    v.extend_from_slice(&[2, 0, 0, 0]);
+    v.extend_from_slice(&(CIRCUIT_MTU as u32).to_be_bytes());
+    v.extend_from_slice(quoted);
+    // Checksum over the pseudo-header (src, dst, length, next header) and the message.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], 0])
+            };
+            sum += u32::from(w);
+        }
+    };
+    add(&v[8..40]);
+    add(&(icmp_len as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&v[40..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    v[42..44].copy_from_slice(&ck.to_be_bytes());
+    v
+}
+
 /// Sends the table's cells and handles its events; returns the IP packets to write to TUN.
 fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
     while let Some(cell) = s.table.poll_transmit() {
@@ -376,6 +453,9 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
                     tracing::info!(client = %k, "circuit ends here");
                     s.routes.insert(addr, handle);
                     s.far.insert(handle, (k, addr));
+                    if s.pending_routes.len() < MAX_PENDING_ROUTES {
+                        s.pending_routes.push(k);
+                    }
                 }
                 None => {
                     // Anonymous circuits are for exits (not in this slice).

@@ -270,6 +270,13 @@ async fn reader(
                 }
                 continue;
             }
+            crate::circuit::Outbound::TooBig(icmp) => {
+                let _ = dev.try_send(&icmp);
+                if let Some(r) = lock(&inner).as_mut() {
+                    r.counters.drop_send += 1;
+                }
+                continue;
+            }
             crate::circuit::Outbound::Send(cell) => {
                 crate::circuit::CircuitDriver::send(&node, cell).await;
                 if let Some(r) = lock(&inner).as_mut() {

@@ -408,11 +408,20 @@ impl Backend for NodeBackend {
             let device = req.device.clone();
             let mut status = chat.tunnel.up(&self.node, own, req.device).await?;
             let circuits = &chat.tunnel.circuits;
-            circuits.set_end(&self.node, true).await;
+            circuits
+                .set_end(
+                    &self.node,
+                    Some(
+                        device
+                            .clone()
+                            .unwrap_or_else(|| crate::tunnel::DEFAULT_DEVICE.into()),
+                    ),
+                )
+                .await;
             if let Some(end) = exit {
                 if let Err(e) = circuits.build(&self.node, via, end).await {
                     let _ = chat.tunnel.down();
-                    circuits.set_end(&self.node, false).await;
+                    circuits.set_end(&self.node, None).await;
                     return Err(e);
                 }
                 crate::circuit::CircuitDriver::route_mtu(
@@ -429,7 +438,7 @@ impl Backend for NodeBackend {
         Box::pin(async move {
             let chat = self.chat()?;
             chat.tunnel.down()?;
-            chat.tunnel.circuits.set_end(&self.node, false).await;
+            chat.tunnel.circuits.set_end(&self.node, None).await;
             Ok(())
         })
     }
