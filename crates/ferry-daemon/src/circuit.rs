@@ -12,7 +12,10 @@
 //!   first hop is an online friend, sends the CREATE and waits for CREATED; then packets the TUN
 //!   reader reads for the far end's mesh address go through the circuit
 //!   ([`CircuitDriver::outbound`]) instead of a friend session. A host route with MTU
-//!   [`CIRCUIT_MTU`] to that address keeps packets within what a data cell carries.
+//!   [`CIRCUIT_MTU`] to that address keeps packets within what a data cell carries; a larger
+//!   packet (e.g. the far end's reply before its kernel knows) is answered with an ICMPv6
+//!   Packet Too Big written into the TUN device ([`packet_too_big`]), which sets the kernel's
+//!   path MTU (RFC 8201).
 //! - **Far end** (tunnel up): circuits are accepted in identified mode only (the CREATE proves the
 //!   client's long-term key); packets out of them are written to the TUN device if their source
 //!   is that client's mesh address and the destination ours, and replies to the client's mesh
@@ -492,4 +495,44 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
         deliver.extend(flush(s, node, now));
     }
     deliver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_too_big_checksums_and_quotes() {
+        let src = mesh_address(&PublicKey([1; 32]));
+        let dst = mesh_address(&PublicKey([2; 32]));
+        let mut pkt = vec![0u8; 1348];
+        pkt[0] = 0x60;
+        pkt[4..6].copy_from_slice(&1308u16.to_be_bytes());
+        pkt[6] = 58;
+        pkt[8..24].copy_from_slice(&src.octets());
+        pkt[24..40].copy_from_slice(&dst.octets());
+        let h = Ipv6Header::parse(&pkt).expect("valid");
+        let v = packet_too_big(&pkt, &h);
+        assert_eq!(v.len(), 1280);
+        let back = Ipv6Header::parse(&v).expect("valid ICMPv6 packet");
+        assert_eq!((back.src, back.dst, back.next_header), (dst, src, 58));
+        assert_eq!(&v[40..42], &[2, 0]);
+        assert_eq!(&v[44..48], &(CIRCUIT_MTU as u32).to_be_bytes());
+        assert_eq!(&v[48..], &pkt[..1232]);
+        // The one's-complement sum over pseudo-header and message, checksum included, is 0xffff.
+        let mut sum: u32 = 0;
+        let words = |b: &[u8], sum: &mut u32| {
+            for c in b.chunks(2) {
+                *sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+        };
+        words(&v[8..40], &mut sum);
+        words(&((v.len() - 40) as u32).to_be_bytes(), &mut sum);
+        words(&[0, 0, 0, 58], &mut sum);
+        words(&v[40..], &mut sum);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+    }
 }
