@@ -11,8 +11,11 @@
 //!   them anyway) and the two circuit ids. It never holds a key that opens data cells, and it
 //!   never sees the client's or E's key unless that node is its neighbour: the next hop's key is
 //!   inside Ri's own onion layer, every other key is under layers only later hops can open.
-//!   (Limit: the CREATE onion shrinks by [`RELAY_LAYER_OVERHEAD`] bytes per hop, so a relay can
-//!   tell how many hops follow it. Sphinx-style constant-size onions would hide that.)
+//!   The client pads E's layer with random bytes so that every CREATE leaving the client is
+//!   [`CREATE_SIZE`] bytes whatever the path length and mode: a relay cannot tell how many hops
+//!   follow it (nor whether its next hop is E). The onion still shrinks by
+//!   [`RELAY_LAYER_OVERHEAD`] bytes per hop, so a relay can tell how many hops precede it
+//!   (Sphinx-style re-padding by relays would hide that too; not done).
 //! - **E** learns the end-to-end key and the previous hop. In *identified* mode (what the mesh
 //!   peer case needs, since E must check that the inner IPv6 source address belongs to the
 //!   sender) the E layer also carries the client's long-term key and a box from the client's
@@ -52,8 +55,9 @@
 //! Layer plaintext of a relay: `[1][next hop long-term key (32)][next layer]`
 //! ([`RELAY_LAYER_OVERHEAD`] = 105 bytes per relay). Of E:
 //! `[2][flags (1)][e2e key (32)]` and, when `flags & 1` (identified),
-//! `[client long-term key (32)][nonce (24)][crypto_box(client → E, e2e key) (48)]`.
-//! Layers of E: 106 bytes anonymous, 210 identified, so 8 relays + identified E = 1050 + 6 bytes.
+//! `[client long-term key (32)][nonce (24)][crypto_box(client → E, e2e key) (48)]`, then random
+//! padding (ignored by E) up to `138 + (8 − relays) × 105` bytes, so every CREATE leaves the
+//! client at [`CREATE_SIZE`] = 1056 bytes.
 //!
 //! Data: `[230][circ (4)][counter (8, BE)][secretbox(e2e, nonce(dir, counter), IP packet) =
 //! MAC (16) ‖ ct]`: [`DATA_OVERHEAD`] = 29 bytes, so [`CIRCUIT_MTU`] = 1373 − 29 = 1344. An empty
@@ -91,6 +95,11 @@ pub const RELAY_LAYER_OVERHEAD: usize = LAYER_OVERHEAD + 1 + KEY_SIZE;
 pub const END_PLAIN_ANON: usize = 2 + KEY_SIZE;
 /// E's layer plaintext, identified: 34 + client key (32) + nonce (24) + box of the key (48) = 138.
 pub const END_PLAIN_IDENT: usize = END_PLAIN_ANON + KEY_SIZE + NONCE_SIZE + KEY_SIZE + MAC_SIZE;
+/// Size of every CREATE the client sends, bytes: header (6) + 8 relay layers (840) + E's
+/// layer padded to the identified size (72 + 138) = 1056.
+pub const CREATE_SIZE: usize =
+    CONTROL_HEADER + MAX_RELAYS * RELAY_LAYER_OVERHEAD + LAYER_OVERHEAD + END_PLAIN_IDENT;
+
 /// Body of a CREATED cell: counter (8) + MAC (16).
 pub const CREATED_BODY: usize = 8 + MAC_SIZE;
 
@@ -802,6 +811,13 @@ impl Circuits {
             plain.extend_from_slice(&nonce.0);
             plain.extend_from_slice(&proof);
         }
+        // Pad so that the CREATE has the same size for every path length and mode.
+        let target = END_PLAIN_IDENT + (MAX_RELAYS - relays.len()) * RELAY_LAYER_OVERHEAD;
+        while plain.len() < target {
+            let chunk: [u8; 32] = self.rng.bytes();
+            let n = (target - plain.len()).min(chunk.len());
+            plain.extend_from_slice(&chunk[..n]);
+        }
         let mut onion = self.seal_layer(&end, &plain)?;
         for (i, r) in relays.iter().enumerate().rev() {
             let next = hops[i + 1];
@@ -1257,7 +1273,8 @@ impl Circuits {
                 } else {
                     END_PLAIN_ANON
                 };
-                if plain.len() != want || plain.get(1).is_some_and(|f| *f > FLAG_IDENTIFIED) {
+                // Longer is padding (module docs).
+                if plain.len() < want || plain.get(1).is_some_and(|f| *f > FLAG_IDENTIFIED) {
                     return self.refuse(prev, id, DestroyReason::Protocol);
                 }
                 let mut key_bytes = [0u8; KEY_SIZE];
@@ -1270,7 +1287,7 @@ impl Circuits {
                     n.copy_from_slice(&plain[at + KEY_SIZE..at + KEY_SIZE + NONCE_SIZE]);
                     let ok = ck.is_some_and(|ck| {
                         PrecomputedKey::new(&self.own.secret, &ck)
-                            .decrypt(&Nonce(n), &plain[at + KEY_SIZE + NONCE_SIZE..])
+                            .decrypt(&Nonce(n), &plain[at + KEY_SIZE + NONCE_SIZE..want])
                             .is_ok_and(|k| ct_eq(&k, &key_bytes))
                     });
                     if !ok {

@@ -346,10 +346,7 @@ fn max_relays_fits_one_packet() {
         "{}",
         first.data.len()
     );
-    assert_eq!(
-        first.data.len(),
-        CONTROL_HEADER + MAX_RELAYS * RELAY_LAYER_OVERHEAD + LAYER_OVERHEAD + END_PLAIN_IDENT
-    );
+    assert_eq!(first.data.len(), CREATE_SIZE);
     let from = net.keys[0];
     net.nodes[1].handle_cell(t0, from, first.data);
     net.run(t0);
@@ -479,6 +476,27 @@ proptest! {
                     prop_assert!(!contains(&seen, net.keys[k].as_bytes()), "relay {} saw key {}", r, k);
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn create_size_is_constant() {
+    let mut net = Net::new(MAX_RELAYS + 2, 17);
+    let t0 = Instant::now();
+    let e = net.keys[MAX_RELAYS + 1];
+    for n in [0, 1, 3, MAX_RELAYS] {
+        for identified in [false, true] {
+            let relays: Vec<PublicKey> = net.keys[1..=n].to_vec();
+            net.nodes[0]
+                .create(t0, &relays, e, identified)
+                .expect("create");
+            let c = net.nodes[0].poll_transmit().expect("create cell");
+            assert_eq!(
+                c.data.len(),
+                CREATE_SIZE,
+                "{n} relays, identified {identified}"
+            );
         }
     }
 }
