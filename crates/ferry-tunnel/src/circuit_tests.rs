@@ -500,3 +500,44 @@ fn create_size_is_constant() {
         }
     }
 }
+
+#[test]
+fn neighbour_gone_tears_down_towards_the_other_side() {
+    // 0 = client, 1, 2 = relays, 3 = E.
+    let mut net = Net::new(4, 21);
+    let t0 = Instant::now();
+    let h = net.nodes[0]
+        .create(t0, &[net.keys[1], net.keys[2]], net.keys[3], true)
+        .expect("create");
+    net.run(t0);
+    assert_eq!(net.take_events(0), vec![CircuitEvent::Open { handle: h }]);
+    let _ = net.take_events(3);
+    // R1 loses R2: the client hears PeerGone; nothing is queued for R2.
+    let r2 = net.keys[2];
+    net.nodes[1].peer_gone(&r2);
+    let mut to_r2 = 0;
+    while let Some(c) = net.nodes[1].poll_transmit() {
+        if c.to == r2 {
+            to_r2 += 1;
+        } else {
+            let from = net.keys[1];
+            net.nodes[0].handle_cell(t0, from, c.data);
+        }
+    }
+    assert_eq!(to_r2, 0);
+    assert!(net.nodes[1].is_empty());
+    net.run(t0);
+    assert_eq!(
+        net.take_events(0),
+        vec![CircuitEvent::Closed {
+            handle: h,
+            reason: DestroyReason::PeerGone
+        }]
+    );
+    assert!(net.nodes[0].is_empty());
+    // R2 and E forget it by the idle timeout.
+    let later = t0 + CircuitConfig::default().idle_timeout;
+    net.nodes[2].handle_timeout(later);
+    net.run(later);
+    assert!(net.nodes[2].is_empty() && net.nodes[3].is_empty());
+}
