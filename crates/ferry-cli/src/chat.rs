@@ -16,7 +16,8 @@ use ferry_api::{
 pub(crate) enum FriendCommand {
     /// Add a friend by Tox ID and send them a friend request.
     Add {
-        /// Their Tox ID (76 hex digits).
+        /// Their Tox ID (76 hex digits), or the public key (64 hex digits) of a service node
+        /// (`ferry up --relay-node`/`--exit-node`), whose Tox ID follows from its key.
         tox_id: String,
         /// Request message (default: "Hi, this is ferry. Let's be friends!").
         message: Option<String>,

@@ -95,8 +95,10 @@ enum Command {
         /// after every --relay-peer).
         #[arg(long)]
         no_bootstrap_relays: bool,
-        /// Forward other nodes' tunnel circuits (`ferry tunnel up --via`); this node learns only
-        /// each circuit's previous and next hop.
+        /// Serve as a tunnel relay for multi-hop circuits: accept every friend request, with a
+        /// nospam anyone can derive from our public key (`ferry friend add PUBLIC_KEY` reaches
+        /// such a node), and forward multi-hop circuits (`ferry tunnel up --via`), learning only each
+        /// circuit's previous and next hop.
         #[arg(long)]
         relay_node: bool,
     },
@@ -358,6 +360,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 no_udp,
                 no_bootstrap_relays,
                 relay_node,
+                service: relay_node,
             };
             run_up(profile_dir, opts).await?;
         }

@@ -2,8 +2,8 @@
 //! through the circuit.
 //!
 //! Topology (`lab/nat.sh up none:none`): the client runs in `NS_A`, E in `NS_B`, the two relays
-//! (`ferry up --relay-node`) in the public segment `NS_BOOT` next to the DHT nodes. Friendships
-//! are only client–R1, R1–R2 and R2–E (until service mode lets nodes befriend relays by key), so
+//! (`ferry up --relay-node`, service nodes: befriended by public key alone) in the public segment
+//! `NS_BOOT` next to the DHT nodes. Friendships are only client–R1, R1–R2 and R2–E, so
 //! the client and E are not friends: the one-hop tunnel has no route and every packet must go
 //! through the circuit.
 //!
@@ -99,10 +99,17 @@ fn marker_packets(ns: &str, tool: &str) -> u64 {
         .sum()
 }
 
-fn wait_online(a: &NetnsFerry, b: &NetnsFerry) {
+/// `a` befriends `b` (a service node by its public key alone, others by Tox ID) and both wait
+/// until online.
+fn wait_online(a: &NetnsFerry, b: &NetnsFerry, b_service: bool) {
     let (a_pk, b_pk) = (a.id("public_key"), b.id("public_key"));
+    let id = if b_service {
+        b_pk.clone()
+    } else {
+        b.id("tox_id")
+    };
     assert!(
-        a.cli(&["friend", "add", &b.id("tox_id"), "circuit"])
+        a.cli(&["friend", "add", &id, "circuit"])
             .is_some_and(|o| o.status.success())
     );
     let start = Instant::now();
@@ -159,9 +166,9 @@ fn ping6_through_a_two_relay_circuit() {
         );
     }
     let start = Instant::now();
-    wait_online(&client, &r1);
-    wait_online(&r1, &r2);
-    wait_online(&r2, &end);
+    wait_online(&client, &r1, true);
+    wait_online(&r1, &r2, true);
+    wait_online(&r2, &end, false);
     eprintln!(
         "MEASURE circuit: 3 friendships online after {:?}",
         start.elapsed()

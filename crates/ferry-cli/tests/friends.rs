@@ -436,3 +436,42 @@ fn tox_profiles_move_between_c_toxcore_and_ferry() {
         }
     }
 }
+
+/// A service node (`ferry up --relay-node`) is befriended from its public key alone: its Tox ID
+/// carries the nospam derived from the key, and it accepts every request. `ferry status` reports
+/// that Tox ID.
+#[test]
+fn service_node_is_befriended_by_public_key() {
+    let infra = Infra::new(6).expect("infra");
+    let a = FerryUp::start(ferry(), &infra.ferry_args()).expect("a");
+    let mut args = infra.ferry_args();
+    args.push("--relay-node".into());
+    let relay = FerryUp::start(ferry(), &args).expect("relay");
+    let (a_pk, r_pk) = (public_key(&a), public_key(&relay));
+    let expected =
+        ferry_tunnel::service_tox_id(&ferry_crypto::PublicKey::from_hex(&r_pk).expect("key"));
+    // The running node's Tox ID (`ferry id` reads the profile's own nospam, kept for when the
+    // profile runs as a plain node).
+    let live = relay.json(&["status", "--json"]).expect("status")["tox_id"]
+        .as_str()
+        .expect("tox_id")
+        .to_string();
+    assert_eq!(live, expected.to_string());
+    let start = Instant::now();
+    let out = a.cli(&["friend", "add", &r_pk]).expect("add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_online(&a, &r_pk, STEP);
+    wait_online(&relay, &a_pk, STEP);
+    eprintln!("service node online {:?} after add", start.elapsed());
+    // Nobody accepted anything by hand, and no request is left pending on the relay.
+    let reqs = relay
+        .json(&["friend", "requests", "--json"])
+        .expect("requests");
+    assert_eq!(reqs.as_array().map(Vec::len), Some(0), "{reqs}");
+    assert!(a.stop().expect("stop a"));
+    assert!(relay.stop().expect("stop relay"));
+}

@@ -55,7 +55,13 @@ pub struct ChatShared {
     pub(crate) files: Mutex<crate::files::FileState>,
     /// The IP tunnel ([`crate::tunnel`]).
     pub tunnel: crate::tunnel::TunnelShared,
+    /// Service node: accept every friend request ([`crate::up::UpOptions::service`]).
+    service: std::sync::atomic::AtomicBool,
 }
+
+/// The friend request message a node sends a service node it befriends by key
+/// ([`ChatShared::ensure_service_friend`]).
+pub const SERVICE_REQUEST_MESSAGE: &[u8] = b"ferry tunnel";
 
 /// Received custom packets kept for `POST /v1/packets/list`.
 pub const MAX_PACKETS: usize = 1024;
@@ -102,7 +108,61 @@ impl ChatShared {
             packets_changed: Notify::new(),
             files: Mutex::new(crate::files::FileState::default()),
             tunnel: crate::tunnel::TunnelShared::default(),
+            service: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Turns service mode on or off: every friend request is accepted (relays and exits serve
+    /// whoever befriends them by [`ferry_tunnel::service_tox_id`]).
+    pub fn set_service(&self, on: bool) {
+        self.service.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this node runs as a service node.
+    pub fn is_service(&self) -> bool {
+        self.service.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Makes `peer` a friend if it is not one yet, by its service Tox ID
+    /// ([`ferry_tunnel::service_tox_id`]): how a tunnel client reaches an exit, or a relay its
+    /// next hop, from the public key alone. The session comes up once the peer (a service node)
+    /// accepts, usually within seconds.
+    ///
+    /// # Errors
+    /// 503 when the node stopped; 400 for our own key; 507 when the friend list is full.
+    pub async fn ensure_service_friend(
+        &self,
+        node: &NodeHandle,
+        peer: PublicKey,
+    ) -> Result<(), ApiError> {
+        let id = ferry_tunnel::service_tox_id(&peer);
+        let added = node
+            .call(move |n, now| {
+                if n.friends().iter().any(|f| f.public_key == peer) {
+                    return Ok(false);
+                }
+                n.add_friend(now, &id, SERVICE_REQUEST_MESSAGE)
+                    .map(|_| true)
+            })
+            .await
+            .map_err(stopped)?
+            .map_err(node_err)?;
+        if added {
+            self.store
+                .put_friend(&FriendRecord {
+                    public_key: peer.to_hex(),
+                    name: String::new(),
+                    status_message: String::new(),
+                    request: Some((
+                        id.nospam_value(),
+                        String::from_utf8_lossy(SERVICE_REQUEST_MESSAGE).into_owned(),
+                    )),
+                    added_ms: now_ms(),
+                    last_seen_ms: 0,
+                })
+                .map_err(internal)?;
+        }
+        Ok(())
     }
 
     /// Restores the node from the store: friends (with their pending requests), name, status
@@ -321,10 +381,17 @@ impl ChatShared {
         node: &NodeHandle,
         req: ferry_api::AddFriend,
     ) -> Result<Friend, ApiError> {
-        let id: ToxId = req
-            .tox_id
-            .parse()
-            .map_err(|e| ApiError::bad_request(format!("bad Tox ID: {e}")))?;
+        // A bare public key (64 hex digits) names a service node (relay or exit), whose Tox ID
+        // follows from its key.
+        let id: ToxId = if req.tox_id.len() == 64 {
+            let pk = PublicKey::from_hex(&req.tox_id)
+                .map_err(|e| ApiError::bad_request(format!("bad public key: {e}")))?;
+            ferry_tunnel::service_tox_id(&pk)
+        } else {
+            req.tox_id
+                .parse()
+                .map_err(|e| ApiError::bad_request(format!("bad Tox ID: {e}")))?
+        };
         let msg = req.message.clone().into_bytes();
         node.call(move |n, now| n.add_friend(now, &id, &msg))
             .await
@@ -588,7 +655,8 @@ impl EventHandler for ChatHandler {
                 message,
             } => {
                 let text = String::from_utf8_lossy(&message).into_owned();
-                let auto = s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
+                let auto =
+                    s.is_service() || s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
                 tracing::info!(from = %public_key, auto, "friend request");
                 if auto {
                     if node.add_friend_norequest(now, public_key).is_ok() {

@@ -53,6 +53,10 @@ pub struct UpOptions {
     pub no_bootstrap_relays: bool,
     /// Forward other nodes' tunnel circuits (`--relay-node`, [`crate::circuit`]).
     pub relay_node: bool,
+    /// Service node (`--relay-node`, `--exit-node`): the nospam is
+    /// [`ferry_tunnel::service_nospam`] of our key (so anyone can befriend us from the key
+    /// alone) and every friend request is accepted, up to the friend cap (4096).
+    pub service: bool,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -101,6 +105,7 @@ impl Default for UpOptions {
             no_udp: false,
             no_bootstrap_relays: false,
             relay_node: false,
+            service: false,
         }
     }
 }
@@ -460,7 +465,11 @@ impl Backend for NodeBackend {
 /// # Errors
 /// No profile, a daemon already running on this profile, UDP port in use, socket errors.
 pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
-    let identity = profile::load(profile_dir)?;
+    let mut identity = profile::load(profile_dir)?;
+    if opts.service {
+        // Not stored: the profile keeps its own nospam for when it runs as a plain node.
+        identity.nospam = ferry_tunnel::service_nospam(&identity.long_term.public);
+    }
     let socket_path: PathBuf = ferry_api::socket_path(profile_dir);
     let listener = ferry_api::bind_socket(&socket_path)
         .await
@@ -499,6 +508,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         ..DhtConfig::default()
     };
     let chat = ChatShared::open(profile_dir.to_path_buf(), identity.clone())?;
+    chat.set_service(opts.service);
     let options = NodeOptions {
         dht,
         bootstrap,

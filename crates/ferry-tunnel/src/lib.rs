@@ -94,6 +94,30 @@ pub fn mesh_address(long_term_key: &PublicKey) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
+/// Label hashed with a key into a service node's nospam.
+pub const SERVICE_NOSPAM_LABEL: &[u8] = b"ferry service nospam v1";
+
+/// The nospam of a **service node** (`ferry up --relay-node` or `--exit-node`): the first 4
+/// bytes, big-endian, of SHA-512(`"ferry service nospam v1"` ‖ long-term key (32 bytes)).
+///
+/// A Tox friend request must carry the receiver's nospam (`tox-protocol.md` §7.1), which
+/// normally only its owner hands out. Relays and exits serve anyone, so their nospam is public
+/// by construction: anyone who knows the key can compute the full Tox ID
+/// ([`service_tox_id`]) and befriend the node, which accepts every request. Tunnel hops and
+/// circuits ride on the net_crypto sessions such friendships give.
+pub fn service_nospam(long_term_key: &PublicKey) -> u32 {
+    let mut input = [0u8; SERVICE_NOSPAM_LABEL.len() + 32];
+    input[..SERVICE_NOSPAM_LABEL.len()].copy_from_slice(SERVICE_NOSPAM_LABEL);
+    input[SERVICE_NOSPAM_LABEL.len()..].copy_from_slice(long_term_key.as_bytes());
+    let h = sha512(&input);
+    u32::from_be_bytes([h[0], h[1], h[2], h[3]])
+}
+
+/// The Tox ID of a service node: its key with [`service_nospam`] (38 bytes, 76 hex digits).
+pub fn service_tox_id(long_term_key: &PublicKey) -> ferry_wire::toxid::ToxId {
+    ferry_wire::toxid::ToxId::new(*long_term_key, service_nospam(long_term_key))
+}
+
 /// Whether `addr` lies in [`MESH_PREFIX`].
 pub fn is_mesh_address(addr: &Ipv6Addr) -> bool {
     addr.octets()[..4] == MESH_PREFIX

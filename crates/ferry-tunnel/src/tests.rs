@@ -179,3 +179,21 @@ proptest! {
         prop_assert_eq!(r.check_inbound(&PublicKey(k), &packet(a, r.own_address(), 0)), Ok(()));
     }
 }
+
+#[test]
+fn service_nospam_is_stable_and_key_bound() {
+    let a = PublicKey([7; 32]);
+    let b = PublicKey([8; 32]);
+    assert_eq!(service_nospam(&a), service_nospam(&a));
+    assert_ne!(service_nospam(&a), service_nospam(&b));
+    let id = service_tox_id(&a);
+    assert_eq!(id.public_key, a);
+    assert_eq!(id.nospam_value(), service_nospam(&a));
+    // The ID round-trips through its 76-hex-digit text form (checksum included).
+    let text = id.to_string();
+    assert_eq!(text.len(), 76);
+    assert_eq!(
+        text.parse::<ferry_wire::toxid::ToxId>().expect("parses"),
+        id
+    );
+}
