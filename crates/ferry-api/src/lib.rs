@@ -486,12 +486,17 @@ pub struct TunnelUp {
     /// TUN device name (default `ferry0`, ≤ 15 bytes).
     #[serde(default)]
     pub device: Option<String>,
-    /// Exit node (long-term public key, hex; must be a friend): non-mesh traffic goes there.
+    /// Exit node (long-term public key, hex). Without `via`: non-mesh traffic for `routes`
+    /// goes there (a friend, or a service node befriended by key). With `via`: the far end of
+    /// a multi-hop circuit; traffic to its mesh address goes through the circuit.
     #[serde(default)]
     pub exit: Option<String>,
     /// Prefixes routed into the tunnel towards the exit (`10.0.0.0/8`, `0.0.0.0/0`, `::/0`).
     #[serde(default)]
     pub routes: Vec<String>,
+    /// Relays of a multi-hop circuit to `exit`, in order (long-term keys, hex; `--via`).
+    #[serde(default)]
+    pub via: Vec<String>,
 }
 
 /// Exit packet counters (exit node or exit client), drops by reason.
@@ -527,7 +532,7 @@ pub struct TunnelPeer {
 pub struct TunnelDown {}
 
 /// `GET /v1/tunnel/status` (also the answer to `POST /v1/tunnel/up`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TunnelStatus {
     /// Whether the tunnel is up.
     pub up: bool,
@@ -574,6 +579,37 @@ pub struct TunnelStatus {
     /// Exit or exit client: packets passed and dropped by reason.
     #[serde(default)]
     pub exit_counters: Option<ExitDrops>,
+    /// Multi-hop circuits this node builds, relays or ends (`--via`, `--relay-node`).
+    #[serde(default)]
+    pub circuits: Vec<TunnelCircuit>,
+}
+
+/// One multi-hop circuit in [`TunnelStatus`] (`ferry_tunnel::circuit`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TunnelCircuit {
+    /// Local handle (not on the wire).
+    pub id: u64,
+    /// `client` (we built it), `relay` (we forward it) or `end` (it ends here).
+    pub role: String,
+    /// Long-term keys (hex): client: relays then the far end; relay: `[previous, next]`;
+    /// end: `[previous]`. A relay knows nothing beyond its neighbours.
+    pub hops: Vec<String>,
+    /// Client: the far end's key; end: the client's key (identified circuits).
+    #[serde(default)]
+    pub far_end: Option<String>,
+    /// `pending` (no CREATED yet) or `open`.
+    pub state: String,
+    /// Bytes sent (client/end: IP bytes; relay: cell bytes forwarded towards the far end).
+    pub tx_bytes: u64,
+    /// Bytes received (relay: cell bytes forwarded towards the client).
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Client: last round-trip time through the circuit (setup or keepalive echo), ms.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 /// A boxed `Send` future, the return type of [`Backend`] methods.

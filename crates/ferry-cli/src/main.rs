@@ -111,9 +111,10 @@ enum Command {
         /// (destination ports). Drops are counted in `ferry tunnel status`.
         #[arg(long, value_name = "FILE", requires = "exit_node")]
         exit_policy: Option<PathBuf>,
-        /// Serve as a tunnel relay for multi-hop circuits: accept every friend request, with a
-        /// nospam anyone can derive from our public key (`ferry friend add PUBLIC_KEY` reaches
-        /// such a node).
+        /// Serve as a tunnel relay for multi-hop circuits (`ferry tunnel up --via`): this node
+        /// learns only each circuit's previous and next hop. A service node: it accepts every
+        /// friend request, with a nospam anyone can derive from its public key
+        /// (`ferry friend add PUBLIC_KEY` reaches it).
         #[arg(long)]
         relay_node: bool,
     },
@@ -385,6 +386,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                     _ => None,
                 },
                 service: relay_node || exit_node,
+                relay_node,
             };
             run_up(profile_dir, opts).await?;
         }
@@ -776,9 +778,10 @@ enum TunnelCommand {
         /// TUN device name.
         #[arg(long, default_value = "ferry0")]
         device: String,
-        /// Send non-mesh traffic to this exit node (its long-term public key; it must be a
-        /// friend). The exit assigns an IPv4 address from 100.64.0.0/10; IPv6 leaves with our
-        /// mesh address as source.
+        /// Exit node (its long-term public key). Without --via: non-mesh traffic for --route
+        /// goes there (a friend, or a service node befriended by key); the exit assigns an IPv4
+        /// address from 100.64.0.0/10, IPv6 leaves with our mesh address as source. With --via:
+        /// the far end of a multi-hop circuit; traffic to its mesh address goes through it.
         #[arg(long, value_name = "PUBLIC_KEY")]
         exit: Option<String>,
         /// Route this prefix into the tunnel to the exit (repeatable; IPv4 or IPv6). A default
@@ -787,6 +790,10 @@ enum TunnelCommand {
         /// ferry's own traffic to the exit never enters the tunnel.
         #[arg(long = "route", value_name = "CIDR", requires = "exit")]
         routes: Vec<String>,
+        /// Reach the --exit node through these relays (long-term keys, comma-separated): a
+        /// multi-hop circuit where each relay learns only its previous and next hop.
+        #[arg(long, value_name = "PK,PK...", value_delimiter = ',')]
+        via: Vec<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -842,6 +849,20 @@ fn print_tunnel(s: &ferry_api::TunnelStatus) {
             c.forwarded, c.returned, c.malformed, c.bad_source, c.policy, c.no_client, c.no_route
         );
     }
+    for c in &s.circuits {
+        println!(
+            "circuit {:<7} {} {}  hops {}  tx {} pkts/{} B  rx {} pkts/{} B  rtt {}",
+            c.id,
+            c.role,
+            c.state,
+            c.hops.join(","),
+            c.tx_packets,
+            c.tx_bytes,
+            c.rx_packets,
+            c.rx_bytes,
+            c.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"))
+        );
+    }
 }
 
 async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
@@ -850,6 +871,7 @@ async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
             device,
             exit,
             routes,
+            via,
             json,
         } => {
             let s: ferry_api::TunnelStatus = c
@@ -859,6 +881,7 @@ async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
                         device: Some(device),
                         exit,
                         routes,
+                        via,
                     },
                 )
                 .await?;

@@ -700,6 +700,7 @@ impl EventHandler for ChatHandler {
                 });
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
+                    s.tunnel.circuits.peer_gone(node, now, public_key);
                 } else {
                     s.files_friend_online(node, now, public_key);
                     let queued = s.store.undelivered().unwrap_or_default();
@@ -763,6 +764,11 @@ impl EventHandler for ChatHandler {
                 data,
             } if data.first() == Some(&ferry_tunnel::TUNNEL_PACKET_ID) => {
                 s.tunnel.on_packet(&public_key, &data);
+            }
+            NodeEvent::CustomPacket {
+                public_key, data, ..
+            } if crate::circuit::is_circuit_packet(data.first()) => {
+                s.tunnel.on_circuit_cell(node, now, public_key, data);
             }
             NodeEvent::CustomPacket {
                 public_key,

@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod chat;
+pub mod circuit;
 pub mod devnet;
 pub mod exit;
 pub mod files;

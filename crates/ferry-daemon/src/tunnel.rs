@@ -73,6 +73,8 @@ impl std::fmt::Debug for Running {
 #[derive(Debug, Default)]
 pub struct TunnelShared {
     inner: Arc<Mutex<Option<Running>>>,
+    /// Multi-hop circuits ([`crate::circuit`]).
+    pub circuits: Arc<crate::circuit::CircuitDriver>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,6 +114,32 @@ impl TunnelShared {
                 r.counters.rx_bytes += pkt.len() as u64;
             }
             Err(_) => r.counters.drop_send += 1,
+        }
+    }
+
+    /// A circuit cell (control or data custom packet) from neighbour `from`: relayed, or, on
+    /// circuits ending here, decrypted, checked and written to the TUN device. Node task.
+    pub fn on_circuit_cell(
+        &self,
+        node: &mut ferry_proto::node::Node,
+        now: Instant,
+        from: PublicKey,
+        data: Vec<u8>,
+    ) {
+        let packets = self.circuits.on_cell(node, now, from, data);
+        if packets.is_empty() {
+            return;
+        }
+        let mut g = lock(&self.inner);
+        for pkt in packets {
+            match g.as_mut().map(|r| (r.dev.try_send(&pkt).is_ok(), r)) {
+                Some((true, r)) => {
+                    r.counters.rx_packets += 1;
+                    r.counters.rx_bytes += pkt.len() as u64;
+                }
+                Some((false, r)) => r.counters.drop_send += 1,
+                None => self.circuits.count_dropped(),
+            }
         }
     }
 
@@ -176,6 +204,7 @@ impl TunnelShared {
             Arc::clone(&dev),
             node.clone(),
             Arc::clone(&self.inner),
+            Arc::clone(&self.circuits),
         ));
         {
             let mut g = lock(&self.inner);
@@ -224,6 +253,7 @@ impl TunnelShared {
                 })
             ),
             mtu: TUNNEL_MTU as u32,
+            circuits: self.circuits.status(),
             ..TunnelStatus::default()
         };
         if let Some(r) = lock(&self.inner).as_ref() {
@@ -262,7 +292,12 @@ impl TunnelShared {
 }
 
 /// TUN → friend pump; ends when the device fails or the node stops.
-async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option<Running>>>) {
+async fn reader(
+    dev: Arc<AsyncDevice>,
+    node: NodeHandle,
+    inner: Arc<Mutex<Option<Running>>>,
+    circuits: Arc<crate::circuit::CircuitDriver>,
+) {
     let mut buf = vec![0u8; 65536];
     let mut frame: Vec<u8> = Vec::with_capacity(TUNNEL_MTU + 1);
     let mut last_refresh: Option<Instant> = None;
@@ -275,6 +310,31 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
             }
         };
         let pkt = &buf[..n];
+        // Multi-hop circuits first: their far ends need not be friends.
+        match circuits.outbound(pkt) {
+            crate::circuit::Outbound::NotCircuit => {}
+            crate::circuit::Outbound::Dropped => {
+                if let Some(r) = lock(&inner).as_mut() {
+                    r.counters.drop_send += 1;
+                }
+                continue;
+            }
+            crate::circuit::Outbound::TooBig(icmp) => {
+                let _ = dev.try_send(&icmp);
+                if let Some(r) = lock(&inner).as_mut() {
+                    r.counters.drop_send += 1;
+                }
+                continue;
+            }
+            crate::circuit::Outbound::Send(cell) => {
+                crate::circuit::CircuitDriver::send(&node, cell).await;
+                if let Some(r) = lock(&inner).as_mut() {
+                    r.counters.tx_packets += 1;
+                    r.counters.tx_bytes += n as u64;
+                }
+                continue;
+            }
+        }
         let mut route = lock(&inner).as_mut().map(|r| r.route_outbound(pkt));
         if route == Some(Err(DropReason::NoRoute))
             && last_refresh.is_none_or(|t| t.elapsed() >= ROUTE_REFRESH_INTERVAL)

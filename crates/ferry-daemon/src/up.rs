@@ -57,6 +57,8 @@ pub struct UpOptions {
     /// [`ferry_tunnel::service_nospam`] of our key (so anyone can befriend us from the key
     /// alone) and every friend request is accepted, up to the friend cap (4096).
     pub service: bool,
+    /// Forward other nodes' tunnel circuits (`--relay-node`, [`crate::circuit`]).
+    pub relay_node: bool,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -106,6 +108,7 @@ impl Default for UpOptions {
             no_bootstrap_relays: false,
             exit: None,
             service: false,
+            relay_node: false,
         }
     }
 }
@@ -394,25 +397,79 @@ impl Backend for NodeBackend {
     ) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
         Box::pin(async move {
             let own = self.identity.public_key();
-            let tunnel = &self.chat()?.tunnel;
-            match &req.exit {
-                Some(exit) => {
-                    crate::exit::client_up(tunnel, &self.node, own, req.device, exit, &req.routes)
-                        .await
-                }
-                None if !req.routes.is_empty() => {
-                    Err(ApiError::bad_request("--route needs --exit"))
-                }
-                None => tunnel.up(&self.node, own, req.device).await,
+            let chat = self.chat()?;
+            let tunnel = &chat.tunnel;
+            let device = req.device.clone();
+            let dev_name = device
+                .clone()
+                .unwrap_or_else(|| crate::tunnel::DEFAULT_DEVICE.into());
+            if req.via.is_empty() {
+                let status = match &req.exit {
+                    Some(exit) => {
+                        crate::exit::client_up(
+                            tunnel,
+                            &self.node,
+                            own,
+                            req.device,
+                            exit,
+                            &req.routes,
+                        )
+                        .await?
+                    }
+                    None if !req.routes.is_empty() => {
+                        return Err(ApiError::bad_request("--route needs --exit"));
+                    }
+                    None => tunnel.up(&self.node, own, req.device).await?,
+                };
+                // Any node with its tunnel up can be the far end of someone's circuit.
+                tunnel.circuits.set_end(&self.node, Some(dev_name)).await;
+                return Ok(status);
             }
+            if !req.routes.is_empty() {
+                return Err(ApiError::bad_request(
+                    "--route with --via is not supported yet: a circuit carries traffic to the \
+                     far end's mesh address only",
+                ));
+            }
+            let exit = req
+                .exit
+                .as_deref()
+                .map(PublicKey::from_hex)
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("--exit: {e}")))?;
+            let via = req
+                .via
+                .iter()
+                .map(|k| PublicKey::from_hex(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::bad_request(format!("--via: {e}")))?;
+            let Some(end) = exit else {
+                return Err(ApiError::bad_request("--via needs --exit (the far end)"));
+            };
+            tunnel.up(&self.node, own, req.device).await?;
+            let circuits = &tunnel.circuits;
+            circuits.set_end(&self.node, Some(dev_name)).await;
+            if let Err(e) = circuits.build(&self.node, via, end).await {
+                let _ = tunnel.down();
+                circuits.set_end(&self.node, None).await;
+                return Err(e);
+            }
+            crate::circuit::CircuitDriver::route_mtu(
+                device.as_deref().unwrap_or(crate::tunnel::DEFAULT_DEVICE),
+                &end,
+            );
+            Ok(tunnel.status(own))
         })
     }
 
     fn tunnel_down(&self, _req: ferry_api::TunnelDown) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async move {
-            let tunnel = &self.chat()?.tunnel;
+            let chat = self.chat()?;
+            let tunnel = &chat.tunnel;
             crate::exit::before_down(tunnel, &self.node).await?;
-            tunnel.down()
+            tunnel.down()?;
+            tunnel.circuits.set_end(&self.node, None).await;
+            Ok(())
         })
     }
 
@@ -534,6 +591,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         }
     };
     chat.restore(&node).await?;
+    chat.tunnel
+        .circuits
+        .start(&node, identity.long_term.clone(), opts.relay_node)?;
     let status = node.status().await?;
     let mut exit_fw = match &opts.exit {
         Some(x) => Some(

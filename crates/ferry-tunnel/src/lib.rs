@@ -4,6 +4,14 @@
 //! the TUN device and the node. Exit nodes (address pool, policy, control messages, return
 //! routing) are in [`exit`].
 //!
+//! # net_crypto custom packet ids the tunnel uses
+//! | id | class | what |
+//! |---|---|---|
+//! | 222 | lossy | one-hop tunnel frame ([`TUNNEL_PACKET_ID`]) |
+//! | 230 | lossy | multi-hop circuit data cell ([`circuit::CIRCUIT_DATA_ID`]) |
+//! | 180 | lossless | circuit CREATE/CREATED/DESTROY ([`circuit::CIRCUIT_CONTROL_ID`]) |
+//! | 170 | lossless | exit control: address request/assignment ([`exit::EXIT_CONTROL_PACKET_ID`]) |
+//!
 //! # Mesh addresses
 //! Every node has one IPv6 address in [`MESH_PREFIX`] (`fd54:6f78::/32`, a ULA prefix: `fd` =
 //! locally assigned, then `54 6f 78` = ASCII "Tox"), derived from its long-term (real) public key
@@ -38,6 +46,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod circuit;
 pub mod exit;
 
 use std::collections::HashMap;

@@ -1,0 +1,538 @@
+//! Driver of the tunnel's multi-hop circuits ([`ferry_tunnel::circuit`], issue 7 item 4): owns
+//! the node's [`Circuits`] table and moves its cells over net_crypto custom packets
+//! (control cells lossless id [`CIRCUIT_CONTROL_ID`] = 180, data cells lossy id
+//! [`CIRCUIT_DATA_ID`] = 230), so every circuit link is a friend's net_crypto session.
+//!
+//! - **Relay** (`ferry up --relay-node`): CREATE/data cells arrive in the node task's event
+//!   handler ([`CircuitDriver::on_cell`]); the table rewrites the circuit id and the cell goes
+//!   straight back out with [`Node::send_custom`] in the same call: no task hop, no crypto.
+//!   A next hop that is not an online friend makes `send_custom` fail, and the table answers
+//!   DESTROY(Unreachable) towards the client.
+//! - **Client** (`ferry tunnel up --via PK,... --exit PK`): [`CircuitDriver::build`] checks the
+//!   first hop is an online friend, sends the CREATE and waits for CREATED; then packets the TUN
+//!   reader reads for the far end's mesh address go through the circuit
+//!   ([`CircuitDriver::outbound`]) instead of a friend session. A host route with MTU
+//!   [`CIRCUIT_MTU`] to that address keeps packets within what a data cell carries; a larger
+//!   packet (e.g. the far end's reply before its kernel knows) is answered with an ICMPv6
+//!   Packet Too Big written into the TUN device ([`packet_too_big`]), which sets the kernel's
+//!   path MTU (RFC 8201).
+//! - **Far end** (tunnel up): circuits are accepted in identified mode only (the CREATE proves the
+//!   client's long-term key); packets out of them are written to the TUN device if their source
+//!   is that client's mesh address and the destination ours, and replies to the client's mesh
+//!   address go back through the circuit.
+//!
+//! Timeouts and keepalives: a task calls [`Circuits::handle_timeout`] every
+//! [`TICK_INTERVAL`].
+
+use std::collections::HashMap;
+use std::net::Ipv6Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_api::{ApiError, TunnelCircuit};
+use ferry_crypto::rng::FerryRng;
+use ferry_crypto::{KeyPair, PublicKey};
+use ferry_net::NodeHandle;
+use ferry_proto::node::Node;
+use ferry_tunnel::circuit::{
+    CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CircuitConfig, CircuitEvent,
+    CircuitState, Circuits, DestroyReason, MAX_RELAYS, Role,
+};
+use ferry_tunnel::{Ipv6Header, mesh_address};
+
+/// Period of the timeout/keepalive task: 1 s.
+pub const TICK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long `tunnel up --via` waits for CREATED: 10 s (the table's setup timeout).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most open/closed results kept for [`CircuitDriver::build`] to collect: 1024 (then cleared).
+pub const MAX_UNCOLLECTED: usize = 1024;
+
+/// Whether `id` is a circuit cell's custom packet id.
+pub fn is_circuit_packet(id: Option<&u8>) -> bool {
+    matches!(id, Some(&CIRCUIT_CONTROL_ID | &CIRCUIT_DATA_ID))
+}
+
+#[derive(Debug)]
+struct State {
+    table: Circuits,
+    /// Far end's mesh address → circuit handle (client side: E; E side: identified client).
+    routes: HashMap<Ipv6Addr, u64>,
+    /// Handle → (far end key, its mesh address), for circuits we end.
+    far: HashMap<u64, (PublicKey, Ipv6Addr)>,
+    /// Handles whose CREATED arrived / that closed (with reason), for `build`.
+    opened: HashMap<u64, Result<(), DestroyReason>>,
+    /// Our mesh address.
+    own_addr: Ipv6Addr,
+    /// Circuit packets dropped (bad source/destination, unknown circuit, TUN full).
+    dropped: u64,
+    /// TUN device while circuits may end here (tunnel up).
+    device: Option<String>,
+    /// Clients of new circuits ending here whose host route MTU the tick task sets (cap
+    /// [`MAX_PENDING_ROUTES`]).
+    pending_routes: Vec<PublicKey>,
+}
+
+/// Most far-end host routes waiting for the tick task: 64 (more are skipped; their large
+/// packets are then dropped and counted).
+pub const MAX_PENDING_ROUTES: usize = 64;
+
+/// What the TUN reader does with a packet ([`CircuitDriver::outbound`]).
+#[derive(Debug)]
+pub enum Outbound {
+    /// Not for a circuit: route it as usual.
+    NotCircuit,
+    /// For a circuit, but dropped (not open, bad source).
+    Dropped,
+    /// Larger than [`CIRCUIT_MTU`]: dropped; write this ICMPv6 Packet Too Big to the TUN
+    /// device so the kernel lowers its path MTU to the far end (RFC 4443 §3.2, RFC 8201).
+    TooBig(Vec<u8>),
+    /// Send this cell with `send_custom`.
+    Send(Cell),
+}
+
+/// The circuit table shared by the node task, the TUN reader and the API.
+#[derive(Debug, Default)]
+pub struct CircuitDriver {
+    state: Mutex<Option<State>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl CircuitDriver {
+    /// Creates the table for long-term key pair `own`, forwarding for others when `relay`, and
+    /// starts the tick task. Called once by `ferry up`.
+    ///
+    /// # Errors
+    /// OS RNG failure.
+    pub fn start(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        own: KeyPair,
+        relay: bool,
+    ) -> anyhow::Result<()> {
+        let seed = ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+        let own_addr = mesh_address(&own.public);
+        let config = CircuitConfig {
+            relay,
+            ..CircuitConfig::default()
+        };
+        *lock(&self.state) = Some(State {
+            table: Circuits::new(own, config, FerryRng::from_seed(seed)),
+            routes: HashMap::new(),
+            far: HashMap::new(),
+            opened: HashMap::new(),
+            own_addr,
+            dropped: 0,
+            device: None,
+            pending_routes: Vec::new(),
+        });
+        let me = Arc::clone(self);
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(TICK_INTERVAL);
+            loop {
+                iv.tick().await;
+                let m = Arc::clone(&me);
+                if node
+                    .call(move |n, now| {
+                        let _ = m.with(n, now, |t| t.handle_timeout(now));
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let routes = lock(&me.state).as_mut().and_then(|s| {
+                    let d = s.device.clone()?;
+                    Some((d, std::mem::take(&mut s.pending_routes)))
+                });
+                if let Some((device, keys)) = routes.filter(|(_, k)| !k.is_empty()) {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for k in keys {
+                            Self::route_mtu(&device, &k);
+                        }
+                    })
+                    .await;
+                }
+            }
+        });
+        if relay {
+            tracing::info!("relay node: forwarding tunnel circuits");
+        }
+        Ok(())
+    }
+
+    /// Whether this node relays.
+    pub fn is_relay(&self) -> bool {
+        lock(&self.state)
+            .as_ref()
+            .is_some_and(|s| s.table.config().relay)
+    }
+
+    /// Runs `f` on the table, then sends its cells and handles its events (node task).
+    /// Returns the checked IP packets to write to the TUN device.
+    fn with(&self, node: &mut Node, now: Instant, f: impl FnOnce(&mut Circuits)) -> Vec<Vec<u8>> {
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else {
+            return Vec::new();
+        };
+        f(&mut s.table);
+        flush(s, node, now)
+    }
+
+    /// A circuit cell from neighbour `from` (event handler, node task); returns the IP packets
+    /// that came out of circuits ending here, already checked (source = the far end's mesh
+    /// address, destination = ours), for the TUN device.
+    pub fn on_cell(
+        &self,
+        node: &mut Node,
+        now: Instant,
+        from: PublicKey,
+        data: Vec<u8>,
+    ) -> Vec<Vec<u8>> {
+        self.with(node, now, |t| t.handle_cell(now, from, data))
+    }
+
+    /// Counts a packet the TUN device refused.
+    pub fn count_dropped(&self) {
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.dropped += 1;
+        }
+    }
+
+    /// Neighbour `peer` went offline.
+    pub fn peer_gone(&self, node: &mut Node, now: Instant, peer: PublicKey) {
+        let _ = self.with(node, now, |t| t.peer_gone(&peer));
+    }
+
+    /// Tunnel up (`Some(device)`) / down (`None`): accept circuits ending here only while the TUN device exists. Down also
+    /// tears down circuits we end or built.
+    pub async fn set_end(self: &Arc<Self>, node: &NodeHandle, device: Option<String>) {
+        let on = device.is_some();
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.device = device;
+            s.pending_routes.clear();
+        }
+        let me = Arc::clone(self);
+        let _ = node
+            .call(move |n, now| {
+                let _ = me.with(n, now, |t| {
+                    t.config_mut().accept_end = on;
+                    if !on {
+                        for c in t.info() {
+                            if c.role != Role::Relay {
+                                t.destroy(c.handle, DestroyReason::Requested);
+                            }
+                        }
+                    }
+                });
+            })
+            .await;
+    }
+
+    /// Builds a circuit through `relays` to `end` (identified mode) and waits for CREATED.
+    /// Returns the handle.
+    ///
+    /// # Errors
+    /// 400 for a bad path, 409 when the first hop is not an online friend (until service mode
+    /// befriends relays by key), 504 when no CREATED came in [`BUILD_TIMEOUT`], 502 with the
+    /// DESTROY reason when a hop refused.
+    pub async fn build(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        relays: Vec<PublicKey>,
+        end: PublicKey,
+    ) -> Result<u64, ApiError> {
+        if relays.len() > MAX_RELAYS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_RELAYS} relays in --via"
+            )));
+        }
+        let first = relays.first().copied().unwrap_or(end);
+        let friends = node
+            .call(|n, _| n.friends())
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        match friends.iter().find(|f| f.public_key == first) {
+            None => {
+                return Err(ApiError::conflict(format!(
+                    "first hop {first} is not a friend (add it first)"
+                )));
+            }
+            Some(f) if f.connection == ferry_proto::node::Connection::None => {
+                return Err(ApiError::conflict(format!("first hop {first} is offline")));
+            }
+            Some(_) => {}
+        }
+        let me = Arc::clone(self);
+        let r = node
+            .call(move |n, now| {
+                let mut out = Err(ferry_tunnel::circuit::CircuitError::NoCircuit);
+                let _ = me.with(n, now, |t| out = t.create(now, &relays, end, true));
+                out
+            })
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let h = r.map_err(|e| ApiError::bad_request(format!("circuit: {e}")))?;
+        let start = Instant::now();
+        loop {
+            let res = lock(&self.state).as_mut().and_then(|s| s.opened.remove(&h));
+            match res {
+                Some(Ok(())) => break,
+                Some(Err(reason)) => {
+                    return Err(ApiError {
+                        status: 502,
+                        message: format!("circuit refused: {reason}"),
+                    });
+                }
+                None if start.elapsed() > BUILD_TIMEOUT + TICK_INTERVAL => {
+                    return Err(ApiError {
+                        status: 504,
+                        message: "circuit setup timed out".into(),
+                    });
+                }
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let addr = mesh_address(&end);
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.routes.insert(addr, h);
+            s.far.insert(h, (end, addr));
+        }
+        Ok(h)
+    }
+
+    /// Adds the host route with MTU [`CIRCUIT_MTU`] for a circuit's far end on `device`
+    /// (best effort: a failure only means larger packets are dropped and counted).
+    pub fn route_mtu(device: &str, end: &PublicKey) {
+        let addr = mesh_address(end);
+        let r = std::process::Command::new("ip")
+            .args([
+                "-6",
+                "route",
+                "replace",
+                &format!("{addr}/128"),
+                "dev",
+                device,
+            ])
+            .args(["mtu", &CIRCUIT_MTU.to_string()])
+            .output();
+        if !r.is_ok_and(|o| o.status.success()) {
+            tracing::warn!(%addr, "could not set the circuit route MTU");
+        }
+    }
+
+    /// TUN reader hook: the cell for `pkt` when its destination is a circuit's far end.
+    pub fn outbound(&self, pkt: &[u8]) -> Outbound {
+        let Ok(h) = Ipv6Header::parse(pkt) else {
+            return Outbound::NotCircuit;
+        };
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else {
+            return Outbound::NotCircuit;
+        };
+        let Some(&handle) = s.routes.get(&h.dst) else {
+            return Outbound::NotCircuit;
+        };
+        if h.src != s.own_addr {
+            return Outbound::Dropped;
+        }
+        if pkt.len() > CIRCUIT_MTU {
+            return Outbound::TooBig(packet_too_big(pkt, &h));
+        }
+        if s.table.send(Instant::now(), handle, pkt).is_err() {
+            return Outbound::Dropped;
+        }
+        s.table
+            .poll_transmit()
+            .map_or(Outbound::Dropped, Outbound::Send)
+    }
+
+    /// Sends a cell from [`CircuitDriver::outbound`] (TUN reader task).
+    pub async fn send(node: &NodeHandle, cell: Cell) {
+        let _ = node
+            .call(move |n, now| n.send_custom(now, &cell.to, &cell.data))
+            .await;
+    }
+
+    /// `tunnel status` rows.
+    pub fn status(&self) -> Vec<TunnelCircuit> {
+        let g = lock(&self.state);
+        let Some(s) = g.as_ref() else {
+            return Vec::new();
+        };
+        s.table
+            .info()
+            .into_iter()
+            .map(|c| TunnelCircuit {
+                id: c.handle,
+                role: match c.role {
+                    Role::Client => "client",
+                    Role::Relay => "relay",
+                    Role::End => "end",
+                }
+                .into(),
+                hops: c.hops.iter().map(PublicKey::to_hex).collect(),
+                far_end: c.far_end.map(|k| k.to_hex()),
+                state: match c.state {
+                    CircuitState::Pending => "pending",
+                    CircuitState::Open => "open",
+                }
+                .into(),
+                tx_bytes: c.counters.tx_bytes,
+                rx_bytes: c.counters.rx_bytes,
+                tx_packets: c.counters.tx_packets,
+                rx_packets: c.counters.rx_packets,
+                rtt_ms: c.rtt_ms,
+            })
+            .collect()
+    }
+}
+
+/// Largest ICMPv6 error packet, bytes: 1280, the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
+const ICMP_ERROR_MAX: usize = 1280;
+
+/// An ICMPv6 Packet Too Big (type 2, code 0, MTU [`CIRCUIT_MTU`]) about `pkt`, from its
+/// destination (the far end) to its source (us), quoting as much of `pkt` as fits in 1280
+/// bytes: `[IPv6 header 40][type 2][code 0][checksum 2][MTU 4][invoking packet...]`.
+pub fn packet_too_big(pkt: &[u8], h: &Ipv6Header) -> Vec<u8> {
+    let quoted = &pkt[..pkt.len().min(ICMP_ERROR_MAX - 48)];
+    let icmp_len = 8 + quoted.len();
+    let mut v = Vec::with_capacity(40 + icmp_len);
+    v.extend_from_slice(&[0x60, 0, 0, 0]);
+    v.extend_from_slice(&(icmp_len as u16).to_be_bytes());
+    v.push(58); // next header: ICMPv6
+    v.push(64); // hop limit
+    v.extend_from_slice(&h.dst.octets());
+    v.extend_from_slice(&h.src.octets());
+    v.extend_from_slice(&[2, 0, 0, 0]);
+    v.extend_from_slice(&(CIRCUIT_MTU as u32).to_be_bytes());
+    v.extend_from_slice(quoted);
+    // Checksum over the pseudo-header (src, dst, length, next header) and the message.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from_be_bytes([c[0], 0])
+            };
+            sum += u32::from(w);
+        }
+    };
+    add(&v[8..40]);
+    add(&(icmp_len as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&v[40..]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    v[42..44].copy_from_slice(&ck.to_be_bytes());
+    v
+}
+
+/// Sends the table's cells and handles its events; returns the IP packets to write to TUN.
+fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
+    while let Some(cell) = s.table.poll_transmit() {
+        if let Err(e) = node.send_custom(now, &cell.to, &cell.data) {
+            tracing::debug!(to = %cell.to, "circuit cell not sent: {e}");
+            s.table.send_failed(&cell);
+        }
+    }
+    let mut deliver = Vec::new();
+    let mut again = false;
+    while let Some(e) = s.table.poll_event() {
+        match e {
+            CircuitEvent::Open { handle } => {
+                s.opened.insert(handle, Ok(()));
+            }
+            CircuitEvent::Incoming { handle, client } => match client {
+                Some(k) => {
+                    let addr = mesh_address(&k);
+                    tracing::info!(client = %k, "circuit ends here");
+                    s.routes.insert(addr, handle);
+                    s.far.insert(handle, (k, addr));
+                    if s.pending_routes.len() < MAX_PENDING_ROUTES {
+                        s.pending_routes.push(k);
+                    }
+                }
+                None => {
+                    // Anonymous circuits are for exits (not in this slice).
+                    s.table.destroy(handle, DestroyReason::NotAccepting);
+                    again = true;
+                }
+            },
+            CircuitEvent::Data { handle, packet } => {
+                let Some(&(_, far)) = s.far.get(&handle) else {
+                    s.dropped += 1;
+                    continue;
+                };
+                match Ipv6Header::parse(&packet) {
+                    Ok(h) if h.src == far && h.dst == s.own_addr => deliver.push(packet),
+                    _ => s.dropped += 1,
+                }
+            }
+            CircuitEvent::Closed { handle, reason } => {
+                tracing::info!(handle, %reason, "circuit closed");
+                s.opened.insert(handle, Err(reason));
+                if let Some((_, addr)) = s.far.remove(&handle)
+                    && s.routes.get(&addr) == Some(&handle)
+                {
+                    s.routes.remove(&addr);
+                }
+            }
+        }
+    }
+    // Forget build results nobody collected (cap).
+    if s.opened.len() > MAX_UNCOLLECTED {
+        s.opened.clear();
+    }
+    if again {
+        deliver.extend(flush(s, node, now));
+    }
+    deliver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_too_big_checksums_and_quotes() {
+        let src = mesh_address(&PublicKey([1; 32]));
+        let dst = mesh_address(&PublicKey([2; 32]));
+        let mut pkt = vec![0u8; 1348];
+        pkt[0] = 0x60;
+        pkt[4..6].copy_from_slice(&1308u16.to_be_bytes());
+        pkt[6] = 58;
+        pkt[8..24].copy_from_slice(&src.octets());
+        pkt[24..40].copy_from_slice(&dst.octets());
+        let h = Ipv6Header::parse(&pkt).expect("valid");
+        let v = packet_too_big(&pkt, &h);
+        assert_eq!(v.len(), 1280);
+        let back = Ipv6Header::parse(&v).expect("valid ICMPv6 packet");
+        assert_eq!((back.src, back.dst, back.next_header), (dst, src, 58));
+        assert_eq!(&v[40..42], &[2, 0]);
+        assert_eq!(&v[44..48], &(CIRCUIT_MTU as u32).to_be_bytes());
+        assert_eq!(&v[48..], &pkt[..1232]);
+        // The one's-complement sum over pseudo-header and message, checksum included, is 0xffff.
+        let mut sum: u32 = 0;
+        let words = |b: &[u8], sum: &mut u32| {
+            for c in b.chunks(2) {
+                *sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            }
+        };
+        words(&v[8..40], &mut sum);
+        words(&((v.len() - 40) as u32).to_be_bytes(), &mut sum);
+        words(&[0, 0, 0, 58], &mut sum);
+        words(&v[40..], &mut sum);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+    }
+}
