@@ -392,14 +392,29 @@ fn ping6_through_a_two_relay_circuit() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Errors: a first hop that is not a friend; a relay whose next hop is not its friend
-    // (R1 and E are not friends) answers DESTROY(Unreachable).
+    // A first hop named by key alone: the client is no friend of R2; `tunnel up` befriends it
+    // as a service node and the circuit client → R2 → E opens.
     let out = client
         .cli(&["tunnel", "up", "--via", &r2_pk, "--exit", &e_pk])
         .expect("tunnel up");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a friend"), "{err}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = client
+        .json(&["tunnel", "status", "--json"])
+        .expect("status");
+    assert_eq!(s["circuits"][0]["state"], "open", "{s}");
+    assert_eq!(s["circuits"][0]["hops"][0], r2_pk.as_str(), "{s}");
+    assert!(
+        client
+            .cli(&["tunnel", "down"])
+            .is_some_and(|o| o.status.success())
+    );
+    // A relay whose next hop is neither its friend nor a service node (R1 → E): R1 sends E a
+    // request by E's service Tox ID, E ignores it (its nospam is its own), and after the hold
+    // timeout R1 answers DESTROY(Unreachable).
     let out = client
         .cli(&["tunnel", "up", "--via", &r1_pk, "--exit", &e_pk])
         .expect("tunnel up");

@@ -165,6 +165,44 @@ impl ChatShared {
         Ok(())
     }
 
+    /// [`ChatShared::ensure_service_friend`], then waits up to `timeout` for the peer to be
+    /// online (a tunnel exit or first relay befriended by key).
+    ///
+    /// # Errors
+    /// As [`ChatShared::ensure_service_friend`]; 504 when the peer is not online in time.
+    pub async fn ensure_service_friend_online(
+        &self,
+        node: &NodeHandle,
+        peer: PublicKey,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        self.ensure_service_friend(node, peer).await?;
+        let start = Instant::now();
+        loop {
+            let online = node
+                .call(move |n, _| {
+                    n.friends()
+                        .iter()
+                        .any(|f| f.public_key == peer && f.connection != Connection::None)
+                })
+                .await
+                .map_err(stopped)?;
+            if online {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(ApiError {
+                    status: 504,
+                    message: format!(
+                        "{peer} is not online after {timeout:?} (is it a service node: \
+                         `ferry up --relay-node` or `--exit-node`?)"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Restores the node from the store: friends (with their pending requests), name, status
     /// message. Called once after the node starts.
     ///
@@ -702,6 +740,7 @@ impl EventHandler for ChatHandler {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
                 } else {
+                    s.tunnel.circuits.peer_online(node, now);
                     s.files_friend_online(node, now, public_key);
                     let queued = s.store.undelivered().unwrap_or_default();
                     let hex = public_key.to_hex();

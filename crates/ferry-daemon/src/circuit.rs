@@ -33,7 +33,7 @@ use ferry_api::{ApiError, TunnelCircuit};
 use ferry_crypto::rng::FerryRng;
 use ferry_crypto::{KeyPair, PublicKey};
 use ferry_net::NodeHandle;
-use ferry_proto::node::Node;
+use ferry_proto::node::{Connection, Node, NodeError};
 use ferry_tunnel::circuit::{
     CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CircuitConfig, CircuitEvent,
     CircuitState, Circuits, DestroyReason, MAX_RELAYS, Role,
@@ -71,7 +71,17 @@ struct State {
     /// Clients of new circuits ending here whose host route MTU the tick task sets (cap
     /// [`MAX_PENDING_ROUTES`]).
     pending_routes: Vec<PublicKey>,
+    /// Control cells (CREATE) held for a next hop we just befriended as a service node, until
+    /// it comes online or the deadline passes (cap [`MAX_HELD_CELLS`]).
+    held: Vec<(Cell, Instant)>,
 }
+
+/// Most control cells held for next hops coming online: 256 (more fail at once, answered with
+/// DESTROY(Unreachable)).
+pub const MAX_HELD_CELLS: usize = 256;
+/// How long a CREATE waits for a next hop befriended by key to come online: 8 s (within the
+/// client's [`BUILD_TIMEOUT`]).
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Most far-end host routes waiting for the tick task: 64 (more are skipped; their large
 /// packets are then dropped and counted).
@@ -128,6 +138,7 @@ impl CircuitDriver {
             dropped: 0,
             device: None,
             pending_routes: Vec::new(),
+            held: Vec::new(),
         });
         let me = Arc::clone(self);
         let node = node.clone();
@@ -203,6 +214,11 @@ impl CircuitDriver {
         }
     }
 
+    /// Neighbour `peer` came online: control cells held for it go out.
+    pub fn peer_online(&self, node: &mut Node, now: Instant) {
+        let _ = self.with(node, now, |_| {});
+    }
+
     /// Neighbour `peer` went offline.
     pub fn peer_gone(&self, node: &mut Node, now: Instant, peer: PublicKey) {
         let _ = self.with(node, now, |t| t.peer_gone(&peer));
@@ -262,7 +278,7 @@ impl CircuitDriver {
                     "first hop {first} is not a friend (add it first)"
                 )));
             }
-            Some(f) if f.connection == ferry_proto::node::Connection::None => {
+            Some(f) if f.connection == Connection::None => {
                 return Err(ApiError::conflict(format!("first hop {first} is offline")));
             }
             Some(_) => {}
@@ -437,10 +453,51 @@ pub fn packet_too_big(pkt: &[u8], h: &Ipv6Header) -> Vec<u8> {
 
 /// Sends the table's cells and handles its events; returns the IP packets to write to TUN.
 fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
-    while let Some(cell) = s.table.poll_transmit() {
-        if let Err(e) = node.send_custom(now, &cell.to, &cell.data) {
-            tracing::debug!(to = %cell.to, "circuit cell not sent: {e}");
+    // Held cells whose next hop came online go first; expired ones fail.
+    let mut retry = Vec::new();
+    let mut i = 0;
+    while i < s.held.len() {
+        let online = node
+            .friends()
+            .iter()
+            .any(|f| f.public_key == s.held[i].0.to && f.connection != Connection::None);
+        if online || now >= s.held[i].1 {
+            retry.push(s.held.swap_remove(i).0);
+        } else {
+            i += 1;
+        }
+    }
+    for cell in retry {
+        if node.send_custom(now, &cell.to, &cell.data).is_err() {
             s.table.send_failed(&cell);
+        }
+    }
+    while let Some(cell) = s.table.poll_transmit() {
+        match node.send_custom(now, &cell.to, &cell.data) {
+            Ok(()) => {}
+            // A CREATE to a next hop that is no friend of ours: befriend it as a service node
+            // (relays and exits accept anyone who knows their key) and hold the cell until it
+            // comes online.
+            Err(NodeError::NotFriend | NodeError::NotOnline)
+                if cell.data.first() == Some(&CIRCUIT_CONTROL_ID)
+                    && s.held.len() < MAX_HELD_CELLS =>
+            {
+                if !node.friends().iter().any(|f| f.public_key == cell.to) {
+                    let id = ferry_tunnel::service_tox_id(&cell.to);
+                    if let Err(e) = node.add_friend(now, &id, crate::chat::SERVICE_REQUEST_MESSAGE)
+                    {
+                        tracing::debug!(to = %cell.to, "cannot befriend next hop: {e}");
+                        s.table.send_failed(&cell);
+                        continue;
+                    }
+                    tracing::info!(next = %cell.to, "befriending next hop (service node)");
+                }
+                s.held.push((cell, now + HOLD_TIMEOUT));
+            }
+            Err(e) => {
+                tracing::debug!(to = %cell.to, "circuit cell not sent: {e}");
+                s.table.send_failed(&cell);
+            }
         }
     }
     let mut deliver = Vec::new();

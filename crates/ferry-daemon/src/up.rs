@@ -113,6 +113,9 @@ impl Default for UpOptions {
     }
 }
 
+/// How long `tunnel up` waits for an exit or first relay it befriends by key to come online.
+pub const SERVICE_ONLINE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest lookup wait the API accepts, in ms.
 pub const MAX_LOOKUP_TIMEOUT_MS: u64 = 600_000;
 /// Lookup wait when none is given, in ms.
@@ -403,6 +406,12 @@ impl Backend for NodeBackend {
             let dev_name = device
                 .clone()
                 .unwrap_or_else(|| crate::tunnel::DEFAULT_DEVICE.into());
+            // An exit or first relay named by key alone: befriend it as a service node.
+            let first = req.via.first().or(req.exit.as_ref());
+            if let Some(Ok(first)) = first.map(|k| PublicKey::from_hex(k)) {
+                chat.ensure_service_friend_online(&self.node, first, SERVICE_ONLINE_TIMEOUT)
+                    .await?;
+            }
             if req.via.is_empty() {
                 let status = match &req.exit {
                     Some(exit) => {
