@@ -7,7 +7,7 @@
 //!   [`ferry_proto::node::Node::send_custom`] (a net_crypto lossy packet; the frame buffer goes
 //!   into the node task and comes back, so no allocation per packet).
 //! - **friend → TUN**: the daemon's event handler ([`crate::chat::ChatHandler`]) passes lossy
-//!   packets with id [`TUNNEL_PACKET_ID`] to [`TunnelShared::on_packet`], which writes them to
+//!   packets with id [`ferry_tunnel::TUNNEL_PACKET_ID`] to [`TunnelShared::on_packet`], which writes them to
 //!   the TUN device only if their source address is the sending friend's mesh address and the
 //!   destination ours (non-blocking write; a full device queue drops and counts).
 
