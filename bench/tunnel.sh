@@ -24,7 +24,8 @@
 #
 # Env: DUR (s, default 10), FERRY (default target/release/ferry), FERRY_BASE (optional second
 # ferry binary), BORINGTUN (default: boringtun-cli on PATH or ~/.cargo/bin), CASES (default
-# "veth ferry ferry-base boringtun"), INSTALL (1 = install missing tools), MAX_SECONDS (900).
+# "veth ferry ferry-base boringtun"), INSTALL (1 = install missing tools), MAX_SECONDS (900),
+# DIAG (1 = print socket queues and qdisc backlogs 3 s into each 1-stream transfer).
 #
 # Usage: sudo bench/tunnel.sh            (prints a Markdown table)
 set -euo pipefail
@@ -204,6 +205,12 @@ measure() {
     local cpu1 r1 cpu4 r4 loaded
     # Ping during a 1-stream transfer: the transfer runs in the background, pings start 1 s in.
     cpu1=$(run_iperf "$dest" 1 "$WORK/$name.1.json" "$pa" "$pb" &
+        if [ "${DIAG:-0}" = 1 ]; then
+            # Where the queue builds under load: socket queues and qdisc backlogs, both sides.
+            (sleep 3; for ns in "$NSA" "$NSB"; do
+                echo "== $name $ns"; ip netns exec "$ns" ss -uanm; tc -n "$ns" -s qdisc show
+            done) >"$WORK/$name.diag" 2>&1 &
+        fi
         sleep 1
         ping_stats "$dest" $(((DUR - 2) * 20)) 0.05 >"$WORK/$name.loaded"
         wait)
@@ -214,6 +221,7 @@ measure() {
     cpu4=$(run_iperf "$dest" 4 "$WORK/$name.4.json" "$pa" "$pb")
     r4=$(iperf_result "$WORK/$name.4.json")
     ROWS+=("$name|$mtu|$r1|$r4|$idle|$loaded|$cpu1|$cpu4")
+    [ -f "$WORK/$name.diag" ] && cat "$WORK/$name.diag" >&2
     log "$name: 1 stream ${r1% *} Mbit/s, 4 streams ${r4% *} Mbit/s, idle ping $idle ms, loaded $loaded ms, cpu $cpu1 / $cpu4"
 }
 
@@ -300,6 +308,8 @@ sys.exit(0 if any(f['public_key'] == '$2' and f['connection'] != 'none' for f in
     log "$name: friends online after $((SECONDS - t0)) s ($(ferry_cli "$bin" "$d/a" friend list --json | json_field '[0]["connection"]'))"
     ferry_cli "$bin" "$d/a" tunnel up >/dev/null
     ferry_cli "$bin" "$d/b" tunnel up >/dev/null
+    sleep 0.2
+    log "$name: $(grep -ho 'tunnel up.*' "$d/a.log" | head -1)"
     local dest
     dest=$(ferry_cli "$bin" "$d/b" tunnel status --json | json_field '["address"]')
     wait_ping "$dest" 30 || log "$name: no ping through the tunnel yet"

@@ -145,9 +145,11 @@ impl TunnelShared {
                 .build_async()
         };
         // TUN offloads (IFF_VNET_HDR, TSO/GRO) where the kernel has them.
+        let mut offload = true;
         let dev = build(true)
             .or_else(|e| {
                 tracing::info!("TUN offloads unavailable ({e}); one packet per read/write");
+                offload = false;
                 build(false)
             })
             .map_err(|e| internal(format!("creating TUN device {device}: {e}")))?;
@@ -182,7 +184,7 @@ impl TunnelShared {
                 task,
             });
         }
-        tracing::info!(%device, %addr, "tunnel up");
+        tracing::info!(%device, %addr, offload, "tunnel up");
         Ok(self.status(own_key))
     }
 
@@ -240,7 +242,7 @@ impl TunnelShared {
 }
 
 /// Batches of TUN packets queued to the node task ([`NodeHandle::frame_channel`]): 2 batches of
-/// at most 128 packets (≈ 350 KB). A full queue holds the reader back, so
+/// at most [`SEGMENTS`] packets (≤ 350 KB). A full queue holds the reader back, so
 /// excess packets wait in the TUN device's own queue ([`TUN_TX_QUEUE_LEN`]), where the kernel
 /// drops them, rather than in ferry.
 pub const FRAME_QUEUE_DEPTH: usize = 2;
@@ -251,6 +253,9 @@ pub const TUN_TX_QUEUE_LEN: u32 = 128;
 /// Most packets one TUN read can yield: with offloads a read returns one TCP/UDP segment of up
 /// to 64 KiB, split here at the MSS (≈ 50 packets of 1372 bytes); [`IDEAL_BATCH_SIZE`] = 128.
 const SEGMENTS: usize = IDEAL_BATCH_SIZE;
+/// Packets after which the reader stops reading and hands the batch on: 64 (≈ 88 KB, a bit
+/// more than one offloaded 64 KiB segment).
+const READ_BATCH: usize = 64;
 
 /// Packets read from the TUN device in one batch: one buffer per packet (tun-rs splits an
 /// offloaded segment into them), `len` of them used.
@@ -276,7 +281,7 @@ impl Staged {
     /// when nothing was pending or no buffer is free.
     async fn read(&mut self, dev: &AsyncDevice, wait: bool) -> std::io::Result<bool> {
         // Room for a whole offloaded segment.
-        if SEGMENTS - self.len < 64 {
+        if self.len >= READ_BATCH || SEGMENTS - self.len < 64 {
             return Ok(false);
         }
         let (segs, sizes) = (&mut self.segs[self.len..], &mut self.sizes[self.len..]);

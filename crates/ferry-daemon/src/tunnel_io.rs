@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
 
-/// Batches waiting for the TUN writer before new ones are dropped: 4.
-pub const INBOUND_QUEUE_DEPTH: usize = 4;
+/// Batches waiting for the TUN writer before new ones are dropped: 2.
+pub const INBOUND_QUEUE_DEPTH: usize = 2;
 /// Most packets in one batch: 256 (a batch is handed on early when it fills).
 pub const INBOUND_BATCH_MAX: usize = 256;
 
