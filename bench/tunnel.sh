@@ -309,7 +309,7 @@ sys.exit(0 if any(f['public_key'] == '$2' and f['connection'] != 'none' for f in
     ferry_cli "$bin" "$d/a" tunnel up >/dev/null
     ferry_cli "$bin" "$d/b" tunnel up >/dev/null
     sleep 0.2
-    log "$name: $(grep -ho 'tunnel up.*' "$d/a.log" | head -1)"
+    log "$name: $(sed 's/\x1b\[[0-9;]*m//g' "$d/a.log" | grep -o 'tunnel up.*' | head -1)"
     local dest
     dest=$(ferry_cli "$bin" "$d/b" tunnel status --json | json_field '["address"]')
     wait_ping "$dest" 30 || log "$name: no ping through the tunnel yet"
