@@ -256,6 +256,8 @@ const SEGMENTS: usize = IDEAL_BATCH_SIZE;
 /// Packets after which the reader stops reading and hands the batch on: 64 (≈ 88 KB, a bit
 /// more than one offloaded 64 KiB segment).
 const READ_BATCH: usize = 64;
+/// Consecutive failed TUN reads after which the reader gives up: 64.
+const MAX_READ_ERRORS: u32 = 64;
 
 /// Packets read from the TUN device in one batch: one buffer per packet (tun-rs splits an
 /// offloaded segment into them), `len` of them used.
@@ -309,9 +311,10 @@ impl Staged {
 }
 
 /// TUN → friend pump; ends when the device fails or the node stops. Reads packets in batches
-/// (one awaited read, then non-blocking reads until the device is empty or [`SEGMENTS`]
-/// packets; with offloads each read is a whole TCP segment of up to 64 KiB), routes the whole batch under one lock and hands it to the node
-/// task through the frame channel: no closure, reply or allocation per packet.
+/// (one awaited read, then non-blocking reads until the device is empty or [`READ_BATCH`]
+/// packets; with offloads each read is a whole TCP segment of up to 64 KiB), routes the whole
+/// batch under one lock and hands it to the node task through the frame channel: no closure,
+/// reply or allocation per packet.
 async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option<Running>>>) {
     let Ok(mut chan) = node.frame_channel(FRAME_QUEUE_DEPTH).await else {
         return;
@@ -319,12 +322,20 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
     let mut staged = Staged::new();
     let mut spare: Vec<FrameBatch> = Vec::new();
     let mut last_refresh: Option<Instant> = None;
+    let mut errors = 0u32;
     loop {
         staged.len = 0;
         if let Err(e) = staged.read(&dev, true).await {
-            tracing::warn!("tunnel read: {e}");
-            return;
+            // A malformed offloaded read is skipped; a device that keeps failing ends the pump.
+            errors += 1;
+            if errors >= MAX_READ_ERRORS {
+                tracing::warn!("tunnel read: {e}");
+                return;
+            }
+            tracing::debug!("tunnel read: {e}");
+            continue;
         }
+        errors = 0;
         loop {
             match staged.read(&dev, false).await {
                 Ok(true) => {}
