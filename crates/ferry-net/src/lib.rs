@@ -192,8 +192,9 @@ enum Command {
     Shutdown,
 }
 
-/// Most frames of one [`FrameBatch`] the driver sends before it flushes its transmits (so a
-/// batch becomes a few UDP GSO sends).
+/// Suggested size of a [`FrameBatch`], frames: 64 (≈ 88 KB of 1373-byte frames, one UDP GSO
+/// send of 64 segments). Not enforced: the driver sends every frame of a batch it takes, then
+/// flushes after at most [`FRAME_BATCHES_PER_FLUSH`] batches.
 pub const FRAME_BATCH_MAX: usize = 64;
 /// Most [`FrameBatch`]es the driver takes from the frame channel before it flushes.
 const FRAME_BATCHES_PER_FLUSH: usize = 4;
@@ -315,7 +316,7 @@ impl NodeHandle {
     }
 
     /// Opens the node task's frame channel for a data-path producer (replacing any earlier
-    /// one): up to `depth` [`FrameBatch`]es of at most [`FRAME_BATCH_MAX`] frames queue in the
+    /// one): up to `depth` [`FrameBatch`]es (of about [`FRAME_BATCH_MAX`] frames) queue in the
     /// task, which sends them in order, flushing after every few batches (UDP GSO), and returns
     /// each batch through [`FrameChannel::back`].
     ///
