@@ -194,7 +194,7 @@ enum Command {
 
 /// Suggested size of a [`FrameBatch`], frames: 64 (≈ 88 KB of 1373-byte frames, one UDP GSO
 /// send of 64 segments). Not enforced: the driver sends every frame of a batch it takes, then
-/// flushes after at most [`FRAME_BATCHES_PER_FLUSH`] batches.
+/// flushes after at most 4 batches.
 pub const FRAME_BATCH_MAX: usize = 64;
 /// Most [`FrameBatch`]es the driver takes from the frame channel before it flushes.
 const FRAME_BATCHES_PER_FLUSH: usize = 4;
