@@ -685,6 +685,10 @@ fn to_api(seq: u64, m: MessageRecord) -> Message {
 pub struct ChatHandler(pub Arc<ChatShared>);
 
 impl EventHandler for ChatHandler {
+    fn on_flush(&mut self) {
+        self.0.tunnel.flush_inbound();
+    }
+
     fn on_event(&mut self, node: &mut Node, now: Instant, event: NodeEvent) {
         let s = &self.0;
         match event {

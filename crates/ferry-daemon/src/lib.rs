@@ -16,6 +16,7 @@ pub mod files;
 pub mod profile;
 pub mod toxfile;
 pub mod tunnel;
+pub mod tunnel_io;
 pub mod up;
 
 /// ferry's version, as reported by the control API.

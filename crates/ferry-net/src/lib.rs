@@ -163,6 +163,11 @@ pub struct NodeStatus {
 pub trait EventHandler: Send + Sync + 'static {
     /// One event. `node` may be commanded (e.g. accept a request, resend queued messages).
     fn on_event(&mut self, node: &mut Node, now: Instant, event: NodeEvent);
+
+    /// Called once after each round of events (one per received datagram batch, command batch
+    /// or timer), before that round's datagrams are sent: a handler that buffers data-path
+    /// output per event (the IP tunnel's packets for its TUN device) hands the batch on here.
+    fn on_flush(&mut self) {}
 }
 
 /// An [`EventHandler`] that forwards DHT events to a channel (dropped when full) and ignores the
@@ -183,7 +188,87 @@ type Job = Box<dyn FnOnce(&mut Node, Instant) + Send>;
 enum Command {
     Run(Job),
     SetTcpOnion(mpsc::Sender<(SocketAddr, Vec<u8>)>),
+    SetLossyFrames(LossyFrames),
     Shutdown,
+}
+
+/// Suggested size of a [`FrameBatch`], frames: 64 (≈ 88 KB of 1373-byte frames, one UDP GSO
+/// send of 64 segments). Not enforced: the driver sends every frame of a batch it takes, then
+/// flushes after at most 4 batches.
+pub const FRAME_BATCH_MAX: usize = 64;
+/// Most [`FrameBatch`]es the driver takes from the frame channel before it flushes.
+const FRAME_BATCHES_PER_FLUSH: usize = 4;
+
+/// A batch of custom lossy packets for friends (`[id 200..=254][payload]`, each ≤ 1373 bytes),
+/// queued to the node task by a data-path producer (the IP tunnel's TUN reader) without a
+/// closure or a reply per packet. The frames lie back to back in one buffer, so a batch that
+/// comes back through the return channel is refilled without allocating.
+///
+/// The node task sends each frame with [`Node::send_custom`] and counts the outcome in
+/// [`FrameBatch::sent`] / [`FrameBatch::failed`] (frames are never retried: lossy).
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    buf: Vec<u8>,
+    frames: Vec<(PublicKey, usize, usize)>,
+    /// Frames the node accepted (encrypted and queued for the socket), set by the node task.
+    pub sent: u32,
+    /// Frames refused (friend offline, no session, bad id/length), set by the node task.
+    pub failed: u32,
+    /// Bytes of the refused frames without their id byte, set by the node task.
+    pub failed_bytes: u64,
+}
+
+impl FrameBatch {
+    /// Appends the frame `[id][body]` for friend `to`.
+    pub fn push(&mut self, to: PublicKey, id: u8, body: &[u8]) {
+        let start = self.buf.len();
+        self.buf.push(id);
+        self.buf.extend_from_slice(body);
+        self.frames.push((to, start, self.buf.len()));
+    }
+
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether the batch holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Empties the batch (keeping its buffers) and zeroes the counters.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.frames.clear();
+        self.sent = 0;
+        self.failed = 0;
+        self.failed_bytes = 0;
+    }
+
+    /// The frames: friend and `[id][body]`.
+    pub fn iter(&self) -> impl Iterator<Item = (&PublicKey, &[u8])> {
+        self.frames
+            .iter()
+            .map(|(k, a, b)| (k, self.buf.get(*a..*b).unwrap_or_default()))
+    }
+}
+
+/// The node task's side of a frame channel ([`NodeHandle::frame_channel`]).
+struct LossyFrames {
+    rx: mpsc::Receiver<FrameBatch>,
+    back: mpsc::Sender<FrameBatch>,
+}
+
+/// The producer's side of a frame channel: full batches go in through `tx` (bounded: a full
+/// channel means the node task is behind, and the producer should drop rather than queue), and
+/// sent batches, with their counters, come back through `back` for reuse.
+#[derive(Debug)]
+pub struct FrameChannel {
+    /// Batches to send.
+    pub tx: mpsc::Sender<FrameBatch>,
+    /// Sent batches, counters filled in, for the producer to clear and refill.
+    pub back: mpsc::Receiver<FrameBatch>,
 }
 
 /// Options of a node task.
@@ -228,6 +313,25 @@ impl NodeHandle {
             .send(Command::SetTcpOnion(sink))
             .await
             .map_err(|_| NetError::Stopped)
+    }
+
+    /// Opens the node task's frame channel for a data-path producer (replacing any earlier
+    /// one): up to `depth` [`FrameBatch`]es (of about [`FRAME_BATCH_MAX`] frames) queue in the
+    /// task, which sends them in order, flushing after every few batches (UDP GSO), and returns
+    /// each batch through [`FrameChannel::back`].
+    ///
+    /// # Errors
+    /// [`NetError::Stopped`] when the node has stopped.
+    pub async fn frame_channel(&self, depth: usize) -> Result<FrameChannel, NetError> {
+        let depth = depth.max(1);
+        let (tx, rx) = mpsc::channel(depth);
+        // Room for every batch in flight, so returning one never fails while the producer lives.
+        let (back_tx, back) = mpsc::channel(depth + 2);
+        self.tx
+            .send(Command::SetLossyFrames(LossyFrames { rx, back: back_tx }))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        Ok(FrameChannel { tx, back })
     }
 
     /// Runs `f` on the node inside its task (then the task drains transmits and events as
@@ -395,6 +499,7 @@ pub fn spawn_node_with_dht_keys(
         broadcast: Vec::new(),
         broadcast_at: None,
         tcp_onion: None,
+        frames: None,
     };
     let join = tokio::spawn(driver.run());
     Ok((
@@ -484,6 +589,16 @@ struct Driver {
     broadcast: Vec<IpAddr>,
     broadcast_at: Option<Instant>,
     tcp_onion: Option<mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    /// The data path's frame channel, if one is open.
+    frames: Option<LossyFrames>,
+}
+
+/// The next batch of the frame channel, or never when none is open.
+async fn next_batch(frames: &mut Option<LossyFrames>) -> Option<FrameBatch> {
+    match frames {
+        Some(f) => f.rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Receive buffers and metadata for one `recvmmsg` batch, reused across batches.
@@ -539,6 +654,7 @@ impl Driver {
                             }
                             Some(Command::Run(job)) => job(&mut self.node, Instant::now()),
                             Some(Command::SetTcpOnion(sink)) => self.tcp_onion = Some(sink),
+                            Some(Command::SetLossyFrames(f)) => self.frames = Some(f),
                         }
                         n += 1;
                         if n >= COMMANDS_PER_FLUSH {
@@ -549,6 +665,11 @@ impl Driver {
                             Err(_) => break,
                         }
                     }
+                },
+                batch = next_batch(&mut self.frames) => match batch {
+                    Some(b) => self.send_frames(b),
+                    // The producer went away.
+                    None => self.frames = None,
                 },
                 io = self.tcp_rx.recv() => match io {
                     Some(TcpIo::Connected(id, w)) => {
@@ -566,6 +687,39 @@ impl Driver {
                     _ => {}
                 },
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    /// Sends the frames of `first` and of up to [`FRAME_BATCHES_PER_FLUSH`] − 1 more queued
+    /// batches through the node (each frame one net_crypto lossy packet), returning every batch.
+    fn send_frames(&mut self, first: FrameBatch) {
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(mut b) = next.take() {
+            let now = Instant::now();
+            let (mut sent, mut failed, mut bytes) = (0u32, 0u32, 0u64);
+            for (to, frame) in b.iter() {
+                match self.node.send_custom(now, to, frame) {
+                    Ok(()) => sent += 1,
+                    Err(_) => {
+                        failed += 1;
+                        bytes += frame.len().saturating_sub(1) as u64;
+                    }
+                }
+            }
+            b.sent = sent;
+            b.failed = failed;
+            b.failed_bytes = bytes;
+            n += 1;
+            let Some(f) = self.frames.as_mut() else {
+                return;
+            };
+            // The return channel has room for every batch in flight; if the producer is gone
+            // the batch is simply dropped.
+            let _ = f.back.try_send(b);
+            if n < FRAME_BATCHES_PER_FLUSH {
+                next = f.rx.try_recv().ok();
             }
         }
     }
@@ -613,6 +767,7 @@ impl Driver {
             tracing::debug!(?ev, "node event");
             self.handler.on_event(&mut self.node, now, ev);
         }
+        self.handler.on_flush();
         let max_segments = self.state.max_gso_segments().max(1);
         let mut batch: Option<Batch> = None;
         while let Some(t) = self.node.poll_transmit() {
