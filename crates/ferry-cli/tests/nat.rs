@@ -42,6 +42,7 @@
 //! (≈ 25 KiB/s), BLAKE3 equal, path `tcp` throughout; the test takes ≈ 13 s in all.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_testkit::lab::{NatLab, NetnsFerry, lab_skip_reason};
@@ -531,6 +532,62 @@ fn relayed_file_transfer() {
         "relay forwarded {} bytes for a {RELAYED_FILE}-byte file",
         after_file - after_chat
     );
+
+    // The IP tunnel over the same relayed path (issue 7: UDP blocked, still works): ping6
+    // between the mesh addresses, the path stays on the relay.
+    if Path::new("/dev/net/tun").exists() && lab_skip_reason(&["ping"]).is_none() {
+        for d in [&a, &b] {
+            let out = d.cli(&["tunnel", "up", "--json"]).expect("tunnel up");
+            assert!(
+                out.status.success(),
+                "tunnel up: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let b_addr = b.json(&["tunnel", "status", "--json"]).expect("status")["address"]
+            .as_str()
+            .expect("address")
+            .to_string();
+        let t = Instant::now();
+        let ping = loop {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    a.ns(),
+                    "ping",
+                    "-6",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.3",
+                ])
+                .args(["-W", "3", &b_addr])
+                .output()
+                .expect("ping");
+            if out.status.success() || t.elapsed() > Duration::from_secs(30) {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(
+            ping.status.success(),
+            "ping6 over the relayed tunnel: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
+        eprintln!(
+            "MEASURE relayed tunnel: {}",
+            String::from_utf8_lossy(&ping.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        );
+        assert_eq!(a.path(&b_pk).as_deref(), Some("tcp"), "left the relay");
+        let s = a.json(&["tunnel", "status", "--json"]).expect("status");
+        assert!(s["rx_packets"].as_u64() >= Some(3), "{s}");
+    } else {
+        eprintln!("SKIP relayed tunnel: no /dev/net/tun or ping");
+    }
     drop((a, b, public));
     drop(lab);
 }
