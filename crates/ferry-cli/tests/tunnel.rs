@@ -176,6 +176,65 @@ fn ping6_through_the_tunnel() {
             .is_some_and(|p| p.iter().any(|x| x["address"] == addrs[1].as_str()))
     );
 
+    // Bad frames from the network (custom lossy packets with the tunnel id 222 sent by A as
+    // `ferry friend packet`): truncated, a wrong payload length, a spoofed source. B drops and
+    // counts every one and writes none to its TUN device.
+    let b_ip: std::net::Ipv6Addr = addrs[1].parse().expect("B's address");
+    let a_ip: std::net::Ipv6Addr = addrs[0].parse().expect("A's address");
+    let header = |src: std::net::Ipv6Addr, plen: u16| {
+        let mut h = vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&plen.to_be_bytes());
+        h.extend_from_slice(&[59, 64]); // no next header, hop limit 64
+        h.extend_from_slice(&src.octets());
+        h.extend_from_slice(&b_ip.octets());
+        h
+    };
+    let truncated = header(a_ip, 8)[..20].to_vec();
+    let mut wrong_length = header(a_ip, 100);
+    wrong_length.extend_from_slice(&[0; 8]);
+    let spoofed_src: std::net::Ipv6Addr = "fd54:6f78:1111:2222:3333:4444:5555:6666"
+        .parse()
+        .expect("addr");
+    let mut spoofed = header(spoofed_src, 8);
+    spoofed.extend_from_slice(&[0; 8]);
+    let before = b.json(&["tunnel", "status", "--json"]).expect("status b");
+    for pkt in [&truncated, &wrong_length, &spoofed] {
+        let mut hex = String::from("de");
+        for byte in pkt.iter() {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        for _ in 0..3 {
+            assert!(
+                a.cli(&["friend", "packet", &b_pk, &hex])
+                    .is_some_and(|o| o.status.success())
+            );
+        }
+    }
+    let t = Instant::now();
+    let after = loop {
+        let s = b.json(&["tunnel", "status", "--json"]).expect("status b");
+        let grew = |k: &str| s[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+        if (grew("dropped") >= 9 && grew("dropped_bad_source") >= 3)
+            || t.elapsed() > Duration::from_secs(10)
+        {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("B after bad frames: {after}");
+    let grew = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    // Lossy packets: allow a loss on the way, but every one that arrived was dropped.
+    assert!(grew("dropped") >= 6, "before {before}\nafter {after}");
+    assert!(
+        grew("dropped_bad_source") >= 1,
+        "before {before}\nafter {after}"
+    );
+    assert_eq!(
+        grew("rx_packets"),
+        0,
+        "a bad frame reached the TUN: {after}"
+    );
+
     // Down removes the device; status says down.
     assert!(
         a.cli(&["tunnel", "down"])
