@@ -214,6 +214,9 @@ impl ChatProbe {
         let out = follow.stdout.take().context("stdout")?;
         let delays = Arc::new(Mutex::new(Vec::new()));
         let d2 = delays.clone();
+        // `messages --follow` prints the history first: messages of an earlier probe would
+        // count with their age, so only this probe's messages are measured.
+        let started = unix_ms();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let now = unix_ms();
@@ -221,6 +224,7 @@ impl ChatProbe {
                     && v["direction"] == "in"
                     && let Some(t) = v["text"].as_str().and_then(|t| t.strip_prefix("lat "))
                     && let Ok(sent) = t.parse::<u128>()
+                    && sent >= started
                 {
                     d2.lock().expect("lock").push(now.saturating_sub(sent));
                 }
