@@ -974,7 +974,16 @@ impl Circuits {
         let Some(&h) = h else { return };
         // Tell only the side we can reach.
         let Some(c) = self.remove(h) else { return };
-        let reason = DestroyReason::Unreachable;
+        let toward = match dir {
+            Dir::Forward => Dir::Backward,
+            Dir::Backward => Dir::Forward,
+        };
+        self.pass_destroy(h, c, toward, DestroyReason::Unreachable);
+    }
+
+    /// After circuit `h` was removed: a relay passes DESTROY(`reason`) on `toward` its previous
+    /// ([`Dir::Backward`]) or next ([`Dir::Forward`]) hop; an end point reports it closed.
+    fn pass_destroy(&mut self, h: u64, c: Circuit, toward: Dir, reason: DestroyReason) {
         match c.kind {
             Kind::Relay {
                 prev,
@@ -982,13 +991,13 @@ impl Circuits {
                 next,
                 id_out,
             } => {
-                let (to, id, d) = match dir {
-                    Dir::Forward => (prev, id_in, Dir::Backward),
-                    Dir::Backward => (next, id_out, Dir::Forward),
+                let (to, id) = match toward {
+                    Dir::Forward => (next, id_out),
+                    Dir::Backward => (prev, id_in),
                 };
                 self.out.push_back(Cell {
                     to,
-                    data: control(TYPE_DESTROY, id, d, &[reason.to_byte()]),
+                    data: control(TYPE_DESTROY, id, toward, &[reason.to_byte()]),
                 });
             }
             Kind::Client { .. } | Kind::End { .. } => {
@@ -1177,27 +1186,7 @@ impl Circuits {
                     return;
                 };
                 let Some(c) = self.remove(h) else { return };
-                match c.kind {
-                    Kind::Relay {
-                        prev,
-                        id_in,
-                        next,
-                        id_out,
-                    } => {
-                        let (to, nid, d) = match dir {
-                            Dir::Forward => (next, id_out, Dir::Forward),
-                            Dir::Backward => (prev, id_in, Dir::Backward),
-                        };
-                        self.out.push_back(Cell {
-                            to,
-                            data: control(TYPE_DESTROY, nid, d, &[reason.to_byte()]),
-                        });
-                    }
-                    Kind::Client { .. } | Kind::End { .. } => {
-                        self.events
-                            .push_back(CircuitEvent::Closed { handle: h, reason });
-                    }
-                }
+                self.pass_destroy(h, c, dir, reason);
             }
         }
     }
