@@ -139,6 +139,8 @@ pub struct TapBridge {
     macs: HashMap<Mac, Learnt>,
     /// Frames dropped, by reason: bad length, group source, not TAP, no route.
     pub dropped: [u64; 4],
+    /// Learnt MACs evicted because the table held [`MAX_MACS`] (table full).
+    pub evicted: u64,
 }
 
 impl TapBridge {
@@ -232,6 +234,7 @@ impl TapBridge {
                 .map(|(m, _)| *m)
             {
                 self.macs.remove(&old);
+                self.evicted += 1;
             }
         }
         self.macs.insert(
@@ -340,6 +343,7 @@ mod tests {
             assert_eq!(br.check_inbound(t, a, &frame([2; 6], src)), Ok(()));
         }
         assert_eq!(br.len(), MAX_MACS);
+        assert_eq!(br.evicted, 10);
     }
 
     proptest! {
