@@ -121,6 +121,18 @@ fn tap_address(node_ns: &str, addr: &str) {
     ok(&["ip", "-n", node_ns, "link", "set", TAP, "up"]);
 }
 
+/// Retries `f` for up to `budget`; returns the last result.
+fn retry(budget: Duration, mut f: impl FnMut() -> (bool, String)) -> (bool, String) {
+    let start = Instant::now();
+    loop {
+        let r = f();
+        if r.0 || start.elapsed() > budget {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// `link/ether` of `dev` in `ns`.
 fn mac_of(ns: &str, dev: &str) -> String {
     let o = sh(&["ip", "-n", ns, "link", "show", dev]);
@@ -293,6 +305,38 @@ fn tap_bridges_two_lans_and_arp_resolves_across() {
         assert_eq!(tap_u64(s, "dropped_bad_length"), 0, "{s}");
         assert_eq!(tap_u64(s, "dropped_group_source"), 0, "{s}");
     }
+
+    // Full-size frames: a 1358-byte IP packet (the TAP MTU) with DF makes a 1372-byte frame,
+    // the largest a TAP packet carries.
+    let (big, out) = retry(Duration::from_secs(10), || {
+        let o = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &host_a,
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1330",
+            "10.99.0.2",
+        ]);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    });
+    assert!(big, "full-size ping failed: {out}");
+    // The human-readable status shows the TAP part.
+    let text = a.cli(&["tunnel", "status"]).expect("status");
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("tap device") && text.contains(TAP), "{text}");
 
     // Bad TAP packets from the network (custom lossy id 224 sent by A with `ferry friend
     // packet`): truncated (13 bytes, less than a header) and a group source MAC. B drops and
