@@ -59,39 +59,66 @@ struct TapRunning {
     device: String,
     mac: Option<Mac>,
     bridge: TapBridge,
-    /// Friends known to run TAP, last heard.
-    peers: HashMap<PublicKey, Instant>,
+    peers: TapPeers,
     counters: Counters,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl TapRunning {
-    /// Flood targets at `now`: friends heard within [`PEER_TIMEOUT`].
-    fn live_peers(&self, now: Instant) -> Vec<PublicKey> {
+/// Friends known to run TAP and when each was last heard (hello or frame); at most
+/// [`MAX_TAP_PEERS`], the longest silent evicted.
+#[derive(Debug, Default)]
+struct TapPeers(HashMap<PublicKey, Instant>);
+
+impl TapPeers {
+    /// Flood targets at `now`: friends heard within [`PEER_TIMEOUT`], in key order.
+    fn live(&self, now: Instant) -> Vec<PublicKey> {
         let mut v: Vec<PublicKey> = self
-            .peers
+            .0
             .iter()
             .filter(|(_, t)| now.saturating_duration_since(**t) < PEER_TIMEOUT)
             .map(|(k, _)| *k)
             .collect();
-        v.sort_by_key(PublicKey::to_hex);
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
-    /// Notes that `from` runs TAP; `true` when it was not known (or had timed out).
+    /// Notes that `from` runs TAP; `true` when it was not known (or had timed out), i.e. a
+    /// hello from it deserves an answer.
     fn heard(&mut self, from: PublicKey, now: Instant) -> bool {
         let new = self
-            .peers
+            .0
             .get(&from)
             .is_none_or(|t| now.saturating_duration_since(*t) >= PEER_TIMEOUT);
-        if !self.peers.contains_key(&from)
-            && self.peers.len() >= MAX_TAP_PEERS
-            && let Some(old) = self.peers.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+        if !self.0.contains_key(&from)
+            && self.0.len() >= MAX_TAP_PEERS
+            && let Some(old) = self.0.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
         {
-            self.peers.remove(&old);
+            self.0.remove(&old);
         }
-        self.peers.insert(from, now);
+        self.0.insert(from, now);
         new
+    }
+
+    /// Removes and returns the friends silent for 4 × [`PEER_TIMEOUT`] at `now`.
+    fn expire(&mut self, now: Instant) -> Vec<PublicKey> {
+        let stale: Vec<PublicKey> = self
+            .0
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= 4 * PEER_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &stale {
+            self.0.remove(k);
+        }
+        stale
+    }
+
+    fn remove(&mut self, k: &PublicKey) {
+        self.0.remove(k);
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -177,7 +204,7 @@ impl TapDriver {
             device: device.clone(),
             mac,
             bridge: TapBridge::new(),
-            peers: HashMap::new(),
+            peers: TapPeers::default(),
             counters: Counters::default(),
             task,
         });
@@ -203,7 +230,7 @@ impl TapDriver {
         let Ok(frame) = decode_tap_frame(data) else {
             return;
         };
-        let new = r.heard(from, now);
+        let new = r.peers.heard(from, now);
         if frame.is_empty() {
             if new {
                 let _ = node.send_custom(now, &from, &[TAP_PACKET_ID]);
@@ -255,7 +282,7 @@ impl TapDriver {
             mac: r.mac.as_ref().map(format_mac).unwrap_or_default(),
             macs: r.bridge.len() as u64,
             macs_evicted: r.bridge.evicted,
-            peers: r.live_peers(now).iter().map(PublicKey::to_hex).collect(),
+            peers: r.peers.live(now).iter().map(PublicKey::to_hex).collect(),
             tx_frames: c.tx_frames,
             tx_bytes: c.tx_bytes,
             rx_frames: c.rx_frames,
@@ -346,7 +373,7 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
                         let now = Instant::now();
                 let mut g = lock(&inner);
                 let Some(r) = g.as_mut() else { return };
-                let peers = r.live_peers(now);
+                let peers = r.peers.live(now);
                 route(r, now, &peers, buf.get(..n).unwrap_or_default(), &mut batch);
                 for _ in 1..READ_BATCH {
                     match dev.try_recv(&mut buf) {
@@ -357,17 +384,10 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
             }
             _ = hello.tick() => {
                 let Ok(friends) = node.call(|n, _| n.friends()).await else { return };
-                        let now = Instant::now();
+                let now = Instant::now();
                 if let Some(r) = lock(&inner).as_mut() {
                     // Forget long-silent peers (and their MACs).
-                    let stale: Vec<PublicKey> = r
-                        .peers
-                        .iter()
-                        .filter(|(_, t)| now.saturating_duration_since(**t) >= 4 * PEER_TIMEOUT)
-                        .map(|(k, _)| *k)
-                        .collect();
-                    for k in stale {
-                        r.peers.remove(&k);
+                    for k in r.peers.expire(now) {
                         r.bridge.forget(&k);
                     }
                 }
@@ -384,5 +404,40 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
             Some(b) => batch = b,
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_peers_time_out_answer_once_and_are_capped() {
+        let t0 = Instant::now();
+        let (a, b) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let mut p = TapPeers::default();
+        // The first hello deserves an answer, the next one not (no ping-pong).
+        assert!(p.heard(b, t0));
+        assert!(!p.heard(b, t0 + Duration::from_secs(1)));
+        assert!(p.heard(a, t0));
+        assert_eq!(p.live(t0), vec![a, b]);
+        // Silent for PEER_TIMEOUT: no flood target, and a new hello is answered again.
+        let late = t0 + Duration::from_secs(1) + PEER_TIMEOUT;
+        assert_eq!(p.live(late), Vec::<PublicKey>::new());
+        assert!(p.heard(b, late));
+        assert_eq!(p.live(late), vec![b]);
+        // Expiry after 4 × PEER_TIMEOUT of silence returns the forgotten.
+        assert_eq!(p.expire(t0 + 4 * PEER_TIMEOUT), vec![a]);
+        assert_eq!(p.len(), 1);
+        p.remove(&b);
+        assert_eq!(p.len(), 0);
+        // Capped: the longest silent is evicted.
+        for i in 0..(MAX_TAP_PEERS as u32 + 5) {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            p.heard(PublicKey(k), t0 + Duration::from_millis(u64::from(i)));
+        }
+        assert_eq!(p.len(), MAX_TAP_PEERS);
+        assert!(!p.0.contains_key(&PublicKey([0; 32])));
     }
 }
