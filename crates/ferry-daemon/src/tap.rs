@@ -78,7 +78,7 @@ impl TapPeers {
             .filter(|(_, t)| now.saturating_duration_since(**t) < PEER_TIMEOUT)
             .map(|(k, _)| *k)
             .collect();
-        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v.sort_unstable_by_key(|k| k.0);
         v
     }
 
