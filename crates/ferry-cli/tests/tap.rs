@@ -204,6 +204,14 @@ fn tap_bridges_two_lans_and_arp_resolves_across() {
     }
     eprintln!("MEASURE tap: friends online after {:?}", start.elapsed());
 
+    // A bad TAP device name is refused before any device exists.
+    let bad = a
+        .cli(&["tunnel", "up", "--tap", "--tap-device", "bad/name"])
+        .expect("up");
+    assert!(!bad.status.success());
+    let s = a.json(&["tunnel", "status", "--json"]).expect("status");
+    assert_eq!(s["up"], false, "{s}");
+
     for d in [&a, &b] {
         let up = d.cli(&["tunnel", "up", "--tap", "--json"]).expect("up");
         assert!(

@@ -157,6 +157,25 @@ fn format_mac(m: &Mac) -> String {
         .join(":")
 }
 
+/// The TAP device name to use: `device` or [`DEFAULT_TAP_DEVICE`].
+///
+/// # Errors
+/// 400 unless 1..=15 bytes of ASCII letters, digits, `-`, `_`, `.`.
+pub fn check_name(device: Option<String>) -> Result<String, ApiError> {
+    let device = device.unwrap_or_else(|| DEFAULT_TAP_DEVICE.to_string());
+    if device.is_empty()
+        || device.len() > crate::tunnel::MAX_DEVICE_NAME
+        || !device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(ApiError::bad_request(format!(
+            "bad TAP device name {device:?}"
+        )));
+    }
+    Ok(device)
+}
+
 impl TapDriver {
     /// Opens TAP device `device` (default [`DEFAULT_TAP_DEVICE`]; MTU [`TAP_MTU`], link up, no
     /// address) and starts the reader, which greets every online friend at once.
@@ -164,17 +183,7 @@ impl TapDriver {
     /// # Errors
     /// 409 when TAP is up already, 400 for a bad name, 500 when the device cannot be created.
     pub async fn up(&self, node: &NodeHandle, device: Option<String>) -> Result<(), ApiError> {
-        let device = device.unwrap_or_else(|| DEFAULT_TAP_DEVICE.to_string());
-        if device.is_empty()
-            || device.len() > crate::tunnel::MAX_DEVICE_NAME
-            || !device
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-        {
-            return Err(ApiError::bad_request(format!(
-                "bad TAP device name {device:?}"
-            )));
-        }
+        let device = check_name(device)?;
         if lock(&self.inner).is_some() {
             return Err(ApiError::conflict("TAP already up"));
         }
@@ -370,7 +379,7 @@ async fn reader(dev: Arc<AsyncDevice>, node: NodeHandle, inner: Arc<Mutex<Option
                     }
                 };
                 errors = 0;
-                        let now = Instant::now();
+                let now = Instant::now();
                 let mut g = lock(&inner);
                 let Some(r) = g.as_mut() else { return };
                 let peers = r.peers.live(now);

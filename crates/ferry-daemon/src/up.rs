@@ -167,7 +167,8 @@ impl NodeBackend {
         &self,
         req: ferry_api::TunnelUp,
     ) -> Result<ferry_api::TunnelStatus, ApiError> {
-        let tap_device = req.tap_device.clone();
+        // A bad TAP name fails before the TUN device exists.
+        let tap_device = Some(crate::tap::check_name(req.tap_device.clone())?);
         self.tunnel_up(ferry_api::TunnelUp { tap: false, ..req })
             .await?;
         let chat = self.chat()?;
