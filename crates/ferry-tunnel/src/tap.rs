@@ -6,7 +6,9 @@
 //! One Ethernet frame (destination MAC, source MAC, EtherType, payload; no FCS) per net_crypto
 //! lossy packet with id [`TAP_PACKET_ID`] = 224: `[0xE0][frame]`, at most
 //! [`TAP_FRAME_MAX`] = 1372 bytes, so the TAP device's MTU is [`TAP_MTU`] = 1358 (frame minus the
-//! 14-byte header).
+//! 14-byte header). A TAP packet with no frame (`[0xE0]` alone) is a hello: "I run TAP" (the
+//! daemon sends one to each online friend every 5 s and answers a new friend's first; those
+//! friends are the flood targets).
 //!
 //! # Forwarding: a learning bridge over friends, without transit
 //! [`TapBridge`] learns which friend each source MAC arrived from (at most
