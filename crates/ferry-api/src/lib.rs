@@ -497,6 +497,49 @@ pub struct TunnelUp {
     /// Relays of a multi-hop circuit to `exit`, in order (long-term keys, hex; `--via`).
     #[serde(default)]
     pub via: Vec<String>,
+    /// TAP mode (`--tap`): also open a TAP device and bridge Ethernet frames with friends that
+    /// run TAP too (`ferry_tunnel::tap`; the TUN device comes up as without it).
+    #[serde(default)]
+    pub tap: bool,
+    /// TAP device name (default `ferrytap0`, ≤ 15 bytes; with `tap`).
+    #[serde(default)]
+    pub tap_device: Option<String>,
+}
+
+/// TAP mode in [`TunnelStatus`] (`ferry_tunnel::tap`: a learning bridge over friends, frames as
+/// net_crypto lossy packets id 224).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TapStatus {
+    /// TAP device name.
+    pub device: String,
+    /// TAP device MTU, bytes (1358: a 1372-byte frame minus the 14-byte Ethernet header).
+    pub mtu: u32,
+    /// The TAP device's own MAC address (`aa:bb:..`; empty if unknown).
+    pub mac: String,
+    /// MAC addresses learnt from friends (at most 4096).
+    pub macs: u64,
+    /// Learnt MACs evicted because the table was full (least recently seen first).
+    pub macs_evicted: u64,
+    /// Friends known to run TAP (heard from within the last 15 s), long-term keys, hex.
+    pub peers: Vec<String>,
+    /// Frames sent to friends (a flooded frame counts once per friend).
+    pub tx_frames: u64,
+    /// Bytes of those frames (Ethernet header included).
+    pub tx_bytes: u64,
+    /// Frames received from friends and written to the TAP device.
+    pub rx_frames: u64,
+    /// Bytes of those frames.
+    pub rx_bytes: u64,
+    /// Frames dropped, any reason (the sum of the `dropped_*` keys).
+    pub dropped: u64,
+    /// Dropped: shorter than the 14-byte header or longer than 1372 bytes.
+    pub dropped_bad_length: u64,
+    /// Dropped: received with a group (multicast/broadcast) source MAC.
+    pub dropped_group_source: u64,
+    /// Dropped: read from the device with no friend running TAP to send it to.
+    pub dropped_no_route: u64,
+    /// Dropped: the node refused the send (friend offline) or the device write failed.
+    pub dropped_send: u64,
 }
 
 /// Exit packet counters (exit node or exit client), drops by reason.
@@ -582,6 +625,9 @@ pub struct TunnelStatus {
     /// Multi-hop circuits this node builds, relays or ends (`--via`, `--relay-node`).
     #[serde(default)]
     pub circuits: Vec<TunnelCircuit>,
+    /// TAP mode, when up (`--tap`).
+    #[serde(default)]
+    pub tap: Option<TapStatus>,
 }
 
 /// One multi-hop circuit in [`TunnelStatus`] (`ferry_tunnel::circuit`).

@@ -794,6 +794,14 @@ enum TunnelCommand {
         /// multi-hop circuit where each relay learns only its previous and next hop.
         #[arg(long, value_name = "PK,PK...", value_delimiter = ',')]
         via: Vec<String>,
+        /// TAP mode: also open a TAP device (MTU 1358, no address) that carries Ethernet frames
+        /// to friends that run --tap too (learning bridge); put it into a Linux bridge with a LAN
+        /// port to bridge two LANs. The TUN device comes up as without --tap.
+        #[arg(long)]
+        tap: bool,
+        /// TAP device name.
+        #[arg(long, default_value = "ferrytap0", requires = "tap")]
+        tap_device: String,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -849,6 +857,34 @@ fn print_tunnel(s: &ferry_api::TunnelStatus) {
             c.forwarded, c.returned, c.malformed, c.bad_source, c.policy, c.no_client, c.no_route
         );
     }
+    if let Some(t) = &s.tap {
+        println!(
+            "tap device      {} (MTU {}, MAC {})",
+            t.device, t.mtu, t.mac
+        );
+        println!(
+            "tap             {} MACs learnt ({} evicted), {} TAP peer(s)",
+            t.macs,
+            t.macs_evicted,
+            t.peers.len()
+        );
+        println!(
+            "tap sent        {} frames, {} bytes",
+            t.tx_frames, t.tx_bytes
+        );
+        println!(
+            "tap received    {} frames, {} bytes",
+            t.rx_frames, t.rx_bytes
+        );
+        println!(
+            "tap dropped     {} ({} bad length, {} group source, {} no route, {} send)",
+            t.dropped,
+            t.dropped_bad_length,
+            t.dropped_group_source,
+            t.dropped_no_route,
+            t.dropped_send
+        );
+    }
     for c in &s.circuits {
         println!(
             "circuit {:<7} {} {}  hops {}  tx {} pkts/{} B  rx {} pkts/{} B  rtt {}",
@@ -872,6 +908,8 @@ async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
             exit,
             routes,
             via,
+            tap,
+            tap_device,
             json,
         } => {
             let s: ferry_api::TunnelStatus = c
@@ -882,6 +920,8 @@ async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
                         exit,
                         routes,
                         via,
+                        tap,
+                        tap_device: tap.then_some(tap_device),
                     },
                 )
                 .await?;

@@ -743,8 +743,10 @@ impl EventHandler for ChatHandler {
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
+                    s.tunnel.tap.peer_gone(&public_key);
                 } else {
                     s.tunnel.circuits.peer_online(node, now);
+                    s.tunnel.tap.peer_online(node, now, public_key);
                     s.files_friend_online(node, now, public_key);
                     let queued = s.store.undelivered().unwrap_or_default();
                     let hex = public_key.to_hex();
@@ -807,6 +809,13 @@ impl EventHandler for ChatHandler {
                 data,
             } if data.first() == Some(&ferry_tunnel::TUNNEL_PACKET_ID) => {
                 s.tunnel.on_packet(&public_key, &data);
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: false,
+                data,
+            } if data.first() == Some(&ferry_tunnel::tap::TAP_PACKET_ID) => {
+                s.tunnel.tap.on_packet(node, now, public_key, &data);
             }
             NodeEvent::CustomPacket {
                 public_key, data, ..

@@ -14,6 +14,7 @@ pub mod devnet;
 pub mod exit;
 pub mod files;
 pub mod profile;
+pub mod tap;
 pub mod toxfile;
 pub mod tunnel;
 pub mod tunnel_io;

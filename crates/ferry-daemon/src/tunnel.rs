@@ -81,6 +81,8 @@ pub struct TunnelShared {
     inner: Arc<Mutex<Option<Running>>>,
     /// Multi-hop circuits ([`crate::circuit`]).
     pub circuits: Arc<crate::circuit::CircuitDriver>,
+    /// TAP mode ([`crate::tap`], `--tap`).
+    pub tap: crate::tap::TapDriver,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -263,6 +265,7 @@ impl TunnelShared {
     /// # Errors
     /// 404 when the tunnel is not up.
     pub fn down(&self) -> Result<(), ApiError> {
+        self.tap.down();
         let r = lock(&self.inner)
             .take()
             .ok_or_else(|| ApiError::not_found("tunnel is not up"))?;
@@ -286,6 +289,7 @@ impl TunnelShared {
             ),
             mtu: TUNNEL_MTU as u32,
             circuits: self.circuits.status(),
+            tap: self.tap.status(),
             ..TunnelStatus::default()
         };
         if let Some(r) = lock(&self.inner).as_ref() {

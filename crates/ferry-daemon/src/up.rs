@@ -160,6 +160,24 @@ impl NodeBackend {
             .as_ref()
             .ok_or_else(|| ApiError::not_found("this node has no profile store"))
     }
+
+    /// `tunnel up` with `tap`: the tunnel as without it, then the TAP device ([`crate::tap`]);
+    /// a TAP failure takes the tunnel down again.
+    async fn tunnel_up_tap(
+        &self,
+        req: ferry_api::TunnelUp,
+    ) -> Result<ferry_api::TunnelStatus, ApiError> {
+        // A bad TAP name fails before the TUN device exists.
+        let tap_device = Some(crate::tap::check_name(req.tap_device.clone())?);
+        self.tunnel_up(ferry_api::TunnelUp { tap: false, ..req })
+            .await?;
+        let chat = self.chat()?;
+        if let Err(e) = chat.tunnel.tap.up(&self.node, tap_device).await {
+            let _ = self.tunnel_down(ferry_api::TunnelDown {}).await;
+            return Err(e);
+        }
+        Ok(chat.tunnel.status(self.identity.public_key()))
+    }
 }
 
 fn stopped(e: ferry_net::NetError) -> ApiError {
@@ -399,6 +417,9 @@ impl Backend for NodeBackend {
         req: ferry_api::TunnelUp,
     ) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
         Box::pin(async move {
+            if req.tap {
+                return self.tunnel_up_tap(req).await;
+            }
             let own = self.identity.public_key();
             let chat = self.chat()?;
             let tunnel = &chat.tunnel;

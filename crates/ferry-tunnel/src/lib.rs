@@ -48,6 +48,7 @@
 
 pub mod circuit;
 pub mod exit;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
