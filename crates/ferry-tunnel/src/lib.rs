@@ -47,6 +47,7 @@
 #![forbid(unsafe_code)]
 
 pub mod circuit;
+pub mod dataplane;
 pub mod exit;
 pub mod tap;
 
