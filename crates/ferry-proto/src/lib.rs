@@ -27,6 +27,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+pub mod dataplane;
 pub mod dht;
 pub mod net_crypto;
 pub mod node;

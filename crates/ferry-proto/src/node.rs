@@ -30,6 +30,7 @@ use ferry_wire::messenger::{
 };
 use ferry_wire::toxid::ToxId;
 
+use crate::dataplane::{self, DataPlane};
 use crate::dht::{Dht, DhtConfig, DhtEvent};
 use crate::net_crypto::{NetCrypto, NetCryptoConfig, NetCryptoEvent, Path};
 use crate::onion::{Onion, OnionConfig, OnionEvent};
@@ -328,7 +329,21 @@ pub struct Node {
     hosted_relay: Option<u16>,
     /// File transfers per friend (only friends with some).
     files: BTreeMap<PublicKey, file::FriendFiles>,
+    /// The tunnel's fast data plane with ferry friends ([`crate::dataplane`]).
+    dataplane: DataPlane,
+    /// Sealed data plane datagrams waiting for [`Endpoint::poll_transmit`].
+    dp_out: VecDeque<Transmit>,
+    /// Data plane handshakes tried per friend: (last try, unanswered tries).
+    dp_tries: BTreeMap<PublicKey, (Instant, u32)>,
 }
+
+/// After this many unanswered data plane handshakes (a c-toxcore friend, or an older ferry),
+/// a friend is asked again only every [`DATAPLANE_BACKOFF`].
+const DATAPLANE_TRIES: u32 = 3;
+/// Wait between data plane handshakes once [`DATAPLANE_TRIES`] went unanswered.
+const DATAPLANE_BACKOFF: Duration = Duration::from_secs(300);
+/// Most sealed datagrams queued for the socket (beyond: sent by net_crypto instead).
+const MAX_DATAPLANE_QUEUE: usize = 4096;
 
 impl Node {
     /// A node with long-term keys `real_keys` and Tox ID nospam `nospam`, a fresh DHT key pair
@@ -342,6 +357,7 @@ impl Node {
         now: Instant,
     ) -> Self {
         let real_pk = real_keys.public;
+        let dp_secret = real_keys.secret.to_bytes();
         let dht = Dht::new(config.dht, dht_keys.clone(), rng.fork(), now);
         let onion = Onion::new(
             config.onion,
@@ -358,6 +374,7 @@ impl Node {
             now,
         );
         let tcp = TcpConnections::new(dht_keys, rng.fork());
+        let dataplane = DataPlane::new(dp_secret, rng.fork());
         Self {
             dht,
             onion,
@@ -378,6 +395,9 @@ impl Node {
             udp_enabled: config.udp_enabled,
             hosted_relay: None,
             files: BTreeMap::new(),
+            dataplane,
+            dp_out: VecDeque::new(),
+            dp_tries: BTreeMap::new(),
         }
     }
 
@@ -835,9 +855,71 @@ impl Node {
         let r = if lossless {
             self.crypto.send_lossless(now, pk, data).map(|_| ())
         } else {
+            if let Some(t) = self.dataplane_seal(now, pk, data) {
+                self.dp_out.push_back(t);
+                return Ok(());
+            }
             self.crypto.send_lossy(now, pk, data)
         };
         r.map_err(|e| NodeError::Congested(e.to_string()))
+    }
+
+    /// A lossy packet as a data plane datagram to `pk`'s direct UDP address, if the friend has
+    /// a data plane session and a direct path; otherwise starts a handshake (rate-limited) and
+    /// returns `None` (the packet then goes by net_crypto).
+    fn dataplane_seal(&mut self, now: Instant, pk: &PublicKey, data: &[u8]) -> Option<Transmit> {
+        if self.dp_out.len() >= MAX_DATAPLANE_QUEUE {
+            return None;
+        }
+        let st = self.crypto.session_state(pk)?;
+        let addr = st.addr.filter(|_| st.direct)?;
+        if self.dataplane.has_session(pk) {
+            let mut out = Vec::with_capacity(data.len() + dataplane::OVERHEAD);
+            self.dataplane.seal(pk, data, &mut out).ok()?;
+            return Some(Transmit {
+                destination: Destination::Addr(addr),
+                payload: out,
+            });
+        }
+        self.dataplane_initiate(now, pk);
+        None
+    }
+
+    fn dataplane_initiate(&mut self, now: Instant, pk: &PublicKey) {
+        let (last, tries) = self.dp_tries.get(pk).copied().unwrap_or((now, 0));
+        let wait = if tries >= DATAPLANE_TRIES {
+            DATAPLANE_BACKOFF
+        } else {
+            dataplane::HANDSHAKE_TIMEOUT
+        };
+        if tries > 0 && now < last + wait {
+            return;
+        }
+        self.dp_tries.insert(*pk, (now, tries.saturating_add(1)));
+        if let Ok(msg) = self.dataplane.initiate(now, pk) {
+            let _ = self.crypto.send_lossless(now, pk, &msg);
+        }
+    }
+
+    /// The data plane's counters.
+    pub fn dataplane_stats(&self) -> dataplane::DataPlaneStats {
+        self.dataplane.stats()
+    }
+
+    fn on_dataplane(&mut self, now: Instant, bytes: &[u8]) {
+        let mut out = Vec::with_capacity(bytes.len());
+        let Ok(peer) = self.dataplane.open(now, bytes, &mut out) else {
+            return;
+        };
+        if self.friends.get(&peer).is_some_and(|f| f.online)
+            && out.first().is_some_and(|id| mp::CUSTOM_LOSSY.contains(id))
+        {
+            self.emit(NodeEvent::CustomPacket {
+                public_key: peer,
+                lossless: false,
+                data: out,
+            });
+        }
     }
 
     fn emit(&mut self, e: NodeEvent) {
@@ -1065,6 +1147,8 @@ impl Node {
         };
         f.session = false;
         f.addr = None;
+        self.dataplane.remove_peer(&peer);
+        self.dp_tries.remove(&peer);
         if f.online {
             f.online = false;
             f.receipts.clear();
@@ -1110,6 +1194,8 @@ impl Node {
             }
             MessengerPacket::Offline if f.online => {
                 f.online = false;
+                self.dataplane.remove_peer(&peer);
+                self.dp_tries.remove(&peer);
                 self.on_file_friend_offline(peer);
                 self.onion.set_friend_online(&peer, false);
                 self.emit(NodeEvent::FriendConnection {
@@ -1173,6 +1259,21 @@ impl Node {
             {
                 self.on_file_packet(now, peer, p);
             }
+            MessengerPacket::CustomLossless(data)
+                if lossless
+                    && f.online
+                    && data.first() == Some(&dataplane::HANDSHAKE_PACKET_ID) =>
+            {
+                match self.dataplane.handle_handshake(now, &peer, &data) {
+                    Ok(Some(reply)) => {
+                        let _ = self.crypto.send_lossless(now, &peer, &reply);
+                    }
+                    Ok(None) => {
+                        self.dp_tries.remove(&peer);
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "data plane handshake"),
+                }
+            }
             MessengerPacket::CustomLossless(data) if lossless && f.online => {
                 self.emit(NodeEvent::CustomPacket {
                     public_key: peer,
@@ -1196,6 +1297,14 @@ impl Node {
     }
 
     fn tick(&mut self, now: Instant) {
+        // Data plane sessions we initiated re-key before they expire.
+        for pk in self.dataplane.handle_timeout(now) {
+            if self.friends.get(&pk).is_some_and(|f| f.online)
+                && let Ok(msg) = self.dataplane.initiate(now, &pk)
+            {
+                let _ = self.crypto.send_lossless(now, &pk, &msg);
+            }
+        }
         let keys: Vec<PublicKey> = self.friends.keys().copied().collect();
         for pk in keys {
             let Some(f) = self.friends.get_mut(&pk) else {
@@ -1358,6 +1467,7 @@ impl Endpoint for Node {
                 self.crypto.handle_packet(now, from, bytes);
             }
             Some(0x80..=0x8e) => self.onion.handle_packet(now, from, bytes, &mut self.dht),
+            Some(&dataplane::TRANSPORT_KIND) => self.on_dataplane(now, bytes),
             _ => self.dht.handle_datagram(now, from, bytes),
         }
         self.pump(now);
@@ -1387,6 +1497,11 @@ impl Endpoint for Node {
     /// Datagrams only; net_crypto packets for relays go to the TCP connections here (drain
     /// [`Node::poll_tcp_command`] afterwards). With UDP disabled everything UDP is dropped.
     fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.dp_out.pop_front()
+            && self.udp_enabled
+        {
+            return Some(t);
+        }
         loop {
             let t = match self.crypto.poll_path_transmit() {
                 Some((Path::Udp(a), payload)) => Transmit {

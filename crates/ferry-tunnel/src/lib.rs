@@ -47,7 +47,6 @@
 #![forbid(unsafe_code)]
 
 pub mod circuit;
-pub mod dataplane;
 pub mod exit;
 pub mod tap;
 

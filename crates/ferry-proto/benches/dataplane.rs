@@ -1,12 +1,14 @@
-//! `cargo bench -p ferry-tunnel --bench dataplane`: seal + open of 1400-byte tunnel packets,
+//! `cargo bench -p ferry-proto --bench dataplane`: seal + open of 1400-byte tunnel packets,
 //! the data plane (Noise transport, ChaCha20-Poly1305 via ring) against net_crypto's
 //! XSalsa20-Poly1305 (what one-hop frames used before), same run, ratio printed.
+
+#![allow(clippy::disallowed_methods, missing_docs)] // a benchmark reads the clock
 
 use std::time::Instant;
 
 use ferry_crypto::rng::FerryRng;
 use ferry_crypto::{KeyPair, Nonce, PrecomputedKey};
-use ferry_tunnel::dataplane::DataPlane;
+use ferry_proto::dataplane::DataPlane;
 
 fn main() {
     let mut rng = FerryRng::from_u64(7);

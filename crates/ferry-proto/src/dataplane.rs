@@ -658,6 +658,7 @@ mod tests {
     }
 
     fn pair() -> (DataPlane, PublicKey, DataPlane, PublicKey, Instant) {
+        #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
         let now = Instant::now();
         let (mut a, a_pk) = node(1);
         let (mut b, b_pk) = node(2);
@@ -740,6 +741,7 @@ mod tests {
 
     #[test]
     fn initiation_from_another_key_is_refused() {
+        #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
         let now = Instant::now();
         let (mut a, _) = node(1);
         let (mut b, b_pk) = node(2);
