@@ -324,37 +324,79 @@ impl EmbeddedEvm {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs a read-only call (no fee, nothing committed) and returns its output.
-    fn view(&self, data: Vec<u8>) -> Result<Bytes, PayError> {
+    /// Runs a read-only call of `to` with calldata `data` (no fee, nothing committed, caller
+    /// the zero address) and returns its output; a revert is [`PayError::Reverted`].
+    pub fn call(&self, to: Address, data: Bytes) -> Result<Bytes, PayError> {
         let mut ledger = self.lock();
         let out = exec(
             &mut ledger,
             &self.config,
             Address::ZERO,
-            TxKind::Call(self.hub),
+            TxKind::Call(to),
             U256::ZERO,
-            data.into(),
+            data,
             Mode::View,
         )?;
         Ok(out.into_data())
     }
 
-    /// Sends a fee-paying transaction from `from` to the contract and returns its output.
-    fn send(&self, from: &AccountKey, value: U256, data: Vec<u8>) -> Result<Bytes, PayError> {
+    /// Sends a fee-paying transaction from `from` to `to` carrying `value` wei and calldata
+    /// `data` (gas limit [`CALL_GAS_LIMIT`]) and returns its output. A reverted call is
+    /// committed (fee and nonce stand) and returned as [`PayError::Reverted`].
+    pub fn transact(
+        &self,
+        from: &AccountKey,
+        to: Address,
+        value: U256,
+        data: Bytes,
+    ) -> Result<Bytes, PayError> {
+        self.commit_tx(from, TxKind::Call(to), value, data)
+            .map(Output::into_data)
+    }
+
+    /// Deploys a contract from `from` (fee-paying) with `initcode` and `value` wei; returns its
+    /// address. For dev tooling and tests (e.g. contracts that interact with the channel hub).
+    pub fn deploy(
+        &self,
+        from: &AccountKey,
+        initcode: Bytes,
+        value: U256,
+    ) -> Result<Address, PayError> {
+        match self.commit_tx(from, TxKind::Create, value, initcode)? {
+            Output::Create(_, Some(addr)) => Ok(addr),
+            _ => Err(PayError::Evm("deployment created no contract".into())),
+        }
+    }
+
+    fn commit_tx(
+        &self,
+        from: &AccountKey,
+        kind: TxKind,
+        value: U256,
+        data: Bytes,
+    ) -> Result<Output, PayError> {
         let mut ledger = self.lock();
         let res = exec(
             &mut ledger,
             &self.config,
             from.address(),
-            TxKind::Call(self.hub),
+            kind,
             value,
-            data.into(),
+            data,
             Mode::Charge,
         );
         if let Some(path) = &self.path {
             self.save_locked(&ledger, path)?;
         }
-        Ok(res?.into_data())
+        res
+    }
+
+    fn view(&self, data: Vec<u8>) -> Result<Bytes, PayError> {
+        self.call(self.hub, data.into())
+    }
+
+    fn send(&self, from: &AccountKey, value: U256, data: Vec<u8>) -> Result<Bytes, PayError> {
+        self.transact(from, self.hub, value, data.into())
     }
 
     fn persist(&self, ledger: &Ledger) {

@@ -56,7 +56,7 @@ mod embedded;
 mod key;
 mod voucher;
 
-pub use alloy_primitives::{Address, B256, U256};
+pub use alloy_primitives::{Address, B256, Bytes, U256};
 pub use backend::{BackendInfo, BackendKind, ChannelState, DevChain, PaymentBackend};
 pub use contract::{
     ContractError, IUniChannels, UNI_CHANNELS_ABI_JSON, UNI_CHANNELS_INITCODE_HEX, initcode,
