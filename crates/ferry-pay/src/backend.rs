@@ -1,5 +1,7 @@
 //! The settlement backend trait and the channel record (payments.md §4.5).
 
+use std::future::Future;
+
 use alloy_primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
 
@@ -57,56 +59,69 @@ pub struct BackendInfo {
 /// A settlement backend (payments.md §4.5): the on-chain half of the payment channel scheme.
 /// All amounts are in wei (the chain's base unit); times are chain timestamps in seconds.
 /// Every state-changing call is one transaction, whose gas the caller pays.
-#[allow(async_fn_in_trait)]
+///
+/// The futures are `Send`, so generic code can run them on a multi-threaded runtime;
+/// implementations may write the methods as `async fn`.
 pub trait PaymentBackend: Send + Sync {
     /// Kind, chain id and contract address.
     fn info(&self) -> BackendInfo;
 
     /// Opens a channel from `payer` to `receiver` escrowing `deposit` wei until `expiry`
     /// (seconds); returns the new channel id.
-    async fn open(
+    fn open(
         &self,
         payer: &AccountKey,
         receiver: Address,
         deposit: U256,
         expiry: u64,
-    ) -> Result<B256, PayError>;
+    ) -> impl Future<Output = Result<B256, PayError>> + Send;
 
     /// Adds `add` wei to channel `ch` and moves its expiry to `new_expiry` (never earlier).
-    async fn top_up(
+    fn top_up(
         &self,
         payer: &AccountKey,
         ch: B256,
         add: U256,
         new_expiry: u64,
-    ) -> Result<(), PayError>;
+    ) -> impl Future<Output = Result<(), PayError>> + Send;
 
     /// Reads channel `ch`; `None` if it was never opened.
-    async fn channel(&self, ch: B256) -> Result<Option<ChannelState>, PayError>;
+    fn channel(
+        &self,
+        ch: B256,
+    ) -> impl Future<Output = Result<Option<ChannelState>, PayError>> + Send;
 
     /// Redeems voucher `v` as the channel's receiver; returns the wei paid now
     /// (`v.cumulative - claimed`). A voucher not above `claimed` fails with
     /// [`crate::ContractError::NothingToClaim`].
-    async fn claim(&self, receiver: &AccountKey, v: &Voucher) -> Result<U256, PayError>;
+    fn claim(
+        &self,
+        receiver: &AccountKey,
+        v: &Voucher,
+    ) -> impl Future<Output = Result<U256, PayError>> + Send;
 
     /// Closes channel `ch` as its receiver, redeeming `v` first if given; returns
     /// `(paid to receiver now, refunded to sender)` in wei.
-    async fn close(
+    fn close(
         &self,
         receiver: &AccountKey,
         ch: B256,
         v: Option<&Voucher>,
-    ) -> Result<(U256, U256), PayError>;
+    ) -> impl Future<Output = Result<(U256, U256), PayError>> + Send;
 
     /// Takes back `deposit - claimed` wei as the sender once the channel has expired; returns
     /// the amount refunded.
-    async fn refund(&self, payer: &AccountKey, ch: B256) -> Result<U256, PayError>;
+    fn refund(
+        &self,
+        payer: &AccountKey,
+        ch: B256,
+    ) -> impl Future<Output = Result<U256, PayError>> + Send;
 
     /// Balance of `who` in wei.
-    async fn balance(&self, who: Address) -> Result<U256, PayError>;
+    fn balance(&self, who: Address) -> impl Future<Output = Result<U256, PayError>> + Send;
 
     /// The chain's current time (seconds; the timestamp the next transaction executes at).
-    async fn now(&self) -> Result<u64, PayError>;
+    fn now(&self) -> impl Future<Output = Result<u64, PayError>> + Send;
 }
 
 /// Development-chain controls, for tests and `ferry chain fund` (never on a real chain).

@@ -275,3 +275,28 @@ fn shared_between_threads() {
     let st = block_on(s.evm.channel(ch)).expect("read").expect("exists");
     assert_eq!(st.claimed, U256::from(40));
 }
+
+/// Generic code can drive any backend's futures on a multi-threaded runtime.
+#[test]
+fn backend_futures_are_send() {
+    fn assert_send<T: Send>(t: T) -> T {
+        t
+    }
+    async fn settle<B: PaymentBackend>(
+        b: &B,
+        relay: &ferry_pay::AccountKey,
+        v: &ferry_pay::Voucher,
+    ) -> Result<(U256, U256), PayError> {
+        let paid = assert_send(b.claim(relay, v)).await?;
+        let (rest, refunded) = assert_send(b.close(relay, v.channel, None)).await?;
+        Ok((paid + rest, refunded))
+    }
+    let s = Setup::new();
+    let ch = s.open(U256::from(1_000u64), 3600);
+    let v = s.voucher(ch, 600);
+    let fut = assert_send(settle(&s.evm, &s.relay, &v));
+    assert_eq!(
+        block_on(fut).expect("settle"),
+        (U256::from(600u64), U256::from(400u64))
+    );
+}
