@@ -303,3 +303,15 @@ fn only_the_receiver_claims_and_never_over_deposit() {
         None
     );
 }
+
+#[test]
+fn corrupt_or_missing_ledger_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.json");
+    assert!(matches!(EmbeddedEvm::load(&path), Err(PayError::Io(_))));
+    std::fs::write(&path, b"{ not json").expect("write");
+    assert!(matches!(EmbeddedEvm::load(&path), Err(PayError::Decode(_))));
+    assert!(EmbeddedEvm::open_file(&path, EmbeddedConfig::default()).is_err());
+    std::fs::write(&path, br#"{"format":"other","config":{"chain_id":1,"gas_price":1,"start_time":1},"hub":"0x0000000000000000000000000000000000000000","time":1,"number":1,"accounts":[]}"#).expect("write");
+    assert!(matches!(EmbeddedEvm::load(&path), Err(PayError::Decode(_))));
+}
