@@ -1,0 +1,302 @@
+//! payments.md §5 group 7: settlement end to end on `EmbeddedEvm`, with exact wei balances
+//! (every transaction's fee = gas used × gas price is accounted).
+
+mod common;
+
+use common::{Setup, block_on, eth};
+use ferry_pay::{ContractError, DevChain, PayError, PaymentBackend, U256};
+
+fn reverted(r: Result<impl std::fmt::Debug, PayError>) -> ContractError {
+    match r {
+        Err(PayError::Reverted(e)) => e,
+        other => panic!("expected a revert, got {other:?}"),
+    }
+}
+
+#[test]
+fn open_vouchers_claim_close_moves_exact_wei() {
+    let s = Setup::new();
+    let (c0, r0) = (s.balance(&s.client), s.balance(&s.relay));
+    let deposit = eth(1);
+    let ch = s.open(deposit, 86_400);
+    let (open_fee, open_gas) = (s.fee(), s.gas());
+    assert_eq!(s.balance(&s.client), c0 - deposit - open_fee);
+    assert_eq!(s.hub_balance(), deposit);
+    let st = block_on(s.evm.channel(ch)).expect("read").expect("open");
+    assert_eq!(st.sender, s.client.address());
+    assert_eq!(st.receiver, s.relay.address());
+    assert_eq!(
+        (st.deposit, st.claimed, st.closed),
+        (deposit, U256::ZERO, false)
+    );
+
+    // Off-chain: a voucher every "64 KiB" at 1 gwei/KiB; the relay keeps the newest.
+    let price = 1_000_000_000u128 * 64;
+    let vouchers: Vec<_> = (1..=20).map(|i| s.voucher(ch, i * price)).collect();
+    for v in &vouchers {
+        assert_eq!(
+            v.signer(s.chain_id(), s.evm.hub()).expect("recover"),
+            s.client.address()
+        );
+    }
+    let mid = &vouchers[9];
+    let paid = block_on(s.evm.claim(&s.relay, mid)).expect("claim");
+    let (claim_fee, claim_gas) = (s.fee(), s.gas());
+    assert_eq!(paid, U256::from(10 * price));
+    assert_eq!(s.balance(&s.relay), r0 + paid - claim_fee);
+
+    let last = &vouchers[19];
+    let (paid2, refunded) = block_on(s.evm.close(&s.relay, ch, Some(last))).expect("close");
+    let (close_fee, close_gas) = (s.fee(), s.gas());
+    assert_eq!(paid2, U256::from(10 * price));
+    assert_eq!(refunded, deposit - U256::from(20 * price));
+    // Totals: the relay got exactly the newest cumulative minus its two fees; the client paid
+    // exactly that cumulative plus its open fee; nothing is left in the contract.
+    let total = U256::from(20 * price);
+    assert_eq!(s.balance(&s.relay), r0 + total - claim_fee - close_fee);
+    assert_eq!(s.balance(&s.client), c0 - total - open_fee);
+    assert_eq!(s.hub_balance(), U256::ZERO);
+    let st = block_on(s.evm.channel(ch)).expect("read").expect("kept");
+    assert!(st.closed);
+    assert_eq!(st.claimed, total);
+
+    eprintln!("gas: open {open_gas}, first claim {claim_gas}, close {close_gas}");
+    // Sanity bounds: a regression that blows the gas up shows here.
+    assert!(open_gas < 130_000, "open used {open_gas}");
+    assert!(claim_gas < 70_000, "claim used {claim_gas}");
+    assert!(close_gas < 80_000, "close used {close_gas}");
+}
+
+#[test]
+fn close_without_voucher_refunds_everything() {
+    let s = Setup::new();
+    let c0 = s.balance(&s.client);
+    let ch = s.open(eth(2), 3600);
+    let open_fee = s.fee();
+    let (paid, refunded) = block_on(s.evm.close(&s.relay, ch, None)).expect("close");
+    assert_eq!((paid, refunded), (U256::ZERO, eth(2)));
+    assert_eq!(s.balance(&s.client), c0 - open_fee);
+}
+
+#[test]
+fn refund_after_expiry_not_before() {
+    let s = Setup::new();
+    let c0 = s.balance(&s.client);
+    let deposit = eth(1);
+    let ch = s.open(deposit, 3600);
+    let mut fees = s.fee();
+    let claimed = U256::from(123_456_789u64);
+    assert_eq!(
+        block_on(s.evm.claim(&s.relay, &s.voucher(ch, 123_456_789))).expect("claim"),
+        claimed
+    );
+
+    assert_eq!(
+        reverted(block_on(s.evm.refund(&s.client, ch))),
+        ContractError::NotExpired
+    );
+    fees += s.fee();
+    s.evm.advance_time(3599);
+    assert_eq!(
+        reverted(block_on(s.evm.refund(&s.client, ch))),
+        ContractError::NotExpired
+    );
+    fees += s.fee();
+    // Only the sender may refund, even after expiry.
+    s.evm.advance_time(1);
+    assert_eq!(
+        reverted(block_on(s.evm.refund(&s.relay, ch))),
+        ContractError::NotSender
+    );
+    let refunded = block_on(s.evm.refund(&s.client, ch)).expect("refund at expiry");
+    fees += s.fee();
+    assert_eq!(refunded, deposit - claimed);
+    assert_eq!(s.balance(&s.client), c0 - claimed - fees);
+    assert_eq!(s.hub_balance(), U256::ZERO);
+    // Refunded = closed: the receiver can no longer claim a newer voucher.
+    assert_eq!(
+        reverted(block_on(s.evm.claim(&s.relay, &s.voucher(ch, 200_000_000)))),
+        ContractError::ChannelClosed
+    );
+    assert_eq!(
+        reverted(block_on(s.evm.refund(&s.client, ch))),
+        ContractError::ChannelClosed
+    );
+}
+
+#[test]
+fn top_up_adds_deposit_and_extends_expiry() {
+    let s = Setup::new();
+    let c0 = s.balance(&s.client);
+    let ch = s.open(U256::from(1_000_000u64), 3600);
+    let mut fees = s.fee();
+    let expiry = block_on(s.evm.channel(ch))
+        .expect("read")
+        .expect("open")
+        .expiry;
+
+    let over = s.voucher(ch, 1_500_000);
+    assert_eq!(
+        reverted(block_on(s.evm.claim(&s.relay, &over))),
+        ContractError::OverDeposit
+    );
+    assert_eq!(
+        reverted(block_on(s.evm.top_up(
+            &s.client,
+            ch,
+            U256::from(1),
+            expiry - 1
+        ))),
+        ContractError::BadExpiry,
+        "expiry never shrinks"
+    );
+    fees += s.fee();
+    assert_eq!(
+        reverted(block_on(s.evm.top_up(
+            &s.relay,
+            ch,
+            U256::from(1),
+            expiry + 10
+        ))),
+        ContractError::NotSender
+    );
+    block_on(
+        s.evm
+            .top_up(&s.client, ch, U256::from(1_000_000u64), expiry + 7200),
+    )
+    .expect("top up");
+    fees += s.fee();
+    let st = block_on(s.evm.channel(ch)).expect("read").expect("open");
+    assert_eq!(st.deposit, U256::from(2_000_000u64));
+    assert_eq!(st.expiry, expiry + 7200);
+    // Extending only (no value) is allowed too.
+    block_on(s.evm.top_up(&s.client, ch, U256::ZERO, expiry + 7200)).expect("same expiry");
+    fees += s.fee();
+
+    assert_eq!(
+        block_on(s.evm.claim(&s.relay, &over)).expect("now within deposit"),
+        U256::from(1_500_000u64)
+    );
+    // The old expiry no longer allows a refund; the new one does.
+    s.evm.advance_time(3600);
+    assert_eq!(
+        reverted(block_on(s.evm.refund(&s.client, ch))),
+        ContractError::NotExpired
+    );
+    fees += s.fee();
+    s.evm.advance_time(7200);
+    assert_eq!(
+        block_on(s.evm.refund(&s.client, ch)).expect("refund"),
+        U256::from(500_000u64)
+    );
+    fees += s.fee();
+    assert_eq!(s.balance(&s.client), c0 - U256::from(1_500_000u64) - fees);
+}
+
+#[test]
+fn open_is_validated() {
+    let s = Setup::new();
+    let now = s.now();
+    let relay = s.relay.address();
+    assert_eq!(
+        reverted(block_on(s.evm.open(&s.client, relay, U256::ZERO, now + 10))),
+        ContractError::NoDeposit
+    );
+    assert_eq!(
+        reverted(block_on(s.evm.open(&s.client, relay, U256::from(1), now))),
+        ContractError::BadExpiry
+    );
+    assert_eq!(
+        reverted(block_on(s.evm.open(
+            &s.client,
+            s.client.address(),
+            U256::from(1),
+            now + 10
+        ))),
+        ContractError::BadReceiver
+    );
+    // A deposit larger than the balance is refused by the EVM before execution.
+    assert!(matches!(
+        block_on(s.evm.open(&s.client, relay, eth(1_000), now + 10)),
+        Err(PayError::Evm(_))
+    ));
+}
+
+#[test]
+fn repeated_claims_gas_and_conservation() {
+    let s = Setup::new();
+    let supply = s.balance(&s.client) + s.balance(&s.relay);
+    let mut fees = U256::ZERO;
+    let ch = s.open(eth(1), 3600);
+    fees += s.fee();
+    let mut gas = Vec::new();
+    for i in 1..=5u128 {
+        block_on(s.evm.claim(&s.relay, &s.voucher(ch, i * 1_000_000))).expect("claim");
+        fees += s.fee();
+        gas.push(s.gas());
+    }
+    // A second channel between the same pair (the sender's nonce slot is warm now).
+    let ch2 = s.open(eth(1), 3600);
+    let open2 = s.gas();
+    fees += s.fee();
+    block_on(s.evm.close(&s.relay, ch2, None)).expect("close");
+    fees += s.fee();
+    eprintln!("gas: claims {gas:?}, second open {open2}");
+    assert!(
+        gas[1..].iter().all(|&g| g < gas[0]),
+        "later claims are cheaper"
+    );
+    // Wei are conserved: what the two accounts hold plus the escrow plus the burnt fees is what
+    // they were funded with.
+    assert_eq!(
+        s.balance(&s.client) + s.balance(&s.relay) + s.hub_balance() + fees,
+        supply
+    );
+}
+
+#[test]
+fn shared_between_threads() {
+    let s = std::sync::Arc::new(Setup::new());
+    let ch = s.open(eth(1), 3600);
+    let handles: Vec<_> = (1..=4u128)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || block_on(s.evm.claim(&s.relay, &s.voucher(ch, i * 10))))
+        })
+        .collect();
+    let mut paid = U256::ZERO;
+    for h in handles {
+        if let Ok(p) = h.join().expect("thread") {
+            paid += p;
+        }
+    }
+    // Whatever the interleaving, the total paid is the highest voucher.
+    assert_eq!(paid, U256::from(40));
+    let st = block_on(s.evm.channel(ch)).expect("read").expect("exists");
+    assert_eq!(st.claimed, U256::from(40));
+}
+
+/// Generic code can drive any backend's futures on a multi-threaded runtime.
+#[test]
+fn backend_futures_are_send() {
+    fn assert_send<T: Send>(t: T) -> T {
+        t
+    }
+    async fn settle<B: PaymentBackend>(
+        b: &B,
+        relay: &ferry_pay::AccountKey,
+        v: &ferry_pay::Voucher,
+    ) -> Result<(U256, U256), PayError> {
+        let paid = assert_send(b.claim(relay, v)).await?;
+        let (rest, refunded) = assert_send(b.close(relay, v.channel, None)).await?;
+        Ok((paid + rest, refunded))
+    }
+    let s = Setup::new();
+    let ch = s.open(U256::from(1_000u64), 3600);
+    let v = s.voucher(ch, 600);
+    let fut = assert_send(settle(&s.evm, &s.relay, &v));
+    assert_eq!(
+        block_on(fut).expect("settle"),
+        (U256::from(600u64), U256::from(400u64))
+    );
+}
