@@ -233,18 +233,19 @@ impl TunnelShared {
                 tracing::warn!(friend = %f.public_key, "no tunnel route: {e}");
             }
         }
-        let task = tokio::spawn(reader(
-            Arc::clone(&dev),
-            node.clone(),
-            Arc::clone(&self.inner),
-            Arc::clone(&self.circuits),
-        ));
         {
+            // Holding the lock while spawning: the reader cannot look at `inner` before the
+            // `Running` it needs is stored.
             let mut g = lock(&self.inner);
             if g.is_some() {
-                task.abort();
                 return Err(ApiError::conflict("tunnel already up"));
             }
+            let task = tokio::spawn(reader(
+                Arc::clone(&dev),
+                node.clone(),
+                Arc::clone(&self.inner),
+                Arc::clone(&self.circuits),
+            ));
             *g = Some(Running {
                 inbound: Inbound::start(Arc::clone(&dev)),
                 dev,
