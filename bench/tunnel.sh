@@ -410,7 +410,17 @@ case_ferry() {
         return 0
     fi
     if ! wait_ping "$IP_S" 30; then
-        log "$name: no ping through the tunnel in 30 s"
+        # Seen in about one run in five (also with `ferry devnet --netns`): the exit forwards
+        # and the kernel hands the answers to its TUN, but exit_counters.returned stays 0.
+        log "$name: no ping through the tunnel in 30 s; exit counters: $(ferry_cli "$FD/e" tunnel status --json | tr -d '\n ' | grep -o '"exit_counters":{[^}]*}')"
+        if [ "${DIAG:-0}" = 1 ]; then
+            { echo "== C routes"; inC ip route; inC ip addr show ferry0
+              echo "== C tunnel"; ferry_cli "$FD/c" tunnel status --json
+              echo "== E tunnel"; ferry_cli "$FD/e" tunnel status --json
+              echo "== E"; ip netns exec "$NS_E" ip addr; ip netns exec "$NS_E" ip route
+              ip netns exec "$NS_E" iptables-save -c; ip netns exec "$NS_E" ip rule
+              echo "== E log"; tail -30 "$FD/e.log"; } >&2 2>&1 || true
+        fi
         if ((relays > 0)); then
             na "$name" "$relays" 1372 "--via with --route not available (no ping)"
         else
