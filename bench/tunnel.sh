@@ -413,6 +413,7 @@ case_ferry() {
         # Seen in about one run in five (also with `ferry devnet --netns`): the exit forwards
         # and the kernel hands the answers to its TUN, but exit_counters.returned stays 0.
         log "$name: no ping through the tunnel in 30 s; exit counters: $(ferry_cli "$FD/e" tunnel status --json | tr -d '\n ' | grep -o '"exit_counters":{[^}]*}')"
+        sed 's/\x1b\[[0-9;]*m//g' "$FD/e.log" | grep -iv "friend request" | tail -15 | sed 's/^/  exit log: /' >&2 || true
         if [ "${DIAG:-0}" = 1 ]; then
             { echo "== C routes"; inC ip route; inC ip addr show ferry0
               echo "== C tunnel"; ferry_cli "$FD/c" tunnel status --json
