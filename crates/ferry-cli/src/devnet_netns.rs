@@ -518,6 +518,13 @@ async fn demo(opts: &NetnsOptions) -> anyhow::Result<NetnsReport> {
                 );
             }
         }
+        if let Ok(log) = std::fs::read_to_string(dir.join("exit.log")) {
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("== exit log (last 40 lines)");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
     }
     // Tunnel counters of both ends (what to look at when the ping failed).
     if let (Ok(c), Ok(e)) = (
@@ -528,12 +535,15 @@ async fn demo(opts: &NetnsOptions) -> anyhow::Result<NetnsReport> {
         say(
             json,
             &format!(
-                "tunnel counters: client sent {} / received {} packets (dropped {}); exit: {} \
-                 client(s), forwarded {}, returned {}, dropped no_client {} no_route {} \
-                 bad_source {} policy {} malformed {}",
+                "tunnel counters: client sent {} / received {} packets (dropped {}); exit: sent {} \
+                 / received {} (dropped {}), {} client(s), forwarded {}, returned {}, dropped \
+                 no_client {} no_route {} bad_source {} policy {} malformed {}",
                 c.tx_packets,
                 c.rx_packets,
                 c.dropped,
+                e.tx_packets,
+                e.rx_packets,
+                e.dropped,
                 e.exit_clients,
                 x.forwarded,
                 x.returned,
