@@ -15,6 +15,7 @@ use ferry_daemon::profile;
 use ferry_daemon::up::{UpOptions, run_up};
 
 mod chat;
+mod devnet_netns;
 mod files;
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
@@ -227,6 +228,33 @@ enum Command {
         /// Print the final report as JSON (summary lines go to stderr).
         #[arg(long)]
         json: bool,
+        /// Root only: instead, build client / exit / server network namespaces (veth, private
+        /// 10.99.0.0/16 ranges), run an exit node and a client there, and show a ping and a
+        /// download from the server through the exit; everything is torn down afterwards
+        /// (also on Ctrl-C).
+        #[arg(long, conflicts_with_all = ["nodes", "seconds", "until_resolved"])]
+        netns: bool,
+        /// With --netns: download size, MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 32, requires = "netns")]
+        download_mib: u32,
+    },
+    /// `ferry devnet --netns` helper: serve the download pattern on TCP (runs in the server
+    /// namespace).
+    #[command(hide = true)]
+    DevnetServe {
+        /// IP:PORT to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// `ferry devnet --netns` helper: download and check N MiB, print a JSON line.
+    #[command(hide = true)]
+    DevnetFetch {
+        /// IP:PORT of `devnet-serve`.
+        #[arg(long)]
+        from: std::net::SocketAddr,
+        /// MiB to fetch.
+        #[arg(long)]
+        mib: u32,
     },
 }
 
@@ -629,10 +657,25 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             }
         }
         Command::Devnet {
+            netns: true,
+            download_mib,
+            json,
+            ..
+        } => {
+            devnet_netns::run_netns(devnet_netns::NetnsOptions { download_mib, json }).await?;
+        }
+        Command::DevnetServe { listen } => {
+            tokio::task::spawn_blocking(move || devnet_netns::serve(listen)).await??;
+        }
+        Command::DevnetFetch { from, mib } => {
+            tokio::task::spawn_blocking(move || devnet_netns::fetch(from, mib)).await??;
+        }
+        Command::Devnet {
             nodes,
             seconds,
             until_resolved,
             json,
+            ..
         } => {
             let opts = DevnetOptions {
                 nodes,
