@@ -470,7 +470,7 @@ async fn demo(opts: &NetnsOptions) -> anyhow::Result<NetnsReport> {
         device: Some("ferry0".into()),
         exit: Some(exit_pk.clone()),
         routes: vec![SERVER_CIDR.into()],
-        via: Vec::new(),
+        ..TunnelUp::default()
     };
     let t: TunnelStatus = client
         .api
