@@ -480,6 +480,17 @@ pub struct Message {
     pub delivered: bool,
 }
 
+/// The tunnel data plane's counters (`tunnel status` key `dataplane`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataPlaneStatus {
+    /// Established sessions (current and previous key per friend).
+    pub sessions: u64,
+    /// Handshakes completed since start.
+    pub handshakes: u64,
+    /// Datagrams refused (unknown session, bad tag, replay, malformed).
+    pub dropped: u64,
+}
+
 /// `POST /v1/tunnel/up` request.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TunnelUp {
@@ -628,6 +639,10 @@ pub struct TunnelStatus {
     /// TAP mode, when up (`--tap`).
     #[serde(default)]
     pub tap: Option<TapStatus>,
+    /// The fast data plane (Noise IK + ChaCha20-Poly1305 datagrams between ferry nodes on a
+    /// direct UDP path; net_crypto lossy packets otherwise).
+    #[serde(default)]
+    pub dataplane: DataPlaneStatus,
 }
 
 /// One multi-hop circuit in [`TunnelStatus`] (`ferry_tunnel::circuit`).

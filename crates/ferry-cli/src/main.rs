@@ -877,6 +877,10 @@ fn print_tunnel(s: &ferry_api::TunnelStatus) {
         "dropped         {} ({} spoofed source)",
         s.dropped, s.dropped_bad_source
     );
+    println!(
+        "data plane      {} session(s), {} handshake(s), {} datagram(s) refused",
+        s.dataplane.sessions, s.dataplane.handshakes, s.dataplane.dropped
+    );
     for p in &s.peers {
         println!("peer            {}  {}", p.address, p.public_key);
     }

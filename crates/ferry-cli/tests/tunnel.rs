@@ -96,6 +96,26 @@ fn ping6_through_the_tunnel() {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("MEASURE tunnel: friends online after {:?}", start.elapsed());
+    // Counts datagrams of the data plane's transport kind (first UDP payload byte 0xd4) that
+    // reach B: the tunnel must use the data plane on this direct path.
+    let u32_rule = [
+        "-w",
+        "-I",
+        "INPUT",
+        "-p",
+        "udp",
+        "-m",
+        "u32",
+        "--u32",
+        "0>>22&0x3C@8>>24=0xd4",
+        "-j",
+        "ACCEPT",
+    ];
+    let counted = Command::new("ip")
+        .args(["netns", "exec", b.ns(), "iptables"])
+        .args(u32_rule)
+        .status()
+        .is_ok_and(|s| s.success());
 
     let mut addrs = Vec::new();
     for d in [&a, &b] {
@@ -168,6 +188,63 @@ fn ping6_through_the_tunnel() {
         assert!(s["tx_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
         assert!(s["rx_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
         assert_eq!(s["dropped_bad_source"], 0, "{s}");
+    }
+    // Once the friends' path is direct UDP (they may start on the relay), tunnel packets go by
+    // the data plane: a handshake on the first packet, then 0xd4 datagrams.
+    let dp_start = Instant::now();
+    let (sa, sb) = loop {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                a.ns(),
+                "ping",
+                "-6",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+            ])
+            .args(["-W", "2", &addrs[1]])
+            .output();
+        let sa = a.json(&["tunnel", "status", "--json"]).expect("status a");
+        let sb = b.json(&["tunnel", "status", "--json"]).expect("status b");
+        let has = |s: &serde_json::Value| s["dataplane"]["sessions"].as_u64().unwrap_or(0) >= 1;
+        if (has(&sa) && has(&sb)) || dp_start.elapsed() > Duration::from_secs(20) {
+            break (sa, sb);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "MEASURE tunnel: data plane sessions after {:?}: A {} B {}",
+        dp_start.elapsed(),
+        sa["dataplane"],
+        sb["dataplane"]
+    );
+    for s in [&sa, &sb] {
+        assert!(s["dataplane"]["sessions"].as_u64().unwrap_or(0) >= 1, "{s}");
+        assert!(
+            s["dataplane"]["handshakes"].as_u64().unwrap_or(0) >= 1,
+            "{s}"
+        );
+        assert_eq!(s["dataplane"]["dropped"], 0, "{s}");
+    }
+    if counted {
+        let out = Command::new("ip")
+            .args(["netns", "exec", b.ns(), "iptables", "-w", "-nvxL", "INPUT"])
+            .output()
+            .expect("iptables -L");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pkts: u64 = text
+            .lines()
+            .find(|l| l.contains("u32"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        eprintln!("MEASURE tunnel: {pkts} data plane datagrams reached B");
+        assert!(pkts >= 1, "no data plane datagram reached B:\n{text}");
+    } else {
+        eprintln!("NOTE: iptables u32 match unavailable; data plane use checked by status only");
     }
     // Status peers list the friend with its mesh address.
     assert!(

@@ -506,7 +506,18 @@ impl Backend for NodeBackend {
     fn tunnel_status(&self) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
         Box::pin(async move {
             let own = self.identity.public_key();
-            Ok(self.chat()?.tunnel.status(own))
+            let mut s = self.chat()?.tunnel.status(own);
+            let dp = self
+                .node
+                .call(|n, _| n.dataplane_stats())
+                .await
+                .map_err(stopped)?;
+            s.dataplane = ferry_api::DataPlaneStatus {
+                sessions: dp.sessions as u64,
+                handshakes: dp.handshakes,
+                dropped: dp.dropped,
+            };
+            Ok(s)
         })
     }
 
