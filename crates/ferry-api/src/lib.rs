@@ -582,6 +582,10 @@ pub struct TunnelStatus {
     /// Multi-hop circuits this node builds, relays or ends (`--via`, `--relay-node`).
     #[serde(default)]
     pub circuits: Vec<TunnelCircuit>,
+    /// Exit client through a multi-hop circuit (`tunnel up --via ... --exit ...`): that
+    /// circuit (hops, bytes and packets each way, RTT), the path of all exit traffic.
+    #[serde(default)]
+    pub exit_circuit: Option<TunnelCircuit>,
 }
 
 /// One multi-hop circuit in [`TunnelStatus`] (`ferry_tunnel::circuit`).
