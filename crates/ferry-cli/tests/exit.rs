@@ -857,6 +857,17 @@ fn exit_through_a_two_relay_circuit() {
             ],
         )
     });
+    if !ping4.0 {
+        for (name, d) in [
+            ("client", &client),
+            ("R1", &r1),
+            ("R2", &r2),
+            ("exit", &exit),
+        ] {
+            eprintln!("{name}: {:?}", d.json(&["tunnel", "status", "--json"]));
+        }
+        eprintln!("client routes: {}", in_ns(&client_ns, &["ip", "route"]).1);
+    }
     assert!(ping4.0, "ping {SERVER_V4}: {}", ping4.1);
     let rtt = ping4
         .1

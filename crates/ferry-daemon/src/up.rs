@@ -475,18 +475,26 @@ impl Backend for NodeBackend {
                     return Ok(tunnel.status(own));
                 }
                 Err(e) => {
-                    let _ = tunnel.down();
-                    tunnel.circuits.set_end(&self.node, None).await;
                     let not_exit = e.status == 502
                         && e.message.contains(
                             &ferry_tunnel::circuit::DestroyReason::NotAccepting.to_string(),
                         );
                     if !(not_exit && req.routes.is_empty()) {
+                        let _ = tunnel.down();
+                        tunnel.circuits.set_end(&self.node, None).await;
                         return Err(e);
                     }
+                    // Keep the device (a TUN device cannot be re-created at once): drop only
+                    // the exit role.
+                    tunnel.with_exit(|h, _| {
+                        crate::exit::on_down(h);
+                        *h = crate::exit::ExitHook::None;
+                    });
                 }
             }
-            tunnel.up(&self.node, own, req.device).await?;
+            if tunnel.status(own).device.is_empty() {
+                tunnel.up(&self.node, own, req.device).await?;
+            }
             let circuits = &tunnel.circuits;
             circuits.set_end(&self.node, Some(dev_name)).await;
             if let Err(e) = circuits.build(&self.node, via, end).await {
