@@ -867,6 +867,17 @@ fn exit_through_a_two_relay_circuit() {
             eprintln!("{name}: {:?}", d.json(&["tunnel", "status", "--json"]));
         }
         eprintln!("client routes: {}", in_ns(&client_ns, &["ip", "route"]).1);
+        for cmd in [
+            &["ip", "-s", "link"][..],
+            &["ip", "addr"],
+            &["ip", "route"],
+            &["iptables", "-v", "-n", "-L"],
+            &["iptables", "-t", "nat", "-v", "-n", "-L"],
+            &["sysctl", "net.ipv4.ip_forward"],
+        ] {
+            eprintln!("exit {cmd:?}: {}", in_ns(&exit_ns, cmd).1);
+        }
+        eprintln!("srv: {}", in_ns(&xl.srv.0, &["ip", "-s", "link"]).1);
     }
     assert!(ping4.0, "ping {SERVER_V4}: {}", ping4.1);
     let rtt = ping4

@@ -48,6 +48,14 @@
 //!
 //! So ferry's own packets never enter the tunnel (no double encapsulation, hole punching to
 //! other friends keeps working). Relays connected later are not pinned.
+//!
+//! # Client through a circuit (`ferry tunnel up --via R1,... --exit KEY [--route CIDR]...`)
+//! [`client_up_via`]: an anonymous circuit to the exit ([`crate::circuit`]); the exit need not
+//! be a friend and knows the client only by a per-circuit pseudonym. Request/Assign travel in
+//! the circuit's data cells; the assigned IPv6 address is the pseudonym's mesh address (added
+//! to the device); routes get `mtu` [`ferry_tunnel::circuit::CIRCUIT_MTU`]; the default route
+//! pins the first relay's endpoints instead of the exit's. On the exit, circuit clients go
+//! through the same [`ExitTable`] (pool, policy, source checks) as friends.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
