@@ -643,6 +643,10 @@ pub struct TunnelStatus {
     /// direct UDP path; net_crypto lossy packets otherwise).
     #[serde(default)]
     pub dataplane: DataPlaneStatus,
+    /// Exit client through a multi-hop circuit (`tunnel up --via ... --exit ...`): that
+    /// circuit (hops, bytes and packets each way, RTT), the path of all exit traffic.
+    #[serde(default)]
+    pub exit_circuit: Option<TunnelCircuit>,
 }
 
 /// One multi-hop circuit in [`TunnelStatus`] (`ferry_tunnel::circuit`).

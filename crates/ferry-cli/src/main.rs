@@ -824,13 +824,16 @@ enum TunnelCommand {
         /// Exit node (its long-term public key). Without --via: non-mesh traffic for --route
         /// goes there (a friend, or a service node befriended by key); the exit assigns an IPv4
         /// address from 100.64.0.0/10, IPv6 leaves with our mesh address as source. With --via:
-        /// the far end of a multi-hop circuit; traffic to its mesh address goes through it.
+        /// the far end of a multi-hop circuit; an exit node gets the --route traffic (default:
+        /// the default route) through it and knows us only by a per-circuit pseudonym (our IPv6
+        /// source is that pseudonym's mesh address); another node gets traffic to its mesh
+        /// address.
         #[arg(long, value_name = "PUBLIC_KEY")]
         exit: Option<String>,
         /// Route this prefix into the tunnel to the exit (repeatable; IPv4 or IPv6). A default
         /// route (0.0.0.0/0, ::/0) is installed as two /1 halves, after pinning host routes to
-        /// the exit's current UDP endpoint and TCP relay through the previous route, so
-        /// ferry's own traffic to the exit never enters the tunnel.
+        /// the exit's (with --via: the first relay's) current UDP endpoint and TCP relay through
+        /// the previous route, so ferry's own traffic never enters the tunnel.
         #[arg(long = "route", value_name = "CIDR", requires = "exit")]
         routes: Vec<String>,
         /// Reach the --exit node through these relays (long-term keys, comma-separated): a
@@ -896,6 +899,14 @@ fn print_tunnel(s: &ferry_api::TunnelStatus) {
         );
         for r in &s.routes {
             println!("route           {r}");
+        }
+        if let Some(c) = &s.exit_circuit {
+            println!(
+                "exit path       circuit {} via {} ({} relay(s))",
+                c.id,
+                c.hops.join(" → "),
+                c.hops.len().saturating_sub(1)
+            );
         }
     }
     if let Some(c) = &s.exit_counters {

@@ -22,7 +22,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_testkit::lab::{NatLab, NetnsFerry, lab_skip_reason};
+use ferry_testkit::lab::{
+    NatLab, NetnsFerry, add_string_counters, lab_skip_reason, string_counter_packets,
+};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
@@ -68,35 +70,12 @@ fn sh(ns: &str, args: &[&str]) -> Option<String> {
 /// Adds counting rules for the marker: UDP in/out/forward (`tool` = iptables) or anything on
 /// `ferry0` (ip6tables). Returns whether the string match works here.
 fn add_marker_rules(ns: &str, tool: &str, specs: &[&[&str]]) -> bool {
-    for spec in specs {
-        let mut a: Vec<&str> = vec![tool, "-w", "-I"];
-        a.extend_from_slice(spec);
-        a.extend_from_slice(&[
-            "-m",
-            "string",
-            "--algo",
-            "bm",
-            "--hex-string",
-            "|6665727279636972637569746d61726b|",
-            "-m",
-            "comment",
-            "--comment",
-            "ferrymarker",
-        ]);
-        if sh(ns, &a).is_none() {
-            return false;
-        }
-    }
-    true
+    add_string_counters(ns, tool, specs, MARKER_HEX, "ferrymarker")
 }
 
 /// Sum of the packet counters of our marker rules.
 fn marker_packets(ns: &str, tool: &str) -> u64 {
-    let out = sh(ns, &[tool, "-w", "-L", "-v", "-x", "-n"]).unwrap_or_default();
-    out.lines()
-        .filter(|l| l.contains("ferrymarker"))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    string_counter_packets(ns, tool, "ferrymarker")
 }
 
 /// `a` befriends `b` (a service node by its public key alone, others by Tox ID) and both wait

@@ -32,7 +32,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::KillOnDrop;
-use ferry_testkit::lab::{NatLab, NetnsFerry, lab_skip_reason};
+use ferry_testkit::lab::{
+    NatLab, NetnsFerry, add_string_counters, lab_skip_reason, string_counter_packets,
+};
 
 fn ferry() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ferry"))
@@ -40,6 +42,8 @@ fn ferry() -> &'static Path {
 
 /// Public DHT nodes (the first also a TCP relay).
 const PUBLIC_NODES: u16 = 4;
+/// The ping payload marker: ASCII "ferrycircuitmark" (16 bytes, `ping -p` maximum).
+const MARKER_HEX: &str = "6665727279636972637569746d61726b";
 /// Budget from `friend add` to both peers online.
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The exit's UDP port (its iptables chains are `FERRY-EXIT-<port>`).
@@ -236,6 +240,148 @@ fn retry(budget: Duration, mut f: impl FnMut() -> (bool, String)) -> (bool, Stri
     }
 }
 
+/// The shared set-up: the NAT lab, the server namespace wired to the exit's namespace (`up0`),
+/// the server script running, the policy and client script written, and the public DHT nodes.
+/// Fields drop in order: server process, public nodes, server namespace, lab, files.
+struct ExitLab {
+    /// Held for its drop (kill by PID).
+    #[allow(dead_code)]
+    server: KillOnDrop,
+    /// Held for their drop.
+    #[allow(dead_code)]
+    public: Vec<NetnsFerry>,
+    srv: ServerNs,
+    lab: NatLab,
+    dir: tempfile::TempDir,
+    client_py: String,
+    /// Bootstrap list for peers (all public nodes).
+    peer_boot: Vec<String>,
+    /// `--relay-peer` of the first public node.
+    relay: Vec<String>,
+}
+
+impl ExitLab {
+    fn up(prefix: &str) -> Self {
+        let lab = NatLab::up("none:none", prefix).expect("lab");
+        let exit_ns = lab.var("NS_B").to_string();
+        let srv = ServerNs(format!("{prefix}-srv"));
+        ok(&["ip", "netns", "add", &srv.0]);
+        ok(&[
+            "ip", "-n", &exit_ns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
+            "netns", &srv.0,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (exit_ns.as_str(), "up0", UPLINK_V4, UPLINK_V6),
+            (srv.0.as_str(), "eth0", SERVER_V4, SERVER_V6),
+        ] {
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                dev,
+            ]);
+            ok(&[
+                "ip",
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server_py = dir.path().join("server.py");
+        let client_py = dir.path().join("client.py");
+        std::fs::write(dir.path().join("policy.toml"), POLICY).expect("policy");
+        std::fs::write(&server_py, SERVER_PY).expect("server.py");
+        std::fs::write(&client_py, CLIENT_PY).expect("client.py");
+        let client_py = client_py.to_string_lossy().into_owned();
+        let mut server = KillOnDrop(
+            Command::new("ip")
+                .args(["netns", "exec", &srv.0, "python3", "-u"])
+                .arg(&server_py)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("server"),
+        );
+        {
+            use std::io::BufRead;
+            let mut line = String::new();
+            let out = server.0.stdout.take().expect("stdout");
+            std::io::BufReader::new(out)
+                .read_line(&mut line)
+                .expect("server ready");
+            assert_eq!(line.trim(), "ready");
+        }
+
+        // The ferry network.
+        let boot_ns = lab.var("NS_BOOT").to_string();
+        let boot_ip = lab.var("BOOT_IP").to_string();
+        let relay_port = 33500u16;
+        let first = NetnsFerry::start(
+            ferry(),
+            &boot_ns,
+            33445,
+            &[],
+            &["--tcp-relay".to_string(), relay_port.to_string()],
+        )
+        .expect("first public node");
+        let first_key = first.dht_key();
+        let boot = vec![format!("{boot_ip}:33445:{first_key}")];
+        let mut public = vec![first];
+        for i in 1..PUBLIC_NODES {
+            public
+                .push(NetnsFerry::start(ferry(), &boot_ns, 33445 + i, &boot, &[]).expect("public"));
+        }
+        let mut peer_boot = boot.clone();
+        for (i, d) in public.iter().enumerate().skip(1) {
+            peer_boot.push(format!("{boot_ip}:{}:{}", 33445 + i as u16, d.dht_key()));
+        }
+        let relay = vec![
+            "--relay-peer".to_string(),
+            format!("{boot_ip}:{relay_port}:{first_key}"),
+        ];
+        Self {
+            server,
+            public,
+            srv,
+            lab,
+            dir,
+            client_py,
+            peer_boot,
+            relay,
+        }
+    }
+
+    /// `ferry up` arguments of the exit node (relay peer, exit role, the policy).
+    fn exit_args(&self) -> Vec<String> {
+        let mut a = self.relay.clone();
+        a.extend([
+            "--exit-node".to_string(),
+            "--uplink".to_string(),
+            "up0".to_string(),
+            "--exit-policy".to_string(),
+            self.dir
+                .path()
+                .join("policy.toml")
+                .to_string_lossy()
+                .into_owned(),
+        ]);
+        a
+    }
+}
+
 #[test]
 fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
     if let Some(why) = skip_reason() {
@@ -243,109 +389,18 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
         return;
     }
     let prefix = format!("ex{:x}", std::process::id() & 0xffff);
-    let lab = NatLab::up("none:none", &prefix).expect("lab");
+    let xl = ExitLab::up(&prefix);
+    let lab = &xl.lab;
+    let srv = &xl.srv;
+    let client_py = xl.client_py.clone();
+    let (peer_boot, relay) = (&xl.peer_boot, &xl.relay);
     let exit_ns = lab.var("NS_B").to_string();
     let client_ns = lab.var("NS_A").to_string();
-    let srv = ServerNs(format!("{prefix}-srv"));
-    ok(&["ip", "netns", "add", &srv.0]);
-    ok(&[
-        "ip", "-n", &exit_ns, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
-        "netns", &srv.0,
-    ]);
-    for (ns, dev, v4, v6) in [
-        (exit_ns.as_str(), "up0", UPLINK_V4, UPLINK_V6),
-        (srv.0.as_str(), "eth0", SERVER_V4, SERVER_V6),
-    ] {
-        ok(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{v4}/24"),
-            "dev",
-            dev,
-        ]);
-        ok(&[
-            "ip",
-            "-n",
-            ns,
-            "-6",
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            dev,
-            "nodad",
-        ]);
-        ok(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("policy.toml");
-    let server_py = dir.path().join("server.py");
-    let client_py = dir.path().join("client.py");
-    std::fs::write(&policy, POLICY).expect("policy");
-    std::fs::write(&server_py, SERVER_PY).expect("server.py");
-    std::fs::write(&client_py, CLIENT_PY).expect("client.py");
-    let client_py = client_py.to_string_lossy().into_owned();
-    let mut server = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &srv.0, "python3", "-u"])
-            .arg(&server_py)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server"),
-    );
-    {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let out = server.0.stdout.take().expect("stdout");
-        std::io::BufReader::new(out)
-            .read_line(&mut line)
-            .expect("server ready");
-        assert_eq!(line.trim(), "ready");
-    }
-
-    // The ferry network.
-    let boot_ns = lab.var("NS_BOOT").to_string();
-    let boot_ip = lab.var("BOOT_IP").to_string();
-    let relay_port = 33500u16;
-    let first = NetnsFerry::start(
-        ferry(),
-        &boot_ns,
-        33445,
-        &[],
-        &["--tcp-relay".to_string(), relay_port.to_string()],
-    )
-    .expect("first public node");
-    let first_key = first.dht_key();
-    let boot = vec![format!("{boot_ip}:33445:{first_key}")];
-    let mut public = vec![first];
-    for i in 1..PUBLIC_NODES {
-        public.push(NetnsFerry::start(ferry(), &boot_ns, 33445 + i, &boot, &[]).expect("public"));
-    }
-    let mut peer_boot = boot.clone();
-    for (i, d) in public.iter().enumerate().skip(1) {
-        peer_boot.push(format!("{boot_ip}:{}:{}", 33445 + i as u16, d.dht_key()));
-    }
-    let relay = vec![
-        "--relay-peer".to_string(),
-        format!("{boot_ip}:{relay_port}:{first_key}"),
-    ];
-    let client = NetnsFerry::start(ferry(), &client_ns, 33445, &peer_boot, &relay).expect("client");
-    let mut exit_args = relay.clone();
-    exit_args.extend([
-        "--exit-node".to_string(),
-        "--uplink".to_string(),
-        "up0".to_string(),
-        "--exit-policy".to_string(),
-        policy.to_string_lossy().into_owned(),
-    ]);
+    let client = NetnsFerry::start(ferry(), &client_ns, 33445, peer_boot, relay).expect("client");
+    let exit_args = xl.exit_args();
     let forward_before = in_ns(&exit_ns, &["cat", "/proc/sys/net/ipv4/ip_forward"]).1;
     let exit =
-        NetnsFerry::start(ferry(), &exit_ns, EXIT_PORT, &peer_boot, &exit_args).expect("exit");
+        NetnsFerry::start(ferry(), &exit_ns, EXIT_PORT, peer_boot, &exit_args).expect("exit");
     let chain = format!("FERRY-EXIT-{EXIT_PORT}");
     let rules = in_ns(&exit_ns, &["iptables", "-S", &chain]);
     assert!(rules.0, "exit chain missing: {}", rules.1);
@@ -663,7 +718,310 @@ fn exit_node_forwards_with_nat_policy_and_no_uplink_leak() {
         forward_before.trim(),
         "ip_forward not restored"
     );
-    drop((client, exit, public, server));
-    drop(srv);
-    drop(lab);
+    drop((client, exit));
+    drop(xl);
+}
+
+/// `a` befriends service node `b` by its public key alone.
+fn befriend_service(a: &NetnsFerry, b: &NetnsFerry) {
+    assert!(
+        a.cli(&["friend", "add", &b.id("public_key"), "circuit"])
+            .is_some_and(|o| o.status.success())
+    );
+}
+
+/// Exit routing through a two-relay circuit (issue 7 items 2–4): client (`NS_A`) → R1 → R2
+/// (`--relay-node`, both in the public segment) → exit (`NS_B`) → server namespace. The client is
+/// no friend of the exit and gives no `--route` (so the default route goes into the tunnel as
+/// two /1 halves, with ferry's own UDP and the first relay pinned outside it). Asserts:
+/// - the exit assigns an IPv4 address and a pseudonymous IPv6 mesh address (not the client's)
+///   through the circuit; `tunnel status --json` shows the circuit as `exit_circuit` (hops
+///   `[R1, R2, E]`, open, packets both ways, RTT) and the routes carry the circuit MTU 1344;
+/// - ICMP, TCP and UDP to the server over IPv4 and IPv6 (server sees the exit's uplink
+///   address), a 64 MiB download (SHA-256), the exit's policy (TCP 8081 forbidden) applied
+///   to circuit traffic;
+/// - R1's status names only the client and R2, R2's only R1 and the exit, the exit's neither
+///   the client's key nor is it the client's friend; a 16-byte ping payload marker never
+///   appears in a UDP datagram in the relays' namespace, while the server's namespace sees it;
+/// - `tunnel down` releases the exit's client entry.
+///
+/// Prints `MEASURE` lines (download MiB/s, ping RTT through the circuit; debug build).
+#[test]
+fn exit_through_a_two_relay_circuit() {
+    if let Some(why) = skip_reason() {
+        eprintln!("SKIP exit_through_a_two_relay_circuit: {why}");
+        return;
+    }
+    let t0 = Instant::now();
+    let prefix = format!("ev{:x}", std::process::id() & 0xffff);
+    let xl = ExitLab::up(&prefix);
+    let lab = &xl.lab;
+    let client_py = xl.client_py.clone();
+    let client_ns = lab.var("NS_A").to_string();
+    let exit_ns = lab.var("NS_B").to_string();
+    let boot_ns = lab.var("NS_BOOT").to_string();
+    let (peer_boot, relay) = (&xl.peer_boot, &xl.relay);
+    let client = NetnsFerry::start(ferry(), &client_ns, 33445, peer_boot, relay).expect("client");
+    let exit =
+        NetnsFerry::start(ferry(), &exit_ns, EXIT_PORT, peer_boot, &xl.exit_args()).expect("exit");
+    let mut relay_args = relay.clone();
+    relay_args.push("--relay-node".to_string());
+    let r1 = NetnsFerry::start(ferry(), &boot_ns, 33460, peer_boot, &relay_args).expect("r1");
+    let r2 = NetnsFerry::start(ferry(), &boot_ns, 33461, peer_boot, &relay_args).expect("r2");
+    let (c_pk, r1_pk, r2_pk, e_pk) = (
+        client.id("public_key"),
+        r1.id("public_key"),
+        r2.id("public_key"),
+        exit.id("public_key"),
+    );
+    // Links client–R1, R1–R2, R2–E (all service nodes, befriended by key), in parallel.
+    befriend_service(&client, &r1);
+    befriend_service(&r1, &r2);
+    befriend_service(&r2, &exit);
+    let start = Instant::now();
+    while !(client.online(&r1_pk) && r1.online(&r2_pk) && r2.online(&e_pk)) {
+        assert!(
+            start.elapsed() < ONLINE_TIMEOUT,
+            "links not online in {ONLINE_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "MEASURE exit via circuit: 3 links online after {:?}",
+        start.elapsed()
+    );
+
+    let via = format!("{r1_pk},{r2_pk}");
+    let up = client
+        .cli(&["tunnel", "up", "--via", &via, "--exit", &e_pk, "--json"])
+        .expect("tunnel up");
+    assert!(
+        up.status.success(),
+        "tunnel up --via --exit: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&up.stdout).expect("json");
+    eprintln!("client tunnel: {s}");
+    assert_eq!(s["exit"], e_pk.as_str());
+    let client_v4 = s["client_address_v4"].as_str().expect("v4").to_string();
+    assert!(client_v4.starts_with("100.64."), "{client_v4}");
+    let client_v6 = s["client_address_v6"].as_str().expect("v6").to_string();
+    assert!(client_v6.starts_with("fd54:6f78:"), "{client_v6}");
+    assert_ne!(s["client_address_v6"], s["address"], "exit learnt our key");
+    let routes: Vec<&str> = s["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    for r in ["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"] {
+        assert!(routes.contains(&r), "{r} not in {routes:?}");
+    }
+    let route = in_ns(&client_ns, &["ip", "route", "show", "0.0.0.0/1"]).1;
+    assert!(route.contains("mtu 1344"), "route: {route}");
+    assert!(
+        in_ns(&client_ns, &["ip", "rule", "show"])
+            .1
+            .contains("sport 33445"),
+        "no bypass rule"
+    );
+
+    // Marker counters: UDP in the relays' namespace (must stay 0), ICMP into the server.
+    let capture = add_string_counters(
+        &boot_ns,
+        "iptables",
+        &[
+            &["INPUT", "-p", "udp"],
+            &["OUTPUT", "-p", "udp"],
+            &["FORWARD", "-p", "udp"],
+        ],
+        MARKER_HEX,
+        "ferrymarker",
+    ) && add_string_counters(
+        &xl.srv.0,
+        "iptables",
+        &[&["INPUT", "-p", "icmp"]],
+        MARKER_HEX,
+        "ferrymarker",
+    );
+    if !capture {
+        eprintln!("SKIP capture part: iptables string match unavailable");
+    }
+
+    // ICMP both families (the IPv4 ping carries the marker; its RTT is measured).
+    let ping4 = retry(Duration::from_secs(20), || {
+        in_ns(
+            &client_ns,
+            &[
+                "ping", "-c", "10", "-i", "0.2", "-W", "2", "-p", MARKER_HEX, SERVER_V4,
+            ],
+        )
+    });
+    if !ping4.0 {
+        for (name, d) in [
+            ("client", &client),
+            ("R1", &r1),
+            ("R2", &r2),
+            ("exit", &exit),
+        ] {
+            eprintln!("{name}: {:?}", d.json(&["tunnel", "status", "--json"]));
+        }
+        eprintln!("client routes: {}", in_ns(&client_ns, &["ip", "route"]).1);
+        for cmd in [
+            &["ip", "-s", "link"][..],
+            &["ip", "addr"],
+            &["ip", "route"],
+            &["iptables", "-v", "-n", "-L"],
+            &["iptables", "-t", "nat", "-v", "-n", "-L"],
+            &["sysctl", "net.ipv4.ip_forward"],
+        ] {
+            eprintln!("exit {cmd:?}: {}", in_ns(&exit_ns, cmd).1);
+        }
+        eprintln!("srv: {}", in_ns(&xl.srv.0, &["ip", "-s", "link"]).1);
+    }
+    assert!(ping4.0, "ping {SERVER_V4}: {}", ping4.1);
+    let rtt = ping4
+        .1
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("MEASURE exit via circuit: ping {SERVER_V4}: {rtt}");
+    let ping6 = retry(Duration::from_secs(20), || {
+        in_ns(
+            &client_ns,
+            &["ping", "-6", "-c", "2", "-i", "0.3", "-W", "2", SERVER_V6],
+        )
+    });
+    assert!(ping6.0, "ping -6 {SERVER_V6}: {}", ping6.1);
+
+    // TCP and UDP both families; the server sees the exit's uplink address.
+    for (mode, host, port, seen) in [
+        ("tcp", SERVER_V4, "8080", UPLINK_V4),
+        ("udp", SERVER_V4, "9090", UPLINK_V4),
+        ("tcp", SERVER_V6, "8080", UPLINK_V6),
+        ("udp", SERVER_V6, "9090", UPLINK_V6),
+    ] {
+        let r = retry(Duration::from_secs(10), || {
+            in_ns(&client_ns, &["python3", &client_py, mode, host, port])
+        });
+        assert!(r.0, "{mode} {host}:{port}: {}", r.1);
+        assert_eq!(r.1.trim(), format!("{mode} {seen} hi"), "{mode} {host}");
+    }
+
+    // A 64 MiB download over IPv4 (`VIA_EXIT_DOWNLOAD_MIB` overrides), checked by SHA-256.
+    let mib: u64 = std::env::var("VIA_EXIT_DOWNLOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let r = in_ns(
+        &client_ns,
+        &[
+            "python3",
+            &client_py,
+            "big",
+            SERVER_V4,
+            "8080",
+            &mib.to_string(),
+        ],
+    );
+    let words: Vec<&str> = r.1.split_whitespace().collect();
+    assert!(
+        r.0 && words.first() == Some(&"OK"),
+        "download through the circuit: {}",
+        r.1
+    );
+    assert_eq!(words.get(1), Some(&(mib << 20).to_string().as_str()));
+    let secs: f64 = words.get(2).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    eprintln!(
+        "MEASURE exit via circuit: {mib} MiB in {secs:.2} s ({:.1} MiB/s, {:.0} Mbit/s, debug build)",
+        mib as f64 / secs.max(0.001),
+        mib as f64 * 8.388_608 / secs.max(0.001)
+    );
+
+    // Policy: TCP 8081 is forbidden for circuit clients too.
+    let before = exit.json(&["tunnel", "status", "--json"]).expect("exit");
+    let forbidden = in_ns(
+        &client_ns,
+        &["python3", &client_py, "tcp", SERVER_V4, "8081"],
+    );
+    assert!(!forbidden.0, "forbidden port answered: {}", forbidden.1);
+    let policy_drops = |v: &serde_json::Value| v["exit_counters"]["policy"].as_u64().unwrap_or(0);
+
+    // Status everywhere.
+    let sc = client
+        .json(&["tunnel", "status", "--json"])
+        .expect("client");
+    let s1 = r1.json(&["tunnel", "status", "--json"]).expect("r1");
+    let s2 = r2.json(&["tunnel", "status", "--json"]).expect("r2");
+    let se = exit.json(&["tunnel", "status", "--json"]).expect("exit");
+    eprintln!("client: {sc}\nR1: {s1}\nR2: {s2}\nexit: {se}");
+    assert!(policy_drops(&se) > policy_drops(&before), "{se}");
+    assert_eq!(se["exit_clients"], 1, "{se}");
+    let xc = &sc["exit_circuit"];
+    assert_eq!(xc["role"], "client", "{sc}");
+    assert_eq!(xc["state"], "open", "{sc}");
+    assert_eq!(
+        xc["hops"],
+        serde_json::json!([
+            r1_pk.to_uppercase(),
+            r2_pk.to_uppercase(),
+            e_pk.to_uppercase()
+        ])
+    );
+    assert!(xc["tx_bytes"].as_u64().unwrap_or(0) > 0, "{sc}");
+    assert!(xc["rx_bytes"].as_u64().unwrap_or(0) >= mib << 20, "{sc}");
+    assert!(xc["tx_packets"].as_u64().unwrap_or(0) >= 20, "{sc}");
+    assert!(xc["rtt_ms"].as_f64().is_some(), "{sc}");
+    // The exit: an anonymous circuit from R2; never the client's key, not its friend.
+    let ec = &se["circuits"][0];
+    assert_eq!(ec["role"], "end", "{se}");
+    assert_eq!(ec["hops"], serde_json::json!([r2_pk.to_uppercase()]));
+    assert!(ec["far_end"].is_null(), "{se}");
+    assert!(!se.to_string().to_uppercase().contains(&c_pk.to_uppercase()));
+    assert!(!exit.online(&c_pk), "the exit knows the client as a friend");
+    // Relays name only their neighbours, and not the client's tunnel addresses either.
+    for (s, prev, next, hidden) in [(&s1, &c_pk, &r2_pk, &e_pk), (&s2, &r1_pk, &e_pk, &c_pk)] {
+        let circuits = s["circuits"].as_array().expect("circuits");
+        assert_eq!(circuits.len(), 1, "{s}");
+        assert_eq!(circuits[0]["role"], "relay");
+        assert_eq!(
+            circuits[0]["hops"],
+            serde_json::json!([prev.to_uppercase(), next.to_uppercase()])
+        );
+        let text = s.to_string().to_uppercase();
+        for h in [hidden, &client_v4, &client_v6] {
+            assert!(
+                !text.contains(&h.to_uppercase()),
+                "{h} in a relay's status: {s}"
+            );
+        }
+    }
+    if capture {
+        let on_relays = string_counter_packets(&boot_ns, "iptables", "ferrymarker");
+        let at_server = string_counter_packets(&xl.srv.0, "iptables", "ferrymarker");
+        eprintln!("marker packets: relays' UDP {on_relays}, server ICMP {at_server}");
+        assert!(
+            at_server >= 10,
+            "positive control: marker not seen at the server"
+        );
+        assert_eq!(on_relays, 0, "plaintext marker seen in the relays' UDP");
+    }
+
+    // Down: the circuit closes and the exit releases the pseudonym's addresses.
+    assert!(
+        client
+            .cli(&["tunnel", "down"])
+            .is_some_and(|o| o.status.success())
+    );
+    let released = retry(Duration::from_secs(10), || {
+        let v = exit
+            .json(&["tunnel", "status", "--json"])
+            .unwrap_or_default();
+        (v["exit_clients"] == 0, v.to_string())
+    });
+    assert!(released.0, "client not released: {}", released.1);
+    eprintln!("MEASURE exit via circuit: test body {:?}", t0.elapsed());
+    drop((client, exit, r1, r2));
+    drop(xl);
 }

@@ -21,6 +21,16 @@
 //!   is that client's mesh address and the destination ours, and replies to the client's mesh
 //!   address go back through the circuit.
 //!
+//! - **Exit through a circuit** (`ferry tunnel up --via R1,... --exit E [--route CIDR]...`,
+//!   [`CircuitDriver::build_exit`]): the circuit is *anonymous* (E's layer carries no client
+//!   key), so E learns only its previous hop. An exit node ([`CircuitDriver::set_exit_node`])
+//!   accepts it and names the client by a random per-circuit pseudonym key (never sent
+//!   anywhere); the exit control exchange (`ExitControl`, id byte 170 first, which no IP
+//!   packet starts with) and all routed IPv4/IPv6 packets ride in the circuit's data cells,
+//!   keyed by the far end's key on the client and by the pseudonym on the exit
+//!   ([`Delivery::Keyed`], [`CircuitDriver::outbound_keyed`]), so the exit's address pool,
+//!   policy and spoof checks ([`crate::exit`]) treat it exactly like a direct client.
+//!
 //! Timeouts and keepalives: a task calls [`Circuits::handle_timeout`] every
 //! [`TICK_INTERVAL`].
 
@@ -74,6 +84,30 @@ struct State {
     /// Control cells (CREATE) held for a next hop we just befriended as a service node, until
     /// it comes online or the deadline passes (cap [`MAX_HELD_CELLS`]).
     held: Vec<(Cell, Instant)>,
+    /// Keyed circuits (exit routing, module docs): key → handle. Client side: the exit's key;
+    /// exit side: the client's pseudonym. At most one entry per circuit (bounded by the table).
+    by_key: HashMap<PublicKey, u64>,
+    /// Handle → key of keyed circuits.
+    keyed: HashMap<u64, PublicKey>,
+    /// This node is an exit: accepts anonymous circuits.
+    exit_node: bool,
+    /// Pseudonyms of keyed circuits that closed on this exit, for the exit table to release
+    /// (cap [`MAX_PENDING_ROUTES`]; beyond it the idle eviction frees them).
+    released: Vec<PublicKey>,
+    /// Pseudonym source.
+    rng: FerryRng,
+}
+
+/// What came out of a circuit ending here ([`CircuitDriver::on_cell`]).
+#[derive(Debug)]
+pub enum Delivery {
+    /// A mesh IPv6 packet, already checked (source = the far end's mesh address, destination
+    /// ours): write it to the TUN device.
+    Mesh(Vec<u8>),
+    /// A payload of a keyed (exit) circuit, to be handled as if it came from friend `key` (the
+    /// exit on a client, the client's pseudonym on an exit): an exit control message (first
+    /// byte 170) or an IP packet for the exit role's checks.
+    Keyed(PublicKey, Vec<u8>),
 }
 
 /// Most control cells held for next hops coming online: 256 (more fail at once, answered with
@@ -129,8 +163,10 @@ impl CircuitDriver {
             relay,
             ..CircuitConfig::default()
         };
+        let mut rng = FerryRng::from_seed(seed);
+        let pseudonyms = rng.fork();
         *lock(&self.state) = Some(State {
-            table: Circuits::new(own, config, FerryRng::from_seed(seed)),
+            table: Circuits::new(own, config, rng),
             routes: HashMap::new(),
             far: HashMap::new(),
             opened: HashMap::new(),
@@ -139,6 +175,11 @@ impl CircuitDriver {
             device: None,
             pending_routes: Vec::new(),
             held: Vec::new(),
+            by_key: HashMap::new(),
+            keyed: HashMap::new(),
+            exit_node: false,
+            released: Vec::new(),
+            rng: pseudonyms,
         });
         let me = Arc::clone(self);
         let node = node.clone();
@@ -183,9 +224,26 @@ impl CircuitDriver {
             .is_some_and(|s| s.table.config().relay)
     }
 
+    /// Marks this node as an exit: anonymous circuits ending here are accepted as exit
+    /// clients ([`Delivery::Keyed`] with a fresh pseudonym each).
+    pub fn set_exit_node(&self) {
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.exit_node = true;
+        }
+    }
+
+    /// Pseudonyms of exit circuits closed since the last call (the exit releases their
+    /// addresses).
+    pub fn take_released(&self) -> Vec<PublicKey> {
+        lock(&self.state)
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.released))
+            .unwrap_or_default()
+    }
+
     /// Runs `f` on the table, then sends its cells and handles its events (node task).
-    /// Returns the checked IP packets to write to the TUN device.
-    fn with(&self, node: &mut Node, now: Instant, f: impl FnOnce(&mut Circuits)) -> Vec<Vec<u8>> {
+    /// Returns what came out of circuits ending here.
+    fn with(&self, node: &mut Node, now: Instant, f: impl FnOnce(&mut Circuits)) -> Vec<Delivery> {
         let mut g = lock(&self.state);
         let Some(s) = g.as_mut() else {
             return Vec::new();
@@ -194,16 +252,15 @@ impl CircuitDriver {
         flush(s, node, now)
     }
 
-    /// A circuit cell from neighbour `from` (event handler, node task); returns the IP packets
-    /// that came out of circuits ending here, already checked (source = the far end's mesh
-    /// address, destination = ours), for the TUN device.
+    /// A circuit cell from neighbour `from` (event handler, node task); returns what came out
+    /// of circuits ending here ([`Delivery`]).
     pub fn on_cell(
         &self,
         node: &mut Node,
         now: Instant,
         from: PublicKey,
         data: Vec<u8>,
-    ) -> Vec<Vec<u8>> {
+    ) -> Vec<Delivery> {
         self.with(node, now, |t| t.handle_cell(now, from, data))
     }
 
@@ -262,6 +319,96 @@ impl CircuitDriver {
         relays: Vec<PublicKey>,
         end: PublicKey,
     ) -> Result<u64, ApiError> {
+        let h = self.build_inner(node, relays, end, true).await?;
+        let addr = mesh_address(&end);
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.routes.insert(addr, h);
+            s.far.insert(h, (end, addr));
+        }
+        Ok(h)
+    }
+
+    /// Builds an anonymous circuit through `relays` to the exit `exit` and waits for CREATED;
+    /// afterwards payloads for `exit` ([`CircuitDriver::outbound_keyed`],
+    /// [`CircuitDriver::send_keyed`]) go through it and its payloads come out as
+    /// [`Delivery::Keyed`] from `exit`. Returns the handle.
+    ///
+    /// # Errors
+    /// As [`CircuitDriver::build`]; 502 with reason "not accepting" when `exit` is no exit node.
+    pub async fn build_exit(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        relays: Vec<PublicKey>,
+        exit: PublicKey,
+    ) -> Result<u64, ApiError> {
+        let h = self.build_inner(node, relays, exit, false).await?;
+        if let Some(s) = lock(&self.state).as_mut() {
+            if let Some(old) = s.by_key.insert(exit, h) {
+                s.keyed.remove(&old);
+            }
+            s.keyed.insert(h, exit);
+        }
+        Ok(h)
+    }
+
+    /// The open exit circuit to `exit` (client side), if any.
+    pub fn exit_circuit(&self, exit: &PublicKey) -> Option<TunnelCircuit> {
+        let h = *lock(&self.state).as_ref()?.by_key.get(exit)?;
+        self.status().into_iter().find(|c| c.id == h)
+    }
+
+    /// Sends `payload` through the keyed circuit of `key` (node task); `false` when there is
+    /// none or it is not open.
+    pub fn send_keyed(
+        &self,
+        node: &mut Node,
+        now: Instant,
+        key: &PublicKey,
+        payload: &[u8],
+    ) -> bool {
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else {
+            return false;
+        };
+        let ok = s
+            .by_key
+            .get(key)
+            .is_some_and(|&h| s.table.send(now, h, payload).is_ok());
+        // Sending yields no deliveries (events come from cells and timeouts, flushed there).
+        let _ = flush(s, node, now);
+        ok
+    }
+
+    /// TUN reader hook for a packet the exit role routed to friend `key`: `None` when `key`
+    /// has no keyed circuit (send it to the friend), else what to do
+    /// ([`Outbound::TooBig`] for IPv6 only; larger IPv4 packets are dropped).
+    pub fn outbound_keyed(&self, key: &PublicKey, pkt: &[u8]) -> Option<Outbound> {
+        let mut g = lock(&self.state);
+        let s = g.as_mut()?;
+        let &handle = s.by_key.get(key)?;
+        if pkt.len() > CIRCUIT_MTU {
+            return Some(match Ipv6Header::parse(pkt) {
+                Ok(h) => Outbound::TooBig(packet_too_big(pkt, &h)),
+                Err(_) => Outbound::Dropped,
+            });
+        }
+        if s.table.send(Instant::now(), handle, pkt).is_err() {
+            return Some(Outbound::Dropped);
+        }
+        Some(
+            s.table
+                .poll_transmit()
+                .map_or(Outbound::Dropped, Outbound::Send),
+        )
+    }
+
+    async fn build_inner(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        relays: Vec<PublicKey>,
+        end: PublicKey,
+        identified: bool,
+    ) -> Result<u64, ApiError> {
         if relays.len() > MAX_RELAYS {
             return Err(ApiError::bad_request(format!(
                 "at most {MAX_RELAYS} relays in --via"
@@ -287,7 +434,7 @@ impl CircuitDriver {
         let r = node
             .call(move |n, now| {
                 let mut out = Err(ferry_tunnel::circuit::CircuitError::NoCircuit);
-                let _ = me.with(n, now, |t| out = t.create(now, &relays, end, true));
+                let _ = me.with(n, now, |t| out = t.create(now, &relays, end, identified));
                 out
             })
             .await
@@ -312,11 +459,6 @@ impl CircuitDriver {
                 }
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-        }
-        let addr = mesh_address(&end);
-        if let Some(s) = lock(&self.state).as_mut() {
-            s.routes.insert(addr, h);
-            s.far.insert(h, (end, addr));
         }
         Ok(h)
     }
@@ -452,7 +594,7 @@ pub fn packet_too_big(pkt: &[u8], h: &Ipv6Header) -> Vec<u8> {
 }
 
 /// Sends the table's cells and handles its events; returns the IP packets to write to TUN.
-fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
+fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
     // Held cells whose next hop came online go first; expired ones fail.
     let mut retry = Vec::new();
     let mut i = 0;
@@ -517,19 +659,33 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
                         s.pending_routes.push(k);
                     }
                 }
+                None if s.exit_node => {
+                    // An exit client through a circuit: known to the exit table by a fresh
+                    // random pseudonym only.
+                    let pseudonym = PublicKey(s.rng.bytes::<32>());
+                    tracing::info!(handle, "exit circuit ends here");
+                    s.by_key.insert(pseudonym, handle);
+                    s.keyed.insert(handle, pseudonym);
+                }
                 None => {
-                    // Anonymous circuits are for exits (not in this slice).
+                    // Anonymous circuits end at exits only.
                     s.table.destroy(handle, DestroyReason::NotAccepting);
                     again = true;
                 }
             },
             CircuitEvent::Data { handle, packet } => {
+                if let Some(&k) = s.keyed.get(&handle) {
+                    deliver.push(Delivery::Keyed(k, packet));
+                    continue;
+                }
                 let Some(&(_, far)) = s.far.get(&handle) else {
                     s.dropped += 1;
                     continue;
                 };
                 match Ipv6Header::parse(&packet) {
-                    Ok(h) if h.src == far && h.dst == s.own_addr => deliver.push(packet),
+                    Ok(h) if h.src == far && h.dst == s.own_addr => {
+                        deliver.push(Delivery::Mesh(packet));
+                    }
                     _ => s.dropped += 1,
                 }
             }
@@ -540,6 +696,14 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Vec<u8>> {
                     && s.routes.get(&addr) == Some(&handle)
                 {
                     s.routes.remove(&addr);
+                }
+                if let Some(k) = s.keyed.remove(&handle) {
+                    if s.by_key.get(&k) == Some(&handle) {
+                        s.by_key.remove(&k);
+                    }
+                    if s.exit_node && s.released.len() < MAX_PENDING_ROUTES {
+                        s.released.push(k);
+                    }
                 }
             }
         }

@@ -48,6 +48,14 @@
 //!
 //! So ferry's own packets never enter the tunnel (no double encapsulation, hole punching to
 //! other friends keeps working). Relays connected later are not pinned.
+//!
+//! # Client through a circuit (`ferry tunnel up --via R1,... --exit KEY [--route CIDR]...`)
+//! [`client_up_via`]: an anonymous circuit to the exit ([`crate::circuit`]); the exit need not
+//! be a friend and knows the client only by a per-circuit pseudonym. Request/Assign travel in
+//! the circuit's data cells; the assigned IPv6 address is the pseudonym's mesh address (added
+//! to the device); routes get `mtu` [`ferry_tunnel::circuit::CIRCUIT_MTU`]; the default route
+//! pins the first relay's endpoints instead of the exit's. On the exit, circuit clients go
+//! through the same [`ExitTable`] (pool, policy, source checks) as friends.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -169,23 +177,7 @@ pub fn on_control(
         return;
     };
     let reply = tunnel
-        .with_exit(|hook, router| match hook {
-            ExitHook::Exit(t) => t.on_control(now, *from, msg),
-            ExitHook::Client {
-                client, refused, ..
-            } => {
-                if let ExitControl::Refuse(r) = msg
-                    && *from == client.exit
-                {
-                    *refused = Some(r);
-                }
-                client.on_assign(from, msg, router.own_address());
-                None
-            }
-            ExitHook::None => {
-                (msg == ExitControl::Request).then_some(ExitControl::Refuse(REFUSE_NOT_EXIT))
-            }
-        })
+        .with_exit(|hook, router| control_reply(hook, router, now, from, data))
         .unwrap_or(if msg == ExitControl::Request {
             Some(ExitControl::Refuse(REFUSE_NOT_EXIT))
         } else {
@@ -195,6 +187,36 @@ pub fn on_control(
         && let Err(e) = node.send_custom(now, from, &m.encode())
     {
         tracing::debug!(friend = %from, "exit control reply: {e}");
+    }
+}
+
+/// An exit control message (`data`, id byte first) from `from` (a friend, or the far end of an
+/// exit circuit: the exit on a client, a client's pseudonym on an exit) handled by the exit
+/// role: the answer to send back the same way, if any.
+pub fn control_reply(
+    hook: &mut ExitHook,
+    router: &MeshRouter,
+    now: Instant,
+    from: &PublicKey,
+    data: &[u8],
+) -> Option<ExitControl> {
+    let msg = ExitControl::decode(data).ok()?;
+    match hook {
+        ExitHook::Exit(t) => t.on_control(now, *from, msg),
+        ExitHook::Client {
+            client, refused, ..
+        } => {
+            if let ExitControl::Refuse(r) = msg
+                && *from == client.exit
+            {
+                *refused = Some(r);
+            }
+            client.on_assign(from, msg, router.own_address());
+            None
+        }
+        ExitHook::None => {
+            (msg == ExitControl::Request).then_some(ExitControl::Refuse(REFUSE_NOT_EXIT))
+        }
     }
 }
 
@@ -218,6 +240,7 @@ pub fn fill_status(hook: &ExitHook, s: &mut TunnelStatus) {
         }
         ExitHook::Client { client, routes, .. } => {
             s.exit = Some(client.exit.to_hex());
+
             if let Some((v4, _, v6)) = client.assigned {
                 s.client_address_v4 = Some(v4.to_string());
                 s.client_address_v6 = Some(v6.to_string());
@@ -642,6 +665,9 @@ pub async fn start_exit(
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let fw = ExitFirewall::setup(&device, &opts.uplink, port)?;
+    // Clients may also come through anonymous multi-hop circuits.
+    tunnel.circuits.set_exit_node();
+    tunnel.circuits.set_end(node, Some(device.clone())).await;
     eprintln!(
         "  exit node: {device} → {} (NAT chain {}, policy: {})",
         opts.uplink,
@@ -672,6 +698,31 @@ pub async fn client_up(
     exit_hex: &str,
     routes: &[String],
 ) -> Result<TunnelStatus, ApiError> {
+    client_up_via(tunnel, node, own, device, exit_hex, routes, Vec::new()).await
+}
+
+/// [`client_up`] through a multi-hop circuit when `via` (the relays, in order) is not empty:
+/// the circuit to the exit is anonymous ([`crate::circuit::CircuitDriver::build_exit`]), the
+/// address request and answer and every routed packet go through it, the exit need not be a
+/// friend and assigns the mesh address of a per-circuit pseudonym as our IPv6 address (added
+/// to the device, `nodad`), the routes carry the circuit MTU
+/// ([`ferry_tunnel::circuit::CIRCUIT_MTU`]) and default routes pin the first relay's
+/// endpoints instead of the exit's.
+///
+/// # Errors
+/// As [`client_up`]; circuit errors as [`crate::circuit::CircuitDriver::build`] (502
+/// "far end does not accept circuits" when the exit is no exit node).
+pub async fn client_up_via(
+    tunnel: &TunnelShared,
+    node: &NodeHandle,
+    own: PublicKey,
+    device: Option<String>,
+    exit_hex: &str,
+    routes: &[String],
+    via: Vec<PublicKey>,
+) -> Result<TunnelStatus, ApiError> {
+    let circuit = !via.is_empty();
+    let first_hop = via.first().copied();
     let exit = PublicKey::from_hex(exit_hex).map_err(|e| bad(format!("bad exit key: {e}")))?;
     if routes.len() > MAX_ROUTES {
         return Err(bad(format!("more than {MAX_ROUTES} routes")));
@@ -685,13 +736,17 @@ pub async fn client_up(
         .call(|n, _| n.friends())
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    if !friends.iter().any(|f| f.public_key == exit) {
+    if !circuit && !friends.iter().any(|f| f.public_key == exit) {
         return Err(bad(format!(
             "exit {exit} is not a friend: add it first (`ferry friend add <its public key>`)"
         )));
     }
     let hook = || ExitHook::Client {
-        client: ExitClient::new(exit),
+        client: if circuit {
+            ExitClient::new_pseudonymous(exit)
+        } else {
+            ExitClient::new(exit)
+        },
         refused: None,
         routes: Vec::new(),
         pinned: Vec::new(),
@@ -714,6 +769,9 @@ pub async fn client_up(
         if !ok {
             return Err(ApiError::conflict("this node is an exit"));
         }
+    }
+    if circuit {
+        tunnel.circuits.build_exit(node, via, exit).await?;
     }
     // Ask until assigned.
     let start = Instant::now();
@@ -745,9 +803,16 @@ pub async fn client_up(
         if last_request.is_none_or(|t| t.elapsed() >= REQUEST_INTERVAL) {
             last_request = Some(Instant::now());
             let msg = ExitControl::Request.encode();
-            let _ = node
-                .call(move |n, now| n.send_custom(now, &exit, &msg))
-                .await;
+            if circuit {
+                let c = std::sync::Arc::clone(&tunnel.circuits);
+                let _ = node
+                    .call(move |n, now| c.send_keyed(n, now, &exit, &msg))
+                    .await;
+            } else {
+                let _ = node
+                    .call(move |n, now| n.send_custom(now, &exit, &msg))
+                    .await;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -761,6 +826,20 @@ pub async fn client_up(
         &["addr", "replace", &format!("{v4}/32"), "dev", &device_name],
     )
     .map_err(internal)?;
+    if circuit {
+        ip_cmd(
+            true,
+            &[
+                "addr",
+                "replace",
+                &format!("{v6}/128"),
+                "dev",
+                &device_name,
+                "nodad",
+            ],
+        )
+        .map_err(internal)?;
+    }
     // Before any default route goes in: pin the exit's endpoints and our TCP relays outside
     // the tunnel, and keep ferry's own UDP socket on the previous default (policy routing).
     let mut pinned = Vec::new();
@@ -775,7 +854,9 @@ pub async fn client_up(
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let mut ips: Vec<IpAddr> = status.tcp_relays.iter().map(|r| r.addr.ip()).collect();
-        if let Some(f) = friends.iter().find(|f| f.public_key == exit) {
+        // The first hop of a circuit, else the exit.
+        let peer = first_hop.unwrap_or(exit);
+        if let Some(f) = friends.iter().find(|f| f.public_key == peer) {
             ips.extend(
                 f.addr
                     .iter()
@@ -798,19 +879,22 @@ pub async fn client_up(
             IpAddr::V4(_) => IpAddr::V4(v4),
             IpAddr::V6(_) => IpAddr::V6(v6),
         };
-        ip_cmd(
-            c.addr.is_ipv6(),
-            &[
-                "route",
-                "replace",
-                &c.to_string(),
-                "dev",
-                &device_name,
-                "src",
-                &src.to_string(),
-            ],
-        )
-        .map_err(internal)?;
+        let (cidr, src) = (c.to_string(), src.to_string());
+        let mtu = ferry_tunnel::circuit::CIRCUIT_MTU.to_string();
+        let mut args = vec![
+            "route",
+            "replace",
+            cidr.as_str(),
+            "dev",
+            &device_name,
+            "src",
+            src.as_str(),
+        ];
+        if circuit {
+            // A data cell carries at most CIRCUIT_MTU bytes of IP packet.
+            args.extend(["mtu", mtu.as_str()]);
+        }
+        ip_cmd(c.addr.is_ipv6(), &args).map_err(internal)?;
         installed.push(*c);
     }
     tunnel.with_exit(|h, _| {
@@ -826,7 +910,7 @@ pub async fn client_up(
             *b = bypass;
         }
     });
-    tracing::info!(%exit, %v4, %v6, "exit client up");
+    tracing::info!(%exit, %v4, %v6, circuit, "exit client up");
     Ok(tunnel.status(own))
 }
 
@@ -847,8 +931,15 @@ pub async fn before_down(tunnel: &TunnelShared, node: &NodeHandle) -> Result<(),
         )),
         Some(Ok(Some(exit))) => {
             let msg = ExitControl::Release.encode();
+            let c = std::sync::Arc::clone(&tunnel.circuits);
             let _ = node
-                .call(move |n, now| n.send_custom(now, &exit, &msg))
+                .call(move |n, now| {
+                    // Through the exit circuit when there is one (then the exit also releases
+                    // when the circuit closes), else the friend session.
+                    if !c.send_keyed(n, now, &exit, &msg) {
+                        let _ = n.send_custom(now, &exit, &msg);
+                    }
+                })
                 .await;
             Ok(())
         }

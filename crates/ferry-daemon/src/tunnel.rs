@@ -145,22 +145,57 @@ impl TunnelShared {
         data: Vec<u8>,
     ) {
         let packets = self.circuits.on_cell(node, now, from, data);
+        let released = self.circuits.take_released();
+        if !released.is_empty() {
+            self.with_exit(|h, _| {
+                if let crate::exit::ExitHook::Exit(t) = h {
+                    for k in &released {
+                        t.release(k);
+                    }
+                }
+            });
+        }
         if packets.is_empty() {
             return;
         }
-        let mut g = lock(&self.inner);
-        for pkt in packets {
-            match g.as_mut() {
-                Some(r) => {
-                    // Through the writer task (offloads need the virtio-net header), flushed at
-                    // the end of this round of node events.
-                    r.counters.rx_packets += 1;
-                    r.counters.rx_bytes += pkt.len() as u64;
-                    let dropped = r.inbound.push(&pkt);
-                    uncount_rx(&mut r.counters, dropped);
-                }
-                None => self.circuits.count_dropped(),
+        let mut replies = Vec::new();
+        {
+            let mut g = lock(&self.inner);
+            for d in packets {
+                let Some(r) = g.as_mut() else {
+                    self.circuits.count_dropped();
+                    continue;
+                };
+                let pkt = match d {
+                    crate::circuit::Delivery::Mesh(p) => p,
+                    // Exit circuits: control messages and the exit role's checks, exactly as
+                    // for a friend's session.
+                    crate::circuit::Delivery::Keyed(k, p) => {
+                        if p.first() == Some(&ferry_tunnel::exit::EXIT_CONTROL_PACKET_ID) {
+                            if let Some(m) =
+                                crate::exit::control_reply(&mut r.exit, &r.router, now, &k, &p)
+                            {
+                                replies.push((k, m.encode()));
+                            }
+                            continue;
+                        }
+                        if let Err(e) = r.check_inbound(&k, &p) {
+                            r.counters.count_drop(e);
+                            continue;
+                        }
+                        p
+                    }
+                };
+                // Through the writer task (offloads need the virtio-net header), flushed at
+                // the end of this round of node events.
+                r.counters.rx_packets += 1;
+                r.counters.rx_bytes += pkt.len() as u64;
+                let dropped = r.inbound.push(&pkt);
+                uncount_rx(&mut r.counters, dropped);
             }
+        }
+        for (k, m) in replies {
+            self.circuits.send_keyed(node, now, &k, &m);
         }
     }
 
@@ -313,6 +348,9 @@ impl TunnelShared {
                 .collect();
             s.peers.sort_by(|a, b| a.public_key.cmp(&b.public_key));
             crate::exit::fill_status(&r.exit, &mut s);
+            if let crate::exit::ExitHook::Client { client, .. } = &r.exit {
+                s.exit_circuit = self.circuits.exit_circuit(&client.exit);
+            }
         }
         s
     }
@@ -456,33 +494,17 @@ async fn reader(
             count_failed(&mut r.counters, &mut batch);
             for (i, pkt) in staged.packets().enumerate() {
                 // Multi-hop circuits first: their far ends need not be friends.
-                match circuits.outbound(pkt) {
-                    crate::circuit::Outbound::NotCircuit => {}
-                    crate::circuit::Outbound::Dropped => {
-                        r.counters.drop_send += 1;
-                        continue;
-                    }
-                    crate::circuit::Outbound::TooBig(icmp) => {
-                        // Written back into the TUN device (through the writer: offloads need
-                        // the virtio-net header).
-                        let dropped = r.inbound.push(&icmp);
-                        uncount_rx(&mut r.counters, dropped);
-                        let dropped = r.inbound.flush();
-                        uncount_rx(&mut r.counters, dropped);
-                        r.counters.drop_send += 1;
-                        continue;
-                    }
-                    crate::circuit::Outbound::Send(cell) => {
-                        if let Some((&id, body)) = cell.data.split_first() {
-                            batch.push(cell.to, id, body);
-                            r.counters.tx_packets += 1;
-                            r.counters.tx_bytes += pkt.len() as u64;
-                        }
-                        continue;
-                    }
+                if circuit_out(r, &mut batch, circuits.outbound(pkt), pkt.len()) {
+                    continue;
                 }
                 match r.route_outbound(pkt) {
-                    Ok(k) => push(&mut r.counters, &mut batch, k, pkt),
+                    // Exit traffic whose exit (client) or client (exit) is at a circuit's end.
+                    Ok(k) => match circuits.outbound_keyed(&k, pkt) {
+                        Some(o) => {
+                            circuit_out(r, &mut batch, o, pkt.len());
+                        }
+                        None => push(&mut r.counters, &mut batch, k, pkt),
+                    },
                     Err(DropReason::NoRoute) => missed.push(i),
                     Err(e) => r.counters.count_drop(e),
                 }
@@ -524,6 +546,41 @@ async fn reader(
         // kernel drops), so ferry itself never buffers more than FRAME_QUEUE_DEPTH batches.
         if chan.tx.send(batch).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Carries out what the circuit driver decided for a TUN packet of `len` bytes; `false` when it
+/// is not circuit traffic (route it as usual).
+fn circuit_out(
+    r: &mut Running,
+    batch: &mut FrameBatch,
+    o: crate::circuit::Outbound,
+    len: usize,
+) -> bool {
+    match o {
+        crate::circuit::Outbound::NotCircuit => false,
+        crate::circuit::Outbound::Dropped => {
+            r.counters.drop_send += 1;
+            true
+        }
+        crate::circuit::Outbound::TooBig(icmp) => {
+            // Written back into the TUN device (through the writer: offloads need the
+            // virtio-net header).
+            let dropped = r.inbound.push(&icmp);
+            uncount_rx(&mut r.counters, dropped);
+            let dropped = r.inbound.flush();
+            uncount_rx(&mut r.counters, dropped);
+            r.counters.drop_send += 1;
+            true
+        }
+        crate::circuit::Outbound::Send(cell) => {
+            if let Some((&id, body)) = cell.data.split_first() {
+                batch.push(cell.to, id, body);
+                r.counters.tx_packets += 1;
+                r.counters.tx_bytes += len as u64;
+            }
+            true
         }
     }
 }

@@ -455,12 +455,6 @@ impl Backend for NodeBackend {
                 tunnel.circuits.set_end(&self.node, Some(dev_name)).await;
                 return Ok(status);
             }
-            if !req.routes.is_empty() {
-                return Err(ApiError::bad_request(
-                    "--route with --via is not supported yet: a circuit carries traffic to the \
-                     far end's mesh address only",
-                ));
-            }
             let exit = req
                 .exit
                 .as_deref()
@@ -476,7 +470,52 @@ impl Backend for NodeBackend {
             let Some(end) = exit else {
                 return Err(ApiError::bad_request("--via needs --exit (the far end)"));
             };
-            tunnel.up(&self.node, own, req.device).await?;
+            // An exit node at the far end: exit routing through an anonymous circuit (without
+            // --route: the default routes). A plain mesh peer refuses anonymous circuits; then,
+            // without --route, the circuit carries traffic to its mesh address only.
+            let routes = if req.routes.is_empty() {
+                vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
+            } else {
+                req.routes.clone()
+            };
+            let exit_hex = end.to_hex();
+            match crate::exit::client_up_via(
+                tunnel,
+                &self.node,
+                own,
+                req.device.clone(),
+                &exit_hex,
+                &routes,
+                via.clone(),
+            )
+            .await
+            {
+                Ok(status) => {
+                    tunnel.circuits.set_end(&self.node, Some(dev_name)).await;
+                    let _ = status;
+                    return Ok(tunnel.status(own));
+                }
+                Err(e) => {
+                    let not_exit = e.status == 502
+                        && e.message.contains(
+                            &ferry_tunnel::circuit::DestroyReason::NotAccepting.to_string(),
+                        );
+                    if !(not_exit && req.routes.is_empty()) {
+                        let _ = tunnel.down();
+                        tunnel.circuits.set_end(&self.node, None).await;
+                        return Err(e);
+                    }
+                    // Keep the device (a TUN device cannot be re-created at once): drop only
+                    // the exit role.
+                    tunnel.with_exit(|h, _| {
+                        crate::exit::on_down(h);
+                        *h = crate::exit::ExitHook::None;
+                    });
+                }
+            }
+            if tunnel.status(own).device.is_empty() {
+                tunnel.up(&self.node, own, req.device).await?;
+            }
             let circuits = &tunnel.circuits;
             circuits.set_end(&self.node, Some(dev_name)).await;
             if let Err(e) = circuits.build(&self.node, via, end).await {

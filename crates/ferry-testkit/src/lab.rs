@@ -214,3 +214,35 @@ impl NetnsFerry {
         })
     }
 }
+
+/// Adds one counting rule per `spec` (chain and match arguments, e.g. `["INPUT", "-p", "udp"]`)
+/// with `tool` (`iptables`/`ip6tables`) in namespace `ns`, matching packets that contain the
+/// bytes `hex` (no `|`) and tagged with the comment `tag`. Returns whether the string match
+/// works here (all rules added). Read the counts with [`string_counter_packets`]; the rules go
+/// with the namespace.
+pub fn add_string_counters(ns: &str, tool: &str, specs: &[&[&str]], hex: &str, tag: &str) -> bool {
+    let pattern = format!("|{hex}|");
+    specs.iter().all(|spec| {
+        Command::new("ip")
+            .args(["netns", "exec", ns, tool, "-w", "-I"])
+            .args(*spec)
+            .args(["-m", "string", "--algo", "bm", "--hex-string", &pattern])
+            .args(["-m", "comment", "--comment", tag])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Sum of the packet counters of the rules tagged `tag` ([`add_string_counters`]) in `ns`'s
+/// filter table.
+pub fn string_counter_packets(ns: &str, tool: &str, tag: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, tool, "-w", "-L", "-v", "-x", "-n"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(tag))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}

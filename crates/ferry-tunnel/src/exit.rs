@@ -802,6 +802,10 @@ pub struct ExitClient {
     pub assigned: Option<(Ipv4Addr, u8, Ipv6Addr)>,
     /// Counters.
     pub counters: ExitCounters,
+    /// Reached through an anonymous circuit (`tunnel up --via`): the exit does not know our
+    /// long-term key, so it assigns the mesh address of a per-circuit pseudonym as our IPv6
+    /// address instead of our own.
+    pub pseudonymous: bool,
 }
 
 impl ExitClient {
@@ -811,14 +815,27 @@ impl ExitClient {
             exit,
             assigned: None,
             counters: ExitCounters::default(),
+            pseudonymous: false,
+        }
+    }
+
+    /// Not yet assigned, reached through an anonymous circuit ([`ExitClient::pseudonymous`]).
+    pub fn new_pseudonymous(exit: PublicKey) -> Self {
+        Self {
+            pseudonymous: true,
+            ..Self::new(exit)
         }
     }
 
     /// Takes an [`ExitControl::Assign`] from `from`; returns whether it was accepted (from our
-    /// exit, and the IPv6 address is our own mesh address `own_v6`).
+    /// exit, and the IPv6 address is our own mesh address `own_v6`, or, when
+    /// [`ExitClient::pseudonymous`], any address in the mesh prefix).
     pub fn on_assign(&mut self, from: &PublicKey, msg: ExitControl, own_v6: Ipv6Addr) -> bool {
         match msg {
-            ExitControl::Assign { v4, v4_len, v6, .. } if *from == self.exit && v6 == own_v6 => {
+            ExitControl::Assign { v4, v4_len, v6, .. }
+                if *from == self.exit
+                    && (v6 == own_v6 || (self.pseudonymous && is_mesh_address(&v6))) =>
+            {
                 self.assigned = Some((v4, v4_len, v6));
                 true
             }

@@ -289,3 +289,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pseudonymous_client_takes_a_mesh_address_that_is_not_its_own() {
+    let own6 = mesh_address(&key(1));
+    let pseudo6 = mesh_address(&key(0x55));
+    let assign = |v6| ExitControl::Assign {
+        v4: Ipv4Addr::new(100, 64, 0, 3),
+        v4_len: 10,
+        v6,
+        v6_len: 128,
+    };
+    // A direct client refuses an IPv6 address other than its own mesh address.
+    assert!(!ExitClient::new(key(7)).on_assign(&key(7), assign(pseudo6), own6));
+    // Through a circuit: any mesh address, from the exit only; nothing outside the prefix.
+    let mut c = ExitClient::new_pseudonymous(key(7));
+    assert!(!c.on_assign(&key(7), assign("2001:db8::1".parse().expect("v6")), own6));
+    assert!(!c.on_assign(&key(8), assign(pseudo6), own6));
+    assert!(c.on_assign(&key(7), assign(pseudo6), own6));
+    // Packets from the pseudonym's address go to the exit; from our own are spoofed.
+    assert_eq!(
+        c.route_outbound(&v6(pseudo6, SERVER6, proto::UDP, 9)),
+        Some(Ok(key(7)))
+    );
+    assert_eq!(
+        c.route_outbound(&v6(own6, SERVER6, proto::UDP, 9)),
+        Some(Err(ExitDrop::BadSource))
+    );
+    // The exit table names a pseudonym like any key: its IPv6 is the pseudonym's mesh address.
+    let mut t = ExitTable::new(ExitPolicy::allow_all());
+    let now = Instant::now();
+    assert_eq!(t.assign(now, key(0x55)).map(|a| a.1), Some(pseudo6));
+}
