@@ -429,10 +429,19 @@ case_ferry() {
         fi
         return 0
     fi
+    local rcvbuf_before
+    rcvbuf_before=$(udp_rcvbuf_errors "$NS_E")
     measure "$name" "$relays" 1372 "$IP_S" "${FERRY_PIDS[@]}"
+    # Where packets are lost: the exit's UDP socket buffer (kernel) and ferry's own drops.
+    log "$name: exit UDP receive-buffer drops during the case: $(( $(udp_rcvbuf_errors "$NS_E") - rcvbuf_before )); exit tunnel $(ferry_cli "$FD/e" tunnel status --json | tr -d '\n ' | grep -o '"dropped":[0-9]*' | head -1)"
     ferry_cli "$FD/c" tunnel status --json >"$WORK/$name.status.json" 2>/dev/null || true
     log "$name: client status $(tr -d '\n ' <"$WORK/$name.status.json" | head -c 300)"
     ferry_cli "$FD/c" tunnel down >/dev/null 2>&1 || true
+}
+
+# udp_rcvbuf_errors NS: the namespace's UDP RcvbufErrors counter (/proc/net/snmp).
+udp_rcvbuf_errors() {
+    ip netns exec "$1" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
 }
 
 ferry_teardown() {
