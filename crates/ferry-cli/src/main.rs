@@ -284,10 +284,21 @@ enum SimCommand {
         /// average); the result is the same for any count.
         #[arg(long)]
         threads: Option<usize>,
+        /// How pairs of nodes derive their crypto_box keys: `hashed` (SHA-512 of the two public
+        /// keys, no X25519; fast) or `x25519` (real). The result is the same either way.
+        #[arg(long, value_enum, default_value_t = SimKeyAgreement::Hashed)]
+        key_agreement: SimKeyAgreement,
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `ferry sim dht --key-agreement`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SimKeyAgreement {
+    Hashed,
+    X25519,
 }
 
 #[derive(Subcommand, Debug)]
@@ -617,6 +628,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                     seed,
                     lookups_per_hour,
                     threads,
+                    key_agreement,
                     json,
                 },
         } => {
@@ -632,6 +644,10 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             scenario.link.loss = loss;
             scenario.lookups_per_node_hour = lookups_per_hour;
             scenario.threads = ferry_sim::dht::default_threads();
+            scenario.key_agreement = match key_agreement {
+                SimKeyAgreement::Hashed => ferry_sim::dht::KeyAgreement::Hashed,
+                SimKeyAgreement::X25519 => ferry_sim::dht::KeyAgreement::X25519,
+            };
             if let Some(t) = threads {
                 anyhow::ensure!(t >= 1, "--threads must be at least 1");
                 scenario.threads = t;
@@ -794,6 +810,10 @@ fn print_sim_table(r: &ferry_sim::dht::DhtReport) {
             format!("{:.0}", r.keys_computed_per_node),
         ),
         ("packets sent (network)", r.packets_sent.to_string()),
+        (
+            "threads, key agreement",
+            format!("{}, {:?}", r.threads, r.key_agreement),
+        ),
         ("simulated", format!("{:.0} s", r.simulated_seconds)),
         (
             "wall",

@@ -240,15 +240,35 @@ impl Nonce {
 
 /// A precomputed `crypto_box` key between one of our secret keys and a peer's public key
 /// (`crypto_box_beforenm`). The same key encrypts and decrypts in both directions.
-pub struct PrecomputedKey(SalsaBox);
+pub struct PrecomputedKey(BoxKey);
+
+/// The two ways a [`PrecomputedKey`] is held: a `crypto_box` over X25519, or 32 raw
+/// `crypto_box_beforenm` bytes used as an XSalsa20-Poly1305 key (`crypto_box_afternm` is
+/// `crypto_secretbox` with that key, so both give the same packets for the same key bytes).
+enum BoxKey {
+    X25519(SalsaBox),
+    Raw(crypto_secretbox::XSalsa20Poly1305),
+}
 
 impl PrecomputedKey {
     /// Precomputes HSalsa20(X25519(`ours`, `theirs`)).
     pub fn new(ours: &SecretKey, theirs: &PublicKey) -> Self {
-        Self(SalsaBox::new(
+        Self(BoxKey::X25519(SalsaBox::new(
             &crypto_box::PublicKey::from(theirs.0),
             &ours.0,
-        ))
+        )))
+    }
+
+    /// Wraps 32 bytes as the result of `crypto_box_beforenm` (no X25519): encrypting and
+    /// decrypting are then `crypto_box_afternm` with these bytes. The simulator's hashed key
+    /// agreement uses it (`ferry_sim::dht::KeyAgreement::Hashed`), where both ends of a pair
+    /// derive the same bytes from their public keys; a real node never does, because such a
+    /// key is known to anyone who knows both public keys.
+    pub fn from_beforenm_bytes(mut bytes: [u8; KEY_SIZE]) -> Self {
+        use crypto_box::aead::KeyInit;
+        let key = crypto_secretbox::XSalsa20Poly1305::new(&bytes.into());
+        bytes.zeroize();
+        Self(BoxKey::Raw(key))
     }
 
     /// Encrypts `plaintext`; the result is `MAC (16 bytes) ‖ ciphertext`, NaCl layout, so it is
@@ -257,9 +277,11 @@ impl PrecomputedKey {
     /// # Errors
     /// [`CryptoError::Encrypt`] only for plaintexts beyond XSalsa20's range.
     pub fn encrypt(&self, nonce: &Nonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.0
-            .encrypt(&nonce.0.into(), plaintext)
-            .map_err(|_| CryptoError::Encrypt)
+        match &self.0 {
+            BoxKey::X25519(b) => b.encrypt(&nonce.0.into(), plaintext),
+            BoxKey::Raw(k) => k.encrypt(&nonce.0.into(), plaintext),
+        }
+        .map_err(|_| CryptoError::Encrypt)
     }
 
     /// Encrypts in place for hot paths (net_crypto data packets): `buf[at..at + 16]` is room for
@@ -279,10 +301,12 @@ impl PrecomputedKey {
         let Some(msg_at) = at.checked_add(MAC_SIZE).filter(|&m| m <= buf.len()) else {
             return Err(CryptoError::Encrypt);
         };
-        let tag = self
-            .0
-            .encrypt_in_place_detached(&nonce.0.into(), b"", &mut buf[msg_at..])
-            .map_err(|_| CryptoError::Encrypt)?;
+        let msg = &mut buf[msg_at..];
+        let tag = match &self.0 {
+            BoxKey::X25519(b) => b.encrypt_in_place_detached(&nonce.0.into(), b"", msg),
+            BoxKey::Raw(k) => k.encrypt_in_place_detached(&nonce.0.into(), b"", msg),
+        }
+        .map_err(|_| CryptoError::Encrypt)?;
         buf[at..msg_at].copy_from_slice(&tag);
         Ok(())
     }
@@ -295,9 +319,11 @@ impl PrecomputedKey {
         if ciphertext.len() < MAC_SIZE {
             return Err(CryptoError::Decrypt);
         }
-        self.0
-            .decrypt(&nonce.0.into(), ciphertext)
-            .map_err(|_| CryptoError::Decrypt)
+        match &self.0 {
+            BoxKey::X25519(b) => b.decrypt(&nonce.0.into(), ciphertext),
+            BoxKey::Raw(k) => k.decrypt(&nonce.0.into(), ciphertext),
+        }
+        .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -567,6 +593,21 @@ mod tests {
             &ct[16..24],
             &[0x8e, 0x99, 0x3b, 0x9f, 0x48, 0x68, 0x12, 0x73]
         );
+        // NaCl's `crypto_box_beforenm` of the same pair (its test "box7"/"core1" key): wrapped
+        // as raw bytes it gives the very same packet, MAC included, and opens it.
+        let beforenm: [u8; 32] = [
+            0x1b, 0x27, 0x55, 0x64, 0x73, 0xe9, 0x85, 0xd4, 0x62, 0xcd, 0x51, 0x19, 0x7a, 0x9a,
+            0x46, 0xc7, 0x60, 0x09, 0x54, 0x9e, 0xac, 0x64, 0x74, 0xf2, 0x06, 0xc4, 0xee, 0x08,
+            0x44, 0xf6, 0x83, 0x89,
+        ];
+        let raw = PrecomputedKey::from_beforenm_bytes(beforenm);
+        assert_eq!(raw.encrypt(&Nonce(nonce), &msg).expect("encrypt"), ct);
+        assert_eq!(raw.decrypt(&Nonce(nonce), &ct).expect("decrypt"), msg);
+        let mut buf = vec![0u8; MAC_SIZE + msg.len()];
+        buf[MAC_SIZE..].copy_from_slice(&msg);
+        raw.encrypt_in_place(&Nonce(nonce), &mut buf, 0)
+            .expect("in place");
+        assert_eq!(buf, ct);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_sim::dht::{DhtReport, DhtScenario, run};
+use ferry_sim::dht::{DhtReport, DhtScenario, KeyAgreement, run};
 
 fn scenario(nodes: usize, hours: f64, seed: u64) -> DhtScenario {
     let mut s = DhtScenario::new(nodes, hours, seed);
@@ -19,6 +19,8 @@ fn same_but_wall(a: &DhtReport, b: &DhtReport) -> bool {
     let strip = |r: &DhtReport| DhtReport {
         wall_seconds: 0.0,
         peak_rss_bytes: 0,
+        threads: 0,
+        key_agreement: KeyAgreement::Hashed,
         ..r.clone()
     };
     strip(a) == strip(b)
@@ -128,4 +130,27 @@ fn threads_do_not_change_the_run() {
         );
     }
     assert!(one.churned > 0 && one.lookups > 0, "seed 5: {one:?}");
+}
+
+/// The simulator's hashed key agreement changes only the wall time: with real X25519 the run is
+/// the same, bit for bit (same lookups, timings, packets, keys computed).
+#[test]
+fn key_agreement_does_not_change_the_run() {
+    let mut s = scenario(80, 0.12, 9);
+    s.churn_per_hour = 0.5;
+    s.link.loss = 0.05;
+    s.key_agreement = KeyAgreement::Hashed;
+    let hashed = run(&s, |_, _| {});
+    s.key_agreement = KeyAgreement::X25519;
+    let x25519 = run(&s, |_, _| {});
+    assert_eq!(hashed.key_agreement, KeyAgreement::Hashed);
+    assert_eq!(x25519.key_agreement, KeyAgreement::X25519);
+    assert!(
+        same_but_wall(&hashed, &x25519),
+        "seed 9: X25519 diverged from the hashed agreement:\n{hashed:?}\n{x25519:?}"
+    );
+    assert!(
+        hashed.lookups > 0 && hashed.keys_computed_per_node > 0.0,
+        "seed 9: {hashed:?}"
+    );
 }
