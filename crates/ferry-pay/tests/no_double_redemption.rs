@@ -5,8 +5,8 @@ mod common;
 
 use common::{Chain, Setup, block_on, eth};
 use ferry_pay::{
-    AccountKey, Address, ContractError, EmbeddedConfig, EmbeddedEvm, PayError, PaymentBackend,
-    U256, Voucher,
+    AccountKey, Address, ContractError, EmbeddedConfig, EmbeddedEvm, JsonRpcEvm, PayError,
+    PaymentBackend, U256, Voucher,
 };
 
 fn reverted(r: Result<impl std::fmt::Debug, PayError>) -> ContractError {
@@ -307,3 +307,61 @@ on_every_backend!(
     malleable_high_s_signature_rejected,
     only_the_receiver_claims_and_never_over_deposit,
 );
+
+/// Separate processes share one ledger: payer and relay each talk to one `ferry chain serve`
+/// server through their own `JsonRpcEvm`; a server started again from the ledger file (a
+/// restart) still refuses the redeemed voucher, and a voucher of a vanished hub is useless.
+#[test]
+fn served_ledger_reclaim_after_restart_pays_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.json");
+    let url =
+        common::serve(EmbeddedEvm::open_file(&path, EmbeddedConfig::default()).expect("ledger"));
+    let payer =
+        Setup::with(block_on(JsonRpcEvm::connect(&url, None, None, None)).expect("connect"));
+    let relay_side = block_on(JsonRpcEvm::connect(
+        &url,
+        Some(payer.chain_id()),
+        Some(payer.hub()),
+        None,
+    ))
+    .expect("relay connects with a known hub");
+    let ch = payer.open(eth(1), 3600);
+    let v = payer.voucher(ch, 5_000);
+    assert_eq!(
+        block_on(relay_side.claim(&payer.relay, &v)).expect("claim"),
+        U256::from(5_000)
+    );
+    let relay_after = payer.balance(&payer.relay);
+
+    let url2 =
+        common::serve(EmbeddedEvm::open_file(&path, EmbeddedConfig::default()).expect("reload"));
+    assert_ne!(url, url2);
+    let again =
+        Setup::with(block_on(JsonRpcEvm::connect(&url2, None, None, None)).expect("connect"));
+    assert_eq!(again.hub(), payer.hub());
+    assert_eq!(again.balance(&again.relay), relay_after);
+    assert_eq!(
+        reverted(block_on(again.evm.claim(&again.relay, &v))),
+        ContractError::NothingToClaim
+    );
+    let st = block_on(again.evm.channel(ch))
+        .expect("read")
+        .expect("persisted");
+    assert_eq!(st.claimed, U256::from(5_000));
+    // Wrong chain id or a hub without code: refused at connect.
+    assert!(block_on(JsonRpcEvm::connect(&url2, Some(1), None, None)).is_err());
+    assert!(
+        block_on(JsonRpcEvm::connect(
+            &url2,
+            None,
+            Some(Address::repeat_byte(0x42)),
+            None
+        ))
+        .is_err()
+    );
+    assert!(matches!(
+        block_on(JsonRpcEvm::connect("http://127.0.0.1:1", None, None, None)),
+        Err(PayError::Rpc(_))
+    ));
+}

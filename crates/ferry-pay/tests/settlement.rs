@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Chain, Setup, block_on, eth};
-use ferry_pay::{ContractError, PayError, PaymentBackend, U256};
+use ferry_pay::{AccountKey, Bytes, ContractError, JsonRpcEvm, PayError, PaymentBackend, U256};
 
 fn reverted(r: Result<impl std::fmt::Debug, PayError>) -> ContractError {
     match r {
@@ -272,7 +272,7 @@ fn backend_futures_are_send<C: Chain>(s: Setup<C>) {
     }
     async fn settle<B: PaymentBackend>(
         b: &B,
-        relay: &ferry_pay::AccountKey,
+        relay: &AccountKey,
         v: &ferry_pay::Voucher,
     ) -> Result<(U256, U256), PayError> {
         let paid = assert_send(b.claim(relay, v)).await?;
@@ -298,3 +298,39 @@ on_every_backend!(
     shared_between_threads,
     backend_futures_are_send,
 );
+
+/// Hardhat's public dev account #19 (a well-known key, funded at genesis) deploys the hub and
+/// pays the client and relay with plain transfers; then a channel settles with exact wei.
+#[test]
+fn hardhat_default_account_deploys_and_pays() {
+    let Some(url) = common::hardhat_url() else {
+        return;
+    };
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(
+        "df57089febbacf7ba0bc227dafbffa9fc08a93fdc68e1e42411a14efcf23656e",
+        &mut secret,
+    )
+    .expect("hex");
+    let dev = AccountKey::from_secret_bytes(&secret).expect("key");
+    let evm = block_on(JsonRpcEvm::connect(&url, Some(31337), None, Some(&dev)))
+        .expect("deploy from the dev account");
+    assert_eq!(evm.info().chain_id, 31337);
+    let (client, relay) = (common::fresh_key(), common::fresh_key());
+    for (who, amount) in [(&client, eth(2)), (&relay, eth(1))] {
+        block_on(evm.transact(&dev, Some(who.address()), amount, Bytes::new(), 21_000))
+            .expect("transfer");
+    }
+    let mut s = Setup::with_keys(evm, client, relay);
+    s.slack = 120;
+    assert_eq!(s.balance(&s.client), eth(2));
+    let ch = s.open(eth(1), 3600);
+    let open_fee = s.fee();
+    let (paid, refunded) =
+        block_on(s.evm.close(&s.relay, ch, Some(&s.voucher(ch, 777)))).expect("close");
+    assert_eq!(
+        (paid, refunded),
+        (U256::from(777), eth(1) - U256::from(777))
+    );
+    assert_eq!(s.balance(&s.client), eth(2) - U256::from(777) - open_fee);
+}
