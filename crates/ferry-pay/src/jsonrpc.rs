@@ -244,6 +244,7 @@ pub struct JsonRpcEvm {
     next_id: AtomicU64,
     send_lock: tokio::sync::Mutex<()>,
     last: Mutex<Option<Receipt>>,
+    legacy: bool,
 }
 
 impl JsonRpcEvm {
@@ -268,6 +269,7 @@ impl JsonRpcEvm {
             next_id: AtomicU64::new(1),
             send_lock: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
+            legacy: false,
         };
         let node_chain = quantity_u64(&me.request("eth_chainId", json!([])).await?)?;
         if let Some(want) = chain_id
@@ -297,6 +299,13 @@ impl JsonRpcEvm {
             }
         };
         Ok(me)
+    }
+
+    /// Sends legacy (type 0, EIP-155) transactions priced at `eth_gasPrice` even when the chain
+    /// supports EIP-1559 (for nodes or tooling that want them).
+    pub fn with_legacy_transactions(mut self, legacy: bool) -> Self {
+        self.legacy = legacy;
+        self
     }
 
     /// The endpoint URL.
@@ -427,7 +436,10 @@ impl JsonRpcEvm {
             Some(a) => TxKind::Call(a),
             None => TxKind::Create,
         };
-        let envelope: TxEnvelope = match latest.get("baseFeePerGas").filter(|v| !v.is_null()) {
+        let base_fee = latest
+            .get("baseFeePerGas")
+            .filter(|v| !v.is_null() && !self.legacy);
+        let envelope: TxEnvelope = match base_fee {
             Some(base) => {
                 let base = u128::try_from(quantity(base)?)
                     .map_err(|_| PayError::Decode("base fee too large".into()))?;

@@ -334,3 +334,76 @@ fn hardhat_default_account_deploys_and_pays() {
     );
     assert_eq!(s.balance(&s.client), eth(2) - U256::from(777) - open_fee);
 }
+
+/// `ferry chain serve` takes legacy (EIP-155) transactions as well as EIP-1559 ones, and refuses
+/// a replayed transaction, one signed for another chain, and garbage.
+#[test]
+fn served_legacy_transactions_and_refusals() {
+    use alloy_consensus::{SignableTransaction, TxEnvelope, TxLegacy};
+    use alloy_eips::eip2718::Encodable2718;
+    let url = common::serve(ferry_pay::EmbeddedEvm::new(Default::default()).expect("chain"));
+    let evm = block_on(JsonRpcEvm::connect(&url, None, None, None))
+        .expect("connect")
+        .with_legacy_transactions(true);
+    let s = Setup::with(evm);
+    let ch = s.open(U256::from(10_000u64), 3600);
+    let open_fee = s.fee();
+    assert_eq!(
+        block_on(s.evm.claim(&s.relay, &s.voucher(ch, 4_000))).expect("claim"),
+        U256::from(4_000)
+    );
+    assert_eq!(
+        s.evm.last_receipt().expect("receipt").gas_price,
+        ferry_pay::DEFAULT_GAS_PRICE
+    );
+    assert!(open_fee > U256::ZERO);
+
+    let sign = |chain_id: u64, nonce: u64| {
+        let tx = TxLegacy {
+            chain_id: Some(chain_id),
+            nonce,
+            gas_price: 1_000_000_000,
+            gas_limit: 21_000,
+            to: ferry_pay::Address::repeat_byte(7).into(),
+            value: U256::from(1),
+            input: Bytes::new(),
+        };
+        let sig = s.client.sign_tx_hash(tx.signature_hash()).expect("sign");
+        let env: TxEnvelope = tx.into_signed(sig).into();
+        Bytes::from(env.encoded_2718())
+    };
+    let nonce = u64::try_from(
+        U256::from_str_radix(
+            block_on(s.evm.request(
+                "eth_getTransactionCount",
+                serde_json::json!([s.client.address(), "pending"]),
+            ))
+            .expect("count")
+            .as_str()
+            .expect("hex")
+            .trim_start_matches("0x"),
+            16,
+        )
+        .expect("quantity"),
+    )
+    .expect("u64");
+    let good = sign(s.chain_id(), nonce);
+    block_on(
+        s.evm
+            .request("eth_sendRawTransaction", serde_json::json!([good])),
+    )
+    .expect("send");
+    for bad in [
+        good.clone(),                      // replay
+        sign(s.chain_id() + 1, nonce + 1), // another chain
+        Bytes::from_static(b"\x02\xc0"),   // garbage
+    ] {
+        assert!(matches!(
+            block_on(
+                s.evm
+                    .request("eth_sendRawTransaction", serde_json::json!([bad]))
+            ),
+            Err(PayError::Rpc(_))
+        ));
+    }
+}
