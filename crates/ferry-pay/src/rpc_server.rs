@@ -703,4 +703,61 @@ mod tests {
             crate::ContractError::UnknownChannel
         );
     }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "0x[0-9a-fA-F]{0,80}".prop_map(Value::String),
+            "[a-z0-9]{0,12}".prop_map(Value::String),
+            Just(json!("latest")),
+            Just(json!("0x4c864564ccce7f1e87289f46956c0affac9dccf5")),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just("to".to_string()),
+                            Just("from".to_string()),
+                            Just("data".to_string()),
+                            Just("value".to_string()),
+                            Just("gas".to_string()),
+                        ],
+                        inner
+                    ),
+                    0..4
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Any method with any parameters gets a JSON-RPC answer (result or error), never a
+        /// panic; arbitrary bytes too.
+        #[test]
+        fn never_panics(
+            method in proptest::sample::select(vec![
+                "eth_chainId", "eth_getBalance", "eth_getTransactionCount", "eth_getCode",
+                "eth_call", "eth_estimateGas", "eth_sendRawTransaction",
+                "eth_getTransactionReceipt", "eth_getTransactionByHash", "eth_getBlockByNumber",
+                "eth_getBlockByHash", "eth_feeHistory", "evm_increaseTime", "evm_mine",
+                "ferry_fund", "ferry_hub", "nope",
+            ]),
+            params in proptest::collection::vec(json_value(), 0..4),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let st = state();
+            let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let r = handle_body(&st, req.to_string().as_bytes());
+            proptest::prop_assert!(r.get("result").is_some() || r.get("error").is_some());
+            let r = handle_body(&st, &junk);
+            proptest::prop_assert!(r.get("result").is_some() || r.get("error").is_some() || r.is_array());
+        }
+    }
 }
