@@ -14,6 +14,7 @@ use ferry_daemon::devnet::{DevnetOptions, run_devnet};
 use ferry_daemon::profile;
 use ferry_daemon::up::{UpOptions, run_up};
 
+mod chain;
 mod chat;
 mod devnet_netns;
 mod files;
@@ -237,6 +238,12 @@ enum Command {
         /// With --netns: download size, MiB.
         #[arg(long, value_name = "MIB", default_value_t = 32, requires = "netns")]
         download_mib: u32,
+    },
+    /// The settlement chain of paid forwarding: `serve` the embedded EVM over JSON-RPC, `fund`
+    /// a dev account.
+    Chain {
+        #[command(subcommand)]
+        command: chain::ChainCommand,
     },
     /// `ferry devnet --netns` helper: serve the download pattern on TCP (runs in the server
     /// namespace).
@@ -680,6 +687,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
         } => {
             devnet_netns::run_netns(devnet_netns::NetnsOptions { download_mib, json }).await?;
         }
+        Command::Chain { command } => chain::run(command).await?,
         Command::DevnetServe { listen } => {
             tokio::task::spawn_blocking(move || devnet_netns::serve(listen)).await??;
         }

@@ -40,7 +40,7 @@ impl ChannelState {
 pub enum BackendKind {
     /// [`crate::EmbeddedEvm`]: the contract's bytecode in an in-process revm.
     Embedded,
-    /// A JSON-RPC EVM chain (not in this crate yet).
+    /// [`crate::JsonRpcEvm`]: an EVM chain over JSON-RPC.
     JsonRpc,
 }
 

@@ -391,6 +391,79 @@ impl EmbeddedEvm {
         res
     }
 
+    /// Executes a fee-paying transaction (what `eth_sendRawTransaction` does after the server
+    /// has checked the signature and chain id). Fails, changing nothing, when the EVM refuses it
+    /// (wrong nonce, balance below `gas_limit × gas_price + value`, gas limit below the
+    /// intrinsic gas); a reverted or halted call is committed (fee and nonce stand) and reported
+    /// in [`TxOutcome::receipt`]`.success == false`.
+    pub fn execute(&self, req: &TxRequest) -> Result<TxOutcome, PayError> {
+        let mut ledger = self.lock();
+        let timestamp = ledger.time;
+        let result = run(&mut ledger, &self.config, req, Mode::Charge)?;
+        let receipt = ledger
+            .last
+            .ok_or_else(|| PayError::Evm("no receipt recorded".into()))?;
+        if let Some(path) = &self.path {
+            self.save_locked(&ledger, path)?;
+        }
+        Ok(outcome(result, receipt, timestamp))
+    }
+
+    /// Runs `req` without committing anything and without a fee (`eth_call`,
+    /// `eth_estimateGas`); the receipt carries the gas it would use.
+    pub fn simulate(&self, req: &TxRequest) -> Result<TxOutcome, PayError> {
+        let mut ledger = self.lock();
+        let (timestamp, block) = (ledger.time, ledger.number);
+        let result = run(&mut ledger, &self.config, req, Mode::View)?;
+        let receipt = Receipt {
+            gas_used: result.gas().tx_gas_used(),
+            gas_price: 0,
+            fee: U256::ZERO,
+            success: result.is_success(),
+            block,
+        };
+        Ok(outcome(result, receipt, timestamp))
+    }
+
+    /// Number of the latest block (every committed transaction is one block; the genesis
+    /// deployment is block 1).
+    pub fn block_number(&self) -> u64 {
+        self.lock().number.saturating_sub(1)
+    }
+
+    /// The chain clock, seconds: the timestamp of the next block (and of the latest one, since
+    /// only [`DevChain::advance_time`] moves it).
+    pub fn time(&self) -> u64 {
+        self.lock().time
+    }
+
+    /// Deployed code of `who` (empty for an account without code).
+    pub fn code(&self, who: Address) -> Bytes {
+        let ledger = self.lock();
+        let Ok(Some(info)) = ledger.db.basic_ref(who) else {
+            return Bytes::new();
+        };
+        if let Some(code) = &info.code {
+            return code.original_bytes();
+        }
+        ledger
+            .db
+            .cache
+            .contracts
+            .get(&info.code_hash)
+            .map(|c| c.original_bytes())
+            .unwrap_or_default()
+    }
+
+    /// Balance of `who` in wei (the synchronous form of [`PaymentBackend::balance`]).
+    pub fn balance_of(&self, who: Address) -> U256 {
+        let ledger = self.lock();
+        match ledger.db.basic_ref(who) {
+            Ok(Some(info)) => info.balance,
+            _ => U256::ZERO,
+        }
+    }
+
     fn view(&self, data: Vec<u8>) -> Result<Bytes, PayError> {
         self.call(self.hub, data.into())
     }
@@ -428,14 +501,41 @@ fn exec(
     data: Bytes,
     mode: Mode,
 ) -> Result<Output, PayError> {
+    let gas_limit = if kind == TxKind::Create {
+        DEPLOY_GAS_LIMIT
+    } else {
+        CALL_GAS_LIMIT
+    };
+    let req = TxRequest {
+        caller,
+        kind,
+        value,
+        data,
+        gas_limit,
+        nonce: None,
+    };
+    result_output(run(ledger, config, &req, mode)?)
+}
+
+/// Executes `req` on the ledger and returns revm's result; committed modes commit the state
+/// (also of a reverted call), record the receipt and move to the next block.
+fn run(
+    ledger: &mut Ledger,
+    config: &EmbeddedConfig,
+    req: &TxRequest,
+    mode: Mode,
+) -> Result<ExecutionResult, PayError> {
     let gas_price = if mode == Mode::Charge {
         config.gas_price
     } else {
         0
     };
-    let nonce = match ledger.db.basic_ref(caller) {
-        Ok(Some(info)) => info.nonce,
-        _ => 0,
+    let nonce = match req.nonce {
+        Some(n) => n,
+        None => match ledger.db.basic_ref(req.caller) {
+            Ok(Some(info)) => info.nonce,
+            _ => 0,
+        },
     };
     let block = BlockEnv {
         number: U256::from(ledger.number),
@@ -444,19 +544,14 @@ fn exec(
         gas_limit: BLOCK_GAS_LIMIT,
         ..BlockEnv::default()
     };
-    let gas_limit = if kind == TxKind::Create {
-        DEPLOY_GAS_LIMIT
-    } else {
-        CALL_GAS_LIMIT
-    };
     let tx = TxEnv::builder()
         .tx_type(Some(0))
-        .caller(caller)
-        .kind(kind)
-        .value(value)
-        .data(data)
+        .caller(req.caller)
+        .kind(req.kind)
+        .value(req.value)
+        .data(req.data.clone())
         .nonce(nonce)
-        .gas_limit(gas_limit)
+        .gas_limit(req.gas_limit.min(BLOCK_GAS_LIMIT))
         .gas_price(u128::from(gas_price))
         .chain_id(Some(config.chain_id))
         .build()
@@ -474,7 +569,7 @@ fn exec(
     drop(evm);
     let out = out.map_err(|e| PayError::Evm(e.to_string()))?;
     if mode == Mode::View {
-        return result_output(out.result);
+        return Ok(out.result);
     }
     ledger.db.commit(out.state);
     let gas_used = out.result.gas().tx_gas_used();
@@ -486,7 +581,66 @@ fn exec(
         block: ledger.number,
     });
     ledger.number += 1;
-    result_output(out.result)
+    Ok(out.result)
+}
+
+/// A transaction (or read-only call) for [`EmbeddedEvm::execute`] and
+/// [`EmbeddedEvm::simulate`], as the JSON-RPC server (`ferry chain serve`) decodes it from a
+/// signed transaction or an `eth_call` object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxRequest {
+    /// The sender (recovered from the transaction's signature by the caller of `execute`).
+    pub caller: Address,
+    /// A call of an address, or a contract creation with `data` as initcode.
+    pub kind: TxKind,
+    /// Wei sent with the call.
+    pub value: U256,
+    /// Calldata (or initcode).
+    pub data: Bytes,
+    /// Gas limit (capped at the block gas limit, 30 000 000).
+    pub gas_limit: u64,
+    /// The nonce the transaction carries (must equal the sender's); `None` = the sender's
+    /// current nonce.
+    pub nonce: Option<u64>,
+}
+
+/// What [`EmbeddedEvm::execute`] or [`EmbeddedEvm::simulate`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxOutcome {
+    /// Gas used, gas price, fee (wei), success and block (the block is the one the transaction
+    /// went into; for a simulation, the block it would have gone into, with fee 0).
+    pub receipt: Receipt,
+    /// Return data of a successful call; the revert data (ABI-encoded error) of a reverted one.
+    pub output: Bytes,
+    /// Address of the created contract (a successful creation).
+    pub created: Option<Address>,
+    /// Event logs (empty unless successful).
+    pub logs: Vec<alloy_primitives::Log>,
+    /// Why the EVM halted (out of gas, invalid opcode...), if it did.
+    pub halt: Option<String>,
+    /// Block timestamp the transaction executed at, seconds.
+    pub timestamp: u64,
+}
+
+fn outcome(result: ExecutionResult, receipt: Receipt, timestamp: u64) -> TxOutcome {
+    let (output, created, logs, halt) = match result {
+        ExecutionResult::Success { output, logs, .. } => match output {
+            Output::Create(code, addr) => (code, addr, logs, None),
+            Output::Call(data) => (data, None, logs, None),
+        },
+        ExecutionResult::Revert { output, .. } => (output, None, Vec::new(), None),
+        ExecutionResult::Halt { reason, .. } => {
+            (Bytes::new(), None, Vec::new(), Some(format!("{reason:?}")))
+        }
+    };
+    TxOutcome {
+        receipt,
+        output,
+        created,
+        logs,
+        halt,
+        timestamp,
+    }
 }
 
 fn result_output(result: ExecutionResult) -> Result<Output, PayError> {

@@ -1,6 +1,6 @@
 //! The secp256k1 account key that signs vouchers and ledger transactions (payments.md §4.2).
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, Signature, U256};
 use hkdf::Hkdf;
 use k256::ecdsa::{RecoveryId, SigningKey};
 use sha2::Sha256;
@@ -94,5 +94,17 @@ impl AccountKey {
         out[..64].copy_from_slice(&sig.to_bytes());
         out[64] = 27 + recid.to_byte();
         Ok(out)
+    }
+
+    /// Signs a transaction's signing hash: the same low-`s` signature as
+    /// [`AccountKey::sign_digest`], as an [`alloy_primitives::Signature`] with y-parity (what an
+    /// EIP-2718 envelope carries).
+    pub fn sign_tx_hash(&self, hash: B256) -> Result<Signature, PayError> {
+        let raw = self.sign_digest(hash)?;
+        Ok(Signature::new(
+            U256::from_be_slice(&raw[..32]),
+            U256::from_be_slice(&raw[32..64]),
+            raw[64] == 28,
+        ))
     }
 }

@@ -36,8 +36,9 @@
 //! [`PaymentBackend`] is the on-chain half. [`EmbeddedEvm`] (the default) runs the committed
 //! bytecode of `contracts/UniChannels.sol` (solc 0.8.26; `scripts/check-contract` recompiles it
 //! in CI and compares) inside revm, with real gas accounting, a dev clock ([`DevChain`]) and a
-//! JSON snapshot file so a restarted node sees the same ledger. A JSON-RPC backend for real
-//! chains is future work.
+//! JSON snapshot file so a restarted node sees the same ledger. [`JsonRpcEvm`] settles on any
+//! EVM chain over Ethereum JSON-RPC (HTTP): a real chain, Hardhat, or `ferry chain serve`
+//! ([`rpc_server::ChainServer`]), which shares one embedded ledger between processes.
 //!
 //! ```
 //! # fn main() -> Result<(), ferry_pay::PayError> {
@@ -53,7 +54,9 @@
 mod backend;
 mod contract;
 mod embedded;
+mod jsonrpc;
 mod key;
+pub mod rpc_server;
 mod voucher;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256};
@@ -63,7 +66,11 @@ pub use contract::{
 };
 pub use embedded::{
     CALL_GAS_LIMIT, DEFAULT_CHAIN_ID, DEFAULT_GAS_PRICE, DEFAULT_START_TIME, EmbeddedConfig,
-    EmbeddedEvm, Receipt,
+    EmbeddedEvm, Receipt, TxOutcome, TxRequest,
+};
+pub use jsonrpc::{
+    JsonRpcEvm, MAX_RESPONSE_BYTES, RECEIPT_TIMEOUT_MS, REQUEST_TIMEOUT_MS, RPC_DEPLOY_GAS_LIMIT,
+    RpcLog, RpcTxResult,
 };
 pub use key::{ACCOUNT_KEY_LABEL, AccountKey};
 pub use voucher::{EIP191_PREFIX, Voucher};
@@ -87,6 +94,10 @@ pub enum PayError {
     /// Bytes that do not decode (a voucher, ABI return data, a ledger snapshot).
     #[error("decode: {0}")]
     Decode(String),
+    /// A JSON-RPC node could not be reached, answered with an error, or broke the protocol
+    /// ([`JsonRpcEvm`]).
+    #[error("JSON-RPC: {0}")]
+    Rpc(String),
     /// Reading or writing the ledger snapshot file failed.
     #[error("ledger file: {0}")]
     Io(#[from] std::io::Error),

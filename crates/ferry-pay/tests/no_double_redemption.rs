@@ -1,10 +1,11 @@
 //! payments.md §5 group 1: no double redemption, on `EmbeddedEvm`.
 
+#[macro_use]
 mod common;
 
-use common::{Setup, block_on, eth};
+use common::{Chain, Setup, block_on, eth};
 use ferry_pay::{
-    AccountKey, Address, ContractError, DevChain, EmbeddedConfig, EmbeddedEvm, PayError,
+    AccountKey, Address, ContractError, EmbeddedConfig, EmbeddedEvm, JsonRpcEvm, PayError,
     PaymentBackend, U256, Voucher,
 };
 
@@ -15,9 +16,7 @@ fn reverted(r: Result<impl std::fmt::Debug, PayError>) -> ContractError {
     }
 }
 
-#[test]
-fn same_voucher_twice_pays_once() {
-    let s = Setup::new();
+fn same_voucher_twice_pays_once<C: Chain>(s: Setup<C>) {
     let ch = s.open(eth(1), 3600);
     let v = s.voucher(ch, 1_000);
     let r0 = s.balance(&s.relay);
@@ -39,9 +38,7 @@ fn same_voucher_twice_pays_once() {
     assert_eq!(st.claimed, U256::from(1_000));
 }
 
-#[test]
-fn older_voucher_rejected() {
-    let s = Setup::new();
+fn older_voucher_rejected<C: Chain>(s: Setup<C>) {
     let ch = s.open(eth(1), 3600);
     let old = s.voucher(ch, 500);
     let new = s.voucher(ch, 900);
@@ -65,16 +62,14 @@ fn older_voucher_rejected() {
     assert_eq!(refunded, eth(1) - U256::from(1_000));
 }
 
-#[test]
-fn voucher_useless_on_another_channel() {
-    let s = Setup::new();
+fn voucher_useless_on_another_channel<C: Chain>(s: Setup<C>) {
     let ch1 = s.open(eth(1), 3600);
     let ch2 = s.open(eth(1), 3600);
     assert_ne!(ch1, ch2);
     let mut v = s.voucher(ch1, 1_000);
     v.channel = ch2;
     assert_ne!(
-        v.signer(s.chain_id(), s.evm.hub()).ok(),
+        v.signer(s.chain_id(), s.hub()).ok(),
         Some(s.client.address())
     );
     assert_eq!(
@@ -87,9 +82,7 @@ fn voucher_useless_on_another_channel() {
     );
 }
 
-#[test]
-fn voucher_useless_on_another_hub() {
-    let s = Setup::new();
+fn voucher_useless_on_another_hub<C: Chain>(s: Setup<C>) {
     let ch = s.open(eth(1), 3600);
     let other_hub = Address::repeat_byte(0x42);
     let v = Voucher::sign(&s.client, s.chain_id(), other_hub, ch, U256::from(1_000)).expect("sign");
@@ -130,9 +123,7 @@ fn voucher_useless_on_another_chain() {
     );
 }
 
-#[test]
-fn closed_channel_cannot_be_reopened_or_claimed() {
-    let s = Setup::new();
+fn closed_channel_cannot_be_reopened_or_claimed<C: Chain>(s: Setup<C>) {
     let ch = s.open(eth(1), 3600);
     let v1 = s.voucher(ch, 1_000);
     let (paid, refunded) = block_on(s.evm.close(&s.relay, ch, Some(&v1))).expect("close");
@@ -207,23 +198,20 @@ fn reclaim_after_reload_pays_zero() {
     let copy = dir.path().join("copy.json");
     s.evm.save(&copy).expect("save");
     let again = EmbeddedEvm::load(&copy).expect("load");
-    assert_eq!(again.hub(), s.evm.hub());
+    assert_eq!(again.hub(), s.hub());
     assert_eq!(
         block_on(again.balance(s.relay.address())).expect("balance"),
         s.balance(&s.relay)
     );
 }
 
-#[test]
-fn forged_signature_rejected() {
-    let s = Setup::new();
+fn forged_signature_rejected<C: Chain>(s: Setup<C>) {
     let ch = s.open(eth(1), 3600);
     let mallory = AccountKey::from_seed(&[9u8; 32]);
     for forger in [&mallory, &s.relay] {
-        let v =
-            Voucher::sign(forger, s.chain_id(), s.evm.hub(), ch, U256::from(1_000)).expect("sign");
+        let v = Voucher::sign(forger, s.chain_id(), s.hub(), ch, U256::from(1_000)).expect("sign");
         assert_eq!(
-            v.signer(s.chain_id(), s.evm.hub()).expect("recover"),
+            v.signer(s.chain_id(), s.hub()).expect("recover"),
             forger.address()
         );
         assert_eq!(
@@ -234,44 +222,37 @@ fn forged_signature_rejected() {
     // Garbage and truncated-looking signatures: errors, never a panic, never a payout.
     let mut junk = s.voucher(ch, 1_000);
     junk.sig = [0u8; 65];
-    assert!(junk.signer(s.chain_id(), s.evm.hub()).is_err());
+    assert!(junk.signer(s.chain_id(), s.hub()).is_err());
     assert_eq!(
         reverted(block_on(s.evm.claim(&s.relay, &junk))),
         ContractError::BadSignature
     );
 }
 
-#[test]
-fn malleable_high_s_signature_rejected() {
+fn malleable_high_s_signature_rejected<C: Chain>(s: Setup<C>) {
     // secp256k1 group order n.
     let n = U256::from_str_radix(
         "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
         16,
     )
     .expect("n");
-    let s = Setup::new();
     let ch = s.open(eth(1), 3600);
     let mut v = s.voucher(ch, 1_000);
     let low_s = U256::from_be_slice(&v.sig[32..64]);
     v.sig[32..64].copy_from_slice(&(n - low_s).to_be_bytes::<32>());
     v.sig[64] ^= 1; // 27 <-> 28: the same point, the mirrored signature
     assert!(matches!(
-        v.signer(s.chain_id(), s.evm.hub()),
+        v.signer(s.chain_id(), s.hub()),
         Err(PayError::BadSignature)
     ));
-    assert_eq!(
-        s.evm.contract_voucher_signer(&v).expect("view"),
-        Address::ZERO
-    );
+    assert_eq!(s.evm.voucher_signer(&v), Address::ZERO);
     assert_eq!(
         reverted(block_on(s.evm.claim(&s.relay, &v))),
         ContractError::BadSignature
     );
 }
 
-#[test]
-fn only_the_receiver_claims_and_never_over_deposit() {
-    let s = Setup::new();
+fn only_the_receiver_claims_and_never_over_deposit<C: Chain>(s: Setup<C>) {
     let ch = s.open(U256::from(10_000), 3600);
     let v = s.voucher(ch, 1_000);
     let mallory = AccountKey::from_seed(&[9u8; 32]);
@@ -314,4 +295,73 @@ fn corrupt_or_missing_ledger_file_is_an_error() {
     assert!(EmbeddedEvm::open_file(&path, EmbeddedConfig::default()).is_err());
     std::fs::write(&path, br#"{"format":"other","config":{"chain_id":1,"gas_price":1,"start_time":1},"hub":"0x0000000000000000000000000000000000000000","time":1,"number":1,"accounts":[]}"#).expect("write");
     assert!(matches!(EmbeddedEvm::load(&path), Err(PayError::Decode(_))));
+}
+
+on_every_backend!(
+    same_voucher_twice_pays_once,
+    older_voucher_rejected,
+    voucher_useless_on_another_channel,
+    voucher_useless_on_another_hub,
+    closed_channel_cannot_be_reopened_or_claimed,
+    forged_signature_rejected,
+    malleable_high_s_signature_rejected,
+    only_the_receiver_claims_and_never_over_deposit,
+);
+
+/// Separate processes share one ledger: payer and relay each talk to one `ferry chain serve`
+/// server through their own `JsonRpcEvm`; a server started again from the ledger file (a
+/// restart) still refuses the redeemed voucher, and a voucher of a vanished hub is useless.
+#[test]
+fn served_ledger_reclaim_after_restart_pays_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.json");
+    let url =
+        common::serve(EmbeddedEvm::open_file(&path, EmbeddedConfig::default()).expect("ledger"));
+    let payer =
+        Setup::with(block_on(JsonRpcEvm::connect(&url, None, None, None)).expect("connect"));
+    let relay_side = block_on(JsonRpcEvm::connect(
+        &url,
+        Some(payer.chain_id()),
+        Some(payer.hub()),
+        None,
+    ))
+    .expect("relay connects with a known hub");
+    let ch = payer.open(eth(1), 3600);
+    let v = payer.voucher(ch, 5_000);
+    assert_eq!(
+        block_on(relay_side.claim(&payer.relay, &v)).expect("claim"),
+        U256::from(5_000)
+    );
+    let relay_after = payer.balance(&payer.relay);
+
+    let url2 =
+        common::serve(EmbeddedEvm::open_file(&path, EmbeddedConfig::default()).expect("reload"));
+    assert_ne!(url, url2);
+    let again =
+        Setup::with(block_on(JsonRpcEvm::connect(&url2, None, None, None)).expect("connect"));
+    assert_eq!(again.hub(), payer.hub());
+    assert_eq!(again.balance(&again.relay), relay_after);
+    assert_eq!(
+        reverted(block_on(again.evm.claim(&again.relay, &v))),
+        ContractError::NothingToClaim
+    );
+    let st = block_on(again.evm.channel(ch))
+        .expect("read")
+        .expect("persisted");
+    assert_eq!(st.claimed, U256::from(5_000));
+    // Wrong chain id or a hub without code: refused at connect.
+    assert!(block_on(JsonRpcEvm::connect(&url2, Some(1), None, None)).is_err());
+    assert!(
+        block_on(JsonRpcEvm::connect(
+            &url2,
+            None,
+            Some(Address::repeat_byte(0x42)),
+            None
+        ))
+        .is_err()
+    );
+    assert!(matches!(
+        block_on(JsonRpcEvm::connect("http://127.0.0.1:1", None, None, None)),
+        Err(PayError::Rpc(_))
+    ));
 }

@@ -1,10 +1,11 @@
 //! payments.md §5 group 7: settlement end to end on `EmbeddedEvm`, with exact wei balances
 //! (every transaction's fee = gas used × gas price is accounted).
 
+#[macro_use]
 mod common;
 
-use common::{Setup, block_on, eth};
-use ferry_pay::{ContractError, DevChain, PayError, PaymentBackend, U256};
+use common::{Chain, Setup, block_on, eth};
+use ferry_pay::{AccountKey, Bytes, ContractError, JsonRpcEvm, PayError, PaymentBackend, U256};
 
 fn reverted(r: Result<impl std::fmt::Debug, PayError>) -> ContractError {
     match r {
@@ -13,9 +14,7 @@ fn reverted(r: Result<impl std::fmt::Debug, PayError>) -> ContractError {
     }
 }
 
-#[test]
-fn open_vouchers_claim_close_moves_exact_wei() {
-    let s = Setup::new();
+fn open_vouchers_claim_close_moves_exact_wei<C: Chain>(s: Setup<C>) {
     let (c0, r0) = (s.balance(&s.client), s.balance(&s.relay));
     let deposit = eth(1);
     let ch = s.open(deposit, 86_400);
@@ -35,7 +34,7 @@ fn open_vouchers_claim_close_moves_exact_wei() {
     let vouchers: Vec<_> = (1..=20).map(|i| s.voucher(ch, i * price)).collect();
     for v in &vouchers {
         assert_eq!(
-            v.signer(s.chain_id(), s.evm.hub()).expect("recover"),
+            v.signer(s.chain_id(), s.hub()).expect("recover"),
             s.client.address()
         );
     }
@@ -67,9 +66,7 @@ fn open_vouchers_claim_close_moves_exact_wei() {
     assert!(close_gas < 80_000, "close used {close_gas}");
 }
 
-#[test]
-fn close_without_voucher_refunds_everything() {
-    let s = Setup::new();
+fn close_without_voucher_refunds_everything<C: Chain>(s: Setup<C>) {
     let c0 = s.balance(&s.client);
     let ch = s.open(eth(2), 3600);
     let open_fee = s.fee();
@@ -78,9 +75,7 @@ fn close_without_voucher_refunds_everything() {
     assert_eq!(s.balance(&s.client), c0 - open_fee);
 }
 
-#[test]
-fn refund_after_expiry_not_before() {
-    let s = Setup::new();
+fn refund_after_expiry_not_before<C: Chain>(s: Setup<C>) {
     let c0 = s.balance(&s.client);
     let deposit = eth(1);
     let ch = s.open(deposit, 3600);
@@ -96,14 +91,15 @@ fn refund_after_expiry_not_before() {
         ContractError::NotExpired
     );
     fees += s.fee();
-    s.evm.advance_time(3599);
+    // Exactly at the boundary on chains whose clock only moves when told (slack 0).
+    s.advance(3599 - s.slack);
     assert_eq!(
         reverted(block_on(s.evm.refund(&s.client, ch))),
         ContractError::NotExpired
     );
     fees += s.fee();
     // Only the sender may refund, even after expiry.
-    s.evm.advance_time(1);
+    s.advance(1 + s.slack);
     assert_eq!(
         reverted(block_on(s.evm.refund(&s.relay, ch))),
         ContractError::NotSender
@@ -124,9 +120,7 @@ fn refund_after_expiry_not_before() {
     );
 }
 
-#[test]
-fn top_up_adds_deposit_and_extends_expiry() {
-    let s = Setup::new();
+fn top_up_adds_deposit_and_extends_expiry<C: Chain>(s: Setup<C>) {
     let c0 = s.balance(&s.client);
     let ch = s.open(U256::from(1_000_000u64), 3600);
     let mut fees = s.fee();
@@ -193,9 +187,7 @@ fn top_up_adds_deposit_and_extends_expiry() {
     assert_eq!(s.balance(&s.client), c0 - U256::from(1_500_000u64) - fees);
 }
 
-#[test]
-fn open_is_validated() {
-    let s = Setup::new();
+fn open_is_validated<C: Chain>(s: Setup<C>) {
     let now = s.now();
     let relay = s.relay.address();
     assert_eq!(
@@ -222,9 +214,7 @@ fn open_is_validated() {
     ));
 }
 
-#[test]
-fn repeated_claims_gas_and_conservation() {
-    let s = Setup::new();
+fn repeated_claims_gas_and_conservation<C: Chain>(s: Setup<C>) {
     let supply = s.balance(&s.client) + s.balance(&s.relay);
     let mut fees = U256::ZERO;
     let ch = s.open(eth(1), 3600);
@@ -254,9 +244,8 @@ fn repeated_claims_gas_and_conservation() {
     );
 }
 
-#[test]
-fn shared_between_threads() {
-    let s = std::sync::Arc::new(Setup::new());
+fn shared_between_threads<C: Chain>(s: Setup<C>) {
+    let s = std::sync::Arc::new(s);
     let ch = s.open(eth(1), 3600);
     let handles: Vec<_> = (1..=4u128)
         .map(|i| {
@@ -277,21 +266,19 @@ fn shared_between_threads() {
 }
 
 /// Generic code can drive any backend's futures on a multi-threaded runtime.
-#[test]
-fn backend_futures_are_send() {
+fn backend_futures_are_send<C: Chain>(s: Setup<C>) {
     fn assert_send<T: Send>(t: T) -> T {
         t
     }
     async fn settle<B: PaymentBackend>(
         b: &B,
-        relay: &ferry_pay::AccountKey,
+        relay: &AccountKey,
         v: &ferry_pay::Voucher,
     ) -> Result<(U256, U256), PayError> {
         let paid = assert_send(b.claim(relay, v)).await?;
         let (rest, refunded) = assert_send(b.close(relay, v.channel, None)).await?;
         Ok((paid + rest, refunded))
     }
-    let s = Setup::new();
     let ch = s.open(U256::from(1_000u64), 3600);
     let v = s.voucher(ch, 600);
     let fut = assert_send(settle(&s.evm, &s.relay, &v));
@@ -299,4 +286,124 @@ fn backend_futures_are_send() {
         block_on(fut).expect("settle"),
         (U256::from(600u64), U256::from(400u64))
     );
+}
+
+on_every_backend!(
+    open_vouchers_claim_close_moves_exact_wei,
+    close_without_voucher_refunds_everything,
+    refund_after_expiry_not_before,
+    top_up_adds_deposit_and_extends_expiry,
+    open_is_validated,
+    repeated_claims_gas_and_conservation,
+    shared_between_threads,
+    backend_futures_are_send,
+);
+
+/// Hardhat's public dev account #19 (a well-known key, funded at genesis) deploys the hub and
+/// pays the client and relay with plain transfers; then a channel settles with exact wei.
+#[test]
+fn hardhat_default_account_deploys_and_pays() {
+    let Some(url) = common::hardhat_url() else {
+        return;
+    };
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(
+        "df57089febbacf7ba0bc227dafbffa9fc08a93fdc68e1e42411a14efcf23656e",
+        &mut secret,
+    )
+    .expect("hex");
+    let dev = AccountKey::from_secret_bytes(&secret).expect("key");
+    let evm = block_on(JsonRpcEvm::connect(&url, Some(31337), None, Some(&dev)))
+        .expect("deploy from the dev account");
+    assert_eq!(evm.info().chain_id, 31337);
+    let (client, relay) = (common::fresh_key(), common::fresh_key());
+    for (who, amount) in [(&client, eth(2)), (&relay, eth(1))] {
+        block_on(evm.transact(&dev, Some(who.address()), amount, Bytes::new(), 21_000))
+            .expect("transfer");
+    }
+    let mut s = Setup::with_keys(evm, client, relay);
+    s.slack = 120;
+    assert_eq!(s.balance(&s.client), eth(2));
+    let ch = s.open(eth(1), 3600);
+    let open_fee = s.fee();
+    let (paid, refunded) =
+        block_on(s.evm.close(&s.relay, ch, Some(&s.voucher(ch, 777)))).expect("close");
+    assert_eq!(
+        (paid, refunded),
+        (U256::from(777), eth(1) - U256::from(777))
+    );
+    assert_eq!(s.balance(&s.client), eth(2) - U256::from(777) - open_fee);
+}
+
+/// `ferry chain serve` takes legacy (EIP-155) transactions as well as EIP-1559 ones, and refuses
+/// a replayed transaction, one signed for another chain, and garbage.
+#[test]
+fn served_legacy_transactions_and_refusals() {
+    use alloy_consensus::{SignableTransaction, TxEnvelope, TxLegacy};
+    use alloy_eips::eip2718::Encodable2718;
+    let url = common::serve(ferry_pay::EmbeddedEvm::new(Default::default()).expect("chain"));
+    let evm = block_on(JsonRpcEvm::connect(&url, None, None, None))
+        .expect("connect")
+        .with_legacy_transactions(true);
+    let s = Setup::with(evm);
+    let ch = s.open(U256::from(10_000u64), 3600);
+    let open_fee = s.fee();
+    assert_eq!(
+        block_on(s.evm.claim(&s.relay, &s.voucher(ch, 4_000))).expect("claim"),
+        U256::from(4_000)
+    );
+    assert_eq!(
+        s.evm.last_receipt().expect("receipt").gas_price,
+        ferry_pay::DEFAULT_GAS_PRICE
+    );
+    assert!(open_fee > U256::ZERO);
+
+    let sign = |chain_id: u64, nonce: u64| {
+        let tx = TxLegacy {
+            chain_id: Some(chain_id),
+            nonce,
+            gas_price: 1_000_000_000,
+            gas_limit: 21_000,
+            to: ferry_pay::Address::repeat_byte(7).into(),
+            value: U256::from(1),
+            input: Bytes::new(),
+        };
+        let sig = s.client.sign_tx_hash(tx.signature_hash()).expect("sign");
+        let env: TxEnvelope = tx.into_signed(sig).into();
+        Bytes::from(env.encoded_2718())
+    };
+    let nonce = u64::try_from(
+        U256::from_str_radix(
+            block_on(s.evm.request(
+                "eth_getTransactionCount",
+                serde_json::json!([s.client.address(), "pending"]),
+            ))
+            .expect("count")
+            .as_str()
+            .expect("hex")
+            .trim_start_matches("0x"),
+            16,
+        )
+        .expect("quantity"),
+    )
+    .expect("u64");
+    let good = sign(s.chain_id(), nonce);
+    block_on(
+        s.evm
+            .request("eth_sendRawTransaction", serde_json::json!([good])),
+    )
+    .expect("send");
+    for bad in [
+        good.clone(),                      // replay
+        sign(s.chain_id() + 1, nonce + 1), // another chain
+        Bytes::from_static(b"\x02\xc0"),   // garbage
+    ] {
+        assert!(matches!(
+            block_on(
+                s.evm
+                    .request("eth_sendRawTransaction", serde_json::json!([bad]))
+            ),
+            Err(PayError::Rpc(_))
+        ));
+    }
 }
