@@ -44,13 +44,21 @@ struct Running {
     exit: crate::exit::ExitHook,
     /// Friend → TUN batches and their writer task ([`crate::tunnel_io`]).
     inbound: Inbound,
+    /// Paid forwarding ([`crate::market`]; off unless `ferry up --market`).
+    market: crate::market::Market,
 }
 
 impl Running {
     /// The friend a TUN packet goes to: the exit role first, then the mesh router.
     fn route_outbound(&mut self, pkt: &[u8]) -> Result<PublicKey, DropReason> {
         match crate::exit::route_outbound(&mut self.exit, pkt) {
-            Some(r) => r,
+            Some(r) => {
+                // An exit client meters what it sends to its (paid) exit.
+                if let (Ok(k), crate::exit::ExitHook::Client { .. }) = (&r, &self.exit) {
+                    self.market.client_sent(k, pkt);
+                }
+                r
+            }
             None => self.router.route_outbound(pkt),
         }
     }
@@ -59,6 +67,14 @@ impl Running {
     /// first, then the mesh router.
     fn check_inbound(&mut self, from: &PublicKey, pkt: &[u8]) -> Result<(), DropReason> {
         match crate::exit::check_inbound(&mut self.exit, &self.router, from, pkt) {
+            // An exit meters what it forwards for clients and drops what the market gates.
+            Some(Ok(())) if matches!(self.exit, crate::exit::ExitHook::Exit(_)) => {
+                if self.market.server_forward(from, pkt) {
+                    Ok(())
+                } else {
+                    Err(DropReason::NoRoute)
+                }
+            }
             Some(r) => r,
             None => self.router.check_inbound(from, pkt),
         }
@@ -83,6 +99,8 @@ pub struct TunnelShared {
     pub circuits: Arc<crate::circuit::CircuitDriver>,
     /// TAP mode ([`crate::tap`], `--tap`).
     pub tap: crate::tap::TapDriver,
+    /// Paid forwarding ([`crate::market`]).
+    pub market: crate::market::Market,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -289,6 +307,7 @@ impl TunnelShared {
                 counters: TunnelCounters::default(),
                 task,
                 exit,
+                market: self.market.clone(),
             });
         }
         tracing::info!(%device, %addr, offload, "tunnel up");

@@ -1,0 +1,1 @@
+//! Daemon-level market tests.
