@@ -62,6 +62,8 @@ pub const BINDING_TTL_S: u64 = 86_400;
 pub const RECEIPT_EVERY_BYTES: u64 = 16 * 1024;
 /// What the embedded dev chain credits a fresh account with, wei (1 ETH; dev ledgers only).
 pub const DEV_FUNDS: u128 = 1_000_000_000_000_000_000;
+/// How much longer than the contract that asks for it a channel is opened for, s.
+pub const CHANNEL_EXTRA_S: u64 = 86_400;
 /// Most packets queued for sending between two driver ticks.
 const MAX_OUT: usize = 4096;
 
@@ -871,6 +873,9 @@ impl Market {
                     deposit,
                     expiry,
                 } => {
+                    // The channel outlives the contract by a day, beyond any server's margin
+                    // (`channel_margin_s`), so renewals can reuse it.
+                    let expiry = expiry.saturating_add(CHANNEL_EXTRA_S);
                     let r = ledger
                         .open_channel(&key, Address::from(receiver), U256::from(deposit), expiry)
                         .await;
@@ -960,7 +965,16 @@ impl Market {
                         c.dirty = true;
                     });
                 }
-                Err(e) => tracing::warn!(peer = %hex::encode(peer), "market: claim: {e}"),
+                Err(e) => {
+                    tracing::warn!(peer = %hex::encode(peer), "market: claim: {e}");
+                    // E.g. claimed before a crash lost the state file: take the ledger's word.
+                    if let Ok(Some(st)) = ledger.channel(voucher.channel).await {
+                        self.with(|c| {
+                            c.claimed.insert(peer, st.claimed.saturating_to::<u128>());
+                            c.dirty = true;
+                        });
+                    }
+                }
             }
         }
         total
