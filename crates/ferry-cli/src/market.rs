@@ -39,7 +39,7 @@ pub(crate) struct MarketArgs {
     /// JSON-RPC endpoint (with --market-backend json-rpc).
     #[arg(long, value_name = "URL")]
     pub(crate) rpc_url: Option<String>,
-    /// EVM chain id (default 31337).
+    /// EVM chain id (default 1717924466, the embedded chain's; Hardhat: 31337).
     #[arg(long, value_name = "N")]
     pub(crate) chain_id: Option<u64>,
 }

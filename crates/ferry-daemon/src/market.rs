@@ -19,12 +19,17 @@
 //!   `ledger_call!` once `JsonRpcEvm` lands.
 //! - **Persistence**: the server's accounts ([`Server::snapshot`]) and the claimed totals go to
 //!   `<profile>/market/server.json` every [`SAVE_INTERVAL`] and on shutdown.
-//! - **Priority** (`ferry_market::priority`): the daemon does not queue forwarded frames itself
-//!   (the TUN reader hands whole batches to the node task's bounded frame channel, and the
-//!   exit's writes go straight to the TUN device), so there is no local queue to reorder yet. The
-//!   place for a `PriorityQueue` is the node task's frame channel consumer
-//!   (`ferry_net` frame batches), keyed by the [`Verdict::Forward`] class `server_forward`
-//!   computes; see the report on issue 8.
+//! - **Priority** (`ferry_market::priority`, not wired): the daemon has no per-packet queue of
+//!   forwarded frames to reorder. On an exit the forwarded packets go into
+//!   [`crate::tunnel_io::Inbound`] batches, and a whole batch is dropped when the TUN writer is
+//!   [`crate::tunnel_io::INBOUND_QUEUE_DEPTH`] batches behind; the TUN reader hands batches to
+//!   the node task's bounded frame channel. The place for a `PriorityQueue` is
+//!   `Inbound::push`/`flush`: one batch per [`Verdict::Forward`] class, and when the writer is
+//!   behind, drop free before grace before paid.
+//! - **Not metered yet**: circuit relaying (`crate::circuit`; the far end would have to send
+//!   receipts back through the circuit, since it knows the client only by a pseudonym), the
+//!   exit → client direction (the market's receipts confirm client → destination bytes), and
+//!   direct mesh frames between friends (nothing is forwarded for a third party).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -118,7 +123,7 @@ pub struct MarketConfig {
     pub backend: BackendChoice,
     /// JSON-RPC endpoint (`backend = "json-rpc"`; default `http://127.0.0.1:8545`).
     pub rpc_url: String,
-    /// EVM chain id (default 31337, the embedded chain's and Hardhat's).
+    /// EVM chain id (default 1717924466 = 0x66657272, the embedded chain's; Hardhat: 31337).
     pub chain_id: u64,
 }
 
@@ -264,9 +269,15 @@ macro_rules! ledger_call {
 impl Ledger {
     /// Opens the backend `config` names; the embedded ledger lives in `<dir>/ledger.json`.
     ///
+    /// Adding the JSON-RPC backend (`ferry_pay::JsonRpcEvm`, branch `chain`) takes: a variant
+    /// `JsonRpc(Arc<JsonRpcEvm>)`, its arm in `ledger_call!` and in
+    /// [`Ledger::dev_fund_if_empty`] (do nothing: `ferry chain fund` funds accounts), and here
+    /// `Self::JsonRpc(Arc::new(JsonRpcEvm::connect(&config.rpc_url, Some(config.chain_id),
+    /// None, None).await?))` (the hub from `ferry_hub` of `ferry chain serve`).
+    ///
     /// # Errors
     /// The ledger file is unreadable, or the backend is not available in this build.
-    pub fn open(config: &MarketConfig, dir: &Path) -> anyhow::Result<Self> {
+    pub async fn open(config: &MarketConfig, dir: &Path) -> anyhow::Result<Self> {
         match config.backend {
             BackendChoice::Embedded => {
                 let evm = EmbeddedEvm::open_file(
@@ -1221,7 +1232,7 @@ pub async fn start(
     }
     let dir = profile_dir.join(MARKET_DIR);
     std::fs::create_dir_all(&dir)?;
-    let ledger = Ledger::open(&config, &dir)?;
+    let ledger = Ledger::open(&config, &dir).await?;
     let key = AccountKey::from_seed(secret);
     ledger.dev_fund_if_empty(key.address()).await;
     let core = MarketCore::new(config, secret, serve, ledger);
