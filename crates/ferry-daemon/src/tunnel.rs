@@ -52,27 +52,39 @@ impl Running {
     /// The friend a TUN packet goes to: the exit role first, then the mesh router.
     fn route_outbound(&mut self, pkt: &[u8]) -> Result<PublicKey, DropReason> {
         match crate::exit::route_outbound(&mut self.exit, pkt) {
-            Some(r) => {
-                // An exit client meters what it sends to its (paid) exit.
-                if let (Ok(k), crate::exit::ExitHook::Client { .. }) = (&r, &self.exit) {
-                    self.market.client_sent(k, pkt);
-                }
-                r
-            }
+            Some(r) => r,
             None => self.router.route_outbound(pkt),
+        }
+    }
+
+    /// An exit client meters what it sends straight to its (paid) exit ([`crate::market`];
+    /// traffic into a circuit is not metered).
+    fn meter_to_exit(&self, exit: &PublicKey, pkt: &[u8]) {
+        if matches!(self.exit, crate::exit::ExitHook::Client { .. }) {
+            self.market.client_sent(exit, pkt);
         }
     }
 
     /// Whether a packet from friend `from` may be written to the TUN device: the exit role
     /// first, then the mesh router.
-    fn check_inbound(&mut self, from: &PublicKey, pkt: &[u8]) -> Result<(), DropReason> {
+    ///
+    /// `paid`: `from` is a friend's session, so an exit meters the packet and drops it if the
+    /// market gates it ([`crate::market`]); packets from circuits (pseudonymous clients) are not.
+    fn check_inbound(
+        &mut self,
+        from: &PublicKey,
+        pkt: &[u8],
+        paid: bool,
+    ) -> Result<(), DropReason> {
         match crate::exit::check_inbound(&mut self.exit, &self.router, from, pkt) {
             // An exit meters what it forwards for clients and drops what the market gates.
-            Some(Ok(())) if matches!(self.exit, crate::exit::ExitHook::Exit(_)) => {
+            Some(Ok(())) if paid && matches!(self.exit, crate::exit::ExitHook::Exit(_)) => {
                 if self.market.server_forward(from, pkt) {
                     Ok(())
                 } else {
-                    Err(DropReason::NoRoute)
+                    // Counted as "not for us" here (not `NoRoute`, which `on_packet` retries
+                    // after a route refresh, metering twice); the market counts it as gated.
+                    Err(DropReason::NotForUs)
                 }
             }
             Some(r) => r,
@@ -125,11 +137,11 @@ impl TunnelShared {
             Ok(p) => p,
             Err(e) => return r.counters.count_drop(e),
         };
-        let mut check = r.check_inbound(from, pkt);
+        let mut check = r.check_inbound(from, pkt, true);
         if check == Err(DropReason::NoRoute) {
             // net_crypto sessions exist only with friends: a friend added after `tunnel up`.
             if r.router.insert(*from).is_ok() {
-                check = r.check_inbound(from, pkt);
+                check = r.check_inbound(from, pkt, true);
             }
         }
         if let Err(e) = check {
@@ -197,7 +209,7 @@ impl TunnelShared {
                             }
                             continue;
                         }
-                        if let Err(e) = r.check_inbound(&k, &p) {
+                        if let Err(e) = r.check_inbound(&k, &p, false) {
                             r.counters.count_drop(e);
                             continue;
                         }
@@ -522,7 +534,10 @@ async fn reader(
                         Some(o) => {
                             circuit_out(r, &mut batch, o, pkt.len());
                         }
-                        None => push(&mut r.counters, &mut batch, k, pkt),
+                        None => {
+                            r.meter_to_exit(&k, pkt);
+                            push(&mut r.counters, &mut batch, k, pkt);
+                        }
                     },
                     Err(DropReason::NoRoute) => missed.push(i),
                     Err(e) => r.counters.count_drop(e),
@@ -548,7 +563,10 @@ async fn reader(
                     continue;
                 }
                 match r.route_outbound(pkt) {
-                    Ok(k) => push(&mut r.counters, &mut batch, k, pkt),
+                    Ok(k) => {
+                        r.meter_to_exit(&k, pkt);
+                        push(&mut r.counters, &mut batch, k, pkt);
+                    }
                     Err(e) => r.counters.count_drop(e),
                 }
             }
