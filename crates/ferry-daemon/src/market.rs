@@ -458,7 +458,12 @@ pub struct MarketCore {
     ledger: Ledger,
     out: Vec<(PeerId, Vec<u8>)>,
     tasks: Vec<LedgerTask>,
-    bound: HashMap<PeerId, u64>,
+    /// Peers sent our server binding, and when (relays and exits send it to every friend whose
+    /// session comes up).
+    server_bound: HashMap<PeerId, u64>,
+    /// Peers sent our client binding, and when (only servers: on their binding or our first
+    /// packet through them, so plain friends never see market packets).
+    client_bound: HashMap<PeerId, u64>,
     claimed: HashMap<PeerId, u128>,
     last_tick: u64,
     /// The long-term secret key (the node signer is rebuilt from it on restore).
@@ -522,7 +527,8 @@ impl MarketCore {
             ledger,
             out: Vec::new(),
             tasks: Vec::new(),
-            bound: HashMap::new(),
+            server_bound: HashMap::new(),
+            client_bound: HashMap::new(),
             claimed: HashMap::new(),
             last_tick: 0,
             secret: ferry_crypto::SecretKey::from_bytes(*secret),
@@ -546,24 +552,37 @@ impl MarketCore {
         &self.client
     }
 
-    /// Sends our bindings to `peer` (when its session comes up, and again at half their TTL).
+    /// A server sends its binding to `peer` (when its session comes up, and again at half the
+    /// binding's TTL); a node without the server role sends nothing.
     pub fn peer_online(&mut self, now: u64, peer: PeerId) {
-        let expires = now + BINDING_TTL_S;
-        let account = self.signer.key.address().into_array();
-        if let Some(s) = &self.server {
-            let b = s.binding(account, expires);
-            self.queue(peer, b);
-        }
-        let b = self.client.binding(account, self.signer.chain_id, expires);
+        let Some(s) = &self.server else { return };
+        let b = s.binding(self.signer.key.address().into_array(), now + BINDING_TTL_S);
         self.queue(peer, b);
-        if self.bound.len() < ferry_market::MAX_PEERS || self.bound.contains_key(&peer) {
-            self.bound.insert(peer, now);
+        if self.server_bound.len() < ferry_market::MAX_PEERS
+            || self.server_bound.contains_key(&peer)
+        {
+            self.server_bound.insert(peer, now);
+        }
+    }
+
+    /// Sends our client binding to server `peer` (its binding came, or we send through it).
+    fn bind_client(&mut self, now: u64, peer: PeerId) {
+        let account = self.signer.key.address().into_array();
+        let b = self
+            .client
+            .binding(account, self.signer.chain_id, now + BINDING_TTL_S);
+        self.queue(peer, b);
+        if self.client_bound.len() < ferry_market::MAX_PEERS
+            || self.client_bound.contains_key(&peer)
+        {
+            self.client_bound.insert(peer, now);
         }
     }
 
     /// The session with `peer` went down: it gets fresh bindings when it comes back.
     pub fn peer_gone(&mut self, peer: &PeerId) {
-        self.bound.remove(peer);
+        self.server_bound.remove(peer);
+        self.client_bound.remove(peer);
     }
 
     fn queue(&mut self, peer: PeerId, msg: Vec<u8>) {
@@ -589,8 +608,15 @@ impl MarketCore {
             }
             self.dirty = true;
         }
-        if to_client && let Err(e) = self.client.handle_message(now, from, body, &self.signer) {
-            tracing::debug!(peer = %hex::encode(from), "market (client): {e}");
+        if to_client {
+            match self.client.handle_message(now, from, body, &self.signer) {
+                // A server introduced itself: answer with our client binding (once).
+                Ok(()) if kind == 0x01 && !self.client_bound.contains_key(&from) => {
+                    self.bind_client(now, from);
+                }
+                Ok(()) => {}
+                Err(e) => tracing::debug!(peer = %hex::encode(from), "market (client): {e}"),
+            }
         }
         self.pump(now);
     }
@@ -602,7 +628,7 @@ impl MarketCore {
         if self.server.is_none() {
             return true;
         }
-        if !self.bound.contains_key(&from) {
+        if !self.server_bound.contains_key(&from) {
             self.peer_online(now, from);
         }
         let Some(s) = &mut self.server else {
@@ -622,8 +648,8 @@ impl MarketCore {
 
     /// Client side: a packet of `len` bytes to `dest` went to paid `server`.
     pub fn client_sent(&mut self, now: u64, server: PeerId, dest: IpAddr, len: u32) {
-        if !self.bound.contains_key(&server) {
-            self.peer_online(now, server);
+        if !self.client_bound.contains_key(&server) {
+            self.bind_client(now, server);
         }
         if let Err(e) = self.client.on_sent(now, server, dest, len, &self.signer) {
             tracing::debug!("market (client): {e}");
@@ -647,14 +673,17 @@ impl MarketCore {
         }
         self.receipts.handle_timeout(now);
         self.client.handle_timeout(now, &self.signer);
-        let stale: Vec<PeerId> = self
-            .bound
-            .iter()
-            .filter(|(_, t)| now.saturating_sub(**t) >= BINDING_TTL_S / 2)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in stale {
+        let stale = |m: &HashMap<PeerId, u64>| -> Vec<PeerId> {
+            m.iter()
+                .filter(|(_, t)| now.saturating_sub(**t) >= BINDING_TTL_S / 2)
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        for p in stale(&self.server_bound) {
             self.peer_online(now, p);
+        }
+        for p in stale(&self.client_bound) {
+            self.bind_client(now, p);
         }
         self.pump(now);
     }
