@@ -59,6 +59,8 @@ pub const MARKET_DIR: &str = "market";
 pub const TICK: Duration = Duration::from_millis(200);
 /// How often the server redeems its newest vouchers on the ledger.
 pub const CLAIM_INTERVAL: Duration = Duration::from_secs(60);
+/// How long `ferry up` waits on shutdown for the last claims.
+pub const SHUTDOWN_CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the server state is written to the profile.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a binding is valid, s; re-sent to every peer at half that.

@@ -768,6 +768,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     }
     if let Some(t) = market_task {
         t.abort();
+        // Redeem the newest vouchers before going away (bounded: a remote ledger may hang).
+        let _ =
+            tokio::time::timeout(crate::market::SHUTDOWN_CLAIM_TIMEOUT, market.claim_all()).await;
         market.save();
     }
     if let Some((r, j)) = relay {
