@@ -604,6 +604,11 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     let mut identity = profile::load(profile_dir)?;
     let mut market_config = crate::market::MarketConfig::load(profile_dir)?;
     market_config.apply(&opts.market);
+    if !market_config.enabled && opts.market != crate::market::MarketFlags::default() {
+        eprintln!(
+            "ferry up: market flags given but the market is off (add --market or [market] enabled = true)"
+        );
+    }
     if opts.service {
         // Not stored: the profile keeps its own nospam for when it runs as a plain node.
         identity.nospam = ferry_tunnel::service_nospam(&identity.long_term.public);
