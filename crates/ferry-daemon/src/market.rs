@@ -1246,7 +1246,7 @@ pub fn packet_dest(pkt: &[u8]) -> Option<IpAddr> {
 
 /// Starts the market of `ferry up` if `config.enabled`: opens the ledger in
 /// `<profile>/market/`, funds a fresh dev account, restores the server state and spawns the
-/// driver (timers, ledger work, sending through `node`, claims, saves). Returns the driver task.
+/// driver ([`start_with_ledger`]). Returns the driver task.
 ///
 /// # Errors
 /// The market directory or ledger cannot be opened.
@@ -1264,13 +1264,31 @@ pub async fn start(
     let dir = profile_dir.join(MARKET_DIR);
     std::fs::create_dir_all(&dir)?;
     let ledger = Ledger::open(&config, &dir).await?;
+    Ok(Some(
+        start_with_ledger(market, config, Some(dir), secret, serve, node, ledger).await,
+    ))
+}
+
+/// Turns `market` on over `ledger` (shared by several in-process nodes in tests or a devnet),
+/// funds a fresh dev account, restores the server state from `dir` and spawns the driver:
+/// every [`TICK`] the timers, the ledger work, sending through `node`; claims every
+/// [`CLAIM_INTERVAL`], saves every [`SAVE_INTERVAL`]. The task ends when the node stops.
+pub async fn start_with_ledger(
+    market: &Market,
+    config: MarketConfig,
+    dir: Option<PathBuf>,
+    secret: &[u8; 32],
+    serve: bool,
+    node: ferry_net::NodeHandle,
+    ledger: Ledger,
+) -> tokio::task::JoinHandle<()> {
     let key = AccountKey::from_seed(secret);
     ledger.dev_fund_if_empty(key.address()).await;
     let core = MarketCore::new(config, secret, serve, ledger);
     tracing::info!(account = %key.address(), serve, "market on");
-    market.start(core, Some(dir));
+    market.start(core, dir);
     let m = market.clone();
-    Ok(Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut last_claim = std::time::Instant::now();
         let mut last_save = std::time::Instant::now();
         loop {
@@ -1298,7 +1316,7 @@ pub async fn start(
             }
         }
         m.save();
-    })))
+    })
 }
 
 #[cfg(test)]

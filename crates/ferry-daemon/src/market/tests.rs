@@ -327,3 +327,166 @@ async fn server_state_survives_a_restart_and_config_parses() {
     assert!(c.enabled);
     assert_eq!(c.grace_kib, 7);
 }
+
+/// The node task's event handler of the session test: market packets and friend connections
+/// to the market, as [`crate::chat::ChatHandler`] does.
+struct MarketEvents(Market);
+
+impl ferry_net::EventHandler for MarketEvents {
+    fn on_event(
+        &mut self,
+        node: &mut ferry_proto::node::Node,
+        now: std::time::Instant,
+        event: ferry_proto::node::NodeEvent,
+    ) {
+        use ferry_proto::node::{Connection, NodeEvent};
+        match event {
+            NodeEvent::FriendConnection {
+                public_key,
+                connection,
+            } => self
+                .0
+                .peer_connection(&public_key, connection != Connection::None),
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&MARKET_PACKET_ID) => {
+                self.0.on_packet(&public_key, &data);
+                self.0.flush(node, now);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Two real nodes on loopback (plus two DHT helpers), friends over net_crypto; their markets
+/// (a server and a client, one shared embedded ledger) talk by lossless packets 175 through
+/// the `ferry up` driver; the client "sends" 1000-byte packets through the server for 3 s:
+/// both sides meter the same bytes, the server is paid exactly what is due and claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_pay_over_real_sessions_through_the_driver() {
+    use ferry_net::{NodeOptions, PortSpec, bind_udp, spawn_node};
+    let ledger = Arc::new(EmbeddedEvm::new(EmbeddedConfig::default()).expect("ledger"));
+    let secrets = [[11u8; 32], [12u8; 32]];
+    let markets = [Market::default(), Market::default()];
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let socket = bind_udp(
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            PortSpec::Exact(0),
+        )
+        .expect("udp");
+        let options = NodeOptions {
+            dht: ferry_proto::dht::DhtConfig {
+                lan_discovery: false,
+                ..ferry_proto::dht::DhtConfig::default()
+            },
+            real_keys: (i < 2).then(|| {
+                ferry_crypto::KeyPair::from_secret(ferry_crypto::SecretKey::from_bytes(secrets[i]))
+            }),
+            ..NodeOptions::default()
+        };
+        let (h, _join) = if i < 2 {
+            spawn_node(socket, options, MarketEvents(markets[i].clone())).expect("node")
+        } else {
+            spawn_node(socket, options, ferry_net::DhtEvents(None)).expect("node")
+        };
+        let st = h.status().await.expect("status");
+        nodes.push((h, st.local_addr, st.dht_public_key));
+    }
+    for i in 1..4 {
+        let (a, k) = (nodes[0].1, nodes[0].2);
+        nodes[i].0.bootstrap(a, k).await.expect("bootstrap");
+        let (a, k) = (nodes[i - 1].1, nodes[i - 1].2);
+        nodes[i].0.bootstrap(a, k).await.expect("bootstrap");
+    }
+    let (cpk, spk) = (pk(&secrets[0]), pk(&secrets[1]));
+    let mut cfg = config();
+    cfg.grace_kib = 1024;
+    // Node 1 serves (an exit), node 0 is its client.
+    for (i, serve) in [(0usize, false), (1, true)] {
+        start_with_ledger(
+            &markets[i],
+            cfg.clone(),
+            None,
+            &secrets[i],
+            serve,
+            nodes[i].0.clone(),
+            Ledger::Embedded(ledger.clone()),
+        )
+        .await;
+    }
+    nodes[0]
+        .0
+        .call(move |n, now| n.add_friend_norequest(now, spk))
+        .await
+        .expect("call")
+        .expect("add");
+    nodes[1]
+        .0
+        .call(move |n, now| n.add_friend_norequest(now, cpk))
+        .await
+        .expect("call")
+        .expect("add");
+    // The server's binding reaches the client once the session is up.
+    let start = std::time::Instant::now();
+    loop {
+        let bound = markets[0]
+            .with(|c| {
+                c.client()
+                    .account(&spk.0)
+                    .is_some_and(|a| a.binding.is_some())
+            })
+            .expect("on");
+        if bound {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "no binding over the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pkt = packet([198, 51, 100, 7], 1000);
+    let mut total = 0u64;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        for _ in 0..10 {
+            markets[0].client_sent(&spk, &pkt);
+            assert!(markets[1].server_forward(&cpk, &pkt), "forwarded");
+            total += pkt.len() as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let due = ferry_market::due(total, u128::from(cfg.price_per_kib));
+    let start = std::time::Instant::now();
+    loop {
+        let paid = markets[1].earnings().expect("on").total;
+        if paid == due.to_string() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "paid {paid}, due {due}; server {:?}",
+            markets[1].contracts()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let used = |m: &Market, role: &str| -> u64 {
+        m.contracts()
+            .expect("on")
+            .iter()
+            .filter(|k| k.role == role)
+            .map(|k| k.data_used_bytes)
+            .sum()
+    };
+    assert_eq!(used(&markets[1], "server"), total);
+    assert_eq!(used(&markets[0], "client"), total);
+    assert_eq!(markets[1].claim_all().await, due);
+    let w = markets[1].wallet().await.expect("wallet");
+    assert_eq!(w.channels[0].claimed, due.to_string());
+    for (h, _, _) in &nodes {
+        h.shutdown().await;
+    }
+}
