@@ -515,6 +515,10 @@ pub struct TunnelUp {
     /// TAP device name (default `ferrytap0`, ≤ 15 bytes; with `tap`).
     #[serde(default)]
     pub tap_device: Option<String>,
+    /// Highest price per KiB this client accepts from paid relays and exits, wei as a decimal
+    /// string (`--max-price`; default: the `[market]` table's `max_price_per_kib`).
+    #[serde(default)]
+    pub max_price: Option<String>,
 }
 
 /// TAP mode in [`TunnelStatus`] (`ferry_tunnel::tap`: a learning bridge over friends, frames as
@@ -677,6 +681,78 @@ pub struct TunnelCircuit {
     pub rtt_ms: Option<f64>,
 }
 
+/// `GET /v1/wallet` (`ferry wallet`): this node's settlement account (issue 8). Amounts are
+/// decimal strings in the chain's base unit (wei).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Wallet {
+    /// The secp256k1 account address (`0x` + 40 hex digits), derived from the long-term key.
+    pub address: String,
+    /// The account's balance on the ledger, wei.
+    pub balance: String,
+    /// Payment channels this node pays into (as a client) or is paid through (as a server).
+    pub channels: Vec<WalletChannel>,
+}
+
+/// One payment channel in [`Wallet`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalletChannel {
+    /// The other side's long-term public key, hex.
+    pub peer: String,
+    /// The channel id on the ledger (`0x` + 64 hex digits).
+    pub channel_id: String,
+    /// Escrowed deposit, wei.
+    pub deposit: String,
+    /// Cumulative amount of the newest voucher (sent as client, accepted as server), wei.
+    pub cumulative: String,
+    /// Already paid out to the receiver on the ledger, wei.
+    pub claimed: String,
+}
+
+/// `POST /v1/wallet/deposit` (`ferry wallet deposit PEER AMOUNT`): add to the channel paying
+/// `peer` (opening one if there is none).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalletDeposit {
+    /// The paid relay or exit (long-term public key, hex).
+    pub peer: String,
+    /// Amount to add, wei (decimal string).
+    pub amount: String,
+}
+
+/// One market contract in `GET /v1/contracts` (`ferry contracts`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MarketContract {
+    /// The other side's long-term public key, hex.
+    pub peer: String,
+    /// `client` (we pay) or `server` (we forward and are paid).
+    pub role: String,
+    /// Agreed price per KiB, wei.
+    pub price_per_kib: String,
+    /// IP bytes metered on this contract so far.
+    pub data_used_bytes: u64,
+    /// Data the contract covers, bytes.
+    pub data_limit_bytes: u64,
+    /// Unix time (s) the contract ends.
+    pub expires_at: u64,
+    /// Paid by vouchers for the pair (client: vouchered; server: accepted), wei.
+    pub paid: String,
+    /// Due and not yet paid for the pair, wei.
+    pub owed: String,
+    /// `proposed`, `awaiting_channel`, `active` or `ended` (client: `negotiating`, `active`,
+    /// `ended`, ...).
+    pub state: String,
+}
+
+/// `GET /v1/earnings` (`ferry earnings`): what this node earned forwarding (issue 8), wei.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Earnings {
+    /// Paid by accepted vouchers, over all peers.
+    pub total: String,
+    /// Redeemed on the ledger.
+    pub claimed: String,
+    /// `total - claimed`.
+    pub unclaimed: String,
+}
+
 /// A boxed `Send` future, the return type of [`Backend`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -789,6 +865,22 @@ pub trait Backend: Send + Sync + 'static {
     fn set_avatar(&self, _req: SetAvatar) -> BoxFuture<'_, Result<(), ApiError>> {
         unsupported()
     }
+    /// `GET /v1/wallet`.
+    fn wallet(&self) -> BoxFuture<'_, Result<Wallet, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/wallet/deposit`.
+    fn wallet_deposit(&self, _req: WalletDeposit) -> BoxFuture<'_, Result<Wallet, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/contracts`.
+    fn contracts(&self) -> BoxFuture<'_, Result<Vec<MarketContract>, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/earnings`.
+    fn earnings(&self) -> BoxFuture<'_, Result<Earnings, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -843,6 +935,10 @@ handler!(set_avatar, post_ok, set_avatar, SetAvatar);
 handler!(tunnel_up, post, tunnel_up, TunnelUp, TunnelStatus);
 handler!(tunnel_down, post_ok, tunnel_down, TunnelDown);
 handler!(tunnel_status, get, tunnel_status, TunnelStatus);
+handler!(wallet, get, wallet, Wallet);
+handler!(wallet_deposit, post, wallet_deposit, WalletDeposit, Wallet);
+handler!(contracts, get, contracts, Vec<MarketContract>);
+handler!(earnings, get, earnings, Earnings);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -875,6 +971,10 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/tunnel/up", post(tunnel_up::<B>))
         .route("/v1/tunnel/down", post(tunnel_down::<B>))
         .route("/v1/tunnel/status", get(tunnel_status::<B>))
+        .route("/v1/wallet", get(wallet::<B>))
+        .route("/v1/wallet/deposit", post(wallet_deposit::<B>))
+        .route("/v1/contracts", get(contracts::<B>))
+        .route("/v1/earnings", get(earnings::<B>))
         .with_state(backend)
 }
 

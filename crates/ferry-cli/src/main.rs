@@ -18,6 +18,7 @@ mod chain;
 mod chat;
 mod devnet_netns;
 mod files;
+mod market;
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
@@ -119,6 +120,30 @@ enum Command {
         /// (`ferry friend add PUBLIC_KEY` reaches it).
         #[arg(long)]
         relay_node: bool,
+        #[command(flatten)]
+        market: market::MarketArgs,
+    },
+    /// Paid forwarding: this node's account, balance and payment channels.
+    Wallet {
+        #[command(subcommand)]
+        command: Option<market::WalletCommand>,
+        /// JSON: {"address", "balance", "channels": [{"peer", "channel_id", "deposit",
+        /// "cumulative", "claimed"}]} (amounts: decimal strings, wei).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Paid forwarding: contracts as client and as server.
+    Contracts {
+        /// JSON: [{"peer", "role", "price_per_kib", "data_used_bytes", "data_limit_bytes",
+        /// "expires_at", "paid", "owed", "state"}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Paid forwarding: what this node earned as a relay or exit.
+    Earnings {
+        /// JSON: {"total", "claimed", "unclaimed"} (wei).
+        #[arg(long)]
+        json: bool,
     },
     /// TCP relay server commands.
     Relay {
@@ -411,6 +436,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             uplink,
             exit_policy,
             relay_node,
+            market,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -433,6 +459,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 },
                 service: relay_node || exit_node,
                 relay_node,
+                market: market.flags(),
             };
             run_up(profile_dir, opts).await?;
         }
@@ -464,6 +491,11 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             }
         }
         Command::Tunnel { command } => tunnel(&client(profile_dir), command).await?,
+        Command::Wallet { command, json } => {
+            market::wallet(&client(profile_dir), command, json).await?;
+        }
+        Command::Contracts { json } => market::contracts(&client(profile_dir), json).await?,
+        Command::Earnings { json } => market::earnings(&client(profile_dir), json).await?,
         Command::Stop => {
             let _: ferry_api::Ok = client(profile_dir)
                 .post("/v1/shutdown", &serde_json::json!({}))
@@ -876,6 +908,10 @@ enum TunnelCommand {
         /// TAP device name.
         #[arg(long, default_value = "ferrytap0", requires = "tap")]
         tap_device: String,
+        /// Highest price per KiB paid to relays and exits, wei (needs `ferry up --market`;
+        /// default: `max_price_per_kib` of the `[market]` table).
+        #[arg(long, value_name = "WEI")]
+        max_price: Option<String>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -996,6 +1032,7 @@ async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
             via,
             tap,
             tap_device,
+            max_price,
             json,
         } => {
             let s: ferry_api::TunnelStatus = c
@@ -1008,6 +1045,7 @@ async fn tunnel(c: &Client, command: TunnelCommand) -> anyhow::Result<()> {
                         via,
                         tap,
                         tap_device: tap.then_some(tap_device),
+                        max_price,
                     },
                 )
                 .await?;

@@ -740,6 +740,9 @@ impl EventHandler for ChatHandler {
                     r.last_seen_ms = now_ms();
                     r.request = None;
                 });
+                s.tunnel
+                    .market
+                    .peer_connection(&public_key, connection != Connection::None);
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
@@ -821,6 +824,16 @@ impl EventHandler for ChatHandler {
                 public_key, data, ..
             } if crate::circuit::is_circuit_packet(data.first()) => {
                 s.tunnel.on_circuit_cell(node, now, public_key, data);
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&ferry_market::MARKET_PACKET_ID)
+                && s.tunnel.market.is_on() =>
+            {
+                s.tunnel.market.on_packet(&public_key, &data);
+                s.tunnel.market.flush(node, now);
             }
             NodeEvent::CustomPacket {
                 public_key,

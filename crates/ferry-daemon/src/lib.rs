@@ -13,6 +13,7 @@ pub mod circuit;
 pub mod devnet;
 pub mod exit;
 pub mod files;
+pub mod market;
 pub mod profile;
 pub mod tap;
 pub mod toxfile;

@@ -44,6 +44,8 @@ struct Running {
     exit: crate::exit::ExitHook,
     /// Friend → TUN batches and their writer task ([`crate::tunnel_io`]).
     inbound: Inbound,
+    /// Paid forwarding ([`crate::market`]; off unless `ferry up --market`).
+    market: crate::market::Market,
 }
 
 impl Running {
@@ -55,10 +57,36 @@ impl Running {
         }
     }
 
+    /// An exit client meters what it sends straight to its (paid) exit ([`crate::market`];
+    /// traffic into a circuit is not metered).
+    fn meter_to_exit(&self, exit: &PublicKey, pkt: &[u8]) {
+        if matches!(self.exit, crate::exit::ExitHook::Client { .. }) {
+            self.market.client_sent(exit, pkt);
+        }
+    }
+
     /// Whether a packet from friend `from` may be written to the TUN device: the exit role
     /// first, then the mesh router.
-    fn check_inbound(&mut self, from: &PublicKey, pkt: &[u8]) -> Result<(), DropReason> {
+    ///
+    /// `paid`: `from` is a friend's session, so an exit meters the packet and drops it if the
+    /// market gates it ([`crate::market`]); packets from circuits (pseudonymous clients) are not.
+    fn check_inbound(
+        &mut self,
+        from: &PublicKey,
+        pkt: &[u8],
+        paid: bool,
+    ) -> Result<(), DropReason> {
         match crate::exit::check_inbound(&mut self.exit, &self.router, from, pkt) {
+            // An exit meters what it forwards for clients and drops what the market gates.
+            Some(Ok(())) if paid && matches!(self.exit, crate::exit::ExitHook::Exit(_)) => {
+                if self.market.server_forward(from, pkt) {
+                    Ok(())
+                } else {
+                    // Counted as "not for us" here (not `NoRoute`, which `on_packet` retries
+                    // after a route refresh, metering twice); the market counts it as gated.
+                    Err(DropReason::NotForUs)
+                }
+            }
             Some(r) => r,
             None => self.router.check_inbound(from, pkt),
         }
@@ -83,6 +111,8 @@ pub struct TunnelShared {
     pub circuits: Arc<crate::circuit::CircuitDriver>,
     /// TAP mode ([`crate::tap`], `--tap`).
     pub tap: crate::tap::TapDriver,
+    /// Paid forwarding ([`crate::market`]).
+    pub market: crate::market::Market,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,11 +137,11 @@ impl TunnelShared {
             Ok(p) => p,
             Err(e) => return r.counters.count_drop(e),
         };
-        let mut check = r.check_inbound(from, pkt);
+        let mut check = r.check_inbound(from, pkt, true);
         if check == Err(DropReason::NoRoute) {
             // net_crypto sessions exist only with friends: a friend added after `tunnel up`.
             if r.router.insert(*from).is_ok() {
-                check = r.check_inbound(from, pkt);
+                check = r.check_inbound(from, pkt, true);
             }
         }
         if let Err(e) = check {
@@ -179,7 +209,7 @@ impl TunnelShared {
                             }
                             continue;
                         }
-                        if let Err(e) = r.check_inbound(&k, &p) {
+                        if let Err(e) = r.check_inbound(&k, &p, false) {
                             r.counters.count_drop(e);
                             continue;
                         }
@@ -289,6 +319,7 @@ impl TunnelShared {
                 counters: TunnelCounters::default(),
                 task,
                 exit,
+                market: self.market.clone(),
             });
         }
         tracing::info!(%device, %addr, offload, "tunnel up");
@@ -503,7 +534,10 @@ async fn reader(
                         Some(o) => {
                             circuit_out(r, &mut batch, o, pkt.len());
                         }
-                        None => push(&mut r.counters, &mut batch, k, pkt),
+                        None => {
+                            r.meter_to_exit(&k, pkt);
+                            push(&mut r.counters, &mut batch, k, pkt);
+                        }
                     },
                     Err(DropReason::NoRoute) => missed.push(i),
                     Err(e) => r.counters.count_drop(e),
@@ -529,7 +563,10 @@ async fn reader(
                     continue;
                 }
                 match r.route_outbound(pkt) {
-                    Ok(k) => push(&mut r.counters, &mut batch, k, pkt),
+                    Ok(k) => {
+                        r.meter_to_exit(&k, pkt);
+                        push(&mut r.counters, &mut batch, k, pkt);
+                    }
                     Err(e) => r.counters.count_drop(e),
                 }
             }

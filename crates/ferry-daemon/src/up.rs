@@ -59,6 +59,8 @@ pub struct UpOptions {
     pub service: bool,
     /// Forward other nodes' tunnel circuits (`--relay-node`, [`crate::circuit`]).
     pub relay_node: bool,
+    /// `--market ...` flags over the profile's `[market]` table ([`crate::market`]).
+    pub market: crate::market::MarketFlags,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -109,6 +111,7 @@ impl Default for UpOptions {
             exit: None,
             service: false,
             relay_node: false,
+            market: crate::market::MarketFlags::default(),
         }
     }
 }
@@ -417,6 +420,9 @@ impl Backend for NodeBackend {
         req: ferry_api::TunnelUp,
     ) -> BoxFuture<'_, Result<ferry_api::TunnelStatus, ApiError>> {
         Box::pin(async move {
+            if let Some(p) = &req.max_price {
+                self.chat()?.tunnel.market.set_max_price(p)?;
+            }
             if req.tap {
                 return self.tunnel_up_tap(req).await;
             }
@@ -563,6 +569,31 @@ impl Backend for NodeBackend {
     fn set_avatar(&self, req: SetAvatar) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async move { self.chat()?.files_set_avatar(&self.node, req.path).await })
     }
+
+    fn wallet(&self) -> BoxFuture<'_, Result<ferry_api::Wallet, ApiError>> {
+        Box::pin(async move { self.chat()?.tunnel.market.wallet().await })
+    }
+
+    fn wallet_deposit(
+        &self,
+        req: ferry_api::WalletDeposit,
+    ) -> BoxFuture<'_, Result<ferry_api::Wallet, ApiError>> {
+        Box::pin(async move {
+            self.chat()?
+                .tunnel
+                .market
+                .deposit(&req.peer, &req.amount)
+                .await
+        })
+    }
+
+    fn contracts(&self) -> BoxFuture<'_, Result<Vec<ferry_api::MarketContract>, ApiError>> {
+        Box::pin(async move { self.chat()?.tunnel.market.contracts() })
+    }
+
+    fn earnings(&self) -> BoxFuture<'_, Result<ferry_api::Earnings, ApiError>> {
+        Box::pin(async move { self.chat()?.tunnel.market.earnings() })
+    }
 }
 
 /// Runs `ferry up` for the profile at `profile_dir` until a signal or an API shutdown.
@@ -571,6 +602,13 @@ impl Backend for NodeBackend {
 /// No profile, a daemon already running on this profile, UDP port in use, socket errors.
 pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     let mut identity = profile::load(profile_dir)?;
+    let mut market_config = crate::market::MarketConfig::load(profile_dir)?;
+    market_config.apply(&opts.market);
+    if !market_config.enabled && opts.market != crate::market::MarketFlags::default() {
+        eprintln!(
+            "ferry up: market flags given but the market is off (add --market or [market] enabled = true)"
+        );
+    }
     if opts.service {
         // Not stored: the profile keeps its own nospam for when it runs as a plain node.
         identity.nospam = ferry_tunnel::service_nospam(&identity.long_term.public);
@@ -671,6 +709,15 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         }
     };
     chat.restore(&node).await?;
+    let market_task = crate::market::start(
+        &chat.tunnel.market,
+        market_config,
+        profile_dir,
+        &identity.long_term.secret.to_bytes(),
+        opts.service,
+        node.clone(),
+    )
+    .await?;
     chat.tunnel
         .circuits
         .start(&node, identity.long_term.clone(), opts.relay_node)?;
@@ -696,6 +743,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         socket_path.display()
     );
     let stop = Arc::new(Notify::new());
+    let market = chat.tunnel.market.clone();
     let mut backend = NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat);
     if let Some((r, _)) = &relay {
         let ports: Vec<String> = r.ports().iter().map(u16::to_string).collect();
@@ -722,6 +770,13 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         .context("control API")?;
     if let Some(fw) = exit_fw.as_mut() {
         fw.teardown();
+    }
+    if let Some(t) = market_task {
+        t.abort();
+        // Redeem the newest vouchers before going away (bounded: a remote ledger may hang).
+        let _ =
+            tokio::time::timeout(crate::market::SHUTDOWN_CLAIM_TIMEOUT, market.claim_all()).await;
+        market.save();
     }
     if let Some((r, j)) = relay {
         r.shutdown().await;

@@ -196,6 +196,12 @@ impl Client {
         }
     }
 
+    /// Changes the highest price per KiB accepted from now on (`ferry tunnel up --max-price`);
+    /// contracts already in force keep their terms.
+    pub fn set_max_price_per_kib(&mut self, max_price_per_kib: u128) {
+        self.config.max_price_per_kib = max_price_per_kib;
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ClientConfig {
         &self.config

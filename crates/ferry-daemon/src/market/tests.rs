@@ -1,0 +1,492 @@
+//! Daemon-level market tests: two in-process market endpoints (an exit-like server and a
+//! tunnel client) sharing one embedded EVM ledger, messages moved between them as the node task
+//! would (`[175][envelope]` lossless packets), ledger work done by [`Market::step`].
+
+use super::*;
+
+const MTU: u64 = 1500;
+
+fn config() -> MarketConfig {
+    MarketConfig {
+        enabled: true,
+        price_per_kib: 1_000_000_000,
+        max_price_per_kib: 2_000_000_000,
+        contract_data_kib: 100 * 1024,
+        contract_time_s: 3600,
+        data_renewal_kib: 1024,
+        time_renewal_s: 60,
+        grace_kib: 64,
+        ..MarketConfig::default()
+    }
+}
+
+fn pk(secret: &[u8; 32]) -> PublicKey {
+    ferry_crypto::SecretKey::from_bytes(*secret).public_key()
+}
+
+/// An IPv4 packet of `len` bytes to `dest`.
+fn packet(dest: [u8; 4], len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[16..20].copy_from_slice(&dest);
+    p
+}
+
+struct Two {
+    now: u64,
+    ledger: Arc<EmbeddedEvm>,
+    server: Market,
+    client: Market,
+    spk: PublicKey,
+    cpk: PublicKey,
+    /// Drop every voucher the client sends (a client that stops paying).
+    withhold_vouchers: bool,
+    forwarded: u64,
+}
+
+impl Two {
+    async fn new(cfg: MarketConfig) -> Self {
+        let ledger = Arc::new(EmbeddedEvm::new(EmbeddedConfig::default()).expect("ledger"));
+        let (ss, cs) = ([1u8; 32], [2u8; 32]);
+        for s in [&ss, &cs] {
+            ledger.fund(AccountKey::from_seed(s).address(), U256::from(DEV_FUNDS));
+        }
+        let server = Market::default();
+        server.start(
+            MarketCore::new(cfg.clone(), &ss, true, Ledger::Embedded(ledger.clone())),
+            None,
+        );
+        let client = Market::default();
+        client.start(
+            MarketCore::new(cfg, &cs, false, Ledger::Embedded(ledger.clone())),
+            None,
+        );
+        let mut t = Self {
+            now: ferry_pay::DEFAULT_START_TIME + 1000,
+            ledger,
+            server,
+            client,
+            spk: pk(&ss),
+            cpk: pk(&cs),
+            withhold_vouchers: false,
+            forwarded: 0,
+        };
+        let (now, spk, cpk) = (t.now, t.spk, t.cpk);
+        t.server.with(|c| c.peer_online(now, cpk.0));
+        t.client.with(|c| c.peer_online(now, spk.0));
+        t.pump().await;
+        t
+    }
+
+    /// Moves packets both ways and does the ledger work until nothing is left.
+    async fn pump(&mut self) {
+        for _ in 0..100 {
+            let from_server = self.server.step(self.now).await;
+            let from_client = self.client.step(self.now).await;
+            if from_server.is_empty() && from_client.is_empty() {
+                return;
+            }
+            let now = self.now;
+            for (to, data) in from_server {
+                assert_eq!(to, self.cpk.0);
+                assert_eq!(data[0], MARKET_PACKET_ID);
+                self.client.with(|c| c.on_packet(now, self.spk.0, &data));
+            }
+            for (to, data) in from_client {
+                assert_eq!(to, self.spk.0);
+                if self.withhold_vouchers && data.get(1) == Some(&0x07) {
+                    continue;
+                }
+                self.server.with(|c| c.on_packet(now, self.cpk.0, &data));
+            }
+        }
+        panic!("market messages kept flowing");
+    }
+
+    /// The client sends one packet through the server; `true` if the server forwarded it.
+    async fn packet(&mut self, len: usize) -> bool {
+        let p = packet([198, 51, 100, 1], len);
+        let dest = packet_dest(&p).expect("dest");
+        let (now, spk, cpk) = (self.now, self.spk, self.cpk);
+        self.client
+            .with(|c| c.client_sent(now, spk.0, dest, len as u32));
+        let ok = self
+            .server
+            .with(|c| c.server_forward(now, cpk.0, dest, len as u32))
+            .expect("server on");
+        if ok {
+            self.forwarded += len as u64;
+        }
+        self.pump().await;
+        ok
+    }
+
+    async fn tick(&mut self, secs: u64) {
+        for _ in 0..secs {
+            self.now += 1;
+            self.pump().await;
+        }
+    }
+
+    fn server_contract_bytes(&self) -> u64 {
+        self.server
+            .contracts()
+            .expect("on")
+            .iter()
+            .filter(|k| k.role == "server")
+            .map(|k| k.data_used_bytes)
+            .sum()
+    }
+
+    fn client_contract_bytes(&self) -> u64 {
+        self.client
+            .contracts()
+            .expect("on")
+            .iter()
+            .filter(|k| k.role == "client")
+            .map(|k| k.data_used_bytes)
+            .sum()
+    }
+}
+
+/// Negotiate, meter, pay and claim over the real channel contract: both sides count the same
+/// bytes, the server is paid exactly what is due and redeems it on the ledger once.
+#[tokio::test]
+async fn negotiate_meter_pay_and_claim_on_the_embedded_ledger() {
+    let cfg = config();
+    let price = u128::from(cfg.price_per_kib);
+    let mut t = Two::new(cfg).await;
+    let sizes = [40usize, 300, 576, 1280, 1400, 1500, 20, 1024];
+    let mut total = 0u64;
+    for i in 0..400 {
+        let len = sizes[i % sizes.len()];
+        assert!(t.packet(len).await, "packet {i} forwarded");
+        total += len as u64;
+        // About 15 KiB per second: well inside the 64 KiB grace, so payment keeps up.
+        if i % 20 == 19 {
+            t.tick(1).await;
+        }
+    }
+    t.tick(3).await;
+    assert_eq!(t.forwarded, total);
+    assert_eq!(t.server_contract_bytes(), total, "server meter");
+    assert_eq!(t.client_contract_bytes(), total, "client meter");
+    let contracts = t.server.contracts().expect("on");
+    assert!(
+        contracts.iter().all(|k| k.state == "active"),
+        "{contracts:?}"
+    );
+    let due = ferry_market::due(total, price);
+    let earnings = t.server.earnings().expect("on");
+    assert_eq!(earnings.total, due.to_string(), "paid what is due");
+    assert_eq!(earnings.unclaimed, due.to_string());
+    let wallet = t.client.wallet().await.expect("wallet");
+    assert_eq!(wallet.channels.len(), 1);
+    assert_eq!(wallet.channels[0].cumulative, due.to_string());
+    assert_eq!(wallet.channels[0].peer, t.spk.to_hex());
+
+    // Claim: the newest voucher is redeemed once, the second claim pays nothing.
+    let server_addr = AccountKey::from_seed(&[1u8; 32]).address();
+    let before = t.ledger.balance(server_addr).await.expect("balance");
+    assert_eq!(t.server.claim_all().await, due);
+    let fee = t.ledger.last_receipt().expect("the claim's receipt").fee;
+    let after = t.ledger.balance(server_addr).await.expect("balance");
+    assert_eq!(
+        after + fee,
+        before + U256::from(due),
+        "paid `due`, minus gas"
+    );
+    assert_eq!(t.server.claim_all().await, 0, "nothing left to claim");
+    // The contract itself refuses the same voucher again.
+    let (cum, sig) = t
+        .server
+        .with(|c| {
+            let a = c
+                .server()
+                .expect("server")
+                .account(&t.cpk.0)
+                .expect("account");
+            let (cum, sig) = a.best_voucher.clone().expect("voucher");
+            (cum, sig)
+        })
+        .expect("on");
+    let ch = t
+        .client
+        .with(|c| c.client().account(&t.spk.0).and_then(|a| a.channel))
+        .flatten()
+        .expect("channel");
+    let again = Voucher {
+        channel: B256::from(ch.0),
+        cumulative: U256::from(cum),
+        sig: sig.as_slice().try_into().expect("65 bytes"),
+    };
+    assert!(
+        t.ledger
+            .claim(&AccountKey::from_seed(&[1u8; 32]), &again)
+            .await
+            .is_err(),
+        "a voucher cannot be redeemed twice"
+    );
+    let earnings = t.server.earnings().expect("on");
+    assert_eq!(earnings.claimed, due.to_string());
+    assert_eq!(earnings.unclaimed, "0");
+    let sw = t.server.wallet().await.expect("server wallet");
+    assert_eq!(sw.channels.len(), 1);
+    assert_eq!(sw.channels[0].claimed, due.to_string());
+    assert_eq!(sw.channels[0].peer, t.cpk.to_hex());
+}
+
+/// A client that stops paying is cut off after at most one grace allowance plus one MTU; paying
+/// again resumes forwarding.
+#[tokio::test]
+async fn a_client_that_stops_paying_is_cut_off_after_one_grace_plus_one_mtu() {
+    let cfg = config();
+    let grace_bytes = cfg.grace_kib * 1024;
+    let mut t = Two::new(cfg).await;
+    for i in 0..100 {
+        assert!(t.packet(1400).await);
+        if i % 20 == 19 {
+            t.tick(1).await;
+        }
+    }
+    t.tick(3).await;
+    let paid_bytes = t.forwarded;
+    let e = t.server.earnings().expect("on");
+    assert_eq!(
+        e.total,
+        ferry_market::due(paid_bytes, 1_000_000_000).to_string()
+    );
+    t.withhold_vouchers = true;
+    let mut dropped = 0;
+    for i in 0..600 {
+        if !t.packet(1400).await {
+            dropped += 1;
+        }
+        if i % 50 == 0 {
+            t.tick(1).await;
+        }
+    }
+    let unpaid = t.forwarded - paid_bytes;
+    assert!(
+        unpaid <= grace_bytes + MTU,
+        "forwarded {unpaid} unpaid bytes, grace {grace_bytes}"
+    );
+    assert!(unpaid + MTU > grace_bytes, "the grace was usable");
+    assert!(dropped > 400, "dropped {dropped}");
+    assert_eq!(
+        t.server.with(|c| c.gated_packets).expect("on"),
+        dropped as u64
+    );
+    t.withhold_vouchers = false;
+    t.tick(ferry_market::server::PAYMENT_REMINDER_S + 1).await;
+    assert!(t.packet(1400).await, "paying again resumes forwarding");
+}
+
+/// The server's accounts survive a restart through the state file (the credit line is
+/// per peer and persisted), and the config table parses with defaults and overrides.
+#[tokio::test]
+async fn server_state_survives_a_restart_and_config_parses() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = config();
+    let mut t = Two::new(cfg.clone()).await;
+    for _ in 0..50 {
+        t.packet(1000).await;
+    }
+    t.tick(2).await;
+    let before = t.server.earnings().expect("on");
+    *lock(&t.server.dir) = Some(dir.path().to_path_buf());
+    t.server.with(|c| c.dirty = true);
+    t.server.save();
+    let restarted = Market::default();
+    restarted.start(
+        MarketCore::new(cfg, &[1u8; 32], true, Ledger::Embedded(t.ledger.clone())),
+        Some(dir.path().to_path_buf()),
+    );
+    assert_eq!(restarted.earnings().expect("on"), before);
+    assert_eq!(
+        restarted.contracts().expect("on").len(),
+        t.server.contracts().expect("on").len()
+    );
+
+    let c = MarketConfig::parse(
+        "[market]\nenabled = true\nprice_per_kib = 5\nbackend = \"json-rpc\"\n[other]\nx = 1\n",
+    )
+    .expect("parses");
+    assert!(c.enabled);
+    assert_eq!(c.price_per_kib, 5);
+    assert_eq!(c.backend, BackendChoice::JsonRpc);
+    assert_eq!(c.grace_kib, MarketConfig::default().grace_kib);
+    assert!(!MarketConfig::parse("").expect("empty").enabled);
+    assert!(MarketConfig::parse("[market]\nbogus = 1\n").is_err());
+    let mut c = MarketConfig::default();
+    c.apply(&MarketFlags {
+        enabled: Some(true),
+        grace_kib: Some(7),
+        ..MarketFlags::default()
+    });
+    assert!(c.enabled);
+    assert_eq!(c.grace_kib, 7);
+}
+
+/// The node task's event handler of the session test: market packets and friend connections
+/// to the market, as [`crate::chat::ChatHandler`] does.
+struct MarketEvents(Market);
+
+impl ferry_net::EventHandler for MarketEvents {
+    fn on_event(
+        &mut self,
+        node: &mut ferry_proto::node::Node,
+        now: std::time::Instant,
+        event: ferry_proto::node::NodeEvent,
+    ) {
+        use ferry_proto::node::{Connection, NodeEvent};
+        match event {
+            NodeEvent::FriendConnection {
+                public_key,
+                connection,
+            } => self
+                .0
+                .peer_connection(&public_key, connection != Connection::None),
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&MARKET_PACKET_ID) => {
+                self.0.on_packet(&public_key, &data);
+                self.0.flush(node, now);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Two real nodes on loopback (plus two DHT helpers), friends over net_crypto; their markets
+/// (a server and a client, one shared embedded ledger) talk by lossless packets 175 through
+/// the `ferry up` driver; the client "sends" 1000-byte packets through the server for 3 s:
+/// both sides meter the same bytes, the server is paid exactly what is due and claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_pay_over_real_sessions_through_the_driver() {
+    use ferry_net::{NodeOptions, PortSpec, bind_udp, spawn_node};
+    let ledger = Arc::new(EmbeddedEvm::new(EmbeddedConfig::default()).expect("ledger"));
+    let secrets = [[11u8; 32], [12u8; 32]];
+    let markets = [Market::default(), Market::default()];
+    let mut nodes = Vec::new();
+    for i in 0..4 {
+        let socket = bind_udp(
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            PortSpec::Exact(0),
+        )
+        .expect("udp");
+        let options = NodeOptions {
+            dht: ferry_proto::dht::DhtConfig {
+                lan_discovery: false,
+                ..ferry_proto::dht::DhtConfig::default()
+            },
+            real_keys: (i < 2).then(|| {
+                ferry_crypto::KeyPair::from_secret(ferry_crypto::SecretKey::from_bytes(secrets[i]))
+            }),
+            ..NodeOptions::default()
+        };
+        let (h, _join) = if i < 2 {
+            spawn_node(socket, options, MarketEvents(markets[i].clone())).expect("node")
+        } else {
+            spawn_node(socket, options, ferry_net::DhtEvents(None)).expect("node")
+        };
+        let st = h.status().await.expect("status");
+        nodes.push((h, st.local_addr, st.dht_public_key));
+    }
+    for i in 1..4 {
+        let (a, k) = (nodes[0].1, nodes[0].2);
+        nodes[i].0.bootstrap(a, k).await.expect("bootstrap");
+        let (a, k) = (nodes[i - 1].1, nodes[i - 1].2);
+        nodes[i].0.bootstrap(a, k).await.expect("bootstrap");
+    }
+    let (cpk, spk) = (pk(&secrets[0]), pk(&secrets[1]));
+    let mut cfg = config();
+    cfg.grace_kib = 1024;
+    // Node 1 serves (an exit), node 0 is its client.
+    for (i, serve) in [(0usize, false), (1, true)] {
+        start_with_ledger(
+            &markets[i],
+            cfg.clone(),
+            None,
+            &secrets[i],
+            serve,
+            nodes[i].0.clone(),
+            Ledger::Embedded(ledger.clone()),
+        )
+        .await;
+    }
+    nodes[0]
+        .0
+        .call(move |n, now| n.add_friend_norequest(now, spk))
+        .await
+        .expect("call")
+        .expect("add");
+    nodes[1]
+        .0
+        .call(move |n, now| n.add_friend_norequest(now, cpk))
+        .await
+        .expect("call")
+        .expect("add");
+    // The server's binding reaches the client once the session is up.
+    let start = std::time::Instant::now();
+    loop {
+        let bound = markets[0]
+            .with(|c| {
+                c.client()
+                    .account(&spk.0)
+                    .is_some_and(|a| a.binding.is_some())
+            })
+            .expect("on");
+        if bound {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "no binding over the session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pkt = packet([198, 51, 100, 7], 1000);
+    let mut total = 0u64;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        for _ in 0..10 {
+            markets[0].client_sent(&spk, &pkt);
+            assert!(markets[1].server_forward(&cpk, &pkt), "forwarded");
+            total += pkt.len() as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let due = ferry_market::due(total, u128::from(cfg.price_per_kib));
+    let start = std::time::Instant::now();
+    loop {
+        let paid = markets[1].earnings().expect("on").total;
+        if paid == due.to_string() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "paid {paid}, due {due}; server {:?}",
+            markets[1].contracts()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let used = |m: &Market, role: &str| -> u64 {
+        m.contracts()
+            .expect("on")
+            .iter()
+            .filter(|k| k.role == role)
+            .map(|k| k.data_used_bytes)
+            .sum()
+    };
+    assert_eq!(used(&markets[1], "server"), total);
+    assert_eq!(used(&markets[0], "client"), total);
+    assert_eq!(markets[1].claim_all().await, due);
+    let w = markets[1].wallet().await.expect("wallet");
+    assert_eq!(w.channels[0].claimed, due.to_string());
+    for (h, _, _) in &nodes {
+        h.shutdown().await;
+    }
+}
