@@ -15,4 +15,5 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod item;
+pub mod store;
 pub mod wire;
