@@ -15,5 +15,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod item;
+pub mod name;
 pub mod store;
 pub mod wire;
