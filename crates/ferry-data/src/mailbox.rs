@@ -301,7 +301,7 @@ impl Inbox {
     /// Takes a batch of opened messages (any order, any duplicates, from any holders) and returns
     /// those to deliver: new ones, deduplicated, ordered by (sender, seq).
     pub fn accept(&mut self, mut batch: Vec<MailMessage>) -> Vec<MailMessage> {
-        batch.sort_by(|a, b| (a.sender, a.seq).cmp(&(b.sender, b.seq)));
+        batch.sort_by_key(|a| (a.sender, a.seq));
         batch.dedup_by(|a, b| a.sender == b.sender && a.seq == b.seq);
         let mut out = Vec::new();
         for m in batch {
