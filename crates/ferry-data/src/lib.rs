@@ -15,6 +15,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod item;
+pub mod lookup;
 pub mod mailbox;
 pub mod name;
 pub mod store;
