@@ -15,7 +15,7 @@
 //! reads [`LookupEvent`]s. A node that never answers (a legacy c-toxcore node ignores 0xe0–0xe4)
 //! times out after [`REQUEST_TIMEOUT`].
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use ferry_crypto::PublicKey;
@@ -23,6 +23,7 @@ use ferry_crypto::rng::{FerryRng, RngCore};
 use ferry_wire::node::PackedNode;
 
 use crate::item::{CLAIM_POW_BITS, Item, PutError, Target};
+use crate::store::SourceKey;
 use crate::wire::{Found, GetRequest, PutRequest, RequestId, StoreMessage, Token};
 
 /// Replication factor: items live on the k closest capable nodes.
@@ -33,6 +34,8 @@ pub const ALPHA: usize = 3;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most candidate nodes a lookup tracks (the farthest are dropped).
 pub const MAX_CANDIDATES: usize = 64;
+/// Most of the k holders chosen from one /24 (IPv4) or /48 (IPv6) (`data-layer.md` §3.1).
+pub const MAX_PER_PREFIX: usize = 2;
 /// Most mail pages asked of one holder in one lookup (= the per-mailbox envelope cap).
 pub const MAX_MAIL_PAGES: u64 = 64;
 
@@ -208,12 +211,19 @@ impl Lookup {
         self.candidates.truncate(MAX_CANDIDATES);
     }
 
-    /// Indices of the k closest candidates not failed.
+    /// Indices of the k closest candidates not failed, at most [`MAX_PER_PREFIX`] per /24
+    /// (/48): one operator's subnet cannot take all k slots around a target.
     fn closest_live(&self) -> Vec<usize> {
+        let mut per: HashMap<SourceKey, usize> = HashMap::new();
         self.candidates
             .iter()
             .enumerate()
             .filter(|(_, c)| c.state != State::Failed)
+            .filter(|(_, c)| {
+                let n = per.entry(SourceKey::of(c.node.addr)).or_default();
+                *n += 1;
+                *n <= MAX_PER_PREFIX
+            })
             .take(K)
             .map(|(i, _)| i)
             .collect()

@@ -5,7 +5,8 @@
 //!   from the current or the previous secret is accepted, so a token lives 5–10 min (BEP 5). A
 //!   token binds the address the get came from, so a put from a spoofed address fails.
 //! * **Caps** ([`StoreConfig`]): total bytes (8 MiB) and items (8192); per source (/24 for IPv4,
-//!   /48 for IPv6) items (64) and bytes (80 KiB); per mailbox envelopes (64) and bytes (64 KiB).
+//!   /48 for IPv6) items (64), bytes (80 KiB) and puts per minute (16); per mailbox envelopes
+//!   (64) and bytes (64 KiB).
 //! * **Eviction** when the store is full: expired items first, then the item farthest from our
 //!   DHT key among those of the source holding the most items, and only when that source holds
 //!   more than the newcomer's source would after the put (fair share). A source can therefore
@@ -41,6 +42,10 @@ use crate::wire::{
 pub const TOKEN_ROTATION: Duration = Duration::from_secs(300);
 /// Smallest TTL a storer grants regardless of its uptime (60 s).
 pub const MIN_TTL: Duration = Duration::from_secs(60);
+/// Most sources whose put rate is tracked at once; when full, windows older than a minute are
+/// dropped, then the oldest window (a flood of fresh sources cannot grow the table).
+pub const MAX_RATE_SOURCES: usize = 4096;
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Storer limits (`data-layer.md` §3.1, §3.3). All sizes in bytes of encoded items.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +64,9 @@ pub struct StoreConfig {
     pub mailbox_bytes: usize,
     /// Proof-of-work bits required of claimed items (default [`CLAIM_POW_BITS`]).
     pub claim_pow_bits: u32,
+    /// Puts (accepted or not, token valid) per source per minute (default 16,
+    /// `data-layer.md` §3.1). Counted in fixed one-minute windows.
+    pub puts_per_minute: u32,
 }
 
 impl Default for StoreConfig {
@@ -71,6 +79,7 @@ impl Default for StoreConfig {
             mailbox_items: 64,
             mailbox_bytes: 64 << 10,
             claim_pow_bits: CLAIM_POW_BITS,
+            puts_per_minute: 16,
         }
     }
 }
@@ -161,6 +170,7 @@ pub struct Store {
     items: HashMap<Target, Held>,
     mail: HashMap<Target, Mailbox>,
     usage: HashMap<SourceKey, Usage>,
+    rate: HashMap<SourceKey, (Instant, u32)>,
     stats: StoreStats,
 }
 
@@ -189,6 +199,7 @@ impl Store {
             items: HashMap::new(),
             mail: HashMap::new(),
             usage: HashMap::new(),
+            rate: HashMap::new(),
             stats: StoreStats::default(),
         }
     }
@@ -366,7 +377,30 @@ impl Store {
         if !self.check_token(from, requester, &req.target, &req.token) {
             return Err(PutError::BadToken);
         }
-        self.put_trusted(now, SourceKey::of(from), req)
+        let source = SourceKey::of(from);
+        if !self.rate_ok(now, source) {
+            return Err(PutError::Quota);
+        }
+        self.put_trusted(now, source, req)
+    }
+
+    /// Counts a put from `source`; `false` when over [`StoreConfig::puts_per_minute`].
+    fn rate_ok(&mut self, now: Instant, source: SourceKey) -> bool {
+        if !self.rate.contains_key(&source) && self.rate.len() >= MAX_RATE_SOURCES {
+            self.rate
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < RATE_WINDOW);
+            if self.rate.len() >= MAX_RATE_SOURCES
+                && let Some(oldest) = self.rate.iter().min_by_key(|(_, w)| w.0).map(|(k, _)| *k)
+            {
+                self.rate.remove(&oldest);
+            }
+        }
+        let w = self.rate.entry(source).or_insert((now, 0));
+        if now.saturating_duration_since(w.0) >= RATE_WINDOW {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= self.config.puts_per_minute
     }
 
     /// A put whose token was checked (or that comes from ourselves / a snapshot).

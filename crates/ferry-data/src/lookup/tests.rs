@@ -318,3 +318,19 @@ fn forged_value_downranks_the_node() {
         })
     );
 }
+
+#[test]
+fn at_most_two_holders_per_subnet() {
+    let me = PublicKey([0; 32]);
+    let seeds: Vec<PackedNode> = (1..=10u8)
+        .map(|i| PackedNode::udp(SocketAddr::from(([10, 0, 0, i], 1)), PublicKey([i; 32])))
+        .collect();
+    let mut l = Lookup::new(me, Target([1; 32]), Operation::Get { seq: None }, seeds);
+    let mut rng = FerryRng::from_u64(1);
+    let now = Instant::now();
+    let mut sent = 0;
+    while l.poll_transmit(now, &mut rng).is_some() {
+        sent += 1;
+    }
+    assert_eq!(sent, MAX_PER_PREFIX);
+}

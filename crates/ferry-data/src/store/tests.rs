@@ -15,7 +15,11 @@ fn pk(n: u8) -> PublicKey {
     PublicKey([n; 32])
 }
 
-fn store(now: Instant, config: StoreConfig) -> Store {
+fn store(now: Instant, mut config: StoreConfig) -> Store {
+    if config.puts_per_minute == StoreConfig::default().puts_per_minute {
+        // Most tests put in bulk at one instant; the rate limit has its own test.
+        config.puts_per_minute = u32::MAX;
+    }
     let mut rng = FerryRng::from_u64(7);
     Store::new(pk(0), config, now, &mut rng)
 }
@@ -484,4 +488,24 @@ proptest! {
             prop_assert!(found);
         }
     }
+}
+
+#[test]
+fn put_rate_per_source() {
+    let now = t0();
+    let config = StoreConfig {
+        puts_per_minute: 16,
+        ..StoreConfig::default()
+    };
+    let mut rng = FerryRng::from_u64(7);
+    let mut s = Store::new(pk(0), config, now, &mut rng);
+    // A 10k puts/min flood from one /24: 16 pass, the rest are refused; another /24 is unaffected.
+    let ok = (0..10_000)
+        .filter(|i| put(&mut s, now, addr(1, (i % 200) as u8), imm(*i)).is_ok())
+        .count();
+    assert_eq!(ok, 16);
+    assert!(put(&mut s, now, addr(2, 1), imm(99_999)).is_ok());
+    // Next minute: the window resets.
+    let later = now + Duration::from_secs(60);
+    assert!(put(&mut s, later, addr(1, 1), imm(50_000)).is_ok());
 }
