@@ -2,6 +2,7 @@ use super::*;
 use crate::item::{ClaimedItem, MailEnvelope, MutableItem, solve_claim_pow};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
+use std::collections::HashMap;
 
 fn t0() -> Instant {
     Instant::now()
@@ -508,4 +509,99 @@ fn put_rate_per_source() {
     // Next minute: the window resets.
     let later = now + Duration::from_secs(60);
     assert!(put(&mut s, later, addr(1, 1), imm(50_000)).is_ok());
+}
+
+impl Store {
+    /// Accounting matches contents (test helper).
+    fn assert_consistent(&self) {
+        let mut per: HashMap<SourceKey, Usage> = HashMap::new();
+        let all = self
+            .items
+            .values()
+            .chain(self.mail.values().flat_map(|m| m.envelopes.values()));
+        for h in all {
+            let u = per.entry(h.source).or_default();
+            u.items += 1;
+            u.bytes += h.cost;
+        }
+        assert_eq!(per.len(), self.usage.len());
+        for (k, u) in &per {
+            let v = self.usage[k];
+            assert_eq!((u.items, u.bytes), (v.items, v.bytes));
+        }
+        for mb in self.mail.values() {
+            assert!(!mb.envelopes.is_empty());
+            assert_eq!(
+                mb.bytes,
+                mb.envelopes.values().map(|h| h.cost).sum::<usize>()
+            );
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Imm(u8, u16),
+    Mut(u8, u8, u64, u8),
+    Mail(u8, u8, u8),
+    Del(u8, u8),
+    Wait(u16),
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..8, any::<u16>()).prop_map(|(s, v)| Op::Imm(s, v)),
+        (0u8..8, 0u8..3, 0u64..6, any::<u8>()).prop_map(|(s, k, q, v)| Op::Mut(s, k, q, v)),
+        (0u8..8, 0u8..3, any::<u8>()).prop_map(|(s, m, d)| Op::Mail(s, m, d)),
+        (0u8..8, any::<u8>()).prop_map(|(m, d)| Op::Del(m, d)),
+        (0u16..4000).prop_map(Op::Wait),
+    ]
+}
+
+proptest! {
+    /// Any sequence of puts, deletes, expiries and a snapshot round trip keeps the accounting
+    /// exact and within the caps; nothing panics.
+    #[test]
+    fn accounting_stays_exact(ops in proptest::collection::vec(arb_op(), 1..200)) {
+        let start = t0();
+        let mut now = start;
+        let config = StoreConfig { max_items: 30, max_bytes: 6000, per_source_items: 12, per_source_bytes: 3000, mailbox_items: 5, mailbox_bytes: 800, ..StoreConfig::default() };
+        let mut s = store(now, config.clone());
+        let mut rng = FerryRng::from_u64(1);
+        for op in ops {
+            match op {
+                Op::Imm(src, v) => { let _ = put(&mut s, now, addr(src, 1), Item::Immutable(vec![7; usize::from(v % 300)])); }
+                Op::Mut(src, k, q, v) => {
+                    let m = MutableItem::sign(&key(k), b"", q, &[v; 20]);
+                    let _ = put(&mut s, now, addr(src, 1), Item::Mutable(m));
+                }
+                Op::Mail(src, mb, d) => { let _ = put_at(&mut s, now, addr(src, 1), Target([mb; 32]), mail(d, usize::from(d)).0, None); }
+                Op::Del(mb, d) => { let _ = put_at(&mut s, now, addr(1, 1), Target([mb % 3; 32]), Item::MailDelete([d; 32]), None); }
+                Op::Wait(secs) => { now += Duration::from_secs(u64::from(secs)); s.handle_timeout(now, &mut rng); }
+            }
+            s.assert_consistent();
+            let st = s.stats();
+            prop_assert!(st.items <= config.max_items && st.bytes <= config.max_bytes);
+        }
+        let r = Store::restore(pk(0), config, &s.snapshot(now), now, &mut rng).expect("restore");
+        r.assert_consistent();
+        let live = |st: &Store| { let mut x = st.clone_contents(now); x.sort(); x };
+        prop_assert_eq!(live(&r), live(&s));
+    }
+}
+
+impl Store {
+    fn clone_contents(&self, now: Instant) -> Vec<Vec<u8>> {
+        let all = self
+            .items
+            .values()
+            .chain(self.mail.values().flat_map(|m| m.envelopes.values()));
+        all.filter(|h| h.expires > now)
+            .map(|h| {
+                let mut v = Vec::new();
+                h.item.encode(&mut v);
+                v
+            })
+            .collect()
+    }
 }
