@@ -20,7 +20,7 @@
 //! | 0 | `[0][len u16][value len ≤ 1000]` |
 //! | 1 | `[1][pk 32][salt_len u8 ≤ 64][salt][seq u64][sig 64][len u16][value ≤ 1000]` |
 //! | 2 | `[2][pk 32][name_id 32][pow u64][seq u64][sig 64][len u16][value ≤ 1000]` |
-//! | 3 | `[3][delete_hash 32][len u16][sealed ≤ 1096]` |
+//! | 3 | `[3][delete_hash 32][pow u64][len u16][sealed ≤ 1096]` |
 //! | 4 | `[4][d 32]` |
 
 use std::time::Duration;
@@ -338,8 +338,37 @@ impl ClaimedItem {
 pub struct MailEnvelope {
     /// Hash of the delete secret `d` sealed inside.
     pub delete_hash: [u8; 32],
+    /// Hashcash nonce: [`MailEnvelope::pow_bits`] at the mailbox target must reach the storer's
+    /// minimum ([`crate::store::StoreConfig::mail_pow_bits`], default [`MAIL_POW_BITS`]).
+    pub pow: u64,
     /// Ephemeral-key sealed box, ≤ [`MAX_SEALED_MAIL_SIZE`] bytes.
     pub sealed: Vec<u8>,
+}
+
+/// Default hashcash a storer requires of each mail envelope: 16 bits (2^16 BLAKE3 over ~1 KiB,
+/// tens of ms). Holders cannot tell friend requests from friend mail (by design), so this is one
+/// store-wide floor; `data-layer.md` §3.3 suggests 2^20 for friend requests.
+pub const MAIL_POW_BITS: u32 = 16;
+
+impl MailEnvelope {
+    /// Leading zero bits of `BLAKE3-derive("eddt v1 mail pow", target ‖ delete_hash ‖ pow u64 BE ‖
+    /// sealed)`: the work is bound to the mailbox and the content.
+    pub fn pow_bits(&self, target: &Target) -> u32 {
+        let mut h = blake3::Hasher::new_derive_key("eddt v1 mail pow");
+        h.update(&target.0);
+        h.update(&self.delete_hash);
+        h.update(&self.pow.to_be_bytes());
+        h.update(&self.sealed);
+        leading_zero_bits(h.finalize().as_bytes())
+    }
+
+    /// Searches `pow` from 0 until [`MailEnvelope::pow_bits`] ≥ `bits` (2^bits hashes on average).
+    pub fn solve_pow(&mut self, target: &Target, bits: u32) {
+        self.pow = 0;
+        while self.pow_bits(target) < bits {
+            self.pow = self.pow.wrapping_add(1);
+        }
+    }
 }
 
 /// `BLAKE3-derive("eddt v1 mail delete", d)`: what holders compare a revealed `d` against.
@@ -416,7 +445,7 @@ impl Item {
             Self::Immutable(v) => 3 + v.len(),
             Self::Mutable(m) => 1 + 32 + 1 + m.salt.len() + 8 + 64 + 2 + m.value.len(),
             Self::Claimed(c) => 1 + 32 + 32 + 8 + 8 + 64 + 2 + c.value.len(),
-            Self::Mail(m) => 1 + 32 + 2 + m.sealed.len(),
+            Self::Mail(m) => 1 + 32 + 8 + 2 + m.sealed.len(),
             Self::MailDelete(_) => 33,
         }
     }
@@ -449,6 +478,7 @@ impl Item {
             Self::Mail(m) => {
                 out.push(3);
                 out.extend_from_slice(&m.delete_hash);
+                out.extend_from_slice(&m.pow.to_be_bytes());
                 put_bytes16(out, &m.sealed);
             }
             Self::MailDelete(d) => {
@@ -507,9 +537,11 @@ impl Item {
             }
             3 => {
                 let delete_hash = r.array("delete hash")?;
+                let pow = u64::from_be_bytes(r.array("mail pow")?);
                 let sealed = get_bytes16(r, MAX_SEALED_MAIL_SIZE, "sealed mail")?;
                 Self::Mail(MailEnvelope {
                     delete_hash,
+                    pow,
                     sealed,
                 })
             }

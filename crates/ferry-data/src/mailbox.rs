@@ -151,14 +151,18 @@ fn tag(key: &PrecomputedKey, seq: u64, sent: u64, d: &[u8; 32], body: &[u8]) -> 
     *h.finalize().as_bytes()
 }
 
-/// Seals a message from `sender` (long-term key pair) to `recipient`. A fresh ephemeral key,
-/// nonce and delete secret come from `rng`.
+/// Seals a message from `sender` (long-term key pair) to `recipient` for the mailbox `target`,
+/// with `pow_bits` of hashcash (the storers' [`crate::store::StoreConfig::mail_pow_bits`]). A
+/// fresh ephemeral key, nonce and delete secret come from `rng`.
 ///
 /// # Errors
 /// [`MailError::TooLong`].
+#[allow(clippy::too_many_arguments)]
 pub fn seal(
     sender: &KeyPair,
     recipient: &PublicKey,
+    target: &Target,
+    pow_bits: u32,
     seq: u64,
     sent_unix: u64,
     body: &[u8],
@@ -203,13 +207,13 @@ pub fn seal(
         delete_secret: d,
         body: body.to_vec(),
     };
-    Ok((
-        MailEnvelope {
-            delete_hash: delete_hash(&d),
-            sealed,
-        },
-        msg,
-    ))
+    let mut env = MailEnvelope {
+        delete_hash: delete_hash(&d),
+        pow: 0,
+        sealed,
+    };
+    env.solve_pow(target, pow_bits);
+    Ok((env, msg))
 }
 
 /// Opens an envelope with the recipient's long-term secret key; checks padding, the sender tag
@@ -361,7 +365,17 @@ mod tests {
     fn seal_open_and_tamper() {
         let mut rng = FerryRng::from_u64(5);
         let (a, b, c) = (kp(1), kp(2), kp(3));
-        let (env, msg) = seal(&a, &b.public, 1, 1000, b"hi bob", &mut rng).expect("seal");
+        let (env, msg) = seal(
+            &a,
+            &b.public,
+            &Target([1; 32]),
+            4,
+            1,
+            1000,
+            b"hi bob",
+            &mut rng,
+        )
+        .expect("seal");
         assert_eq!(env.sealed.len(), 32 + 24 + 16 + 256);
         assert_eq!(open(&b.secret, &env), Ok(msg.clone()));
         assert_eq!(open(&c.secret, &env), Err(MailError::Open));
@@ -372,10 +386,30 @@ mod tests {
         t.delete_hash[0] ^= 1;
         assert_eq!(open(&b.secret, &t), Err(MailError::Open));
         assert_eq!(msg.delete_item(), Item::MailDelete(msg.delete_secret));
-        let (big, _) = seal(&a, &b.public, 2, 0, &[7; MAX_BODY], &mut rng).expect("max");
+        let (big, _) = seal(
+            &a,
+            &b.public,
+            &Target([1; 32]),
+            4,
+            2,
+            0,
+            &[7; MAX_BODY],
+            &mut rng,
+        )
+        .expect("max");
         assert_eq!(big.sealed.len(), crate::item::MAX_SEALED_MAIL_SIZE);
         assert_eq!(
-            seal(&a, &b.public, 2, 0, &[7; MAX_BODY + 1], &mut rng).map(|_| ()),
+            seal(
+                &a,
+                &b.public,
+                &Target([1; 32]),
+                4,
+                2,
+                0,
+                &[7; MAX_BODY + 1],
+                &mut rng
+            )
+            .map(|_| ()),
             Err(MailError::TooLong)
         );
     }
@@ -389,7 +423,17 @@ mod tests {
             public: a.public,
             secret: c.secret.clone(),
         };
-        let (env, _) = seal(&forger, &b.public, 1, 0, b"it's a", &mut rng).expect("seal");
+        let (env, _) = seal(
+            &forger,
+            &b.public,
+            &Target([1; 32]),
+            4,
+            1,
+            0,
+            b"it's a",
+            &mut rng,
+        )
+        .expect("seal");
         assert_eq!(open(&b.secret, &env), Err(MailError::Sender));
     }
 
@@ -434,7 +478,7 @@ mod tests {
 
         #[test]
         fn open_never_panics(sealed in proptest::collection::vec(any::<u8>(), 0..1200), h in any::<[u8; 32]>()) {
-            let _ = open(&SecretKey::from_bytes([2; 32]), &MailEnvelope { delete_hash: h, sealed });
+            let _ = open(&SecretKey::from_bytes([2; 32]), &MailEnvelope { delete_hash: h, pow: 0, sealed });
         }
     }
 }

@@ -30,8 +30,8 @@ use ferry_wire::node::{PackedNode, normalize};
 use ferry_wire::{Reader, WireError};
 
 use crate::item::{
-    CLAIM_POW_BITS, HOLDER_REPUBLISH_INTERVAL, Item, MAX_CLAIM_TTL, MAX_MAIL_TTL, MAX_TTL,
-    PutError, Target, delete_hash,
+    CLAIM_POW_BITS, HOLDER_REPUBLISH_INTERVAL, Item, MAIL_POW_BITS, MAX_CLAIM_TTL, MAX_MAIL_TTL,
+    MAX_TTL, PutError, Target, delete_hash,
 };
 use crate::wire::{
     Found, GetRequest, GetResponse, Hello, MAX_RESPONSE_NODES, PutRequest, PutResponse,
@@ -64,6 +64,8 @@ pub struct StoreConfig {
     pub mailbox_bytes: usize,
     /// Proof-of-work bits required of claimed items (default [`CLAIM_POW_BITS`]).
     pub claim_pow_bits: u32,
+    /// Hashcash bits each mail envelope must carry (default [`MAIL_POW_BITS`]).
+    pub mail_pow_bits: u32,
     /// Puts (accepted or not, token valid) per source per minute (default 16,
     /// `data-layer.md` §3.1). Counted in fixed one-minute windows.
     pub puts_per_minute: u32,
@@ -79,6 +81,7 @@ impl Default for StoreConfig {
             mailbox_items: 64,
             mailbox_bytes: 64 << 10,
             claim_pow_bits: CLAIM_POW_BITS,
+            mail_pow_bits: MAIL_POW_BITS,
             puts_per_minute: 16,
         }
     }
@@ -381,7 +384,7 @@ impl Store {
         if !self.rate_ok(now, source) {
             return Err(PutError::Quota);
         }
-        self.put_trusted(now, source, req)
+        self.put_trusted(now, source, req, true)
     }
 
     /// Counts a put from `source`; `false` when over [`StoreConfig::puts_per_minute`].
@@ -404,14 +407,22 @@ impl Store {
     }
 
     /// A put whose token was checked (or that comes from ourselves / a snapshot).
+    /// `check_work`: verify proof of work (skipped on restore: the work was checked on the
+    /// original put, and a raised difficulty applies to new puts only).
     fn put_trusted(
         &mut self,
         now: Instant,
         source: SourceKey,
         req: &PutRequest,
+        check_work: bool,
     ) -> Result<u32, PutError> {
         let item = &req.item;
-        item.verify_with_pow(self.config.claim_pow_bits)?;
+        let claim_bits = if check_work {
+            self.config.claim_pow_bits
+        } else {
+            0
+        };
+        item.verify_with_pow(claim_bits)?;
         if let Some(t) = item.implied_target()
             && t != req.target
         {
@@ -435,6 +446,9 @@ impl Store {
                 Ok(0)
             }
             Item::Mail(m) => {
+                if check_work && m.pow_bits(&req.target) < self.config.mail_pow_bits {
+                    return Err(PutError::Pow);
+                }
                 let cost = item.cost();
                 if let Some(mb) = self.mail.get_mut(&req.target) {
                     // Dedup: the same envelope again refreshes its lifetime.
@@ -768,7 +782,7 @@ impl Store {
                 item,
             };
             // Remaining lifetimes are kept as they were (caps may have changed: re-applied).
-            let _ = store.put_trusted(now, source, &req);
+            let _ = store.put_trusted(now, source, &req, false);
         }
         r.finish()?;
         store.stats = StoreStats::default();

@@ -34,7 +34,7 @@
 //! `[1][seq u64]` (stored seq not newer than the getter's: value omitted, BEP 44), `[2][item]`,
 //! `[3][slot u64][item]` (one mail envelope; mailbox gets page with `seq` = first slot wanted).
 //! For mailbox targets the get's `seq` is that first slot. Largest get response: 73 + 50 + 8 × 51
-//! + 9 + 1 + 1113 = 1654 bytes < [`ferry_wire::MAX_UDP_PACKET_SIZE`] (2048).
+//! + 9 + 1 + 1121 = 1662 bytes < [`ferry_wire::MAX_UDP_PACKET_SIZE`] (2048).
 
 use ferry_crypto::{KEY_SIZE, MAC_SIZE, NONCE_SIZE, Nonce, PrecomputedKey, PublicKey};
 use ferry_wire::node::PackedNode;
@@ -506,6 +506,7 @@ mod tests {
             )
                 .prop_map(|(delete_hash, sealed)| Item::Mail(MailEnvelope {
                     delete_hash,
+                    pow: sealed.len() as u64,
                     sealed
                 })),
             any::<[u8; 32]>().prop_map(Item::MailDelete),

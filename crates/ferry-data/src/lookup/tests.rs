@@ -45,8 +45,17 @@ impl Net {
                 view.push(known[rng.below(known.len())]);
             }
             let legacy = legacy_every > 0 && i % legacy_every == 0;
-            let store =
-                (!legacy).then(|| Store::new(p.public_key, StoreConfig::default(), now, &mut rng));
+            let store = (!legacy).then(|| {
+                Store::new(
+                    p.public_key,
+                    StoreConfig {
+                        mail_pow_bits: 0,
+                        ..StoreConfig::default()
+                    },
+                    now,
+                    &mut rng,
+                )
+            });
             nodes.insert(
                 p.public_key,
                 Node {
@@ -236,6 +245,7 @@ fn mailbox_fetch_pages_and_dedups() {
     for n in 0..5u8 {
         let env = Item::Mail(MailEnvelope {
             delete_hash: delete_hash(&[n; 32]),
+            pow: 0,
             sealed: vec![n; 40],
         });
         let seeds = net.seeds(&a, &mailbox);

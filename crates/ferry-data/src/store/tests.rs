@@ -21,6 +21,9 @@ fn store(now: Instant, mut config: StoreConfig) -> Store {
         // Most tests put in bulk at one instant; the rate limit has its own test.
         config.puts_per_minute = u32::MAX;
     }
+    if config.mail_pow_bits == StoreConfig::default().mail_pow_bits {
+        config.mail_pow_bits = 0;
+    }
     let mut rng = FerryRng::from_u64(7);
     Store::new(pk(0), config, now, &mut rng)
 }
@@ -315,6 +318,7 @@ fn mail(n: u8, len: usize) -> (Item, [u8; 32]) {
     (
         Item::Mail(MailEnvelope {
             delete_hash: delete_hash(&d),
+            pow: 0,
             sealed: vec![n; len],
         }),
         d,
@@ -604,4 +608,28 @@ impl Store {
             })
             .collect()
     }
+}
+
+#[test]
+fn mail_needs_hashcash_bound_to_the_mailbox() {
+    let now = t0();
+    let config = StoreConfig {
+        mail_pow_bits: 8,
+        ..StoreConfig::default()
+    };
+    let mut s = store(now, config);
+    let (Item::Mail(mut env), _) = mail(1, 64) else {
+        panic!("mail");
+    };
+    let mb = Target([3; 32]);
+    env.solve_pow(&Target([4; 32]), 8);
+    if env.pow_bits(&mb) < 8 {
+        // Work done for another mailbox does not count here.
+        assert_eq!(
+            put_at(&mut s, now, addr(1, 1), mb, Item::Mail(env.clone()), None),
+            Err(PutError::Pow)
+        );
+    }
+    env.solve_pow(&mb, 8);
+    assert!(put_at(&mut s, now, addr(1, 1), mb, Item::Mail(env), None).is_ok());
 }
