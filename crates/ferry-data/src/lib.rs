@@ -20,3 +20,43 @@ pub mod mailbox;
 pub mod name;
 pub mod store;
 pub mod wire;
+
+/// Golden vectors: pin every derivation and the signed-message layout, so a change that would
+/// split the network (other targets, other signatures) fails here first (`data-layer.md` §4.4).
+#[cfg(test)]
+mod golden {
+    use crate::item::{MutableItem, Target};
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    #[test]
+    fn vectors() {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let m = MutableItem::sign(&k, b"salt", 7, b"hello");
+        assert_eq!(
+            hex(&Target::immutable(b"abc").0),
+            "92d50405be9b9777d27def259a4375cf8018de4cba8c89467b678b7bf8f5e7f5"
+        );
+        assert_eq!(
+            hex(&m.target().0),
+            "16fbd85c81366efcaaac16f3580e51f28bda6c81489b08e3c2b4af27554a387c"
+        );
+        assert_eq!(
+            hex(&m.sig),
+            "995d04f4efa7ef12b888a308927255b3bb808ef639d0991e41d00f1ed4c61930\
+             8a90ebebc2ab5f3de11e2356cada5d0463104aafd3e9e0e45e3c169b90aec704"
+        );
+        assert_eq!(
+            hex(&crate::name::name_id("alice")),
+            "02b201089f0ff96750996832ad9c2bc6d6c51e113f4752d90bdcc1240b7e4bef"
+        );
+        let freq =
+            crate::mailbox::request_mailbox(&ferry_crypto::PublicKey([2; 32]), [1, 2, 3, 4], 100);
+        assert_eq!(
+            hex(&freq.0),
+            "fcfa3aea0e31d6372fa0c1d50cc3c3908d673ca6434310f9d7344f07b3f905c2"
+        );
+    }
+}
