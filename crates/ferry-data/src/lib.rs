@@ -6,14 +6,30 @@
 //! * [`lookup`]: the Kademlia iterative get/put driver over capable nodes (k = 8, α = 3).
 //! * [`name`]: usernames (record hides the name; first claim wins; proof of work).
 //! * [`mailbox`]: offline messages (mailbox addresses, sealed envelopes, per-sender order).
+//! * [`host`]: what a DHT node adds to host all this: [`host::StoreHost`] (datagram path) and
+//!   [`host::CapableNodes`] (peers known to speak the extension).
 //!
 //! Nothing here does I/O: `now` is passed in, randomness comes from an injected
 //! [`ferry_crypto::rng::FerryRng`]. A host (the DHT node, the simulator) routes datagrams whose
 //! first byte is 0xe0–0xe4 ([`wire::StoreEnvelope::is_store_kind`]) here.
+//!
+//! # Hosting (the next step: wiring into `ferry_proto::dht::Dht` and the simulator)
+//!
+//! 1. Datagrams 0xe0–0xe4 → [`host::StoreHost::handle_datagram`]; send its `reply` to the
+//!    sender; feed response messages to the [`lookup::Lookup`]s by request id.
+//! 2. Each newly seen DHT node gets a [`host::probe`] hello; answering peers enter
+//!    [`host::CapableNodes`], whose [`host::CapableNodes::closest`] seeds lookups.
+//! 3. Once a second: [`store::Store::handle_timeout`], [`lookup::Lookup::handle_timeout`],
+//!    [`host::CapableNodes::expire`]; every few minutes [`store::Store::due_republish`] → a put
+//!    lookup per item (holder republish, 30 min); owners re-put every
+//!    [`item::OWNER_REPUBLISH_INTERVAL`] (names every [`name::NAME_RENEW_INTERVAL`]).
+//! 4. On shutdown / periodically: [`store::Store::snapshot`] to disk; on start
+//!    [`store::Store::restore`].
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod host;
 pub mod item;
 pub mod lookup;
 pub mod mailbox;
