@@ -127,7 +127,7 @@ pub fn seal_to(
         .map(|e| e.encode())
 }
 
-/// What [`handle_datagram`] made of a datagram.
+/// What [`StoreHost::handle_datagram`] made of a datagram.
 #[derive(Debug)]
 pub struct Handled {
     /// The sender's DHT key.
