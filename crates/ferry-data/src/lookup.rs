@@ -255,9 +255,11 @@ impl Lookup {
                         let id = new_id(rng);
                         let c = &mut self.candidates[i];
                         c.state = State::Waiting(id, now);
+                        // A put's search only wants tokens and closer nodes: seq = u64::MAX
+                        // makes holders omit mutable values and mail (BEP 44 get-with-seq).
                         let seq = c.next_seq.or(match self.op {
                             Operation::Get { seq } => seq,
-                            Operation::Put { .. } => None,
+                            Operation::Put { .. } => Some(u64::MAX),
                         });
                         return Some((
                             c.node,
@@ -426,9 +428,10 @@ impl Lookup {
                         item: item.clone(),
                     });
                 }
+                let paging = matches!(self.op, Operation::Get { .. });
                 let c = &mut self.candidates[i];
                 c.pages += 1;
-                c.next_seq = (c.pages < MAX_MAIL_PAGES).then(|| slot.saturating_add(1));
+                c.next_seq = (paging && c.pages < MAX_MAIL_PAGES).then(|| slot.saturating_add(1));
                 true
             }
         }

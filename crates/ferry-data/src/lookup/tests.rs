@@ -344,3 +344,21 @@ fn at_most_two_holders_per_subnet() {
     }
     assert_eq!(sent, MAX_PER_PREFIX);
 }
+
+#[test]
+fn put_search_asks_for_no_values() {
+    let me = PublicKey([0; 32]);
+    let n = PackedNode::udp("10.0.0.9:1".parse().expect("addr"), PublicKey([9; 32]));
+    let op = Operation::Put {
+        item: Item::Immutable(vec![1]),
+        ttl_s: 60,
+        cas: None,
+    };
+    let target = Item::Immutable(vec![1]).implied_target().expect("t");
+    let mut l = Lookup::new(me, target, op, [n]);
+    let mut rng = FerryRng::from_u64(1);
+    let Some((_, StoreMessage::Get(g))) = l.poll_transmit(Instant::now(), &mut rng) else {
+        panic!("get");
+    };
+    assert_eq!(g.seq, Some(u64::MAX));
+}
