@@ -15,7 +15,8 @@
 //! back to a name. Someone who guesses the name can confirm the guess (GNS's property).
 //!
 //! First claim wins at each storer ([`crate::store`]: a claimed target stays bound to its first
-//! owner key while held, [`MAX_CLAIM_TTL`] = 30 d). Registration costs a proof of work of
+//! owner key while held, [`MAX_CLAIM_TTL`] = 30 d, then 7 d of semi-expiry in which it no longer
+//! resolves but cannot be taken, [`crate::store::CLAIM_SEMI_EXPIRY`]). Registration costs a proof of work of
 //! [`CLAIM_POW_BITS`] (2^20 BLAKE3 on average); renewals reuse it (it is bound to name_id and
 //! key, not to seq) and are a cheap re-put every [`NAME_RENEW_INTERVAL`].
 

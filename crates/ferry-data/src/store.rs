@@ -16,6 +16,9 @@
 //!   for immutable/mutable items, further capped at max(uptime / 4, [`MIN_TTL`]) (announce.c's
 //!   rule: a fresh Sybil grants little); [`MAX_CLAIM_TTL`] (30 d) for claimed items and
 //!   [`MAX_MAIL_TTL`] (7 d) for mail, which carry their own cost (proof of work, quotas).
+//! * **Claims** (names): a claimed target is bound to its first owner key while held and for
+//!   [`CLAIM_SEMI_EXPIRY`] (7 d) after it expires unrenewed (it stops resolving; only the owner
+//!   can renew it). A claim evicted for space loses its binding at this storer.
 //! * **Republish**: [`Store::due_republish`] hands the host the items to re-put to the current
 //!   k closest every [`HOLDER_REPUBLISH_INTERVAL`] ± 25 % jitter.
 //! * **Persistence**: [`Store::snapshot`] / [`Store::restore`] (format in [`Store::snapshot`]).
@@ -31,7 +34,7 @@ use ferry_wire::{Reader, WireError};
 
 use crate::item::{
     CLAIM_POW_BITS, HOLDER_REPUBLISH_INTERVAL, Item, MAIL_POW_BITS, MAX_CLAIM_TTL, MAX_MAIL_TTL,
-    MAX_TTL, PutError, Target, delete_hash,
+    MAX_TTL, OwnerKey, PutError, Target, delete_hash,
 };
 use crate::wire::{
     Found, GetRequest, GetResponse, Hello, MAX_RESPONSE_NODES, PutRequest, PutResponse,
@@ -46,6 +49,10 @@ pub const MIN_TTL: Duration = Duration::from_secs(60);
 /// dropped, then the oldest window (a flood of fresh sources cannot grow the table).
 pub const MAX_RATE_SOURCES: usize = 4096;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
+/// After a claimed item (name record) expires unrenewed, its target stays bound to the owner key
+/// for this long (7 days of "semi-expiry", `data-layer.md` §3.2, the Namecoin lesson): it no
+/// longer resolves, but another key cannot take it; the owner can still renew.
+pub const CLAIM_SEMI_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 
 /// Storer limits (`data-layer.md` §3.1, §3.3). All sizes in bytes of encoded items.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +181,8 @@ pub struct Store {
     mail: HashMap<Target, Mailbox>,
     usage: HashMap<SourceKey, Usage>,
     rate: HashMap<SourceKey, (Instant, u32)>,
+    /// Semi-expired claims: target → (owner key, until). At most `max_items` entries.
+    claim_holds: HashMap<Target, (OwnerKey, Instant)>,
     stats: StoreStats,
 }
 
@@ -203,6 +212,7 @@ impl Store {
             mail: HashMap::new(),
             usage: HashMap::new(),
             rate: HashMap::new(),
+            claim_holds: HashMap::new(),
             stats: StoreStats::default(),
         }
     }
@@ -518,12 +528,19 @@ impl Store {
                         return Err(e);
                     }
                 } else {
+                    if let (Item::Claimed(c), Some((owner, _))) =
+                        (item, self.claim_holds.get(&req.target))
+                        && c.pk != *owner
+                    {
+                        return Err(PutError::Claimed);
+                    }
                     if req.cas.is_some_and(|c| c != 0) {
                         return Err(PutError::CasMismatch);
                     }
                     self.admit(source, item.cost(), &req.target)?;
                 }
                 let republish_at = now + HOLDER_REPUBLISH_INTERVAL;
+                self.claim_holds.remove(&req.target);
                 self.insert_item(
                     req.target,
                     Held {
@@ -649,8 +666,16 @@ impl Store {
             .map(|(t, _)| *t)
             .collect();
         for t in dead {
-            self.remove_item(&t);
+            if let Some(Held {
+                item: Item::Claimed(c),
+                expires,
+                ..
+            }) = self.remove_item(&t)
+            {
+                self.hold_claim(t, c.pk, expires + CLAIM_SEMI_EXPIRY);
+            }
         }
+        self.claim_holds.retain(|_, (_, until)| *until > now);
         let dead: Vec<(Target, u64)> = self
             .mail
             .iter()
@@ -664,6 +689,20 @@ impl Store {
         for (t, s) in dead {
             self.remove_mail(&t, s);
         }
+    }
+
+    fn hold_claim(&mut self, target: Target, owner: OwnerKey, until: Instant) {
+        if !self.claim_holds.contains_key(&target)
+            && self.claim_holds.len() >= self.config.max_items
+            && let Some(first) = self
+                .claim_holds
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, _)| *k)
+        {
+            self.claim_holds.remove(&first);
+        }
+        self.claim_holds.insert(target, (owner, until));
     }
 
     /// Timers: rotates the token secret every [`TOKEN_ROTATION`] and expires items.
@@ -716,7 +755,8 @@ impl Store {
 
     /// Serializes what is held (lifetimes relative to `now`). Format (integers big-endian):
     /// `"FDS1"[uptime_s u64][count u32]` then per entry
-    /// `[target 32][source 8][remaining_s u32][item (see `crate::item`)]`. Token secrets are not
+    /// `[target 32][source 8][remaining_s u32][item (see `crate::item`)]`, then the semi-expired
+    /// claims `[count u32]` × `[target 32][owner pk 32][remaining_s u32]`. Token secrets are not
     /// saved (tokens simply expire over a restart).
     pub fn snapshot(&self, now: Instant) -> Vec<u8> {
         let mut out = b"FDS1".to_vec();
@@ -740,6 +780,18 @@ impl Store {
             let rem = h.expires.saturating_duration_since(now).as_secs();
             out.extend_from_slice(&(rem.min(u64::from(u32::MAX)) as u32).to_be_bytes());
             h.item.encode(&mut out);
+        }
+        let holds: Vec<_> = self
+            .claim_holds
+            .iter()
+            .filter(|(_, (_, u))| *u > now)
+            .collect();
+        out.extend_from_slice(&(holds.len() as u32).to_be_bytes());
+        for (t, (pk, until)) in holds {
+            out.extend_from_slice(&t.0);
+            out.extend_from_slice(pk);
+            let rem = until.saturating_duration_since(now).as_secs();
+            out.extend_from_slice(&(rem.min(u64::from(u32::MAX)) as u32).to_be_bytes());
         }
         out
     }
@@ -783,6 +835,15 @@ impl Store {
             };
             // Remaining lifetimes are kept as they were (caps may have changed: re-applied).
             let _ = store.put_trusted(now, source, &req, false);
+        }
+        let holds = r.u32_be("hold count")?;
+        for _ in 0..holds {
+            let target = Target(r.array("hold target")?);
+            let pk = r.array("hold owner")?;
+            let rem = Duration::from_secs(u64::from(r.u32_be("hold remaining")?));
+            if !store.items.contains_key(&target) {
+                store.hold_claim(target, pk, now + rem.min(MAX_CLAIM_TTL + CLAIM_SEMI_EXPIRY));
+            }
         }
         r.finish()?;
         store.stats = StoreStats::default();

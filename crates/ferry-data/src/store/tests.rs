@@ -633,3 +633,74 @@ fn mail_needs_hashcash_bound_to_the_mailbox() {
     env.solve_pow(&mb, 8);
     assert!(put_at(&mut s, now, addr(1, 1), mb, Item::Mail(env), None).is_ok());
 }
+
+#[test]
+fn claim_expiry_then_semi_expiry() {
+    let now = t0();
+    let config = StoreConfig {
+        claim_pow_bits: 4,
+        ..StoreConfig::default()
+    };
+    let mut s = store(now, config.clone());
+    let id = [43; 32];
+    let claim = |k: &SigningKey, seq: u64| {
+        let pk = k.verifying_key().to_bytes();
+        let pow = solve_claim_pow(&id, &pk, 4, 0);
+        Item::Claimed(ClaimedItem::sign(k, id, pow, seq, b"rec"))
+    };
+    let ttl = put(&mut s, now, addr(1, 1), claim(&key(1), 1)).expect("claim");
+    let target = Target(id);
+    // At expiry, unrenewed: no longer resolves, but cannot be taken for 7 more days...
+    let expired = now + Duration::from_secs(u64::from(ttl));
+    let mut rng = FerryRng::from_u64(2);
+    s.handle_timeout(expired, &mut rng);
+    assert_eq!(s.lookup(expired, &target, None), Found::Nothing);
+    assert_eq!(
+        put(&mut s, expired, addr(2, 1), claim(&key(2), 1)),
+        Err(PutError::Claimed)
+    );
+    // ...and survives a restart in that state.
+    let mut s =
+        Store::restore(pk(0), config, &s.snapshot(expired), expired, &mut rng).expect("restore");
+    assert_eq!(
+        put(&mut s, expired, addr(2, 1), claim(&key(2), 1)),
+        Err(PutError::Claimed)
+    );
+    // After the semi-expiry the name is free.
+    let free = expired + CLAIM_SEMI_EXPIRY;
+    s.handle_timeout(free, &mut rng);
+    assert!(put(&mut s, free, addr(2, 1), claim(&key(2), 1)).is_ok());
+}
+
+#[test]
+fn owner_can_renew_during_semi_expiry() {
+    let now = t0();
+    let config = StoreConfig {
+        claim_pow_bits: 4,
+        ..StoreConfig::default()
+    };
+    let mut s = store(now, config);
+    let id = [44; 32];
+    let pk1 = key(1).verifying_key().to_bytes();
+    let pow = solve_claim_pow(&id, &pk1, 4, 0);
+    put(
+        &mut s,
+        now,
+        addr(1, 1),
+        Item::Claimed(ClaimedItem::sign(&key(1), id, pow, 1, b"a")),
+    )
+    .expect("claim");
+    let later = now + MAX_CLAIM_TTL + Duration::from_secs(86_400);
+    let mut rng = FerryRng::from_u64(2);
+    s.handle_timeout(later, &mut rng);
+    assert!(
+        put(
+            &mut s,
+            later,
+            addr(1, 1),
+            Item::Claimed(ClaimedItem::sign(&key(1), id, pow, 2, b"b"))
+        )
+        .is_ok()
+    );
+    assert!(matches!(s.lookup(later, &Target(id), None), Found::Item(_)));
+}
