@@ -704,3 +704,30 @@ fn owner_can_renew_during_semi_expiry() {
     );
     assert!(matches!(s.lookup(later, &Target(id), None), Found::Item(_)));
 }
+
+proptest! {
+    /// BEP 44 ordering under any sequence of versions: the store always holds the highest seq
+    /// accepted so far; a lower seq is always refused; an equal seq passes only with the same value.
+    #[test]
+    fn mutable_keeps_the_highest_seq(puts in proptest::collection::vec((0u64..20, 0u8..3), 1..40)) {
+        let now = t0();
+        let mut s = store(now, StoreConfig::default());
+        let k = key(1);
+        let mut best: Option<(u64, u8)> = None;
+        for (seq, v) in puts {
+            let m = MutableItem::sign(&k, b"p", seq, &[v]);
+            let r = put(&mut s, now, addr(1, 1), Item::Mutable(m.clone()));
+            match best {
+                Some((bs, _)) if seq < bs => prop_assert_eq!(r, Err(PutError::SeqTooLow)),
+                Some((bs, bv)) if seq == bs && v != bv => prop_assert_eq!(r, Err(PutError::SeqTooLow)),
+                _ => {
+                    prop_assert!(r.is_ok());
+                    best = Some((seq, v));
+                }
+            }
+            let (bs, bv) = best.expect("first put is accepted");
+            let held = MutableItem::sign(&k, b"p", bs, &[bv]);
+            prop_assert_eq!(s.lookup(now, &held.target(), None), Found::Item(Item::Mutable(held)));
+        }
+    }
+}
