@@ -362,3 +362,85 @@ fn put_search_asks_for_no_values() {
     };
     assert_eq!(g.seq, Some(u64::MAX));
 }
+
+/// Holder republish (30 min) and owner republish (60 min) keep an item retrievable past its
+/// 2 h TTL while 60 % of the nodes leave, 10 % per half hour at random (no joins).
+#[test]
+fn republish_survives_departures() {
+    use crate::item::{HOLDER_REPUBLISH_INTERVAL, OWNER_REPUBLISH_INTERVAL};
+    let mut net = Net::new(150, 0, 21);
+    let mut rng = FerryRng::from_u64(8);
+    // Stores have been up 8 h: they grant the full 2 h.
+    net.now += Duration::from_secs(8 * 3600);
+    let mut keys: Vec<PublicKey> = net.nodes.keys().copied().collect();
+    keys.sort();
+    let owner = keys[0];
+    let m = MutableItem::sign(&SigningKey::from_bytes(&[7; 32]), b"r", 1, b"durable");
+    let target = m.target();
+    let item = Item::Mutable(m);
+    let put = |net: &mut Net, from: PublicKey, item: Item, ttl_s: u32, rng: &mut FerryRng| {
+        let seeds = net.seeds(&from, &target);
+        let op = Operation::Put {
+            item,
+            ttl_s,
+            cas: None,
+        };
+        net.run(from, Lookup::new(from, target, op, seeds), rng)
+    };
+    put(&mut net, owner, item.clone(), 7200, &mut rng);
+    let start = net.now;
+    let mut last_owner_put = start;
+    let mut leaving = keys[1..].to_vec();
+    for round in 1..=6u32 {
+        net.now = start + HOLDER_REPUBLISH_INTERVAL * round;
+        // 10 % of the original nodes leave, at random. (Removing the k closest at once would
+        // remove every holder together: no replication survives that.)
+        for _ in 0..15 {
+            let k = leaving.swap_remove(rng.below(leaving.len()));
+            if let Some(n) = net.nodes.get_mut(&k) {
+                n.store = None;
+            }
+        }
+        let now = net.now;
+        let mut due = Vec::new();
+        for (k, n) in net.nodes.iter_mut() {
+            if let Some(s) = n.store.as_mut() {
+                s.handle_timeout(now, &mut rng);
+                for r in s.due_republish(now, &mut rng) {
+                    due.push((*k, r));
+                }
+            }
+        }
+        for (k, r) in due {
+            put(&mut net, k, r.item, r.ttl_s, &mut rng);
+        }
+        if now.saturating_duration_since(last_owner_put) >= OWNER_REPUBLISH_INTERVAL {
+            put(&mut net, owner, item.clone(), 7200, &mut rng);
+            last_owner_put = now;
+        }
+        if round >= 4 {
+            // Past the first put's 2 h lifetime.
+            let getter = keys[keys.len() - 1];
+            let seeds = net.seeds(&getter, &target);
+            let ev = net.run(
+                getter,
+                Lookup::new(getter, target, Operation::Get { seq: None }, seeds),
+                &mut rng,
+            );
+            assert!(
+                ev.iter()
+                    .any(|e| matches!(e, LookupEvent::Value { item: i, .. } if *i == item)),
+                "lost in round {round}"
+            );
+        }
+        // Replication is restored to k live holders every round.
+        let now = net.now;
+        let holders = net
+            .nodes
+            .values()
+            .filter_map(|n| n.store.as_ref())
+            .filter(|s| matches!(s.lookup(now, &target, None), Found::Item(_)))
+            .count();
+        assert!(holders >= K, "round {round}: {holders} holders");
+    }
+}
