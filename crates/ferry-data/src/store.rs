@@ -438,7 +438,9 @@ impl Store {
         {
             return Err(PutError::WrongTarget);
         }
-        self.expire(now);
+        // Only this target is expired here (O(1) per put); the whole store is swept in
+        // handle_timeout and when a put finds the store full.
+        self.expire_target(now, &req.target);
         let ttl = self.grant_ttl(now, item, req.ttl_s);
         let ttl_s = ttl.as_secs() as u32;
         let expires = now + ttl;
@@ -477,7 +479,7 @@ impl Store {
                         return Err(PutError::Quota);
                     }
                 }
-                self.admit(source, cost, &req.target)?;
+                self.admit(now, source, cost)?;
                 let republish_at = now + HOLDER_REPUBLISH_INTERVAL;
                 let u = self.usage.entry(source).or_default();
                 u.items += 1;
@@ -521,23 +523,24 @@ impl Store {
                     }
                     // A newer version replaces the old one; charge it to the new source.
                     let old = self.remove_item(&req.target);
-                    if let Err(e) = self.admit(source, item.cost(), &req.target) {
+                    if let Err(e) = self.admit(now, source, item.cost()) {
                         if let Some(old) = old {
                             self.insert_item(req.target, old);
                         }
                         return Err(e);
                     }
                 } else {
-                    if let (Item::Claimed(c), Some((owner, _))) =
+                    if let (Item::Claimed(c), Some((owner, until))) =
                         (item, self.claim_holds.get(&req.target))
                         && c.pk != *owner
+                        && *until > now
                     {
                         return Err(PutError::Claimed);
                     }
                     if req.cas.is_some_and(|c| c != 0) {
                         return Err(PutError::CasMismatch);
                     }
-                    self.admit(source, item.cost(), &req.target)?;
+                    self.admit(now, source, item.cost())?;
                 }
                 let republish_at = now + HOLDER_REPUBLISH_INTERVAL;
                 self.claim_holds.remove(&req.target);
@@ -595,17 +598,23 @@ impl Store {
 
     /// Checks quotas for `cost` more bytes from `source`, evicting by the fair-share rule; the
     /// caller inserts (and charges) the item.
-    fn admit(&mut self, source: SourceKey, cost: usize, _target: &Target) -> Result<(), PutError> {
+    fn admit(&mut self, now: Instant, source: SourceKey, cost: usize) -> Result<(), PutError> {
         let mine = self.usage.get(&source).copied().unwrap_or_default();
         if mine.items + 1 > self.config.per_source_items
             || mine.bytes + cost > self.config.per_source_bytes
         {
             return Err(PutError::Quota);
         }
+        let mut swept = false;
         loop {
             let s = self.stats();
             if s.items < self.config.max_items && s.bytes + cost <= self.config.max_bytes {
                 return Ok(());
+            }
+            if !swept {
+                swept = true;
+                self.expire(now);
+                continue;
             }
             // The largest other source, if it holds more than we will after this put.
             let mine_after = self.usage.get(&source).map_or(0, |u| u.items) + 1;
@@ -657,6 +666,34 @@ impl Store {
         }
     }
 
+    /// Drops what is expired at one target (item or mail envelopes), keeping claim holds.
+    fn expire_target(&mut self, now: Instant, target: &Target) {
+        if self.items.get(target).is_some_and(|h| h.expires <= now) {
+            self.expire_item(*target);
+        }
+        let dead: Vec<u64> = self.mail.get(target).map_or_else(Vec::new, |mb| {
+            mb.envelopes
+                .iter()
+                .filter(|(_, h)| h.expires <= now)
+                .map(|(s, _)| *s)
+                .collect()
+        });
+        for slot in dead {
+            self.remove_mail(target, slot);
+        }
+    }
+
+    fn expire_item(&mut self, t: Target) {
+        if let Some(Held {
+            item: Item::Claimed(c),
+            expires,
+            ..
+        }) = self.remove_item(&t)
+        {
+            self.hold_claim(t, c.pk, expires + CLAIM_SEMI_EXPIRY);
+        }
+    }
+
     /// Drops everything expired at `now`.
     pub fn expire(&mut self, now: Instant) {
         let dead: Vec<Target> = self
@@ -666,14 +703,7 @@ impl Store {
             .map(|(t, _)| *t)
             .collect();
         for t in dead {
-            if let Some(Held {
-                item: Item::Claimed(c),
-                expires,
-                ..
-            }) = self.remove_item(&t)
-            {
-                self.hold_claim(t, c.pk, expires + CLAIM_SEMI_EXPIRY);
-            }
+            self.expire_item(t);
         }
         self.claim_holds.retain(|_, (_, until)| *until > now);
         let dead: Vec<(Target, u64)> = self
