@@ -8,8 +8,10 @@
 # daemons (release build, --no-lan --no-default-bootstrap, bootstrapped only from local in-process
 # nodes), checks the BLAKE3 hash of every received copy, and copies the same bytes over plain TCP
 # as the ceiling. The driver is crates/ferry-cli/examples/filebench.rs. During ferry→ferry a chat
-# message is sent every 100 ms (`ferry send`) and its delay measured on the receiver
-# (`ferry messages --follow`; includes the CLI process start, so an upper bound).
+# message is sent every 100 ms through the sender's control API (one kept-alive connection, as
+# `ferry chat` or any chat client) and its delay measured on the receiver (`ferry messages
+# --follow`); FILEBENCH_CHAT=cli sends each with a `ferry send` process instead (includes the
+# process start on the cores the transfer saturates).
 #
 # netem: the namespaces A - M - B path of bench/throughput.sh (10 ms delay + 0.25 % loss each way
 # in the userspace TUN delay line bench/delay_tun.py, as this kernel has no sch_netem); senders in

@@ -194,8 +194,63 @@ fn report(case: &str, bytes: u64, secs: f64, ok: bool) {
     );
 }
 
+/// A kept-alive HTTP/1.1 connection to a daemon's control socket (blocking; the probe's only
+/// client, so no pipelining).
+struct ApiConn {
+    rd: BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl ApiConn {
+    fn connect(sock: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            rd: BufReader::new(std::os::unix::net::UnixStream::connect(sock)?),
+        })
+    }
+
+    /// POSTs `body` (JSON) to `path` and reads the whole answer; an error for a non-2xx status.
+    fn post(&mut self, path: &str, body: &str) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: ferry\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.rd.get_mut().write_all(req.as_bytes())?;
+        let mut status = String::new();
+        self.rd.read_line(&mut status)?;
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if self.rd.read_line(&mut h)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut answer = vec![0u8; len];
+        self.rd.read_exact(&mut answer)?;
+        if status
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|c| c.starts_with('2'))
+        {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(status))
+        }
+    }
+}
+
 /// Chat probe: a `ferry messages --follow --json` child on the receiver and a thread that sends
-/// `lat <unix ms>` every 100 ms from the sender until stopped. Delays in ms.
+/// `lat <unix ms>` every 100 ms from the sender until stopped, through the sender's control API
+/// on one kept-alive connection (`FILEBENCH_CHAT=cli`: a `ferry send` process per message).
+/// Delays in ms, from just before the send request to the line read on the receiver.
 struct ChatProbe {
     stop: Arc<Mutex<bool>>,
     delays: Arc<Mutex<Vec<u128>>>,
@@ -233,13 +288,32 @@ impl ChatProbe {
         let stop = Arc::new(Mutex::new(false));
         let s2 = stop.clone();
         let (ferry, profile, pk) = (a.ferry.clone(), a.profile.clone(), b_pk.to_string());
+        // FILEBENCH_CHAT=cli: one `ferry send` process per message (includes process start on
+        // cores the transfer saturates); default: one kept-alive API connection, as `ferry chat`
+        // and any chat client use.
+        let per_process = std::env::var("FILEBENCH_CHAT").is_ok_and(|v| v == "cli");
         let sender = std::thread::spawn(move || {
+            let mut api: Option<ApiConn> = None;
             while !*s2.lock().expect("lock") {
-                let _ = Command::new(&ferry)
-                    .arg("--profile")
-                    .arg(&profile)
-                    .args(["send", &pk, &format!("lat {}", unix_ms())])
-                    .output();
+                let text = format!("lat {}", unix_ms());
+                if per_process {
+                    let _ = Command::new(&ferry)
+                        .arg("--profile")
+                        .arg(&profile)
+                        .args(["send", &pk, &text])
+                        .output();
+                } else {
+                    let body = serde_json::json!({"friend": pk, "text": text}).to_string();
+                    let conn = match api.take() {
+                        Some(c) => Ok(c),
+                        None => ApiConn::connect(&profile.join("ferry.sock")),
+                    };
+                    if let Ok(mut c) = conn
+                        && c.post("/v1/messages/send", &body).is_ok()
+                    {
+                        api = Some(c);
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
