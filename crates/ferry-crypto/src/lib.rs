@@ -16,7 +16,6 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -424,15 +423,28 @@ pub trait KeySource: Send + Sync + fmt::Debug {
     ) -> Arc<PrecomputedKey>;
 }
 
-/// A bounded LRU cache of [`PrecomputedKey`]s between one fixed secret key of ours and many peers,
-/// so the X25519 scalar multiplication runs once per peer, not once per packet (c-toxcore's
+/// A bounded cache of [`PrecomputedKey`]s between one fixed secret key of ours and many peers, so
+/// the X25519 scalar multiplication runs once per peer, not once per packet (c-toxcore's
 /// `shared_key_cache`). Keyed by remote input, so it is capped (house rule 6).
+///
+/// Eviction is least-recently-used in batches: each entry carries the tick of its last use, and
+/// when the cache is full the eighth least recently used entries leave at once (O(capacity) per
+/// eviction, amortised over capacity / 8 insertions). A hit costs one hash-table probe and one
+/// store, with no linked list to update (this lookup runs for every DHT packet sent or received).
 pub struct PrecomputedCache {
     secret: SecretKey,
     public: PublicKey,
-    cache: lru::LruCache<PublicKey, Arc<PrecomputedKey>>,
+    cache: hashbrown::HashMap<PublicKey, CacheEntry>,
+    capacity: usize,
+    tick: u64,
     source: Option<Arc<dyn KeySource>>,
     computed: u64,
+}
+
+/// One [`PrecomputedCache`] entry: the key and the tick of its last use.
+struct CacheEntry {
+    key: Arc<PrecomputedKey>,
+    used: u64,
 }
 
 impl PrecomputedCache {
@@ -447,12 +459,14 @@ impl PrecomputedCache {
         capacity: usize,
         source: Option<Arc<dyn KeySource>>,
     ) -> Self {
-        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let capacity = capacity.max(1);
         let public = secret.public_key();
         Self {
             secret,
             public,
-            cache: lru::LruCache::new(cap),
+            cache: hashbrown::HashMap::new(),
+            capacity,
+            tick: 0,
             source,
             computed: 0,
         }
@@ -460,15 +474,32 @@ impl PrecomputedCache {
 
     /// The precomputed key for `peer`, computing and caching it if needed.
     pub fn get(&mut self, peer: &PublicKey) -> &PrecomputedKey {
+        self.tick += 1;
+        let tick = self.tick;
+        if self.cache.len() >= self.capacity && !self.cache.contains_key(peer) {
+            self.evict();
+        }
         let (secret, public, source) = (&self.secret, &self.public, &self.source);
         let computed = &mut self.computed;
-        self.cache.get_or_insert(*peer, || {
+        let entry = self.cache.entry(*peer).or_insert_with(|| {
             *computed += 1;
-            match source {
+            let key = match source {
                 Some(s) => s.precompute(secret, public, peer),
                 None => Arc::new(PrecomputedKey::new(secret, peer)),
-            }
-        })
+            };
+            CacheEntry { key, used: tick }
+        });
+        entry.used = tick;
+        &entry.key
+    }
+
+    /// Drops the least recently used eighth of the entries (at least one).
+    fn evict(&mut self) {
+        let drop = (self.cache.len() / 8).max(1);
+        let mut used: Vec<u64> = self.cache.values().map(|e| e.used).collect();
+        let (_, &mut threshold, _) = used.select_nth_unstable(drop - 1);
+        // Ticks are unique, so exactly `drop` entries are at or below the threshold.
+        self.cache.retain(|_, e| e.used > threshold);
     }
 
     /// Cache misses since creation: how many distinct peers' keys had to be fetched or computed.
@@ -491,6 +522,7 @@ impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrecomputedCache")
             .field("len", &self.cache.len())
+            .field("capacity", &self.capacity)
             .finish()
     }
 }
@@ -663,6 +695,37 @@ mod tests {
             let _ = cache.get(&peer);
         }
         assert_eq!(cache.len(), 4);
+    }
+
+    #[test]
+    fn cache_keeps_recently_used_keys_and_evicts_old_ones() {
+        let mut rng = FerryRng::from_seed([2; 32]);
+        let me = KeyPair::generate(&mut rng);
+        let mut cache = PrecomputedCache::new(me.secret.clone(), 16);
+        let hot = KeyPair::generate(&mut rng).public;
+        let nonce = Nonce([7; 24]);
+        let expect = PrecomputedKey::new(&me.secret, &hot)
+            .encrypt(&nonce, b"x")
+            .expect("encrypt");
+        let mut cold = Vec::new();
+        for _ in 0..100 {
+            assert_eq!(
+                cache.get(&hot).encrypt(&nonce, b"x").expect("encrypt"),
+                expect
+            );
+            let peer = KeyPair::generate(&mut rng).public;
+            let _ = cache.get(&peer);
+            cold.push(peer);
+            assert!(cache.len() <= 16);
+        }
+        // The hot key was computed once; every cold key once.
+        assert_eq!(cache.computed(), 101);
+        // The first cold keys are long gone: getting one computes it again.
+        let _ = cache.get(&cold[0]);
+        assert_eq!(cache.computed(), 102);
+        // The newest is still there.
+        let _ = cache.get(&cold[99]);
+        assert_eq!(cache.computed(), 102);
     }
 
     #[test]

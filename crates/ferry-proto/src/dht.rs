@@ -226,10 +226,34 @@ struct Assoc {
 
 impl Assoc {
     fn good(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_resp) < BAD_NODE_TIMEOUT
+        self.good_by(Cutoffs::at(now))
     }
-    fn killed(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_resp) >= KILL_NODE_TIMEOUT
+    /// [`Assoc::good`] against precomputed cutoffs (hot loops compute them once).
+    fn good_by(&self, cut: Cutoffs) -> bool {
+        cut.bad_before.is_none_or(|b| self.last_resp > b)
+    }
+    fn killed_by(&self, cut: Cutoffs) -> bool {
+        cut.kill_before.is_some_and(|k| self.last_resp <= k)
+    }
+}
+
+/// The liveness cutoffs of one moment `now`: an association is good while its last response is
+/// later than `now - BAD_NODE_TIMEOUT`, and killed once it is at or before
+/// `now - KILL_NODE_TIMEOUT` (the same tests as `now - last_resp < timeout`, without a
+/// subtraction per entry). `None`: `now` is closer to the clock's origin than the timeout, so
+/// nothing can be that old.
+#[derive(Clone, Copy, Debug)]
+struct Cutoffs {
+    bad_before: Option<Instant>,
+    kill_before: Option<Instant>,
+}
+
+impl Cutoffs {
+    fn at(now: Instant) -> Self {
+        Self {
+            bad_before: now.checked_sub(BAD_NODE_TIMEOUT),
+            kill_before: now.checked_sub(KILL_NODE_TIMEOUT),
+        }
     }
 }
 
@@ -266,12 +290,18 @@ impl Client {
         self.v4.iter().chain(self.v6.iter())
     }
     fn good(&self, now: Instant) -> bool {
-        self.assocs().any(|a| a.good(now))
+        self.good_by(Cutoffs::at(now))
+    }
+    fn good_by(&self, cut: Cutoffs) -> bool {
+        self.assocs().any(|a| a.good_by(cut))
     }
     /// The most recently heard-from good association.
     fn best(&self, now: Instant) -> Option<&Assoc> {
+        self.best_by(Cutoffs::at(now))
+    }
+    fn best_by(&self, cut: Cutoffs) -> Option<&Assoc> {
         self.assocs()
-            .filter(|a| a.good(now))
+            .filter(|a| a.good_by(cut))
             .max_by_key(|a| a.last_resp)
     }
     fn has_addr(&self, addr: SocketAddr) -> bool {
@@ -294,11 +324,11 @@ impl Client {
         }
     }
     /// Drops associations past the kill timeout; `false` when none is left.
-    fn prune(&mut self, now: Instant) -> bool {
-        if self.v4.is_some_and(|a| a.killed(now)) {
+    fn prune(&mut self, cut: Cutoffs) -> bool {
+        if self.v4.is_some_and(|a| a.killed_by(cut)) {
             self.v4 = None;
         }
-        if self.v6.is_some_and(|a| a.killed(now)) {
+        if self.v6.is_some_and(|a| a.killed_by(cut)) {
             self.v6 = None;
         }
         self.v4.is_some() || self.v6.is_some()
@@ -408,8 +438,9 @@ impl Search {
         // The maximum of (bad, distance to `target`): bad before good, then farthest first. One
         // pass, each client's liveness computed once (a hot path of every nodes response).
         let mut worst: Option<(usize, bool)> = None;
+        let cut = Cutoffs::at(now);
         for (i, c) in self.clients.iter().enumerate() {
-            let bad = !c.good(now);
+            let bad = !c.good_by(cut);
             let further = worst.is_none_or(|(w, w_bad)| {
                 bad.cmp(&w_bad)
                     .then(target.distance_cmp(&c.public_key, &self.clients[w].public_key))
@@ -890,8 +921,18 @@ impl Dht {
     ) -> Vec<PackedNode> {
         // (XOR distance, node), closest first; distances compare as big-endian byte arrays.
         let mut best: Vec<([u8; 32], PackedNode)> = Vec::with_capacity(MAX_SENT_NODES + 1);
+        let cut = Cutoffs::at(now);
+        let target_head = key_head(&target.0);
         let consider = |best: &mut Vec<([u8; 32], PackedNode)>, c: &Client| {
-            // Cheapest tests first: distance, duplicates, then liveness.
+            // Cheapest tests first: the distance's first 8 bytes, the whole distance, duplicates,
+            // then liveness.
+            if best.len() == MAX_SENT_NODES
+                && best.last().is_some_and(|(worst, _)| {
+                    key_head(&c.public_key.0) ^ target_head > key_head(worst)
+                })
+            {
+                return;
+            }
             let mut dist = [0u8; 32];
             for (d, (a, b)) in dist
                 .iter_mut()
@@ -906,7 +947,7 @@ impl Dht {
             if best.iter().any(|(_, n)| n.public_key == c.public_key) {
                 return;
             }
-            let Some(a) = c.best(now) else { return };
+            let Some(a) = c.best_by(cut) else { return };
             if !requester_is_lan && ip_is_lan(a.addr.ip()) {
                 return;
             }
@@ -1175,17 +1216,20 @@ impl Dht {
     fn scan(&mut self, now: Instant) {
         let own = self.keys.public;
         let mut next = now + PING_INTERVAL;
+        let cut = ScanCut::at(now);
+        let mut due = Due::default();
         let mut sends: Vec<(SocketAddr, PublicKey, PublicKey)> = Vec::new();
         let mut candidates = Vec::new();
         for bucket in self.close.buckets.iter_mut().filter(|b| !b.is_empty()) {
-            bucket.retain_mut(|c| c.prune(now));
+            bucket.retain_mut(|c| c.prune(cut.live));
             scan_clients(
                 bucket.iter_mut(),
                 now,
+                cut,
                 own,
                 &mut sends,
                 &mut candidates,
-                &mut next,
+                &mut due,
             );
         }
         let pick = random_get_node(
@@ -1198,12 +1242,12 @@ impl Dht {
         );
         sends.extend(pick.map(|(addr, pk)| (addr, pk, own)));
         for (target, s) in &mut self.searches {
-            s.clients.retain_mut(|c| c.prune(now));
+            s.clients.retain_mut(|c| c.prune(cut.live));
             if s.found.is_some()
                 && !s
                     .clients
                     .iter()
-                    .any(|c| c.public_key == *target && c.good(now))
+                    .any(|c| c.public_key == *target && c.good_by(cut.live))
             {
                 s.found = None;
             }
@@ -1212,10 +1256,11 @@ impl Dht {
             scan_clients(
                 s.clients.iter_mut(),
                 now,
+                cut,
                 *target,
                 &mut sends,
                 &mut candidates,
-                &mut next,
+                &mut due,
             );
             let pick = random_get_node(
                 &mut self.rng,
@@ -1227,6 +1272,9 @@ impl Dht {
             );
             sends.extend(pick.map(|(addr, pk)| (addr, pk, *target)));
             s.requests = s.requests.saturating_add((sends.len() - before) as u32);
+        }
+        if let Some(t) = due.next() {
+            next = next.min(t);
         }
         self.last_scan = now;
         self.next_scan = next.max(now + TICK);
@@ -1419,30 +1467,82 @@ fn leading_zero_bits(d: &[u8; 32]) -> usize {
         .map_or(256, |i| i * 8 + d[i].leading_zeros() as usize)
 }
 
-/// One list's pass of `do_ping_and_sendnode_requests`: a liveness nodes request (for `target`)
-/// to every association not asked for [`PING_INTERVAL`], good associations into `candidates`,
-/// and `next` lowered to the earliest moment something about this list changes.
+/// The first 8 bytes of a key or XOR distance as a big-endian number: distances compare as
+/// big-endian byte strings, so a larger head means a larger distance.
+fn key_head(k: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The cutoffs of one list scan at `now` ([`Cutoffs`] plus the ping cutoff).
+#[derive(Clone, Copy, Debug)]
+struct ScanCut {
+    live: Cutoffs,
+    /// An association last pinged at or before this is due a ping (`None`: none can be).
+    ping_before: Option<Instant>,
+}
+
+impl ScanCut {
+    fn at(now: Instant) -> Self {
+        Self {
+            live: Cutoffs::at(now),
+            ping_before: now.checked_sub(PING_INTERVAL),
+        }
+    }
+}
+
+/// The earliest timestamps a scan saw, from which it derives when the next one is due: the
+/// oldest `last_pinged` (+ [`PING_INTERVAL`]), the oldest response of a good association
+/// (+ [`BAD_NODE_TIMEOUT`]) and of a bad one (+ [`KILL_NODE_TIMEOUT`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Due {
+    pinged: Option<Instant>,
+    good_resp: Option<Instant>,
+    bad_resp: Option<Instant>,
+}
+
+impl Due {
+    fn note(slot: &mut Option<Instant>, t: Instant) {
+        *slot = Some(slot.map_or(t, |s| s.min(t)));
+    }
+    /// When the next scan is due; `None` when nothing is listed.
+    fn next(&self) -> Option<Instant> {
+        [
+            self.pinged.map(|t| t + PING_INTERVAL),
+            self.good_resp.map(|t| t + BAD_NODE_TIMEOUT),
+            self.bad_resp.map(|t| t + KILL_NODE_TIMEOUT),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// One list's share of a scan: queues a ping (nodes request for `target`) to every association
+/// due one, collects the good ones as candidates and notes the timestamps in `due`.
 fn scan_clients<'a>(
     clients: impl Iterator<Item = &'a mut Client>,
     now: Instant,
+    cut: ScanCut,
     target: PublicKey,
     sends: &mut Vec<(SocketAddr, PublicKey, PublicKey)>,
     candidates: &mut Vec<(SocketAddr, PublicKey)>,
-    next: &mut Instant,
+    due: &mut Due,
 ) {
     for c in clients {
         let pk = c.public_key;
         for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
-            if now.saturating_duration_since(a.last_pinged) >= PING_INTERVAL {
+            if cut.ping_before.is_some_and(|p| a.last_pinged <= p) {
                 a.last_pinged = now;
                 sends.push((a.addr, pk, target));
             }
-            *next = (*next).min(a.last_pinged + PING_INTERVAL);
-            if a.good(now) {
+            Due::note(&mut due.pinged, a.last_pinged);
+            if a.good_by(cut.live) {
                 candidates.push((a.addr, pk));
-                *next = (*next).min(a.last_resp + BAD_NODE_TIMEOUT);
+                Due::note(&mut due.good_resp, a.last_resp);
             } else {
-                *next = (*next).min(a.last_resp + KILL_NODE_TIMEOUT);
+                Due::note(&mut due.bad_resp, a.last_resp);
             }
         }
     }
