@@ -43,7 +43,8 @@ fn wait_capable(up: &FerryUp, n: u64) {
         }
         assert!(
             start.elapsed() < STEP,
-            "only {s} capable peers: {}",
+            "only {s} capable peers; close list {:?}: {}",
+            up.json(&["dht", "nodes", "--json"]).ok(),
             up.stderr.snapshot().join("\n")
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -245,6 +246,9 @@ fn offline_message_arrives_after_restart_exactly_once() {
         }
         let t = restarted.elapsed();
         eprintln!("round {i}: delivered {t:?} after B's restart");
+        if std::env::var_os("FERRY_TEST_LOGS").is_some() {
+            eprintln!("{}", b.stderr.snapshot().join("\n"));
+        }
         times.push(t);
         b_profile = Some(b.stop_keep_profile().expect("stop b"));
     }

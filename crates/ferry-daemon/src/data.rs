@@ -423,7 +423,9 @@ impl DataShared {
         // Hello probes to close DHT nodes.
         st.probed
             .retain(|_, t| now.saturating_duration_since(*t) < PROBE_INTERVAL);
-        for c in node.dht().close_nodes(now) {
+        let close = node.dht().close_nodes(now);
+        let mut probes = 0;
+        for c in &close {
             if !c.good || st.probed.contains_key(&c.public_key) {
                 continue;
             }
@@ -431,7 +433,16 @@ impl DataShared {
             let msg = probe(&mut st.rng);
             if let Some(b) = st.host.seal(&c.public_key, &msg, &mut st.rng) {
                 node.send_extension_datagram(c.addr, b);
+                probes += 1;
             }
+        }
+        if probes > 0 {
+            tracing::debug!(
+                probes,
+                close = close.len(),
+                capable = st.host.capable.len(),
+                "store probes sent"
+            );
         }
         // Holder republish.
         if now >= st.next_republish {
@@ -489,6 +500,12 @@ impl DataShared {
         };
         st.collected_once = true;
         let friends = chat.store.friends().unwrap_or_default();
+        tracing::debug!(
+            friends = friends.len(),
+            capable = st.host.capable.len(),
+            epochs = epochs.len(),
+            "collecting mailboxes"
+        );
         for f in friends {
             let Ok(pk) = PublicKey::from_hex(&f.public_key) else {
                 continue;
@@ -529,6 +546,7 @@ impl DataShared {
     fn drive(&self, st: &mut State, chat: &ChatShared, node: &mut Node, now: Instant) {
         for _ in 0..8 {
             let mut done = Vec::new();
+            let mut mail = Vec::new();
             for (id, r) in st.lookups.iter_mut() {
                 while let Some((to, msg)) = r.lookup.poll_transmit(now, &mut st.rng) {
                     if let Some(b) = st.host.seal(&to.public_key, &msg, &mut st.rng) {
@@ -537,9 +555,12 @@ impl DataShared {
                 }
                 while let Some(ev) = r.lookup.poll_event() {
                     match ev {
-                        LookupEvent::Value { item, .. } | LookupEvent::Mail { item, .. } => {
-                            r.out.items.push(item);
+                        LookupEvent::Mail { item, .. } => {
+                            if let Purpose::MailCollect { friend, target, .. } = &r.purpose {
+                                mail.push((*friend, *target, item));
+                            }
                         }
+                        LookupEvent::Value { item, .. } => r.out.items.push(item),
                         LookupEvent::Stored { ttl_s, .. } => {
                             r.out.stored += 1;
                             r.out.min_ttl = Some(r.out.min_ttl.map_or(ttl_s, |m| m.min(ttl_s)));
@@ -548,6 +569,22 @@ impl DataShared {
                         LookupEvent::Finished { .. } => done.push(*id),
                     }
                 }
+            }
+            // Mail is delivered as it arrives when it is the next in sequence (no waiting for
+            // the slowest lookup of the round).
+            let mut touched = BTreeSet::new();
+            for (friend, target, item) in mail {
+                if let Item::Mail(env) = &item
+                    && let Ok(m) = mailbox::open(&self.identity.secret, env)
+                    && m.sender == friend
+                    && let Some(c) = st.collects.get_mut(&friend)
+                {
+                    c.found.push((m, target));
+                    touched.insert(friend.0);
+                }
+            }
+            for f in touched {
+                self.deliver_mail(st, chat, node, now, PublicKey(f), false);
             }
             if done.is_empty() {
                 return;
@@ -594,34 +631,23 @@ impl DataShared {
                     tracing::info!(stored = r.out.stored, "offline message stored");
                 }
             }
-            Purpose::MailCollect {
-                friend,
-                target,
-                round,
-            } => {
+            Purpose::MailCollect { friend, round, .. } => {
                 let Some(c) = st.collects.get_mut(&friend).filter(|c| c.round == round) else {
                     return;
                 };
-                for item in r.out.items {
-                    if let Item::Mail(env) = &item
-                        && let Ok(m) = mailbox::open(&self.identity.secret, env)
-                        && m.sender == friend
-                    {
-                        c.found.push((m, target));
-                    }
-                }
                 c.remaining = c.remaining.saturating_sub(1);
-                if c.remaining == 0
-                    && let Some(c) = st.collects.remove(&friend)
-                {
-                    self.deliver_mail(st, chat, node, now, friend, c.found);
+                tracing::debug!(friend = %friend, left = c.remaining, "mailbox lookup done");
+                if c.remaining == 0 {
+                    self.deliver_mail(st, chat, node, now, friend, true);
+                    st.collects.remove(&friend);
                 }
             }
         }
     }
 
-    /// Delivers collected mail from `friend` in sequence order above the high-water mark,
-    /// deletes all of it at the holders and acknowledges.
+    /// Delivers collected mail from `friend` above the high-water mark in sequence order: the
+    /// next expected ones at once, the rest (after a gap) when the round ends (`round_over`).
+    /// Deletes what was delivered (and duplicates) at the holders and acknowledges.
     fn deliver_mail(
         &self,
         st: &mut State,
@@ -629,32 +655,51 @@ impl DataShared {
         node: &mut Node,
         now: Instant,
         friend: PublicKey,
-        mut found: Vec<(MailMessage, Target)>,
+        round_over: bool,
     ) {
+        let Some(c) = st.collects.get_mut(&friend) else {
+            return;
+        };
+        let mut found = std::mem::take(&mut c.found);
         if found.is_empty() {
             return;
         }
         found.sort_by_key(|(m, _)| m.seq);
         let hex = friend.to_hex();
-        let mut hw = st.book.inbox_hw.get(&hex).copied().unwrap_or(0);
-        for (m, target) in &found {
-            if m.seq > hw {
+        let old_hw = st.book.inbox_hw.get(&hex).copied().unwrap_or(0);
+        let mut hw = old_hw;
+        let mut keep = Vec::new();
+        let mut deletes = Vec::new();
+        for (m, target) in found {
+            if m.seq > hw && (m.seq == hw + 1 || round_over) {
                 let (action, text) = decode_body(&m.body);
                 chat.deliver_offline(&friend, action, &text, m.sent_unix.saturating_mul(1000));
                 hw = m.seq;
                 tracing::info!(from = %friend, seq = m.seq, "offline message delivered");
             }
+            if m.seq <= hw {
+                deletes.push((target, m.delete_item()));
+            } else {
+                keep.push((m, target));
+            }
+        }
+        if let Some(c) = st.collects.get_mut(&friend) {
+            c.found = keep;
+        }
+        for (target, item) in deletes {
             let op = Operation::Put {
-                item: m.delete_item(),
+                item,
                 ttl_s: MAX_MAIL_TTL.as_secs() as u32,
                 cas: None,
             };
-            start(st, now, *target, op, Purpose::Background);
+            start(st, now, target, op, Purpose::Background);
         }
-        st.book.inbox_hw.insert(hex, hw);
-        st.book.ferry_friends.insert(friend.to_hex());
-        self.save_book(st);
-        let _ = node.send_custom(now, &friend, &control(1, hw));
+        if hw > old_hw {
+            st.book.inbox_hw.insert(hex.clone(), hw);
+            st.book.ferry_friends.insert(hex);
+            self.save_book(st);
+            let _ = node.send_custom(now, &friend, &control(1, hw));
+        }
     }
 
     /// Writes the mail book now (inside the node task: the high-water marks must be on disk
@@ -663,6 +708,27 @@ impl DataShared {
         if let Ok(b) = serde_json::to_vec_pretty(&st.book) {
             write_atomic(&self.profile_dir.join(MAIL_FILE), &b);
             st.book_dirty = false;
+        }
+    }
+
+    /// Before shutdown: tells every capable peer we no longer accept puts (a hello with
+    /// `accepts = false`), so they stop handing us out as a holder while our entry ages out.
+    pub fn goodbye(&self, node: &mut Node) {
+        let mut g = lock(&self.state);
+        let st = &mut *g;
+        let peers = st
+            .host
+            .capable
+            .closest(&Target(st.host.our_pk.0), ferry_data::host::MAX_CAPABLE);
+        for p in peers {
+            let msg = StoreMessage::Hello(ferry_data::wire::Hello {
+                is_response: false,
+                request_id: [0; 8],
+                accepts: false,
+            });
+            if let Some(b) = st.host.seal(&p.public_key, &msg, &mut st.rng) {
+                node.send_extension_datagram(p.addr, b);
+            }
         }
     }
 

@@ -832,6 +832,12 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         market.save();
     }
     data_timer.abort();
+    {
+        let d = Arc::clone(&data);
+        let _ = node.call(move |n, _| d.goodbye(n)).await;
+        // Let the node task flush the goodbyes before it is told to stop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     data.save(true);
     if let Some((r, j)) = relay {
         r.shutdown().await;
