@@ -175,6 +175,8 @@ struct MailBook {
     mailed: BTreeMap<u64, Mailed>,
     /// Highest mail sequence number delivered per sender.
     inbox_hw: BTreeMap<String, u64>,
+    /// Names this node registered (renewed after each start).
+    names: BTreeSet<String>,
 }
 
 /// What a finished lookup collected.
@@ -499,7 +501,18 @@ impl DataShared {
             mailbox::poll_epochs(unix_now()).collect()
         };
         st.collected_once = true;
-        let friends = chat.store.friends().unwrap_or_default();
+        // Only ferry friends can have left mail (they said hello at least once).
+        let friends: Vec<_> = chat
+            .store
+            .friends()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| {
+                st.book
+                    .ferry_friends
+                    .contains(&f.public_key.to_ascii_uppercase())
+            })
+            .collect();
         tracing::debug!(
             friends = friends.len(),
             capable = st.host.capable.len(),
@@ -1108,6 +1121,12 @@ impl DataShared {
             });
         }
         self.own(target, item, ttl_s, out.min_ttl);
+        {
+            let mut st = lock(&self.state);
+            if st.book.names.insert(n.clone()) {
+                st.book_dirty = true;
+            }
+        }
         Ok(ferry_api::NameInfo {
             name: n,
             tox_id: record.tox_id.to_string(),
@@ -1188,17 +1207,37 @@ fn write_atomic(path: &Path, bytes: &[u8]) {
     }
 }
 
-/// Spawns the once-a-second timer (inside the node task) and the debounced snapshot writer.
+/// Spawns the once-a-second timer (inside the node task), the debounced snapshot writer and,
+/// once a store-capable peer is known, the renewal of the names this node registered.
 pub fn spawn_timer(
     data: Arc<DataShared>,
     chat: Arc<ChatShared>,
     node: NodeHandle,
+    tox_id: ferry_wire::toxid::ToxId,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(Duration::from_secs(1));
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut names_renewed = false;
         loop {
             iv.tick().await;
+            if !names_renewed && !lock(&data.state).host.capable.is_empty() {
+                names_renewed = true;
+                let names: Vec<String> = lock(&data.state).book.names.iter().cloned().collect();
+                let (d, n) = (Arc::clone(&data), node.clone());
+                tokio::spawn(async move {
+                    for name in names {
+                        let r = d
+                            .name_register(
+                                &n,
+                                tox_id,
+                                ferry_api::NameRequest { name: name.clone() },
+                            )
+                            .await;
+                        tracing::info!(name, ok = r.is_ok(), "name renewed");
+                    }
+                });
+            }
             let (d, c) = (Arc::clone(&data), Arc::clone(&chat));
             if node.call(move |n, now| d.tick(&c, n, now)).await.is_err() {
                 return;

@@ -761,7 +761,12 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         }
     };
     chat.restore(&node).await?;
-    let data_timer = crate::data::spawn_timer(Arc::clone(&data), Arc::clone(&chat), node.clone());
+    let data_timer = crate::data::spawn_timer(
+        Arc::clone(&data),
+        Arc::clone(&chat),
+        node.clone(),
+        identity.tox_id(),
+    );
     let market_task = crate::market::start(
         &chat.tunnel.market,
         market_config,
