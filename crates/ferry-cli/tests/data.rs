@@ -345,3 +345,57 @@ fn names_first_claim_wins_and_resolve() {
         assert!(n.stop().expect("stop"));
     }
 }
+
+/// A friend request to a user whose process is stopped is left in its request mailbox; the
+/// user sees it after it restarts, the sender being stopped by then.
+#[test]
+fn friend_request_reaches_offline_user_via_request_mailbox() {
+    let infra = Infra::new(2).expect("infra");
+    let c = FerryUp::start(ferry(), &infra.ferry_args()).expect("c");
+    let d = FerryUp::start(ferry(), &infra.ferry_args()).expect("d");
+    let b = FerryUp::start(ferry(), &infra.ferry_args()).expect("b");
+    let b_id = tox_id(&b);
+    let b_profile = b.stop_keep_profile().expect("stop b");
+    let a = FerryUp::start(ferry(), &infra.ferry_args()).expect("a");
+    let a_pk = public_key(&a);
+    wait_capable(&a, 2);
+    let before = items_held(&[&c, &d]);
+    let out = a
+        .cli(&["friend", "add", &b_id, "hello while you sleep"])
+        .expect("add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    while items_held(&[&c, &d]) <= before {
+        assert!(start.elapsed() < STEP, "no holder took the request");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(a.stop().expect("stop a"));
+    let restarted = Instant::now();
+    let b = FerryUp::start_with_profile(ferry(), b_profile, &infra.ferry_args()).expect("b");
+    loop {
+        let rs = b.json(&["friend", "requests", "--json"]).expect("requests");
+        if rs.as_array().expect("array").iter().any(|r| {
+            r["public_key"].as_str() == Some(a_pk.as_str())
+                && r["message"].as_str() == Some("hello while you sleep")
+        }) {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < STEP,
+            "request never arrived: {rs}\n{}",
+            b.stderr.snapshot().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "offline friend request seen {:?} after the recipient's restart",
+        restarted.elapsed()
+    );
+    for n in [b, c, d] {
+        assert!(n.stop().expect("stop"));
+    }
+}

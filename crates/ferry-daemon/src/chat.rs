@@ -247,6 +247,52 @@ impl ChatShared {
         self.resolve(friend)
     }
 
+    /// A friend request (from the onion, or from the request mailbox, [`crate::data`]):
+    /// accepted at once in service or auto-accept mode, else stored for `ferry friend requests`.
+    pub(crate) fn on_friend_request(
+        &self,
+        node: &mut Node,
+        now: Instant,
+        public_key: PublicKey,
+        message: &[u8],
+    ) {
+        let s = self;
+        let text = String::from_utf8_lossy(message).into_owned();
+        let auto = s.is_service() || s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
+        tracing::info!(from = %public_key, auto, "friend request");
+        if auto {
+            if node.add_friend_norequest(now, public_key).is_ok() {
+                let _ = s.store.put_friend(&FriendRecord {
+                    public_key: public_key.to_hex(),
+                    name: String::new(),
+                    status_message: String::new(),
+                    request: None,
+                    added_ms: now_ms(),
+                    last_seen_ms: 0,
+                });
+            }
+        } else if let Err(e) = s.store.put_request(&RequestRecord {
+            public_key: public_key.to_hex(),
+            message: text,
+            time_ms: now_ms(),
+        }) {
+            tracing::error!(error = %e, "storing friend request");
+        }
+    }
+
+    /// Our nospam now.
+    pub(crate) fn nospam(&self) -> u32 {
+        lock(&self.identity).nospam
+    }
+
+    /// Whether `pk` is a friend (or a pending outgoing request).
+    pub(crate) fn is_friend(&self, pk: &PublicKey) -> bool {
+        let hex = pk.to_hex();
+        self.store
+            .friends()
+            .is_ok_and(|fs| fs.iter().any(|f| f.public_key == hex))
+    }
+
     /// Stores a message that arrived as offline mail ([`crate::data`]).
     pub(crate) fn deliver_offline(&self, pk: &PublicKey, action: bool, text: &str, time_ms: u64) {
         let rec = MessageRecord {
@@ -470,12 +516,20 @@ impl ChatShared {
                 public_key: id.public_key.to_hex(),
                 name: String::new(),
                 status_message: String::new(),
-                request: Some((id.nospam_value(), req.message)),
+                request: Some((id.nospam_value(), req.message.clone())),
                 added_ms: now_ms(),
                 last_seen_ms: 0,
             })
             .map_err(internal)?;
         let _ = self.store.take_request(&id.public_key);
+        if let Some(d) = self.data.get() {
+            // Also leave the request in the recipient's request mailbox, for when it is offline.
+            let (pk, nospam, msg) = (id.public_key, id.nospam_value(), req.message.into_bytes());
+            let d = Arc::clone(d);
+            let _ = node
+                .call(move |n, now| d.mail_request(n, now, pk, nospam, &msg))
+                .await;
+        }
         Ok(Self::friend_json(&id.public_key, true))
     }
 
@@ -733,30 +787,7 @@ impl EventHandler for ChatHandler {
             NodeEvent::FriendRequest {
                 public_key,
                 message,
-            } => {
-                let text = String::from_utf8_lossy(&message).into_owned();
-                let auto =
-                    s.is_service() || s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
-                tracing::info!(from = %public_key, auto, "friend request");
-                if auto {
-                    if node.add_friend_norequest(now, public_key).is_ok() {
-                        let _ = s.store.put_friend(&FriendRecord {
-                            public_key: public_key.to_hex(),
-                            name: String::new(),
-                            status_message: String::new(),
-                            request: None,
-                            added_ms: now_ms(),
-                            last_seen_ms: 0,
-                        });
-                    }
-                } else if let Err(e) = s.store.put_request(&RequestRecord {
-                    public_key: public_key.to_hex(),
-                    message: text,
-                    time_ms: now_ms(),
-                }) {
-                    tracing::error!(error = %e, "storing friend request");
-                }
-            }
+            } => s.on_friend_request(node, now, public_key, &message),
             NodeEvent::FriendPath {
                 public_key,
                 connection,

@@ -32,6 +32,10 @@
 //! | 0 hello | `[hw u64]` | I am a ferry node; I delivered your mail up to `hw` |
 //! | 1 ack | `[hw u64]` | I delivered your mail up to `hw` |
 //! | 2 direct | `[seq u64][flags u8][text]` | mail `seq` sent directly (flags bit 0: action) |
+//!
+//! Friend requests are also left in the recipient's request mailbox
+//! ([`mailbox::request_mailbox`]: its key and nospam); a node collects its own request mailbox
+//! with its friends' mailboxes and handles what it finds like a request from the onion.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -177,7 +181,12 @@ struct MailBook {
     inbox_hw: BTreeMap<String, u64>,
     /// Names this node registered (renewed after each start).
     names: BTreeSet<String>,
+    /// Store-capable peers last known (`IP:PORT`, DHT key hex), probed first after a restart.
+    peers: Vec<(String, String)>,
 }
+
+/// Most capable peers remembered across restarts.
+const SAVED_PEERS: usize = 64;
 
 /// What a finished lookup collected.
 #[derive(Clone, Debug, Default)]
@@ -205,6 +214,9 @@ enum Purpose {
         friend: PublicKey,
         target: Target,
         round: u64,
+    },
+    RequestCollect {
+        target: Target,
     },
 }
 
@@ -243,6 +255,8 @@ struct State {
     collects: HashMap<PublicKey, Collect>,
     next_round: u64,
     saved_sig: (usize, usize, u64, u64),
+    /// Capable peers of the last run, probed on the first tick.
+    saved_peers: Vec<(SocketAddr, PublicKey)>,
     last_save: Option<Instant>,
 }
 
@@ -292,10 +306,16 @@ impl DataShared {
             }
             Err(_) => Store::new(dht_keys.public, config, now, &mut rng),
         };
-        let book = std::fs::read(profile_dir.join(MAIL_FILE))
+        let book: MailBook = std::fs::read(profile_dir.join(MAIL_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        let saved_peers = book
+            .peers
+            .iter()
+            .filter_map(|(a, k)| Some((a.parse().ok()?, PublicKey::from_hex(k).ok()?)))
+            .take(SAVED_PEERS)
+            .collect();
         let stats = store.stats();
         let host = StoreHost::new(
             dht_keys.public,
@@ -322,6 +342,7 @@ impl DataShared {
                 collects: HashMap::new(),
                 next_round: 0,
                 saved_sig: (stats.items, stats.bytes, 0, 0),
+                saved_peers,
                 last_save: None,
             }),
         }))
@@ -425,8 +446,15 @@ impl DataShared {
         // Hello probes to close DHT nodes.
         st.probed
             .retain(|_, t| now.saturating_duration_since(*t) < PROBE_INTERVAL);
-        let close = node.dht().close_nodes(now);
         let mut probes = 0;
+        for (addr, key) in std::mem::take(&mut st.saved_peers) {
+            let msg = probe(&mut st.rng);
+            if let Some(b) = st.host.seal(&key, &msg, &mut st.rng) {
+                node.send_extension_datagram(addr, b);
+                probes += 1;
+            }
+        }
+        let close = node.dht().close_nodes(now);
         for c in &close {
             if !c.good || st.probed.contains_key(&c.public_key) {
                 continue;
@@ -501,6 +529,12 @@ impl DataShared {
             mailbox::poll_epochs(unix_now()).collect()
         };
         st.collected_once = true;
+        let nospam = chat.nospam().to_be_bytes();
+        for e in &epochs {
+            let target = mailbox::request_mailbox(&self.identity.public, nospam, *e);
+            let p = Purpose::RequestCollect { target };
+            start(st, now, target, Operation::Get { seq: None }, p);
+        }
         // Only ferry friends can have left mail (they said hello at least once).
         let friends: Vec<_> = chat
             .store
@@ -560,6 +594,7 @@ impl DataShared {
         for _ in 0..8 {
             let mut done = Vec::new();
             let mut mail = Vec::new();
+            let mut requests = Vec::new();
             for (id, r) in st.lookups.iter_mut() {
                 while let Some((to, msg)) = r.lookup.poll_transmit(now, &mut st.rng) {
                     if let Some(b) = st.host.seal(&to.public_key, &msg, &mut st.rng) {
@@ -568,11 +603,13 @@ impl DataShared {
                 }
                 while let Some(ev) = r.lookup.poll_event() {
                     match ev {
-                        LookupEvent::Mail { item, .. } => {
-                            if let Purpose::MailCollect { friend, target, .. } = &r.purpose {
+                        LookupEvent::Mail { item, .. } => match &r.purpose {
+                            Purpose::MailCollect { friend, target, .. } => {
                                 mail.push((*friend, *target, item));
                             }
-                        }
+                            Purpose::RequestCollect { target } => requests.push((*target, item)),
+                            _ => {}
+                        },
                         LookupEvent::Value { item, .. } => r.out.items.push(item),
                         LookupEvent::Stored { ttl_s, .. } => {
                             r.out.stored += 1;
@@ -599,6 +636,24 @@ impl DataShared {
             for f in touched {
                 self.deliver_mail(st, chat, node, now, PublicKey(f), false);
             }
+            for (target, item) in requests {
+                let Item::Mail(env) = &item else {
+                    continue;
+                };
+                let Ok(m) = mailbox::open(&self.identity.secret, env) else {
+                    continue;
+                };
+                if !chat.is_friend(&m.sender) {
+                    tracing::info!(from = %m.sender, "friend request from the request mailbox");
+                    chat.on_friend_request(node, now, m.sender, &m.body);
+                }
+                let op = Operation::Put {
+                    item: m.delete_item(),
+                    ttl_s: MAX_MAIL_TTL.as_secs() as u32,
+                    cas: None,
+                };
+                start(st, now, target, op, Purpose::Background);
+            }
             if done.is_empty() {
                 return;
             }
@@ -624,7 +679,7 @@ impl DataShared {
                     let _ = tx.send(r.out);
                 }
             }
-            Purpose::Background => {}
+            Purpose::Background | Purpose::RequestCollect { .. } => {}
             Purpose::Owned(t) => {
                 if let Some(o) = st.owned.get_mut(&t) {
                     // Re-put at half the shortest lifetime granted (young storers grant 60 s).
@@ -733,6 +788,12 @@ impl DataShared {
             .host
             .capable
             .closest(&Target(st.host.our_pk.0), ferry_data::host::MAX_CAPABLE);
+        st.book.peers = peers
+            .iter()
+            .take(SAVED_PEERS)
+            .map(|p| (p.addr.to_string(), p.public_key.to_hex()))
+            .collect();
+        st.book_dirty = true;
         for p in peers {
             let msg = StoreMessage::Hello(ferry_data::wire::Hello {
                 is_response: false,
@@ -881,6 +942,39 @@ impl DataShared {
         start_mail_put_at(st, now, target, Item::Mail(env), 0);
         send_requests(st, node, now);
         true
+    }
+
+    /// Inside the node task, after `ferry friend add`: seals the request into the recipient's
+    /// request mailbox (its key and nospam, today's epoch), for a recipient that is offline.
+    pub fn mail_request(
+        &self,
+        node: &mut Node,
+        now: Instant,
+        recipient: PublicKey,
+        nospam: u32,
+        message: &[u8],
+    ) {
+        let mut g = lock(&self.state);
+        let st = &mut *g;
+        let unix = unix_now();
+        let target =
+            mailbox::request_mailbox(&recipient, nospam.to_be_bytes(), mailbox::epoch_of(unix));
+        let pow = st.host.store.config().mail_pow_bits;
+        let body = &message[..message.len().min(mailbox::MAX_BODY)];
+        let Ok((env, _)) = mailbox::seal(
+            &self.identity,
+            &recipient,
+            &target,
+            pow,
+            1,
+            unix,
+            body,
+            &mut st.rng,
+        ) else {
+            return;
+        };
+        start_mail_put_at(st, now, target, Item::Mail(env), 0);
+        send_requests(st, node, now);
     }
 
     /// Runs one lookup from the API and waits for its outcome.
