@@ -109,13 +109,33 @@ fn dht_put_get_and_store_survives_restart() {
     let infra = Infra::new(2).expect("infra");
     let a = FerryUp::start(ferry(), &infra.ferry_args()).expect("a");
     let b = FerryUp::start(ferry(), &infra.ferry_args()).expect("b");
-    let mut c = FerryUp::start(ferry(), &infra.ferry_args()).expect("c");
+    // c runs with a configured quota ([store] in config.toml).
+    let c_profile = tempfile::tempdir().expect("profile");
+    let init = std::process::Command::new(ferry())
+        .arg("--profile")
+        .arg(c_profile.path())
+        .arg("init")
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    std::fs::write(
+        c_profile.path().join("config.toml"),
+        "[store]\nquota_bytes = 200000\nmax_items = 500\n",
+    )
+    .expect("config");
+    let mut c = FerryUp::start_with_profile(ferry(), c_profile, &infra.ferry_args()).expect("c");
     for n in [&a, &b, &c] {
         wait_capable(n, 2);
     }
     let s = store_status(&a);
-    assert_eq!(s["quota_bytes"], 8 << 20, "{s}");
+    assert_eq!(s["quota_bytes"], 8 << 20, "default quota: {s}");
     assert!(s["items"].is_u64() && s["bytes"].is_u64(), "{s}");
+    let s = store_status(&c);
+    assert_eq!(
+        (s["quota_bytes"].as_u64(), s["max_items"].as_u64()),
+        (Some(200_000), Some(500)),
+        "configured quota: {s}"
+    );
 
     let started = Instant::now();
     let put = retry_json(&a, &["dht", "put", "hello from a", "--json"]);
@@ -398,4 +418,95 @@ fn friend_request_reaches_offline_user_via_request_mailbox() {
     for n in [b, c, d] {
         assert!(n.stop().expect("stop"));
     }
+}
+
+/// A raw store client on loopback talks to a running node: a mutable item with a bad signature
+/// and one with an older sequence number are refused; a valid newer one is stored.
+#[test]
+fn forged_and_stale_mutable_items_are_refused() {
+    use ferry_crypto::rng::FerryRng;
+    use ferry_crypto::{KeyPair, PrecomputedCache};
+    use ferry_data::host::StoreHost;
+    use ferry_data::item::{Item, MutableItem};
+    use ferry_data::store::{Store, StoreConfig};
+    use ferry_data::wire::{GetRequest, PutRequest, StoreMessage};
+
+    let infra = Infra::new(1).expect("infra");
+    let c = FerryUp::start(ferry(), &infra.ferry_args()).expect("c");
+    let st = c.json(&["status", "--json"]).expect("status");
+    let c_key =
+        ferry_crypto::PublicKey::from_hex(st["dht_public_key"].as_str().expect("key")).expect("pk");
+    let c_addr: std::net::SocketAddr = format!("127.0.0.1:{}", st["udp_port"])
+        .parse()
+        .expect("addr");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rng = FerryRng::from_u64(9);
+    let me = KeyPair::generate(&mut rng);
+    let now = Instant::now();
+    let mut host = StoreHost::new(
+        me.public,
+        Store::new(me.public, StoreConfig::default(), now, &mut rng),
+        PrecomputedCache::new(me.secret.clone(), 4),
+    );
+    let ask = |msg: StoreMessage, host: &mut StoreHost, rng: &mut FerryRng| -> StoreMessage {
+        let dg = host.seal(&c_key, &msg, rng).expect("seal");
+        sock.send_to(&dg, c_addr).expect("send");
+        let mut buf = [0u8; 2048];
+        loop {
+            let (n, from) = sock.recv_from(&mut buf).expect("reply");
+            // The node also sends its own requests (probes, mailbox gets): skip them.
+            if let Some(h) = host.handle_datagram(Instant::now(), from, &buf[..n], rng)
+                && matches!(
+                    h.message,
+                    StoreMessage::GetResponse(_) | StoreMessage::PutResponse(_)
+                )
+                && h.message.request_id() == msg.request_id()
+            {
+                return h.message;
+            }
+        }
+    };
+    let owner = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let good = MutableItem::sign(&owner, b"salt", 5, b"five");
+    let target = good.target();
+    let StoreMessage::GetResponse(g) = ask(
+        StoreMessage::Get(GetRequest {
+            request_id: [1; 8],
+            target,
+            seq: None,
+        }),
+        &mut host,
+        &mut rng,
+    ) else {
+        panic!("get response");
+    };
+    let put = |item: MutableItem, id: u8| {
+        StoreMessage::Put(PutRequest {
+            request_id: [id; 8],
+            token: g.token,
+            ttl_s: 60,
+            cas: None,
+            target,
+            item: Item::Mutable(item),
+        })
+    };
+    let result = |m: StoreMessage| match m {
+        StoreMessage::PutResponse(p) => p.result,
+        other => panic!("not a put response: {other:?}"),
+    };
+    let mut forged = MutableItem::sign(&owner, b"salt", 6, b"six");
+    forged.value = b"evil".to_vec();
+    let r = result(ask(put(forged, 2), &mut host, &mut rng));
+    assert!(r.is_err(), "bad signature accepted: {r:?}");
+    let r = result(ask(put(good, 3), &mut host, &mut rng));
+    assert!(r.is_ok(), "valid item refused: {r:?}");
+    let stale = MutableItem::sign(&owner, b"salt", 4, b"four");
+    let r = result(ask(put(stale, 4), &mut host, &mut rng));
+    assert!(r.is_err(), "older seq accepted: {r:?}");
+    let s = store_status(&c);
+    assert_eq!(s["items"], 1, "{s}");
+    assert!(s["puts_refused"].as_u64().unwrap_or(0) >= 2, "{s}");
+    assert!(c.stop().expect("stop"));
 }
