@@ -1574,3 +1574,38 @@ impl Endpoint for Node {
         t
     }
 }
+
+#[cfg(test)]
+mod extension_tests {
+    use super::*;
+    use crate::Endpoint;
+
+    /// Datagrams 0xe0–0xe4 reach the owner as events; it answers through the node's UDP queue;
+    /// other kinds cannot be sent that way.
+    #[test]
+    fn extension_datagrams_go_to_the_owner_and_back() {
+        #[allow(clippy::disallowed_methods)] // a test clock origin
+        let now = Instant::now();
+        let mut rng = FerryRng::from_u64(3);
+        let real = KeyPair::generate(&mut rng);
+        let dht = KeyPair::generate(&mut rng);
+        let mut n = Node::new(NodeConfig::default(), real, dht, 1, rng.fork(), now);
+        while n.poll_event().is_some() {}
+        let from: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        n.handle_datagram(now, from, &[0xe1, 1, 2, 3]);
+        let mut got = None;
+        while let Some(e) = n.poll_event() {
+            if let NodeEvent::ExtensionDatagram { from: f, data } = e {
+                got = Some((f, data));
+            }
+        }
+        assert_eq!(got, Some((from, vec![0xe1, 1, 2, 3])));
+        while n.poll_transmit().is_some() {}
+        assert!(!n.send_extension_datagram(from, vec![0x02, 0]));
+        assert!(!n.send_extension_datagram(from, Vec::new()));
+        assert!(n.send_extension_datagram(from, vec![0xe2, 9]));
+        let t = n.poll_transmit().expect("queued");
+        assert_eq!(t.destination, Destination::Addr(from));
+        assert_eq!(t.payload, vec![0xe2, 9]);
+    }
+}
