@@ -14,6 +14,23 @@ fn ferry() -> &'static Path {
 
 const STEP: Duration = Duration::from_secs(90);
 
+/// Starts `ferry up` on a fresh profile whose config.toml holds `config`.
+fn start_with_config(infra: &Infra, config: &str) -> FerryUp {
+    let profile = tempfile::tempdir().expect("profile");
+    let init = std::process::Command::new(ferry())
+        .arg("--profile")
+        .arg(profile.path())
+        .arg("init")
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    std::fs::write(profile.path().join("config.toml"), config).expect("config");
+    FerryUp::start_with_profile(ferry(), profile, &infra.ferry_args()).expect("up")
+}
+
+/// Every loopback node is one source prefix to a holder: lift the per-source put rate.
+const LOOPBACK_STORE: &str = "[store]\nputs_per_minute = 1000\nper_source_items = 1000\n";
+
 fn public_key(up: &FerryUp) -> String {
     up.json(&["id", "--json"]).expect("id")["public_key"]
         .as_str()
@@ -110,20 +127,7 @@ fn dht_put_get_and_store_survives_restart() {
     let a = FerryUp::start(ferry(), &infra.ferry_args()).expect("a");
     let b = FerryUp::start(ferry(), &infra.ferry_args()).expect("b");
     // c runs with a configured quota ([store] in config.toml).
-    let c_profile = tempfile::tempdir().expect("profile");
-    let init = std::process::Command::new(ferry())
-        .arg("--profile")
-        .arg(c_profile.path())
-        .arg("init")
-        .output()
-        .expect("init");
-    assert!(init.status.success());
-    std::fs::write(
-        c_profile.path().join("config.toml"),
-        "[store]\nquota_bytes = 200000\nmax_items = 500\n",
-    )
-    .expect("config");
-    let mut c = FerryUp::start_with_profile(ferry(), c_profile, &infra.ferry_args()).expect("c");
+    let mut c = start_with_config(&infra, "[store]\nquota_bytes = 200000\nmax_items = 500\n");
     for n in [&a, &b, &c] {
         wait_capable(n, 2);
     }
@@ -193,8 +197,8 @@ fn dht_put_get_and_store_survives_restart() {
 #[test]
 fn offline_message_arrives_after_restart_exactly_once() {
     let infra = Infra::new(4).expect("infra");
-    let c = FerryUp::start(ferry(), &infra.ferry_args()).expect("c");
-    let d = FerryUp::start(ferry(), &infra.ferry_args()).expect("d");
+    let c = start_with_config(&infra, LOOPBACK_STORE);
+    let d = start_with_config(&infra, LOOPBACK_STORE);
     let a = FerryUp::start(ferry(), &infra.ferry_args()).expect("a");
     let b = FerryUp::start(ferry(), &infra.ferry_args()).expect("b");
     let out = b.cli(&["set", "auto-accept", "on"]).expect("auto-accept");
@@ -213,7 +217,7 @@ fn offline_message_arrives_after_restart_exactly_once() {
 
     let mut b_profile = Some(b.stop_keep_profile().expect("stop b"));
     let mut a_profile = Some(a.stop_keep_profile().expect("stop a"));
-    let rounds = 3;
+    let rounds = 5;
     let mut times = Vec::new();
     for i in 0..rounds {
         let text = format!("offline {i}");

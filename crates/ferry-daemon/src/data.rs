@@ -92,7 +92,12 @@ const CAPABLE_WAIT: Duration = Duration::from_secs(15);
 /// [store]
 /// quota_bytes = 8388608   # bytes held for others (default 8 MiB)
 /// max_items = 8192        # items held for others, mail included (default 8192)
+/// puts_per_minute = 16    # puts accepted per source /24 (IPv4) or /48 (IPv6) per minute
+/// per_source_items = 64   # items held per source prefix
 /// ```
+///
+/// Every node of a loopback test network is one source (127.0.0.0/24): such networks raise
+/// the per-source limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
@@ -100,6 +105,10 @@ pub struct StoreSettings {
     pub quota_bytes: u64,
     /// Items held for others.
     pub max_items: u64,
+    /// Puts accepted per source prefix per minute.
+    pub puts_per_minute: u32,
+    /// Items held per source prefix.
+    pub per_source_items: u64,
 }
 
 impl Default for StoreSettings {
@@ -108,6 +117,8 @@ impl Default for StoreSettings {
         Self {
             quota_bytes: c.max_bytes as u64,
             max_items: c.max_items as u64,
+            puts_per_minute: c.puts_per_minute,
+            per_source_items: c.per_source_items as u64,
         }
     }
 }
@@ -143,6 +154,8 @@ impl StoreSettings {
         StoreConfig {
             max_bytes: usize::try_from(self.quota_bytes).unwrap_or(usize::MAX),
             max_items: usize::try_from(self.max_items).unwrap_or(usize::MAX),
+            puts_per_minute: self.puts_per_minute,
+            per_source_items: usize::try_from(self.per_source_items).unwrap_or(usize::MAX),
             ..StoreConfig::default()
         }
     }
