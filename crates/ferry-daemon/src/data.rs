@@ -74,6 +74,8 @@ pub const COLLECT_INTERVAL: Duration = Duration::from_secs(15);
 pub const SAVE_DEBOUNCE: Duration = Duration::from_secs(5);
 /// Holder republish is checked this often.
 const REPUBLISH_CHECK: Duration = Duration::from_secs(60);
+/// Holder re-puts started per tick (second) at most.
+const REPUBLISH_PER_TICK: usize = 16;
 /// A mail put that reached no node is retried after this long, at most [`MAIL_RETRIES`] times.
 const MAIL_RETRY: Duration = Duration::from_secs(5);
 const MAIL_RETRIES: u32 = 60;
@@ -259,6 +261,8 @@ struct State {
     next_id: u64,
     probed: HashMap<PublicKey, Instant>,
     next_republish: Instant,
+    /// Holder re-puts waiting to start.
+    republish: std::collections::VecDeque<ferry_data::store::Republish>,
     owned: HashMap<Target, Owned>,
     mail_retry: Vec<(Instant, Target, Item, u32)>,
     book: MailBook,
@@ -346,6 +350,7 @@ impl DataShared {
                 next_id: 0,
                 probed: HashMap::new(),
                 next_republish: now + REPUBLISH_CHECK,
+                republish: std::collections::VecDeque::new(),
                 owned: HashMap::new(),
                 mail_retry: Vec::new(),
                 book,
@@ -490,14 +495,28 @@ impl DataShared {
         // Holder republish.
         if now >= st.next_republish {
             st.next_republish = now + REPUBLISH_CHECK;
-            for r in st.host.store.due_republish(now, &mut st.rng) {
-                let op = Operation::Put {
-                    item: r.item,
-                    ttl_s: r.ttl_s,
-                    cas: None,
-                };
-                start(st, now, r.target, op, Purpose::Background);
+            let due = st.host.store.due_republish(now, &mut st.rng);
+            let room = st.host.store.config().max_items;
+            for r in due {
+                if st.republish.len() < room {
+                    st.republish.push_back(r);
+                }
             }
+        }
+        // A few re-puts per second, so a full store does not start thousands of lookups at once.
+        for _ in 0..REPUBLISH_PER_TICK {
+            if st.lookups.len() >= MAX_LOOKUPS / 2 {
+                break;
+            }
+            let Some(r) = st.republish.pop_front() else {
+                break;
+            };
+            let op = Operation::Put {
+                item: r.item,
+                ttl_s: r.ttl_s,
+                cas: None,
+            };
+            start(st, now, r.target, op, Purpose::Background);
         }
         // Owner re-puts.
         let due: Vec<(Target, Item, u32)> = st
