@@ -200,6 +200,45 @@ struct MailBook {
     peers: Vec<(String, String)>,
 }
 
+/// Items this node put (`ferry dht put`, names), re-put after a restart.
+pub const OWNED_FILE: &str = "owned.bin";
+/// Most owned items kept alive.
+const MAX_OWNED: usize = 256;
+
+/// `owned.bin`: `"FDO1"[count u32]` then per item `[target 32][ttl_s u32][item]`.
+fn encode_owned(owned: &HashMap<Target, Owned>) -> Vec<u8> {
+    let mut out = b"FDO1".to_vec();
+    out.extend_from_slice(&(owned.len() as u32).to_be_bytes());
+    for (t, o) in owned {
+        out.extend_from_slice(&t.0);
+        out.extend_from_slice(&o.ttl_s.to_be_bytes());
+        o.item.encode(&mut out);
+    }
+    out
+}
+
+fn decode_owned(
+    bytes: &[u8],
+    next: Instant,
+) -> Result<HashMap<Target, Owned>, ferry_wire::WireError> {
+    let mut r = ferry_wire::Reader::new(bytes);
+    if &r.array::<4>("owned magic")? != b"FDO1" {
+        return Err(ferry_wire::WireError::InvalidValue {
+            what: "owned magic",
+            value: 0,
+        });
+    }
+    let n = r.u32_be("owned count")?;
+    let mut out = HashMap::new();
+    for _ in 0..n.min(MAX_OWNED as u32) {
+        let target = Target(r.array("owned target")?);
+        let ttl_s = r.u32_be("owned ttl")?;
+        let item = Item::decode(&mut r)?;
+        out.insert(target, Owned { item, ttl_s, next });
+    }
+    Ok(out)
+}
+
 /// Most capable peers remembered across restarts.
 const SAVED_PEERS: usize = 64;
 
@@ -327,6 +366,11 @@ impl DataShared {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // Our own items: re-put a few seconds after start (once peers are known).
+        let owned = std::fs::read(profile_dir.join(OWNED_FILE))
+            .ok()
+            .and_then(|b| decode_owned(&b, now + Duration::from_secs(5)).ok())
+            .unwrap_or_default();
         let saved_peers = book
             .peers
             .iter()
@@ -351,7 +395,7 @@ impl DataShared {
                 probed: HashMap::new(),
                 next_republish: now + REPUBLISH_CHECK,
                 republish: std::collections::VecDeque::new(),
-                owned: HashMap::new(),
+                owned,
                 mail_retry: Vec::new(),
                 book,
                 book_dirty: false,
@@ -714,9 +758,14 @@ impl DataShared {
             Purpose::Background | Purpose::RequestCollect { .. } => {}
             Purpose::Owned(t) => {
                 if let Some(o) = st.owned.get_mut(&t) {
-                    // Re-put at half the shortest lifetime granted (young storers grant 60 s).
-                    let half = r.out.min_ttl.map_or(30, |t| (t / 2).max(30));
-                    o.next = now + Duration::from_secs(u64::from(half.min(3600)));
+                    // Re-put at half the shortest lifetime granted (young storers grant 60 s);
+                    // refused everywhere (e.g. a newer version exists): every 10 min.
+                    let wait = if r.out.stored == 0 && !r.out.refused.is_empty() {
+                        600
+                    } else {
+                        r.out.min_ttl.map_or(30, |t| (t / 2).max(30)).min(3600)
+                    };
+                    o.next = now + Duration::from_secs(u64::from(wait));
                 }
             }
             Purpose::MailPut {
@@ -1096,14 +1145,22 @@ impl DataShared {
 
     fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
         let half = min_ttl.map_or(30, |t| (t / 2).max(30)).min(3600);
-        lock(&self.state).owned.insert(
-            target,
-            Owned {
-                item,
-                ttl_s,
-                next: Instant::now() + Duration::from_secs(u64::from(half)),
-            },
-        );
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.len() >= MAX_OWNED && !st.owned.contains_key(&target) {
+                return;
+            }
+            st.owned.insert(
+                target,
+                Owned {
+                    item,
+                    ttl_s,
+                    next: Instant::now() + Duration::from_secs(u64::from(half)),
+                },
+            );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
     }
 
     /// The Ed25519 key that signs this node's mutable items (derived from the long-term secret).
@@ -1387,6 +1444,26 @@ mod tests {
         assert_eq!(s.quota_bytes, 1024);
         assert_eq!(s.max_items, 8192);
         assert!(StoreSettings::parse("[store]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
+    fn owned_items_round_trip() {
+        let now = Instant::now();
+        let item = Item::Immutable(b"mine".to_vec());
+        let t = item.implied_target().expect("target");
+        let mut owned = HashMap::new();
+        owned.insert(
+            t,
+            Owned {
+                item: item.clone(),
+                ttl_s: 7200,
+                next: now,
+            },
+        );
+        let back = decode_owned(&encode_owned(&owned), now).expect("decode");
+        let o = back.get(&t).expect("kept");
+        assert_eq!((&o.item, o.ttl_s), (&item, 7200));
+        assert!(decode_owned(b"junk", now).is_err());
     }
 
     #[test]
