@@ -10,7 +10,10 @@
 //!   as the first store-capable peer is known).
 //! * What the node holds for others is snapshotted to `<profile>/store.snap` (written at most
 //!   every [`SAVE_DEBOUNCE`] after a change, and on shutdown) and restored at start, bounded by
-//!   the `[store]` table of `<profile>/config.toml` ([`StoreSettings`]).
+//!   the `[store]` table of `<profile>/config.toml` ([`StoreSettings`]). Items this node put
+//!   itself (`ferry dht put`, names) are kept in `<profile>/owned.bin` and re-put while it runs
+//!   and after a restart; the store-capable peers of the last run (in `mail.json`) are probed
+//!   first at start.
 //!
 //! # Offline messages (`data-layer.md` §3.3)
 //!
