@@ -718,6 +718,100 @@ pub struct WalletDeposit {
     pub amount: String,
 }
 
+/// `GET /v1/store/status` (`ferry store status`): what this node holds for others in the DHT
+/// value store (issue 9; `data-layer.md` §3.1).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// Items held (mail envelopes included).
+    pub items: u64,
+    /// Bytes held (encoded items).
+    pub bytes: u64,
+    /// The configured quota (`[store] quota_bytes`), bytes.
+    pub quota_bytes: u64,
+    /// The configured item cap (`[store] max_items`).
+    pub max_items: u64,
+    /// Peers known to speak the store extension.
+    pub capable_nodes: u64,
+    /// Puts accepted since start.
+    pub puts_accepted: u64,
+    /// Puts refused since start.
+    pub puts_refused: u64,
+    /// Items evicted to make room since start.
+    pub evicted: u64,
+}
+
+/// `POST /v1/dht/put` (`ferry dht put VALUE [--salt S] [--seq N]`): store a value on the k = 8
+/// closest store-capable nodes. Without `salt` the item is immutable (target = its hash); with
+/// it, mutable (signed by this node's item key; target = hash(key ‖ salt)).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DhtPut {
+    /// The value, UTF-8 (≤ 1000 bytes).
+    pub value: String,
+    /// Salt of a mutable item (≤ 64 bytes).
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// Sequence number of a mutable item (default: Unix seconds now).
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+/// Result of [`DhtPut`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DhtPutResult {
+    /// The target, 64 hex digits (what `ferry dht get` takes).
+    pub target: String,
+    /// Nodes that acknowledged the put.
+    pub stored: u64,
+    /// The sequence number (mutable items).
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+/// `POST /v1/dht/get` (`ferry dht get TARGET`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DhtGet {
+    /// The target, 64 hex digits.
+    pub target: String,
+}
+
+/// Result of [`DhtGet`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DhtGetResult {
+    /// The target asked for.
+    pub target: String,
+    /// Whether a verified value was found.
+    pub found: bool,
+    /// `immutable`, `mutable`, `claimed` or empty.
+    pub kind: String,
+    /// The value as UTF-8 (lossy).
+    pub value: String,
+    /// The value, hex.
+    pub value_hex: String,
+    /// Sequence number (mutable and claimed items).
+    #[serde(default)]
+    pub seq: Option<u64>,
+}
+
+/// `POST /v1/names/register` and `/v1/names/resolve` (`ferry name register|resolve NAME`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameRequest {
+    /// The name (`a-z 0-9 . _ -`, 1–63 bytes; a leading `@` is ignored).
+    pub name: String,
+}
+
+/// A name and what it resolves to.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameInfo {
+    /// The normalized name.
+    pub name: String,
+    /// The owner's Tox ID (76 hex digits).
+    pub tox_id: String,
+    /// Fingerprint of the record's owner key (first 8 bytes, hex): tells look-alike names apart.
+    pub fingerprint: String,
+    /// When the record stops resolving unless renewed (Unix seconds).
+    pub expires_unix: u64,
+}
+
 /// One market contract in `GET /v1/contracts` (`ferry contracts`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MarketContract {
@@ -881,6 +975,26 @@ pub trait Backend: Send + Sync + 'static {
     fn earnings(&self) -> BoxFuture<'_, Result<Earnings, ApiError>> {
         unsupported()
     }
+    /// `GET /v1/store/status`.
+    fn store_status(&self) -> BoxFuture<'_, Result<StoreStatus, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/dht/put`.
+    fn dht_put(&self, _req: DhtPut) -> BoxFuture<'_, Result<DhtPutResult, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/dht/get`.
+    fn dht_get(&self, _req: DhtGet) -> BoxFuture<'_, Result<DhtGetResult, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/names/register`.
+    fn name_register(&self, _req: NameRequest) -> BoxFuture<'_, Result<NameInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/names/resolve`.
+    fn name_resolve(&self, _req: NameRequest) -> BoxFuture<'_, Result<NameInfo, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -939,6 +1053,11 @@ handler!(wallet, get, wallet, Wallet);
 handler!(wallet_deposit, post, wallet_deposit, WalletDeposit, Wallet);
 handler!(contracts, get, contracts, Vec<MarketContract>);
 handler!(earnings, get, earnings, Earnings);
+handler!(store_status, get, store_status, StoreStatus);
+handler!(dht_put, post, dht_put, DhtPut, DhtPutResult);
+handler!(dht_get, post, dht_get, DhtGet, DhtGetResult);
+handler!(name_register, post, name_register, NameRequest, NameInfo);
+handler!(name_resolve, post, name_resolve, NameRequest, NameInfo);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -975,6 +1094,11 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/wallet/deposit", post(wallet_deposit::<B>))
         .route("/v1/contracts", get(contracts::<B>))
         .route("/v1/earnings", get(earnings::<B>))
+        .route("/v1/store/status", get(store_status::<B>))
+        .route("/v1/dht/put", post(dht_put::<B>))
+        .route("/v1/dht/get", post(dht_get::<B>))
+        .route("/v1/names/register", post(name_register::<B>))
+        .route("/v1/names/resolve", post(name_resolve::<B>))
         .with_state(backend)
 }
 

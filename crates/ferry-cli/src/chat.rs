@@ -17,7 +17,8 @@ pub(crate) enum FriendCommand {
     /// Add a friend by Tox ID and send them a friend request.
     Add {
         /// Their Tox ID (76 hex digits), or the public key (64 hex digits) of a service node
-        /// (`ferry up --relay-node`/`--exit-node`), whose Tox ID follows from its key.
+        /// (`ferry up --relay-node`/`--exit-node`), whose Tox ID follows from its key, or
+        /// `@NAME`, a registered username (`ferry name resolve`).
         tox_id: String,
         /// Request message (default: "Hi, this is ferry. Let's be friends!").
         message: Option<String>,
@@ -170,8 +171,17 @@ pub(crate) async fn friend(client: &Client, cmd: FriendCommand) -> anyhow::Resul
             message,
             json,
         } => {
+            let mut tox_id = tox_id.trim().to_string();
+            if tox_id.starts_with('@') {
+                let info = crate::data::resolve(client, &tox_id).await?;
+                eprintln!(
+                    "@{} is {} (owner key fingerprint {})",
+                    info.name, info.tox_id, info.fingerprint
+                );
+                tox_id = info.tox_id;
+            }
             let req = AddFriend {
-                tox_id: tox_id.trim().to_string(),
+                tox_id,
                 message: message.unwrap_or_else(|| DEFAULT_REQUEST.into()),
             };
             let f: Friend = client.post("/v1/friends/add", &req).await?;

@@ -16,6 +16,7 @@ use ferry_daemon::up::{UpOptions, run_up};
 
 mod chain;
 mod chat;
+mod data;
 mod devnet_netns;
 mod files;
 mod market;
@@ -167,6 +168,16 @@ enum Command {
     Dht {
         #[command(subcommand)]
         command: DhtCommand,
+    },
+    /// The DHT value store this node hosts: `status`.
+    Store {
+        #[command(subcommand)]
+        command: data::StoreCommand,
+    },
+    /// Usernames: `register`, `resolve` (`ferry friend add @NAME` uses them).
+    Name {
+        #[command(subcommand)]
+        command: data::NameCommand,
     },
     /// Friends: add, requests, accept, reject, list, remove, custom packets.
     Friend {
@@ -345,6 +356,29 @@ enum DhtCommand {
     Bootstrap {
         /// IP:PORT:DHT_PUBLIC_KEY_HEX.
         node: BootstrapNode,
+    },
+    /// Store VALUE on the k = 8 closest store-capable nodes; prints its target. Immutable
+    /// (target = hash of the value) unless --salt makes it mutable (signed by this node).
+    Put {
+        /// The value (UTF-8, ≤ 1000 bytes).
+        value: String,
+        /// Mutable item salt (≤ 64 bytes).
+        #[arg(long)]
+        salt: Option<String>,
+        /// Mutable item sequence number (default: Unix seconds now); requires --salt.
+        #[arg(long, requires = "salt")]
+        seq: Option<u64>,
+        /// JSON: {"target", "stored", "seq"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the value stored at TARGET (64 hex digits, as `ferry dht put` printed it).
+    Get {
+        /// The target.
+        target: String,
+        /// JSON: {"target", "found", "kind", "value", "value_hex", "seq"}.
+        #[arg(long)]
+        json: bool,
     },
     /// Find the IP address of a DHT public key.
     Lookup {
@@ -539,7 +573,18 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Store { command } => data::store(&client(profile_dir), command).await?,
+        Command::Name { command } => data::name(&client(profile_dir), command).await?,
         Command::Dht { command } => match command {
+            DhtCommand::Put {
+                value,
+                salt,
+                seq,
+                json,
+            } => data::dht_put(&client(profile_dir), value, salt, seq, json).await?,
+            DhtCommand::Get { target, json } => {
+                data::dht_get(&client(profile_dir), target, json).await?;
+            }
             DhtCommand::Nodes { json } => {
                 let nodes: Vec<DhtNode> = client(profile_dir).get("/v1/dht/nodes").await?;
                 if json {

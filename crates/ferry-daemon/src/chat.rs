@@ -57,6 +57,8 @@ pub struct ChatShared {
     pub tunnel: crate::tunnel::TunnelShared,
     /// Service node: accept every friend request ([`crate::up::UpOptions::service`]).
     service: std::sync::atomic::AtomicBool,
+    /// The DHT value store, names and offline messages ([`crate::data`]), once started.
+    pub data: std::sync::OnceLock<Arc<crate::data::DataShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -109,6 +111,7 @@ impl ChatShared {
             files: Mutex::new(crate::files::FileState::default()),
             tunnel: crate::tunnel::TunnelShared::default(),
             service: std::sync::atomic::AtomicBool::new(false),
+            data: std::sync::OnceLock::new(),
         }))
     }
 
@@ -242,6 +245,79 @@ impl ChatShared {
     /// Resolves a friend as `ferry send` does (key, key prefix, name).
     pub(crate) fn resolve_friend(&self, friend: &str) -> Result<PublicKey, ApiError> {
         self.resolve(friend)
+    }
+
+    /// A friend request (from the onion, or from the request mailbox, [`crate::data`]):
+    /// accepted at once in service or auto-accept mode, else stored for `ferry friend requests`.
+    pub(crate) fn on_friend_request(
+        &self,
+        node: &mut Node,
+        now: Instant,
+        public_key: PublicKey,
+        message: &[u8],
+    ) {
+        let s = self;
+        let text = String::from_utf8_lossy(message).into_owned();
+        let auto = s.is_service() || s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
+        tracing::info!(from = %public_key, auto, "friend request");
+        if auto {
+            if node.add_friend_norequest(now, public_key).is_ok() {
+                let _ = s.store.put_friend(&FriendRecord {
+                    public_key: public_key.to_hex(),
+                    name: String::new(),
+                    status_message: String::new(),
+                    request: None,
+                    added_ms: now_ms(),
+                    last_seen_ms: 0,
+                });
+            }
+        } else if let Err(e) = s.store.put_request(&RequestRecord {
+            public_key: public_key.to_hex(),
+            message: text,
+            time_ms: now_ms(),
+        }) {
+            tracing::error!(error = %e, "storing friend request");
+        }
+    }
+
+    /// Our nospam now.
+    pub(crate) fn nospam(&self) -> u32 {
+        lock(&self.identity).nospam
+    }
+
+    /// Whether `pk` is a friend (or a pending outgoing request).
+    pub(crate) fn is_friend(&self, pk: &PublicKey) -> bool {
+        let hex = pk.to_hex();
+        self.store
+            .friends()
+            .is_ok_and(|fs| fs.iter().any(|f| f.public_key == hex))
+    }
+
+    /// Stores a message that arrived as offline mail ([`crate::data`]).
+    pub(crate) fn deliver_offline(&self, pk: &PublicKey, action: bool, text: &str, time_ms: u64) {
+        let rec = MessageRecord {
+            friend: pk.to_hex(),
+            direction: Direction::In,
+            kind: if action {
+                MessageKind::Action
+            } else {
+                MessageKind::Normal
+            },
+            text: text.to_string(),
+            time_ms,
+            delivered: true,
+        };
+        if let Err(e) = self.append(&rec) {
+            tracing::error!(error = %e.message, "storing offline message");
+        }
+    }
+
+    /// Marks outgoing history message `seq` delivered (an offline-mail receipt).
+    pub(crate) fn mark_delivered_seq(&self, seq: u64) {
+        if let Err(e) = self.store.mark_delivered(seq) {
+            tracing::error!(error = %e, "storing receipt");
+        }
+        self.changed.notify_waiters();
     }
 
     fn append(&self, m: &MessageRecord) -> Result<u64, ApiError> {
@@ -440,12 +516,20 @@ impl ChatShared {
                 public_key: id.public_key.to_hex(),
                 name: String::new(),
                 status_message: String::new(),
-                request: Some((id.nospam_value(), req.message)),
+                request: Some((id.nospam_value(), req.message.clone())),
                 added_ms: now_ms(),
                 last_seen_ms: 0,
             })
             .map_err(internal)?;
         let _ = self.store.take_request(&id.public_key);
+        if let Some(d) = self.data.get() {
+            // Also leave the request in the recipient's request mailbox, for when it is offline.
+            let (pk, nospam, msg) = (id.public_key, id.nospam_value(), req.message.into_bytes());
+            let d = Arc::clone(d);
+            let _ = node
+                .call(move |n, now| d.mail_request(n, now, pk, nospam, &msg))
+                .await;
+        }
         Ok(Self::friend_json(&id.public_key, true))
     }
 
@@ -580,13 +664,20 @@ impl ChatShared {
         let seq = self.append(&rec)?;
         let shared = Arc::clone(self);
         let (text, action) = (rec.text.clone(), kind == MessageKind::Action);
-        node.call(move |n, now| shared.send_now(n, now, pk, seq, action, &text))
-            .await
-            .map_err(stopped)?;
+        node.call(move |n, now| {
+            if !shared.send_now(n, now, pk, seq, action, &text)
+                && let Some(d) = shared.data.get()
+            {
+                d.mail_out(n, now, pk, seq, action, &text);
+            }
+        })
+        .await
+        .map_err(stopped)?;
         Ok(to_api(seq, rec))
     }
 
     /// Inside the node task: hand one stored message to the node, remembering its id.
+    /// Returns `false` when the friend is offline.
     fn send_now(
         &self,
         n: &mut Node,
@@ -595,14 +686,15 @@ impl ChatShared {
         seq: u64,
         action: bool,
         text: &str,
-    ) {
+    ) -> bool {
         match n.send_message(now, &pk, action, text) {
             Ok(id) => {
                 lock(&self.pending).insert((pk, id), seq);
             }
-            Err(NodeError::NotOnline) => {}
+            Err(NodeError::NotOnline) => return false,
             Err(e) => tracing::warn!(error = %e, "message queued"),
         }
+        true
     }
 
     /// `POST /v1/messages/list` (long-polls up to `wait_ms` while nothing matches).
@@ -695,30 +787,7 @@ impl EventHandler for ChatHandler {
             NodeEvent::FriendRequest {
                 public_key,
                 message,
-            } => {
-                let text = String::from_utf8_lossy(&message).into_owned();
-                let auto =
-                    s.is_service() || s.store.settings().map(|x| x.auto_accept).unwrap_or(false);
-                tracing::info!(from = %public_key, auto, "friend request");
-                if auto {
-                    if node.add_friend_norequest(now, public_key).is_ok() {
-                        let _ = s.store.put_friend(&FriendRecord {
-                            public_key: public_key.to_hex(),
-                            name: String::new(),
-                            status_message: String::new(),
-                            request: None,
-                            added_ms: now_ms(),
-                            last_seen_ms: 0,
-                        });
-                    }
-                } else if let Err(e) = s.store.put_request(&RequestRecord {
-                    public_key: public_key.to_hex(),
-                    message: text,
-                    time_ms: now_ms(),
-                }) {
-                    tracing::error!(error = %e, "storing friend request");
-                }
-            }
+            } => s.on_friend_request(node, now, public_key, &message),
             NodeEvent::FriendPath {
                 public_key,
                 connection,
@@ -753,7 +822,14 @@ impl EventHandler for ChatHandler {
                     s.files_friend_online(node, now, public_key);
                     let queued = s.store.undelivered().unwrap_or_default();
                     let hex = public_key.to_hex();
-                    for (seq, m) in queued.into_iter().filter(|(_, m)| m.friend == hex) {
+                    let data = s.data.get();
+                    if let Some(d) = data {
+                        d.friend_online(node, now, public_key);
+                    }
+                    // Mailed messages are resent by the data layer (exactly once).
+                    for (seq, m) in queued.into_iter().filter(|(seq, m)| {
+                        m.friend == hex && !data.is_some_and(|d| d.is_mailed(*seq))
+                    }) {
                         s.send_now(
                             node,
                             now,
@@ -844,6 +920,15 @@ impl EventHandler for ChatHandler {
             }
             NodeEvent::CustomPacket {
                 public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::data::MAIL_PACKET_ID) && s.data.get().is_some() => {
+                if let Some(d) = s.data.get() {
+                    d.on_control(s, node, now, public_key, &data);
+                }
+            }
+            NodeEvent::CustomPacket {
+                public_key,
                 lossless,
                 data,
             } => {
@@ -862,6 +947,11 @@ impl EventHandler for ChatHandler {
                     });
                 }
                 s.packets_changed.notify_waiters();
+            }
+            NodeEvent::ExtensionDatagram { from, data } => {
+                if let Some(d) = s.data.get() {
+                    d.on_datagram(s, node, now, from, &data);
+                }
             }
             NodeEvent::File(e) => s.on_file_event(node, now, e),
             NodeEvent::SelfConnection(c) => tracing::info!(connected = c, "onion connection"),

@@ -158,6 +158,14 @@ impl NodeBackend {
         self
     }
 
+    fn data(&self) -> Result<Arc<crate::data::DataShared>, ApiError> {
+        self.chat()?
+            .data
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("this node has no value store"))
+    }
+
     fn chat(&self) -> Result<&Arc<ChatShared>, ApiError> {
         self.chat
             .as_ref()
@@ -587,6 +595,41 @@ impl Backend for NodeBackend {
         })
     }
 
+    fn store_status(&self) -> BoxFuture<'_, Result<ferry_api::StoreStatus, ApiError>> {
+        Box::pin(async move { Ok(self.data()?.status()) })
+    }
+
+    fn dht_put(
+        &self,
+        req: ferry_api::DhtPut,
+    ) -> BoxFuture<'_, Result<ferry_api::DhtPutResult, ApiError>> {
+        Box::pin(async move { self.data()?.dht_put(&self.node, req).await })
+    }
+
+    fn dht_get(
+        &self,
+        req: ferry_api::DhtGet,
+    ) -> BoxFuture<'_, Result<ferry_api::DhtGetResult, ApiError>> {
+        Box::pin(async move { self.data()?.dht_get(&self.node, req).await })
+    }
+
+    fn name_register(
+        &self,
+        req: ferry_api::NameRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::NameInfo, ApiError>> {
+        Box::pin(async move {
+            let tox_id = self.identity.tox_id();
+            self.data()?.name_register(&self.node, tox_id, req).await
+        })
+    }
+
+    fn name_resolve(
+        &self,
+        req: ferry_api::NameRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::NameInfo, ApiError>> {
+        Box::pin(async move { self.data()?.name_resolve(&self.node, req).await })
+    }
+
     fn contracts(&self) -> BoxFuture<'_, Result<Vec<ferry_api::MarketContract>, ApiError>> {
         Box::pin(async move { self.chat()?.tunnel.market.contracts() })
     }
@@ -684,6 +727,15 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         Some(listeners)
     };
     let relay_secret = dht_keys.secret.clone();
+    let data = crate::data::DataShared::open(
+        profile_dir,
+        identity.long_term.clone(),
+        &dht_keys,
+        ferry_crypto::rng::FerryRng::from_seed(
+            ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
+        ),
+    )?;
+    let _ = chat.data.set(Arc::clone(&data));
     let (node, join) =
         spawn_node_with_dht_keys(udp, options, dht_keys, ChatHandler(Arc::clone(&chat)))
             .context("starting the node")?;
@@ -709,6 +761,12 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         }
     };
     chat.restore(&node).await?;
+    let data_timer = crate::data::spawn_timer(
+        Arc::clone(&data),
+        Arc::clone(&chat),
+        node.clone(),
+        identity.tox_id(),
+    );
     let market_task = crate::market::start(
         &chat.tunnel.market,
         market_config,
@@ -778,6 +836,14 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
             tokio::time::timeout(crate::market::SHUTDOWN_CLAIM_TIMEOUT, market.claim_all()).await;
         market.save();
     }
+    data_timer.abort();
+    {
+        let d = Arc::clone(&data);
+        let _ = node.call(move |n, _| d.goodbye(n)).await;
+        // Let the node task flush the goodbyes before it is told to stop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    data.save(true);
     if let Some((r, j)) = relay {
         r.shutdown().await;
         let _ = j.await;

@@ -253,7 +253,20 @@ pub enum NodeEvent {
         /// The packet.
         data: Vec<u8>,
     },
+    /// A UDP datagram of an extension kind ([`EXTENSION_KINDS`], 0xe0–0xe4: ferry's value
+    /// store, `data-layer.md` §3.1) that c-toxcore does not use; the owner handles it and
+    /// answers with [`Node::send_extension_datagram`].
+    ExtensionDatagram {
+        /// The sender's address (normalized).
+        from: SocketAddr,
+        /// The whole datagram, kind byte first.
+        data: Vec<u8>,
+    },
 }
+
+/// Datagram kinds handed to the owner as [`NodeEvent::ExtensionDatagram`] (0xe0–0xe4, unused by
+/// c-toxcore 0.2.18, which drops them).
+pub const EXTENSION_KINDS: std::ops::RangeInclusive<u8> = 0xe0..=0xe4;
 
 /// A friend as [`Node::friends`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -936,6 +949,21 @@ impl Node {
         self.events_dropped
     }
 
+    /// Queues an extension datagram (first byte in [`EXTENSION_KINDS`]) to `to` over UDP;
+    /// returns `false` (dropped) for another kind or when the outgoing queue is full (4096).
+    pub fn send_extension_datagram(&mut self, to: SocketAddr, payload: Vec<u8>) -> bool {
+        if !payload.first().is_some_and(|k| EXTENSION_KINDS.contains(k))
+            || self.dp_out.len() >= MAX_DATAPLANE_QUEUE
+        {
+            return false;
+        }
+        self.dp_out.push_back(Transmit {
+            destination: Destination::Addr(to),
+            payload,
+        });
+        true
+    }
+
     /// The next event, if any. Drain after every input.
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()
@@ -1468,6 +1496,10 @@ impl Endpoint for Node {
             }
             Some(0x80..=0x8e) => self.onion.handle_packet(now, from, bytes, &mut self.dht),
             Some(&dataplane::TRANSPORT_KIND) => self.on_dataplane(now, bytes),
+            Some(k) if EXTENSION_KINDS.contains(k) => self.emit(NodeEvent::ExtensionDatagram {
+                from,
+                data: bytes.to_vec(),
+            }),
             _ => self.dht.handle_datagram(now, from, bytes),
         }
         self.pump(now);
@@ -1540,5 +1572,40 @@ impl Endpoint for Node {
             t = t.min(x);
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod extension_tests {
+    use super::*;
+    use crate::Endpoint;
+
+    /// Datagrams 0xe0–0xe4 reach the owner as events; it answers through the node's UDP queue;
+    /// other kinds cannot be sent that way.
+    #[test]
+    fn extension_datagrams_go_to_the_owner_and_back() {
+        #[allow(clippy::disallowed_methods)] // a test clock origin
+        let now = Instant::now();
+        let mut rng = FerryRng::from_u64(3);
+        let real = KeyPair::generate(&mut rng);
+        let dht = KeyPair::generate(&mut rng);
+        let mut n = Node::new(NodeConfig::default(), real, dht, 1, rng.fork(), now);
+        while n.poll_event().is_some() {}
+        let from: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        n.handle_datagram(now, from, &[0xe1, 1, 2, 3]);
+        let mut got = None;
+        while let Some(e) = n.poll_event() {
+            if let NodeEvent::ExtensionDatagram { from: f, data } = e {
+                got = Some((f, data));
+            }
+        }
+        assert_eq!(got, Some((from, vec![0xe1, 1, 2, 3])));
+        while n.poll_transmit().is_some() {}
+        assert!(!n.send_extension_datagram(from, vec![0x02, 0]));
+        assert!(!n.send_extension_datagram(from, Vec::new()));
+        assert!(n.send_extension_datagram(from, vec![0xe2, 9]));
+        let t = n.poll_transmit().expect("queued");
+        assert_eq!(t.destination, Destination::Addr(from));
+        assert_eq!(t.payload, vec![0xe2, 9]);
     }
 }
