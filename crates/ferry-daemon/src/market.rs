@@ -15,8 +15,8 @@
 //!   the server claims the newest voucher ([`Market::claim_all`], every [`CLAIM_INTERVAL`]).
 //! - **Backend**: [`Ledger`] is the seam (an enum, because [`PaymentBackend`]'s methods return
 //!   `impl Future` and are not object safe): `embedded` is [`EmbeddedEvm`] with the ledger file
-//!   `<profile>/market/ledger.json`; `json-rpc` is one more variant and one more arm in
-//!   `ledger_call!` once `JsonRpcEvm` lands.
+//!   `<profile>/market/ledger.json`; `json-rpc` is [`JsonRpcEvm`] at `rpc_url` (e.g. one
+//!   `ferry chain serve` shared by several processes, or Hardhat).
 //! - **Persistence**: the server's accounts ([`Server::snapshot`]) and the claimed totals go to
 //!   `<profile>/market/server.json` every [`SAVE_INTERVAL`] and on shutdown.
 //! - **Priority** (`ferry_market::priority`, not wired): the daemon has no per-packet queue of
@@ -47,7 +47,7 @@ use ferry_market::{
 };
 use ferry_pay::{
     AccountKey, Address, B256, BackendInfo, ChannelState, DevChain, EmbeddedConfig, EmbeddedEvm,
-    PayError, PaymentBackend, U256, Voucher,
+    JsonRpcEvm, PayError, PaymentBackend, U256, Voucher,
 };
 use serde::{Deserialize, Serialize};
 
@@ -127,6 +127,9 @@ pub struct MarketConfig {
     pub rpc_url: String,
     /// EVM chain id (default 1717924466 = 0x66657272, the embedded chain's; Hardhat: 31337).
     pub chain_id: u64,
+    /// `backend = "json-rpc"`: address of the deployed `UniChannels` contract, `0x…` (default:
+    /// none, ask the endpoint with `ferry_hub`, which `ferry chain serve` answers).
+    pub hub: Option<String>,
 }
 
 impl Default for MarketConfig {
@@ -145,6 +148,7 @@ impl Default for MarketConfig {
             backend: BackendChoice::Embedded,
             rpc_url: "http://127.0.0.1:8545".into(),
             chain_id: ferry_pay::DEFAULT_CHAIN_ID,
+            hub: None,
         }
     }
 }
@@ -174,6 +178,8 @@ pub struct MarketFlags {
     pub rpc_url: Option<String>,
     /// `--chain-id`.
     pub chain_id: Option<u64>,
+    /// `--hub`.
+    pub hub: Option<String>,
 }
 
 impl MarketConfig {
@@ -226,6 +232,9 @@ impl MarketConfig {
             rpc_url,
             chain_id
         );
+        if f.hub.is_some() {
+            self.hub.clone_from(&f.hub);
+        }
     }
 
     /// The server's terms ([`ServerConfig`]) with these settings and `settlement`.
@@ -258,27 +267,29 @@ impl MarketConfig {
 pub enum Ledger {
     /// [`EmbeddedEvm`] (shared, so tests can run two endpoints on one ledger).
     Embedded(Arc<EmbeddedEvm>),
+    /// [`JsonRpcEvm`]: `ferry chain serve`, Hardhat, anvil or a real EVM chain (one instance per
+    /// process: it sends this node's transactions one at a time).
+    JsonRpc(Arc<JsonRpcEvm>),
 }
 
 macro_rules! ledger_call {
     ($self:expr, $b:ident => $e:expr) => {
         match $self {
             Ledger::Embedded($b) => $e,
+            Ledger::JsonRpc($b) => $e,
         }
     };
 }
 
 impl Ledger {
-    /// Opens the backend `config` names; the embedded ledger lives in `<dir>/ledger.json`.
-    ///
-    /// Adding the JSON-RPC backend (`ferry_pay::JsonRpcEvm`, branch `chain`) takes: a variant
-    /// `JsonRpc(Arc<JsonRpcEvm>)`, its arm in `ledger_call!` and in
-    /// [`Ledger::dev_fund_if_empty`] (do nothing: `ferry chain fund` funds accounts), and here
-    /// `Self::JsonRpc(Arc::new(JsonRpcEvm::connect(&config.rpc_url, Some(config.chain_id),
-    /// None, None).await?))` (the hub from `ferry_hub` of `ferry chain serve`).
+    /// Opens the backend `config` names: `embedded` keeps its ledger in `<dir>/ledger.json`;
+    /// `json-rpc` connects to `config.rpc_url`, checks that its chain id is `config.chain_id`
+    /// and takes the channel contract from `config.hub` (checked to hold code) or, without
+    /// one, from the endpoint's `ferry_hub` (`ferry chain serve`).
     ///
     /// # Errors
-    /// The ledger file is unreadable, or the backend is not available in this build.
+    /// The ledger file is unreadable; the endpoint is unreachable, on another chain, has no
+    /// contract at `hub`, or cannot name its hub. The message says which and what to set.
     pub async fn open(config: &MarketConfig, dir: &Path) -> anyhow::Result<Self> {
         match config.backend {
             BackendChoice::Embedded => {
@@ -291,10 +302,7 @@ impl Ledger {
                 )?;
                 Ok(Self::Embedded(Arc::new(evm)))
             }
-            BackendChoice::JsonRpc => Err(anyhow::anyhow!(
-                "market backend json-rpc ({}) is not wired into the daemon yet; use embedded",
-                config.rpc_url
-            )),
+            BackendChoice::JsonRpc => Ok(Self::JsonRpc(Arc::new(connect_rpc(config).await?))),
         }
     }
 
@@ -364,8 +372,40 @@ impl Ledger {
                     b.fund(who, U256::from(DEV_FUNDS));
                 }
             }
+            // Accounts on a JSON-RPC chain are funded by their owner (`ferry chain fund`).
+            Self::JsonRpc(_) => {}
         }
     }
+}
+
+/// [`JsonRpcEvm::connect`] with the `[market]` settings and errors that say what to fix.
+async fn connect_rpc(config: &MarketConfig) -> anyhow::Result<JsonRpcEvm> {
+    let url = config.rpc_url.as_str();
+    let hub = match config.hub.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(h) => Some(h.parse::<Address>().map_err(|e| {
+            anyhow::anyhow!("market: hub {h:?} is not a 0x-prefixed 20-byte address: {e}")
+        })?),
+    };
+    JsonRpcEvm::connect(url, Some(config.chain_id), hub, None)
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                PayError::Rpc(m) if m.contains("connect") || m.contains("timed out") => {
+                    " (is the endpoint up? start one with `ferry chain serve`, or set rpc_url / \
+                     --rpc-url)"
+                }
+                PayError::Rpc(m) if m.contains("chain id") => {
+                    " (set chain_id / --chain-id to the endpoint's chain)"
+                }
+                PayError::Rpc(m) if m.contains("ferry_hub") || m.contains("-32601") => {
+                    " (this endpoint is not `ferry chain serve`: set hub / --hub to the deployed \
+                     UniChannels address)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("market backend json-rpc at {url}: {e}{hint}")
+        })
 }
 
 /// Checks vouchers with `ferry-pay`'s [`Voucher::signer`] for one chain and hub.
