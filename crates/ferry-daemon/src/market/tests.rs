@@ -55,12 +55,26 @@ impl Two {
             ledger.fund(AccountKey::from_seed(s).address(), U256::from(DEV_FUNDS));
         }
         let l = Ledger::Embedded(ledger);
-        Self::with_ledgers(cfg, l.clone(), l.clone(), l).await
+        Self::with_ledgers(
+            cfg,
+            ferry_pay::DEFAULT_START_TIME + 1000,
+            l.clone(),
+            l.clone(),
+            l,
+        )
+        .await
     }
 
     /// Server and client on their own ledger handles (accounts funded already); `view` is what
     /// the test checks balances on.
-    async fn with_ledgers(cfg: MarketConfig, view: Ledger, server: Ledger, client: Ledger) -> Self {
+    /// `now`: the start time (unix s; a chain with a wall clock needs the real one).
+    async fn with_ledgers(
+        cfg: MarketConfig,
+        now: u64,
+        view: Ledger,
+        server: Ledger,
+        client: Ledger,
+    ) -> Self {
         let ledger = view;
         let (ss, cs) = (SERVER_SECRET, CLIENT_SECRET);
         let server_ledger = server;
@@ -70,7 +84,7 @@ impl Two {
         let client = Market::default();
         client.start(MarketCore::new(cfg, &cs, false, client_ledger), None);
         let mut t = Self {
-            now: ferry_pay::DEFAULT_START_TIME + 1000,
+            now,
             ledger,
             server,
             client,
@@ -279,7 +293,67 @@ fn rpc_config(url: &str, chain_id: u64) -> MarketConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negotiate_meter_pay_and_claim_over_json_rpc() {
     let (url, chain_id) = chain_server().await;
-    let cfg = rpc_config(&url, chain_id);
+    pay_and_claim_over_rpc(
+        rpc_config(&url, chain_id),
+        ferry_pay::DEFAULT_START_TIME + 1000,
+    )
+    .await;
+}
+
+/// The same on the Hardhat node of `FERRY_HARDHAT_URL` (CI: `.ci/run`; chain id 31337, the
+/// contract deployed by a funded dev key, the wall clock as chain time). Skipped with a printed
+/// reason when the variable is unset, failed when `FERRY_REQUIRE_HARDHAT=1` asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_meter_pay_and_claim_on_hardhat() {
+    let Ok(url) = std::env::var("FERRY_HARDHAT_URL") else {
+        assert_ne!(
+            std::env::var("FERRY_REQUIRE_HARDHAT").as_deref(),
+            Ok("1"),
+            "FERRY_REQUIRE_HARDHAT=1 but FERRY_HARDHAT_URL is unset"
+        );
+        eprintln!("SKIP negotiate_meter_pay_and_claim_on_hardhat: FERRY_HARDHAT_URL unset");
+        return;
+    };
+    // A fresh deployer (funded with `hardhat_setBalance`) deploys a fresh hub for this run.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = [0x5au8; 32];
+    seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    let deployer = AccountKey::from_seed(&seed);
+    hardhat_set_balance(&url, deployer.address(), U256::from(DEV_FUNDS)).await;
+    let d = JsonRpcEvm::connect(&url, None, None, Some(&deployer))
+        .await
+        .expect("connect to hardhat and deploy UniChannels");
+    let mut cfg = rpc_config(&url, d.chain_id());
+    cfg.hub = Some(format!("{:#x}", d.hub()));
+    pay_and_claim_over_rpc(cfg, unix_now()).await;
+}
+
+/// `hardhat_setBalance` as a bare HTTP/1.1 request (before any [`JsonRpcEvm`] can connect:
+/// without a hub it needs a funded deployer).
+async fn hardhat_set_balance(url: &str, who: Address, amount: U256) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "hardhat_setBalance",
+        "params": [who, format!("{amount:#x}")]})
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(hostport)
+        .await
+        .expect("connect to hardhat");
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.expect("read");
+    assert!(resp.contains("\"result\""), "hardhat_setBalance: {resp}");
+}
+
+async fn pay_and_claim_over_rpc(cfg: MarketConfig, now: u64) {
     let dir = tempfile::tempdir().expect("tmp");
     let open = || Ledger::open(&cfg, dir.path());
     let (view, sl, cl) = (
@@ -300,7 +374,7 @@ async fn negotiate_meter_pay_and_claim_over_json_rpc() {
             .expect("fund");
     }
     let price = u128::from(cfg.price_per_kib);
-    let mut t = Two::with_ledgers(cfg, view.clone(), sl.clone(), cl).await;
+    let mut t = Two::with_ledgers(cfg, now, view.clone(), sl.clone(), cl).await;
     let mut total = 0u64;
     for i in 0..200 {
         let len = [40usize, 300, 1400, 1500][i % 4];
