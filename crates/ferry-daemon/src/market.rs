@@ -865,6 +865,9 @@ fn snake(debug: &str) -> String {
 pub struct Market {
     inner: Arc<Mutex<Option<MarketCore>>>,
     dir: Arc<Mutex<Option<PathBuf>>>,
+    /// Wakes the driver before its next [`TICK`] when ledger work is queued (opening or
+    /// checking a channel gates traffic until done: every tick of delay is dropped packets).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Market {
@@ -895,7 +898,17 @@ impl Market {
 
     /// A market packet from `from` (node task).
     pub fn on_packet(&self, from: &PublicKey, data: &[u8]) {
-        self.with(|c| c.on_packet(unix_now(), from.0, data));
+        self.with(|c| {
+            c.on_packet(unix_now(), from.0, data);
+            self.wake_if_work(c);
+        });
+    }
+
+    /// Wakes the driver if the core queued ledger work.
+    fn wake_if_work(&self, c: &MarketCore) {
+        if !c.tasks.is_empty() {
+            self.wake.notify_one();
+        }
     }
 
     /// A friend's session came up or went down (node task).
@@ -914,14 +927,29 @@ impl Market {
         let Some(dest) = packet_dest(pkt) else {
             return true;
         };
-        self.with(|c| c.server_forward(unix_now(), from.0, dest, pkt.len() as u32))
-            .unwrap_or(true)
+        self.with(|c| {
+            let ok = c.server_forward(unix_now(), from.0, dest, pkt.len() as u32);
+            // Gated with messages queued (a proposal, `PaymentRequired`): send them now.
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
     }
 
     /// Forwarding-path hook of a client: `pkt` went to paid `server`.
     pub fn client_sent(&self, server: &PublicKey, pkt: &[u8]) {
         if let Some(dest) = packet_dest(pkt) {
-            self.with(|c| c.client_sent(unix_now(), server.0, dest, pkt.len() as u32));
+            self.with(|c| {
+                c.client_sent(unix_now(), server.0, dest, pkt.len() as u32);
+                // The client queues only negotiation here (binding, quote, renewal): send it now.
+                if !c.out.is_empty() {
+                    self.wake.notify_one();
+                }
+                self.wake_if_work(c);
+            });
         }
     }
 
@@ -1332,7 +1360,10 @@ pub async fn start_with_ledger(
         let mut last_claim = std::time::Instant::now();
         let mut last_save = std::time::Instant::now();
         loop {
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = m.wake.notified() => {}
+            }
             let out = m.step(unix_now()).await;
             let m2 = m.clone();
             let sent = node
