@@ -65,8 +65,13 @@ pub const SHUTDOWN_CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a binding is valid, s; re-sent to every peer at half that.
 pub const BINDING_TTL_S: u64 = 86_400;
-/// Receipts go out every this many bytes delivered (or every second).
-pub const RECEIPT_EVERY_BYTES: u64 = 16 * 1024;
+/// Receipts go out every this many bytes delivered (or every second). Each costs an Ed25519
+/// signature and a strict verification; at 16 KiB they cost more CPU than the tunnel's own
+/// encryption (`bench/paid.sh`).
+pub const RECEIPT_EVERY_BYTES: u64 = 256 * 1024;
+/// Vouchers go out every this many KiB receipted (or on a timer): each costs a secp256k1
+/// signature and a public-key recovery.
+pub const VOUCHER_KIB: u64 = 512;
 /// What the embedded dev chain credits a fresh account with, wei (1 ETH; dev ledgers only).
 pub const DEV_FUNDS: u128 = 1_000_000_000_000_000_000;
 /// How much longer than the contract that asks for it a channel is opened for, s.
@@ -257,6 +262,7 @@ impl MarketConfig {
             max_price_per_kib: u128::from(self.max_price_per_kib),
             data_renewal_kib: self.data_renewal_kib,
             time_renewal_s: self.time_renewal_s,
+            voucher_kib: VOUCHER_KIB,
             ..ClientConfig::default()
         }
     }
