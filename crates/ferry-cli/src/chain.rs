@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use ferry_pay::rpc_server::{ChainServer, DEFAULT_LISTEN};
-use ferry_pay::{Address, EmbeddedConfig, EmbeddedEvm, JsonRpcEvm, PaymentBackend, U256};
+use ferry_pay::{Address, B256, EmbeddedConfig, EmbeddedEvm, JsonRpcEvm, PaymentBackend, U256};
 
 /// `ferry chain ...`.
 #[derive(Subcommand, Debug)]
@@ -41,6 +41,33 @@ pub(crate) enum ChainCommand {
         #[arg(long, env = "FERRY_RPC_URL", default_value = "http://127.0.0.1:8545")]
         rpc_url: String,
         /// Print {"address", "funded", "balance"} (wei as decimal strings).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Balance of ADDRESS on the chain, wei.
+    Balance {
+        /// 0x-prefixed 20-byte address.
+        address: Address,
+        /// JSON-RPC endpoint.
+        #[arg(long, env = "FERRY_RPC_URL", default_value = "http://127.0.0.1:8545")]
+        rpc_url: String,
+        /// Print {"address", "balance"} (wei as a decimal string).
+        #[arg(long)]
+        json: bool,
+    },
+    /// State of payment channel ID in the endpoint's UniChannels contract (`ferry_hub`, or
+    /// `--hub`).
+    Channel {
+        /// 0x-prefixed 32-byte channel id (as `ferry wallet` shows it).
+        id: B256,
+        /// JSON-RPC endpoint.
+        #[arg(long, env = "FERRY_RPC_URL", default_value = "http://127.0.0.1:8545")]
+        rpc_url: String,
+        /// UniChannels address (default: ask the endpoint with `ferry_hub`).
+        #[arg(long, value_name = "0xADDRESS")]
+        hub: Option<Address>,
+        /// Print {"channel_id", "sender", "receiver", "deposit", "claimed", "expiry", "closed"}
+        /// (wei as decimal strings; null when there is no such channel).
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +148,51 @@ pub(crate) async fn run(command: ChainCommand) -> anyhow::Result<()> {
                 );
             } else {
                 println!("{address}: +{wei} wei, balance {balance} wei");
+            }
+        }
+        ChainCommand::Balance {
+            address,
+            rpc_url,
+            json,
+        } => {
+            let chain = JsonRpcEvm::connect(&rpc_url, None, None, None)
+                .await
+                .with_context(|| format!("connect to {rpc_url}"))?;
+            let balance = chain.balance(address).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"address": address, "balance": balance.to_string()})
+                );
+            } else {
+                println!("{balance}");
+            }
+        }
+        ChainCommand::Channel {
+            id,
+            rpc_url,
+            hub,
+            json,
+        } => {
+            let chain = JsonRpcEvm::connect(&rpc_url, None, hub, None)
+                .await
+                .with_context(|| format!("connect to {rpc_url}"))?;
+            let st = chain.channel(id).await?;
+            let v = st.map(|c| {
+                serde_json::json!({
+                    "channel_id": id,
+                    "sender": c.sender,
+                    "receiver": c.receiver,
+                    "deposit": c.deposit.to_string(),
+                    "claimed": c.claimed.to_string(),
+                    "expiry": c.expiry,
+                    "closed": c.closed,
+                })
+            });
+            match (json, v) {
+                (true, v) => println!("{}", v.unwrap_or(serde_json::Value::Null)),
+                (false, Some(v)) => println!("{v:#}"),
+                (false, None) => anyhow::bail!("no channel {id}"),
             }
         }
     }

@@ -49,6 +49,7 @@ enum RelayCommand {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once; `Up` carries every daemon flag
 enum Command {
     /// Create a profile (long-term key pair and nospam) and print its Tox ID.
     Init {

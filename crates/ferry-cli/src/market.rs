@@ -42,6 +42,10 @@ pub(crate) struct MarketArgs {
     /// EVM chain id (default 1717924466, the embedded chain's; Hardhat: 31337).
     #[arg(long, value_name = "N")]
     pub(crate) chain_id: Option<u64>,
+    /// UniChannels contract address on the JSON-RPC chain (default: ask the endpoint,
+    /// `ferry chain serve` names its own).
+    #[arg(long, value_name = "0xADDRESS")]
+    pub(crate) hub: Option<String>,
 }
 
 impl MarketArgs {
@@ -59,6 +63,7 @@ impl MarketArgs {
             backend: self.market_backend,
             rpc_url: self.rpc_url,
             chain_id: self.chain_id,
+            hub: self.hub,
         }
     }
 }

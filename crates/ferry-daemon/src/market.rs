@@ -15,8 +15,8 @@
 //!   the server claims the newest voucher ([`Market::claim_all`], every [`CLAIM_INTERVAL`]).
 //! - **Backend**: [`Ledger`] is the seam (an enum, because [`PaymentBackend`]'s methods return
 //!   `impl Future` and are not object safe): `embedded` is [`EmbeddedEvm`] with the ledger file
-//!   `<profile>/market/ledger.json`; `json-rpc` is one more variant and one more arm in
-//!   `ledger_call!` once `JsonRpcEvm` lands.
+//!   `<profile>/market/ledger.json`; `json-rpc` is [`JsonRpcEvm`] at `rpc_url` (e.g. one
+//!   `ferry chain serve` shared by several processes, or Hardhat).
 //! - **Persistence**: the server's accounts ([`Server::snapshot`]) and the claimed totals go to
 //!   `<profile>/market/server.json` every [`SAVE_INTERVAL`] and on shutdown.
 //! - **Priority** (`ferry_market::priority`, not wired): the daemon has no per-packet queue of
@@ -47,7 +47,7 @@ use ferry_market::{
 };
 use ferry_pay::{
     AccountKey, Address, B256, BackendInfo, ChannelState, DevChain, EmbeddedConfig, EmbeddedEvm,
-    PayError, PaymentBackend, U256, Voucher,
+    JsonRpcEvm, PayError, PaymentBackend, U256, Voucher,
 };
 use serde::{Deserialize, Serialize};
 
@@ -65,8 +65,13 @@ pub const SHUTDOWN_CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a binding is valid, s; re-sent to every peer at half that.
 pub const BINDING_TTL_S: u64 = 86_400;
-/// Receipts go out every this many bytes delivered (or every second).
-pub const RECEIPT_EVERY_BYTES: u64 = 16 * 1024;
+/// Receipts go out every this many bytes delivered (or every second). Each costs an Ed25519
+/// signature and a strict verification; at 16 KiB they cost more CPU than the tunnel's own
+/// encryption (`bench/paid.sh`).
+pub const RECEIPT_EVERY_BYTES: u64 = 256 * 1024;
+/// Vouchers go out every this many KiB receipted (or on a timer): each costs a secp256k1
+/// signature and a public-key recovery.
+pub const VOUCHER_KIB: u64 = 512;
 /// What the embedded dev chain credits a fresh account with, wei (1 ETH; dev ledgers only).
 pub const DEV_FUNDS: u128 = 1_000_000_000_000_000_000;
 /// How much longer than the contract that asks for it a channel is opened for, s.
@@ -127,6 +132,9 @@ pub struct MarketConfig {
     pub rpc_url: String,
     /// EVM chain id (default 1717924466 = 0x66657272, the embedded chain's; Hardhat: 31337).
     pub chain_id: u64,
+    /// `backend = "json-rpc"`: address of the deployed `UniChannels` contract, `0x…` (default:
+    /// none, ask the endpoint with `ferry_hub`, which `ferry chain serve` answers).
+    pub hub: Option<String>,
 }
 
 impl Default for MarketConfig {
@@ -145,6 +153,7 @@ impl Default for MarketConfig {
             backend: BackendChoice::Embedded,
             rpc_url: "http://127.0.0.1:8545".into(),
             chain_id: ferry_pay::DEFAULT_CHAIN_ID,
+            hub: None,
         }
     }
 }
@@ -174,6 +183,8 @@ pub struct MarketFlags {
     pub rpc_url: Option<String>,
     /// `--chain-id`.
     pub chain_id: Option<u64>,
+    /// `--hub`.
+    pub hub: Option<String>,
 }
 
 impl MarketConfig {
@@ -226,6 +237,9 @@ impl MarketConfig {
             rpc_url,
             chain_id
         );
+        if f.hub.is_some() {
+            self.hub.clone_from(&f.hub);
+        }
     }
 
     /// The server's terms ([`ServerConfig`]) with these settings and `settlement`.
@@ -248,6 +262,7 @@ impl MarketConfig {
             max_price_per_kib: u128::from(self.max_price_per_kib),
             data_renewal_kib: self.data_renewal_kib,
             time_renewal_s: self.time_renewal_s,
+            voucher_kib: VOUCHER_KIB,
             ..ClientConfig::default()
         }
     }
@@ -258,27 +273,29 @@ impl MarketConfig {
 pub enum Ledger {
     /// [`EmbeddedEvm`] (shared, so tests can run two endpoints on one ledger).
     Embedded(Arc<EmbeddedEvm>),
+    /// [`JsonRpcEvm`]: `ferry chain serve`, Hardhat, anvil or a real EVM chain (one instance per
+    /// process: it sends this node's transactions one at a time).
+    JsonRpc(Arc<JsonRpcEvm>),
 }
 
 macro_rules! ledger_call {
     ($self:expr, $b:ident => $e:expr) => {
         match $self {
             Ledger::Embedded($b) => $e,
+            Ledger::JsonRpc($b) => $e,
         }
     };
 }
 
 impl Ledger {
-    /// Opens the backend `config` names; the embedded ledger lives in `<dir>/ledger.json`.
-    ///
-    /// Adding the JSON-RPC backend (`ferry_pay::JsonRpcEvm`, branch `chain`) takes: a variant
-    /// `JsonRpc(Arc<JsonRpcEvm>)`, its arm in `ledger_call!` and in
-    /// [`Ledger::dev_fund_if_empty`] (do nothing: `ferry chain fund` funds accounts), and here
-    /// `Self::JsonRpc(Arc::new(JsonRpcEvm::connect(&config.rpc_url, Some(config.chain_id),
-    /// None, None).await?))` (the hub from `ferry_hub` of `ferry chain serve`).
+    /// Opens the backend `config` names: `embedded` keeps its ledger in `<dir>/ledger.json`;
+    /// `json-rpc` connects to `config.rpc_url`, checks that its chain id is `config.chain_id`
+    /// and takes the channel contract from `config.hub` (checked to hold code) or, without
+    /// one, from the endpoint's `ferry_hub` (`ferry chain serve`).
     ///
     /// # Errors
-    /// The ledger file is unreadable, or the backend is not available in this build.
+    /// The ledger file is unreadable; the endpoint is unreachable, on another chain, has no
+    /// contract at `hub`, or cannot name its hub. The message says which and what to set.
     pub async fn open(config: &MarketConfig, dir: &Path) -> anyhow::Result<Self> {
         match config.backend {
             BackendChoice::Embedded => {
@@ -291,10 +308,7 @@ impl Ledger {
                 )?;
                 Ok(Self::Embedded(Arc::new(evm)))
             }
-            BackendChoice::JsonRpc => Err(anyhow::anyhow!(
-                "market backend json-rpc ({}) is not wired into the daemon yet; use embedded",
-                config.rpc_url
-            )),
+            BackendChoice::JsonRpc => Ok(Self::JsonRpc(Arc::new(connect_rpc(config).await?))),
         }
     }
 
@@ -364,8 +378,40 @@ impl Ledger {
                     b.fund(who, U256::from(DEV_FUNDS));
                 }
             }
+            // Accounts on a JSON-RPC chain are funded by their owner (`ferry chain fund`).
+            Self::JsonRpc(_) => {}
         }
     }
+}
+
+/// [`JsonRpcEvm::connect`] with the `[market]` settings and errors that say what to fix.
+async fn connect_rpc(config: &MarketConfig) -> anyhow::Result<JsonRpcEvm> {
+    let url = config.rpc_url.as_str();
+    let hub = match config.hub.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(h) => Some(h.parse::<Address>().map_err(|e| {
+            anyhow::anyhow!("market: hub {h:?} is not a 0x-prefixed 20-byte address: {e}")
+        })?),
+    };
+    JsonRpcEvm::connect(url, Some(config.chain_id), hub, None)
+        .await
+        .map_err(|e| {
+            let hint = match &e {
+                PayError::Rpc(m) if m.contains("connect") || m.contains("timed out") => {
+                    " (is the endpoint up? start one with `ferry chain serve`, or set rpc_url / \
+                     --rpc-url)"
+                }
+                PayError::Rpc(m) if m.contains("chain id") => {
+                    " (set chain_id / --chain-id to the endpoint's chain)"
+                }
+                PayError::Rpc(m) if m.contains("ferry_hub") || m.contains("-32601") => {
+                    " (this endpoint is not `ferry chain serve`: set hub / --hub to the deployed \
+                     UniChannels address)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("market backend json-rpc at {url}: {e}{hint}")
+        })
 }
 
 /// Checks vouchers with `ferry-pay`'s [`Voucher::signer`] for one chain and hub.
@@ -825,6 +871,9 @@ fn snake(debug: &str) -> String {
 pub struct Market {
     inner: Arc<Mutex<Option<MarketCore>>>,
     dir: Arc<Mutex<Option<PathBuf>>>,
+    /// Wakes the driver before its next [`TICK`] when ledger work is queued (opening or
+    /// checking a channel gates traffic until done: every tick of delay is dropped packets).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Market {
@@ -855,7 +904,17 @@ impl Market {
 
     /// A market packet from `from` (node task).
     pub fn on_packet(&self, from: &PublicKey, data: &[u8]) {
-        self.with(|c| c.on_packet(unix_now(), from.0, data));
+        self.with(|c| {
+            c.on_packet(unix_now(), from.0, data);
+            self.wake_if_work(c);
+        });
+    }
+
+    /// Wakes the driver if the core queued ledger work.
+    fn wake_if_work(&self, c: &MarketCore) {
+        if !c.tasks.is_empty() {
+            self.wake.notify_one();
+        }
     }
 
     /// A friend's session came up or went down (node task).
@@ -874,14 +933,29 @@ impl Market {
         let Some(dest) = packet_dest(pkt) else {
             return true;
         };
-        self.with(|c| c.server_forward(unix_now(), from.0, dest, pkt.len() as u32))
-            .unwrap_or(true)
+        self.with(|c| {
+            let ok = c.server_forward(unix_now(), from.0, dest, pkt.len() as u32);
+            // Gated with messages queued (a proposal, `PaymentRequired`): send them now.
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
     }
 
     /// Forwarding-path hook of a client: `pkt` went to paid `server`.
     pub fn client_sent(&self, server: &PublicKey, pkt: &[u8]) {
         if let Some(dest) = packet_dest(pkt) {
-            self.with(|c| c.client_sent(unix_now(), server.0, dest, pkt.len() as u32));
+            self.with(|c| {
+                c.client_sent(unix_now(), server.0, dest, pkt.len() as u32);
+                // The client queues only negotiation here (binding, quote, renewal): send it now.
+                if !c.out.is_empty() {
+                    self.wake.notify_one();
+                }
+                self.wake_if_work(c);
+            });
         }
     }
 
@@ -1292,7 +1366,10 @@ pub async fn start_with_ledger(
         let mut last_claim = std::time::Instant::now();
         let mut last_save = std::time::Instant::now();
         loop {
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = m.wake.notified() => {}
+            }
             let out = m.step(unix_now()).await;
             let m2 = m.clone();
             let sent = node

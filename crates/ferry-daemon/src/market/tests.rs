@@ -20,6 +20,9 @@ fn config() -> MarketConfig {
     }
 }
 
+const SERVER_SECRET: [u8; 32] = [1; 32];
+const CLIENT_SECRET: [u8; 32] = [2; 32];
+
 fn pk(secret: &[u8; 32]) -> PublicKey {
     ferry_crypto::SecretKey::from_bytes(*secret).public_key()
 }
@@ -34,7 +37,8 @@ fn packet(dest: [u8; 4], len: usize) -> Vec<u8> {
 
 struct Two {
     now: u64,
-    ledger: Arc<EmbeddedEvm>,
+    /// A view of the shared ledger (the embedded one itself, or one more JSON-RPC connection).
+    ledger: Ledger,
     server: Market,
     client: Market,
     spk: PublicKey,
@@ -47,22 +51,40 @@ struct Two {
 impl Two {
     async fn new(cfg: MarketConfig) -> Self {
         let ledger = Arc::new(EmbeddedEvm::new(EmbeddedConfig::default()).expect("ledger"));
-        let (ss, cs) = ([1u8; 32], [2u8; 32]);
-        for s in [&ss, &cs] {
+        for s in [&SERVER_SECRET, &CLIENT_SECRET] {
             ledger.fund(AccountKey::from_seed(s).address(), U256::from(DEV_FUNDS));
         }
+        let l = Ledger::Embedded(ledger);
+        Self::with_ledgers(
+            cfg,
+            ferry_pay::DEFAULT_START_TIME + 1000,
+            l.clone(),
+            l.clone(),
+            l,
+        )
+        .await
+    }
+
+    /// Server and client on their own ledger handles (accounts funded already); `view` is what
+    /// the test checks balances on.
+    /// `now`: the start time (unix s; a chain with a wall clock needs the real one).
+    async fn with_ledgers(
+        cfg: MarketConfig,
+        now: u64,
+        view: Ledger,
+        server: Ledger,
+        client: Ledger,
+    ) -> Self {
+        let ledger = view;
+        let (ss, cs) = (SERVER_SECRET, CLIENT_SECRET);
+        let server_ledger = server;
         let server = Market::default();
-        server.start(
-            MarketCore::new(cfg.clone(), &ss, true, Ledger::Embedded(ledger.clone())),
-            None,
-        );
+        server.start(MarketCore::new(cfg.clone(), &ss, true, server_ledger), None);
+        let client_ledger = client;
         let client = Market::default();
-        client.start(
-            MarketCore::new(cfg, &cs, false, Ledger::Embedded(ledger.clone())),
-            None,
-        );
+        client.start(MarketCore::new(cfg, &cs, false, client_ledger), None);
         let mut t = Self {
-            now: ferry_pay::DEFAULT_START_TIME + 1000,
+            now,
             ledger,
             server,
             client,
@@ -138,6 +160,13 @@ impl Two {
             .sum()
     }
 
+    fn evm(&self) -> &Arc<EmbeddedEvm> {
+        match &self.ledger {
+            Ledger::Embedded(e) => e,
+            Ledger::JsonRpc(_) => panic!("not the embedded ledger"),
+        }
+    }
+
     fn client_contract_bytes(&self) -> u64 {
         self.client
             .contracts()
@@ -189,7 +218,7 @@ async fn negotiate_meter_pay_and_claim_on_the_embedded_ledger() {
     let server_addr = AccountKey::from_seed(&[1u8; 32]).address();
     let before = t.ledger.balance(server_addr).await.expect("balance");
     assert_eq!(t.server.claim_all().await, due);
-    let fee = t.ledger.last_receipt().expect("the claim's receipt").fee;
+    let fee = t.evm().last_receipt().expect("the claim's receipt").fee;
     let after = t.ledger.balance(server_addr).await.expect("balance");
     assert_eq!(
         after + fee,
@@ -234,6 +263,225 @@ async fn negotiate_meter_pay_and_claim_on_the_embedded_ledger() {
     assert_eq!(sw.channels.len(), 1);
     assert_eq!(sw.channels[0].claimed, due.to_string());
     assert_eq!(sw.channels[0].peer, t.cpk.to_hex());
+}
+
+/// A `ferry chain serve` endpoint in this process (port picked by the OS), served until the
+/// test's runtime ends.
+async fn chain_server() -> (String, u64) {
+    let evm = EmbeddedEvm::new(EmbeddedConfig::default()).expect("chain");
+    let server =
+        ferry_pay::rpc_server::ChainServer::bind("127.0.0.1:0".parse().expect("addr"), evm)
+            .await
+            .expect("bind");
+    let (url, chain_id) = (server.url(), server.chain_id());
+    tokio::spawn(server.serve(std::future::pending()));
+    (url, chain_id)
+}
+
+fn rpc_config(url: &str, chain_id: u64) -> MarketConfig {
+    MarketConfig {
+        backend: BackendChoice::JsonRpc,
+        rpc_url: url.to_string(),
+        chain_id,
+        ..config()
+    }
+}
+
+/// The same negotiate → meter → pay → claim run with both nodes on `backend = "json-rpc"`, each
+/// with its own connection to one JSON-RPC chain (as separate processes would be): the channel
+/// is opened, the newest voucher redeemed once, and wallet and earnings agree with the chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_meter_pay_and_claim_over_json_rpc() {
+    let (url, chain_id) = chain_server().await;
+    pay_and_claim_over_rpc(
+        rpc_config(&url, chain_id),
+        ferry_pay::DEFAULT_START_TIME + 1000,
+    )
+    .await;
+}
+
+/// The same on the Hardhat node of `FERRY_HARDHAT_URL` (CI: `.ci/run`; chain id 31337, the
+/// contract deployed by a funded dev key, the wall clock as chain time). Skipped with a printed
+/// reason when the variable is unset, failed when `FERRY_REQUIRE_HARDHAT=1` asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_meter_pay_and_claim_on_hardhat() {
+    let Ok(url) = std::env::var("FERRY_HARDHAT_URL") else {
+        assert_ne!(
+            std::env::var("FERRY_REQUIRE_HARDHAT").as_deref(),
+            Ok("1"),
+            "FERRY_REQUIRE_HARDHAT=1 but FERRY_HARDHAT_URL is unset"
+        );
+        eprintln!("SKIP negotiate_meter_pay_and_claim_on_hardhat: FERRY_HARDHAT_URL unset");
+        return;
+    };
+    // A fresh deployer (funded with `hardhat_setBalance`) deploys a fresh hub for this run.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = [0x5au8; 32];
+    seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    let deployer = AccountKey::from_seed(&seed);
+    hardhat_set_balance(&url, deployer.address(), U256::from(DEV_FUNDS)).await;
+    let d = JsonRpcEvm::connect(&url, None, None, Some(&deployer))
+        .await
+        .expect("connect to hardhat and deploy UniChannels");
+    let mut cfg = rpc_config(&url, d.chain_id());
+    cfg.hub = Some(format!("{:#x}", d.hub()));
+    pay_and_claim_over_rpc(cfg, unix_now()).await;
+}
+
+/// `hardhat_setBalance` as a bare HTTP/1.1 request (before any [`JsonRpcEvm`] can connect:
+/// without a hub it needs a funded deployer).
+async fn hardhat_set_balance(url: &str, who: Address, amount: U256) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "hardhat_setBalance",
+        "params": [who, format!("{amount:#x}")]})
+    .to_string();
+    let mut s = tokio::net::TcpStream::connect(hostport)
+        .await
+        .expect("connect to hardhat");
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.expect("read");
+    assert!(resp.contains("\"result\""), "hardhat_setBalance: {resp}");
+}
+
+async fn pay_and_claim_over_rpc(cfg: MarketConfig, now: u64) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let open = || Ledger::open(&cfg, dir.path());
+    let (view, sl, cl) = (
+        open().await.expect("view"),
+        open().await.expect("server ledger"),
+        open().await.expect("client ledger"),
+    );
+    assert!(
+        !dir.path().join("ledger.json").exists(),
+        "no embedded ledger file"
+    );
+    let Ledger::JsonRpc(rpc) = &view else {
+        panic!("json-rpc backend expected")
+    };
+    for s in [&SERVER_SECRET, &CLIENT_SECRET] {
+        rpc.dev_fund(AccountKey::from_seed(s).address(), U256::from(DEV_FUNDS))
+            .await
+            .expect("fund");
+    }
+    let price = u128::from(cfg.price_per_kib);
+    let mut t = Two::with_ledgers(cfg, now, view.clone(), sl.clone(), cl).await;
+    let mut total = 0u64;
+    for i in 0..200 {
+        let len = [40usize, 300, 1400, 1500][i % 4];
+        assert!(t.packet(len).await, "packet {i} forwarded");
+        total += len as u64;
+        if i % 20 == 19 {
+            t.tick(1).await;
+        }
+    }
+    t.tick(3).await;
+    assert_eq!(t.server_contract_bytes(), total);
+    assert_eq!(t.client_contract_bytes(), total);
+    let due = ferry_market::due(total, price);
+    assert_eq!(t.server.earnings().expect("on").total, due.to_string());
+
+    // The channel is on the chain, opened by the client for the server.
+    let wallet = t.client.wallet().await.expect("wallet");
+    assert_eq!(wallet.channels.len(), 1);
+    assert_eq!(wallet.channels[0].cumulative, due.to_string());
+    let client_addr = AccountKey::from_seed(&CLIENT_SECRET).address();
+    let server_addr = AccountKey::from_seed(&SERVER_SECRET).address();
+    assert_eq!(
+        wallet.balance,
+        view.balance(client_addr)
+            .await
+            .expect("balance")
+            .to_string()
+    );
+    let ch: B256 = wallet.channels[0].channel_id.parse().expect("channel id");
+    let st = view.channel(ch).await.expect("rpc").expect("channel");
+    assert_eq!(st.sender, client_addr);
+    assert_eq!(st.receiver, server_addr);
+    assert_eq!(wallet.channels[0].deposit, st.deposit.to_string());
+    assert!(st.claimed.is_zero());
+
+    // Claim once: the chain pays `due` (minus gas), a second claim pays nothing.
+    let before = view.balance(server_addr).await.expect("balance");
+    assert_eq!(t.server.claim_all().await, due);
+    let Ledger::JsonRpc(srpc) = &sl else {
+        panic!("json-rpc")
+    };
+    let fee = srpc.last_receipt().expect("the claim's receipt").fee;
+    let after = view.balance(server_addr).await.expect("balance");
+    assert_eq!(
+        after + fee,
+        before + U256::from(due),
+        "paid `due`, minus gas"
+    );
+    assert_eq!(t.server.claim_all().await, 0, "nothing left to claim");
+    let st = view.channel(ch).await.expect("rpc").expect("channel");
+    assert_eq!(st.claimed, U256::from(due));
+    let e = t.server.earnings().expect("on");
+    assert_eq!(
+        (e.claimed.as_str(), e.unclaimed.as_str()),
+        (due.to_string().as_str(), "0")
+    );
+    let sw = t.server.wallet().await.expect("server wallet");
+    assert_eq!(sw.balance, after.to_string());
+    assert_eq!(sw.channels[0].claimed, due.to_string());
+    assert_eq!(
+        t.client.wallet().await.expect("wallet").channels[0].claimed,
+        due.to_string(),
+        "the client sees the claim on the chain"
+    );
+}
+
+/// `backend = "json-rpc"` fails at start with a message naming the endpoint and the fix: nothing
+/// listening, the wrong chain id, a hub without code, a malformed hub.
+#[tokio::test]
+async fn json_rpc_backend_errors_are_clear() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let down = format!("http://127.0.0.1:{closed}");
+    let e = Ledger::open(&rpc_config(&down, 5), dir.path())
+        .await
+        .expect_err("nothing listens")
+        .to_string();
+    assert!(e.contains(&down) && e.contains("ferry chain serve"), "{e}");
+
+    let (url, chain_id) = chain_server().await;
+    let e = Ledger::open(&rpc_config(&url, chain_id + 1), dir.path())
+        .await
+        .expect_err("wrong chain")
+        .to_string();
+    assert!(e.contains("chain id") && e.contains("--chain-id"), "{e}");
+
+    let mut c = rpc_config(&url, chain_id);
+    c.hub = Some(format!("{:#x}", Address::repeat_byte(7)));
+    let e = Ledger::open(&c, dir.path())
+        .await
+        .expect_err("no code at hub")
+        .to_string();
+    assert!(e.contains("no contract at hub"), "{e}");
+    c.hub = Some("0x1234".into());
+    let e = Ledger::open(&c, dir.path())
+        .await
+        .expect_err("bad hub")
+        .to_string();
+    assert!(e.contains("hub"), "{e}");
+
+    let ok = Ledger::open(&rpc_config(&url, chain_id), dir.path())
+        .await
+        .expect("connects");
+    assert_eq!(ok.info().chain_id, chain_id);
 }
 
 /// A client that stops paying is cut off after at most one grace allowance plus one MTU; paying
@@ -299,7 +547,7 @@ async fn server_state_survives_a_restart_and_config_parses() {
     t.server.save();
     let restarted = Market::default();
     restarted.start(
-        MarketCore::new(cfg, &[1u8; 32], true, Ledger::Embedded(t.ledger.clone())),
+        MarketCore::new(cfg, &[1u8; 32], true, t.ledger.clone()),
         Some(dir.path().to_path_buf()),
     );
     assert_eq!(restarted.earnings().expect("on"), before);
