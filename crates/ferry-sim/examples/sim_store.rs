@@ -1,0 +1,32 @@
+//! The value-store scenario without the CLI (a smaller release build than `ferry`):
+//! `cargo run --release -p ferry-sim --example sim_store -- NODES HOURS CHURN LOSS DROPPERS [SEED]`
+//! prints the JSON report that `ferry sim store --json` prints for the same parameters.
+
+use std::time::Duration;
+
+fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
+    std::env::args()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let mut s = ferry_sim::store::StoreScenario::new(arg(1, 1000), arg(2, 24.0), arg(6, 1));
+    s.churn_per_hour = arg(3, 0.3);
+    s.link.loss = arg(4, 0.05);
+    s.droppers = arg(5, 0.1);
+    s.threads = 1;
+    let total = s.duration.as_secs();
+    let mut last = 0;
+    let r = ferry_sim::store::run(&s, |done: Duration, _| {
+        if done.as_secs() >= last + 3600 {
+            last = done.as_secs();
+            eprintln!("simulated {} / {} s", last, total);
+        }
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&r).unwrap_or_else(|e| e.to_string())
+    );
+}
