@@ -1,6 +1,7 @@
 //! The value-store scenario without the CLI (a smaller release build than `ferry`):
 //! `cargo run --release -p ferry-sim --example sim_store -- NODES HOURS CHURN LOSS DROPPERS [SEED]`
-//! prints the JSON report that `ferry sim store --json` prints for the same parameters.
+//! prints the JSON report that `ferry sim store --json` prints for the same parameters (and an
+//! interim report per simulated hour on stderr).
 
 use std::time::Duration;
 
@@ -17,14 +18,17 @@ fn main() {
     s.link.loss = arg(4, 0.05);
     s.droppers = arg(5, 0.1);
     s.threads = 1;
-    let total = s.duration.as_secs();
-    let mut last = 0;
-    let r = ferry_sim::store::run(&s, |done: Duration, _| {
-        if done.as_secs() >= last + 3600 {
-            last = done.as_secs();
-            eprintln!("simulated {} / {} s", last, total);
-        }
-    });
+    let r = ferry_sim::store::run_observed(
+        &s,
+        |_: Duration, _| {},
+        |interim| {
+            // One JSON line per simulated hour on stderr: the checks so far.
+            eprintln!(
+                "{}",
+                serde_json::to_string(interim).unwrap_or_else(|e| e.to_string())
+            );
+        },
+    );
     println!(
         "{}",
         serde_json::to_string_pretty(&r).unwrap_or_else(|e| e.to_string())

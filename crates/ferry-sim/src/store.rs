@@ -7,9 +7,9 @@
 //!   [`REPROBE_AFTER`] gets a [`probe`] hello, so [`StoreHost::capable`] holds the DHT's
 //!   neighbourhood (which seeds lookups, k = 8). Every 10 s: [`Store::handle_timeout`], capable
 //!   expiry and holder republish ([`Store::due_republish`], 30 min ± 25 %, a put lookup each).
-//! * **Owners** re-put their items every [`OWNER_REPUBLISH_INTERVAL`] (60 min; a mutable item
-//!   gets a new sequence number at every other re-put), with the longest TTL
-//!   ([`MAX_TTL`], 2 h). An owner that leaves (churn) hands its items to the fresh node that
+//! * **Owners** re-put their items with the longest TTL ([`MAX_TTL`], 2 h) after
+//!   [`owner_republish_after`] the lifetimes the holders granted (60 min, sooner when young
+//!   holders granted less); a mutable item gets a new sequence number at every other re-put. An owner that leaves (churn) hands its items to the fresh node that
 //!   replaces it, as a user who comes back at a new address with the same keys would.
 //! * **Offline messages**: a sender seals a message ([`mailbox::seal`]) to a recipient's mailbox
 //!   target and puts it once, retrying only while no holder stored it; the sender never re-puts
@@ -40,7 +40,10 @@ use ed25519_dalek::SigningKey;
 use ferry_crypto::rng::{FerryRng, RngCore};
 use ferry_crypto::{KeyPair, KeySource, PrecomputedCache, PublicKey};
 use ferry_data::host::{StoreHost, probe};
-use ferry_data::item::{Item, MAX_TTL, MutableItem, OWNER_REPUBLISH_INTERVAL, Target, delete_hash};
+use ferry_data::item::{
+    Item, MAX_TTL, MutableItem, OWNER_REPUBLISH_INTERVAL, Target, delete_hash,
+    owner_republish_after,
+};
 use ferry_data::lookup::{K, Lookup, LookupEvent, Operation};
 use ferry_data::mailbox;
 use ferry_data::store::{Store, StoreConfig};
@@ -59,7 +62,7 @@ pub const REPROBE_AFTER: Duration = Duration::from_secs(90);
 pub const SIM_MAIL_POW_BITS: u32 = 4;
 /// How often a node runs its store housekeeping (probes, expiry, holder republish).
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
-/// A first put (or message) that no holder stored is retried after this long.
+/// A message put that no holder stored is retried after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Capable peers a node must know before it publishes or checks.
 const MIN_CAPABLE: usize = K;
@@ -211,6 +214,8 @@ struct Active {
     best_seq: Option<u64>,
     mail_found: bool,
     want_mail: Option<[u8; 32]>,
+    /// Lifetimes granted to a put, seconds.
+    granted: Vec<u32>,
 }
 
 /// What the scenario learns from a node.
@@ -238,7 +243,7 @@ struct Owned {
     idx: usize,
     kind: OwnedKind,
     next_put: Instant,
-    /// Whether a put of it was ever stored (else retried after [`RETRY_AFTER`]).
+    /// Whether a put of it was ever stored (the first seq bump waits for it).
     stored_once: bool,
 }
 
@@ -394,6 +399,7 @@ impl StoreNode {
             best_seq: None,
             mail_found: false,
             want_mail,
+            granted: Vec::new(),
         });
     }
 
@@ -430,7 +436,8 @@ impl StoreNode {
                         }
                     }
                     LookupEvent::Finished { stored, .. } => finished = Some(stored),
-                    LookupEvent::Stored { .. } | LookupEvent::Refused { .. } => {}
+                    LookupEvent::Stored { ttl_s, .. } => a.granted.push(ttl_s),
+                    LookupEvent::Refused { .. } => {}
                 }
             }
             let Some(stored) = finished else {
@@ -442,9 +449,7 @@ impl StoreNode {
                 Purpose::Owner { idx, seq } => {
                     if let Some(o) = self.owned.iter_mut().find(|o| o.idx == idx) {
                         o.stored_once |= stored > 0;
-                        if !o.stored_once {
-                            o.next_put = now + RETRY_AFTER;
-                        }
+                        o.next_put = now + owner_republish_after(&a.granted);
                     }
                     self.outcomes.push(Outcome::Owner { idx, seq, stored });
                 }
@@ -686,7 +691,17 @@ struct PendingCheck {
 }
 
 /// Runs a scenario. `progress(simulated, total)` is called every simulated minute.
-pub fn run(s: &StoreScenario, mut progress: impl FnMut(Duration, Duration)) -> StoreReport {
+pub fn run(s: &StoreScenario, progress: impl FnMut(Duration, Duration)) -> StoreReport {
+    run_observed(s, progress, |_| {})
+}
+
+/// As [`run`], and `interim(report)` every simulated hour after the warm-up: the checks done so
+/// far (the `final_*` fields stay empty), traffic so far, `hours` = the time of the report.
+pub fn run_observed(
+    s: &StoreScenario,
+    mut progress: impl FnMut(Duration, Duration),
+    mut interim: impl FnMut(&StoreReport),
+) -> StoreReport {
     let wall = Instant::now();
     // Virtual time 0 is a week after the wall clock, so initial nodes can have a past.
     let base = wall + Duration::from_secs(7 * 86_400);
@@ -822,6 +837,19 @@ pub fn run(s: &StoreScenario, mut progress: impl FnMut(Duration, Duration)) -> S
                     let st = net.stats();
                     let (ss, sb) = store_traffic(&net, departed);
                     traffic_at_warmup = Some((st.sent, st.sent_bytes, ss, sb));
+                }
+                if at > s.warmup && at.as_secs() % 3600 == 0 {
+                    let st = net.stats();
+                    let (ss, sb) = store_traffic(&net, departed);
+                    let counters = Counters {
+                        churned,
+                        departed,
+                        at_warmup: traffic_at_warmup.unwrap_or_default(),
+                        at_end: (st.sent, st.sent_bytes, ss, sb),
+                    };
+                    interim(&build_report(
+                        s, &net, &items, &messages, &tally, &counters, at, at, wall,
+                    ));
                 }
             }
             Step::PutItem => {
@@ -965,20 +993,6 @@ pub fn run(s: &StoreScenario, mut progress: impl FnMut(Duration, Duration)) -> S
     // Traffic over the run after the warm-up, before the final check.
     let st = net.stats();
     let (ss, sb) = store_traffic(&net, departed);
-    let (p0, b0, s0, sb0) = traffic_at_warmup.unwrap_or_default();
-    let minutes = (s.duration.saturating_sub(s.warmup)).as_secs_f64() / 60.0;
-    let per = |x: u64| {
-        if minutes > 0.0 {
-            x as f64 / s.nodes.max(1) as f64 / minutes
-        } else {
-            0.0
-        }
-    };
-    let lookups_before_final = net
-        .live()
-        .iter()
-        .filter_map(|&i| net.node(i).map(|n| n.traffic.lookups))
-        .sum::<u64>();
     start_checks(
         &mut net,
         &mut rng,
@@ -991,13 +1005,56 @@ pub fn run(s: &StoreScenario, mut progress: impl FnMut(Duration, Duration)) -> S
     let end = s.duration + Duration::from_secs(120);
     net.run_until(end);
     collect(&mut net, &mut items, &mut messages, &mut checks, &mut tally);
+    let end_traffic = (st.sent, st.sent_bytes, ss, sb);
+    let counters = Counters {
+        churned,
+        departed,
+        at_warmup: traffic_at_warmup.unwrap_or_default(),
+        at_end: end_traffic,
+    };
+    build_report(
+        s, &net, &items, &messages, &tally, &counters, s.duration, end, wall,
+    )
+}
+
+/// Run-wide counters a report needs.
+#[derive(Clone, Copy, Debug)]
+struct Counters {
+    churned: u64,
+    departed: StoreTraffic,
+    /// (packets, bytes, store packets, store bytes) sent by then.
+    at_warmup: (u64, u64, u64, u64),
+    at_end: (u64, u64, u64, u64),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    s: &StoreScenario,
+    net: &Network<StoreNode>,
+    items: &[ItemRec],
+    messages: &[MessageRec],
+    tally: &Tally,
+    c: &Counters,
+    traffic_until: Duration,
+    simulated: Duration,
+    wall: Instant,
+) -> StoreReport {
+    let (p0, b0, s0, sb0) = c.at_warmup;
+    let (p1, b1, s1, sb1) = c.at_end;
+    let minutes = traffic_until.saturating_sub(s.warmup).as_secs_f64() / 60.0;
+    let per = |x: u64| {
+        if minutes > 0.0 {
+            x as f64 / s.nodes.max(1) as f64 / minutes
+        } else {
+            0.0
+        }
+    };
     let live = net.live();
     let lookups_total = live
         .iter()
         .filter_map(|&i| net.node(i).map(|n| n.traffic.lookups))
         .sum::<u64>()
-        + departed.lookups;
-    let _ = lookups_before_final;
+        + c.departed.lookups;
     let honest: Vec<usize> = live
         .iter()
         .filter_map(|&i| net.node(i))
@@ -1011,7 +1068,7 @@ pub fn run(s: &StoreScenario, mut progress: impl FnMut(Duration, Duration)) -> S
         churn_per_hour: s.churn_per_hour,
         loss: s.link.loss,
         droppers: s.droppers,
-        hours: s.duration.as_secs_f64() / 3600.0,
+        hours: traffic_until.as_secs_f64() / 3600.0,
         items_put: items.iter().filter(|i| i.seq.is_some()).count() as u64,
         items_unstored: items.iter().filter(|i| i.seq.is_none()).count() as u64,
         item_checks: tally.item_checks,
@@ -1028,13 +1085,13 @@ pub fn run(s: &StoreScenario, mut progress: impl FnMut(Duration, Duration)) -> S
         final_messages_ok: tally.final_messages_ok,
         final_messages_retrievable: rate(tally.final_messages_ok, tally.final_messages),
         lookups: lookups_total,
-        churned,
-        packets_per_node_minute: per(st.sent - p0),
-        bytes_per_node_minute: per(st.sent_bytes - b0),
-        store_packets_per_node_minute: per(ss - s0),
-        store_bytes_per_node_minute: per(sb - sb0),
+        churned: c.churned,
+        packets_per_node_minute: per(p1 - p0),
+        bytes_per_node_minute: per(b1 - b0),
+        store_packets_per_node_minute: per(s1 - s0),
+        store_bytes_per_node_minute: per(sb1 - sb0),
         held_per_node: honest.iter().sum::<usize>() as f64 / honest.len().max(1) as f64,
-        simulated_seconds: end.as_secs_f64(),
+        simulated_seconds: simulated.as_secs_f64(),
         wall_seconds: wall.elapsed().as_secs_f64(),
         peak_rss_bytes: peak_rss_bytes(),
         threads: net.threads(),
