@@ -74,19 +74,19 @@ fn threads_do_not_change_the_run() {
     );
 }
 
-/// The CI variant of the test: a few hundred nodes, 30 %/h churn, 5 % loss, 10 %
-/// droppers, 2 simulated hours (four holder-republish rounds, two owner re-puts; messages are
-/// never re-put by their senders), checks every 30 minutes.
+/// The CI variant of the test: 150 nodes, 30 %/h churn, 5 % loss, 10 % droppers,
+/// 1.5 simulated hours (three holder-republish rounds; messages are never re-put by their
+/// senders), checks every 30 minutes.
 #[test]
 fn items_and_messages_survive_churn_loss_and_droppers() {
-    let mut s = scenario(200, 2.0, 9);
+    let mut s = scenario(150, 1.5, 9);
     s.churn_per_hour = 0.3;
     s.link.loss = 0.05;
     s.droppers = 0.1;
     s.check_every = Some(Duration::from_secs(1800));
     let r = run(&s, |_, _| {});
     assert_retrievable(&r, 0.99);
-    assert!(r.churned > 50, "seed 9: churn did not happen: {r:#?}");
+    assert!(r.churned > 40, "seed 9: churn did not happen: {r:#?}");
 }
 
 /// The test at full scale: 1,000 nodes, 30 %/h churn, 5 % loss, 10 % droppers,
