@@ -1,5 +1,5 @@
 //! The value-store scenario without the CLI (a smaller release build than `ferry`):
-//! `cargo run --release -p ferry-sim --example sim_store -- NODES HOURS CHURN LOSS DROPPERS [SEED]`
+//! `cargo run --release -p ferry-sim --example sim_store -- NODES HOURS CHURN LOSS DROPPERS [SEED [CHECK_EVERY_H]]`
 //! prints the JSON report that `ferry sim store --json` prints for the same parameters (and an
 //! interim report per simulated hour on stderr).
 
@@ -18,6 +18,8 @@ fn main() {
     s.link.loss = arg(4, 0.05);
     s.droppers = arg(5, 0.1);
     s.threads = 1;
+    let every: f64 = arg(7, 6.0);
+    s.check_every = (every > 0.0).then(|| Duration::from_secs_f64(every * 3600.0));
     let r = ferry_sim::store::run_observed(
         &s,
         |_: Duration, _| {},
