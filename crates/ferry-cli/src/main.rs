@@ -20,6 +20,7 @@ mod data;
 mod devnet_netns;
 mod files;
 mod market;
+mod sim_store;
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
@@ -336,6 +337,9 @@ enum SimCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Simulate the value store (issue 9): N nodes run the DHT and a store host; items and
+    /// offline messages are put, republished and fetched under churn, loss and droppers.
+    Store(sim_store::StoreArgs),
 }
 
 /// `ferry sim dht --key-agreement`.
@@ -757,6 +761,9 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 print_sim_table(&report);
             }
         }
+        Command::Sim {
+            command: SimCommand::Store(args),
+        } => sim_store::run(args).await?,
         Command::Devnet {
             netns: true,
             download_mib,

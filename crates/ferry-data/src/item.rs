@@ -51,6 +51,29 @@ pub const MAX_CLAIM_TTL: Duration = Duration::from_secs(30 * 86_400);
 pub const MAX_MAIL_TTL: Duration = Duration::from_secs(7 * 86_400);
 /// The owner (publisher) of an item re-puts it this often (60 min, BEP 44's skip rule).
 pub const OWNER_REPUBLISH_INTERVAL: Duration = Duration::from_secs(3600);
+/// The soonest an owner re-puts an item (60 s, the least lifetime a storer grants,
+/// [`crate::store::MIN_TTL`]).
+pub const MIN_OWNER_REPUBLISH: Duration = Duration::from_secs(60);
+
+/// When the owner of an item should put it again, given the lifetimes (seconds) the holders
+/// granted its last put ([`crate::lookup::LookupEvent::Stored`]): after
+/// [`OWNER_REPUBLISH_INTERVAL`], or sooner when the storers granted less. A storer grants at most
+/// a quarter of its uptime ([`crate::store`]), so under churn the k closest nodes can all be young
+/// and keep an item only minutes, and holder republish carries only the lifetime left: the owner
+/// must come back before the grants run out. The pace is half the second-longest grant (one
+/// holder alone, which may be lying, does not set it), at least [`MIN_OWNER_REPUBLISH`]. No grant
+/// (nobody stored the put): retry after [`MIN_OWNER_REPUBLISH`]. Found by the store simulation
+/// (`ferry sim store`): with a fixed 60-minute re-put, about 1–2 % of items vanished under
+/// 30 %/h churn.
+pub fn owner_republish_after(granted_ttl_s: &[u32]) -> Duration {
+    let mut g: Vec<u32> = granted_ttl_s.to_vec();
+    g.sort_unstable_by(|a, b| b.cmp(a));
+    let Some(&pace) = g.get(1).or_else(|| g.first()) else {
+        return MIN_OWNER_REPUBLISH;
+    };
+    (Duration::from_secs(u64::from(pace)) / 2).clamp(MIN_OWNER_REPUBLISH, OWNER_REPUBLISH_INTERVAL)
+}
+
 /// Every holder re-puts what it holds to the current k closest this often, before jitter
 /// (30 min; `data-layer.md` §3.1: 60 min is marginal under loss in the simulator).
 pub const HOLDER_REPUBLISH_INTERVAL: Duration = Duration::from_secs(30 * 60);
@@ -572,6 +595,17 @@ fn get_bytes16(r: &mut Reader<'_>, max: usize, what: &'static str) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_republish_follows_the_grants() {
+        let m = |s: u64| Duration::from_secs(s);
+        assert_eq!(owner_republish_after(&[]), MIN_OWNER_REPUBLISH);
+        assert_eq!(owner_republish_after(&[7200; 8]), OWNER_REPUBLISH_INTERVAL);
+        // Young storers: the second-longest grant sets the pace, halved.
+        assert_eq!(owner_republish_after(&[60, 7200, 900, 1200]), m(600));
+        assert_eq!(owner_republish_after(&[1200]), m(600));
+        assert_eq!(owner_republish_after(&[60, 60, 7200]), MIN_OWNER_REPUBLISH);
+    }
 
     fn key(n: u8) -> SigningKey {
         SigningKey::from_bytes(&[n; 32])

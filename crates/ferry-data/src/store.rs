@@ -694,6 +694,23 @@ impl Store {
         }
     }
 
+    /// Drops everything held for `target` (its item and every mail envelope of its mailbox):
+    /// an operator purge, or a simulated node that accepts stores and discards them. A claim's
+    /// binding (semi-expiry) is kept. Returns the number of entries dropped.
+    pub fn remove(&mut self, target: &Target) -> usize {
+        let mut n = usize::from(self.remove_item(target).is_some());
+        let slots: Vec<u64> = self
+            .mail
+            .get(target)
+            .map(|mb| mb.envelopes.keys().copied().collect())
+            .unwrap_or_default();
+        for s in slots {
+            self.remove_mail(target, s);
+            n += 1;
+        }
+        n
+    }
+
     /// Drops everything expired at `now`.
     pub fn expire(&mut self, now: Instant) {
         let dead: Vec<Target> = self

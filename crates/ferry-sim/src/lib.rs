@@ -13,3 +13,4 @@
 
 pub mod dht;
 pub mod net;
+pub mod store;

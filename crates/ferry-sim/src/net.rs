@@ -314,6 +314,7 @@ pub struct Network<N> {
     /// Position of every node ever added, by id.
     pos: Vec<(f64, f64)>,
     next_ip: u32,
+    addr_stride: u32,
 }
 
 impl<N> std::fmt::Debug for Network<N> {
@@ -364,6 +365,7 @@ impl<N: Endpoint + Send> Network<N> {
             by_addr: HashMap::new(),
             pos: Vec::new(),
             next_ip: FIRST_IP,
+            addr_stride: 1,
         }
     }
 
@@ -411,10 +413,17 @@ impl<N: Endpoint + Send> Network<N> {
         self.shards[id % n].slots.get_mut(id / n)?.as_mut()
     }
 
+    /// Spaces the addresses of nodes added from now on `stride` apart (default 1). A stride of 256
+    /// gives every node its own /24, for protocols with per-prefix rules (the value store's
+    /// per-/24 quotas and holder diversity).
+    pub fn set_addr_stride(&mut self, stride: u32) {
+        self.addr_stride = stride.max(1);
+    }
+
     /// Adds a node built by `make(address)`; returns its id.
     pub fn add(&mut self, make: impl FnOnce(SocketAddr, &mut FerryRng) -> N) -> NodeId {
         let addr = self.next_addr();
-        self.next_ip += 1;
+        self.next_ip = self.next_ip.wrapping_add(self.addr_stride);
         let node = make(addr, &mut self.rng);
         let pos = (unit(&mut self.rng), unit(&mut self.rng));
         let link_rng = self.rng.fork();

@@ -731,3 +731,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn remove_drops_item_and_mailbox_and_frees_quota() {
+    let now = t0();
+    let mut s = store(now, StoreConfig::default());
+    let item = imm(1);
+    let t = item.implied_target().expect("t");
+    assert!(put(&mut s, now, addr(1, 1), item).is_ok());
+    let mb = Target([7; 32]);
+    assert!(put_at(&mut s, now, addr(1, 1), mb, mail(1, 100).0, None).is_ok());
+    assert!(put_at(&mut s, now, addr(2, 1), mb, mail(2, 100).0, None).is_ok());
+    assert_eq!(s.stats().items, 3);
+    assert_eq!(s.remove(&t), 1);
+    assert_eq!(s.lookup(now, &t, None), Found::Nothing);
+    assert_eq!(s.remove(&mb), 2);
+    assert_eq!(s.lookup(now, &mb, None), Found::Nothing);
+    assert_eq!(s.remove(&mb), 0);
+    let st = s.stats();
+    assert_eq!((st.items, st.bytes, st.sources), (0, 0, 0));
+    assert!(
+        s.due_republish(now + MAX_TTL, &mut FerryRng::from_u64(1))
+            .is_empty()
+    );
+}
