@@ -255,6 +255,16 @@ fn u64_of(r: &mut Reader<'_>, what: &'static str) -> Result<u64, WireError> {
     Ok(u64::from_be_bytes(r.array(what)?))
 }
 
+/// An optional u64 sent as a presence flag and 8 bytes: absent values must be sent as 0, so that
+/// every message has exactly one encoding (what decodes re-encodes to the same bytes).
+fn optional_u64(present: bool, value: u64, what: &'static str) -> Result<Option<u64>, WireError> {
+    match (present, value) {
+        (true, v) => Ok(Some(v)),
+        (false, 0) => Ok(None),
+        (false, v) => Err(WireError::InvalidValue { what, value: v }),
+    }
+}
+
 fn flag(r: &mut Reader<'_>, what: &'static str) -> Result<bool, WireError> {
     match r.u8(what)? {
         0 => Ok(false),
@@ -373,7 +383,7 @@ impl StoreMessage {
                 Self::Get(GetRequest {
                     request_id,
                     target,
-                    seq: has.then_some(seq),
+                    seq: optional_u64(has, seq, "seq without its flag")?,
                 })
             }
             STORE_GET_RESPONSE => {
@@ -426,7 +436,7 @@ impl StoreMessage {
                     request_id,
                     token,
                     ttl_s,
-                    cas: has.then_some(cas),
+                    cas: optional_u64(has, cas, "cas without its flag")?,
                     target,
                     item,
                 })
@@ -437,6 +447,12 @@ impl StoreMessage {
                 let ttl = r.u32_be("granted ttl")?;
                 let result = if code == 0 {
                     Ok(ttl)
+                } else if ttl != 0 {
+                    // A refusal grants no lifetime: its ttl field must be 0 (one encoding).
+                    return Err(WireError::InvalidValue {
+                        what: "granted ttl of a refusal",
+                        value: u64::from(ttl),
+                    });
                 } else {
                     Err(PutError::from_code(code).ok_or(WireError::InvalidValue {
                         what: "status",
@@ -604,6 +620,41 @@ mod tests {
                 })
             }),
         ]
+    }
+
+    /// Fuzz finding (`store_packets`): a get request without seq but non-zero seq bytes decoded,
+    /// and re-encoded differently. Absent optional values must be zero; so must an absent cas.
+    #[test]
+    fn absent_seq_or_cas_must_be_zero() {
+        let mut get = vec![0u8; 8 + 32 + 1 + 8];
+        assert!(StoreMessage::decode_plaintext(STORE_GET, &get).is_ok());
+        get[44] = 0xe7;
+        assert!(matches!(
+            StoreMessage::decode_plaintext(STORE_GET, &get),
+            Err(WireError::InvalidValue { .. })
+        ));
+        get[40] = 1;
+        let m = StoreMessage::decode_plaintext(STORE_GET, &get).expect("seq present");
+        assert_eq!(m.encode_plaintext(), get);
+        let put = StoreMessage::Put(PutRequest {
+            request_id: [1; 8],
+            token: [2; 32],
+            ttl_s: 60,
+            cas: None,
+            target: crate::item::Target::immutable(b"v"),
+            item: crate::item::Item::Immutable(b"v".to_vec()),
+        });
+        let mut bytes = put.encode_plaintext();
+        assert!(StoreMessage::decode_plaintext(STORE_PUT, &bytes).is_ok());
+        // request id 8, token 32, ttl 4, has-cas 1, then the cas: make it non-zero.
+        bytes[8 + 32 + 4 + 1 + 7] = 1;
+        assert!(StoreMessage::decode_plaintext(STORE_PUT, &bytes).is_err());
+        // Second finding: a refusal (status 207) with a non-zero ttl field.
+        let mut resp = vec![0u8; 8 + 2 + 4];
+        resp[9] = 207;
+        assert!(StoreMessage::decode_plaintext(STORE_PUT_RESPONSE, &resp).is_ok());
+        resp[13] = 64;
+        assert!(StoreMessage::decode_plaintext(STORE_PUT_RESPONSE, &resp).is_err());
     }
 
     proptest! {
