@@ -641,8 +641,8 @@ mod tests {
             token: [2; 32],
             ttl_s: 60,
             cas: None,
-            target: crate::item::Target::immutable(b"v"),
-            item: crate::item::Item::Immutable(b"v".to_vec()),
+            target: Target::immutable(b"v"),
+            item: Item::Immutable(b"v".to_vec()),
         });
         let mut bytes = put.encode_plaintext();
         assert!(StoreMessage::decode_plaintext(STORE_PUT, &bytes).is_ok());
