@@ -478,6 +478,10 @@ pub struct Message {
     pub seq: u64,
     /// Outgoing: acknowledged by the friend's node. Incoming: true.
     pub delivered: bool,
+    /// Outgoing, not delivered yet: sealed into the offline friend's mailbox at the DHT nodes
+    /// nearest it (issue 9), to be read when the friend is back.
+    #[serde(default)]
+    pub mailed: bool,
 }
 
 /// The tunnel data plane's counters (`tunnel status` key `dataplane`).

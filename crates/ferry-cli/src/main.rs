@@ -17,6 +17,7 @@ use ferry_daemon::up::{UpOptions, run_up};
 mod chain;
 mod chat;
 mod data;
+mod devnet_data;
 mod devnet_netns;
 mod files;
 mod market;
@@ -276,6 +277,12 @@ enum Command {
         /// With --netns: download size, MiB.
         #[arg(long, value_name = "MIB", default_value_t = 32, requires = "netns")]
         download_mib: u32,
+        /// Instead, run `--nodes` real `ferry up` processes on loopback (store holders, alice
+        /// and bob) and show the DHT data layer: alice registers a username, bob resolves it
+        /// and befriends her by name, bob's process stops, alice writes to him, bob comes back
+        /// and reads it from his mailbox; everything is stopped afterwards.
+        #[arg(long, conflicts_with_all = ["netns", "seconds", "until_resolved"])]
+        data: bool,
     },
     /// The settlement chain of paid forwarding: `serve` the embedded EVM over JSON-RPC, `fund`
     /// a dev account.
@@ -771,6 +778,14 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             ..
         } => {
             devnet_netns::run_netns(devnet_netns::NetnsOptions { download_mib, json }).await?;
+        }
+        Command::Devnet {
+            data: true,
+            nodes,
+            json,
+            ..
+        } => {
+            devnet_data::run_data(devnet_data::DataOptions { nodes, json }).await?;
         }
         Command::Chain { command } => chain::run(command).await?,
         Command::DevnetServe { listen } => {

@@ -712,7 +712,17 @@ impl ChatShared {
                 .messages(friend.as_deref(), req.after, limit)
                 .map_err(internal)?;
             if !rows.is_empty() || Instant::now() >= deadline {
-                return Ok(rows.into_iter().map(|(s, m)| to_api(s, m)).collect());
+                let data = self.data.get();
+                return Ok(rows
+                    .into_iter()
+                    .map(|(s, m)| {
+                        let mut msg = to_api(s, m);
+                        msg.mailed = msg.direction == "out"
+                            && !msg.delivered
+                            && data.is_some_and(|d| d.is_mailed(s));
+                        msg
+                    })
+                    .collect());
             }
             let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
@@ -769,6 +779,7 @@ fn to_api(seq: u64, m: MessageRecord) -> Message {
         time_ms: m.time_ms,
         seq,
         delivered: m.delivered,
+        mailed: false,
     }
 }
 
@@ -816,6 +827,24 @@ impl EventHandler for ChatHandler {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
                     s.tunnel.tap.peer_gone(&public_key);
+                    // Messages handed to net_crypto but never receipted went down with the
+                    // session: seal them into the friend's mailbox (a ferry friend's node reads
+                    // them when it is back; the mailbox's high-water mark keeps them once).
+                    if let Some(d) = s.data.get() {
+                        let hex = public_key.to_hex();
+                        for (seq, m) in s.store.undelivered().unwrap_or_default() {
+                            if m.friend == hex && !d.is_mailed(seq) {
+                                d.mail_out(
+                                    node,
+                                    now,
+                                    public_key,
+                                    seq,
+                                    m.kind == MessageKind::Action,
+                                    &m.text,
+                                );
+                            }
+                        }
+                    }
                 } else {
                     s.tunnel.circuits.peer_online(node, now);
                     s.tunnel.tap.peer_online(node, now, public_key);

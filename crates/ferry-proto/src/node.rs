@@ -754,6 +754,13 @@ impl Node {
         Ok(())
     }
 
+    /// Before the process stops: ends every net_crypto session with a kill packet
+    /// ([`NetCrypto::close_all`]), so friends see this node offline at once. Call it, then send
+    /// the datagrams it queued ([`Node::poll_transmit`]), then stop.
+    pub fn close_sessions(&mut self, now: Instant) {
+        self.crypto.close_all(now);
+    }
+
     /// Every friend.
     pub fn friends(&self) -> Vec<FriendInfo> {
         let mut v: Vec<FriendInfo> = self
