@@ -825,7 +825,8 @@ pub struct MarketContract {
     pub role: String,
     /// Agreed price per KiB, wei.
     pub price_per_kib: String,
-    /// IP bytes metered on this contract so far.
+    /// IP bytes metered on this contract so far, both directions (client → destination and
+    /// the replies back).
     pub data_used_bytes: u64,
     /// Data the contract covers, bytes.
     pub data_limit_bytes: u64,
