@@ -1145,7 +1145,13 @@ handler!(dht_put, post, dht_put, DhtPut, DhtPutResult);
 handler!(dht_get, post, dht_get, DhtGet, DhtGetResult);
 handler!(name_register, post, name_register, NameRequest, NameInfo);
 handler!(name_resolve, post, name_resolve, NameRequest, NameInfo);
-handler!(content_publish, post, content_publish, ContentPublish, ContentPublished);
+handler!(
+    content_publish,
+    post,
+    content_publish,
+    ContentPublish,
+    ContentPublished
+);
 handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
 handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
 

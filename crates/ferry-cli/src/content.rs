@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_api::{Client, ContentFetch, ContentJob, ContentJobQuery, ContentPublish, ContentPublished};
+use ferry_api::{
+    Client, ContentFetch, ContentJob, ContentJobQuery, ContentPublish, ContentPublished,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Runs `ferry publish PATH [--json]`.
@@ -20,7 +22,10 @@ pub(crate) async fn publish(client: &Client, path: PathBuf, json: bool) -> anyho
     };
     let r: ContentPublished = client.post("/v1/content/publish", &req).await?;
     if json {
-        println!("{}", serde_json::json!({ "id": r.id, "name": r.name, "files": r.files, "bytes": r.bytes, "announced": r.announced }));
+        println!(
+            "{}",
+            serde_json::json!({ "id": r.id, "name": r.name, "files": r.files, "bytes": r.bytes, "announced": r.announced })
+        );
     } else {
         println!("{}", r.id);
         eprintln!(
@@ -64,7 +69,11 @@ pub(crate) async fn fetch(
             pb.set_position(job.verified_bytes);
             pb.set_message(format!(
                 "{} {} peers {}/{}",
-                if job.name.is_empty() { "…" } else { &job.name },
+                if job.name.is_empty() {
+                    "…"
+                } else {
+                    &job.name
+                },
                 job.state,
                 job.providers_live,
                 job.providers_known

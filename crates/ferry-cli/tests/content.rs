@@ -60,7 +60,9 @@ static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn wait_capable(up: &FerryUp, n: u64) {
     let start = Instant::now();
     loop {
-        let s = up.json(&["store", "status", "--json"]).expect("store status");
+        let s = up
+            .json(&["store", "status", "--json"])
+            .expect("store status");
         if s["capable_nodes"].as_u64().unwrap_or(0) >= n {
             return;
         }
@@ -128,7 +130,9 @@ fn hash_file(path: &Path) -> blake3::Hash {
 /// A directory (nested, with an empty file) published by two nodes comes back identical.
 #[test]
 fn directory_round_trip() {
-    let _g = ENV_LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _g = ENV_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let infra = Infra::new(2).expect("infra");
     let a = start(&infra, &[]);
     let b = start(&infra, &[]);
@@ -156,8 +160,102 @@ fn directory_round_trip() {
             "{rel}"
         );
     }
-    assert_eq!(s["providers_dropped"], 0, "{s}");
+    assert_eq!(
+        s["providers_dropped"],
+        0,
+        "{s}\n{}",
+        c.stderr.snapshot().join("\n")
+    );
     for n in [a, b, c] {
+        assert!(n.stop().expect("stop"));
+    }
+}
+
+/// A provider that serves corrupted groups (`FERRY_TEST_CORRUPT_CONTENT=1`) is detected and
+/// dropped; the output is still exact.
+#[test]
+fn corrupt_provider_is_dropped() {
+    let _g = ENV_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let infra = Infra::new(2).expect("infra");
+    let good = start(&infra, &[]);
+    let bad = start(&infra, &[("FERRY_TEST_CORRUPT_CONTENT", "1")]);
+    let c = start(&infra, &[]);
+    for n in [&good, &bad, &c] {
+        wait_capable(n, 2);
+    }
+    let src = tempfile::tempdir().expect("src");
+    let file = src.path().join("data.bin");
+    write_random(&file, 8 << 20, 3);
+    let id = publish(&bad, &file);
+    assert_eq!(publish(&good, &file), id);
+    let out = tempfile::tempdir().expect("out");
+    let s = fetch(&c, &id, out.path());
+    eprintln!("fetch with a corrupt provider: {s}");
+    assert_eq!(
+        hash_file(&file),
+        hash_file(&out.path().join("data.bin")),
+        "output corrupted"
+    );
+    assert_eq!(s["providers_dropped"], 1, "{s}");
+    let bad_pk = bad.json(&["id", "--json"]).expect("id")["public_key"]
+        .as_str()
+        .expect("pk")
+        .to_ascii_uppercase();
+    let log = c.stderr.snapshot().join("\n");
+    assert!(
+        log.lines().any(|l| l.contains("content provider dropped")
+            && l.contains(&bad_pk)
+            && l.contains("Corrupt")),
+        "{log}"
+    );
+    for n in [good, bad, c] {
+        assert!(n.stop().expect("stop"));
+    }
+}
+
+/// A big file (1 GiB unless `FERRY_CONTENT_TEST_MIB`) published by 3 nodes is fetched from
+/// all 3 at once; the output's BLAKE3 equals the source's.
+#[test]
+fn big_file_from_three_providers() {
+    let _g = ENV_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mib: u64 = std::env::var("FERRY_CONTENT_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let infra = Infra::new(2).expect("infra");
+    let p: Vec<FerryUp> = (0..3).map(|_| start(&infra, &[])).collect();
+    let c = start(&infra, &[]);
+    for n in p.iter().chain([&c]) {
+        wait_capable(n, 2);
+    }
+    let src = tempfile::tempdir().expect("src");
+    let file = src.path().join("big.bin");
+    let t = Instant::now();
+    write_random(&file, mib << 20, 11);
+    eprintln!("generated {mib} MiB in {:?}", t.elapsed());
+    let t = Instant::now();
+    let id = publish(&p[0], &file);
+    eprintln!("publish (hashing {mib} MiB): {:?}", t.elapsed());
+    for n in &p[1..] {
+        assert_eq!(publish(n, &file), id);
+    }
+    let out = tempfile::tempdir().expect("out");
+    let t = Instant::now();
+    let s = fetch(&c, &id, out.path());
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "fetch {mib} MiB from 3 providers: {secs:.1} s, {:.1} MiB/s; {s}",
+        mib as f64 / secs
+    );
+    assert_eq!(s["providers_used"], 3, "{s}");
+    assert_eq!(s["providers_dropped"], 0, "{s}");
+    assert_eq!(s["bytes"], mib << 20);
+    assert_eq!(hash_file(&file), hash_file(&out.path().join("big.bin")));
+    for n in p.into_iter().chain([c]) {
         assert!(n.stop().expect("stop"));
     }
 }

@@ -49,6 +49,10 @@ pub struct FetchConfig {
     pub max_providers: usize,
     /// Largest length accepted for a whole-blob fetch, bytes: 8 MiB.
     pub max_whole_len: u64,
+    /// First request id (default 1). Consecutive fetches over the same sessions should continue
+    /// from the previous one's [`Fetch::next_req`], so late data of a cancelled request is never
+    /// taken for a new one.
+    pub first_req: u32,
 }
 
 impl Default for FetchConfig {
@@ -60,6 +64,7 @@ impl Default for FetchConfig {
             max_strikes: 3,
             max_providers: 64,
             max_whole_len: crate::manifest::MAX_MANIFEST_SIZE,
+            first_req: 1,
         }
     }
 }
@@ -152,6 +157,7 @@ pub struct Fetch<P> {
 impl<P: Copy + Eq + Hash + Ord + Debug> Fetch<P> {
     /// A fetch of `blob`; `len` from a verified manifest, or `None` for a whole-blob fetch.
     pub fn new(blob: ContentId, len: Option<u64>, cfg: FetchConfig) -> Self {
+        let first_req = cfg.first_req;
         let groups = len.map_or(1, group_count);
         let mut f = Self {
             blob,
@@ -166,7 +172,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Fetch<P> {
             inflight: BTreeMap::new(),
             providers: BTreeMap::new(),
             order: Vec::new(),
-            next_req: 1,
+            next_req: first_req.max(1),
             out: VecDeque::new(),
             events: VecDeque::new(),
             finished: false,
@@ -194,6 +200,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Fetch<P> {
     /// The blob's length, once known.
     pub fn blob_len(&self) -> Option<u64> {
         self.len
+    }
+
+    /// The request id the next request would use.
+    pub fn next_req(&self) -> u32 {
+        self.next_req
     }
 
     /// Verified bytes so far.

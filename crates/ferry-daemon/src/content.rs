@@ -226,6 +226,8 @@ struct Job {
     added: HashSet<PublicKey>,
     /// Files written, for serving afterwards: (blob, len, path).
     written: Vec<(ContentId, u64, PathBuf)>,
+    /// Next request id (continues across the job's blobs and jobs).
+    next_req: u32,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +240,7 @@ struct State {
     job: Option<Job>,
     finished: VecDeque<ContentJob>,
     next_job: u64,
+    next_req: u32,
     last_announce: Option<Instant>,
 }
 
@@ -376,7 +379,11 @@ impl ContentShared {
     }
 
     fn used(st: &State) -> u64 {
-        st.blobs.values().filter(|b| b.path.is_some()).map(|b| b.len).sum()
+        st.blobs
+            .values()
+            .filter(|b| b.path.is_some())
+            .map(|b| b.len)
+            .sum()
     }
 
     /// Registers a served file blob (outboard written to disk).
@@ -522,12 +529,7 @@ impl ContentShared {
         .await
         .map_err(unavailable)?;
         let n = data
-            .put_item(
-                node,
-                target,
-                Item::Mail(env),
-                PROVIDER_TTL.as_secs() as u32,
-            )
+            .put_item(node, target, Item::Mail(env), PROVIDER_TTL.as_secs() as u32)
             .await?;
         tracing::info!(content = %id, stored = n, "provider record announced");
         Ok(n)
@@ -570,9 +572,11 @@ impl ContentShared {
         let data = data.ok_or_else(|| ApiError::not_found("this node has no value store"))?;
         let job = {
             let mut st = lock(&self.state);
-            if st.job.as_ref().is_some_and(|j| {
-                !matches!(j.phase, Phase::Done | Phase::Failed)
-            }) {
+            if st
+                .job
+                .as_ref()
+                .is_some_and(|j| !matches!(j.phase, Phase::Done | Phase::Failed))
+            {
                 return Err(ApiError::conflict("a fetch is already running"));
             }
             st.next_job += 1;
@@ -594,6 +598,7 @@ impl ContentShared {
                 dropped: HashSet::new(),
                 added: HashSet::new(),
                 written: Vec::new(),
+                next_req: st.next_req,
             };
             let id = j.id;
             if let Some(old) = st.job.take() {
@@ -697,7 +702,7 @@ impl ContentShared {
         let Some(j) = st.job.as_mut().filter(|j| j.id == job) else {
             return;
         };
-        let mut fetch = Fetch::new(j.content, None, FetchConfig::default());
+        let mut fetch = Fetch::new(j.content, None, fetch_config(j.next_req));
         for r in &known {
             if n.add_friend_norequest(now, r.public_key).is_ok() {
                 j.added.insert(r.public_key);
@@ -757,8 +762,7 @@ impl ContentShared {
         addr: SocketAddr,
     ) {
         let mut st = lock(&self.state);
-        if st.contents.is_empty() || st.guests.contains_key(&pk) || st.guests.len() >= MAX_GUESTS
-        {
+        if st.contents.is_empty() || st.guests.contains_key(&pk) || st.guests.len() >= MAX_GUESTS {
             return;
         }
         if n.add_friend_norequest(now, pk).is_ok() {
@@ -797,6 +801,10 @@ impl ContentShared {
             ContentPacket::Cancel { req } => {
                 if let Some(s) = st.serving.get_mut(&pk) {
                     s.queue.retain(|(r, ..)| *r != req);
+                    if s.current.as_ref().is_some_and(|(r, ..)| *r == req) {
+                        // Stop mid-response: the fetcher ignores the rest anyway.
+                        s.current = None;
+                    }
                 }
             }
             other => {
@@ -815,7 +823,7 @@ impl ContentShared {
 
     /// Encodes the next queued response for `pk` (reading the file), or `None`.
     fn next_response(&self, st: &mut State, pk: PublicKey) -> Option<(u32, Vec<u8>, Option<u64>)> {
-        loop {
+        {
             let (req, blob, start, end) = st.serving.get_mut(&pk)?.queue.pop_front()?;
             let Some(b) = st.blobs.get_mut(&blob) else {
                 return Some((req, Vec::new(), None));
@@ -858,7 +866,7 @@ impl ContentShared {
                 let i = enc.len() - 1;
                 enc[i] ^= 0x5a;
             }
-            return Some((req, enc, whole.then_some(b.len)));
+            Some((req, enc, whole.then_some(b.len)))
         }
     }
 
@@ -914,9 +922,8 @@ impl ContentShared {
             return;
         };
         for _ in 0..4 {
-            let f = match &mut j.phase {
-                Phase::Manifest(f, _) | Phase::Files { fetch: f, .. } => f,
-                _ => return,
+            let (Phase::Manifest(f, _) | Phase::Files { fetch: f, .. }) = &mut j.phase else {
+                return;
             };
             if f.poll_timeout().is_some_and(|t| t <= now) {
                 f.handle_timeout(now);
@@ -989,6 +996,7 @@ impl ContentShared {
             return;
         };
         let written = std::mem::take(&mut j.written);
+        let next_req = j.next_req.wrapping_add(1 << 16).max(1);
         let added: Vec<PublicKey> = j.added.drain().collect();
         let content = j.content;
         tracing::info!(content = %content, "fetch complete");
@@ -1005,6 +1013,7 @@ impl ContentShared {
             }
         }
         self.save_index(&st2);
+        st2.next_req = next_req;
         *st = st2;
     }
 
@@ -1028,13 +1037,14 @@ impl ContentShared {
         if running {
             self.pump_job(&mut st, n, now);
             let stalled = st.job.as_ref().and_then(|j| {
-                let f = match &j.phase {
-                    Phase::Manifest(f, _) | Phase::Files { fetch: f, .. } => f,
-                    _ => return None,
+                let (Phase::Manifest(f, _) | Phase::Files { fetch: f, .. }) = &j.phase else {
+                    return None;
                 };
                 (now.duration_since(j.last_progress) > STALL_TIMEOUT
                     || (f.live_providers() == 0
-                        && j.providers.iter().all(|r| j.dropped.contains(&r.public_key))))
+                        && j.providers
+                            .iter()
+                            .all(|r| j.dropped.contains(&r.public_key))))
                 .then_some(j.id)
             });
             if let Some(id) = stalled {
@@ -1066,6 +1076,9 @@ fn advance(j: &mut Job, online: &HashSet<PublicKey>) -> Result<(), String> {
         .map(|r| r.public_key)
         .filter(|k| online.contains(k) && !j.dropped.contains(k))
         .collect();
+    if let Phase::Manifest(f, _) | Phase::Files { fetch: f, .. } = &j.phase {
+        j.next_req = f.next_req();
+    }
     let (manifest, next) = match std::mem::replace(&mut j.phase, Phase::Finding) {
         Phase::Manifest(_, buf) => {
             let m = Manifest::decode(&buf).map_err(|e| format!("bad manifest: {e}"))?;
@@ -1126,7 +1139,7 @@ fn advance(j: &mut Job, online: &HashSet<PublicKey>) -> Result<(), String> {
     let file = File::create(&tmp).map_err(|x| format!("{}: {x}", tmp.display()))?;
     file.set_len(e.len)
         .map_err(|x| format!("{}: {x}", tmp.display()))?;
-    let mut fetch = Fetch::new(e.blob, Some(e.len), FetchConfig::default());
+    let mut fetch = Fetch::new(e.blob, Some(e.len), fetch_config(j.next_req));
     for p in providers {
         fetch.add_provider(p);
     }
@@ -1138,6 +1151,13 @@ fn advance(j: &mut Job, online: &HashSet<PublicKey>) -> Result<(), String> {
         tmp,
     };
     Ok(())
+}
+
+fn fetch_config(first_req: u32) -> FetchConfig {
+    FetchConfig {
+        first_req,
+        ..FetchConfig::default()
+    }
 }
 
 fn entry_path(to: &Path, m: &Manifest, e: &Entry) -> PathBuf {
