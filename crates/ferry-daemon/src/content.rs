@@ -1316,4 +1316,40 @@ mod tests {
         }
         assert_eq!(ProviderRecord::decode(&[]), None);
     }
+
+    #[test]
+    fn tree_hash_quota_and_index_reload() {
+        let profile = tempfile::tempdir().expect("dir");
+        std::fs::write(
+            profile.path().join("config.toml"),
+            "[store]\nmax_items = 10\n[content]\nquota_mib = 1\n",
+        )
+        .expect("config");
+        let src = tempfile::tempdir().expect("src");
+        std::fs::create_dir_all(src.path().join("d/e")).expect("mkdir");
+        std::fs::write(src.path().join("d/e/x"), vec![7u8; 600_000]).expect("w");
+        std::fs::write(src.path().join("d/y"), b"y").expect("w");
+        let t = hash_tree(&src.path().join("d")).expect("hash");
+        let names: Vec<&str> = t.iter().map(|(r, ..)| r.as_str()).collect();
+        assert_eq!(names, ["e/x", "y"]);
+        assert_eq!(t[0].1.id(), ContentId::of(&[7u8; 600_000]));
+        let c = ContentShared::open(profile.path(), PublicKey([1; 32])).expect("open");
+        assert_eq!(c.quota, 1 << 20);
+        {
+            let mut st = lock(&c.state);
+            for (_, ob, path) in t.clone() {
+                c.add_blob(&mut st, ob, path).expect("within quota");
+            }
+            // A second 600 kB blob passes the 1 MiB quota.
+            let big = Outboard::create(&[8u8; 600_000][..], 600_000).expect("hash");
+            assert!(c.add_blob(&mut st, big, src.path().join("z")).is_err());
+            c.add_manifest(&mut st, b"FCM1 not parsed here".to_vec())
+                .expect("manifest");
+            c.save_index(&st);
+        }
+        let again = ContentShared::open(profile.path(), PublicKey([1; 32])).expect("reopen");
+        let st = lock(&again.state);
+        assert_eq!(st.blobs.len(), 3);
+        assert_eq!(st.contents.len(), 1);
+    }
 }
