@@ -212,6 +212,8 @@ struct Job {
     to: PathBuf,
     started: Instant,
     first_live: Option<Instant>,
+    /// When it finished (done or failed).
+    ended: Option<Instant>,
     last_progress: Instant,
     phase: Phase,
     error: Option<String>,
@@ -587,6 +589,7 @@ impl ContentShared {
                 to,
                 started: now,
                 first_live: None,
+                ended: None,
                 last_progress: now,
                 phase: Phase::Finding,
                 error: None,
@@ -642,6 +645,7 @@ impl ContentShared {
             }
             j.phase = Phase::Failed;
             j.error = Some(why);
+            j.ended = Some(Instant::now());
         }
     }
 
@@ -958,6 +962,7 @@ impl ContentShared {
                                 if let Err(e) = file.write_all_at(&bytes, offset) {
                                     j.error = Some(format!("writing: {e}"));
                                     j.phase = Phase::Failed;
+                                    j.ended = Some(now);
                                     return;
                                 }
                             }
@@ -982,6 +987,9 @@ impl ContentShared {
             if done && let Err(e) = advance(j, &st.online) {
                 j.error = Some(e);
                 j.phase = Phase::Failed;
+            }
+            if matches!(j.phase, Phase::Done | Phase::Failed) {
+                j.ended = Some(now);
             }
             if matches!(j.phase, Phase::Done) {
                 self.job_done(st, n, now);
@@ -1190,7 +1198,7 @@ fn job_status(j: &Job, now: Instant) -> ContentJob {
         Phase::Manifest(f, _) | Phase::Files { fetch: f, .. } => f.live_providers() as u64,
         _ => 0,
     };
-    let end = now;
+    let end = j.ended.unwrap_or(now);
     let rate_secs = j
         .first_live
         .map_or(0.0, |t| end.duration_since(t).as_secs_f64());
@@ -1210,7 +1218,7 @@ fn job_status(j: &Job, now: Instant) -> ContentJob {
         providers_live: live,
         providers_used: j.used.len() as u64,
         providers_dropped: j.dropped.len() as u64,
-        seconds: now.duration_since(j.started).as_secs_f64(),
+        seconds: end.duration_since(j.started).as_secs_f64(),
         rate: if rate_secs > 0.0 {
             verified as f64 / rate_secs
         } else {
