@@ -796,6 +796,78 @@ pub struct DhtGetResult {
     pub seq: Option<u64>,
 }
 
+/// `POST /v1/content/publish` (`ferry publish PATH`): a file or directory becomes content
+/// (issue 10 item 1); the node serves it and announces itself as a provider in the DHT.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPublish {
+    /// Absolute path of the file or directory.
+    pub path: String,
+}
+
+/// Result of [`ContentPublish`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPublished {
+    /// The content id (manifest BLAKE3), 64 hex digits.
+    pub id: String,
+    /// The published name (file or directory name).
+    pub name: String,
+    /// Files in it.
+    pub files: u64,
+    /// Bytes in all files.
+    pub bytes: u64,
+    /// DHT nodes that stored our provider record (0: announce failed, retried later).
+    pub announced: u64,
+}
+
+/// `POST /v1/content/fetch` (`ferry fetch ID --to DIR`): starts a fetch job; poll it with
+/// `POST /v1/content/job`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentFetch {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// Absolute directory the file or directory is written into.
+    pub to: String,
+}
+
+/// `POST /v1/content/job`: a fetch job's state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentJobQuery {
+    /// The job id from [`ContentJob::job`].
+    pub job: u64,
+}
+
+/// A fetch job's progress (answer of `/v1/content/fetch` and `/v1/content/job`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContentJob {
+    /// Job id.
+    pub job: u64,
+    /// `finding`, `manifest`, `fetching`, `done` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The published name (once the manifest is in).
+    pub name: String,
+    /// Where it is written.
+    pub path: String,
+    /// Bytes in all files (once the manifest is in).
+    pub total_bytes: u64,
+    /// Verified bytes written.
+    pub verified_bytes: u64,
+    /// Providers known from the DHT.
+    pub providers_known: u64,
+    /// Providers connected and serving now.
+    pub providers_live: u64,
+    /// Providers that delivered verified bytes.
+    pub providers_used: u64,
+    /// Providers dropped (corrupt data, missing, too slow).
+    pub providers_dropped: u64,
+    /// Seconds since the job started.
+    pub seconds: f64,
+    /// Verified bytes per second since the first provider connected.
+    pub rate: f64,
+}
+
 /// `POST /v1/names/register` and `/v1/names/resolve` (`ferry name register|resolve NAME`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NameRequest {
@@ -1000,6 +1072,21 @@ pub trait Backend: Send + Sync + 'static {
     fn name_resolve(&self, _req: NameRequest) -> BoxFuture<'_, Result<NameInfo, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/content/publish`.
+    fn content_publish(
+        &self,
+        _req: ContentPublish,
+    ) -> BoxFuture<'_, Result<ContentPublished, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/fetch`.
+    fn content_fetch(&self, _req: ContentFetch) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/job`.
+    fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -1063,6 +1150,15 @@ handler!(dht_put, post, dht_put, DhtPut, DhtPutResult);
 handler!(dht_get, post, dht_get, DhtGet, DhtGetResult);
 handler!(name_register, post, name_register, NameRequest, NameInfo);
 handler!(name_resolve, post, name_resolve, NameRequest, NameInfo);
+handler!(
+    content_publish,
+    post,
+    content_publish,
+    ContentPublish,
+    ContentPublished
+);
+handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
+handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -1104,6 +1200,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/dht/get", post(dht_get::<B>))
         .route("/v1/names/register", post(name_register::<B>))
         .route("/v1/names/resolve", post(name_resolve::<B>))
+        .route("/v1/content/publish", post(content_publish::<B>))
+        .route("/v1/content/fetch", post(content_fetch::<B>))
+        .route("/v1/content/job", post(content_job::<B>))
         .with_state(backend)
 }
 

@@ -16,6 +16,7 @@ use ferry_daemon::up::{UpOptions, run_up};
 
 mod chain;
 mod chat;
+mod content;
 mod data;
 mod devnet_data;
 mod devnet_netns;
@@ -164,6 +165,28 @@ enum Command {
     /// Show the running node's status.
     Status {
         /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a file or directory as content: prints its content id (the node serves it and
+    /// announces itself as a provider in the DHT).
+    Publish {
+        /// File or directory.
+        path: PathBuf,
+        /// JSON: {"id", "name", "files", "bytes", "announced"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch content by id from every node that has it, verifying as it streams; writes the
+    /// file or directory under its published name into DIR.
+    Fetch {
+        /// The content id (64 hex digits).
+        id: String,
+        /// Directory to write into (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// JSON summary: {"path", "bytes", "providers_used", "providers_dropped",
+        /// "providers_known", "seconds", "rate" (bytes/s)}.
         #[arg(long)]
         json: bool,
     },
@@ -584,6 +607,12 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                     s.packets_in, s.packets_out, s.malformed_dropped
                 );
             }
+        }
+        Command::Publish { path, json } => {
+            content::publish(&client(profile_dir), path, json).await?;
+        }
+        Command::Fetch { id, to, json } => {
+            content::fetch(&client(profile_dir), id, to, json).await?;
         }
         Command::Store { command } => data::store(&client(profile_dir), command).await?,
         Command::Name { command } => data::name(&client(profile_dir), command).await?,

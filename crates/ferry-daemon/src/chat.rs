@@ -59,6 +59,8 @@ pub struct ChatShared {
     service: std::sync::atomic::AtomicBool,
     /// The DHT value store, names and offline messages ([`crate::data`]), once started.
     pub data: std::sync::OnceLock<Arc<crate::data::DataShared>>,
+    /// Content publish/fetch ([`crate::content`]), once started.
+    pub content: std::sync::OnceLock<Arc<crate::content::ContentShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -112,6 +114,7 @@ impl ChatShared {
             tunnel: crate::tunnel::TunnelShared::default(),
             service: std::sync::atomic::AtomicBool::new(false),
             data: std::sync::OnceLock::new(),
+            content: std::sync::OnceLock::new(),
         }))
     }
 
@@ -823,6 +826,9 @@ impl EventHandler for ChatHandler {
                 s.tunnel
                     .market
                     .peer_connection(&public_key, connection != Connection::None);
+                if let Some(c) = s.content.get() {
+                    c.peer_connection(node, now, public_key, connection != Connection::None);
+                }
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
@@ -954,6 +960,26 @@ impl EventHandler for ChatHandler {
             } if data.first() == Some(&crate::data::MAIL_PACKET_ID) && s.data.get().is_some() => {
                 if let Some(d) = s.data.get() {
                     d.on_control(s, node, now, public_key, &data);
+                }
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if ferry_content::wire::ContentPacket::is_content(data.first())
+                && s.content.get().is_some() =>
+            {
+                if let Some(c) = s.content.get() {
+                    c.on_packet(node, now, public_key, &data);
+                }
+            }
+            NodeEvent::UnknownPeer {
+                public_key,
+                dht_pk,
+                addr,
+            } => {
+                if let Some(c) = s.content.get() {
+                    c.on_unknown_peer(node, now, public_key, dht_pk, addr);
                 }
             }
             NodeEvent::CustomPacket {

@@ -687,6 +687,9 @@ impl DataShared {
                                 mail.push((*friend, *target, item));
                             }
                             Purpose::RequestCollect { target } => requests.push((*target, item)),
+                            // Multi-writer records read through the API path (content
+                            // provider records, `crate::content`).
+                            Purpose::Api(_) => r.out.items.push(item),
                             _ => {}
                         },
                         LookupEvent::Value { item, .. } => r.out.items.push(item),
@@ -1095,6 +1098,73 @@ impl DataShared {
             .await
             .map_err(|_| ApiError::unavailable("lookup timed out"))?
             .map_err(|_| ApiError::unavailable("node stopped"))
+    }
+
+    /// Puts `item` at `target` on the k closest capable nodes (used for content provider
+    /// records, [`crate::content`]); returns how many stored it.
+    ///
+    /// # Errors
+    /// No capable node known, lookup timeout.
+    pub async fn put_item(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+        item: Item,
+        ttl_s: u32,
+    ) -> Result<usize, ApiError> {
+        let out = self
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item,
+                    ttl_s,
+                    cas: None,
+                },
+            )
+            .await?;
+        Ok(out.stored)
+    }
+
+    /// Every item (or mail envelope) found at `target`.
+    ///
+    /// # Errors
+    /// No capable node known, lookup timeout.
+    pub async fn get_items(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+    ) -> Result<Vec<Item>, ApiError> {
+        let mut local = Vec::new();
+        {
+            let st = lock(&self.state);
+            let now = Instant::now();
+            let mut seq = None;
+            for _ in 0..64 {
+                match st.host.store.lookup(now, &target, seq) {
+                    Found::Item(i) => {
+                        local.push(i);
+                        break;
+                    }
+                    Found::Mail { slot, item } => {
+                        local.push(item);
+                        seq = Some(slot + 1);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let mut items = self
+            .run(node, target, Operation::Get { seq: None })
+            .await?
+            .items;
+        items.extend(local);
+        Ok(items)
+    }
+
+    /// Proof-of-work bits this node's store asks of mail envelopes.
+    pub fn mail_pow_bits(&self) -> u32 {
+        lock(&self.state).host.store.config().mail_pow_bits
     }
 
     /// `POST /v1/dht/put`.

@@ -10,6 +10,7 @@
 pub mod bootstrap;
 pub mod chat;
 pub mod circuit;
+pub mod content;
 pub mod data;
 pub mod devnet;
 pub mod exit;
