@@ -819,6 +819,33 @@ pub struct ContentPublished {
     pub announced: u64,
 }
 
+/// `POST /v1/site/publish` (`ferry site publish DIR --name NAME`): publishes the directory as
+/// content and binds the username NAME (registered by this node) to it, the site's latest
+/// version (issue 10 item 4).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SitePublish {
+    /// The username (registered by this node with `ferry name register`).
+    pub name: String,
+    /// Absolute path of the directory.
+    pub path: String,
+}
+
+/// A site: what [`SitePublish`] bound, or what `POST /v1/site/resolve` (a [`NameRequest`])
+/// found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SiteInfo {
+    /// The normalized name.
+    pub name: String,
+    /// Content id of the latest version, 64 hex digits.
+    pub id: String,
+    /// The owner's Tox ID (from the name record).
+    pub tox_id: String,
+    /// The name owner's key fingerprint (16 hex digits), as `ferry name resolve` shows it.
+    pub fingerprint: String,
+    /// When the latest version was published, Unix s.
+    pub published_unix: u64,
+}
+
 /// `POST /v1/content/fetch` (`ferry fetch ID --to DIR`): starts a fetch job; poll it with
 /// `POST /v1/content/job`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -1087,6 +1114,14 @@ pub trait Backend: Send + Sync + 'static {
     fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/site/publish`.
+    fn site_publish(&self, _req: SitePublish) -> BoxFuture<'_, Result<SiteInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/site/resolve`.
+    fn site_resolve(&self, _req: NameRequest) -> BoxFuture<'_, Result<SiteInfo, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -1159,6 +1194,8 @@ handler!(
 );
 handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
 handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
+handler!(site_publish, post, site_publish, SitePublish, SiteInfo);
+handler!(site_resolve, post, site_resolve, NameRequest, SiteInfo);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -1203,6 +1240,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/content/publish", post(content_publish::<B>))
         .route("/v1/content/fetch", post(content_fetch::<B>))
         .route("/v1/content/job", post(content_job::<B>))
+        .route("/v1/site/publish", post(site_publish::<B>))
+        .route("/v1/site/resolve", post(site_resolve::<B>))
         .with_state(backend)
 }
 

@@ -1,13 +1,16 @@
 //! `ferry publish PATH` and `ferry fetch ID [--to DIR]` (issue 10 item 1): clients of
 //! `/v1/content/…`; `fetch` draws an indicatif progress bar (providers, rate, ETA) while the
-//! daemon downloads from every provider at once.
+//! daemon downloads from every provider at once. `ferry site …` (issue 10 item 4) binds a
+//! username to a published directory and fetches it back by name.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Subcommand;
 use ferry_api::{
     Client, ContentFetch, ContentJob, ContentJobQuery, ContentPublish, ContentPublished,
+    NameRequest, SiteInfo, SitePublish,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -45,6 +48,17 @@ pub(crate) async fn fetch(
     id: String,
     to: Option<PathBuf>,
     json: bool,
+) -> anyhow::Result<()> {
+    fetch_with(client, id, to, json, None).await
+}
+
+/// [`fetch`], with the site it is a version of (added to the JSON summary as "site").
+async fn fetch_with(
+    client: &Client,
+    id: String,
+    to: Option<PathBuf>,
+    json: bool,
+    site: Option<SiteInfo>,
 ) -> anyhow::Result<()> {
     let to = std::path::absolute(to.unwrap_or_else(|| PathBuf::from(".")))?;
     let req = ContentFetch {
@@ -107,6 +121,7 @@ pub(crate) async fn fetch(
                 "providers_known": job.providers_known,
                 "seconds": job.seconds,
                 "rate": job.rate,
+                "site": site,
             })
         );
     } else {
@@ -119,6 +134,99 @@ pub(crate) async fn fetch(
             job.seconds,
             job.rate / f64::from(1u32 << 20)
         );
+    }
+    Ok(())
+}
+
+/// `ferry site …`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum SiteCommand {
+    /// Publish DIR as the latest version of the site under NAME (a username this node
+    /// registered with `ferry name register`); browsers open it through a node's gateway at
+    /// http://127.0.0.1:PORT/site/NAME/ (`ferry up --gateway PORT`).
+    Publish {
+        /// The site's directory (`index.html` is its front page).
+        dir: PathBuf,
+        /// The username to publish under.
+        #[arg(long)]
+        name: String,
+        /// JSON: {"name", "id", "tox_id", "fingerprint", "published_unix"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch the latest version of the site under NAME into DIR (its directory appears there
+    /// under its published name).
+    Get {
+        /// The username (`@NAME` works too).
+        name: String,
+        /// Directory to write into (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Only resolve: print the site's content id and owner, fetch nothing.
+        #[arg(long)]
+        resolve_only: bool,
+        /// JSON: the fetch summary of `ferry fetch --json` plus "site" ({"name", "id",
+        /// "tox_id", "fingerprint", "published_unix"}); with --resolve-only, the site alone.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `ferry site …`.
+///
+/// # Errors
+/// The daemon's error, or a failed fetch.
+pub(crate) async fn site(client: &Client, cmd: SiteCommand) -> anyhow::Result<()> {
+    match cmd {
+        SiteCommand::Publish { dir, name, json } => {
+            let dir = std::path::absolute(&dir).with_context(|| dir.display().to_string())?;
+            let req = SitePublish {
+                name,
+                path: dir.display().to_string(),
+            };
+            let s: SiteInfo = client.post("/v1/site/publish", &req).await?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!("{}", s.id);
+                eprintln!(
+                    "site {:?} now serves {} (owner fingerprint {}); open it at \
+                     http://127.0.0.1:PORT/site/{}/ on a node running `ferry up --gateway PORT`",
+                    s.name,
+                    dir.display(),
+                    s.fingerprint,
+                    s.name
+                );
+            }
+        }
+        SiteCommand::Get {
+            name,
+            to,
+            resolve_only,
+            json,
+        } => {
+            let s: SiteInfo = client
+                .post("/v1/site/resolve", &NameRequest { name })
+                .await?;
+            if resolve_only {
+                if json {
+                    println!("{}", serde_json::to_string(&s)?);
+                } else {
+                    println!(
+                        "{} → {} (owner {} fingerprint {}, published at {})",
+                        s.name, s.id, s.tox_id, s.fingerprint, s.published_unix
+                    );
+                }
+                return Ok(());
+            }
+            if !json {
+                eprintln!(
+                    "site {:?}: version {} (owner fingerprint {})",
+                    s.name, s.id, s.fingerprint
+                );
+            }
+            fetch_with(client, s.id.clone(), to, json, Some(s)).await?;
+        }
     }
     Ok(())
 }

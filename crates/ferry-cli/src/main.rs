@@ -127,6 +127,10 @@ enum Command {
         relay_node: bool,
         #[command(flatten)]
         market: market::MarketArgs,
+        /// Serve broadcast sites to browsers at http://127.0.0.1:PORT/site/NAME/ (loopback
+        /// only; a site version this node lacks is fetched on first visit).
+        #[arg(long, value_name = "PORT")]
+        gateway: Option<u16>,
     },
     /// Paid forwarding: this node's account, balance and payment channels.
     Wallet {
@@ -189,6 +193,11 @@ enum Command {
         /// "providers_known", "seconds", "rate" (bytes/s)}.
         #[arg(long)]
         json: bool,
+    },
+    /// Broadcast sites: a username bound to the latest version of a directory.
+    Site {
+        #[command(subcommand)]
+        command: content::SiteCommand,
     },
     /// DHT commands.
     Dht {
@@ -506,6 +515,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             exit_policy,
             relay_node,
             market,
+            gateway,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -529,6 +539,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 service: relay_node || exit_node,
                 relay_node,
                 market: market.flags(),
+                gateway_port: gateway,
             };
             run_up(profile_dir, opts).await?;
         }
@@ -614,6 +625,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
         Command::Fetch { id, to, json } => {
             content::fetch(&client(profile_dir), id, to, json).await?;
         }
+        Command::Site { command } => content::site(&client(profile_dir), command).await?,
         Command::Store { command } => data::store(&client(profile_dir), command).await?,
         Command::Name { command } => data::name(&client(profile_dir), command).await?,
         Command::Dht { command } => match command {

@@ -228,6 +228,8 @@ struct Job {
     added: HashSet<PublicKey>,
     /// Files written, for serving afterwards: (blob, len, path).
     written: Vec<(ContentId, u64, PathBuf)>,
+    /// The manifest, once verified (kept, served and announced when the job is done).
+    manifest_bytes: Option<Vec<u8>>,
     /// Next request id (continues across the job's blobs and jobs).
     next_req: u32,
 }
@@ -435,6 +437,27 @@ impl ContentShared {
         Ok(id)
     }
 
+    /// Where this node holds file `rel` of content `id_hex` (a directory's entry path; any
+    /// `rel` for single-file content), with its length: `None` when the manifest or that file
+    /// is not here (whole and unchanged). `Some(Err(()))`: the manifest is here and has no
+    /// such entry.
+    pub fn local_file(&self, id_hex: &str, rel: &str) -> Option<Result<(PathBuf, u64), ()>> {
+        let id = ContentId::from_hex(id_hex)?;
+        let st = lock(&self.state);
+        let bytes = st.blobs.get(&id)?.bytes.clone()?;
+        let m = Manifest::decode(&bytes).ok()?;
+        let entry = match m.kind {
+            Kind::File => m.entries.first(),
+            Kind::Directory => m.entries.iter().find(|e| e.path == rel),
+        };
+        let Some(e) = entry else {
+            return Some(Err(()));
+        };
+        let path = st.blobs.get(&e.blob)?.path.clone()?;
+        let len = std::fs::metadata(&path).ok()?.len();
+        (len == e.len).then_some(Ok((path, e.len)))
+    }
+
     /// `POST /v1/content/publish`.
     ///
     /// # Errors
@@ -601,6 +624,7 @@ impl ContentShared {
                 dropped: HashSet::new(),
                 added: HashSet::new(),
                 written: Vec::new(),
+                manifest_bytes: None,
                 next_req: st.next_req,
             };
             let id = j.id;
@@ -1004,6 +1028,7 @@ impl ContentShared {
             return;
         };
         let written = std::mem::take(&mut j.written);
+        let manifest = j.manifest_bytes.take();
         let next_req = j.next_req.wrapping_add(1 << 16).max(1);
         let added: Vec<PublicKey> = j.added.drain().collect();
         let content = j.content;
@@ -1019,6 +1044,12 @@ impl ContentShared {
             {
                 let _ = self.add_blob(&mut st2, ob, path);
             }
+        }
+        // The manifest too: the content can be opened here (gateway) and served onwards.
+        if let Some(m) = manifest
+            && ContentId::of(&m) == content
+        {
+            let _ = self.add_manifest(&mut st2, m);
         }
         self.save_index(&st2);
         st2.next_req = next_req;
@@ -1090,6 +1121,7 @@ fn advance(j: &mut Job, online: &HashSet<PublicKey>) -> Result<(), String> {
     let (manifest, next) = match std::mem::replace(&mut j.phase, Phase::Finding) {
         Phase::Manifest(_, buf) => {
             let m = Manifest::decode(&buf).map_err(|e| format!("bad manifest: {e}"))?;
+            j.manifest_bytes = Some(buf);
             j.name = m.name.clone();
             j.total = m.total_len();
             let root = j.to.join(&m.name);

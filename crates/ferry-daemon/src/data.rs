@@ -1403,7 +1403,7 @@ impl DataShared {
         node: &NodeHandle,
         name_: &str,
         content_id: [u8; 32],
-    ) -> Result<ferry_data::site::SiteHead, ApiError> {
+    ) -> Result<(ferry_data::site::SiteHead, ferry_api::NameInfo), ApiError> {
         let n = name::normalize(name_)
             .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
         let secret = self.identity.secret.to_bytes();
@@ -1450,7 +1450,7 @@ impl DataShared {
                 out.refused
             )));
         }
-        Ok(head)
+        Ok((head, info))
     }
 
     /// The latest head of the site under `name`, and the name's record.

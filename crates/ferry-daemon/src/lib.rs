@@ -15,6 +15,7 @@ pub mod data;
 pub mod devnet;
 pub mod exit;
 pub mod files;
+pub mod gateway;
 pub mod market;
 pub mod profile;
 pub mod tap;

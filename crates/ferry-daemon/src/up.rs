@@ -61,6 +61,9 @@ pub struct UpOptions {
     pub relay_node: bool,
     /// `--market ...` flags over the profile's `[market]` table ([`crate::market`]).
     pub market: crate::market::MarketFlags,
+    /// `--gateway PORT`: serve broadcast sites over HTTP on 127.0.0.1:PORT
+    /// ([`crate::gateway`]; 0 = any free port); `None`: no gateway.
+    pub gateway_port: Option<u16>,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -112,6 +115,7 @@ impl Default for UpOptions {
             service: false,
             relay_node: false,
             market: crate::market::MarketFlags::default(),
+            gateway_port: None,
         }
     }
 }
@@ -634,6 +638,22 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.content()?.job(req.job) })
     }
 
+    fn site_publish(
+        &self,
+        req: ferry_api::SitePublish,
+    ) -> BoxFuture<'_, Result<ferry_api::SiteInfo, ApiError>> {
+        Box::pin(async move {
+            crate::gateway::publish(&self.node, &self.data()?, &self.content()?, req).await
+        })
+    }
+
+    fn site_resolve(
+        &self,
+        req: ferry_api::NameRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::SiteInfo, ApiError>> {
+        Box::pin(async move { crate::gateway::resolve(&self.node, &self.data()?, &req.name).await })
+    }
+
     fn dht_put(
         &self,
         req: ferry_api::DhtPut,
@@ -806,6 +826,21 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     );
     let content_timer =
         crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
+    let gateway = match opts.gateway_port {
+        Some(port) => {
+            let (addr, task) = crate::gateway::spawn(
+                port,
+                node.clone(),
+                Arc::clone(&data),
+                Arc::clone(&content),
+                profile_dir,
+            )
+            .await?;
+            eprintln!("site gateway: http://{addr}/site/NAME/");
+            Some(task)
+        }
+        None => None,
+    };
     let market_task = crate::market::start(
         &chat.tunnel.market,
         market_config,
@@ -877,6 +912,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     }
     data_timer.abort();
     content_timer.abort();
+    if let Some(g) = gateway {
+        g.abort();
+    }
     {
         let d = Arc::clone(&data);
         let _ = node.call(move |n, _| d.goodbye(n)).await;
