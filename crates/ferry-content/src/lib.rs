@@ -15,12 +15,16 @@
 //!   verification is dropped at once (so a bad provider costs at most one 16 KiB group per
 //!   request in flight and never corrupts the output).
 //!
+//! * [`credit`]: credits (item 6): the local, receipt-backed account of what each peer
+//!   contributed, and the serving order of a busy node (more credit, served first).
+//!
 //! Nothing here does I/O: `now` is passed in; bytes come in and requests/events go out.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod blob;
+pub mod credit;
 pub mod fetch;
 pub mod manifest;
 pub mod wire;
