@@ -819,6 +819,22 @@ pub struct ContentPublished {
     pub announced: u64,
 }
 
+/// One account of `GET /v1/content/credits` (`ferry credits`): what a peer contributed to
+/// this node and what this node served it (issue 10 item 6).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreditAccount {
+    /// The peer's long-term public key (64 hex digits).
+    pub peer: String,
+    /// Its credit here: `received_bytes + stored_bytes`.
+    pub credit_bytes: u64,
+    /// Verified content bytes it served this node.
+    pub received_bytes: u64,
+    /// Bytes of this node's content it stores.
+    pub stored_bytes: u64,
+    /// Content bytes this node served it.
+    pub served_bytes: u64,
+}
+
 /// `POST /v1/site/publish` (`ferry site publish DIR --name NAME`): publishes the directory as
 /// content and binds the username NAME (registered by this node) to it, the site's latest
 /// version (issue 10 item 4).
@@ -1114,6 +1130,10 @@ pub trait Backend: Send + Sync + 'static {
     fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
         unsupported()
     }
+    /// `GET /v1/content/credits`.
+    fn content_credits(&self) -> BoxFuture<'_, Result<Vec<CreditAccount>, ApiError>> {
+        unsupported()
+    }
     /// `POST /v1/site/publish`.
     fn site_publish(&self, _req: SitePublish) -> BoxFuture<'_, Result<SiteInfo, ApiError>> {
         unsupported()
@@ -1195,6 +1215,7 @@ handler!(
 handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
 handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
 handler!(site_publish, post, site_publish, SitePublish, SiteInfo);
+handler!(content_credits, get, content_credits, Vec<CreditAccount>);
 handler!(site_resolve, post, site_resolve, NameRequest, SiteInfo);
 
 /// The v1 router over a backend.
@@ -1241,6 +1262,7 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/content/fetch", post(content_fetch::<B>))
         .route("/v1/content/job", post(content_job::<B>))
         .route("/v1/site/publish", post(site_publish::<B>))
+        .route("/v1/content/credits", get(content_credits::<B>))
         .route("/v1/site/resolve", post(site_resolve::<B>))
         .with_state(backend)
 }

@@ -194,6 +194,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Credits: what each peer contributed to this node (verified content bytes it served us)
+    /// and what we served it; a busy node serves peers with more credit first.
+    Credits {
+        /// JSON: [{"peer", "credit_bytes", "received_bytes", "stored_bytes", "served_bytes"}].
+        #[arg(long)]
+        json: bool,
+    },
     /// Broadcast sites: a username bound to the latest version of a directory.
     Site {
         #[command(subcommand)]
@@ -626,6 +633,22 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             content::fetch(&client(profile_dir), id, to, json).await?;
         }
         Command::Site { command } => content::site(&client(profile_dir), command).await?,
+        Command::Credits { json } => {
+            let v: Vec<ferry_api::CreditAccount> =
+                client(profile_dir).get("/v1/content/credits").await?;
+            if json {
+                print_json(&v)?;
+            } else if v.is_empty() {
+                println!("no credit accounts yet (peers earn credit by serving this node content)");
+            } else {
+                for a in &v {
+                    println!(
+                        "{}  credit {} B (served us {} B, stores {} B; we served it {} B)",
+                        a.peer, a.credit_bytes, a.received_bytes, a.stored_bytes, a.served_bytes
+                    );
+                }
+            }
+        }
         Command::Store { command } => data::store(&client(profile_dir), command).await?,
         Command::Name { command } => data::name(&client(profile_dir), command).await?,
         Command::Dht { command } => match command {

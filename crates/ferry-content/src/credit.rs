@@ -363,7 +363,9 @@ impl Ledger {
             }
             let best_receipt = match r.u8("ledger receipt flag")? {
                 0 => None,
-                _ => Some(Receipt::decode(&r.array::<RECEIPT_SIZE>("ledger receipt")?)?),
+                _ => Some(Receipt::decode(
+                    &r.array::<RECEIPT_SIZE>("ledger receipt")?,
+                )?),
             };
             l.accounts.insert(
                 k,
@@ -429,13 +431,19 @@ mod tests {
             provider.on_receipt([9; 32], r.clone(), 12, |_| false),
             Err(ReceiptError::BadSignature)
         );
-        assert_eq!(provider.on_receipt([9; 32], r.clone(), 12, |_| true), Ok(()));
+        assert_eq!(
+            provider.on_receipt([9; 32], r.clone(), 12, |_| true),
+            Ok(())
+        );
         assert_eq!(
             provider.on_receipt([9; 32], r.clone(), 13, |_| true),
             Err(ReceiptError::Stale)
         );
         let got = provider.account(&[9; 32]).expect("account");
-        assert_eq!(got.best_receipt.as_ref().map(|r| r.cumulative), Some(RECEIPT_EVERY));
+        assert_eq!(
+            got.best_receipt.as_ref().map(|r| r.cumulative),
+            Some(RECEIPT_EVERY)
+        );
         // Force: whatever is left.
         consumer.on_received(provider_key, 5, 14);
         assert_eq!(

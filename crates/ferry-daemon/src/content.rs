@@ -256,6 +256,18 @@ pub struct ContentShared {
     corrupt: bool,
     own_pk: PublicKey,
     state: Mutex<State>,
+    /// Credits ([`ferry_content::credit`]): what each peer served us (verified), what we
+    /// served it; busy serving goes by it. Locked after `state` when both are held.
+    ledger: Mutex<ferry_content::credit::Ledger>,
+}
+
+/// The credit ledger's file in the content directory.
+pub const CREDITS_FILE: &str = "credits.bin";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -297,6 +309,12 @@ impl ContentShared {
             corrupt: std::env::var("FERRY_TEST_CORRUPT_CONTENT").is_ok_and(|v| v == "1"),
             own_pk,
             state: Mutex::new(State::default()),
+            ledger: Mutex::new(
+                std::fs::read(profile_dir.join(CONTENT_DIR).join(CREDITS_FILE))
+                    .ok()
+                    .and_then(|b| ferry_content::credit::Ledger::restore(own_pk.0, &b).ok())
+                    .unwrap_or_else(|| ferry_content::credit::Ledger::new(own_pk.0)),
+            ),
         });
         me.load();
         Ok(me)
@@ -380,6 +398,11 @@ impl ContentShared {
                 let _ = std::fs::rename(tmp, self.dir.join("index.json"));
             }
         }
+        let credits = lock(&self.ledger).snapshot();
+        let tmp = self.dir.join("credits.bin.tmp");
+        if std::fs::write(&tmp, credits).is_ok() {
+            let _ = std::fs::rename(tmp, self.dir.join(CREDITS_FILE));
+        }
     }
 
     fn used(st: &State) -> u64 {
@@ -456,6 +479,27 @@ impl ContentShared {
         let path = st.blobs.get(&e.blob)?.path.clone()?;
         let len = std::fs::metadata(&path).ok()?.len();
         (len == e.len).then_some(Ok((path, e.len)))
+    }
+
+    /// `GET /v1/content/credits`: every account of the credit ledger, most credit first.
+    pub fn credits(&self) -> Vec<ferry_api::CreditAccount> {
+        let l = lock(&self.ledger);
+        let mut v: Vec<ferry_api::CreditAccount> = l
+            .accounts()
+            .map(|(k, a)| ferry_api::CreditAccount {
+                peer: PublicKey(*k).to_hex(),
+                credit_bytes: a.credit(),
+                received_bytes: a.received,
+                stored_bytes: a.stored,
+                served_bytes: a.served,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.credit_bytes
+                .cmp(&a.credit_bytes)
+                .then(a.peer.cmp(&b.peer))
+        });
+        v
     }
 
     /// `POST /v1/content/publish`.
@@ -932,6 +976,7 @@ impl ContentShared {
                     budget = 0;
                     break;
                 }
+                lock(&self.ledger).on_served(pk.0, (end - pos) as u64, unix_now());
                 pos = end;
                 budget -= 1;
             }
@@ -1005,6 +1050,10 @@ impl ContentShared {
                 for (pk, s) in f.providers() {
                     if s.bytes > 0 {
                         j.used.insert(*pk);
+                        if done {
+                            // What each provider served of this blob, verified: its credit.
+                            lock(&self.ledger).on_received(pk.0, s.bytes, unix_now());
+                        }
                     }
                 }
             }
@@ -1060,12 +1109,21 @@ impl ContentShared {
     /// transfers are active (the caller ticks fast then).
     pub fn tick(&self, n: &mut Node, now: Instant) -> bool {
         let mut st = lock(&self.state);
-        let peers: Vec<PublicKey> = st
+        let waiting: Vec<[u8; 32]> = st
             .serving
             .iter()
             .filter(|(_, s)| s.current.is_some() || !s.queue.is_empty())
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.0)
             .collect();
+        // More credit, served first (with an optimistic slot for newcomers).
+        let peers: Vec<PublicKey> = if waiting.len() > 1 {
+            lock(&self.ledger).order(&waiting, unix_now())
+        } else {
+            waiting
+        }
+        .into_iter()
+        .map(PublicKey)
+        .collect();
         for pk in &peers {
             self.serve(&mut st, n, now, *pk);
         }

@@ -638,6 +638,10 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.content()?.job(req.job) })
     }
 
+    fn content_credits(&self) -> BoxFuture<'_, Result<Vec<ferry_api::CreditAccount>, ApiError>> {
+        Box::pin(async move { Ok(self.content()?.credits()) })
+    }
+
     fn site_publish(
         &self,
         req: ferry_api::SitePublish,
