@@ -206,7 +206,7 @@ struct MailBook {
 /// Items this node put (`ferry dht put`, names), re-put after a restart.
 pub const OWNED_FILE: &str = "owned.bin";
 /// Most owned items kept alive.
-const MAX_OWNED: usize = 256;
+const MAX_OWNED: usize = 1024;
 
 /// `owned.bin`: `"FDO1"[count u32]` then per item `[target 32][ttl_s u32][item]`.
 fn encode_owned(owned: &HashMap<Target, Owned>) -> Vec<u8> {
@@ -687,6 +687,8 @@ impl DataShared {
                                 mail.push((*friend, *target, item));
                             }
                             Purpose::RequestCollect { target } => requests.push((*target, item)),
+                            // Channel join requests are mail collected through the API.
+                            Purpose::Api(_) => r.out.items.push(item),
                             _ => {}
                         },
                         LookupEvent::Value { item, .. } => r.out.items.push(item),
@@ -1062,7 +1064,7 @@ impl DataShared {
     }
 
     /// Runs one lookup from the API and waits for its outcome.
-    async fn run(
+    pub(crate) async fn run(
         self: &Arc<Self>,
         node: &NodeHandle,
         target: Target,
@@ -1146,7 +1148,7 @@ impl DataShared {
         })
     }
 
-    fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
+    pub(crate) fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
         let half = min_ttl.map_or(30, |t| (t / 2).max(30)).min(3600);
         let bytes = {
             let mut st = lock(&self.state);
@@ -1161,6 +1163,41 @@ impl DataShared {
                     next: Instant::now() + Duration::from_secs(u64::from(half)),
                 },
             );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
+    }
+
+    /// What this node itself holds at `target` (an item, or the mail envelopes there): a
+    /// lookup does not ask the node that runs it.
+    pub(crate) fn local(&self, target: &Target) -> Vec<Item> {
+        let st = lock(&self.state);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut slot = None;
+        for _ in 0..256 {
+            match st.host.store.lookup(now, target, slot) {
+                Found::Item(i) => {
+                    out.push(i);
+                    break;
+                }
+                Found::Mail { slot: s, item } => {
+                    out.push(item);
+                    slot = Some(s + 1);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Stops re-putting an owned item (a channel's post that left the head).
+    pub(crate) fn disown(&self, target: &Target) {
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.remove(target).is_none() {
+                return;
+            }
             encode_owned(&st.owned)
         };
         write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);

@@ -132,6 +132,7 @@ pub struct NodeBackend {
     stop: Arc<Notify>,
     chat: Option<Arc<ChatShared>>,
     relay: Option<RelayServerHandle>,
+    channels: Option<Arc<crate::channel::ChannelShared>>,
 }
 
 impl NodeBackend {
@@ -143,6 +144,7 @@ impl NodeBackend {
             stop,
             chat: None,
             relay: None,
+            channels: None,
         }
     }
 
@@ -150,6 +152,18 @@ impl NodeBackend {
     pub fn with_relay(mut self, relay: RelayServerHandle) -> Self {
         self.relay = Some(relay);
         self
+    }
+
+    /// Adds channels ([`crate::channel`]) to the API.
+    pub fn with_channels(mut self, channels: Arc<crate::channel::ChannelShared>) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    fn channels(&self) -> Result<&Arc<crate::channel::ChannelShared>, ApiError> {
+        self.channels
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("this node has no channels"))
     }
 
     /// Adds friends and chat (the profile's store) to the API.
@@ -630,6 +644,55 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.data()?.name_resolve(&self.node, req).await })
     }
 
+    fn channel_create(
+        &self,
+        req: ferry_api::ChannelCreate,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelInfo, ApiError>> {
+        Box::pin(async move { self.channels()?.create(req).await })
+    }
+
+    fn channel_join(
+        &self,
+        req: ferry_api::ChannelRef,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelInfo, ApiError>> {
+        Box::pin(async move { self.channels()?.join(req).await })
+    }
+
+    fn channel_post(
+        &self,
+        req: ferry_api::ChannelPost,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelPostResult, ApiError>> {
+        Box::pin(async move { self.channels()?.post(req).await })
+    }
+
+    fn channel_read(
+        &self,
+        req: ferry_api::ChannelRead,
+    ) -> BoxFuture<'_, Result<Vec<ferry_api::ChannelMessage>, ApiError>> {
+        Box::pin(async move { self.channels()?.read(req).await })
+    }
+
+    fn channel_members(
+        &self,
+        req: ferry_api::ChannelRef,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.members(req).await })
+    }
+
+    fn channel_approve(
+        &self,
+        req: ferry_api::ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.approve(req).await })
+    }
+
+    fn channel_remove(
+        &self,
+        req: ferry_api::ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.remove(req).await })
+    }
+
     fn contracts(&self) -> BoxFuture<'_, Result<Vec<ferry_api::MarketContract>, ApiError>> {
         Box::pin(async move { self.chat()?.tunnel.market.contracts() })
     }
@@ -767,6 +830,16 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         node.clone(),
         identity.tox_id(),
     );
+    let channels = crate::channel::ChannelShared::open(
+        profile_dir,
+        identity.long_term.clone(),
+        Arc::clone(&data),
+        node.clone(),
+        ferry_crypto::rng::FerryRng::from_seed(
+            ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
+        ),
+    );
+    let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
     let market_task = crate::market::start(
         &chat.tunnel.market,
         market_config,
@@ -802,7 +875,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     );
     let stop = Arc::new(Notify::new());
     let market = chat.tunnel.market.clone();
-    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat);
+    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone())
+        .with_chat(chat)
+        .with_channels(channels);
     if let Some((r, _)) = &relay {
         let ports: Vec<String> = r.ports().iter().map(u16::to_string).collect();
         eprintln!(
@@ -837,6 +912,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         market.save();
     }
     data_timer.abort();
+    channel_sync.abort();
     {
         let d = Arc::clone(&data);
         let _ = node.call(move |n, _| d.goodbye(n)).await;
