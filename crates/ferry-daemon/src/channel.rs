@@ -288,6 +288,11 @@ impl ChannelShared {
         let target = item
             .implied_target()
             .ok_or_else(|| ApiError::bad_request("item has no target"))?;
+        self.put_at(target, item, ttl_s).await
+    }
+
+    /// Puts `item` at `target` (mail: at its mailbox).
+    async fn put_at(&self, target: Target, item: Item, ttl_s: u32) -> Result<u64, ApiError> {
         let mail = matches!(item, Item::Mail(_));
         if !mail {
             self.data.own(target, item.clone(), ttl_s, None);
@@ -457,7 +462,7 @@ impl ChannelShared {
             .map_err(|e| ApiError::bad_request(e.to_string()))?
             .0;
             stored += self
-                .put(Item::Mail(env), MAX_MAIL_TTL.as_secs() as u32)
+                .put_at(target, Item::Mail(env), MAX_MAIL_TTL.as_secs() as u32)
                 .await?;
         }
         if stored == 0 {
@@ -475,6 +480,10 @@ impl ChannelShared {
     /// Fetches state, keys, roster, heads and posts of channel `id` (module docs).
     async fn sync(&self, id: &ChannelId) -> Result<(), ApiError> {
         let _guard = self.sync_lock.lock().await;
+        if self.data.status().capable_nodes == 0 {
+            // No store-capable peer yet: what we hold is all there is.
+            return Ok(());
+        }
         let me = self.me();
         let c = self.chan(id)?;
         let founder = c.channel_secret.is_some();
