@@ -20,7 +20,7 @@
 //! * Joined channels, keys, our posts' chain and the history are kept in
 //!   `<profile>/channels.json` (written after each change), so they survive a restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -153,6 +153,10 @@ struct Saved {
 struct Book {
     saved: Saved,
     histories: HashMap<ChannelId, History>,
+    /// Post ids that did not verify or open ([`MAX_DROPPED`]).
+    dropped: HashMap<ChannelId, HashSet<[u8; 32]>>,
+    /// BLAKE3 of what `channels.json` holds (no rewrite when nothing changed).
+    saved_hash: [u8; 32],
 }
 
 /// The channels of a running node.
@@ -183,6 +187,37 @@ async fn fetch(data: Arc<DataShared>, node: NodeHandle, target: Target) -> Vec<I
         Err(e) => tracing::debug!(error = %e.message, "channel get"),
     }
     items
+}
+
+/// Lookups a sync runs at once.
+const FETCH_PARALLEL: usize = 32;
+/// Post fetches per sync (heads' lists plus `prev` walks).
+const FETCH_PER_SYNC: usize = 256;
+/// Post ids remembered as undecodable or refused per channel (cleared when keys or the state
+/// change, so a new member retries what it could not open before).
+const MAX_DROPPED: usize = 4096;
+
+/// Gets every item at each target, [`FETCH_PARALLEL`] lookups at a time.
+async fn fetch_many<K: Send + 'static>(
+    data: &Arc<DataShared>,
+    node: &NodeHandle,
+    targets: Vec<(K, Target)>,
+) -> Vec<(K, Vec<Item>)> {
+    let mut out = Vec::with_capacity(targets.len());
+    let mut set = tokio::task::JoinSet::new();
+    let mut todo = targets.into_iter();
+    loop {
+        while set.len() < FETCH_PARALLEL {
+            let Some((k, t)) = todo.next() else { break };
+            let (d, n) = (Arc::clone(data), node.clone());
+            set.spawn(async move { (k, fetch(d, n, t).await) });
+        }
+        match set.join_next().await {
+            Some(Ok(r)) => out.push(r),
+            Some(Err(_)) => {}
+            None => return out,
+        }
+    }
 }
 
 /// The newest verified mutable item at `target` owned by `owner` with `salt`.
@@ -237,7 +272,12 @@ impl ChannelShared {
             author,
             data,
             node,
-            book: Mutex::new(Book { saved, histories }),
+            book: Mutex::new(Book {
+                saved,
+                histories,
+                dropped: HashMap::new(),
+                saved_hash: [0; 32],
+            }),
             rng: Mutex::new(rng),
             sync_lock: tokio::sync::Mutex::new(()),
         })
@@ -258,9 +298,18 @@ impl ChannelShared {
                     c.posts = h.iter().map(|a| hex::encode(a.post.encode())).collect();
                 }
             }
-            serde_json::to_vec(&b.saved)
+            match serde_json::to_vec(&b.saved) {
+                Ok(bytes) => {
+                    let h = *blake3::hash(&bytes).as_bytes();
+                    if h == b.saved_hash {
+                        return;
+                    }
+                    b.saved_hash = h;
+                    bytes
+                }
+                Err(_) => return,
+            }
         };
-        let Ok(bytes) = bytes else { return };
         let path = self.profile_dir.join(CHANNELS_FILE);
         let tmp = path.with_extension("tmp");
         if let Err(e) = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path)) {
@@ -496,9 +545,11 @@ impl ChannelShared {
                 c.state_hex = hex::encode(&m.value);
                 c.state_seq = m.seq;
             });
-            if let Some(h) = lock(&self.book).histories.get_mut(id) {
+            let mut b = lock(&self.book);
+            if let Some(h) = b.histories.get_mut(id) {
                 h.retain_valid(&st);
             }
+            b.dropped.remove(id);
         }
         let c = self.chan(id)?;
         let st = c
@@ -522,13 +573,18 @@ impl ChannelShared {
             {
                 let mut cert = Vec::new();
                 b.cert.encode(&mut cert);
+                let mut grew = false;
                 self.update(id, |c| {
                     for (e, k) in keys.0 {
-                        c.keys.insert(e, hex::encode(k));
+                        grew |= c.keys.insert(e, hex::encode(k)).is_none();
                     }
                     c.cert_hex = Some(hex::encode(&cert));
                     c.certs.insert(hex::encode(me), hex::encode(&cert));
                 });
+                if grew {
+                    // New keys: retry the posts that did not open.
+                    lock(&self.book).dropped.remove(id);
+                }
             }
         }
         // 3. Founder: join requests.
@@ -544,14 +600,12 @@ impl ChannelShared {
                     .filter_map(|k| parse_key(k, "member").ok())
                     .collect()
             } else {
-                let mut set = tokio::task::JoinSet::new();
-                for p in 0..st.roster_pages {
-                    let (d, n) = (Arc::clone(&self.data), self.node.clone());
-                    let target = Target::mutable(id, &roster_salt(p));
-                    set.spawn(async move { (p, fetch(d, n, target).await) });
-                }
+                let targets = (0..st.roster_pages)
+                    .map(|p| (p, Target::mutable(id, &roster_salt(p))))
+                    .collect();
+                let got = fetch_many(&self.data, &self.node, targets).await;
                 let mut pages = BTreeMap::new();
-                while let Some(Ok((p, items))) = set.join_next().await {
+                for (p, items) in got {
                     if let Some(m) = newest_mutable(items, id, &roster_salt(p))
                         && let Ok(r) = Roster::decode(&m.value)
                     {
@@ -576,15 +630,12 @@ impl ChannelShared {
         authors.dedup();
         authors.retain(|a| a != &me);
         // 5. Heads.
-        let mut set = tokio::task::JoinSet::new();
-        for a in authors {
-            let (d, n) = (Arc::clone(&self.data), self.node.clone());
-            let target = head_target(id, &a);
-            set.spawn(async move { (a, fetch(d, n, target).await) });
-        }
+        let targets = authors.iter().map(|a| (*a, head_target(id, a))).collect();
+        let heads = fetch_many(&self.data, &self.node, targets).await;
         let salt = head_salt(id);
         let mut wanted: Vec<[u8; 32]> = Vec::new();
-        while let Some(Ok((a, items))) = set.join_next().await {
+        let mut cert_authors = vec![hex::encode(me)];
+        for (a, items) in heads {
             let Some(m) = newest_mutable(items, &a, &salt) else {
                 continue;
             };
@@ -600,27 +651,33 @@ impl ChannelShared {
                 self.update(id, |c| {
                     c.certs.insert(hex::encode(a), hex::encode(b));
                 });
+                cert_authors.push(hex::encode(a));
             }
             let book = lock(&self.book);
             let h = book.histories.get(id);
+            let dropped = book.dropped.get(id);
             wanted.extend(
                 head.posts
                     .iter()
                     .filter(|p| h.is_none_or(|h| !h.has_id(p)))
+                    .filter(|p| dropped.is_none_or(|d| !d.contains(*p)))
                     .copied(),
             );
         }
+        // Certificates of authors no longer heard from are forgotten (bounded by the roster).
+        self.update(id, |c| c.certs.retain(|k, _| cert_authors.contains(k)));
+        wanted.truncate(FETCH_PER_SYNC);
         // 6. Posts, then their prev chains.
         let mut budget = WALK_PER_SYNC;
         while !wanted.is_empty() {
-            let mut set = tokio::task::JoinSet::new();
-            for p in std::mem::take(&mut wanted) {
-                let (d, n) = (Arc::clone(&self.data), self.node.clone());
-                set.spawn(async move { (p, fetch(d, n, Target(p)).await) });
-            }
+            let targets = std::mem::take(&mut wanted)
+                .into_iter()
+                .map(|p| (p, Target(p)))
+                .collect();
+            let got = fetch_many(&self.data, &self.node, targets).await;
             let c = self.chan(id)?;
             let keys = c.epoch_keys();
-            while let Some(Ok((pid, items))) = set.join_next().await {
+            for (pid, items) in got {
                 let Some(post) = items.into_iter().find_map(|i| match i {
                     Item::Immutable(v) if Target::immutable(&v).0 == pid => Post::decode(&v).ok(),
                     _ => None,
@@ -630,6 +687,7 @@ impl ChannelShared {
                 let cert = c.cert_of(&post.author);
                 let prev = post.prev;
                 let mut book = lock(&self.book);
+                let book = &mut *book;
                 let Some(h) = book.histories.get_mut(id) else {
                     continue;
                 };
@@ -645,7 +703,14 @@ impl ChannelShared {
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::debug!(error = %e, "channel post dropped"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "channel post dropped");
+                        let d = book.dropped.entry(*id).or_default();
+                        if d.len() >= MAX_DROPPED {
+                            d.clear();
+                        }
+                        d.insert(pid);
+                    }
                 }
             }
         }
@@ -1056,12 +1121,19 @@ impl ChannelShared {
         let key = hex::encode(parse_key(&req.key, "key")?);
         let _ = self.sync(&id).await;
         let (c, mut st) = self.founder_chan(&id)?;
+        if c.pending.contains_key(&key) && !c.members.contains_key(&key) {
+            // Only a join request: drop it, nothing to rotate.
+            self.update(&id, |c| {
+                c.pending.remove(&key);
+            });
+            self.save();
+            return self.members_now(&id);
+        }
         let author_hex = c
             .members
             .iter()
             .find(|(a, m)| **a == key || m.box_hex.eq_ignore_ascii_case(&key))
             .map(|(a, _)| a.clone())
-            .or_else(|| c.pending.contains_key(&key).then(|| key.clone()))
             .ok_or_else(|| ApiError::not_found("not a member of this channel"))?;
         let author = parse_key(&author_hex, "member")?;
         let max_seq = lock(&self.book).histories.get(&id).map_or(0, |h| {
