@@ -288,13 +288,22 @@ fn private_and_public_channels() {
     assert!(!out.status.success(), "a reader posted in a public channel");
     eprintln!("public channel read by id: {:?}", t0.elapsed());
 
+    // The author goes offline too: a member coming back reads from the other holders.
+    let a_profile = a.stop_keep_profile().expect("stop a");
+    retry_json(&f, &["channel", "post", &id, "last words", "--json"]);
+    assert!(f.stop().expect("stop f"));
+    let a = FerryUp::start_with_profile(ferry(), a_profile, &infra.ferry_args()).expect("a");
+    wait_capable(&a, 2);
+    wait_read(&a, &id, "last words");
+    eprintln!("caught up with the founder offline: {:?}", t0.elapsed());
+
     // Joined channels and history survive a restart.
     let x_profile = x.stop_keep_profile().expect("stop x");
     let x = FerryUp::start_with_profile(ferry(), x_profile, &infra.ferry_args()).expect("x");
     let out = x.cli(&["channel", "read", &pid, "--json"]).expect("read");
     assert!(String::from_utf8_lossy(&out.stdout).contains("public hello"));
 
-    for n in [f, a, b, x] {
+    for n in [a, b, x] {
         assert!(n.stop().expect("stop"));
     }
     eprintln!("total: {:?}", t0.elapsed());

@@ -57,6 +57,10 @@ pub const MAX_CHANNELS: usize = 64;
 const MAX_PENDING: usize = 64;
 /// Membership certificates are issued for this long.
 const CERT_LIFETIME_S: u64 = 365 * 86_400;
+/// Others' items a node re-puts per channel (state, roster pages, heads, newest posts).
+const MAX_KEPT: usize = 128;
+/// A pending join request is sent again this often (seconds).
+const JOIN_RESEND_S: u64 = 600;
 /// Posts fetched along `prev` chains per sync.
 const WALK_PER_SYNC: usize = 64;
 
@@ -110,6 +114,11 @@ struct Chan {
     roster: Vec<String>,
     /// Authors' certificates from their heads (author hex → cert hex).
     certs: BTreeMap<String, String>,
+    /// Others' items this node re-puts for the channel (targets, hex; ≤ [`MAX_KEPT`]).
+    kept: Vec<String>,
+    /// When our last join request was sent (Unix seconds); resent every [`JOIN_RESEND_S`]
+    /// while pending.
+    join_sent_unix: u64,
     /// History: encoded posts, hex, oldest first (written from the in-memory history).
     posts: Vec<String>,
 }
@@ -517,6 +526,8 @@ impl ChannelShared {
         if stored == 0 {
             return Err(ApiError::unavailable("no node stored the join request"));
         }
+        self.update(id, |c| c.join_sent_unix = unix);
+        self.save();
         Ok(())
     }
 
@@ -536,9 +547,20 @@ impl ChannelShared {
         let me = self.me();
         let c = self.chan(id)?;
         let founder = c.channel_secret.is_some();
+        // Items of others this node re-puts while it runs (state, roster, heads, newest posts).
+        let mut keep: Vec<(Target, Item)> = Vec::new();
         // 1. State.
-        if !founder
-            && let Some((st, m)) = self.fetch_state(id).await
+        let fetched = if founder {
+            None
+        } else {
+            self.fetch_state(id).await
+        };
+        if let Some((_, m)) = &fetched
+            && m.seq >= c.state_seq
+        {
+            keep.push((state_target(id), Item::Mutable(m.clone())));
+        }
+        if let Some((st, m)) = fetched
             && m.seq > c.state_seq
         {
             self.update(id, |c| {
@@ -587,6 +609,18 @@ impl ChannelShared {
                 }
             }
         }
+        // Still waiting for approval: the join request may have been lost; send it again now
+        // and then.
+        let c = self.chan(id)?;
+        if st.private
+            && !founder
+            && !c.keys.contains_key(&st.epoch)
+            && st.removal(&me).is_none()
+            && now.saturating_sub(c.join_sent_unix) > JOIN_RESEND_S
+            && let Err(e) = self.send_join_request(id, &st).await
+        {
+            tracing::debug!(error = %e.message, "channel join request");
+        }
         // 3. Founder: join requests.
         if st.private && founder {
             self.collect_join_requests(id, &st).await;
@@ -610,6 +644,7 @@ impl ChannelShared {
                         && let Ok(r) = Roster::decode(&m.value)
                     {
                         pages.insert(p, r.0);
+                        keep.push((m.target(), Item::Mutable(m)));
                     }
                 }
                 if pages.len() == usize::from(st.roster_pages) {
@@ -635,6 +670,7 @@ impl ChannelShared {
         let salt = head_salt(id);
         let mut wanted: Vec<[u8; 32]> = Vec::new();
         let mut cert_authors = vec![hex::encode(me)];
+        let mut head_posts: Vec<[u8; 32]> = Vec::new();
         for (a, items) in heads {
             let Some(m) = newest_mutable(items, &a, &salt) else {
                 continue;
@@ -642,6 +678,8 @@ impl ChannelShared {
             let Ok(head) = Head::from_item(id, &m) else {
                 continue;
             };
+            keep.push((m.target(), Item::Mutable(m)));
+            head_posts.extend(head.posts.iter().copied());
             if let Some(cert) = head.cert
                 && cert.member == a
                 && cert.verify(id, &st, now).is_ok()
@@ -713,6 +751,29 @@ impl ChannelShared {
                     }
                 }
             }
+        }
+        // 7. Keep the channel alive for members that come back while its authors are offline.
+        let c = self.chan(id)?;
+        if !st.private || c.keys.contains_key(&st.epoch) {
+            {
+                let book = lock(&self.book);
+                if let Some(h) = book.histories.get(id) {
+                    for a in h.iter().filter(|a| head_posts.contains(&a.id)) {
+                        keep.push((Target(a.id), Item::Immutable(a.post.encode())));
+                    }
+                }
+            }
+            keep.truncate(MAX_KEPT);
+            let now_kept: Vec<String> = keep.iter().map(|(t, _)| hex::encode(t.0)).collect();
+            for old in c.kept.iter().filter(|k| !now_kept.contains(k)) {
+                if let Ok(t) = parse_key(old, "target") {
+                    self.data.disown(&Target(t));
+                }
+            }
+            for (t, item) in keep {
+                self.data.keep(t, item, MAX_TTL.as_secs() as u32);
+            }
+            self.update(id, |c| c.kept = now_kept);
         }
         self.save();
         Ok(())

@@ -1191,6 +1191,32 @@ impl DataShared {
         out
     }
 
+    /// Re-puts someone else's signed or self-certifying item while this node runs (BEP 44: anyone
+    /// may re-put a signed item), e.g. a channel member keeping the channel's state, heads and
+    /// newest posts alive while their authors are offline. A no-op when the same item is kept
+    /// already (its re-put schedule is not pushed back).
+    pub(crate) fn keep(&self, target: Target, item: Item, ttl_s: u32) {
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.get(&target).is_some_and(|o| o.item == item) {
+                return;
+            }
+            if st.owned.len() >= MAX_OWNED && !st.owned.contains_key(&target) {
+                return;
+            }
+            st.owned.insert(
+                target,
+                Owned {
+                    item,
+                    ttl_s,
+                    next: Instant::now() + Duration::from_secs(30),
+                },
+            );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
+    }
+
     /// Stops re-putting an owned item (a channel's post that left the head).
     pub(crate) fn disown(&self, target: &Target) {
         let bytes = {
