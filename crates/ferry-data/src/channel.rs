@@ -1400,6 +1400,42 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Whatever mix of members, outsiders, forgeries and duplicates arrives, the history holds
+        /// only posts from admins or certified members, each (author, seq) once, at most
+        /// MAX_HISTORY of them.
+        #[test]
+        fn history_admits_only_members(offers in proptest::collection::vec(
+            (1u8..=4, 1u64..120, 0u64..1000, any::<bool>()), 0..320)) {
+            let mut rng = FerryRng::from_u64(9);
+            let (id, st) = private_state();
+            let mut keys = EpochKeys::default();
+            keys.insert(1, [9; 32]);
+            // 1 admin, 2 and 3 certified members, 4 an outsider (no cert).
+            let certs: Vec<Option<MemberCert>> = (0..=4u8)
+                .map(|n| (n == 2 || n == 3).then(|| MemberCert::issue(&sk(1), id, pk(n), boxkp(n).public, ROLE_MEMBER, 10_000)))
+                .collect();
+            let mut h = History::new();
+            let c = Content::Text("x".into()).encode();
+            for (author, seq, sent, forge) in offers {
+                let mut p = Post::create(&sk(author), id, seq, [0; 32], sent, &c, Some((1, &[9; 32])), &mut rng).expect("post");
+                if forge {
+                    p.sent_unix ^= 1;
+                }
+                let _ = h.offer(&id, &st, certs[usize::from(author)].as_ref(), &keys, p, 5);
+            }
+            prop_assert!(h.len() <= MAX_HISTORY);
+            let mut seen = std::collections::HashSet::new();
+            for a in h.iter() {
+                prop_assert!(a.post.author == pk(1) || a.post.author == pk(2) || a.post.author == pk(3));
+                prop_assert!(seen.insert((a.post.author, a.post.seq)));
+                prop_assert_eq!(a.post.verify(&id, &st, certs[2..4].iter().flatten().find(|c| c.member == a.post.author), 5), Ok(()));
+            }
+        }
+
+    }
+
+    proptest! {
         #[test]
         fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..1100)) {
             let _ = ChannelState::decode(&b);
