@@ -169,9 +169,48 @@ fn private_and_public_channels() {
     wait_status(&b, &id, "member");
     eprintln!("members approved: {:?}", t0.elapsed());
 
+    // f and a are friends too: f's posts poke a over their session (live push).
+    assert!(
+        a.cli(&["set", "auto-accept", "on"])
+            .expect("auto")
+            .status
+            .success()
+    );
+    let a_id = retry_json(&a, &["id", "--json"]);
+    let a_pk = a_id["public_key"].as_str().expect("pk").to_string();
+    let out = f
+        .cli(&[
+            "friend",
+            "add",
+            a_id["tox_id"].as_str().expect("tox id"),
+            "hi",
+        ])
+        .expect("add");
+    assert!(out.status.success());
+    let start = Instant::now();
+    while !retry_json(&f, &["friend", "list", "--json"])
+        .as_array()
+        .expect("friends")
+        .iter()
+        .any(|x| x["public_key"].as_str() == Some(&a_pk) && x["connection"] != "none")
+    {
+        assert!(start.elapsed() < STEP, "a never came online at f");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Posts reach members; members post too.
     let p = retry_json(&f, &["channel", "post", &id, "hello club", "--json"]);
     assert!(p["stored"].as_u64().unwrap_or(0) >= 1, "{p}");
+    let start = Instant::now();
+    while !a
+        .stderr
+        .snapshot()
+        .iter()
+        .any(|l| l.contains("channel poke"))
+    {
+        assert!(start.elapsed() < STEP, "a was not poked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     wait_read(&a, &id, "hello club");
     wait_read(&b, &id, "hello club");
     retry_json(&a, &["channel", "post", &id, "from a", "--json"]);

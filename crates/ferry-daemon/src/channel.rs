@@ -10,7 +10,10 @@
 //! * Delivery is by polling: every [`SYNC_INTERVAL`] (and on `ferry channel read`) a node fetches
 //!   the state, its key bundle, the roster and every author's head, then the posts it lacks,
 //!   walking each author's `prev` chain, at most [`MAX_HISTORY`] posts per channel. A member that
-//!   was offline catches up on its next sync. There is no live push over sessions yet.
+//!   was offline catches up on its next sync. Live push is a poke: after a post, the author sends
+//!   `[`[`POKE_PACKET_ID`]`][channel id 32]` (lossless custom packet) to its online friends that
+//!   are known members (private channel) or to all its online friends (public channel); a friend
+//!   that joined the channel syncs it at once (at most one queued sync per channel).
 //! * Private channels: `join` seals a join request ([`JoinRequest`]) to the founder's box key in
 //!   the channel's join mailbox ([`join_mailbox`], a mail target of the value store); the founder
 //!   collects it on its syncs and lists it under `members` as `pending`; `approve` issues the
@@ -45,6 +48,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DataShared;
 
+/// Lossless custom packet id of a channel poke (`[186][channel id 32]`: "something new here").
+pub const POKE_PACKET_ID: u8 = 186;
 /// Joined channels, in the profile.
 pub const CHANNELS_FILE: &str = "channels.json";
 /// Every joined channel is synced this often.
@@ -178,6 +183,9 @@ pub struct ChannelShared {
     book: Mutex<Book>,
     rng: Mutex<FerryRng>,
     sync_lock: tokio::sync::Mutex<()>,
+    /// Channels poked by friends, synced by [`spawn_sync`]'s task.
+    poke_tx: tokio::sync::mpsc::Sender<ChannelId>,
+    poke_rx: Mutex<Option<tokio::sync::mpsc::Receiver<ChannelId>>>,
 }
 
 impl std::fmt::Debug for ChannelShared {
@@ -275,7 +283,10 @@ impl ChannelShared {
             }
             histories.insert(id, h);
         }
+        let (poke_tx, poke_rx) = tokio::sync::mpsc::channel(MAX_CHANNELS);
         Arc::new(Self {
+            poke_tx,
+            poke_rx: Mutex::new(Some(poke_rx)),
             profile_dir: profile_dir.to_path_buf(),
             identity,
             author,
@@ -1010,6 +1021,7 @@ impl ChannelShared {
                 "no node stored the post yet (it is re-put while the daemon runs)",
             ));
         }
+        self.poke(&id, &st).await;
         Ok(ChannelPostResult {
             post_id: hex::encode(pid),
             seq,
@@ -1229,6 +1241,57 @@ impl ChannelShared {
         self.members_now(&id)
     }
 
+    /// A poke from friend `from` (inside the node task): queue a sync of the channel if we joined
+    /// it (dropped when the queue is full).
+    pub fn on_poke(&self, from: &PublicKey, data: &[u8]) {
+        let Some(id) = data
+            .get(1..33)
+            .and_then(|b| <ChannelId>::try_from(b).ok())
+            .filter(|_| data.len() == 33)
+        else {
+            return;
+        };
+        if lock(&self.book)
+            .saved
+            .channels
+            .contains_key(&hex::encode(id))
+        {
+            tracing::info!(from = %from, channel = %hex::encode(id), "channel poke");
+            let _ = self.poke_tx.try_send(id);
+        }
+    }
+
+    /// Pokes the online friends that may read channel `id` (module docs).
+    async fn poke(&self, id: &ChannelId, st: &ChannelState) {
+        let Ok(c) = self.chan(id) else { return };
+        let mut known: HashSet<PublicKey> = st.admins.iter().map(|a| a.box_pk).collect();
+        for m in c.members.values() {
+            if let Ok(k) = PublicKey::from_hex(&m.box_hex) {
+                known.insert(k);
+            }
+        }
+        for k in c.certs.keys() {
+            if let Some(cert) = parse_key(k, "author").ok().and_then(|a| c.cert_of(&a)) {
+                known.insert(cert.box_pk);
+            }
+        }
+        let private = st.private;
+        let mut packet = vec![POKE_PACKET_ID];
+        packet.extend_from_slice(id);
+        let _ = self
+            .node
+            .call(move |n, now| {
+                for f in n.friends() {
+                    if f.connection != ferry_proto::node::Connection::None
+                        && (!private || known.contains(&f.public_key))
+                    {
+                        let _ = n.send_custom(now, &f.public_key, &packet);
+                    }
+                }
+            })
+            .await;
+    }
+
     /// Syncs every joined channel.
     async fn sync_all(&self) {
         let ids: Vec<ChannelId> = lock(&self.book)
@@ -1247,12 +1310,25 @@ impl ChannelShared {
 
 /// Spawns the background sync of every joined channel (every [`SYNC_INTERVAL`]).
 pub fn spawn_sync(channels: Arc<ChannelShared>) -> tokio::task::JoinHandle<()> {
+    let pokes = lock(&channels.poke_rx).take();
     tokio::spawn(async move {
         let mut iv = tokio::time::interval(SYNC_INTERVAL);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let Some(mut pokes) = pokes else {
+            loop {
+                iv.tick().await;
+                channels.sync_all().await;
+            }
+        };
         loop {
-            iv.tick().await;
-            channels.sync_all().await;
+            tokio::select! {
+                _ = iv.tick() => channels.sync_all().await,
+                Some(id) = pokes.recv() => {
+                    if let Err(e) = channels.sync(&id).await {
+                        tracing::debug!(error = %e.message, "channel sync after a poke");
+                    }
+                }
+            }
         }
     })
 }

@@ -59,6 +59,8 @@ pub struct ChatShared {
     service: std::sync::atomic::AtomicBool,
     /// The DHT value store, names and offline messages ([`crate::data`]), once started.
     pub data: std::sync::OnceLock<Arc<crate::data::DataShared>>,
+    /// Channels ([`crate::channel`]), once started: friends' pokes trigger a sync.
+    pub channels: std::sync::OnceLock<Arc<crate::channel::ChannelShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -112,6 +114,7 @@ impl ChatShared {
             tunnel: crate::tunnel::TunnelShared::default(),
             service: std::sync::atomic::AtomicBool::new(false),
             data: std::sync::OnceLock::new(),
+            channels: std::sync::OnceLock::new(),
         }))
     }
 
@@ -925,6 +928,17 @@ impl EventHandler for ChatHandler {
             } if data.first() == Some(&crate::data::MAIL_PACKET_ID) && s.data.get().is_some() => {
                 if let Some(d) = s.data.get() {
                     d.on_control(s, node, now, public_key, &data);
+                }
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::channel::POKE_PACKET_ID)
+                && s.channels.get().is_some() =>
+            {
+                if let Some(c) = s.channels.get() {
+                    c.on_poke(&public_key, &data);
                 }
             }
             NodeEvent::CustomPacket {

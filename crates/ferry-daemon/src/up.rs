@@ -839,6 +839,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
             ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
         ),
     );
+    let _ = chat.channels.set(Arc::clone(&channels));
     let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
     let market_task = crate::market::start(
         &chat.tunnel.market,
