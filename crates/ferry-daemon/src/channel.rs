@@ -751,7 +751,14 @@ impl ChannelShared {
                             wanted.push(prev);
                         }
                     }
-                    Ok(None) => {}
+                    // Held already, or older than a full history keeps: do not fetch it again.
+                    Ok(None) => {
+                        let d = book.dropped.entry(*id).or_default();
+                        if d.len() >= MAX_DROPPED {
+                            d.clear();
+                        }
+                        d.insert(pid);
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "channel post dropped");
                         let d = book.dropped.entry(*id).or_default();
