@@ -1339,3 +1339,53 @@ pub fn spawn_sync(channels: Arc<ChannelShared>) -> tokio::task::JoinHandle<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_channel_round_trips() {
+        let issuer = SigningKey::from_bytes(&[1; 32]);
+        let cert = MemberCert::issue(&issuer, [2; 32], [3; 32], PublicKey([4; 32]), 2, 99);
+        let mut cb = Vec::new();
+        cert.encode(&mut cb);
+        let st = ChannelState {
+            private: true,
+            name: "club".into(),
+            admins: vec![Admin {
+                author: issuer.verifying_key().to_bytes(),
+                box_pk: PublicKey([5; 32]),
+            }],
+            epoch: 2,
+            roster_pages: 1,
+            removed: vec![],
+        };
+        let mut c = Chan {
+            channel_secret: Some(hex::encode([6; 32])),
+            state_hex: hex::encode(st.encode().expect("state")),
+            state_seq: 3,
+            ..Chan::default()
+        };
+        c.keys.insert(2, hex::encode([7; 32]));
+        c.keys.insert(9, "not hex".into());
+        c.certs.insert(hex::encode([3; 32]), hex::encode(&cb));
+        let mut saved = Saved::default();
+        saved.channels.insert(hex::encode([2; 32]), c);
+        let back: Saved =
+            serde_json::from_slice(&serde_json::to_vec(&saved).expect("json")).expect("parse");
+        let c = back.channels.get(&hex::encode([2; 32])).expect("kept");
+        assert_eq!(c.state(), Some(st));
+        assert_eq!(c.epoch_keys().get(2), Some(&[7; 32]));
+        assert_eq!(c.epoch_keys().0.len(), 1, "a bad key is skipped");
+        assert_eq!(c.cert_of(&[3; 32]), Some(cert));
+        assert_eq!(c.cert_of(&[4; 32]), None);
+        assert_eq!(
+            c.channel_key().map(|k| k.to_bytes()),
+            Some([6; 32]),
+            "founder key"
+        );
+        assert!(parse_key("zz", "id").is_err());
+        assert!(parse_key(&hex::encode([1; 31]), "id").is_err());
+    }
+}
