@@ -478,6 +478,10 @@ pub struct Message {
     pub seq: u64,
     /// Outgoing: acknowledged by the friend's node. Incoming: true.
     pub delivered: bool,
+    /// Outgoing, not delivered yet: sealed into the offline friend's mailbox at the DHT nodes
+    /// nearest it (issue 9), to be read when the friend is back.
+    #[serde(default)]
+    pub mailed: bool,
 }
 
 /// The tunnel data plane's counters (`tunnel status` key `dataplane`).
@@ -792,6 +796,78 @@ pub struct DhtGetResult {
     pub seq: Option<u64>,
 }
 
+/// `POST /v1/content/publish` (`ferry publish PATH`): a file or directory becomes content
+/// (issue 10 item 1); the node serves it and announces itself as a provider in the DHT.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPublish {
+    /// Absolute path of the file or directory.
+    pub path: String,
+}
+
+/// Result of [`ContentPublish`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPublished {
+    /// The content id (manifest BLAKE3), 64 hex digits.
+    pub id: String,
+    /// The published name (file or directory name).
+    pub name: String,
+    /// Files in it.
+    pub files: u64,
+    /// Bytes in all files.
+    pub bytes: u64,
+    /// DHT nodes that stored our provider record (0: announce failed, retried later).
+    pub announced: u64,
+}
+
+/// `POST /v1/content/fetch` (`ferry fetch ID --to DIR`): starts a fetch job; poll it with
+/// `POST /v1/content/job`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentFetch {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// Absolute directory the file or directory is written into.
+    pub to: String,
+}
+
+/// `POST /v1/content/job`: a fetch job's state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentJobQuery {
+    /// The job id from [`ContentJob::job`].
+    pub job: u64,
+}
+
+/// A fetch job's progress (answer of `/v1/content/fetch` and `/v1/content/job`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContentJob {
+    /// Job id.
+    pub job: u64,
+    /// `finding`, `manifest`, `fetching`, `done` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The published name (once the manifest is in).
+    pub name: String,
+    /// Where it is written.
+    pub path: String,
+    /// Bytes in all files (once the manifest is in).
+    pub total_bytes: u64,
+    /// Verified bytes written.
+    pub verified_bytes: u64,
+    /// Providers known from the DHT.
+    pub providers_known: u64,
+    /// Providers connected and serving now.
+    pub providers_live: u64,
+    /// Providers that delivered verified bytes.
+    pub providers_used: u64,
+    /// Providers dropped (corrupt data, missing, too slow).
+    pub providers_dropped: u64,
+    /// Seconds since the job started.
+    pub seconds: f64,
+    /// Verified bytes per second since the first provider connected.
+    pub rate: f64,
+}
+
 /// `POST /v1/names/register` and `/v1/names/resolve` (`ferry name register|resolve NAME`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NameRequest {
@@ -949,7 +1025,8 @@ pub struct MarketContract {
     pub role: String,
     /// Agreed price per KiB, wei.
     pub price_per_kib: String,
-    /// IP bytes metered on this contract so far.
+    /// IP bytes metered on this contract so far, both directions (client → destination and
+    /// the replies back).
     pub data_used_bytes: u64,
     /// Data the contract covers, bytes.
     pub data_limit_bytes: u64,
@@ -1163,6 +1240,21 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/content/publish`.
+    fn content_publish(
+        &self,
+        _req: ContentPublish,
+    ) -> BoxFuture<'_, Result<ContentPublished, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/fetch`.
+    fn content_fetch(&self, _req: ContentFetch) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/job`.
+    fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -1269,6 +1361,15 @@ handler!(
     ChannelMemberRequest,
     ChannelMembers
 );
+handler!(
+    content_publish,
+    post,
+    content_publish,
+    ContentPublish,
+    ContentPublished
+);
+handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
+handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -1317,6 +1418,9 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/channels/members", post(channel_members::<B>))
         .route("/v1/channels/approve", post(channel_approve::<B>))
         .route("/v1/channels/remove", post(channel_remove::<B>))
+        .route("/v1/content/publish", post(content_publish::<B>))
+        .route("/v1/content/fetch", post(content_fetch::<B>))
+        .route("/v1/content/job", post(content_job::<B>))
         .with_state(backend)
 }
 

@@ -17,7 +17,9 @@ use ferry_daemon::up::{UpOptions, run_up};
 mod chain;
 mod channel;
 mod chat;
+mod content;
 mod data;
+mod devnet_data;
 mod devnet_netns;
 mod files;
 mod market;
@@ -167,6 +169,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a file or directory as content: prints its content id (the node serves it and
+    /// announces itself as a provider in the DHT).
+    Publish {
+        /// File or directory.
+        path: PathBuf,
+        /// JSON: {"id", "name", "files", "bytes", "announced"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch content by id from every node that has it, verifying as it streams; writes the
+    /// file or directory under its published name into DIR.
+    Fetch {
+        /// The content id (64 hex digits).
+        id: String,
+        /// Directory to write into (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// JSON summary: {"path", "bytes", "providers_used", "providers_dropped",
+        /// "providers_known", "seconds", "rate" (bytes/s)}.
+        #[arg(long)]
+        json: bool,
+    },
     /// DHT commands.
     Dht {
         #[command(subcommand)]
@@ -282,6 +306,12 @@ enum Command {
         /// With --netns: download size, MiB.
         #[arg(long, value_name = "MIB", default_value_t = 32, requires = "netns")]
         download_mib: u32,
+        /// Instead, run `--nodes` real `ferry up` processes on loopback (store holders, alice
+        /// and bob) and show the DHT data layer: alice registers a username, bob resolves it
+        /// and befriends her by name, bob's process stops, alice writes to him, bob comes back
+        /// and reads it from his mailbox; everything is stopped afterwards.
+        #[arg(long, conflicts_with_all = ["netns", "seconds", "until_resolved"])]
+        data: bool,
     },
     /// The settlement chain of paid forwarding: `serve` the embedded EVM over JSON-RPC, `fund`
     /// a dev account.
@@ -584,6 +614,12 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Publish { path, json } => {
+            content::publish(&client(profile_dir), path, json).await?;
+        }
+        Command::Fetch { id, to, json } => {
+            content::fetch(&client(profile_dir), id, to, json).await?;
+        }
         Command::Store { command } => data::store(&client(profile_dir), command).await?,
         Command::Name { command } => data::name(&client(profile_dir), command).await?,
         Command::Channel { command } => channel::run(&client(profile_dir), command).await?,
@@ -778,6 +814,14 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             ..
         } => {
             devnet_netns::run_netns(devnet_netns::NetnsOptions { download_mib, json }).await?;
+        }
+        Command::Devnet {
+            data: true,
+            nodes,
+            json,
+            ..
+        } => {
+            devnet_data::run_data(devnet_data::DataOptions { nodes, json }).await?;
         }
         Command::Chain { command } => chain::run(command).await?,
         Command::DevnetServe { listen } => {

@@ -687,7 +687,9 @@ impl DataShared {
                                 mail.push((*friend, *target, item));
                             }
                             Purpose::RequestCollect { target } => requests.push((*target, item)),
-                            // Channel join requests are mail collected through the API.
+                            // Multi-writer records read through the API path (content
+                            // provider records, `crate::content`) and channel join requests
+                            // (mail, `crate::channel`).
                             Purpose::Api(_) => r.out.items.push(item),
                             _ => {}
                         },
@@ -1099,6 +1101,73 @@ impl DataShared {
             .map_err(|_| ApiError::unavailable("node stopped"))
     }
 
+    /// Puts `item` at `target` on the k closest capable nodes (used for content provider
+    /// records, [`crate::content`]); returns how many stored it.
+    ///
+    /// # Errors
+    /// No capable node known, lookup timeout.
+    pub async fn put_item(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+        item: Item,
+        ttl_s: u32,
+    ) -> Result<usize, ApiError> {
+        let out = self
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item,
+                    ttl_s,
+                    cas: None,
+                },
+            )
+            .await?;
+        Ok(out.stored)
+    }
+
+    /// Every item (or mail envelope) found at `target`.
+    ///
+    /// # Errors
+    /// No capable node known, lookup timeout.
+    pub async fn get_items(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+    ) -> Result<Vec<Item>, ApiError> {
+        let mut local = Vec::new();
+        {
+            let st = lock(&self.state);
+            let now = Instant::now();
+            let mut seq = None;
+            for _ in 0..64 {
+                match st.host.store.lookup(now, &target, seq) {
+                    Found::Item(i) => {
+                        local.push(i);
+                        break;
+                    }
+                    Found::Mail { slot, item } => {
+                        local.push(item);
+                        seq = Some(slot + 1);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let mut items = self
+            .run(node, target, Operation::Get { seq: None })
+            .await?
+            .items;
+        items.extend(local);
+        Ok(items)
+    }
+
+    /// Proof-of-work bits this node's store asks of mail envelopes.
+    pub fn mail_pow_bits(&self) -> u32 {
+        lock(&self.state).host.store.config().mail_pow_bits
+    }
+
     /// `POST /v1/dht/put`.
     pub async fn dht_put(
         self: &Arc<Self>,
@@ -1382,6 +1451,119 @@ impl DataShared {
             fingerprint: hex::encode(&own_pk[..8]),
             expires_unix: record.expires_unix,
         })
+    }
+}
+
+impl DataShared {
+    /// Binds `name` (registered by this node) to `content_id`, the latest version of a site
+    /// ([`ferry_data::site`]): puts the signed, sealed head and keeps it alive (owner re-puts).
+    ///
+    /// # Errors
+    /// 400 invalid name; 409 the name is someone else's; 404 not registered; 503 no holder.
+    pub async fn site_publish(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        name_: &str,
+        content_id: [u8; 32],
+    ) -> Result<ferry_data::site::SiteHead, ApiError> {
+        let n = name::normalize(name_)
+            .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
+        let secret = self.identity.secret.to_bytes();
+        let own_pk = name::owner_key(&secret, &n).verifying_key().to_bytes();
+        let info = self
+            .name_resolve(node, ferry_api::NameRequest { name: n.clone() })
+            .await?;
+        if info.fingerprint != hex::encode(&own_pk[..8]) {
+            return Err(ApiError::conflict(format!(
+                "name {n:?} belongs to someone else (owner fingerprint {})",
+                info.fingerprint
+            )));
+        }
+        // Strictly newer than any head put before (two publications in one second).
+        let prev = self.site_resolve(node, &n).await.ok();
+        let published_unix = unix_now().max(prev.map_or(0, |(h, _)| h.published_unix + 1));
+        let head = ferry_data::site::SiteHead {
+            content_id,
+            published_unix,
+        };
+        let m = {
+            let mut st = lock(&self.state);
+            ferry_data::site::sign_head(&secret, &n, &head, &mut st.rng)
+        }
+        .map_err(|_| ApiError::bad_request("invalid name"))?;
+        let item = Item::Mutable(m);
+        let target = ferry_data::site::head_target(&own_pk);
+        let ttl_s = ferry_data::item::MAX_TTL.as_secs() as u32;
+        let out = self
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item: item.clone(),
+                    ttl_s,
+                    cas: None,
+                },
+            )
+            .await?;
+        self.own(target, item, ttl_s, out.min_ttl);
+        if out.stored == 0 {
+            return Err(ApiError::unavailable(format!(
+                "no node stored the site head (refusals: {:?})",
+                out.refused
+            )));
+        }
+        Ok(head)
+    }
+
+    /// The latest head of the site under `name`, and the name's record.
+    ///
+    /// # Errors
+    /// 400 invalid name; 404 name not registered or no site published under it.
+    pub async fn site_resolve(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        name_: &str,
+    ) -> Result<(ferry_data::site::SiteHead, ferry_api::NameInfo), ApiError> {
+        let n = name::normalize(name_)
+            .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
+        let target = name::name_target(&n);
+        let out = self.run(node, target, Operation::Get { seq: None }).await?;
+        let bits = lock(&self.state).host.store.config().claim_pow_bits;
+        let now_unix = unix_now();
+        let Some((rec, owner)) = out
+            .items
+            .iter()
+            .filter_map(|i| name::resolve(&n, i, bits, now_unix).ok())
+            .max_by_key(|(r, _)| r.registered_unix)
+        else {
+            return Err(ApiError::not_found(format!("name {n:?} is not registered")));
+        };
+        let head_target = ferry_data::site::head_target(&owner);
+        let local = match lock(&self.state)
+            .host
+            .store
+            .lookup(Instant::now(), &head_target, None)
+        {
+            Found::Item(i) => Some(i),
+            _ => None,
+        };
+        let out = self
+            .run(node, head_target, Operation::Get { seq: None })
+            .await?;
+        let head = out
+            .items
+            .iter()
+            .chain(local.as_ref())
+            .filter_map(|i| ferry_data::site::open_head(&n, &owner, i).ok())
+            .max_by_key(|h| h.published_unix)
+            .ok_or_else(|| ApiError::not_found(format!("no site is published under {n:?}")))?;
+        let info = ferry_api::NameInfo {
+            name: n,
+            tox_id: rec.tox_id.to_string(),
+            fingerprint: hex::encode(&owner[..8]),
+            expires_unix: rec.expires_unix,
+        };
+        Ok((head, info))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod channel;
 pub mod chat;
 pub mod circuit;
+pub mod content;
 pub mod data;
 pub mod devnet;
 pub mod exit;

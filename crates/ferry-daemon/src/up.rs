@@ -180,6 +180,14 @@ impl NodeBackend {
             .ok_or_else(|| ApiError::not_found("this node has no value store"))
     }
 
+    fn content(&self) -> Result<Arc<crate::content::ContentShared>, ApiError> {
+        self.chat()?
+            .content
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("this node has no content store"))
+    }
+
     fn chat(&self) -> Result<&Arc<ChatShared>, ApiError> {
         self.chat
             .as_ref()
@@ -613,6 +621,33 @@ impl Backend for NodeBackend {
         Box::pin(async move { Ok(self.data()?.status()) })
     }
 
+    fn content_publish(
+        &self,
+        req: ferry_api::ContentPublish,
+    ) -> BoxFuture<'_, Result<ferry_api::ContentPublished, ApiError>> {
+        Box::pin(async move {
+            let data = self.data().ok();
+            self.content()?.publish(&self.node, data, req).await
+        })
+    }
+
+    fn content_fetch(
+        &self,
+        req: ferry_api::ContentFetch,
+    ) -> BoxFuture<'_, Result<ferry_api::ContentJob, ApiError>> {
+        Box::pin(async move {
+            let data = self.data().ok();
+            self.content()?.fetch(&self.node, data, req).await
+        })
+    }
+
+    fn content_job(
+        &self,
+        req: ferry_api::ContentJobQuery,
+    ) -> BoxFuture<'_, Result<ferry_api::ContentJob, ApiError>> {
+        Box::pin(async move { self.content()?.job(req.job) })
+    }
+
     fn dht_put(
         &self,
         req: ferry_api::DhtPut,
@@ -799,6 +834,8 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         ),
     )?;
     let _ = chat.data.set(Arc::clone(&data));
+    let content = crate::content::ContentShared::open(profile_dir, identity.public_key())?;
+    let _ = chat.content.set(Arc::clone(&content));
     let (node, join) =
         spawn_node_with_dht_keys(udp, options, dht_keys, ChatHandler(Arc::clone(&chat)))
             .context("starting the node")?;
@@ -841,6 +878,8 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     );
     let _ = chat.channels.set(Arc::clone(&channels));
     let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
+    let content_timer =
+        crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
     let market_task = crate::market::start(
         &chat.tunnel.market,
         market_config,
@@ -914,6 +953,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     }
     data_timer.abort();
     channel_sync.abort();
+    content_timer.abort();
     {
         let d = Arc::clone(&data);
         let _ = node.call(move |n, _| d.goodbye(n)).await;

@@ -8,6 +8,7 @@
 //! * [`mailbox`]: offline messages (mailbox addresses, sealed envelopes, per-sender order).
 //! * [`channel`]: channels (issue 10): signed state, membership certificates, signed posts,
 //!   epoch-key encryption for private channels, bounded history.
+//! * [`site`]: broadcast sites (a name's signed, sealed head naming a content id).
 //! * [`host`]: what a DHT node adds to host all this: [`host::StoreHost`] (datagram path) and
 //!   [`host::CapableNodes`] (peers known to speak the extension).
 //!
@@ -37,6 +38,7 @@ pub mod item;
 pub mod lookup;
 pub mod mailbox;
 pub mod name;
+pub mod site;
 pub mod store;
 pub mod wire;
 
