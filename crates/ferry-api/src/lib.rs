@@ -931,6 +931,134 @@ pub struct NameInfo {
     pub expires_unix: u64,
 }
 
+/// `POST /v1/channels/create` (`ferry channel create [--private] [--name N]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelCreate {
+    /// Private: posts encrypted, members approved by the founder.
+    #[serde(default)]
+    pub private: bool,
+    /// Display name (≤ 48 bytes).
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A channel by id (`join`, `members`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelRef {
+    /// Channel id: the founder's Ed25519 channel key, 64 hex digits.
+    pub id: String,
+}
+
+/// A channel as this node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Channel id, 64 hex digits.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Private channel.
+    pub private: bool,
+    /// `founder`, `member` (holds a certificate and the epoch key), `pending` (join request
+    /// sent), `reader` (public channel) or `removed`.
+    pub status: String,
+    /// This node's member (author) key, 64 hex digits: what `ferry channel approve` takes.
+    pub member_key: String,
+    /// Current key epoch (private channels).
+    pub epoch: u32,
+}
+
+/// `POST /v1/channels/post` (`ferry channel post ID TEXT|--file PATH`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelPost {
+    /// Channel id.
+    pub id: String,
+    /// Text of a text post.
+    #[serde(default)]
+    pub text: String,
+    /// File name of a file post (then `file_hex` holds the bytes).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// File bytes, hex.
+    #[serde(default)]
+    pub file_hex: String,
+    /// Testing: publish even when this node may not post (members drop it).
+    #[serde(default)]
+    pub unchecked: bool,
+}
+
+/// Result of [`ChannelPost`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelPostResult {
+    /// The post id (its value-store target), hex.
+    pub post_id: String,
+    /// The author's sequence number of the post.
+    pub seq: u64,
+    /// Nodes that stored the post.
+    pub stored: u64,
+}
+
+/// `POST /v1/channels/read` (`ferry channel read ID`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelRead {
+    /// Channel id.
+    pub id: String,
+    /// Fetch from the network first (else: what this node holds).
+    #[serde(default)]
+    pub sync: bool,
+}
+
+/// One post of [`ChannelRead`]'s answer (oldest first).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMessage {
+    /// Post id, hex.
+    pub post_id: String,
+    /// Author (member key), hex.
+    pub author: String,
+    /// Author's sequence number.
+    pub seq: u64,
+    /// Sent at (the author's clock), Unix seconds.
+    pub sent_unix: u64,
+    /// Text (text posts).
+    pub text: String,
+    /// File name (file posts).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// File bytes, hex (file posts).
+    #[serde(default)]
+    pub file_hex: String,
+}
+
+/// A member in [`ChannelMembers`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMember {
+    /// Member (author) key, hex.
+    pub member_key: String,
+    /// Box key (the node's Tox long-term public key), hex, when known.
+    pub box_key: String,
+    /// `admin`, `member` or `pending`.
+    pub role: String,
+}
+
+/// `POST /v1/channels/members` answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMembers {
+    /// The channel.
+    pub info: ChannelInfo,
+    /// Admins, members (private), and join requests waiting (founder only).
+    pub members: Vec<ChannelMember>,
+    /// Removed member keys.
+    pub removed: Vec<String>,
+}
+
+/// `POST /v1/channels/approve|remove` (`ferry channel approve|remove ID KEY`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMemberRequest {
+    /// Channel id.
+    pub id: String,
+    /// Member key or box (Tox public) key, hex.
+    pub key: String,
+}
+
 /// One market contract in `GET /v1/contracts` (`ferry contracts`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MarketContract {
@@ -1115,6 +1243,46 @@ pub trait Backend: Send + Sync + 'static {
     fn name_resolve(&self, _req: NameRequest) -> BoxFuture<'_, Result<NameInfo, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/channels/create`.
+    fn channel_create(&self, _req: ChannelCreate) -> BoxFuture<'_, Result<ChannelInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/join`.
+    fn channel_join(&self, _req: ChannelRef) -> BoxFuture<'_, Result<ChannelInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/post`.
+    fn channel_post(
+        &self,
+        _req: ChannelPost,
+    ) -> BoxFuture<'_, Result<ChannelPostResult, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/read`.
+    fn channel_read(
+        &self,
+        _req: ChannelRead,
+    ) -> BoxFuture<'_, Result<Vec<ChannelMessage>, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/members`.
+    fn channel_members(&self, _req: ChannelRef) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/approve`.
+    fn channel_approve(
+        &self,
+        _req: ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/remove`.
+    fn channel_remove(
+        &self,
+        _req: ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
+        unsupported()
+    }
     /// `POST /v1/content/publish`.
     fn content_publish(
         &self,
@@ -1206,6 +1374,49 @@ handler!(dht_get, post, dht_get, DhtGet, DhtGetResult);
 handler!(name_register, post, name_register, NameRequest, NameInfo);
 handler!(name_resolve, post, name_resolve, NameRequest, NameInfo);
 handler!(
+    channel_create,
+    post,
+    channel_create,
+    ChannelCreate,
+    ChannelInfo
+);
+handler!(channel_join, post, channel_join, ChannelRef, ChannelInfo);
+handler!(
+    channel_post,
+    post,
+    channel_post,
+    ChannelPost,
+    ChannelPostResult
+);
+handler!(
+    channel_read,
+    post,
+    channel_read,
+    ChannelRead,
+    Vec<ChannelMessage>
+);
+handler!(
+    channel_members,
+    post,
+    channel_members,
+    ChannelRef,
+    ChannelMembers
+);
+handler!(
+    channel_approve,
+    post,
+    channel_approve,
+    ChannelMemberRequest,
+    ChannelMembers
+);
+handler!(
+    channel_remove,
+    post,
+    channel_remove,
+    ChannelMemberRequest,
+    ChannelMembers
+);
+handler!(
     content_publish,
     post,
     content_publish,
@@ -1258,6 +1469,13 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/dht/get", post(dht_get::<B>))
         .route("/v1/names/register", post(name_register::<B>))
         .route("/v1/names/resolve", post(name_resolve::<B>))
+        .route("/v1/channels/create", post(channel_create::<B>))
+        .route("/v1/channels/join", post(channel_join::<B>))
+        .route("/v1/channels/post", post(channel_post::<B>))
+        .route("/v1/channels/read", post(channel_read::<B>))
+        .route("/v1/channels/members", post(channel_members::<B>))
+        .route("/v1/channels/approve", post(channel_approve::<B>))
+        .route("/v1/channels/remove", post(channel_remove::<B>))
         .route("/v1/content/publish", post(content_publish::<B>))
         .route("/v1/content/fetch", post(content_fetch::<B>))
         .route("/v1/content/job", post(content_job::<B>))

@@ -15,6 +15,7 @@ use ferry_daemon::profile;
 use ferry_daemon::up::{UpOptions, run_up};
 
 mod chain;
+mod channel;
 mod chat;
 mod content;
 mod data;
@@ -215,6 +216,11 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: data::StoreCommand,
+    },
+    /// Channels: `create`, `join`, `post`, `read`, `members`, `approve`, `remove`.
+    Channel {
+        #[command(subcommand)]
+        command: channel::ChannelCommand,
     },
     /// Usernames: `register`, `resolve` (`ferry friend add @NAME` uses them).
     Name {
@@ -651,6 +657,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
         }
         Command::Store { command } => data::store(&client(profile_dir), command).await?,
         Command::Name { command } => data::name(&client(profile_dir), command).await?,
+        Command::Channel { command } => channel::run(&client(profile_dir), command).await?,
         Command::Dht { command } => match command {
             DhtCommand::Put {
                 value,

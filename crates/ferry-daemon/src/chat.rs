@@ -59,6 +59,8 @@ pub struct ChatShared {
     service: std::sync::atomic::AtomicBool,
     /// The DHT value store, names and offline messages ([`crate::data`]), once started.
     pub data: std::sync::OnceLock<Arc<crate::data::DataShared>>,
+    /// Channels ([`crate::channel`]), once started: friends' pokes trigger a sync.
+    pub channels: std::sync::OnceLock<Arc<crate::channel::ChannelShared>>,
     /// Content publish/fetch ([`crate::content`]), once started.
     pub content: std::sync::OnceLock<Arc<crate::content::ContentShared>>,
 }
@@ -114,6 +116,7 @@ impl ChatShared {
             tunnel: crate::tunnel::TunnelShared::default(),
             service: std::sync::atomic::AtomicBool::new(false),
             data: std::sync::OnceLock::new(),
+            channels: std::sync::OnceLock::new(),
             content: std::sync::OnceLock::new(),
         }))
     }
@@ -960,6 +963,17 @@ impl EventHandler for ChatHandler {
             } if data.first() == Some(&crate::data::MAIL_PACKET_ID) && s.data.get().is_some() => {
                 if let Some(d) = s.data.get() {
                     d.on_control(s, node, now, public_key, &data);
+                }
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::channel::POKE_PACKET_ID)
+                && s.channels.get().is_some() =>
+            {
+                if let Some(c) = s.channels.get() {
+                    c.on_poke(&public_key, &data);
                 }
             }
             NodeEvent::CustomPacket {

@@ -206,7 +206,7 @@ struct MailBook {
 /// Items this node put (`ferry dht put`, names), re-put after a restart.
 pub const OWNED_FILE: &str = "owned.bin";
 /// Most owned items kept alive.
-const MAX_OWNED: usize = 256;
+const MAX_OWNED: usize = 1024;
 
 /// `owned.bin`: `"FDO1"[count u32]` then per item `[target 32][ttl_s u32][item]`.
 fn encode_owned(owned: &HashMap<Target, Owned>) -> Vec<u8> {
@@ -688,7 +688,8 @@ impl DataShared {
                             }
                             Purpose::RequestCollect { target } => requests.push((*target, item)),
                             // Multi-writer records read through the API path (content
-                            // provider records, `crate::content`).
+                            // provider records, `crate::content`) and channel join requests
+                            // (mail, `crate::channel`).
                             Purpose::Api(_) => r.out.items.push(item),
                             _ => {}
                         },
@@ -1065,7 +1066,7 @@ impl DataShared {
     }
 
     /// Runs one lookup from the API and waits for its outcome.
-    async fn run(
+    pub(crate) async fn run(
         self: &Arc<Self>,
         node: &NodeHandle,
         target: Target,
@@ -1216,7 +1217,7 @@ impl DataShared {
         })
     }
 
-    fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
+    pub(crate) fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
         let half = min_ttl.map_or(30, |t| (t / 2).max(30)).min(3600);
         let bytes = {
             let mut st = lock(&self.state);
@@ -1231,6 +1232,67 @@ impl DataShared {
                     next: Instant::now() + Duration::from_secs(u64::from(half)),
                 },
             );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
+    }
+
+    /// What this node itself holds at `target` (an item, or the mail envelopes there): a
+    /// lookup does not ask the node that runs it.
+    pub(crate) fn local(&self, target: &Target) -> Vec<Item> {
+        let st = lock(&self.state);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut slot = None;
+        for _ in 0..256 {
+            match st.host.store.lookup(now, target, slot) {
+                Found::Item(i) => {
+                    out.push(i);
+                    break;
+                }
+                Found::Mail { slot: s, item } => {
+                    out.push(item);
+                    slot = Some(s + 1);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Re-puts someone else's signed or self-certifying item while this node runs (BEP 44: anyone
+    /// may re-put a signed item), e.g. a channel member keeping the channel's state, heads and
+    /// newest posts alive while their authors are offline. A no-op when the same item is kept
+    /// already (its re-put schedule is not pushed back).
+    pub(crate) fn keep(&self, target: Target, item: Item, ttl_s: u32) {
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.get(&target).is_some_and(|o| o.item == item) {
+                return;
+            }
+            if st.owned.len() >= MAX_OWNED && !st.owned.contains_key(&target) {
+                return;
+            }
+            st.owned.insert(
+                target,
+                Owned {
+                    item,
+                    ttl_s,
+                    next: Instant::now() + Duration::from_secs(30),
+                },
+            );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
+    }
+
+    /// Stops re-putting an owned item (a channel's post that left the head).
+    pub(crate) fn disown(&self, target: &Target) {
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.remove(target).is_none() {
+                return;
+            }
             encode_owned(&st.owned)
         };
         write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);

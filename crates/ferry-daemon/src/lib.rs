@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bootstrap;
+pub mod channel;
 pub mod chat;
 pub mod circuit;
 pub mod content;

@@ -136,6 +136,7 @@ pub struct NodeBackend {
     stop: Arc<Notify>,
     chat: Option<Arc<ChatShared>>,
     relay: Option<RelayServerHandle>,
+    channels: Option<Arc<crate::channel::ChannelShared>>,
 }
 
 impl NodeBackend {
@@ -147,6 +148,7 @@ impl NodeBackend {
             stop,
             chat: None,
             relay: None,
+            channels: None,
         }
     }
 
@@ -154,6 +156,18 @@ impl NodeBackend {
     pub fn with_relay(mut self, relay: RelayServerHandle) -> Self {
         self.relay = Some(relay);
         self
+    }
+
+    /// Adds channels ([`crate::channel`]) to the API.
+    pub fn with_channels(mut self, channels: Arc<crate::channel::ChannelShared>) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    fn channels(&self) -> Result<&Arc<crate::channel::ChannelShared>, ApiError> {
+        self.channels
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("this node has no channels"))
     }
 
     /// Adds friends and chat (the profile's store) to the API.
@@ -689,6 +703,55 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.data()?.name_resolve(&self.node, req).await })
     }
 
+    fn channel_create(
+        &self,
+        req: ferry_api::ChannelCreate,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelInfo, ApiError>> {
+        Box::pin(async move { self.channels()?.create(req).await })
+    }
+
+    fn channel_join(
+        &self,
+        req: ferry_api::ChannelRef,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelInfo, ApiError>> {
+        Box::pin(async move { self.channels()?.join(req).await })
+    }
+
+    fn channel_post(
+        &self,
+        req: ferry_api::ChannelPost,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelPostResult, ApiError>> {
+        Box::pin(async move { self.channels()?.post(req).await })
+    }
+
+    fn channel_read(
+        &self,
+        req: ferry_api::ChannelRead,
+    ) -> BoxFuture<'_, Result<Vec<ferry_api::ChannelMessage>, ApiError>> {
+        Box::pin(async move { self.channels()?.read(req).await })
+    }
+
+    fn channel_members(
+        &self,
+        req: ferry_api::ChannelRef,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.members(req).await })
+    }
+
+    fn channel_approve(
+        &self,
+        req: ferry_api::ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.approve(req).await })
+    }
+
+    fn channel_remove(
+        &self,
+        req: ferry_api::ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.remove(req).await })
+    }
+
     fn contracts(&self) -> BoxFuture<'_, Result<Vec<ferry_api::MarketContract>, ApiError>> {
         Box::pin(async move { self.chat()?.tunnel.market.contracts() })
     }
@@ -828,6 +891,17 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         node.clone(),
         identity.tox_id(),
     );
+    let channels = crate::channel::ChannelShared::open(
+        profile_dir,
+        identity.long_term.clone(),
+        Arc::clone(&data),
+        node.clone(),
+        ferry_crypto::rng::FerryRng::from_seed(
+            ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
+        ),
+    );
+    let _ = chat.channels.set(Arc::clone(&channels));
+    let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
     let content_timer =
         crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
     let gateway = match opts.gateway_port {
@@ -880,7 +954,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     );
     let stop = Arc::new(Notify::new());
     let market = chat.tunnel.market.clone();
-    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat);
+    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone())
+        .with_chat(chat)
+        .with_channels(channels);
     if let Some((r, _)) = &relay {
         let ports: Vec<String> = r.ports().iter().map(u16::to_string).collect();
         eprintln!(
@@ -915,6 +991,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         market.save();
     }
     data_timer.abort();
+    channel_sync.abort();
     content_timer.abort();
     if let Some(g) = gateway {
         g.abort();
