@@ -171,6 +171,8 @@ pub enum StreamEvent {
         stripe: u8,
         /// Time since the loss was detected.
         after: Duration,
+        /// When the segment arrived.
+        at: Instant,
     },
 }
 
@@ -597,6 +599,7 @@ impl StreamNode {
                     self.events.push_back(StreamEvent::ParentRestored {
                         stripe: stripe as u8,
                         after: now.saturating_duration_since(at),
+                        at: now,
                     });
                 }
             }
