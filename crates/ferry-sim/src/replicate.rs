@@ -292,8 +292,11 @@ pub fn run(s: &ReplicateScenario, mut progress: impl FnMut(Duration, Duration)) 
         publish_at.push((at, k));
     }
     publish_at.sort_by_key(|p| p.0);
-    let item_index: HashMap<ContentId, usize> =
-        items.iter().enumerate().map(|(k, (id, _))| (*id, k)).collect();
+    let item_index: HashMap<ContentId, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(k, (id, _))| (*id, k))
+        .collect();
     let total = s.warmup + s.duration;
     let keep = Duration::from_secs(7 * 24 * 3600);
     let mut next_pub = 0;
@@ -334,12 +337,15 @@ pub fn run(s: &ReplicateScenario, mut progress: impl FnMut(Duration, Duration)) 
             let live = sim.net.live();
             let who = live[rng.below(live.len())];
             let (cid, size) = items[k];
-            sim.net.with_node(who, |n, now| n.publish(now, cid, size, keep));
+            sim.net
+                .with_node(who, |n, now| n.publish(now, cid, size, keep));
         }
         // Events: candidate lookups.
         let mut lookups: Vec<(NodeId, ContentId)> = Vec::new();
         for id in sim.net.live() {
-            let Some(n) = sim.net.node_mut(id) else { continue };
+            let Some(n) = sim.net.node_mut(id) else {
+                continue;
+            };
             while let Some(ev) = n.poll_event() {
                 match ev {
                     ReplicaEvent::NeedCandidates { id: cid } => lookups.push((id, cid)),
@@ -394,7 +400,9 @@ pub fn run(s: &ReplicateScenario, mut progress: impl FnMut(Duration, Duration)) 
                 continue;
             }
             let h = hs[rng.below(hs.len())];
-            let Some(addr) = sim.net.addr(h) else { continue };
+            let Some(addr) = sim.net.addr(h) else {
+                continue;
+            };
             let who = live[rng.below(live.len())];
             let cid = items[k].0;
             fetches += 1;

@@ -15,8 +15,8 @@
 //! * Viewers join at uniform random times in the join window; start-up delay = join → first play.
 //! * [`StreamScenario::tamperers`] viewers (with a high upload, so they get children) flip one
 //!   byte in every segment they forward; their children must reject those segments.
-//! * At [`StreamScenario::leave_at`], the [`StreamScenario::leavers`] viewers feeding the most
-//!   children leave without a word; recovery = departure → first segment pushed by a new parent,
+//! * At [`StreamScenario::leave_at`], [`StreamScenario::leavers`] random viewers among those
+//!   feeding children leave without a word; recovery = departure → first segment pushed by a new parent,
 //!   per orphaned stripe.
 //! * Glass-to-glass latency = arrival − the moment the streamer cut the segment.
 
@@ -52,8 +52,10 @@ pub struct StreamScenario {
     pub tamperers: usize,
     /// When the leavers leave (after the first segment); `None`: nobody leaves.
     pub leave_at: Option<Duration>,
-    /// Viewers with children that leave at `leave_at`.
+    /// Viewers with children (chosen at random) that leave at `leave_at`.
     pub leavers: usize,
+    /// Segments buffered before playback starts.
+    pub startup_segments: u64,
     /// Links.
     pub link: LinkConfig,
     /// Seed.
@@ -74,6 +76,7 @@ impl StreamScenario {
             tamperers: 1.min(viewers),
             leave_at: Some(Duration::from_secs(seconds.max(10) / 2)),
             leavers: 3.min(viewers / 4),
+            startup_segments: 2,
             link: LinkConfig {
                 latency_min_ms: 50.0,
                 latency_max_ms: 200.0,
@@ -181,6 +184,7 @@ pub fn run(s: &StreamScenario) -> StreamReport {
         let up = (mult * rate as f64) as u64;
         let mut cfg = StreamConfig::new(rate, up);
         cfg.tamper = tamper;
+        cfg.startup_segments = s.startup_segments;
         let id = net.add(|addr, r| {
             let node = PackedNode::udp(addr, PublicKey(r.bytes::<32>()));
             StreamNode::viewer(cfg, stream_id, node, tracker, r.fork(), base)
@@ -235,7 +239,10 @@ pub fn run(s: &StreamScenario) -> StreamReport {
                 .filter_map(|&v| net.node(v).map(|n| (n.children().len(), v)))
                 .filter(|c| c.0 > 0)
                 .collect();
-            by_children.sort_by(|a, b| b.cmp(a));
+            // A random choice among the viewers that feed children.
+            for i in (1..by_children.len()).rev() {
+                by_children.swap(i, rng.below(i + 1));
+            }
             let now = net.now();
             for &(_, v) in by_children.iter().take(s.leavers) {
                 let Some(addr) = net.addr(v) else { continue };
@@ -300,6 +307,16 @@ pub fn run(s: &StreamScenario) -> StreamReport {
     for &v in &viewers {
         let Some(n) = net.node(v) else { continue };
         let st = n.stats();
+        if std::env::var_os("FERRY_SIM_DEBUG").is_some() {
+            eprintln!(
+                "{v}: parents {:?} depth {:?} children {} stalled {:?} {:?}",
+                n.parents(),
+                n.depth(),
+                n.children().len(),
+                n.stalled(now),
+                st
+            );
+        }
         stalls += st.stalls;
         skipped += st.skipped;
         tampered += st.tampered;

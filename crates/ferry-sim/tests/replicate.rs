@@ -39,7 +39,10 @@ fn check(r: &ReplicateReport) {
         r.published_full as usize >= r.items * 99 / 100,
         "seed {seed}: publishes short of pins: {r:#?}"
     );
-    assert!(r.healthy >= 0.99, "seed {seed}: ≥ 3 replicas below 99 %: {r:#?}");
+    assert!(
+        r.healthy >= 0.99,
+        "seed {seed}: ≥ 3 replicas below 99 %: {r:#?}"
+    );
     for row in &r.rows {
         assert!(
             row.healthy >= 0.99,

@@ -24,10 +24,22 @@ fn print(r: &StreamReport) {
 
 fn check(r: &StreamReport) {
     let seed = r.seed;
-    assert_eq!(r.playing, r.viewers, "seed {seed}: not every viewer plays: {r:#?}");
-    assert!(r.streamer_copies < 4.0, "seed {seed}: streamer upload ≥ 4 copies: {r:#?}");
-    assert!(r.stall_ratio < 0.01, "seed {seed}: stalls ≥ 1 % of play time: {r:#?}");
-    assert!(r.tampered_rejected > 0, "seed {seed}: no tampered segment was rejected: {r:#?}");
+    assert_eq!(
+        r.playing, r.viewers,
+        "seed {seed}: not every viewer plays: {r:#?}"
+    );
+    assert!(
+        r.streamer_copies < 4.0,
+        "seed {seed}: streamer upload ≥ 4 copies: {r:#?}"
+    );
+    assert!(
+        r.stall_ratio < 0.01,
+        "seed {seed}: stalls ≥ 1 % of play time: {r:#?}"
+    );
+    assert!(
+        r.tampered_rejected > 0,
+        "seed {seed}: no tampered segment was rejected: {r:#?}"
+    );
     assert_eq!(
         r.recovered_stripes, r.orphaned_stripes,
         "seed {seed}: orphaned stripes not re-parented: {r:#?}"
@@ -65,4 +77,18 @@ fn two_hundred_viewers() {
     let r = run(&s);
     print(&r);
     check(&r);
+}
+
+#[test]
+#[ignore = "debug"]
+fn debug_plain() {
+    let mut s = StreamScenario::new(50, 60, 1);
+    s.tamperers = std::env::var("T").map_or(0, |v| v.parse().unwrap_or(0));
+    s.startup_segments = std::env::var("B").map_or(2, |v| v.parse().unwrap_or(2));
+    s.seed = std::env::var("S").map_or(1, |v| v.parse().unwrap_or(1));
+    if std::env::var_os("L").is_none() {
+        s.leave_at = None;
+    }
+    let r = run(&s);
+    print(&r);
 }

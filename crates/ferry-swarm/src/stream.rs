@@ -23,13 +23,18 @@
 //! it answers with [`StreamMsg::Peers`] (viewers that reported free slots, shallowest first, and
 //! itself while it has slots). The viewer pings them ([`StreamMsg::Ping`], RTT measured) and
 //! attaches each stripe to the candidate with the best score `rtt_ms + 100 · depth − 10 ·
-//! min(free, 8)` that has a free slot and is not deeper than itself in that stripe (no loops).
+//! min(free, 8)` that has a free slot and is not its own child in that stripe. Depths are
+//! advisory: a node that loses its parent keeps its subtree and re-attaches wherever the score
+//! is best, so a stale depth can, rarely, close a loop; a loop receives nothing, so its members
+//! time out and re-attach elsewhere (loops heal within the parent timeout).
 //! A new child gets the parent's newest segment of its stripe at once (fast start).
 //!
 //! Children send [`StreamMsg::Alive`] to their parents every second (parents drop a child silent
-//! for [`StreamConfig::child_timeout`]) and to the streamer every 5 s (its peer registry). A stripe
-//! with no segment from its parent for [`StreamConfig::parent_timeout`] loses its parent and
-//! re-attaches.
+//! for [`StreamConfig::child_timeout`]) and to the streamer every 5 s (its peer registry); parents
+//! send it to their children every 500 ms (their depth rides along). A parent not heard from for
+//! [`StreamConfig::parent_timeout`] (2.5 s) is gone; one that lives but pushed nothing for
+//! [`StreamConfig::starve_timeout`] (6 s) is starved; either way the stripe re-attaches. An
+//! orphaned parent keeps its subtree, which waits (pulling gaps) while it re-attaches.
 //!
 //! # Pull repair and playback
 //!
@@ -89,6 +94,8 @@ const PROBE_WAIT: Duration = Duration::from_millis(400);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Viewer → parents keep-alive interval.
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
+/// Parent → children keep-alive interval.
+const CHILD_ALIVE_EVERY: Duration = Duration::from_millis(500);
 /// Housekeeping tick.
 const TICK: Duration = Duration::from_millis(100);
 /// A registry entry not refreshed this long is dropped.
@@ -111,14 +118,18 @@ pub struct StreamConfig {
     pub segment: Duration,
     /// Live discard window (30 s).
     pub window: Duration,
-    /// A stripe silent this long loses its parent.
+    /// A parent not heard from at all (segments or its 500 ms keep-alives) this long is gone.
     pub parent_timeout: Duration,
+    /// A parent that is alive but has pushed no segment this long is given up (it is starved).
+    pub starve_timeout: Duration,
     /// A child silent this long is dropped.
     pub child_timeout: Duration,
     /// An unanswered want is retried elsewhere after this long.
     pub want_timeout: Duration,
     /// Want a missing segment when its play deadline is this close.
     pub repair_lead: Duration,
+    /// Playback starts once this many consecutive segments are buffered (2).
+    pub startup_segments: u64,
     /// Skip a missing segment after stalling this long on it, if later ones are buffered.
     pub max_stall: Duration,
     /// Test hook: flip a byte in every segment this node forwards (a malicious relay).
@@ -136,11 +147,13 @@ impl StreamConfig {
             streamer_repair_copies: 0.5,
             segment: Duration::from_secs(1),
             window: Duration::from_secs(30),
-            parent_timeout: Duration::from_millis(3500),
+            parent_timeout: Duration::from_millis(2500),
+            starve_timeout: Duration::from_secs(6),
             child_timeout: Duration::from_secs(5),
             want_timeout: Duration::from_millis(800),
             repair_lead: Duration::from_millis(1200),
             max_stall: Duration::from_secs(3),
+            startup_segments: 2,
             tamper: false,
         }
     }
@@ -224,7 +237,10 @@ struct Cand {
 #[derive(Clone, Copy, Debug)]
 struct Parent {
     addr: SocketAddr,
+    /// Last segment pushed by it.
     last: Instant,
+    /// Last message of any kind from it.
+    heard: Instant,
     /// Whether a segment has arrived from it yet.
     fed: bool,
 }
@@ -267,6 +283,7 @@ pub struct StreamNode {
     attaching: [Option<(SocketAddr, Instant)>; 2],
     lost_at: [Option<Instant>; 2],
     depth: [u8; 2],
+    connected: [bool; 2],
     children: Vec<Child>,
     candidates: Vec<Cand>,
     probe_until: Option<Instant>,
@@ -275,6 +292,7 @@ pub struct StreamNode {
     last_join: Option<Instant>,
     next_status: Instant,
     next_alive: Instant,
+    next_child_alive: Instant,
     next_tick: Instant,
     wants: HashMap<u64, Want>,
     repair_tokens: f64,
@@ -323,6 +341,7 @@ impl StreamNode {
             attaching: [None, None],
             lost_at: [None, None],
             depth: [NO_DEPTH; 2],
+            connected: [false; 2],
             children: Vec::new(),
             candidates: Vec::new(),
             probe_until: None,
@@ -331,6 +350,7 @@ impl StreamNode {
             last_join: None,
             next_status: far,
             next_alive: far,
+            next_child_alive: now,
             next_tick: now + TICK,
             wants: HashMap::new(),
             repair_tokens: 0.0,
@@ -441,6 +461,21 @@ impl StreamNode {
     /// Depth per stripe ([`NO_DEPTH`] = never attached).
     pub fn depth(&self) -> [u8; 2] {
         self.depth
+    }
+
+    /// The depth this node advertises: its depth in each stripe where its chain of parents
+    /// reaches the streamer, [`NO_DEPTH`] where it is cut off (so nobody attaches below it).
+    pub fn adv_depth(&self) -> [u8; 2] {
+        if self.signing.is_some() {
+            return [0, 0];
+        }
+        let mut d = [NO_DEPTH; 2];
+        for s in 0..2 {
+            if self.connected[s] && self.parents[s].is_some() {
+                d[s] = self.depth[s];
+            }
+        }
+        d
     }
 
     /// The next event, if any.
@@ -593,6 +628,7 @@ impl StreamNode {
         }
         if from_parent && let Some(p) = self.parents[stripe].as_mut() {
             p.last = now;
+            p.heard = now;
             if !p.fed {
                 p.fed = true;
                 if let Some(at) = self.lost_at[stripe].take() {
@@ -629,6 +665,7 @@ impl StreamNode {
     }
 
     fn lose_parent(&mut self, now: Instant, stripe: usize) {
+        self.connected[stripe] = false;
         if let Some(p) = self.parents[stripe].take() {
             self.stats.parents_lost += 1;
             self.lost_at[stripe] = Some(now);
@@ -659,13 +696,14 @@ impl StreamNode {
         }
         let seg = self.config.segment;
         if self.play_start.is_none() {
+            let n = self.config.startup_segments.max(1);
             let start = self
                 .segments
                 .keys()
                 .rev()
-                .find(|&&s| self.segments.contains_key(&(s + 1)))
+                .find(|&&s| (1..n).all(|k| self.segments.contains_key(&(s + k))))
                 .copied();
-            // The newest buffered pair: the lowest latency that is already safe to start.
+            // The newest buffered run: the lowest latency that is already safe to start.
             let Some(s0) = start else { return };
             self.play_start = Some(now);
             self.play_seq = s0;
@@ -783,11 +821,12 @@ impl StreamNode {
             if self.parents[stripe].is_some() || self.attaching[stripe].is_some() {
                 continue;
             }
-            let has_children = self
+            let kids: Vec<SocketAddr> = self
                 .children
                 .iter()
-                .any(|c| usize::from(c.stripe) == stripe);
-            let my_depth = self.depth[stripe];
+                .filter(|c| usize::from(c.stripe) == stripe)
+                .map(|c| c.addr)
+                .collect();
             let other = self.parents[1 - stripe]
                 .map(|p| p.addr)
                 .or(self.attaching[1 - stripe].map(|a| a.0));
@@ -800,7 +839,7 @@ impl StreamNode {
                         && c.free > 0
                         && c.rtt.is_some()
                         && c.depth[stripe] < MAX_DEPTH
-                        && (!has_children || my_depth == NO_DEPTH || c.depth[stripe] < my_depth)
+                        && !kids.contains(&c.node.addr)
                 })
                 .min_by_key(|(_, c)| {
                     let rtt = c.rtt.map_or(1000, |r| r.as_millis() as i64);
@@ -819,7 +858,7 @@ impl StreamNode {
             c.free = c.free.saturating_sub(1);
             let to = c.node.addr;
             self.attaching[stripe] = Some((to, now + Duration::from_millis(1500)));
-            let depth = self.depth;
+            let depth = self.adv_depth();
             self.send(
                 to,
                 &StreamMsg::Attach {
@@ -831,9 +870,9 @@ impl StreamNode {
         }
     }
 
-    fn on_attach(&mut self, now: Instant, from: SocketAddr, stripe: u8, depth: [u8; 2]) {
+    fn on_attach(&mut self, now: Instant, from: SocketAddr, stripe: u8, _depth: [u8; 2]) {
         let s = usize::from(stripe);
-        let mine = self.depth[s];
+        let mine = self.adv_depth()[s];
         let existing = self
             .children
             .iter()
@@ -841,7 +880,6 @@ impl StreamNode {
         let ok = existing.is_some()
             || (mine < MAX_DEPTH
                 && self.free() > 0
-                && (depth[s] == NO_DEPTH || mine < depth[s])
                 && self.parents[s].is_none_or(|p| p.addr != from));
         if ok && existing.is_none() {
             self.children.push(Child {
@@ -897,13 +935,15 @@ impl StreamNode {
             self.parents[s] = Some(Parent {
                 addr: from,
                 last: now,
+                heard: now,
                 fed: false,
             });
             self.depth[s] = depth.saturating_add(1).min(NO_DEPTH - 1);
+            self.connected[s] = depth < MAX_DEPTH;
             let alive = StreamMsg::Alive {
                 stream: self.stream,
                 free: self.free(),
-                depth: self.depth,
+                depth: self.adv_depth(),
             };
             self.send(from, &alive);
             // Tell the tracker at once, so later joiners can pick us.
@@ -923,23 +963,24 @@ impl StreamNode {
     fn on_want(&mut self, now: Instant, from: SocketAddr, seq: u64) {
         let have = self.segments.get(&seq).cloned();
         let size = have.as_ref().map_or(0.0, |s| s.data.len() as f64);
-        let can = if self.signing.is_some() {
-            let c = &self.config;
-            let rate = c.streamer_repair_copies * c.rate_bytes_per_s as f64;
-            let dt = now
-                .saturating_duration_since(self.repair_refill)
-                .as_secs_f64();
-            self.repair_refill = now;
-            self.repair_tokens = (self.repair_tokens + dt * rate).min(rate * 2.0);
-            if self.repair_tokens >= size {
-                self.repair_tokens -= size;
-                true
-            } else {
-                false
-            }
+        // Repair comes out of a token bucket: the streamer's repair copies, or a viewer's upload
+        // beyond its tree share; a burst of at most two segments.
+        let c = &self.config;
+        let rate = if self.signing.is_some() {
+            c.streamer_repair_copies * c.rate_bytes_per_s as f64
         } else {
-            self.config.upload_bytes_per_s >= self.config.rate_bytes_per_s
+            (1.0 - c.upload_share).max(0.0) * c.upload_bytes_per_s as f64
         };
+        let dt = now
+            .saturating_duration_since(self.repair_refill)
+            .as_secs_f64();
+        self.repair_refill = now;
+        let burst = 2.0 * c.rate_bytes_per_s as f64 * c.segment.as_secs_f64();
+        self.repair_tokens = (self.repair_tokens + dt * rate).min(burst);
+        let can = size > 0.0 && self.repair_tokens >= size;
+        if can {
+            self.repair_tokens -= size;
+        }
         match have {
             Some(mut seg) if can => {
                 self.stats.wants_served += 1;
@@ -1033,6 +1074,20 @@ impl StreamNode {
         let child_timeout = self.config.child_timeout;
         self.children
             .retain(|c| now.saturating_duration_since(c.last) < child_timeout);
+        if now >= self.next_child_alive {
+            self.next_child_alive = now + CHILD_ALIVE_EVERY;
+            let msg = StreamMsg::Alive {
+                stream: self.stream,
+                free: self.free(),
+                depth: self.adv_depth(),
+            };
+            let mut to: Vec<SocketAddr> = self.children.iter().map(|c| c.addr).collect();
+            to.sort();
+            to.dedup();
+            for a in to {
+                self.send(a, &msg);
+            }
+        }
         if is_streamer {
             self.registry
                 .retain(|_, r| now.saturating_duration_since(r.seen) < REGISTRY_TTL);
@@ -1060,7 +1115,8 @@ impl StreamNode {
         // Silent parents.
         for s in 0..2 {
             if self.parents[s].is_some_and(|p| {
-                now.saturating_duration_since(p.last) >= self.config.parent_timeout
+                now.saturating_duration_since(p.heard) >= self.config.parent_timeout
+                    || now.saturating_duration_since(p.last) >= self.config.starve_timeout
             }) {
                 self.lose_parent(now, s);
             }
@@ -1086,7 +1142,7 @@ impl StreamNode {
             let msg = StreamMsg::Alive {
                 stream: self.stream,
                 free: self.free(),
-                depth: self.depth,
+                depth: self.adv_depth(),
             };
             let mut to: Vec<SocketAddr> = self.parents.iter().flatten().map(|p| p.addr).collect();
             to.dedup();
@@ -1100,7 +1156,7 @@ impl StreamNode {
                 let msg = StreamMsg::Alive {
                     stream: self.stream,
                     free: self.free(),
-                    depth: self.depth,
+                    depth: self.adv_depth(),
                 };
                 self.send(t, &msg);
             }
@@ -1215,7 +1271,7 @@ impl StreamNode {
                 self.on_peers(now, peers)
             }
             StreamMsg::Ping { stream, nonce } if stream == self.stream => {
-                let (free, depth) = (self.free(), self.depth);
+                let (free, depth) = (self.free(), self.adv_depth());
                 self.send(
                     from,
                     &StreamMsg::Pong {
@@ -1265,6 +1321,20 @@ impl StreamNode {
                 for c in &mut self.children {
                     if c.addr == from {
                         c.last = now;
+                    }
+                }
+                // A parent's keep-alive: it lives, and its depth may have changed.
+                for s in 0..2 {
+                    if let Some(p) = self.parents[s].as_mut()
+                        && p.addr == from
+                    {
+                        p.heard = now;
+                        // An orphaned parent advertises no depth: we are cut off too (and say
+                        // so to our children) until it re-attaches.
+                        self.connected[s] = depth[s] < MAX_DEPTH;
+                        if depth[s] < MAX_DEPTH {
+                            self.depth[s] = depth[s] + 1;
+                        }
                     }
                 }
                 if self.signing.is_some() && self.registry.contains_key(&from) {
