@@ -64,7 +64,8 @@ pub struct StreamScenario {
 
 impl StreamScenario {
     /// `viewers` viewers of a 500 kbit/s stream for `seconds`: uploads 0.5–20×, streamer uplink
-    /// 5×, joins over 10 s, 1 tamperer, 3 leavers at half time, latency 50–200 ms.
+    /// 5×, joins over 10 s, 1 tamperer, 3 leavers at half time, playback after 3 buffered
+    /// segments, latency 50–200 ms.
     pub fn new(viewers: usize, seconds: u64, seed: u64) -> Self {
         Self {
             viewers,
@@ -76,7 +77,7 @@ impl StreamScenario {
             tamperers: 1.min(viewers),
             leave_at: Some(Duration::from_secs(seconds.max(10) / 2)),
             leavers: 3.min(viewers / 4),
-            startup_segments: 2,
+            startup_segments: 3,
             link: LinkConfig {
                 latency_min_ms: 50.0,
                 latency_max_ms: 200.0,
@@ -191,8 +192,10 @@ pub fn run(s: &StreamScenario) -> StreamReport {
         });
         net.set_uplink(id, Some(up));
         viewers.push(id);
+        // Tamperers join first, so that they get children to lie to.
         let at = Duration::from_secs(2)
-            + Duration::from_secs_f64(unit(&mut rng) * s.join_window.as_secs_f64());
+            + Duration::from_secs_f64(unit(&mut rng) * s.join_window.as_secs_f64())
+                * u32::from(!tamper);
         joins.push((at, id));
     }
     joins.sort_by_key(|j| j.0);

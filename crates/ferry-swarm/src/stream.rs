@@ -45,8 +45,8 @@
 //! upload serve wants; the streamer serves them from a budget of
 //! [`StreamConfig::streamer_repair_copies`].
 //!
-//! Playback starts once two consecutive segments are buffered (start-up delay = join → first
-//! play). Then one segment plays per segment duration; a missing segment stalls playback until it
+//! Playback starts once [`StreamConfig::startup_segments`] (3) consecutive segments are buffered
+//! (start-up delay = join → first play). Then one segment plays per segment duration; a missing segment stalls playback until it
 //! arrives, or is skipped after [`StreamConfig::max_stall`] if later ones are there. Segments
 //! older than the live discard window (30 s) behind the newest are dropped. The stall ratio is
 //! stalled time / time since playback started.
@@ -84,6 +84,8 @@ pub const MAX_OUT: usize = 16_384;
 pub const NO_DEPTH: u8 = 255;
 /// Deepest a node may attach (a longer chain is a loop being formed).
 const MAX_DEPTH: u8 = 32;
+/// Stripe slots a viewer needs to attach directly to the streamer.
+pub const ROOT_MIN_CAPACITY: u8 = 6;
 /// Peers the tracker returns per join.
 const PEERS_PER_JOIN: usize = 16;
 /// Candidates pinged per round.
@@ -128,7 +130,8 @@ pub struct StreamConfig {
     pub want_timeout: Duration,
     /// Want a missing segment when its play deadline is this close.
     pub repair_lead: Duration,
-    /// Playback starts once this many consecutive segments are buffered (2).
+    /// Playback starts once this many consecutive segments are buffered (3: ~2 s of slack
+    /// behind the newest, enough to pull a stripe's gap while an orphaned parent re-attaches).
     pub startup_segments: u64,
     /// Skip a missing segment after stalling this long on it, if later ones are buffered.
     pub max_stall: Duration,
@@ -153,7 +156,7 @@ impl StreamConfig {
             want_timeout: Duration::from_millis(800),
             repair_lead: Duration::from_millis(1200),
             max_stall: Duration::from_secs(3),
-            startup_segments: 2,
+            startup_segments: 3,
             tamper: false,
         }
     }
@@ -263,6 +266,8 @@ struct Want {
 struct Registered {
     entry: PeerEntry,
     seen: Instant,
+    /// Stripe slots its declared upload allows.
+    capacity: u8,
 }
 
 /// A streamer or viewer (see the module docs).
@@ -877,8 +882,21 @@ impl StreamNode {
             .children
             .iter()
             .position(|c| c.addr == from && c.stripe == stripe);
+        // The streamer's few slots go to viewers that can feed at least ROOT_MIN_CAPACITY
+        // stripes (a wide top keeps the tree shallow and one departure cheap), unless no such
+        // viewer has registered.
+        let root_ok = self.signing.is_none()
+            || self
+                .registry
+                .get(&from)
+                .is_some_and(|r| r.capacity >= ROOT_MIN_CAPACITY)
+            || !self
+                .registry
+                .values()
+                .any(|r| r.capacity >= ROOT_MIN_CAPACITY);
         let ok = existing.is_some()
             || (mine < MAX_DEPTH
+                && root_ok
                 && self.free() > 0
                 && self.parents[s].is_none_or(|p| p.addr != from));
         if ok && existing.is_none() {
@@ -1006,6 +1024,9 @@ impl StreamNode {
         let rate = self.config.rate_bytes_per_s as f64 / 2.0;
         let slots = ((0.8 * f64::from(upload_kbps) * 125.0 / rate).floor() as usize).min(254) as u8;
         self.register(now, from, slots, [NO_DEPTH; 2]);
+        if let Some(r) = self.registry.get_mut(&from) {
+            r.capacity = slots;
+        }
         let mut list: Vec<PeerEntry> = self
             .registry
             .iter()
@@ -1023,7 +1044,10 @@ impl StreamNode {
         });
         // Keep the shallowest half, then sample the rest at random for spread.
         let mut peers: Vec<PeerEntry> = Vec::new();
-        if self.free() > 0 {
+        let strong = |r: &Registered| r.capacity >= ROOT_MIN_CAPACITY;
+        let offer_root =
+            self.registry.get(&from).is_some_and(strong) || !self.registry.values().any(strong);
+        if self.free() > 0 && offer_root {
             peers.push(PeerEntry {
                 node: self.our,
                 free: self.free(),
@@ -1059,11 +1083,13 @@ impl StreamNode {
         }
         // The key is unknown to the tracker in this model: the address identifies the viewer.
         let node = PackedNode::udp(from, ferry_crypto::PublicKey([0; 32]));
+        let capacity = self.registry.get(&from).map_or(0, |r| r.capacity);
         self.registry.insert(
             from,
             Registered {
                 entry: PeerEntry { node, free, depth },
                 seen: now,
+                capacity,
             },
         );
     }
@@ -1222,8 +1248,10 @@ impl StreamNode {
                     && let Some(r) = c.rtt
                     && Some(c.node.addr) != self.tracker
                 {
+                    // Peers last seen connected in that stripe first.
+                    let cut_off = u64::from(c.depth[stripe] >= MAX_DEPTH) * 1000;
                     pool.push((
-                        r.as_millis() as u64 + self.rng.next_u64() % 100,
+                        r.as_millis() as u64 + self.rng.next_u64() % 100 + cut_off,
                         c.node.addr,
                     ));
                 }
