@@ -201,13 +201,9 @@ fn poisson(rng: &mut FerryRng, lambda: f64) -> u64 {
 }
 
 fn xor_cmp(id: &ContentId, a: &PublicKey, b: &PublicKey) -> std::cmp::Ordering {
-    for i in 0..32 {
-        let (x, y) = (a.0[i] ^ id[i], b.0[i] ^ id[i]);
-        if x != y {
-            return x.cmp(&y);
-        }
-    }
-    std::cmp::Ordering::Equal
+    let da = a.0.iter().zip(id).map(|(x, k)| x ^ k);
+    let db = b.0.iter().zip(id).map(|(x, k)| x ^ k);
+    da.cmp(db)
 }
 
 struct Sim {
@@ -349,10 +345,8 @@ pub fn run(s: &ReplicateScenario, mut progress: impl FnMut(Duration, Duration)) 
             while let Some(ev) = n.poll_event() {
                 match ev {
                     ReplicaEvent::NeedCandidates { id: cid } => lookups.push((id, cid)),
-                    ReplicaEvent::Published { pins, .. } => {
-                        if pins >= s.replica.pins() {
-                            published_full += 1;
-                        }
+                    ReplicaEvent::Published { pins, .. } if pins >= s.replica.pins() => {
+                        published_full += 1;
                     }
                     _ => {}
                 }
@@ -456,7 +450,8 @@ pub fn run(s: &ReplicateScenario, mut progress: impl FnMut(Duration, Duration)) 
             ));
             // Samples at (h, h + 1] hours belong to row h + 1.
             let hour = (since.as_secs().saturating_sub(1) / 3600) as u32;
-            let end_of_hour = since.as_secs() % 3600 == 0 || since + s.sample_every > s.duration;
+            let end_of_hour =
+                since.as_secs().is_multiple_of(3600) || since + s.sample_every > s.duration;
             if end_of_hour && !hour_acc.is_empty() {
                 let n = hour_acc.len() as f64;
                 rows.push(ReplicateRow {

@@ -474,13 +474,13 @@ impl StreamNode {
         if self.signing.is_some() {
             return [0, 0];
         }
-        let mut d = [NO_DEPTH; 2];
-        for s in 0..2 {
+        std::array::from_fn(|s| {
             if self.connected[s] && self.parents[s].is_some() {
-                d[s] = self.depth[s];
+                self.depth[s]
+            } else {
+                NO_DEPTH
             }
-        }
-        d
+        })
     }
 
     /// The next event, if any.
@@ -1352,16 +1352,16 @@ impl StreamNode {
                     }
                 }
                 // A parent's keep-alive: it lives, and its depth may have changed.
-                for s in 0..2 {
+                for (s, &d) in depth.iter().enumerate() {
                     if let Some(p) = self.parents[s].as_mut()
                         && p.addr == from
                     {
                         p.heard = now;
                         // An orphaned parent advertises no depth: we are cut off too (and say
                         // so to our children) until it re-attaches.
-                        self.connected[s] = depth[s] < MAX_DEPTH;
-                        if depth[s] < MAX_DEPTH {
-                            self.depth[s] = depth[s] + 1;
+                        self.connected[s] = d < MAX_DEPTH;
+                        if d < MAX_DEPTH {
+                            self.depth[s] = d + 1;
                         }
                     }
                 }
