@@ -905,6 +905,15 @@ impl StreamNode {
                 stripe,
                 last: now,
             });
+            // Our free slots changed: tell the tracker, so joiners are not sent to a full node.
+            if let Some(t) = self.tracker {
+                let status = StreamMsg::Alive {
+                    stream: self.stream,
+                    free: self.free(),
+                    depth: self.adv_depth(),
+                };
+                self.send(t, &status);
+            }
         }
         self.send(
             from,
