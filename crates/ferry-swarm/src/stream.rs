@@ -150,7 +150,7 @@ impl StreamConfig {
             streamer_repair_copies: 0.5,
             segment: Duration::from_secs(1),
             window: Duration::from_secs(30),
-            parent_timeout: Duration::from_millis(2500),
+            parent_timeout: Duration::from_millis(1800),
             starve_timeout: Duration::from_secs(6),
             child_timeout: Duration::from_secs(5),
             want_timeout: Duration::from_millis(800),
