@@ -310,16 +310,6 @@ pub fn run(s: &StreamScenario) -> StreamReport {
     for &v in &viewers {
         let Some(n) = net.node(v) else { continue };
         let st = n.stats();
-        if std::env::var_os("FERRY_SIM_DEBUG").is_some() {
-            eprintln!(
-                "{v}: parents {:?} depth {:?} children {} stalled {:?} {:?}",
-                n.parents(),
-                n.depth(),
-                n.children().len(),
-                n.stalled(now),
-                st
-            );
-        }
         stalls += st.stalls;
         skipped += st.skipped;
         tampered += st.tampered;

@@ -32,7 +32,7 @@
 //! Children send [`StreamMsg::Alive`] to their parents every second (parents drop a child silent
 //! for [`StreamConfig::child_timeout`]) and to the streamer every 5 s (its peer registry); parents
 //! send it to their children every 500 ms (their depth rides along). A parent not heard from for
-//! [`StreamConfig::parent_timeout`] (2.5 s) is gone; one that lives but pushed nothing for
+//! [`StreamConfig::parent_timeout`] (1.8 s) is gone; one that lives but pushed nothing for
 //! [`StreamConfig::starve_timeout`] (6 s) is starved; either way the stripe re-attaches. An
 //! orphaned parent keeps its subtree, which waits (pulling gaps) while it re-attaches.
 //!
