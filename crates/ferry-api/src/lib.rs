@@ -478,6 +478,10 @@ pub struct Message {
     pub seq: u64,
     /// Outgoing: acknowledged by the friend's node. Incoming: true.
     pub delivered: bool,
+    /// Outgoing, not delivered yet: sealed into the offline friend's mailbox at the DHT nodes
+    /// nearest it (issue 9), to be read when the friend is back.
+    #[serde(default)]
+    pub mailed: bool,
 }
 
 /// The tunnel data plane's counters (`tunnel status` key `dataplane`).
@@ -792,6 +796,121 @@ pub struct DhtGetResult {
     pub seq: Option<u64>,
 }
 
+/// `POST /v1/content/publish` (`ferry publish PATH`): a file or directory becomes content
+/// (issue 10 item 1); the node serves it and announces itself as a provider in the DHT.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPublish {
+    /// Absolute path of the file or directory.
+    pub path: String,
+}
+
+/// Result of [`ContentPublish`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPublished {
+    /// The content id (manifest BLAKE3), 64 hex digits.
+    pub id: String,
+    /// The published name (file or directory name).
+    pub name: String,
+    /// Files in it.
+    pub files: u64,
+    /// Bytes in all files.
+    pub bytes: u64,
+    /// DHT nodes that stored our provider record (0: announce failed, retried later).
+    pub announced: u64,
+}
+
+/// One account of `GET /v1/content/credits` (`ferry credits`): what a peer contributed to
+/// this node and what this node served it (issue 10 item 6).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreditAccount {
+    /// The peer's long-term public key (64 hex digits).
+    pub peer: String,
+    /// Its credit here: `received_bytes + stored_bytes`.
+    pub credit_bytes: u64,
+    /// Verified content bytes it served this node.
+    pub received_bytes: u64,
+    /// Bytes of this node's content it stores.
+    pub stored_bytes: u64,
+    /// Content bytes this node served it.
+    pub served_bytes: u64,
+}
+
+/// `POST /v1/site/publish` (`ferry site publish DIR --name NAME`): publishes the directory as
+/// content and binds the username NAME (registered by this node) to it, the site's latest
+/// version (issue 10 item 4).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SitePublish {
+    /// The username (registered by this node with `ferry name register`).
+    pub name: String,
+    /// Absolute path of the directory.
+    pub path: String,
+}
+
+/// A site: what [`SitePublish`] bound, or what `POST /v1/site/resolve` (a [`NameRequest`])
+/// found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SiteInfo {
+    /// The normalized name.
+    pub name: String,
+    /// Content id of the latest version, 64 hex digits.
+    pub id: String,
+    /// The owner's Tox ID (from the name record).
+    pub tox_id: String,
+    /// The name owner's key fingerprint (16 hex digits), as `ferry name resolve` shows it.
+    pub fingerprint: String,
+    /// When the latest version was published, Unix s.
+    pub published_unix: u64,
+}
+
+/// `POST /v1/content/fetch` (`ferry fetch ID --to DIR`): starts a fetch job; poll it with
+/// `POST /v1/content/job`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentFetch {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// Absolute directory the file or directory is written into.
+    pub to: String,
+}
+
+/// `POST /v1/content/job`: a fetch job's state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentJobQuery {
+    /// The job id from [`ContentJob::job`].
+    pub job: u64,
+}
+
+/// A fetch job's progress (answer of `/v1/content/fetch` and `/v1/content/job`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ContentJob {
+    /// Job id.
+    pub job: u64,
+    /// `finding`, `manifest`, `fetching`, `done` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The published name (once the manifest is in).
+    pub name: String,
+    /// Where it is written.
+    pub path: String,
+    /// Bytes in all files (once the manifest is in).
+    pub total_bytes: u64,
+    /// Verified bytes written.
+    pub verified_bytes: u64,
+    /// Providers known from the DHT.
+    pub providers_known: u64,
+    /// Providers connected and serving now.
+    pub providers_live: u64,
+    /// Providers that delivered verified bytes.
+    pub providers_used: u64,
+    /// Providers dropped (corrupt data, missing, too slow).
+    pub providers_dropped: u64,
+    /// Seconds since the job started.
+    pub seconds: f64,
+    /// Verified bytes per second since the first provider connected.
+    pub rate: f64,
+}
+
 /// `POST /v1/names/register` and `/v1/names/resolve` (`ferry name register|resolve NAME`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NameRequest {
@@ -812,6 +931,134 @@ pub struct NameInfo {
     pub expires_unix: u64,
 }
 
+/// `POST /v1/channels/create` (`ferry channel create [--private] [--name N]`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelCreate {
+    /// Private: posts encrypted, members approved by the founder.
+    #[serde(default)]
+    pub private: bool,
+    /// Display name (≤ 48 bytes).
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A channel by id (`join`, `members`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelRef {
+    /// Channel id: the founder's Ed25519 channel key, 64 hex digits.
+    pub id: String,
+}
+
+/// A channel as this node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Channel id, 64 hex digits.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Private channel.
+    pub private: bool,
+    /// `founder`, `member` (holds a certificate and the epoch key), `pending` (join request
+    /// sent), `reader` (public channel) or `removed`.
+    pub status: String,
+    /// This node's member (author) key, 64 hex digits: what `ferry channel approve` takes.
+    pub member_key: String,
+    /// Current key epoch (private channels).
+    pub epoch: u32,
+}
+
+/// `POST /v1/channels/post` (`ferry channel post ID TEXT|--file PATH`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelPost {
+    /// Channel id.
+    pub id: String,
+    /// Text of a text post.
+    #[serde(default)]
+    pub text: String,
+    /// File name of a file post (then `file_hex` holds the bytes).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// File bytes, hex.
+    #[serde(default)]
+    pub file_hex: String,
+    /// Testing: publish even when this node may not post (members drop it).
+    #[serde(default)]
+    pub unchecked: bool,
+}
+
+/// Result of [`ChannelPost`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelPostResult {
+    /// The post id (its value-store target), hex.
+    pub post_id: String,
+    /// The author's sequence number of the post.
+    pub seq: u64,
+    /// Nodes that stored the post.
+    pub stored: u64,
+}
+
+/// `POST /v1/channels/read` (`ferry channel read ID`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelRead {
+    /// Channel id.
+    pub id: String,
+    /// Fetch from the network first (else: what this node holds).
+    #[serde(default)]
+    pub sync: bool,
+}
+
+/// One post of [`ChannelRead`]'s answer (oldest first).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMessage {
+    /// Post id, hex.
+    pub post_id: String,
+    /// Author (member key), hex.
+    pub author: String,
+    /// Author's sequence number.
+    pub seq: u64,
+    /// Sent at (the author's clock), Unix seconds.
+    pub sent_unix: u64,
+    /// Text (text posts).
+    pub text: String,
+    /// File name (file posts).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// File bytes, hex (file posts).
+    #[serde(default)]
+    pub file_hex: String,
+}
+
+/// A member in [`ChannelMembers`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMember {
+    /// Member (author) key, hex.
+    pub member_key: String,
+    /// Box key (the node's Tox long-term public key), hex, when known.
+    pub box_key: String,
+    /// `admin`, `member` or `pending`.
+    pub role: String,
+}
+
+/// `POST /v1/channels/members` answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMembers {
+    /// The channel.
+    pub info: ChannelInfo,
+    /// Admins, members (private), and join requests waiting (founder only).
+    pub members: Vec<ChannelMember>,
+    /// Removed member keys.
+    pub removed: Vec<String>,
+}
+
+/// `POST /v1/channels/approve|remove` (`ferry channel approve|remove ID KEY`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChannelMemberRequest {
+    /// Channel id.
+    pub id: String,
+    /// Member key or box (Tox public) key, hex.
+    pub key: String,
+}
+
 /// One market contract in `GET /v1/contracts` (`ferry contracts`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MarketContract {
@@ -821,7 +1068,8 @@ pub struct MarketContract {
     pub role: String,
     /// Agreed price per KiB, wei.
     pub price_per_kib: String,
-    /// IP bytes metered on this contract so far.
+    /// IP bytes metered on this contract so far, both directions (client → destination and
+    /// the replies back).
     pub data_used_bytes: u64,
     /// Data the contract covers, bytes.
     pub data_limit_bytes: u64,
@@ -995,6 +1243,73 @@ pub trait Backend: Send + Sync + 'static {
     fn name_resolve(&self, _req: NameRequest) -> BoxFuture<'_, Result<NameInfo, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/channels/create`.
+    fn channel_create(&self, _req: ChannelCreate) -> BoxFuture<'_, Result<ChannelInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/join`.
+    fn channel_join(&self, _req: ChannelRef) -> BoxFuture<'_, Result<ChannelInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/post`.
+    fn channel_post(
+        &self,
+        _req: ChannelPost,
+    ) -> BoxFuture<'_, Result<ChannelPostResult, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/read`.
+    fn channel_read(
+        &self,
+        _req: ChannelRead,
+    ) -> BoxFuture<'_, Result<Vec<ChannelMessage>, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/members`.
+    fn channel_members(&self, _req: ChannelRef) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/approve`.
+    fn channel_approve(
+        &self,
+        _req: ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/channels/remove`.
+    fn channel_remove(
+        &self,
+        _req: ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ChannelMembers, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/publish`.
+    fn content_publish(
+        &self,
+        _req: ContentPublish,
+    ) -> BoxFuture<'_, Result<ContentPublished, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/fetch`.
+    fn content_fetch(&self, _req: ContentFetch) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/content/job`.
+    fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/content/credits`.
+    fn content_credits(&self) -> BoxFuture<'_, Result<Vec<CreditAccount>, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/site/publish`.
+    fn site_publish(&self, _req: SitePublish) -> BoxFuture<'_, Result<SiteInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/site/resolve`.
+    fn site_resolve(&self, _req: NameRequest) -> BoxFuture<'_, Result<SiteInfo, ApiError>> {
+        unsupported()
+    }
 }
 
 fn unsupported<T: Send + 'static>() -> BoxFuture<'static, Result<T, ApiError>> {
@@ -1058,6 +1373,61 @@ handler!(dht_put, post, dht_put, DhtPut, DhtPutResult);
 handler!(dht_get, post, dht_get, DhtGet, DhtGetResult);
 handler!(name_register, post, name_register, NameRequest, NameInfo);
 handler!(name_resolve, post, name_resolve, NameRequest, NameInfo);
+handler!(
+    channel_create,
+    post,
+    channel_create,
+    ChannelCreate,
+    ChannelInfo
+);
+handler!(channel_join, post, channel_join, ChannelRef, ChannelInfo);
+handler!(
+    channel_post,
+    post,
+    channel_post,
+    ChannelPost,
+    ChannelPostResult
+);
+handler!(
+    channel_read,
+    post,
+    channel_read,
+    ChannelRead,
+    Vec<ChannelMessage>
+);
+handler!(
+    channel_members,
+    post,
+    channel_members,
+    ChannelRef,
+    ChannelMembers
+);
+handler!(
+    channel_approve,
+    post,
+    channel_approve,
+    ChannelMemberRequest,
+    ChannelMembers
+);
+handler!(
+    channel_remove,
+    post,
+    channel_remove,
+    ChannelMemberRequest,
+    ChannelMembers
+);
+handler!(
+    content_publish,
+    post,
+    content_publish,
+    ContentPublish,
+    ContentPublished
+);
+handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
+handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
+handler!(site_publish, post, site_publish, SitePublish, SiteInfo);
+handler!(content_credits, get, content_credits, Vec<CreditAccount>);
+handler!(site_resolve, post, site_resolve, NameRequest, SiteInfo);
 
 /// The v1 router over a backend.
 pub fn router<B: Backend>(backend: Arc<B>) -> Router {
@@ -1099,6 +1469,19 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/dht/get", post(dht_get::<B>))
         .route("/v1/names/register", post(name_register::<B>))
         .route("/v1/names/resolve", post(name_resolve::<B>))
+        .route("/v1/channels/create", post(channel_create::<B>))
+        .route("/v1/channels/join", post(channel_join::<B>))
+        .route("/v1/channels/post", post(channel_post::<B>))
+        .route("/v1/channels/read", post(channel_read::<B>))
+        .route("/v1/channels/members", post(channel_members::<B>))
+        .route("/v1/channels/approve", post(channel_approve::<B>))
+        .route("/v1/channels/remove", post(channel_remove::<B>))
+        .route("/v1/content/publish", post(content_publish::<B>))
+        .route("/v1/content/fetch", post(content_fetch::<B>))
+        .route("/v1/content/job", post(content_job::<B>))
+        .route("/v1/site/publish", post(site_publish::<B>))
+        .route("/v1/content/credits", get(content_credits::<B>))
+        .route("/v1/site/resolve", post(site_resolve::<B>))
         .with_state(backend)
 }
 

@@ -354,7 +354,9 @@ fn human_line(m: &Message, names: &std::collections::HashMap<String, String>) ->
     let secs = m.time_ms / 1000;
     let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let arrow = if m.direction == "in" { "<" } else { ">" };
-    let tick = if m.direction == "out" && !m.delivered {
+    let tick = if m.mailed {
+        " (in their mailbox: they are offline)"
+    } else if m.direction == "out" && !m.delivered {
         " (not yet delivered)"
     } else {
         ""

@@ -15,8 +15,11 @@ use ferry_daemon::profile;
 use ferry_daemon::up::{UpOptions, run_up};
 
 mod chain;
+mod channel;
 mod chat;
+mod content;
 mod data;
+mod devnet_data;
 mod devnet_netns;
 mod files;
 mod market;
@@ -126,6 +129,10 @@ enum Command {
         relay_node: bool,
         #[command(flatten)]
         market: market::MarketArgs,
+        /// Serve broadcast sites to browsers at http://127.0.0.1:PORT/site/NAME/ (loopback
+        /// only; a site version this node lacks is fetched on first visit).
+        #[arg(long, value_name = "PORT")]
+        gateway: Option<u16>,
     },
     /// Paid forwarding: this node's account, balance and payment channels.
     Wallet {
@@ -167,6 +174,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a file or directory as content: prints its content id (the node serves it and
+    /// announces itself as a provider in the DHT).
+    Publish {
+        /// File or directory.
+        path: PathBuf,
+        /// JSON: {"id", "name", "files", "bytes", "announced"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch content by id from every node that has it, verifying as it streams; writes the
+    /// file or directory under its published name into DIR.
+    Fetch {
+        /// The content id (64 hex digits).
+        id: String,
+        /// Directory to write into (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// JSON summary: {"path", "bytes", "providers_used", "providers_dropped",
+        /// "providers_known", "seconds", "rate" (bytes/s)}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Credits: what each peer contributed to this node (verified content bytes it served us)
+    /// and what we served it; a busy node serves peers with more credit first.
+    Credits {
+        /// JSON: [{"peer", "credit_bytes", "received_bytes", "stored_bytes", "served_bytes"}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Broadcast sites: a username bound to the latest version of a directory.
+    Site {
+        #[command(subcommand)]
+        command: content::SiteCommand,
+    },
     /// DHT commands.
     Dht {
         #[command(subcommand)]
@@ -176,6 +217,11 @@ enum Command {
     Store {
         #[command(subcommand)]
         command: data::StoreCommand,
+    },
+    /// Channels: `create`, `join`, `post`, `read`, `members`, `approve`, `remove`.
+    Channel {
+        #[command(subcommand)]
+        command: channel::ChannelCommand,
     },
     /// Usernames: `register`, `resolve` (`ferry friend add @NAME` uses them).
     Name {
@@ -277,6 +323,12 @@ enum Command {
         /// With --netns: download size, MiB.
         #[arg(long, value_name = "MIB", default_value_t = 32, requires = "netns")]
         download_mib: u32,
+        /// Instead, run `--nodes` real `ferry up` processes on loopback (store holders, alice
+        /// and bob) and show the DHT data layer: alice registers a username, bob resolves it
+        /// and befriends her by name, bob's process stops, alice writes to him, bob comes back
+        /// and reads it from his mailbox; everything is stopped afterwards.
+        #[arg(long, conflicts_with_all = ["netns", "seconds", "until_resolved"])]
+        data: bool,
     },
     /// The settlement chain of paid forwarding: `serve` the embedded EVM over JSON-RPC, `fund`
     /// a dev account.
@@ -483,6 +535,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             exit_policy,
             relay_node,
             market,
+            gateway,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -506,6 +559,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 service: relay_node || exit_node,
                 relay_node,
                 market: market.flags(),
+                gateway_port: gateway,
             };
             run_up(profile_dir, opts).await?;
         }
@@ -585,8 +639,32 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Publish { path, json } => {
+            content::publish(&client(profile_dir), path, json).await?;
+        }
+        Command::Fetch { id, to, json } => {
+            content::fetch(&client(profile_dir), id, to, json).await?;
+        }
+        Command::Site { command } => content::site(&client(profile_dir), command).await?,
+        Command::Credits { json } => {
+            let v: Vec<ferry_api::CreditAccount> =
+                client(profile_dir).get("/v1/content/credits").await?;
+            if json {
+                print_json(&v)?;
+            } else if v.is_empty() {
+                println!("no credit accounts yet (peers earn credit by serving this node content)");
+            } else {
+                for a in &v {
+                    println!(
+                        "{}  credit {} B (served us {} B, stores {} B; we served it {} B)",
+                        a.peer, a.credit_bytes, a.received_bytes, a.stored_bytes, a.served_bytes
+                    );
+                }
+            }
+        }
         Command::Store { command } => data::store(&client(profile_dir), command).await?,
         Command::Name { command } => data::name(&client(profile_dir), command).await?,
+        Command::Channel { command } => channel::run(&client(profile_dir), command).await?,
         Command::Dht { command } => match command {
             DhtCommand::Put {
                 value,
@@ -784,6 +862,14 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             ..
         } => {
             devnet_netns::run_netns(devnet_netns::NetnsOptions { download_mib, json }).await?;
+        }
+        Command::Devnet {
+            data: true,
+            nodes,
+            json,
+            ..
+        } => {
+            devnet_data::run_data(devnet_data::DataOptions { nodes, json }).await?;
         }
         Command::Chain { command } => chain::run(command).await?,
         Command::DevnetServe { listen } => {

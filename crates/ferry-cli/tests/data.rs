@@ -14,8 +14,8 @@ fn ferry() -> &'static Path {
 
 const STEP: Duration = Duration::from_secs(90);
 
-/// Starts `ferry up` on a fresh profile whose config.toml holds `config`.
-fn start_with_config(infra: &Infra, config: &str) -> FerryUp {
+/// A fresh profile (`ferry init`) whose config.toml holds `config`.
+fn profile_with_config(config: &str) -> tempfile::TempDir {
     let profile = tempfile::tempdir().expect("profile");
     let init = std::process::Command::new(ferry())
         .arg("--profile")
@@ -25,7 +25,13 @@ fn start_with_config(infra: &Infra, config: &str) -> FerryUp {
         .expect("init");
     assert!(init.status.success());
     std::fs::write(profile.path().join("config.toml"), config).expect("config");
-    FerryUp::start_with_profile(ferry(), profile, &infra.ferry_args()).expect("up")
+    profile
+}
+
+/// Starts `ferry up` on a fresh profile whose config.toml holds `config`.
+fn start_with_config(infra: &Infra, config: &str) -> FerryUp {
+    FerryUp::start_with_profile(ferry(), profile_with_config(config), &infra.ferry_args())
+        .expect("up")
 }
 
 /// Every loopback node is one source prefix to a holder: lift the per-source put rate.
@@ -513,4 +519,105 @@ fn forged_and_stale_mutable_items_are_refused() {
     assert_eq!(s["items"], 1, "{s}");
     assert!(s["puts_refused"].as_u64().unwrap_or(0) >= 2, "{s}");
     assert!(c.stop().expect("stop"));
+}
+
+/// Quota overflow from one source does not evict others' items (`data-layer.md` §3.1 fair
+/// share): holder H holds at most 12 items; V (source 127.0.2.0/24) stores 3 items, then F
+/// (source 127.0.3.0/24) floods 40. H refuses or evicts only F's items: with V and F stopped,
+/// a fresh node still gets all of V's items, from H alone.
+#[test]
+fn flood_from_one_source_does_not_evict_others_items() {
+    let infra = Infra::new(2).expect("infra");
+    let h = start_with_config(
+        &infra,
+        "[store]\nmax_items = 12\nper_source_items = 1000\nputs_per_minute = 1000\n",
+    );
+    let v = FerryUp::start_bound(
+        ferry(),
+        profile_with_config(LOOPBACK_STORE),
+        std::net::Ipv4Addr::new(127, 0, 2, 1),
+        &infra.ferry_args(),
+    )
+    .expect("v");
+    let f = FerryUp::start_bound(
+        ferry(),
+        profile_with_config(LOOPBACK_STORE),
+        std::net::Ipv4Addr::new(127, 0, 3, 1),
+        &infra.ferry_args(),
+    )
+    .expect("f");
+    for n in [&h, &v, &f] {
+        wait_capable(n, 2);
+    }
+    let mine: Vec<String> = (0..3)
+        .map(|i| {
+            let put = retry_json(&v, &["dht", "put", &format!("victim item {i}"), "--json"]);
+            put["target"].as_str().expect("target").to_string()
+        })
+        .collect();
+    let start = Instant::now();
+    while store_status(&h)["items"].as_u64().unwrap_or(0) < 3 {
+        assert!(start.elapsed() < STEP, "h never took v's items");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    for i in 0..40 {
+        // Some of these are refused by H (and by V's per-source rate): only H's state matters.
+        let _ = f.cli(&["dht", "put", &format!("flood item {i}"), "--json"]);
+    }
+    let s = store_status(&h);
+    eprintln!("flood of 40 puts took {:?}; holder: {s}", started.elapsed());
+    assert!(
+        s["items"].as_u64().unwrap_or(99) <= 12,
+        "over the item cap: {s}"
+    );
+    assert!(
+        s["puts_refused"].as_u64().unwrap_or(0) + s["evicted"].as_u64().unwrap_or(0) > 0,
+        "the flood never reached the cap: {s}"
+    );
+    assert!(v.stop().expect("stop v"));
+    assert!(f.stop().expect("stop f"));
+    // R first learns V and F (stopped) as capable peers too: a get may miss until it asks H.
+    let r = FerryUp::start(ferry(), &infra.ferry_args()).expect("r");
+    wait_capable(&r, 1);
+    for (i, target) in mine.iter().enumerate() {
+        let start = Instant::now();
+        let got = loop {
+            let got = retry_json(&r, &["dht", "get", target, "--json"]);
+            if got["found"] == true || start.elapsed() > STEP {
+                break got;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(
+            got["found"],
+            true,
+            "v's item {i} lost: {got}; holder {}",
+            store_status(&h)
+        );
+        assert_eq!(got["value"], format!("victim item {i}"));
+    }
+    assert!(r.stop().expect("stop r"));
+    assert!(h.stop().expect("stop h"));
+}
+
+/// `ferry devnet --data` (issue 9 item 5): a name registered and resolved, a message to an
+/// offline friend read after the friend's process restarts, exactly once, with a receipt.
+#[test]
+fn devnet_data_shows_names_and_offline_mail() {
+    let out = std::process::Command::new(ferry())
+        .args(["devnet", "--data", "--nodes", "5", "--json"])
+        .output()
+        .expect("devnet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    eprintln!("{r}");
+    assert_eq!(r["holders"], 3);
+    assert_eq!(r["resolved_tox_id_ok"], true, "{r}");
+    assert!(r["mailed_after_s"].as_f64().is_some(), "{r}");
+    assert!(r["delivered_after_restart_ms"].as_u64().is_some(), "{r}");
+    assert_eq!(r["exactly_once"], true, "{r}");
+    assert_eq!(r["receipt"], true, "{r}");
+    assert!(stderr.contains("torn down"), "{stderr}");
 }

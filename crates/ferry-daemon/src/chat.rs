@@ -59,6 +59,10 @@ pub struct ChatShared {
     service: std::sync::atomic::AtomicBool,
     /// The DHT value store, names and offline messages ([`crate::data`]), once started.
     pub data: std::sync::OnceLock<Arc<crate::data::DataShared>>,
+    /// Channels ([`crate::channel`]), once started: friends' pokes trigger a sync.
+    pub channels: std::sync::OnceLock<Arc<crate::channel::ChannelShared>>,
+    /// Content publish/fetch ([`crate::content`]), once started.
+    pub content: std::sync::OnceLock<Arc<crate::content::ContentShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -112,6 +116,8 @@ impl ChatShared {
             tunnel: crate::tunnel::TunnelShared::default(),
             service: std::sync::atomic::AtomicBool::new(false),
             data: std::sync::OnceLock::new(),
+            channels: std::sync::OnceLock::new(),
+            content: std::sync::OnceLock::new(),
         }))
     }
 
@@ -712,7 +718,17 @@ impl ChatShared {
                 .messages(friend.as_deref(), req.after, limit)
                 .map_err(internal)?;
             if !rows.is_empty() || Instant::now() >= deadline {
-                return Ok(rows.into_iter().map(|(s, m)| to_api(s, m)).collect());
+                let data = self.data.get();
+                return Ok(rows
+                    .into_iter()
+                    .map(|(s, m)| {
+                        let mut msg = to_api(s, m);
+                        msg.mailed = msg.direction == "out"
+                            && !msg.delivered
+                            && data.is_some_and(|d| d.is_mailed(s));
+                        msg
+                    })
+                    .collect());
             }
             let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
@@ -769,6 +785,7 @@ fn to_api(seq: u64, m: MessageRecord) -> Message {
         time_ms: m.time_ms,
         seq,
         delivered: m.delivered,
+        mailed: false,
     }
 }
 
@@ -812,10 +829,31 @@ impl EventHandler for ChatHandler {
                 s.tunnel
                     .market
                     .peer_connection(&public_key, connection != Connection::None);
+                if let Some(c) = s.content.get() {
+                    c.peer_connection(node, now, public_key, connection != Connection::None);
+                }
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
                     s.tunnel.tap.peer_gone(&public_key);
+                    // Messages handed to net_crypto but never receipted went down with the
+                    // session: seal them into the friend's mailbox (a ferry friend's node reads
+                    // them when it is back; the mailbox's high-water mark keeps them once).
+                    if let Some(d) = s.data.get() {
+                        let hex = public_key.to_hex();
+                        for (seq, m) in s.store.undelivered().unwrap_or_default() {
+                            if m.friend == hex && !d.is_mailed(seq) {
+                                d.mail_out(
+                                    node,
+                                    now,
+                                    public_key,
+                                    seq,
+                                    m.kind == MessageKind::Action,
+                                    &m.text,
+                                );
+                            }
+                        }
+                    }
                 } else {
                     s.tunnel.circuits.peer_online(node, now);
                     s.tunnel.tap.peer_online(node, now, public_key);
@@ -925,6 +963,37 @@ impl EventHandler for ChatHandler {
             } if data.first() == Some(&crate::data::MAIL_PACKET_ID) && s.data.get().is_some() => {
                 if let Some(d) = s.data.get() {
                     d.on_control(s, node, now, public_key, &data);
+                }
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::channel::POKE_PACKET_ID)
+                && s.channels.get().is_some() =>
+            {
+                if let Some(c) = s.channels.get() {
+                    c.on_poke(&public_key, &data);
+                }
+            }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if ferry_content::wire::ContentPacket::is_content(data.first())
+                && s.content.get().is_some() =>
+            {
+                if let Some(c) = s.content.get() {
+                    c.on_packet(node, now, public_key, &data);
+                }
+            }
+            NodeEvent::UnknownPeer {
+                public_key,
+                dht_pk,
+                addr,
+            } => {
+                if let Some(c) = s.content.get() {
+                    c.on_unknown_peer(node, now, public_key, dht_pk, addr);
                 }
             }
             NodeEvent::CustomPacket {

@@ -206,7 +206,7 @@ struct MailBook {
 /// Items this node put (`ferry dht put`, names), re-put after a restart.
 pub const OWNED_FILE: &str = "owned.bin";
 /// Most owned items kept alive.
-const MAX_OWNED: usize = 256;
+const MAX_OWNED: usize = 1024;
 
 /// `owned.bin`: `"FDO1"[count u32]` then per item `[target 32][ttl_s u32][item]`.
 fn encode_owned(owned: &HashMap<Target, Owned>) -> Vec<u8> {
@@ -687,6 +687,10 @@ impl DataShared {
                                 mail.push((*friend, *target, item));
                             }
                             Purpose::RequestCollect { target } => requests.push((*target, item)),
+                            // Multi-writer records read through the API path (content
+                            // provider records, `crate::content`) and channel join requests
+                            // (mail, `crate::channel`).
+                            Purpose::Api(_) => r.out.items.push(item),
                             _ => {}
                         },
                         LookupEvent::Value { item, .. } => r.out.items.push(item),
@@ -1062,7 +1066,7 @@ impl DataShared {
     }
 
     /// Runs one lookup from the API and waits for its outcome.
-    async fn run(
+    pub(crate) async fn run(
         self: &Arc<Self>,
         node: &NodeHandle,
         target: Target,
@@ -1095,6 +1099,73 @@ impl DataShared {
             .await
             .map_err(|_| ApiError::unavailable("lookup timed out"))?
             .map_err(|_| ApiError::unavailable("node stopped"))
+    }
+
+    /// Puts `item` at `target` on the k closest capable nodes (used for content provider
+    /// records, [`crate::content`]); returns how many stored it.
+    ///
+    /// # Errors
+    /// No capable node known, lookup timeout.
+    pub async fn put_item(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+        item: Item,
+        ttl_s: u32,
+    ) -> Result<usize, ApiError> {
+        let out = self
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item,
+                    ttl_s,
+                    cas: None,
+                },
+            )
+            .await?;
+        Ok(out.stored)
+    }
+
+    /// Every item (or mail envelope) found at `target`.
+    ///
+    /// # Errors
+    /// No capable node known, lookup timeout.
+    pub async fn get_items(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+    ) -> Result<Vec<Item>, ApiError> {
+        let mut local = Vec::new();
+        {
+            let st = lock(&self.state);
+            let now = Instant::now();
+            let mut seq = None;
+            for _ in 0..64 {
+                match st.host.store.lookup(now, &target, seq) {
+                    Found::Item(i) => {
+                        local.push(i);
+                        break;
+                    }
+                    Found::Mail { slot, item } => {
+                        local.push(item);
+                        seq = Some(slot + 1);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let mut items = self
+            .run(node, target, Operation::Get { seq: None })
+            .await?
+            .items;
+        items.extend(local);
+        Ok(items)
+    }
+
+    /// Proof-of-work bits this node's store asks of mail envelopes.
+    pub fn mail_pow_bits(&self) -> u32 {
+        lock(&self.state).host.store.config().mail_pow_bits
     }
 
     /// `POST /v1/dht/put`.
@@ -1146,7 +1217,7 @@ impl DataShared {
         })
     }
 
-    fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
+    pub(crate) fn own(&self, target: Target, item: Item, ttl_s: u32, min_ttl: Option<u32>) {
         let half = min_ttl.map_or(30, |t| (t / 2).max(30)).min(3600);
         let bytes = {
             let mut st = lock(&self.state);
@@ -1161,6 +1232,67 @@ impl DataShared {
                     next: Instant::now() + Duration::from_secs(u64::from(half)),
                 },
             );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
+    }
+
+    /// What this node itself holds at `target` (an item, or the mail envelopes there): a
+    /// lookup does not ask the node that runs it.
+    pub(crate) fn local(&self, target: &Target) -> Vec<Item> {
+        let st = lock(&self.state);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut slot = None;
+        for _ in 0..256 {
+            match st.host.store.lookup(now, target, slot) {
+                Found::Item(i) => {
+                    out.push(i);
+                    break;
+                }
+                Found::Mail { slot: s, item } => {
+                    out.push(item);
+                    slot = Some(s + 1);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Re-puts someone else's signed or self-certifying item while this node runs (BEP 44: anyone
+    /// may re-put a signed item), e.g. a channel member keeping the channel's state, heads and
+    /// newest posts alive while their authors are offline. A no-op when the same item is kept
+    /// already (its re-put schedule is not pushed back).
+    pub(crate) fn keep(&self, target: Target, item: Item, ttl_s: u32) {
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.get(&target).is_some_and(|o| o.item == item) {
+                return;
+            }
+            if st.owned.len() >= MAX_OWNED && !st.owned.contains_key(&target) {
+                return;
+            }
+            st.owned.insert(
+                target,
+                Owned {
+                    item,
+                    ttl_s,
+                    next: Instant::now() + Duration::from_secs(30),
+                },
+            );
+            encode_owned(&st.owned)
+        };
+        write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
+    }
+
+    /// Stops re-putting an owned item (a channel's post that left the head).
+    pub(crate) fn disown(&self, target: &Target) {
+        let bytes = {
+            let mut st = lock(&self.state);
+            if st.owned.remove(target).is_none() {
+                return;
+            }
             encode_owned(&st.owned)
         };
         write_atomic(&self.profile_dir.join(OWNED_FILE), &bytes);
@@ -1319,6 +1451,119 @@ impl DataShared {
             fingerprint: hex::encode(&own_pk[..8]),
             expires_unix: record.expires_unix,
         })
+    }
+}
+
+impl DataShared {
+    /// Binds `name` (registered by this node) to `content_id`, the latest version of a site
+    /// ([`ferry_data::site`]): puts the signed, sealed head and keeps it alive (owner re-puts).
+    ///
+    /// # Errors
+    /// 400 invalid name; 409 the name is someone else's; 404 not registered; 503 no holder.
+    pub async fn site_publish(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        name_: &str,
+        content_id: [u8; 32],
+    ) -> Result<(ferry_data::site::SiteHead, ferry_api::NameInfo), ApiError> {
+        let n = name::normalize(name_)
+            .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
+        let secret = self.identity.secret.to_bytes();
+        let own_pk = name::owner_key(&secret, &n).verifying_key().to_bytes();
+        let info = self
+            .name_resolve(node, ferry_api::NameRequest { name: n.clone() })
+            .await?;
+        if info.fingerprint != hex::encode(&own_pk[..8]) {
+            return Err(ApiError::conflict(format!(
+                "name {n:?} belongs to someone else (owner fingerprint {})",
+                info.fingerprint
+            )));
+        }
+        // Strictly newer than any head put before (two publications in one second).
+        let prev = self.site_resolve(node, &n).await.ok();
+        let published_unix = unix_now().max(prev.map_or(0, |(h, _)| h.published_unix + 1));
+        let head = ferry_data::site::SiteHead {
+            content_id,
+            published_unix,
+        };
+        let m = {
+            let mut st = lock(&self.state);
+            ferry_data::site::sign_head(&secret, &n, &head, &mut st.rng)
+        }
+        .map_err(|_| ApiError::bad_request("invalid name"))?;
+        let item = Item::Mutable(m);
+        let target = ferry_data::site::head_target(&own_pk);
+        let ttl_s = ferry_data::item::MAX_TTL.as_secs() as u32;
+        let out = self
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item: item.clone(),
+                    ttl_s,
+                    cas: None,
+                },
+            )
+            .await?;
+        self.own(target, item, ttl_s, out.min_ttl);
+        if out.stored == 0 {
+            return Err(ApiError::unavailable(format!(
+                "no node stored the site head (refusals: {:?})",
+                out.refused
+            )));
+        }
+        Ok((head, info))
+    }
+
+    /// The latest head of the site under `name`, and the name's record.
+    ///
+    /// # Errors
+    /// 400 invalid name; 404 name not registered or no site published under it.
+    pub async fn site_resolve(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        name_: &str,
+    ) -> Result<(ferry_data::site::SiteHead, ferry_api::NameInfo), ApiError> {
+        let n = name::normalize(name_)
+            .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
+        let target = name::name_target(&n);
+        let out = self.run(node, target, Operation::Get { seq: None }).await?;
+        let bits = lock(&self.state).host.store.config().claim_pow_bits;
+        let now_unix = unix_now();
+        let Some((rec, owner)) = out
+            .items
+            .iter()
+            .filter_map(|i| name::resolve(&n, i, bits, now_unix).ok())
+            .max_by_key(|(r, _)| r.registered_unix)
+        else {
+            return Err(ApiError::not_found(format!("name {n:?} is not registered")));
+        };
+        let head_target = ferry_data::site::head_target(&owner);
+        let local = match lock(&self.state)
+            .host
+            .store
+            .lookup(Instant::now(), &head_target, None)
+        {
+            Found::Item(i) => Some(i),
+            _ => None,
+        };
+        let out = self
+            .run(node, head_target, Operation::Get { seq: None })
+            .await?;
+        let head = out
+            .items
+            .iter()
+            .chain(local.as_ref())
+            .filter_map(|i| ferry_data::site::open_head(&n, &owner, i).ok())
+            .max_by_key(|h| h.published_unix)
+            .ok_or_else(|| ApiError::not_found(format!("no site is published under {n:?}")))?;
+        let info = ferry_api::NameInfo {
+            name: n,
+            tox_id: rec.tox_id.to_string(),
+            fingerprint: hex::encode(&owner[..8]),
+            expires_unix: rec.expires_unix,
+        };
+        Ok((head, info))
     }
 }
 

@@ -8,12 +8,15 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bootstrap;
+pub mod channel;
 pub mod chat;
 pub mod circuit;
+pub mod content;
 pub mod data;
 pub mod devnet;
 pub mod exit;
 pub mod files;
+pub mod gateway;
 pub mod market;
 pub mod profile;
 pub mod tap;

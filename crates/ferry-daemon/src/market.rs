@@ -5,11 +5,13 @@
 //! - **Messages** travel as net_crypto lossless custom packets `[175][envelope]`
 //!   ([`MARKET_PACKET_ID`]) between friends; [`Market::on_packet`] routes them by kind to the
 //!   server or client state machine (bindings, declines and closes to both).
-//! - **Metering and gating** on the forwarding path: an exit meters every client packet it
-//!   forwards to its uplink and drops the ones the market gates ([`Market::server_forward`],
-//!   called from [`crate::exit::check_inbound`]'s caller), and, being the destination, issues the
-//!   delivery receipts; an exit client meters every packet it hands to the link
-//!   ([`Market::client_sent`]).
+//! - **Metering and gating** on the forwarding path, both directions: an exit meters every
+//!   client packet it forwards to its uplink and drops the ones the market gates
+//!   ([`Market::server_forward`], called from [`crate::exit::check_inbound`]'s caller), and,
+//!   being the destination, issues the delivery receipts; it meters and gates the replies it
+//!   sends back the same way ([`Market::server_reply`]). An exit client meters every packet
+//!   it hands to the link ([`Market::client_sent`]) and every reply it gets back
+//!   ([`Market::client_received`]), and pays for both.
 //! - **Settlement**: vouchers are signed with an [`AccountKey`] derived from the long-term
 //!   secret key (`ferry-pay` `AccountKey::from_seed`), over the pair's unidirectional channel;
 //!   the server claims the newest voucher ([`Market::claim_all`], every [`CLAIM_INTERVAL`]).
@@ -27,8 +29,7 @@
 //!   `Inbound::push`/`flush`: one batch per [`Verdict::Forward`] class, and when the writer is
 //!   behind, drop free before grace before paid.
 //! - **Not metered yet**: circuit relaying (`crate::circuit`; the far end would have to send
-//!   receipts back through the circuit, since it knows the client only by a pseudonym), the
-//!   exit → client direction (the market's receipts confirm client → destination bytes), and
+//!   receipts back through the circuit, since it knows the client only by a pseudonym), and
 //!   direct mesh frames between friends (nothing is forwarded for a third party).
 
 use std::collections::HashMap;
@@ -673,6 +674,17 @@ impl MarketCore {
     /// forwarded (exit: to the uplink, where this node is also the destination that receipts
     /// it). `false`: drop it (the market gated it).
     pub fn server_forward(&mut self, now: u64, from: PeerId, dest: IpAddr, len: u32) -> bool {
+        self.server_meter(now, from, dest, len, true)
+    }
+
+    /// Server side: a reply of `len` bytes from `src` to client `to` is about to go back to it
+    /// (metered under the contract covering `src`, no receipt: the client counts what it
+    /// receives). `false`: drop it (the market gated it).
+    pub fn server_reply(&mut self, now: u64, to: PeerId, src: IpAddr, len: u32) -> bool {
+        self.server_meter(now, to, src, len, false)
+    }
+
+    fn server_meter(&mut self, now: u64, from: PeerId, dest: IpAddr, len: u32, up: bool) -> bool {
         if self.server.is_none() {
             return true;
         }
@@ -685,7 +697,9 @@ impl MarketCore {
         let v = s.on_packet(now, from, dest, len);
         let ok = matches!(v, Verdict::Forward(_));
         if ok {
-            self.receipts.on_delivered(now, from, u64::from(len));
+            if up {
+                self.receipts.on_delivered(now, from, u64::from(len));
+            }
         } else {
             self.gated_packets += 1;
         }
@@ -700,6 +714,17 @@ impl MarketCore {
             self.bind_client(now, server);
         }
         if let Err(e) = self.client.on_sent(now, server, dest, len, &self.signer) {
+            tracing::debug!("market (client): {e}");
+        }
+        self.pump(now);
+    }
+
+    /// Client side: a reply of `len` bytes from `src` came back from paid `server`.
+    pub fn client_received(&mut self, now: u64, server: PeerId, src: IpAddr, len: u32) {
+        if !self.client_bound.contains_key(&server) {
+            self.bind_client(now, server);
+        }
+        if let Err(e) = self.client.on_received(now, server, src, len, &self.signer) {
             tracing::debug!("market (client): {e}");
         }
         self.pump(now);
@@ -943,6 +968,36 @@ impl Market {
             ok
         })
         .unwrap_or(true)
+    }
+
+    /// Forwarding-path hook of a server: `pkt` is a reply going back to client `to`; `false`
+    /// drops it.
+    pub fn server_reply(&self, to: &PublicKey, pkt: &[u8]) -> bool {
+        let Some(src) = packet_src(pkt) else {
+            return true;
+        };
+        self.with(|c| {
+            let ok = c.server_reply(unix_now(), to.0, src, pkt.len() as u32);
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
+    }
+
+    /// Forwarding-path hook of a client: `pkt` came back from paid `server`.
+    pub fn client_received(&self, server: &PublicKey, pkt: &[u8]) {
+        if let Some(src) = packet_src(pkt) {
+            self.with(|c| {
+                c.client_received(unix_now(), server.0, src, pkt.len() as u32);
+                if !c.out.is_empty() {
+                    self.wake.notify_one();
+                }
+                self.wake_if_work(c);
+            });
+        }
     }
 
     /// Forwarding-path hook of a client: `pkt` went to paid `server`.
@@ -1251,7 +1306,7 @@ impl Market {
                         peer: PublicKey(*p).to_hex(),
                         role: "client".into(),
                         price_per_kib: k.terms.price_per_kib.to_string(),
-                        data_used_bytes: k.sent_bytes,
+                        data_used_bytes: k.sent_bytes.saturating_add(k.received_bytes),
                         data_limit_bytes: k.terms.data_limit_kib.saturating_mul(1024),
                         expires_at: k.terms.expires_at,
                         paid: a.vouchered.to_string(),
@@ -1312,6 +1367,21 @@ pub fn packet_dest(pkt: &[u8]) -> Option<IpAddr> {
         }
         6 if pkt.len() >= 40 => {
             let b: [u8; 16] = pkt[24..40].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+/// The source address of an IPv4 or IPv6 packet (`None` for anything shorter or else).
+pub fn packet_src(pkt: &[u8]) -> Option<IpAddr> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= 20 => {
+            let b: [u8; 4] = pkt[12..16].try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        6 if pkt.len() >= 40 => {
+            let b: [u8; 16] = pkt[8..24].try_into().ok()?;
             Some(IpAddr::from(b))
         }
         _ => None,

@@ -49,19 +49,27 @@ struct Running {
 }
 
 impl Running {
-    /// The friend a TUN packet goes to: the exit role first, then the mesh router.
-    fn route_outbound(&mut self, pkt: &[u8]) -> Result<PublicKey, DropReason> {
+    /// The friend a TUN packet goes to: the exit role first, then the mesh router; `true` with
+    /// it when the exit role routed it (exit traffic, metered by the market).
+    fn route_outbound(&mut self, pkt: &[u8]) -> Result<(PublicKey, bool), DropReason> {
         match crate::exit::route_outbound(&mut self.exit, pkt) {
-            Some(r) => r,
-            None => self.router.route_outbound(pkt),
+            Some(r) => r.map(|k| (k, true)),
+            None => self.router.route_outbound(pkt).map(|k| (k, false)),
         }
     }
 
-    /// An exit client meters what it sends straight to its (paid) exit ([`crate::market`];
-    /// traffic into a circuit is not metered).
-    fn meter_to_exit(&self, exit: &PublicKey, pkt: &[u8]) {
-        if matches!(self.exit, crate::exit::ExitHook::Client { .. }) {
-            self.market.client_sent(exit, pkt);
+    /// Exit traffic going straight to `peer` (not into a circuit, which is not metered), for
+    /// the market ([`crate::market`]): an exit client meters what it sends to its paid exit;
+    /// an exit meters the reply it sends back to its client and says whether it may go
+    /// (`false`: the market gated it).
+    fn meter_exit_route(&self, peer: &PublicKey, pkt: &[u8]) -> bool {
+        match self.exit {
+            crate::exit::ExitHook::Client { .. } => {
+                self.market.client_sent(peer, pkt);
+                true
+            }
+            crate::exit::ExitHook::Exit(_) => self.market.server_reply(peer, pkt),
+            crate::exit::ExitHook::None => true,
         }
     }
 
@@ -86,6 +94,11 @@ impl Running {
                     // after a route refresh, metering twice); the market counts it as gated.
                     Err(DropReason::NotForUs)
                 }
+            }
+            // An exit client meters the replies its paid exit sends back.
+            Some(Ok(())) if paid && matches!(self.exit, crate::exit::ExitHook::Client { .. }) => {
+                self.market.client_received(from, pkt);
+                Ok(())
             }
             Some(r) => r,
             None => self.router.check_inbound(from, pkt),
@@ -530,12 +543,15 @@ async fn reader(
                 }
                 match r.route_outbound(pkt) {
                     // Exit traffic whose exit (client) or client (exit) is at a circuit's end.
-                    Ok(k) => match circuits.outbound_keyed(&k, pkt) {
+                    Ok((k, exit_route)) => match circuits.outbound_keyed(&k, pkt) {
                         Some(o) => {
                             circuit_out(r, &mut batch, o, pkt.len());
                         }
                         None => {
-                            r.meter_to_exit(&k, pkt);
+                            if exit_route && !r.meter_exit_route(&k, pkt) {
+                                r.counters.count_drop(DropReason::NotForUs);
+                                continue;
+                            }
                             push(&mut r.counters, &mut batch, k, pkt);
                         }
                     },
@@ -563,8 +579,11 @@ async fn reader(
                     continue;
                 }
                 match r.route_outbound(pkt) {
-                    Ok(k) => {
-                        r.meter_to_exit(&k, pkt);
+                    Ok((k, exit_route)) => {
+                        if exit_route && !r.meter_exit_route(&k, pkt) {
+                            r.counters.count_drop(DropReason::NotForUs);
+                            continue;
+                        }
                         push(&mut r.counters, &mut batch, k, pkt);
                     }
                     Err(e) => r.counters.count_drop(e),

@@ -61,6 +61,9 @@ pub struct UpOptions {
     pub relay_node: bool,
     /// `--market ...` flags over the profile's `[market]` table ([`crate::market`]).
     pub market: crate::market::MarketFlags,
+    /// `--gateway PORT`: serve broadcast sites over HTTP on 127.0.0.1:PORT
+    /// ([`crate::gateway`]; 0 = any free port); `None`: no gateway.
+    pub gateway_port: Option<u16>,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -112,6 +115,7 @@ impl Default for UpOptions {
             service: false,
             relay_node: false,
             market: crate::market::MarketFlags::default(),
+            gateway_port: None,
         }
     }
 }
@@ -132,6 +136,7 @@ pub struct NodeBackend {
     stop: Arc<Notify>,
     chat: Option<Arc<ChatShared>>,
     relay: Option<RelayServerHandle>,
+    channels: Option<Arc<crate::channel::ChannelShared>>,
 }
 
 impl NodeBackend {
@@ -143,6 +148,7 @@ impl NodeBackend {
             stop,
             chat: None,
             relay: None,
+            channels: None,
         }
     }
 
@@ -150,6 +156,18 @@ impl NodeBackend {
     pub fn with_relay(mut self, relay: RelayServerHandle) -> Self {
         self.relay = Some(relay);
         self
+    }
+
+    /// Adds channels ([`crate::channel`]) to the API.
+    pub fn with_channels(mut self, channels: Arc<crate::channel::ChannelShared>) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    fn channels(&self) -> Result<&Arc<crate::channel::ChannelShared>, ApiError> {
+        self.channels
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("this node has no channels"))
     }
 
     /// Adds friends and chat (the profile's store) to the API.
@@ -164,6 +182,14 @@ impl NodeBackend {
             .get()
             .cloned()
             .ok_or_else(|| ApiError::not_found("this node has no value store"))
+    }
+
+    fn content(&self) -> Result<Arc<crate::content::ContentShared>, ApiError> {
+        self.chat()?
+            .content
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("this node has no content store"))
     }
 
     fn chat(&self) -> Result<&Arc<ChatShared>, ApiError> {
@@ -599,6 +625,53 @@ impl Backend for NodeBackend {
         Box::pin(async move { Ok(self.data()?.status()) })
     }
 
+    fn content_publish(
+        &self,
+        req: ferry_api::ContentPublish,
+    ) -> BoxFuture<'_, Result<ferry_api::ContentPublished, ApiError>> {
+        Box::pin(async move {
+            let data = self.data().ok();
+            self.content()?.publish(&self.node, data, req).await
+        })
+    }
+
+    fn content_fetch(
+        &self,
+        req: ferry_api::ContentFetch,
+    ) -> BoxFuture<'_, Result<ferry_api::ContentJob, ApiError>> {
+        Box::pin(async move {
+            let data = self.data().ok();
+            self.content()?.fetch(&self.node, data, req).await
+        })
+    }
+
+    fn content_job(
+        &self,
+        req: ferry_api::ContentJobQuery,
+    ) -> BoxFuture<'_, Result<ferry_api::ContentJob, ApiError>> {
+        Box::pin(async move { self.content()?.job(req.job) })
+    }
+
+    fn content_credits(&self) -> BoxFuture<'_, Result<Vec<ferry_api::CreditAccount>, ApiError>> {
+        Box::pin(async move { Ok(self.content()?.credits()) })
+    }
+
+    fn site_publish(
+        &self,
+        req: ferry_api::SitePublish,
+    ) -> BoxFuture<'_, Result<ferry_api::SiteInfo, ApiError>> {
+        Box::pin(async move {
+            crate::gateway::publish(&self.node, &self.data()?, &self.content()?, req).await
+        })
+    }
+
+    fn site_resolve(
+        &self,
+        req: ferry_api::NameRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::SiteInfo, ApiError>> {
+        Box::pin(async move { crate::gateway::resolve(&self.node, &self.data()?, &req.name).await })
+    }
+
     fn dht_put(
         &self,
         req: ferry_api::DhtPut,
@@ -628,6 +701,55 @@ impl Backend for NodeBackend {
         req: ferry_api::NameRequest,
     ) -> BoxFuture<'_, Result<ferry_api::NameInfo, ApiError>> {
         Box::pin(async move { self.data()?.name_resolve(&self.node, req).await })
+    }
+
+    fn channel_create(
+        &self,
+        req: ferry_api::ChannelCreate,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelInfo, ApiError>> {
+        Box::pin(async move { self.channels()?.create(req).await })
+    }
+
+    fn channel_join(
+        &self,
+        req: ferry_api::ChannelRef,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelInfo, ApiError>> {
+        Box::pin(async move { self.channels()?.join(req).await })
+    }
+
+    fn channel_post(
+        &self,
+        req: ferry_api::ChannelPost,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelPostResult, ApiError>> {
+        Box::pin(async move { self.channels()?.post(req).await })
+    }
+
+    fn channel_read(
+        &self,
+        req: ferry_api::ChannelRead,
+    ) -> BoxFuture<'_, Result<Vec<ferry_api::ChannelMessage>, ApiError>> {
+        Box::pin(async move { self.channels()?.read(req).await })
+    }
+
+    fn channel_members(
+        &self,
+        req: ferry_api::ChannelRef,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.members(req).await })
+    }
+
+    fn channel_approve(
+        &self,
+        req: ferry_api::ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.approve(req).await })
+    }
+
+    fn channel_remove(
+        &self,
+        req: ferry_api::ChannelMemberRequest,
+    ) -> BoxFuture<'_, Result<ferry_api::ChannelMembers, ApiError>> {
+        Box::pin(async move { self.channels()?.remove(req).await })
     }
 
     fn contracts(&self) -> BoxFuture<'_, Result<Vec<ferry_api::MarketContract>, ApiError>> {
@@ -736,6 +858,8 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         ),
     )?;
     let _ = chat.data.set(Arc::clone(&data));
+    let content = crate::content::ContentShared::open(profile_dir, identity.public_key())?;
+    let _ = chat.content.set(Arc::clone(&content));
     let (node, join) =
         spawn_node_with_dht_keys(udp, options, dht_keys, ChatHandler(Arc::clone(&chat)))
             .context("starting the node")?;
@@ -767,6 +891,34 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         node.clone(),
         identity.tox_id(),
     );
+    let channels = crate::channel::ChannelShared::open(
+        profile_dir,
+        identity.long_term.clone(),
+        Arc::clone(&data),
+        node.clone(),
+        ferry_crypto::rng::FerryRng::from_seed(
+            ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
+        ),
+    );
+    let _ = chat.channels.set(Arc::clone(&channels));
+    let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
+    let content_timer =
+        crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
+    let gateway = match opts.gateway_port {
+        Some(port) => {
+            let (addr, task) = crate::gateway::spawn(
+                port,
+                node.clone(),
+                Arc::clone(&data),
+                Arc::clone(&content),
+                profile_dir,
+            )
+            .await?;
+            eprintln!("site gateway: http://{addr}/site/NAME/");
+            Some(task)
+        }
+        None => None,
+    };
     let market_task = crate::market::start(
         &chat.tunnel.market,
         market_config,
@@ -802,7 +954,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     );
     let stop = Arc::new(Notify::new());
     let market = chat.tunnel.market.clone();
-    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone()).with_chat(chat);
+    let mut backend = NodeBackend::new(node.clone(), identity, stop.clone())
+        .with_chat(chat)
+        .with_channels(channels);
     if let Some((r, _)) = &relay {
         let ports: Vec<String> = r.ports().iter().map(u16::to_string).collect();
         eprintln!(
@@ -837,6 +991,11 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         market.save();
     }
     data_timer.abort();
+    channel_sync.abort();
+    content_timer.abort();
+    if let Some(g) = gateway {
+        g.abort();
+    }
     {
         let d = Arc::clone(&data);
         let _ = node.call(move |n, _| d.goodbye(n)).await;

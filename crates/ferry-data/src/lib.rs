@@ -6,6 +6,9 @@
 //! * [`lookup`]: the Kademlia iterative get/put driver over capable nodes (k = 8, α = 3).
 //! * [`name`]: usernames (record hides the name; first claim wins; proof of work).
 //! * [`mailbox`]: offline messages (mailbox addresses, sealed envelopes, per-sender order).
+//! * [`channel`]: channels (issue 10): signed state, membership certificates, signed posts,
+//!   epoch-key encryption for private channels, bounded history.
+//! * [`site`]: broadcast sites (a name's signed, sealed head naming a content id).
 //! * [`host`]: what a DHT node adds to host all this: [`host::StoreHost`] (datagram path) and
 //!   [`host::CapableNodes`] (peers known to speak the extension).
 //!
@@ -29,11 +32,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod channel;
 pub mod host;
 pub mod item;
 pub mod lookup;
 pub mod mailbox;
 pub mod name;
+pub mod site;
 pub mod store;
 pub mod wire;
 

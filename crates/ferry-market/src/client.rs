@@ -73,6 +73,11 @@ pub struct ClientContract {
     pub state: ClientContractState,
     /// IP-packet bytes sent under it.
     pub sent_bytes: u64,
+    /// IP-packet bytes received under it: replies from the destination that the server
+    /// forwarded back (the client's own count; they need no receipt, the client is their
+    /// destination). They count toward the data limit and are paid like sent bytes.
+    #[serde(default)]
+    pub received_bytes: u64,
     /// A renewal quote went out for it.
     pub renewing: bool,
 }
@@ -88,6 +93,10 @@ pub struct ServerAccount {
     pub contracts: Vec<ClientContract>,
     /// Bytes sent toward destinations no contract covers yet, by destination.
     pub uncontracted: Vec<(IpAddr, u64)>,
+    /// Bytes received from sources no contract covers yet, by source (moved under the
+    /// contract that comes to cover them, as the server counted them there).
+    #[serde(default)]
+    pub uncontracted_received: Vec<(IpAddr, u64)>,
     /// Who signs the receipts that pay this server (the flow's destination; the server itself
     /// for a one-hop exit).
     pub receipt_source: Option<PeerId>,
@@ -291,17 +300,18 @@ impl Client {
                     ClientContractState::Active | ClientContractState::AwaitingChannel
                 ) && now < c.terms.expires_at
                     && c.terms.dest.contains(dest)
-                    && c.sent_bytes.saturating_add(len)
+                    && c.sent_bytes
+                        .saturating_add(c.received_bytes)
+                        .saturating_add(len)
                         <= c.terms.data_limit_kib.saturating_mul(1024)
             };
             match acct.contracts.iter().position(fits) {
                 Some(i) => {
                     let c = &mut acct.contracts[i];
                     c.sent_bytes += len;
-                    let left_kib = c
-                        .terms
-                        .data_limit_kib
-                        .saturating_sub(c.sent_bytes.div_ceil(1024));
+                    let left_kib = c.terms.data_limit_kib.saturating_sub(
+                        c.sent_bytes.saturating_add(c.received_bytes).div_ceil(1024),
+                    );
                     let left_s = c.terms.expires_at.saturating_sub(now);
                     let renew = !c.renewing && (left_kib < renew_kib || left_s < renew_s);
                     if renew {
@@ -328,6 +338,48 @@ impl Client {
             ));
         }
         self.check_unreceipted(server);
+        self.maybe_voucher(server, false, signer);
+        Ok(())
+    }
+
+    /// `len` bytes (a whole IP packet) from `src` arrived from `server` at `now` (Unix s): a
+    /// reply the server forwarded back. Counts them under the contract whose destination
+    /// covers `src` (the server meters them there too), so they are paid in the next voucher;
+    /// bytes from a source no contract covers yet wait until one does. Unlike sent bytes they
+    /// need no receipt: this node is their destination.
+    ///
+    /// # Errors
+    /// [`MarketError::Full`] when the server or uncontracted-source tables are full.
+    pub fn on_received(
+        &mut self,
+        now: u64,
+        server: PeerId,
+        src: IpAddr,
+        len: u32,
+        signer: &dyn VoucherSigner,
+    ) -> Result<(), MarketError> {
+        let len = u64::from(len);
+        let acct = self.account_mut(server)?;
+        let fits = |c: &ClientContract| {
+            matches!(
+                c.state,
+                ClientContractState::Active | ClientContractState::AwaitingChannel
+            ) && now < c.terms.expires_at
+                && c.terms.dest.contains(src)
+        };
+        match acct.contracts.iter().position(fits) {
+            Some(i) => acct.contracts[i].received_bytes += len,
+            None => {
+                if let Some(u) = acct.uncontracted_received.iter_mut().find(|u| u.0 == src) {
+                    u.1 += len;
+                } else if acct.uncontracted_received.len() < MAX_UNCONTRACTED {
+                    acct.uncontracted_received.push((src, len));
+                } else {
+                    return Err(MarketError::Full("uncontracted sources"));
+                }
+                return Ok(());
+            }
+        }
         self.maybe_voucher(server, false, signer);
         Ok(())
     }
@@ -472,9 +524,10 @@ impl Client {
                 Some(i) => {
                     let old = acct.contracts.remove(i);
                     acct.history_bytes = acct.history_bytes.saturating_add(old.sent_bytes);
-                    acct.history_due = acct
-                        .history_due
-                        .saturating_add(due(old.sent_bytes, old.terms.price_per_kib));
+                    acct.history_due = acct.history_due.saturating_add(due(
+                        old.sent_bytes.saturating_add(old.received_bytes),
+                        old.terms.price_per_kib,
+                    ));
                 }
                 None => return Err(MarketError::Full("contracts")),
             }
@@ -489,6 +542,7 @@ impl Client {
                     terms: p.clone(),
                     state: ClientContractState::Negotiating,
                     sent_bytes: 0,
+                    received_bytes: 0,
                     renewing: false,
                 });
                 acct.contracts.len() - 1
@@ -532,6 +586,16 @@ impl Client {
             }
         });
         acct.contracts[idx].sent_bytes += moved;
+        let mut moved = 0u64;
+        acct.uncontracted_received.retain(|(d, n)| {
+            if p.dest.contains(*d) {
+                moved += n;
+                false
+            } else {
+                true
+            }
+        });
+        acct.contracts[idx].received_bytes += moved;
         let receiver = p.settlement.receiver;
         let channel = acct.channel;
         match channel {
@@ -625,7 +689,8 @@ impl Client {
     }
 
     /// What the client owes `server` for bytes the destination receipted (plus the in-flight
-    /// allowance): (payable bytes, due in base units), contracts taken in creation order.
+    /// allowance) and for the bytes it received back through `server`: (payable bytes, due in
+    /// base units), contracts taken in creation order.
     pub fn payable(&self, server: &PeerId) -> (u64, u128) {
         let Some(acct) = self.servers.get(server) else {
             return (0, 0);
@@ -643,12 +708,17 @@ impl Client {
         } else {
             left = 0;
         }
+        let mut received = 0u64;
         for c in &acct.contracts {
             let b = c.sent_bytes.min(left);
-            owed = owed.saturating_add(due(b, c.terms.price_per_kib));
+            owed = owed.saturating_add(due(
+                b.saturating_add(c.received_bytes),
+                c.terms.price_per_kib,
+            ));
             left -= b;
+            received = received.saturating_add(c.received_bytes);
         }
-        (payable, owed)
+        (payable.saturating_add(received), owed)
     }
 
     fn maybe_voucher(&mut self, server: PeerId, force: bool, signer: &dyn VoucherSigner) {

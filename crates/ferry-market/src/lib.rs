@@ -12,9 +12,10 @@
 //!   rejects with a counter price, which the server must answer with a new proposal or a decline;
 //!   at most [`MAX_ROUNDS`] rounds. Every contract message is signed with the node's Ed25519 key
 //!   ([`identity`]) and travels inside the authenticated session.
-//! * **Metering** ([`due`]): IP-packet bytes per (peer, contract), counted once on each side:
-//!   the server when it forwards a packet (never for a packet it gated), the client when it hands
-//!   one to the link. `due(bytes) = ⌈bytes × price_per_kib / 1024⌉` over the cumulative count,
+//! * **Metering** ([`due`]): IP-packet bytes per (peer, contract), both directions, counted
+//!   once on each side: the server when it forwards a packet either way (never for a packet it
+//!   gated), the client when it hands one to the link or receives a reply
+//!   ([`client::Client::on_received`]). `due(bytes) = ⌈bytes × price_per_kib / 1024⌉` over the cumulative count,
 //!   so no per-packet rounding accumulates, and lengths are full 16-bit-and-wider integers (ngp
 //!   counted `tot_len >> 8`).
 //! * **Credit (grace)**: the server forwards a packet only while the peer's unpaid amount plus
@@ -23,9 +24,11 @@
 //!   per-identity allowance *and* a global token bucket shared by all such peers, so Sybil
 //!   identities share one budget. The credit state is per peer, across all its contracts, and
 //!   survives restarts ([`server::Server::snapshot`]).
-//! * **Vouchers**: the client pays with cumulative vouchers over the pair's channel, capped at
-//!   the bytes the destination confirmed in signed [`msg::Receipt`]s plus an in-flight
-//!   allowance, so a relay that forwards nothing earns nothing.
+//! * **Vouchers**: the client pays with cumulative vouchers over the pair's channel for the
+//!   bytes it sent, capped at what the destination confirmed in signed [`msg::Receipt`]s plus
+//!   an in-flight allowance (so a relay that forwards nothing earns nothing), and for the reply
+//!   bytes it received (it is their destination). Replies lost on the way are metered by the
+//!   server and not paid: the credit line absorbs them.
 //! * **Priority** ([`priority`]): paid before grace before free traffic under congestion.
 
 #![forbid(unsafe_code)]

@@ -160,7 +160,8 @@ pub struct ServerContract {
     pub proposal_hash: [u8; 32],
     /// State.
     pub state: ContractState,
-    /// IP-packet bytes forwarded under it.
+    /// IP-packet bytes forwarded under it, both directions (client → destination and the
+    /// replies back).
     pub forwarded_bytes: u64,
     /// `forwarded_bytes` at the last invoice.
     pub invoiced_bytes: u64,
@@ -373,9 +374,12 @@ impl Server {
         Some(i)
     }
 
-    /// A packet of `len` bytes (the whole IP packet) from `peer` toward `dest` wants to be
-    /// forwarded at `now` (Unix s). Counts it if it may go. The first packet toward a
-    /// destination no contract covers makes a proposal and flows on the unsecured allowance.
+    /// A packet of `len` bytes (the whole IP packet) between `peer` and the remote host `dest`
+    /// wants to be forwarded at `now` (Unix s): the client's packet toward `dest`, or `dest`'s
+    /// reply going back to the client (then `dest` is the reply's source). Both directions are
+    /// metered under the contract covering `dest` and gated by the same credit line. Counts it
+    /// if it may go. The first packet toward a destination no contract covers makes a proposal
+    /// and flows on the unsecured allowance.
     pub fn on_packet(&mut self, now: u64, peer: PeerId, dest: IpAddr, len: u32) -> Verdict {
         self.refill(now);
         if !self.peers.contains_key(&peer) {

@@ -265,6 +265,19 @@ impl Pair {
         }
     }
 
+    /// The destination replies with one packet: the server meters and forwards it back (maybe);
+    /// the client counts what it receives.
+    fn reply(&mut self, src: IpAddr, len: u32) -> Verdict {
+        let v = self.server.on_packet(self.now, C, src, len);
+        if let Verdict::Forward(_) = v {
+            self.client
+                .on_received(self.now, S, src, len, &self.wallet)
+                .expect("on_received");
+        }
+        self.pump();
+        v
+    }
+
     fn forwarded(&self) -> u64 {
         self.server
             .account(&C)
@@ -307,6 +320,52 @@ fn exact_metering_on_both_sides() {
     assert_eq!(payable, total, "everything was receipted");
     assert_eq!(owed, server_due, "client and server dues agree");
     assert_eq!(acct.paid, server_due, "the timer voucher paid everything");
+}
+
+/// Downloads are metered too: a request up, 20× its size back. Both sides count the replies
+/// under the destination's contract, the client pays for them (no receipt needed: it is their
+/// destination) and the dues agree; a client that does not pay for its downloads is cut off.
+#[test]
+fn downloads_are_metered_and_paid() {
+    let mut p = Pair::new(server_config(), client_config());
+    let (mut up, mut down) = (0u64, 0u64);
+    for _ in 0..200 {
+        assert!(matches!(p.packet(dest(1), 100), Verdict::Forward(_)));
+        up += 100;
+        for _ in 0..2 {
+            assert!(matches!(p.reply(dest(1), 1000), Verdict::Forward(_)));
+            down += 1000;
+        }
+    }
+    p.tick(2);
+    assert_eq!(
+        p.forwarded(),
+        up + down,
+        "the server meters both directions"
+    );
+    let acct = p.server.account(&C).expect("account");
+    let c = p.client.account(&S).expect("client account");
+    let received: u64 = c.contracts.iter().map(|c| c.received_bytes).sum();
+    assert_eq!(received, down);
+    let (payable, owed) = p.client.payable(&S);
+    assert_eq!(payable, up + down);
+    assert_eq!(owed, acct.due(), "client and server dues agree");
+    assert_eq!(acct.paid, acct.due(), "the vouchers paid the downloads too");
+    assert!(acct.paid >= due(up + down, 1000));
+
+    // A client that withholds vouchers is cut off on the download path as well.
+    let mut p = Pair::new(server_config(), client_config());
+    p.withhold_vouchers = true;
+    p.packet(dest(2), 100);
+    let mut gated = false;
+    for _ in 0..100_000 {
+        if p.reply(dest(2), 1400) == Verdict::PaymentRequired {
+            gated = true;
+            break;
+        }
+    }
+    assert!(gated, "replies flowed unpaid forever");
+    assert_eq!(p.server.account(&C).expect("acct").paid, 0);
 }
 
 /// Groups 2 and 3: a client that stops paying gets at most one grace allowance plus one MTU;

@@ -646,6 +646,9 @@ impl Driver {
                     loop {
                         match cmd {
                             None | Some(Command::Shutdown) => {
+                                // Friends see us go at once (kill packets), not after 32 s.
+                                self.node.close_sessions(Instant::now());
+                                self.flush().await;
                                 for (_, s) in self.tcp_streams.drain() {
                                     s.task.abort();
                                 }

@@ -273,6 +273,8 @@ pub enum CloseReason {
     Replaced,
     /// [`NetCrypto::remove_peer`].
     Removed,
+    /// [`NetCrypto::close_all`]: this node is stopping.
+    Shutdown,
 }
 
 /// What net_crypto tells its owner (drain with [`NetCrypto::poll_event`]).
@@ -1224,6 +1226,22 @@ impl NetCrypto {
             && let Some(mut s) = peer.session.take()
         {
             ctx.close(now, *real_pk, &mut s, Some(CloseReason::Removed));
+        }
+    }
+
+    /// Ends every session, keeping the peers: an established one with a kill packet (id 2),
+    /// reported as [`NetCryptoEvent::Closed`] with [`CloseReason::Shutdown`]; an attempt
+    /// silently. For a node about to stop, as c-toxcore's `kill_messenger` kills each friend
+    /// connection (`crypto_kill`): friends see it offline at once instead of after the 32 s
+    /// friend_connection timeout (`tox-protocol.md` §net_crypto). Sessions to the peers start
+    /// again on the next [`NetCrypto::handle_timeout`] if the node goes on.
+    pub fn close_all(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        let (peers, mut ctx) = self.parts();
+        for (pk, peer) in peers.iter_mut() {
+            if let Some(mut s) = peer.session.take() {
+                ctx.close(now, *pk, &mut s, Some(CloseReason::Shutdown));
+            }
         }
     }
 

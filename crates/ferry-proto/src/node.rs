@@ -253,6 +253,17 @@ pub enum NodeEvent {
         /// The packet.
         data: Vec<u8>,
     },
+    /// A valid net_crypto handshake from a long-term key that is not a friend (dropped by the
+    /// node). The owner may accept such peers (ferry's content providers, issue 10) by adding
+    /// them with [`Node::add_friend_norequest`] and [`Node::set_friend_dht_key`].
+    UnknownPeer {
+        /// Its long-term key.
+        public_key: PublicKey,
+        /// Its DHT key.
+        dht_pk: PublicKey,
+        /// Where the handshake came from (a relay placeholder for TCP paths).
+        addr: SocketAddr,
+    },
     /// A UDP datagram of an extension kind ([`EXTENSION_KINDS`], 0xe0–0xe4: ferry's value
     /// store, `data-layer.md` §3.1) that c-toxcore does not use; the owner handles it and
     /// answers with [`Node::send_extension_datagram`].
@@ -754,6 +765,13 @@ impl Node {
         Ok(())
     }
 
+    /// Before the process stops: ends every net_crypto session with a kill packet
+    /// ([`NetCrypto::close_all`]), so friends see this node offline at once. Call it, then send
+    /// the datagrams it queued ([`Node::poll_transmit`]), then stop.
+    pub fn close_sessions(&mut self, now: Instant) {
+        self.crypto.close_all(now);
+    }
+
     /// Every friend.
     pub fn friends(&self) -> Vec<FriendInfo> {
         let mut v: Vec<FriendInfo> = self
@@ -1137,6 +1155,15 @@ impl Node {
                 }
             }
             NetCryptoEvent::Closed { peer, .. } => self.session_down(now, peer),
+            NetCryptoEvent::UnknownPeer {
+                real_pk,
+                dht_pk,
+                addr,
+            } => self.events.push_back(NodeEvent::UnknownPeer {
+                public_key: real_pk,
+                dht_pk,
+                addr,
+            }),
             NetCryptoEvent::Lossless { peer, data } => self.on_packet(now, peer, &data, true),
             NetCryptoEvent::Lossy { peer, data } => self.on_packet(now, peer, &data, false),
             NetCryptoEvent::Delivered {

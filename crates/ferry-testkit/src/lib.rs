@@ -541,6 +541,8 @@ pub struct FerryUp {
     /// Its stderr lines.
     pub stderr: Lines,
     extra: Vec<String>,
+    /// The IP `--bind` gets (127.0.0.1 unless started by [`FerryUp::start_bound`]).
+    bind: String,
 }
 
 impl FerryUp {
@@ -582,6 +584,32 @@ impl FerryUp {
             port: free_udp_port(),
             stderr: Lines::default(),
             extra: extra.to_vec(),
+            bind: "127.0.0.1".into(),
+        };
+        up.spawn()?;
+        Ok(up)
+    }
+
+    /// Like [`FerryUp::start_with_profile`] with `--bind BIND` instead of 127.0.0.1 (another
+    /// loopback address, e.g. 127.0.2.1, is another source /24 to a store's quotas).
+    ///
+    /// # Errors
+    /// Start failures or a daemon that never answers.
+    pub fn start_bound(
+        ferry: &Path,
+        profile: tempfile::TempDir,
+        bind: std::net::Ipv4Addr,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(bind.is_loopback(), "{bind} is not a loopback address");
+        let mut up = Self {
+            child: None,
+            ferry: ferry.to_path_buf(),
+            profile,
+            port: free_udp_port(),
+            stderr: Lines::default(),
+            extra: extra.to_vec(),
+            bind: bind.to_string(),
         };
         up.spawn()?;
         Ok(up)
@@ -594,7 +622,7 @@ impl FerryUp {
             .args([
                 "up",
                 "--bind",
-                "127.0.0.1",
+                &self.bind,
                 "--udp-port",
                 &self.port.to_string(),
                 "--no-lan",

@@ -68,6 +68,14 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes(self.array(what)?))
     }
 
+    /// Takes a big-endian `u64`.
+    ///
+    /// # Errors
+    /// [`WireError::Truncated`] naming `what`.
+    pub fn u64_be(&mut self, what: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array(what)?))
+    }
+
     /// Takes everything that is left.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)

@@ -576,6 +576,32 @@ fn dead_path_times_out_and_kill_closes() {
     assert!(net.nodes[0].nc.session_state(&r1).is_none());
 }
 
+/// A stopping node kills its sessions: the peer closes at once (not after the 32 s timeout),
+/// the stopping side keeps the peer, and a session comes back if it goes on.
+#[test]
+fn close_all_kills_sessions_and_keeps_peers() {
+    let mut net = connect(8);
+    let (r0, r1) = (net.nodes[0].real, net.nodes[1].real);
+    net.take_events(0);
+    net.take_events(1);
+    let now = net.now;
+    net.nodes[0].nc.close_all(now);
+    net.collect();
+    assert!(net.nodes[0].events.contains(&NetCryptoEvent::Closed {
+        peer: r1,
+        reason: CloseReason::Shutdown
+    }));
+    net.run_for(Duration::from_millis(5));
+    assert!(net.nodes[1].events.contains(&NetCryptoEvent::Closed {
+        peer: r0,
+        reason: CloseReason::KillReceived
+    }));
+    assert!(
+        net.run_until(Duration::from_secs(40), |n| n.established(0, 1)
+            && n.established(1, 0))
+    );
+}
+
 #[test]
 fn handshake_with_new_dht_key_replaces_session() {
     let mut net = connect(8);
