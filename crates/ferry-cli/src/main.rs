@@ -24,6 +24,7 @@ mod devnet_netns;
 mod files;
 mod market;
 mod sim_store;
+mod sim_swarm;
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
@@ -392,6 +393,12 @@ enum SimCommand {
     /// Simulate the value store (issue 9): N nodes run the DHT and a store host; items and
     /// offline messages are put, republished and fetched under churn, loss and droppers.
     Store(sim_store::StoreArgs),
+    /// Simulate replication of pinned content (issue 10): ≥ 3 live replicas under churn, extra
+    /// replicas that follow a demand spike and fall back; an hourly table.
+    Replicate(sim_swarm::ReplicateArgs),
+    /// Simulate a live stream to N viewers (issue 10): start-up delay, stalls, streamer upload,
+    /// tampered segments, recovery after parents leave.
+    Stream(sim_swarm::StreamArgs),
 }
 
 /// `ferry sim dht --key-agreement`.
@@ -842,6 +849,12 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
         Command::Sim {
             command: SimCommand::Store(args),
         } => sim_store::run(args).await?,
+        Command::Sim {
+            command: SimCommand::Replicate(args),
+        } => sim_swarm::replicate(args).await?,
+        Command::Sim {
+            command: SimCommand::Stream(args),
+        } => sim_swarm::stream(args).await?,
         Command::Devnet {
             netns: true,
             download_mib,

@@ -13,4 +13,6 @@
 
 pub mod dht;
 pub mod net;
+pub mod replicate;
 pub mod store;
+pub mod stream;

@@ -119,6 +119,8 @@ pub type NodeId = usize;
 struct Slot<N> {
     node: N,
     addr: SocketAddr,
+    /// This node's uplink, bytes/s, overriding [`LinkConfig::uplink_bytes_per_s`].
+    uplink: Option<u64>,
     uplink_free_at: u64,
     timer_at: Option<u64>,
     traffic: NodeTraffic,
@@ -243,7 +245,7 @@ impl<N: Endpoint> Shard<N> {
                 continue;
             };
             slot.traffic.sent += 1;
-            let depart = match c.uplink_bytes_per_s {
+            let depart = match slot.uplink.or(c.uplink_bytes_per_s) {
                 Some(bw) if bw > 0 => {
                     let start = slot.uplink_free_at.max(now_ns);
                     let done = start + (t.payload.len() as u64 * 1_000_000_000) / bw;
@@ -435,6 +437,7 @@ impl<N: Endpoint + Send> Network<N> {
         shard.slots.push(Some(Slot {
             node,
             addr,
+            uplink: None,
             uplink_free_at: self.now_ns,
             timer_at: None,
             traffic: NodeTraffic::default(),
@@ -472,6 +475,14 @@ impl<N: Endpoint + Send> Network<N> {
         let r = f(&mut slot.node, now);
         self.input_done(id);
         Some(r)
+    }
+
+    /// Gives node `id` its own uplink capacity in bytes/s (heterogeneous upload), overriding
+    /// [`LinkConfig::uplink_bytes_per_s`]; `None` returns it to the network-wide setting.
+    pub fn set_uplink(&mut self, id: NodeId, bytes_per_s: Option<u64>) {
+        if let Some(slot) = self.slot_mut(id) {
+            slot.uplink = bytes_per_s;
+        }
     }
 
     /// A node's address.
