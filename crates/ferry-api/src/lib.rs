@@ -833,6 +833,9 @@ pub struct CreditAccount {
     pub stored_bytes: u64,
     /// Content bytes this node served it.
     pub served_bytes: u64,
+    /// Of those, what it confirmed in its best signed receipt.
+    #[serde(default)]
+    pub receipted_bytes: u64,
 }
 
 /// `POST /v1/site/publish` (`ferry site publish DIR --name NAME`): publishes the directory as

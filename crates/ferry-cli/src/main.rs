@@ -199,7 +199,8 @@ enum Command {
     /// Credits: what each peer contributed to this node (verified content bytes it served us)
     /// and what we served it; a busy node serves peers with more credit first.
     Credits {
-        /// JSON: [{"peer", "credit_bytes", "received_bytes", "stored_bytes", "served_bytes"}].
+        /// JSON: [{"peer", "credit_bytes", "received_bytes", "stored_bytes", "served_bytes",
+        /// "receipted_bytes"}].
         #[arg(long)]
         json: bool,
     },
@@ -656,8 +657,14 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             } else {
                 for a in &v {
                     println!(
-                        "{}  credit {} B (served us {} B, stores {} B; we served it {} B)",
-                        a.peer, a.credit_bytes, a.received_bytes, a.stored_bytes, a.served_bytes
+                        "{}  credit {} B (served us {} B, stores {} B; we served it {} B, {} B \
+                         receipted)",
+                        a.peer,
+                        a.credit_bytes,
+                        a.received_bytes,
+                        a.stored_bytes,
+                        a.served_bytes,
+                        a.receipted_bytes
                     );
                 }
             }

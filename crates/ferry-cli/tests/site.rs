@@ -1,7 +1,8 @@
 //! Broadcast sites between real `ferry up` processes on loopback (issue 10 item 4): a site
 //! published under a username is fetched back by name, another user cannot publish under the
 //! name, and a real browser (headless Chromium) opens it through a node's gateway, running the
-//! site's script. Every daemon runs with `--no-default-bootstrap --no-lan --bind 127.0.0.1`;
+//! site's script. The fetch also checks credits (issue 10 item 6): the fetcher credits the
+//! provider, and the provider holds the fetcher's signed receipt. Every daemon runs with `--no-default-bootstrap --no-lan --bind 127.0.0.1`;
 //! Chromium runs with a dead proxy on 127.0.0.1:9 for everything but loopback, so it sends
 //! nothing off this host. Processes are stopped by PID.
 
@@ -169,6 +170,56 @@ fn site_published_under_a_name_opens_in_a_browser_through_the_gateway() {
             std::fs::read(site.join(f)).expect("source file"),
             "{f}"
         );
+    }
+
+    // Credits (issue 10 item 6): c credits a with what a served it, and a holds c's signed
+    // receipt for it.
+    let a_pk = a.json(&["id", "--json"]).expect("id")["public_key"]
+        .as_str()
+        .expect("pk")
+        .to_string();
+    let c_pk = c.json(&["id", "--json"]).expect("id")["public_key"]
+        .as_str()
+        .expect("pk")
+        .to_string();
+    let site_bytes: u64 = ["index.html", "js/app.js"]
+        .iter()
+        .map(|f| std::fs::metadata(site.join(f)).expect("size").len())
+        .sum();
+    let account = |up: &FerryUp, peer: &str| -> serde_json::Value {
+        up.json(&["credits", "--json"])
+            .expect("credits")
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|x| {
+                x["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(peer))
+            })
+            .cloned()
+            .unwrap_or_default()
+    };
+    let got = account(&c, &a_pk);
+    assert!(
+        got["received_bytes"].as_u64().unwrap_or(0) >= site_bytes,
+        "c's credit for a: {got}"
+    );
+    let start = Instant::now();
+    loop {
+        let held = account(&a, &c_pk);
+        if held["receipted_bytes"].as_u64().unwrap_or(0) >= site_bytes {
+            assert!(
+                held["served_bytes"].as_u64().unwrap_or(0) >= site_bytes,
+                "{held}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no receipt from c at a: {held}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     // Through the gateway, in a real browser.

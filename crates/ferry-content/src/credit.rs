@@ -36,22 +36,27 @@ pub const OPTIMISTIC_INTERVAL: u64 = 30;
 pub const MAX_PEERS: usize = 4096;
 /// Lossless custom packet id of a receipt (net_crypto, between the two peers): 190.
 pub const RECEIPT_PACKET_ID: u8 = 190;
-/// Encoded size of a [`Receipt`] (without the packet id): 32 + 32 + 8 + 8 + 64 = 144 bytes.
-pub const RECEIPT_SIZE: usize = 144;
+/// Encoded size of a [`Receipt`] (without the packet id): 32 + 32 + 32 + 8 + 8 + 64 = 176
+/// bytes.
+pub const RECEIPT_SIZE: usize = 176;
 /// Domain of a receipt signature.
 pub const RECEIPT_DOMAIN: &[u8] = b"ferry credit receipt v1";
 
 /// "`consumer` received `cumulative` verified bytes from `provider`", signed by the
-/// consumer's Ed25519 node key.
+/// consumer's Ed25519 node key (the key its market bindings announce, derived from its
+/// long-term secret; it comes with the receipt over the consumer's authenticated session).
 ///
-/// Layout (integers big-endian): `[provider 32][consumer 32][cumulative u64][unix u64]
-/// [signature 64]`; the signature covers [`RECEIPT_DOMAIN`] ‖ the first 80 bytes.
+/// Layout (integers big-endian): `[provider 32][consumer 32][consumer node key 32]
+/// [cumulative u64][unix u64][signature 64]`; the signature covers [`RECEIPT_DOMAIN`] ‖ the
+/// first 112 bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// Who served the bytes.
     pub provider: PeerId,
     /// Who received them (and signed).
     pub consumer: PeerId,
+    /// The consumer's Ed25519 node key, which signed.
+    pub consumer_key: [u8; 32],
     /// Bytes received so far, cumulative.
     pub cumulative: u64,
     /// When it was signed, Unix s.
@@ -61,17 +66,18 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// The signed part: the first 80 bytes of the encoding.
+    /// The signed part: the first 112 bytes of the encoding.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(80);
+        let mut b = Vec::with_capacity(112);
         b.extend_from_slice(&self.provider);
         b.extend_from_slice(&self.consumer);
+        b.extend_from_slice(&self.consumer_key);
         b.extend_from_slice(&self.cumulative.to_be_bytes());
         b.extend_from_slice(&self.unix.to_be_bytes());
         b
     }
 
-    /// The 144-byte encoding.
+    /// The 176-byte encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = self.signed_bytes();
         b.extend_from_slice(&self.signature);
@@ -86,6 +92,7 @@ impl Receipt {
         let mut r = Reader::new(bytes);
         let provider = r.array("receipt provider")?;
         let consumer = r.array("receipt consumer")?;
+        let consumer_key = r.array("receipt consumer key")?;
         let cumulative = r.u64_be("receipt cumulative")?;
         let unix = r.u64_be("receipt time")?;
         let signature = r.array("receipt signature")?;
@@ -93,6 +100,7 @@ impl Receipt {
         Ok(Self {
             provider,
             consumer,
+            consumer_key,
             cumulative,
             unix,
             signature,
@@ -212,9 +220,15 @@ impl Ledger {
     }
 
     /// The receipt this node owes `peer` now, if [`RECEIPT_EVERY`] more bytes (or `force` and
-    /// any) arrived since the last one: unsigned; the host signs [`Receipt::signed_bytes`]
-    /// with [`RECEIPT_DOMAIN`], fills `signature` and sends it.
-    pub fn receipt_due(&mut self, peer: &PeerId, now_unix: u64, force: bool) -> Option<Receipt> {
+    /// any) arrived since the last one: unsigned, naming `my_key` as the signing key; the host
+    /// signs [`RECEIPT_DOMAIN`] ‖ [`Receipt::signed_bytes`], fills `signature` and sends it.
+    pub fn receipt_due(
+        &mut self,
+        peer: &PeerId,
+        my_key: [u8; 32],
+        now_unix: u64,
+        force: bool,
+    ) -> Option<Receipt> {
         let a = self.accounts.get_mut(peer)?;
         let new = a.received.saturating_sub(a.receipted);
         if new == 0 || (!force && new < RECEIPT_EVERY) {
@@ -224,15 +238,15 @@ impl Ledger {
         Some(Receipt {
             provider: *peer,
             consumer: self.me,
+            consumer_key: my_key,
             cumulative: a.received,
             unix: now_unix,
             signature: [0; 64],
         })
     }
 
-    /// A receipt from `from` for what we served it; `verify(consumer key, signed message,
-    /// signature)` checks the consumer's Ed25519 signature (the host maps the peer's long-term
-    /// key to its node signing key).
+    /// A receipt from `from` for what we served it; `verify(receipt)` checks the signature by
+    /// `consumer_key` over [`RECEIPT_DOMAIN`] ‖ [`Receipt::signed_bytes`].
     ///
     /// # Errors
     /// [`ReceiptError`]; nothing changes then.
@@ -321,7 +335,7 @@ impl Ledger {
 
     /// Serializes the accounts (for the profile): `"FCL1"[count u32]` then per account
     /// `[peer 32][received u64][stored u64][served u64][receipted u64][last u64]
-    /// [has receipt u8][receipt 144?]`.
+    /// [has receipt u8][receipt 176?]`.
     pub fn snapshot(&self) -> Vec<u8> {
         let mut out = b"FCL1".to_vec();
         out.extend_from_slice(&(self.accounts.len() as u32).to_be_bytes());
@@ -415,11 +429,21 @@ mod tests {
         let mut consumer = Ledger::new([9; 32]);
         let provider_key = ME;
         consumer.on_received(provider_key, RECEIPT_EVERY - 1, 10);
-        assert!(consumer.receipt_due(&provider_key, 10, false).is_none());
+        assert!(
+            consumer
+                .receipt_due(&provider_key, [6; 32], 10, false)
+                .is_none()
+        );
         consumer.on_received(provider_key, 1, 11);
-        let mut r = consumer.receipt_due(&provider_key, 11, false).expect("due");
+        let mut r = consumer
+            .receipt_due(&provider_key, [6; 32], 11, false)
+            .expect("due");
         assert_eq!(r.cumulative, RECEIPT_EVERY);
-        assert!(consumer.receipt_due(&provider_key, 12, false).is_none());
+        assert!(
+            consumer
+                .receipt_due(&provider_key, [6; 32], 12, false)
+                .is_none()
+        );
         r.signature = [7; 64];
         let mut provider = Ledger::new(ME);
         assert_eq!(
@@ -448,7 +472,7 @@ mod tests {
         consumer.on_received(provider_key, 5, 14);
         assert_eq!(
             consumer
-                .receipt_due(&provider_key, 14, true)
+                .receipt_due(&provider_key, [6; 32], 14, true)
                 .map(|r| r.cumulative),
             Some(RECEIPT_EVERY + 5)
         );
@@ -480,7 +504,7 @@ mod tests {
 
         #[test]
         fn receipt_round_trip(p in any::<[u8; 32]>(), c in any::<[u8; 32]>(), n: u64, t: u64) {
-            let r = Receipt { provider: p, consumer: c, cumulative: n, unix: t, signature: [3; 64] };
+            let r = Receipt { provider: p, consumer: c, consumer_key: [5; 32], cumulative: n, unix: t, signature: [3; 64] };
             let b = r.encode();
             prop_assert_eq!(b.len(), RECEIPT_SIZE);
             prop_assert_eq!(Receipt::decode(&b).expect("decode"), r);

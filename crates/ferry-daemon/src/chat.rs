@@ -987,6 +987,17 @@ impl EventHandler for ChatHandler {
                     c.on_packet(node, now, public_key, &data);
                 }
             }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&ferry_content::credit::RECEIPT_PACKET_ID)
+                && s.content.get().is_some() =>
+            {
+                if let Some(c) = s.content.get() {
+                    c.on_receipt(public_key, &data);
+                }
+            }
             NodeEvent::UnknownPeer {
                 public_key,
                 dht_pk,

@@ -259,6 +259,8 @@ pub struct ContentShared {
     /// Credits ([`ferry_content::credit`]): what each peer served us (verified), what we
     /// served it; busy serving goes by it. Locked after `state` when both are held.
     ledger: Mutex<ferry_content::credit::Ledger>,
+    /// Signs the credit receipts this node gives its providers (the market's node key).
+    signer: std::sync::OnceLock<ferry_market::NodeSigner>,
 }
 
 /// The credit ledger's file in the content directory.
@@ -315,6 +317,7 @@ impl ContentShared {
                     .and_then(|b| ferry_content::credit::Ledger::restore(own_pk.0, &b).ok())
                     .unwrap_or_else(|| ferry_content::credit::Ledger::new(own_pk.0)),
             ),
+            signer: std::sync::OnceLock::new(),
         });
         me.load();
         Ok(me)
@@ -481,6 +484,54 @@ impl ContentShared {
         (len == e.len).then_some(Ok((path, e.len)))
     }
 
+    /// Sets the key that signs this node's credit receipts (once, at start).
+    pub fn set_signer(&self, signer: ferry_market::NodeSigner) {
+        let _ = self.signer.set(signer);
+    }
+
+    /// Sends `provider` the receipt this node owes it, if one is due (`force`: for anything
+    /// not receipted yet): lossless packet `[190][receipt 176]`.
+    fn send_receipt(&self, n: &mut Node, now: Instant, provider: PublicKey, force: bool) {
+        use ferry_content::credit::{RECEIPT_DOMAIN, RECEIPT_PACKET_ID};
+        let Some(signer) = self.signer.get() else {
+            return;
+        };
+        let Some(mut r) =
+            lock(&self.ledger).receipt_due(&provider.0, signer.public().0, unix_now(), force)
+        else {
+            return;
+        };
+        r.signature = signer.sign(RECEIPT_DOMAIN, &r.signed_bytes());
+        let mut pkt = vec![RECEIPT_PACKET_ID];
+        pkt.extend_from_slice(&r.encode());
+        if let Err(e) = n.send_custom(now, &provider, &pkt) {
+            tracing::debug!(peer = %provider, "credit receipt: {e}");
+        }
+    }
+
+    /// A credit receipt (`data`, id 190 first) from `from` for content we served it: kept
+    /// when newer and signed by the key it names.
+    pub fn on_receipt(&self, from: PublicKey, data: &[u8]) {
+        let Some(r) = data
+            .get(1..)
+            .and_then(|b| ferry_content::credit::Receipt::decode(b).ok())
+        else {
+            return;
+        };
+        let verify = |r: &ferry_content::credit::Receipt| {
+            ferry_market::SigKey(r.consumer_key)
+                .verify(
+                    ferry_content::credit::RECEIPT_DOMAIN,
+                    &r.signed_bytes(),
+                    &r.signature,
+                )
+                .is_ok()
+        };
+        if let Err(e) = lock(&self.ledger).on_receipt(from.0, r, unix_now(), verify) {
+            tracing::debug!(peer = %from, "credit receipt refused: {e}");
+        }
+    }
+
     /// `GET /v1/content/credits`: every account of the credit ledger, most credit first.
     pub fn credits(&self) -> Vec<ferry_api::CreditAccount> {
         let l = lock(&self.ledger);
@@ -492,6 +543,7 @@ impl ContentShared {
                 received_bytes: a.received,
                 stored_bytes: a.stored,
                 served_bytes: a.served,
+                receipted_bytes: a.best_receipt.as_ref().map_or(0, |r| r.cumulative),
             })
             .collect();
         v.sort_by(|a, b| {
@@ -1053,6 +1105,7 @@ impl ContentShared {
                         if done {
                             // What each provider served of this blob, verified: its credit.
                             lock(&self.ledger).on_received(pk.0, s.bytes, unix_now());
+                            self.send_receipt(n, now, *pk, false);
                         }
                     }
                 }
@@ -1081,7 +1134,12 @@ impl ContentShared {
         let next_req = j.next_req.wrapping_add(1 << 16).max(1);
         let added: Vec<PublicKey> = j.added.drain().collect();
         let content = j.content;
+        let used: Vec<PublicKey> = j.used.iter().copied().collect();
         tracing::info!(content = %content, "fetch complete");
+        // Receipts for everything received, before the sessions to added providers close.
+        for pk in used {
+            self.send_receipt(n, now, pk, true);
+        }
         for pk in added {
             let _ = n.remove_friend(now, &pk);
         }

@@ -859,6 +859,9 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     )?;
     let _ = chat.data.set(Arc::clone(&data));
     let content = crate::content::ContentShared::open(profile_dir, identity.public_key())?;
+    content.set_signer(ferry_market::NodeSigner::from_long_term_secret(
+        &identity.long_term.secret.to_bytes(),
+    ));
     let _ = chat.content.set(Arc::clone(&content));
     let (node, join) =
         spawn_node_with_dht_keys(udp, options, dht_keys, ChatHandler(Arc::clone(&chat)))
