@@ -271,22 +271,7 @@ pub(crate) async fn run_data(opts: DataOptions) -> anyhow::Result<()> {
         (4..=32).contains(&opts.nodes),
         "ferry devnet --data needs --nodes in 4..=32 (holders, then Alice and Bob)"
     );
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut demo = Box::pin(demo(&opts));
-    #[cfg(unix)]
-    let result = tokio::select! {
-        r = &mut demo => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
-    };
-    #[cfg(not(unix))]
-    let result = tokio::select! {
-        r = &mut demo => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    drop(demo);
-    let report = result?;
+    let report = crate::devnet_netns::until_signal(demo(&opts)).await?;
     say(
         opts.json,
         "torn down: every ferry up stopped, profiles removed",

@@ -314,6 +314,29 @@ fn say(json: bool, line: &str) {
     }
 }
 
+/// Runs `demo` to its end or until Ctrl-C / SIGTERM ("interrupted" / "terminated" errors);
+/// either way the future is dropped before this returns, so what it owns is cleaned up.
+pub(crate) async fn until_signal<T>(
+    demo: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut demo = Box::pin(demo);
+    #[cfg(unix)]
+    let result = tokio::select! {
+        r = &mut demo => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
+    };
+    #[cfg(not(unix))]
+    let result = tokio::select! {
+        r = &mut demo => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    drop(demo);
+    result
+}
+
 /// Runs the whole demo; tears everything down before returning (or on Ctrl-C/SIGTERM).
 pub(crate) async fn run_netns(opts: NetnsOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -335,23 +358,8 @@ pub(crate) async fn run_netns(opts: NetnsOptions) -> anyhow::Result<()> {
         Path::new("/dev/net/tun").exists(),
         "ferry devnet --netns needs /dev/net/tun"
     );
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut demo = Box::pin(demo(&opts));
-    #[cfg(unix)]
-    let result = tokio::select! {
-        r = &mut demo => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        _ = term.recv() => Err(anyhow::anyhow!("terminated")),
-    };
-    #[cfg(not(unix))]
-    let result = tokio::select! {
-        r = &mut demo => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
     // Dropping the demo future drops its Lab: children stopped, namespaces deleted.
-    drop(demo);
-    let report = result?;
+    let report = until_signal(demo(&opts)).await?;
     say(opts.json, "torn down: daemons stopped, namespaces deleted");
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

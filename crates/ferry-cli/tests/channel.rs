@@ -18,42 +18,17 @@ const STEP: Duration = Duration::from_secs(60);
 const LOOPBACK_STORE: &str = "[store]\nputs_per_minute = 1000\nper_source_items = 1000\n";
 
 fn start(infra: &Infra) -> FerryUp {
-    let profile = tempfile::tempdir().expect("profile");
-    let init = std::process::Command::new(ferry())
-        .arg("--profile")
-        .arg(profile.path())
-        .arg("init")
-        .output()
-        .expect("init");
-    assert!(init.status.success());
-    std::fs::write(profile.path().join("config.toml"), LOOPBACK_STORE).expect("config");
+    let profile = FerryUp::profile_with_config(ferry(), LOOPBACK_STORE).expect("profile");
     FerryUp::start_with_profile(ferry(), profile, &infra.ferry_args()).expect("up")
 }
 
 fn wait_capable(up: &FerryUp, n: u64) {
-    let start = Instant::now();
-    loop {
-        let s = up.json(&["store", "status", "--json"]).expect("status");
-        if s["capable_nodes"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        assert!(start.elapsed() < STEP, "only {s} capable peers");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    up.wait_store_capable(n, STEP).expect("store-capable peers");
 }
 
 /// Runs a CLI command until it succeeds; returns its JSON.
 fn retry_json(up: &FerryUp, args: &[&str]) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        match up.json(args) {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(start.elapsed() < STEP, "{args:?}: {e}");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    }
+    up.retry_json(args, STEP).expect("command")
 }
 
 /// The texts `up` reads in channel `id` (one sync).

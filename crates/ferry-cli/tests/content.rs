@@ -22,15 +22,7 @@ const LOOPBACK_STORE: &str = "[store]\nputs_per_minute = 1000\nper_source_items 
 
 /// Starts `ferry up` on a fresh profile (loopback store limits), with `env` set.
 fn start(infra: &Infra, env: &[(&str, &str)]) -> FerryUp {
-    let profile = tempfile::tempdir().expect("profile");
-    let init = std::process::Command::new(ferry())
-        .arg("--profile")
-        .arg(profile.path())
-        .arg("init")
-        .output()
-        .expect("init");
-    assert!(init.status.success());
-    std::fs::write(profile.path().join("config.toml"), LOOPBACK_STORE).expect("config");
+    let profile = FerryUp::profile_with_config(ferry(), LOOPBACK_STORE).expect("profile");
     for (k, v) in env {
         // SAFETY-free: set before spawning; tests in this file run serially per process state
         // only through the child's environment (inherited at spawn).
@@ -58,17 +50,7 @@ fn unsafe_env_remove(k: &str) {
 static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn wait_capable(up: &FerryUp, n: u64) {
-    let start = Instant::now();
-    loop {
-        let s = up
-            .json(&["store", "status", "--json"])
-            .expect("store status");
-        if s["capable_nodes"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        assert!(start.elapsed() < STEP, "only {s} capable peers");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    up.wait_store_capable(n, STEP).expect("store-capable peers");
 }
 
 /// Publishes `path` (retrying while the DHT converges until the record is stored); the id.

@@ -16,16 +16,7 @@ const STEP: Duration = Duration::from_secs(90);
 
 /// A fresh profile (`ferry init`) whose config.toml holds `config`.
 fn profile_with_config(config: &str) -> tempfile::TempDir {
-    let profile = tempfile::tempdir().expect("profile");
-    let init = std::process::Command::new(ferry())
-        .arg("--profile")
-        .arg(profile.path())
-        .arg("init")
-        .output()
-        .expect("init");
-    assert!(init.status.success());
-    std::fs::write(profile.path().join("config.toml"), config).expect("config");
-    profile
+    FerryUp::profile_with_config(ferry(), config).expect("profile")
 }
 
 /// Starts `ferry up` on a fresh profile whose config.toml holds `config`.
@@ -76,16 +67,7 @@ fn wait_capable(up: &FerryUp, n: u64) {
 
 /// Runs a CLI command until it succeeds (the DHT may still be converging); returns its JSON.
 fn retry_json(up: &FerryUp, args: &[&str]) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        match up.json(args) {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(start.elapsed() < STEP, "{args:?}: {e}");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    }
+    up.retry_json(args, STEP).expect("command")
 }
 
 fn wait_online(up: &FerryUp, pk: &str) {

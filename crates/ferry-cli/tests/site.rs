@@ -18,31 +18,12 @@ fn ferry() -> &'static Path {
 const STEP: Duration = Duration::from_secs(90);
 
 fn wait_capable(up: &FerryUp, n: u64) {
-    let start = Instant::now();
-    loop {
-        let s = up
-            .json(&["store", "status", "--json"])
-            .expect("store status");
-        if s["capable_nodes"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        assert!(start.elapsed() < STEP, "only {s} capable peers");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    up.wait_store_capable(n, STEP).expect("store-capable peers");
 }
 
 /// Runs a CLI command until it succeeds (the DHT may still be converging); returns its JSON.
 fn retry_json(up: &FerryUp, args: &[&str]) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        match up.json(args) {
-            Ok(v) => return v,
-            Err(e) => {
-                assert!(start.elapsed() < STEP, "{args:?}: {e}");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-    }
+    up.retry_json(args, STEP).expect("command")
 }
 
 fn chromium() -> Option<&'static str> {

@@ -1127,6 +1127,40 @@ impl DataShared {
         Ok(out.stored)
     }
 
+    /// Puts `item` (which this node owns) at `target` for [`ferry_data::item::MAX_TTL`] and
+    /// keeps it alive (owner re-puts, also after a restart). Returns how many nodes stored it.
+    ///
+    /// # Errors
+    /// 503 when no node stored it (the refusals named after `what`), lookup errors.
+    async fn put_owned(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        target: Target,
+        item: Item,
+        what: &str,
+    ) -> Result<usize, ApiError> {
+        let ttl_s = ferry_data::item::MAX_TTL.as_secs() as u32;
+        let out = self
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item: item.clone(),
+                    ttl_s,
+                    cas: None,
+                },
+            )
+            .await?;
+        self.own(target, item, ttl_s, out.min_ttl);
+        if out.stored == 0 {
+            return Err(ApiError::unavailable(format!(
+                "no node stored the {what} (refusals: {:?})",
+                out.refused
+            )));
+        }
+        Ok(out.stored)
+    }
+
     /// Every item (or mail envelope) found at `target`.
     ///
     /// # Errors
@@ -1191,28 +1225,10 @@ impl DataShared {
         let target = item
             .implied_target()
             .ok_or_else(|| ApiError::bad_request("item has no target"))?;
-        let ttl_s = ferry_data::item::MAX_TTL.as_secs() as u32;
-        let out = self
-            .run(
-                node,
-                target,
-                Operation::Put {
-                    item: item.clone(),
-                    ttl_s,
-                    cas: None,
-                },
-            )
-            .await?;
-        self.own(target, item, ttl_s, out.min_ttl);
-        if out.stored == 0 {
-            return Err(ApiError::unavailable(format!(
-                "no node stored the item (refusals: {:?})",
-                out.refused
-            )));
-        }
+        let stored = self.put_owned(node, target, item, "item").await?;
         Ok(ferry_api::DhtPutResult {
             target: hex::encode(target.0),
-            stored: out.stored as u64,
+            stored: stored as u64,
             seq,
         })
     }
@@ -1361,24 +1377,33 @@ impl DataShared {
     ) -> Result<ferry_api::NameInfo, ApiError> {
         let n = name::normalize(&req.name)
             .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
-        let target = name::name_target(&n);
-        let out = self.run(node, target, Operation::Get { seq: None }).await?;
-        let bits = lock(&self.state).host.store.config().claim_pow_bits;
-        let now_unix = unix_now();
-        let best = out
-            .items
-            .iter()
-            .filter_map(|i| name::resolve(&n, i, bits, now_unix).ok())
-            .max_by_key(|(r, _)| r.registered_unix);
-        let Some((rec, pk)) = best else {
-            return Err(ApiError::not_found(format!("name {n:?} is not registered")));
-        };
+        let (rec, pk) = self.find_name(node, &n).await?;
         Ok(ferry_api::NameInfo {
             name: n,
             tox_id: rec.tox_id.to_string(),
             fingerprint: hex::encode(&pk[..8]),
             expires_unix: rec.expires_unix,
         })
+    }
+
+    /// The newest valid record of normalized name `n` and its owner key.
+    ///
+    /// # Errors
+    /// 404 not registered; lookup errors.
+    async fn find_name(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        n: &str,
+    ) -> Result<(name::NameRecord, [u8; 32]), ApiError> {
+        let target = name::name_target(n);
+        let out = self.run(node, target, Operation::Get { seq: None }).await?;
+        let bits = lock(&self.state).host.store.config().claim_pow_bits;
+        let now_unix = unix_now();
+        out.items
+            .iter()
+            .filter_map(|i| name::resolve(n, i, bits, now_unix).ok())
+            .max_by_key(|(r, _)| r.registered_unix)
+            .ok_or_else(|| ApiError::not_found(format!("name {n:?} is not registered")))
     }
 
     /// `POST /v1/names/register`: first claim wins; re-registering one's own name renews it.
@@ -1491,27 +1516,9 @@ impl DataShared {
             ferry_data::site::sign_head(&secret, &n, &head, &mut st.rng)
         }
         .map_err(|_| ApiError::bad_request("invalid name"))?;
-        let item = Item::Mutable(m);
         let target = ferry_data::site::head_target(&own_pk);
-        let ttl_s = ferry_data::item::MAX_TTL.as_secs() as u32;
-        let out = self
-            .run(
-                node,
-                target,
-                Operation::Put {
-                    item: item.clone(),
-                    ttl_s,
-                    cas: None,
-                },
-            )
+        self.put_owned(node, target, Item::Mutable(m), "site head")
             .await?;
-        self.own(target, item, ttl_s, out.min_ttl);
-        if out.stored == 0 {
-            return Err(ApiError::unavailable(format!(
-                "no node stored the site head (refusals: {:?})",
-                out.refused
-            )));
-        }
         Ok((head, info))
     }
 
@@ -1526,18 +1533,7 @@ impl DataShared {
     ) -> Result<(ferry_data::site::SiteHead, ferry_api::NameInfo), ApiError> {
         let n = name::normalize(name_)
             .map_err(|_| ApiError::bad_request("invalid name (a-z 0-9 . _ -, 1-63 bytes)"))?;
-        let target = name::name_target(&n);
-        let out = self.run(node, target, Operation::Get { seq: None }).await?;
-        let bits = lock(&self.state).host.store.config().claim_pow_bits;
-        let now_unix = unix_now();
-        let Some((rec, owner)) = out
-            .items
-            .iter()
-            .filter_map(|i| name::resolve(&n, i, bits, now_unix).ok())
-            .max_by_key(|(r, _)| r.registered_unix)
-        else {
-            return Err(ApiError::not_found(format!("name {n:?} is not registered")));
-        };
+        let (rec, owner) = self.find_name(node, &n).await?;
         let head_target = ferry_data::site::head_target(&owner);
         let local = match lock(&self.state)
             .host

@@ -729,6 +729,62 @@ impl FerryUp {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Runs a CLI command until it succeeds (the DHT may still be converging), every 500 ms
+    /// for at most `within`; returns its JSON.
+    ///
+    /// # Errors
+    /// The last failure once `within` has passed.
+    pub fn retry_json(&self, args: &[&str], within: Duration) -> anyhow::Result<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            match self.json(args) {
+                Ok(v) => return Ok(v),
+                Err(e) if start.elapsed() >= within => return Err(e.context(format!("{args:?}"))),
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+
+    /// Waits (at most `within`) until the daemon knows at least `n` store-capable peers
+    /// (`ferry store status`).
+    ///
+    /// # Errors
+    /// Still fewer after `within`, with the last status.
+    pub fn wait_store_capable(&self, n: u64, within: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let s = self.json(&["store", "status", "--json"])?;
+            if s["capable_nodes"].as_u64().unwrap_or(0) >= n {
+                return Ok(());
+            }
+            if start.elapsed() >= within {
+                bail!("only {s} capable peers after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A fresh profile (`ferry init`) whose `config.toml` holds `config`.
+    ///
+    /// # Errors
+    /// `ferry init` or the write failing.
+    pub fn profile_with_config(ferry: &Path, config: &str) -> anyhow::Result<tempfile::TempDir> {
+        let profile = tempfile::tempdir()?;
+        let init = Command::new(ferry)
+            .arg("--profile")
+            .arg(profile.path())
+            .arg("init")
+            .output()?;
+        if !init.status.success() {
+            bail!(
+                "ferry init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        std::fs::write(profile.path().join("config.toml"), config)?;
+        Ok(profile)
+    }
+
     /// Stops the daemon with `ferry stop` and waits for it; returns whether it exited with success
     /// (a daemon still running after 10 s is killed by PID and counts as failure).
     ///
