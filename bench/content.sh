@@ -10,13 +10,14 @@
 # from all three. Both copies are checked against the source's BLAKE3 (b3sum, or python's
 # hashlib when b3sum is missing: sha256 then). Prints both rates (MiB/s over the fetch command's
 # wall time, and the daemon's own rate from the first provider session) and their ratio.
-# Profiles live in a temporary directory; processes are killed by PID on exit.
+# Profiles and files live in a temporary directory under $TMPDIR (2 x MIB MiB; TMPDIR=/dev/shm
+# when the disk is short); processes are killed by PID on exit.
 set -euo pipefail
 MIB=${1:-1024}
 cd "$(dirname "$0")/.."
 nice -n 10 cargo build --release -q -p ferry-cli --bin ferry
 FERRY=$PWD/target/release/ferry
-WORK=$(mktemp -d /tmp/ferry-contentbench.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ferry-contentbench.XXXXXX")
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
