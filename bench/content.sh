@@ -15,8 +15,11 @@
 set -euo pipefail
 MIB=${1:-1024}
 cd "$(dirname "$0")/.."
-nice -n 10 cargo build --release -q -p ferry-cli --bin ferry
-FERRY=$PWD/target/release/ferry
+# FERRY=path/to/ferry skips the build (e.g. one built with CARGO_PROFILE_RELEASE_DEBUG=0).
+if [ -z "${FERRY:-}" ]; then
+    nice -n 10 cargo build --release -q -p ferry-cli --bin ferry
+    FERRY=$PWD/target/release/ferry
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ferry-contentbench.XXXXXX")
 PIDS=()
 cleanup() {
