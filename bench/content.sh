@@ -31,28 +31,30 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start NAME [bootstrap args...]: init a profile and run `ferry up` in the background.
+# start NAME [bootstrap args...]: init a profile and run `ferry up` in the background (its UDP
+# port in PORT; not called in a subshell, so PIDS keeps the process for cleanup).
 start() {
     local name=$1; shift
-    local prof=$WORK/$name port
-    port=$(free_port)
-    "$FERRY" --profile "$prof" init >/dev/null
+    local prof=$WORK/$name
+    PORT=$(free_port)
+    "$FERRY" --profile "$prof" init >/dev/null 2>&1
     printf '[store]\nputs_per_minute = 1000\nper_source_items = 1000\n' >"$prof/config.toml"
-    "$FERRY" --profile "$prof" up --bind 127.0.0.1 --udp-port "$port" --no-lan \
-        --no-default-bootstrap "$@" 2>"$WORK/$name.log" &
+    "$FERRY" --profile "$prof" up --bind 127.0.0.1 --udp-port "$PORT" --no-lan \
+        --no-default-bootstrap "$@" >/dev/null 2>"$WORK/$name.log" </dev/null &
     PIDS+=($!)
     for _ in $(seq 100); do
-        "$FERRY" --profile "$prof" status --json >/dev/null 2>&1 && break
+        "$FERRY" --profile "$prof" status --json >/dev/null 2>&1 && return
         sleep 0.1
     done
-    echo "$port"
+    echo "ferry up $name never answered" >&2; exit 1
 }
 f() { local name=$1; shift; "$FERRY" --profile "$WORK/$name" "$@"; }
 
-BPORT=$(start boot)
+start boot
+BPORT=$PORT
 BKEY=$(f boot status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dht_public_key"])')
 BOOT=(--bootstrap "127.0.0.1:$BPORT:$BKEY")
-for n in p1 p2 p3 f1 f3; do start "$n" "${BOOT[@]}" >/dev/null; done
+for n in p1 p2 p3 f1 f3; do start "$n" "${BOOT[@]}"; done
 
 # Wait until every node knows >= 2 store-capable peers.
 for n in p1 p2 p3 f1 f3; do
