@@ -10,6 +10,8 @@
 # from all three. Both copies are checked against the source's BLAKE3 (b3sum, or python's
 # hashlib when b3sum is missing: sha256 then). Prints both rates (MiB/s over the fetch command's
 # wall time, and the daemon's own rate from the first provider session) and their ratio.
+# UPLOAD_KIB_S=N caps every node's content upload (`[content] upload_kib_s`), as a provider's
+# uplink would: on loopback one uncapped provider already saturates the fetcher's node task.
 # Profiles and files live in a temporary directory under $TMPDIR (2 x MIB MiB; TMPDIR=/dev/shm
 # when the disk is short); processes are killed by PID on exit.
 set -euo pipefail
@@ -39,6 +41,9 @@ start() {
     PORT=$(free_port)
     "$FERRY" --profile "$prof" init >/dev/null 2>&1
     printf '[store]\nputs_per_minute = 1000\nper_source_items = 1000\n' >"$prof/config.toml"
+    if [ -n "${UPLOAD_KIB_S:-}" ]; then
+        printf '[content]\nupload_kib_s = %s\n' "$UPLOAD_KIB_S" >>"$prof/config.toml"
+    fi
     "$FERRY" --profile "$prof" up --bind 127.0.0.1 --udp-port "$PORT" --no-lan \
         --no-default-bootstrap "$@" >/dev/null 2>"$WORK/$name.log" </dev/null &
     PIDS+=($!)
