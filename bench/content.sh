@@ -10,13 +10,19 @@
 # from all three. Both copies are checked against the source's BLAKE3 (b3sum, or python's
 # hashlib when b3sum is missing: sha256 then). Prints both rates (MiB/s over the fetch command's
 # wall time, and the daemon's own rate from the first provider session) and their ratio.
-# Profiles live in a temporary directory; processes are killed by PID on exit.
+# UPLOAD_KIB_S=N caps every node's content upload (`[content] upload_kib_s`), as a provider's
+# uplink would: on loopback one uncapped provider already saturates the fetcher's node task.
+# Profiles and files live in a temporary directory under $TMPDIR (2 x MIB MiB; TMPDIR=/dev/shm
+# when the disk is short); processes are killed by PID on exit.
 set -euo pipefail
 MIB=${1:-1024}
 cd "$(dirname "$0")/.."
-nice -n 10 cargo build --release -q -p ferry-cli --bin ferry
-FERRY=$PWD/target/release/ferry
-WORK=$(mktemp -d /tmp/ferry-contentbench.XXXXXX)
+# FERRY=path/to/ferry skips the build (e.g. one built with CARGO_PROFILE_RELEASE_DEBUG=0).
+if [ -z "${FERRY:-}" ]; then
+    nice -n 10 cargo build --release -q -p ferry-cli --bin ferry
+    FERRY=$PWD/target/release/ferry
+fi
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ferry-contentbench.XXXXXX")
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -27,28 +33,33 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start NAME [bootstrap args...]: init a profile and run `ferry up` in the background.
+# start NAME [bootstrap args...]: init a profile and run `ferry up` in the background (its UDP
+# port in PORT; not called in a subshell, so PIDS keeps the process for cleanup).
 start() {
     local name=$1; shift
-    local prof=$WORK/$name port
-    port=$(free_port)
-    "$FERRY" --profile "$prof" init >/dev/null
+    local prof=$WORK/$name
+    PORT=$(free_port)
+    "$FERRY" --profile "$prof" init >/dev/null 2>&1
     printf '[store]\nputs_per_minute = 1000\nper_source_items = 1000\n' >"$prof/config.toml"
-    "$FERRY" --profile "$prof" up --bind 127.0.0.1 --udp-port "$port" --no-lan \
-        --no-default-bootstrap "$@" 2>"$WORK/$name.log" &
+    if [ -n "${UPLOAD_KIB_S:-}" ]; then
+        printf '[content]\nupload_kib_s = %s\n' "$UPLOAD_KIB_S" >>"$prof/config.toml"
+    fi
+    "$FERRY" --profile "$prof" up --bind 127.0.0.1 --udp-port "$PORT" --no-lan \
+        --no-default-bootstrap "$@" >/dev/null 2>"$WORK/$name.log" </dev/null &
     PIDS+=($!)
     for _ in $(seq 100); do
-        "$FERRY" --profile "$prof" status --json >/dev/null 2>&1 && break
+        "$FERRY" --profile "$prof" status --json >/dev/null 2>&1 && return
         sleep 0.1
     done
-    echo "$port"
+    echo "ferry up $name never answered" >&2; exit 1
 }
 f() { local name=$1; shift; "$FERRY" --profile "$WORK/$name" "$@"; }
 
-BPORT=$(start boot)
+start boot
+BPORT=$PORT
 BKEY=$(f boot status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["dht_public_key"])')
 BOOT=(--bootstrap "127.0.0.1:$BPORT:$BKEY")
-for n in p1 p2 p3 f1 f3; do start "$n" "${BOOT[@]}" >/dev/null; done
+for n in p1 p2 p3 f1 f3; do start "$n" "${BOOT[@]}"; done
 
 # Wait until every node knows >= 2 store-capable peers.
 for n in p1 p2 p3 f1 f3; do

@@ -3,7 +3,8 @@
 //! in-process infrastructure nodes on 127.0.0.1; processes are stopped by PID (testkit).
 //! Providers are found through the DHT (provider records), content moves over net_crypto.
 //!
-//! `FERRY_CONTENT_TEST_MIB` sets the size of the big-file test (default 1024 = 1 GiB).
+//! `FERRY_CONTENT_TEST_MIB` sets the size of the big-file test (default 1024 = 1 GiB); it needs
+//! 2 × that in `$TMPDIR` (`TMPDIR=/dev/shm` when the disk is short).
 
 use std::io::Write;
 use std::path::Path;

@@ -8,7 +8,8 @@
 //!   dropped when it is next read. `obao/<id>`: each blob's bao outboard (64 B per 16 KiB
 //!   group); `manifests/<id>`: manifest blobs.
 //! * Quota: the bytes of all blobs served stay ≤ [`DEFAULT_QUOTA`] (or `[content] quota_mib`
-//!   in `config.toml`); a publish or fetch beyond it is refused.
+//!   in `config.toml`); a publish or fetch beyond it is refused. `[content] upload_kib_s` caps
+//!   the rate this node serves content at (all fetchers together; default: no cap).
 //!
 //! # Provider records in the DHT (`data-layer.md` §3.5)
 //! A provider announces content id `C` by putting a record at the value-store target
@@ -246,6 +247,8 @@ struct State {
     next_job: u64,
     next_req: u32,
     last_announce: Option<Instant>,
+    /// Upload token bucket (bytes) and when it was last filled.
+    bucket: (f64, Option<Instant>),
 }
 
 /// The content store and transfers of one node.
@@ -253,6 +256,8 @@ struct State {
 pub struct ContentShared {
     dir: PathBuf,
     quota: u64,
+    /// Upload cap for serving, bytes/s (0 = none).
+    upload_rate: u64,
     corrupt: bool,
     own_pk: PublicKey,
     state: Mutex<State>,
@@ -289,6 +294,7 @@ struct ConfigFile {
 #[derive(Debug, Default, Deserialize)]
 struct ContentConfig {
     quota_mib: Option<u64>,
+    upload_kib_s: Option<u64>,
 }
 
 impl ContentShared {
@@ -300,14 +306,16 @@ impl ContentShared {
         let dir = profile_dir.join(CONTENT_DIR);
         std::fs::create_dir_all(dir.join("obao"))?;
         std::fs::create_dir_all(dir.join("manifests"))?;
-        let quota = std::fs::read_to_string(profile_dir.join("config.toml"))
+        let config = std::fs::read_to_string(profile_dir.join("config.toml"))
             .ok()
             .and_then(|t| toml::from_str::<ConfigFile>(&t).ok())
-            .and_then(|c| c.content.quota_mib)
-            .map_or(DEFAULT_QUOTA, |m| m << 20);
+            .map(|c| c.content)
+            .unwrap_or_default();
+        let quota = config.quota_mib.map_or(DEFAULT_QUOTA, |m| m << 20);
         let me = Arc::new(Self {
             dir,
             quota,
+            upload_rate: config.upload_kib_s.unwrap_or(0).saturating_mul(1024),
             corrupt: std::env::var("FERRY_TEST_CORRUPT_CONTENT").is_ok_and(|v| v == "1"),
             own_pk,
             state: Mutex::new(State::default()),
@@ -997,6 +1005,16 @@ impl ContentShared {
     /// Sends queued responses to `pk` within net_crypto's send budget.
     fn serve(&self, st: &mut State, n: &mut Node, now: Instant, pk: PublicKey) {
         let mut budget = n.net_crypto().send_budget(&pk);
+        if self.upload_rate > 0 {
+            // Token bucket: `upload_rate` bytes/s, bursts of 20 ms.
+            let rate = self.upload_rate as f64;
+            let (tokens, at) = st.bucket;
+            let dt = at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+            let tokens = (tokens + dt * rate).min(rate * 0.02);
+            st.bucket = (tokens, Some(now));
+            budget = budget.min((tokens / (MAX_DATA_CHUNK + 5) as f64) as u32);
+            st.bucket.0 -= f64::from(budget) * (MAX_DATA_CHUNK + 5) as f64;
+        }
         while budget > 0 {
             let cur = st.serving.get_mut(&pk).and_then(|s| s.current.take());
             let (req, enc, mut pos) = match cur {
