@@ -1,9 +1,11 @@
 //! Live streams between real `ferry up` processes on loopback (issue 10 item 5): one streamer
-//! and three viewers. The viewers join first (`ferry stream watch NAME`), the streamer waits for
-//! them (`--wait-viewers 3`) and pipes 2.5 MiB of known bytes at 384 KiB/s
-//! (`ferry stream publish NAME --rate …`); each viewer's stdout must equal the input byte for
-//! byte (viewers that joined before the stream began get it from seq 0). Start-up delay and
-//! stalls are printed. Every daemon runs with `--no-default-bootstrap --no-lan --bind
+//! and four viewers. Three viewers join first (`ferry stream watch NAME`), the streamer waits for
+//! them (`--wait-viewers 3`) and pipes 3 MiB of known bytes at 384 KiB/s
+//! (`ferry stream publish NAME --rate …`, 256 KiB segments); each early viewer's stdout must
+//! equal the input byte for byte (viewers that joined before the stream began get it from seq
+//! 0). A fourth viewer joins by stream id after 3 segments: it gets a suffix of the input from a
+//! segment boundary (at most the 30 s live window back; this stream is shorter, so it may get
+//! all of it). Start-up delay and stalls are printed. Every daemon runs with `--no-default-bootstrap --no-lan --bind
 //! 127.0.0.1`; processes are stopped by PID.
 
 use std::io::Write;
@@ -74,15 +76,15 @@ fn cmd(up: &FerryUp, args: &[&str]) -> Command {
 }
 
 #[test]
-fn live_stream_reaches_three_viewers_byte_for_byte() {
+fn live_stream_reaches_four_viewers_byte_for_byte() {
     let infra = Infra::new(2).expect("infra");
-    let nodes: Vec<FerryUp> = (0..4)
+    let nodes: Vec<FerryUp> = (0..5)
         .map(|_| FerryUp::start(ferry(), &infra.ferry_args()).expect("ferry up"))
         .collect();
     for n in &nodes {
         wait_capable(n, 2);
     }
-    let input: Vec<u8> = (0..(5u32 << 19))
+    let input: Vec<u8> = (0..(3u32 << 20))
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let started = Instant::now();
@@ -102,15 +104,25 @@ fn live_stream_reaches_three_viewers_byte_for_byte() {
     )
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
+    .stderr(Stdio::piped())
     .spawn()
     .expect("publish");
     let mut stdin = publisher.stdin.take().expect("stdin");
     let mut publisher = KillOnDrop(publisher);
-    let published = collect(&mut publisher.0);
+    let mut id_reader = std::io::BufReader::new(publisher.0.stdout.take().expect("stdout"));
+    let mut id = String::new();
+    std::io::BufRead::read_line(&mut id_reader, &mut id).expect("stream id");
+    let id = id.trim().to_string();
+    let mut pub_err = publisher.0.stderr.take().expect("stderr");
+    let pub_log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pub_err, &mut s);
+        s
+    });
+    assert_eq!(id.len(), 64, "{id}");
     // The announcement is in the DHT once publish printed the id; viewers retry the lookup
     // anyway (30 s).
-    let mut viewers: Vec<KillOnDrop> = nodes[1..]
+    let mut viewers: Vec<KillOnDrop> = nodes[1..4]
         .iter()
         .map(|n| {
             KillOnDrop(
@@ -127,7 +139,32 @@ fn live_stream_reaches_three_viewers_byte_for_byte() {
         drop(stdin);
         input
     });
-    let readers: Vec<_> = viewers.iter_mut().map(|v| collect(&mut v.0)).collect();
+    let mut readers: Vec<_> = viewers.iter_mut().map(|v| collect(&mut v.0)).collect();
+    // A late joiner (by id) once the streamer pushed 3 segments: it gets the stream from near
+    // the live edge, a suffix of the input starting at a segment boundary.
+    let t = Instant::now();
+    loop {
+        let s = nodes[0]
+            .json(&["stream", "status", &id])
+            .expect("stream status");
+        if s["segments"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "stream did not start: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut late = KillOnDrop(
+        cmd(&nodes[4], &["stream", "watch", &id, "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("late watch"),
+    );
+    readers.push(collect(&mut late.0));
+    viewers.push(late);
     let mut outputs = Vec::new();
     for (v, r) in viewers.iter_mut().zip(readers) {
         let ok = wait(&mut v.0, Duration::from_secs(90));
@@ -139,8 +176,23 @@ fn live_stream_reaches_three_viewers_byte_for_byte() {
     let input = feeder.join().expect("feeder");
     eprintln!("all viewers done after {:?}", started.elapsed());
     for (i, (out, summary)) in outputs.iter().enumerate() {
-        assert_eq!(out.len(), input.len(), "viewer {i}: {summary}");
-        assert!(out == &input, "viewer {i} output differs: {summary}");
+        if i == 3 {
+            // The late joiner: a non-empty suffix of the input, from a segment boundary (all of
+            // it when the whole stream so far was still in its buffer at play start).
+            assert!(
+                !out.is_empty() && out.len() <= input.len(),
+                "late: {summary}"
+            );
+            let from = input.len() - out.len();
+            assert_eq!(from % (256 << 10), 0, "late joiner starts mid-segment");
+            assert!(
+                out[..] == input[from..],
+                "late joiner output differs: {summary}"
+            );
+        } else {
+            assert_eq!(out.len(), input.len(), "viewer {i}: {summary}");
+            assert!(out == &input, "viewer {i} output differs: {summary}");
+        }
         let s: serde_json::Value =
             serde_json::from_str(summary.trim().lines().last().unwrap_or(""))
                 .expect("summary json");
@@ -151,8 +203,13 @@ fn live_stream_reaches_three_viewers_byte_for_byte() {
         wait(&mut publisher.0, Duration::from_secs(30)),
         "publisher failed"
     );
-    let (id, _) = published.join().expect("publisher output");
-    eprintln!("stream id {}", String::from_utf8_lossy(&id).trim());
+    let log = pub_log.join().expect("publisher log");
+    eprintln!("stream id {id}; publisher: {log}");
+    let summary: serde_json::Value =
+        serde_json::from_str(log.trim().lines().last().unwrap_or("")).expect("publisher json");
+    let copies = summary["bytes_sent"].as_f64().unwrap_or(0.0) / input.len() as f64;
+    eprintln!("streamer upload: {copies:.2} copies of the stream");
+    assert!(copies <= 4.0, "streamer uploaded {copies:.2} copies");
     for n in nodes {
         n.stop().expect("stop");
     }

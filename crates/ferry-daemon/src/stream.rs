@@ -41,9 +41,11 @@
 //!
 //! # Output (viewers)
 //! A viewer writes verified segments in order from the first segment it can play: the segment
-//! its playback starts at, extended back over the contiguous run of segments already buffered
-//! before it. A viewer that joined before the stream began therefore gets it from seq 0; a late
-//! joiner gets it from near the live edge (the 30 s live window is not replayed). A segment its
+//! its playback starts at (the newest run of 3 buffered segments), extended back over the
+//! contiguous run of segments already buffered before it (pushed or pulled while starting). A
+//! viewer that joined before the stream began therefore gets it from seq 0; a late joiner gets
+//! it from a segment boundary near the live edge, at most the 30 s live window back (in the
+//! loopback test a viewer joining 3 segments into an 8 s stream got all of it). A segment its
 //! playback skipped (missing past the 3 s stall limit) is left out and counted as a gap. The
 //! streamer ends the stream by pushing an empty segment.
 //!
