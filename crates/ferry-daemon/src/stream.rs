@@ -51,8 +51,9 @@
 //!
 //! # Caps
 //! Hosted streams ≤ [`MAX_STREAMS`]; peers ≤ [`MAX_PEERS`]; contacts ≤ [`MAX_CONTACTS`]; queued
-//! bytes per peer ≤ [`MAX_PEER_QUEUE`] (whole messages beyond it are dropped; pull repair
-//! recovers segments); unread output per viewer ≤ [`MAX_OUTPUT`] (oldest bytes dropped and
+//! bytes per peer ≤ [`MAX_PEER_QUEUE`] and in all ≤ [`MAX_QUEUED`] (whole messages beyond it
+//! are dropped; pull repair recovers segments; a peer's queue is cleared when its session
+//! goes down); unread output per viewer ≤ [`MAX_OUTPUT`] (oldest bytes dropped and
 //! counted as gaps).
 
 use std::collections::{HashMap, VecDeque};
@@ -88,8 +89,10 @@ pub const MAX_STREAMS: usize = 8;
 pub const MAX_PEERS: usize = 256;
 /// Most known contacts: 4096.
 pub const MAX_CONTACTS: usize = 4096;
-/// Most bytes queued to one peer: 16 MiB.
-pub const MAX_PEER_QUEUE: usize = 16 << 20;
+/// Most bytes queued to one peer: 8 MiB.
+pub const MAX_PEER_QUEUE: usize = 8 << 20;
+/// Most bytes queued to all peers: 64 MiB.
+pub const MAX_QUEUED: usize = 64 << 20;
 /// Most unread output bytes per watched stream: 64 MiB.
 pub const MAX_OUTPUT: usize = 64 << 20;
 /// Most bytes of one `read` answer: 512 KiB.
@@ -594,6 +597,10 @@ impl StreamShared {
     pub fn peer_connection(&self, n: &mut Node, now: Instant, pk: PublicKey, online: bool) {
         let mut st = lock(&self.state);
         if let Some(p) = st.peers.get_mut(&pk) {
+            if p.online && !online {
+                p.out.clear();
+                p.out_bytes = 0;
+            }
             p.online = online;
             p.rx.clear();
             if online {
@@ -784,6 +791,11 @@ fn enqueue(st: &mut State, n: &mut Node, now: Instant, c: Contact, pkts: Vec<Vec
     if !st.peers.contains_key(&c.pk) && st.peers.len() >= MAX_PEERS {
         return;
     }
+    let len: usize = pkts.iter().map(Vec::len).sum();
+    let queued: usize = st.peers.values().map(|p| p.out_bytes).sum();
+    if queued + len > MAX_QUEUED {
+        return;
+    }
     let p = st.peers.entry(c.pk).or_default();
     if !p.dialed {
         p.dialed = true;
@@ -798,7 +810,6 @@ fn enqueue(st: &mut State, n: &mut Node, now: Instant, c: Contact, pkts: Vec<Vec
             .iter()
             .any(|f| f.public_key == c.pk && f.connection != ferry_proto::node::Connection::None);
     }
-    let len: usize = pkts.iter().map(Vec::len).sum();
     if p.out_bytes + len > MAX_PEER_QUEUE {
         return;
     }
