@@ -600,6 +600,9 @@ impl StreamShared {
             if p.online && !online {
                 p.out.clear();
                 p.out_bytes = 0;
+                // Re-dialed on the next message (the friend entry may be gone, e.g. a content
+                // guest expired by the content layer).
+                p.dialed = false;
             }
             p.online = online;
             p.rx.clear();
