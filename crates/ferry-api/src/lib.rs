@@ -865,6 +865,107 @@ pub struct SiteInfo {
     pub published_unix: u64,
 }
 
+/// `POST /v1/stream/publish` (`ferry stream publish NAME`): starts hosting a live stream whose
+/// key is derived from the node's long-term secret and `name`, and announces it in the DHT.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamPublish {
+    /// Stream name (1..=64 bytes of UTF-8).
+    pub name: String,
+}
+
+/// A hosted or watched stream (answer of `/v1/stream/publish` and `/v1/stream/watch`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Stream id: the streamer's Ed25519 verifying key, 64 hex digits.
+    pub id: String,
+    /// Stream name (as published; empty when watched by id).
+    pub name: String,
+    /// DHT nodes that stored the announcement (publish only).
+    pub announced: u64,
+}
+
+/// `POST /v1/stream/push`: the streamer's next segment (≤ 256 KiB); `end` pushes the empty
+/// end-of-stream segment instead.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamPush {
+    /// Stream id (hex).
+    pub id: String,
+    /// Segment bytes, hex.
+    pub data_hex: String,
+    /// End of stream (`data_hex` is ignored).
+    #[serde(default)]
+    pub end: bool,
+}
+
+/// `POST /v1/stream/watch` (`ferry stream watch NAME|ID`): finds the streamer in the DHT and
+/// joins its tree.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamWatch {
+    /// A stream name, or a stream id (64 hex digits).
+    pub stream: String,
+}
+
+/// `POST /v1/stream/read`: takes the watched stream's verified bytes in order (long-poll up to
+/// `wait_ms`, ≤ 10 000 ms).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamRead {
+    /// Stream id (hex).
+    pub id: String,
+    /// Longest wait for data, ms.
+    pub wait_ms: u64,
+}
+
+/// `POST /v1/stream/status` and `/v1/stream/close`: a stream by id.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamQuery {
+    /// Stream id (hex).
+    pub id: String,
+}
+
+/// A stream's figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// Stream id (hex).
+    pub id: String,
+    /// "streamer" or "viewer".
+    pub role: String,
+    /// Segments pushed (streamer) or written out in order (viewer).
+    pub segments: u64,
+    /// Bytes of those segments.
+    pub bytes: u64,
+    /// Viewer: join → first segment playable (3 buffered), ms.
+    pub startup_ms: Option<u64>,
+    /// Viewer: playback stalls and their total time, ms.
+    pub stalls: u64,
+    /// Stalled time, ms.
+    pub stalled_ms: u64,
+    /// Viewer: segments never received, skipped in the output.
+    pub gaps: u64,
+    /// Segments received by pull repair.
+    pub repaired: u64,
+    /// Streamer: viewers in its tracker registry.
+    pub viewers: u64,
+    /// Children fed (stripe slots in use).
+    pub children: u64,
+    /// Viewer: parents attached (0..=2).
+    pub parents: u64,
+    /// Bytes of stream messages sent.
+    pub bytes_sent: u64,
+    /// Viewer: the end-of-stream segment was reached.
+    pub ended: bool,
+}
+
+/// Answer of `POST /v1/stream/read`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamChunk {
+    /// Next bytes of the stream, hex (≤ 512 KiB).
+    pub data_hex: String,
+    /// No more bytes will come (end segment reached and everything read).
+    pub ended: bool,
+    /// Figures.
+    pub status: StreamStatus,
+}
+
 /// `POST /v1/content/fetch` (`ferry fetch ID --to DIR`): starts a fetch job; poll it with
 /// `POST /v1/content/job`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -1305,6 +1406,30 @@ pub trait Backend: Send + Sync + 'static {
     fn content_credits(&self) -> BoxFuture<'_, Result<Vec<CreditAccount>, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/stream/publish`.
+    fn stream_publish(&self, _req: StreamPublish) -> BoxFuture<'_, Result<StreamInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/stream/push`.
+    fn stream_push(&self, _req: StreamPush) -> BoxFuture<'_, Result<StreamStatus, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/stream/watch`.
+    fn stream_watch(&self, _req: StreamWatch) -> BoxFuture<'_, Result<StreamInfo, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/stream/read`.
+    fn stream_read(&self, _req: StreamRead) -> BoxFuture<'_, Result<StreamChunk, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/stream/status`.
+    fn stream_status(&self, _req: StreamQuery) -> BoxFuture<'_, Result<StreamStatus, ApiError>> {
+        unsupported()
+    }
+    /// `POST /v1/stream/close`.
+    fn stream_close(&self, _req: StreamQuery) -> BoxFuture<'_, Result<(), ApiError>> {
+        unsupported()
+    }
     /// `POST /v1/site/publish`.
     fn site_publish(&self, _req: SitePublish) -> BoxFuture<'_, Result<SiteInfo, ApiError>> {
         unsupported()
@@ -1430,6 +1555,24 @@ handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
 handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
 handler!(site_publish, post, site_publish, SitePublish, SiteInfo);
 handler!(content_credits, get, content_credits, Vec<CreditAccount>);
+handler!(
+    stream_publish,
+    post,
+    stream_publish,
+    StreamPublish,
+    StreamInfo
+);
+handler!(stream_push, post, stream_push, StreamPush, StreamStatus);
+handler!(stream_watch, post, stream_watch, StreamWatch, StreamInfo);
+handler!(stream_read, post, stream_read, StreamRead, StreamChunk);
+handler!(
+    stream_status,
+    post,
+    stream_status,
+    StreamQuery,
+    StreamStatus
+);
+handler!(stream_close, post_ok, stream_close, StreamQuery);
 handler!(site_resolve, post, site_resolve, NameRequest, SiteInfo);
 
 /// The v1 router over a backend.
@@ -1484,6 +1627,12 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/content/job", post(content_job::<B>))
         .route("/v1/site/publish", post(site_publish::<B>))
         .route("/v1/content/credits", get(content_credits::<B>))
+        .route("/v1/stream/publish", post(stream_publish::<B>))
+        .route("/v1/stream/push", post(stream_push::<B>))
+        .route("/v1/stream/watch", post(stream_watch::<B>))
+        .route("/v1/stream/read", post(stream_read::<B>))
+        .route("/v1/stream/status", post(stream_status::<B>))
+        .route("/v1/stream/close", post(stream_close::<B>))
         .route("/v1/site/resolve", post(site_resolve::<B>))
         .with_state(backend)
 }

@@ -25,6 +25,7 @@ mod files;
 mod market;
 mod sim_store;
 mod sim_swarm;
+mod stream;
 
 /// ferry: a peer-to-peer encrypted mesh network that speaks the Tox protocol.
 #[derive(Parser, Debug)]
@@ -203,6 +204,11 @@ enum Command {
         /// "receipted_bytes"}].
         #[arg(long)]
         json: bool,
+    },
+    /// Live streams: publish stdin, watch to stdout.
+    Stream {
+        #[command(subcommand)]
+        command: stream::StreamCommand,
     },
     /// Broadcast sites: a username bound to the latest version of a directory.
     Site {
@@ -647,6 +653,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             content::fetch(&client(profile_dir), id, to, json).await?;
         }
         Command::Site { command } => content::site(&client(profile_dir), command).await?,
+        Command::Stream { command } => stream::run(&client(profile_dir), command).await?,
         Command::Credits { json } => {
             let v: Vec<ferry_api::CreditAccount> =
                 client(profile_dir).get("/v1/content/credits").await?;

@@ -63,6 +63,8 @@ pub struct ChatShared {
     pub channels: std::sync::OnceLock<Arc<crate::channel::ChannelShared>>,
     /// Content publish/fetch ([`crate::content`]), once started.
     pub content: std::sync::OnceLock<Arc<crate::content::ContentShared>>,
+    /// Live streams ([`crate::stream`]), once started.
+    pub stream: std::sync::OnceLock<Arc<crate::stream::StreamShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -118,6 +120,7 @@ impl ChatShared {
             data: std::sync::OnceLock::new(),
             channels: std::sync::OnceLock::new(),
             content: std::sync::OnceLock::new(),
+            stream: std::sync::OnceLock::new(),
         }))
     }
 
@@ -832,6 +835,9 @@ impl EventHandler for ChatHandler {
                 if let Some(c) = s.content.get() {
                     c.peer_connection(node, now, public_key, connection != Connection::None);
                 }
+                if let Some(c) = s.stream.get() {
+                    c.peer_connection(node, now, public_key, connection != Connection::None);
+                }
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
@@ -998,12 +1004,26 @@ impl EventHandler for ChatHandler {
                     c.on_receipt(public_key, &data);
                 }
             }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::stream::STREAM_PACKET_ID)
+                && s.stream.get().is_some() =>
+            {
+                if let Some(c) = s.stream.get() {
+                    c.on_packet(node, now, public_key, &data);
+                }
+            }
             NodeEvent::UnknownPeer {
                 public_key,
                 dht_pk,
                 addr,
             } => {
                 if let Some(c) = s.content.get() {
+                    c.on_unknown_peer(node, now, public_key, dht_pk, addr);
+                }
+                if let Some(c) = s.stream.get() {
                     c.on_unknown_peer(node, now, public_key, dht_pk, addr);
                 }
             }

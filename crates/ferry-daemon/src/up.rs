@@ -192,6 +192,14 @@ impl NodeBackend {
             .ok_or_else(|| ApiError::not_found("this node has no content store"))
     }
 
+    fn streams(&self) -> Result<Arc<crate::stream::StreamShared>, ApiError> {
+        self.chat()?
+            .stream
+            .get()
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("this node has no stream host"))
+    }
+
     fn chat(&self) -> Result<&Arc<ChatShared>, ApiError> {
         self.chat
             .as_ref()
@@ -652,6 +660,51 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.content()?.job(req.job) })
     }
 
+    fn stream_publish(
+        &self,
+        req: ferry_api::StreamPublish,
+    ) -> BoxFuture<'_, Result<ferry_api::StreamInfo, ApiError>> {
+        Box::pin(async move {
+            let data = self.data().ok();
+            self.streams()?.publish(&self.node, data, req.name).await
+        })
+    }
+
+    fn stream_push(
+        &self,
+        req: ferry_api::StreamPush,
+    ) -> BoxFuture<'_, Result<ferry_api::StreamStatus, ApiError>> {
+        Box::pin(async move { self.streams()?.push(&self.node, req).await })
+    }
+
+    fn stream_watch(
+        &self,
+        req: ferry_api::StreamWatch,
+    ) -> BoxFuture<'_, Result<ferry_api::StreamInfo, ApiError>> {
+        Box::pin(async move {
+            let data = self.data().ok();
+            self.streams()?.watch(&self.node, data, req.stream).await
+        })
+    }
+
+    fn stream_read(
+        &self,
+        req: ferry_api::StreamRead,
+    ) -> BoxFuture<'_, Result<ferry_api::StreamChunk, ApiError>> {
+        Box::pin(async move { self.streams()?.read(req).await })
+    }
+
+    fn stream_status(
+        &self,
+        req: ferry_api::StreamQuery,
+    ) -> BoxFuture<'_, Result<ferry_api::StreamStatus, ApiError>> {
+        Box::pin(async move { self.streams()?.status(&req.id) })
+    }
+
+    fn stream_close(&self, req: ferry_api::StreamQuery) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.streams()?.close(&self.node, &req.id).await })
+    }
+
     fn content_credits(&self) -> BoxFuture<'_, Result<Vec<ferry_api::CreditAccount>, ApiError>> {
         Box::pin(async move { Ok(self.content()?.credits()) })
     }
@@ -863,6 +916,11 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         &identity.long_term.secret.to_bytes(),
     ));
     let _ = chat.content.set(Arc::clone(&content));
+    let streams = crate::stream::StreamShared::new(
+        identity.public_key(),
+        identity.long_term.secret.to_bytes(),
+    );
+    let _ = chat.stream.set(Arc::clone(&streams));
     let (node, join) =
         spawn_node_with_dht_keys(udp, options, dht_keys, ChatHandler(Arc::clone(&chat)))
             .context("starting the node")?;
@@ -907,6 +965,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
     let content_timer =
         crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
+    let stream_timer = crate::stream::spawn_timer(Arc::clone(&streams), node.clone());
     let gateway = match opts.gateway_port {
         Some(port) => {
             let (addr, task) = crate::gateway::spawn(
@@ -996,6 +1055,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     data_timer.abort();
     channel_sync.abort();
     content_timer.abort();
+    stream_timer.abort();
     if let Some(g) = gateway {
         g.abort();
     }

@@ -483,6 +483,27 @@ impl StreamNode {
         })
     }
 
+    /// A buffered segment's bytes (verified), if `seq` is still in the buffer (hosts copy
+    /// segments out in order, e.g. `ferry stream watch`).
+    pub fn segment_data(&self, seq: u64) -> Option<&[u8]> {
+        self.segments.get(&seq).map(|s| s.data.as_slice())
+    }
+
+    /// The newest segment buffered (or pushed, on the streamer).
+    pub fn newest(&self) -> Option<u64> {
+        self.newest
+    }
+
+    /// The next segment playback wants (viewers; everything below it was played or skipped).
+    pub fn play_seq(&self) -> u64 {
+        self.play_seq
+    }
+
+    /// Viewers in the tracker's registry (streamer).
+    pub fn registered(&self) -> usize {
+        self.registry.len()
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<StreamEvent> {
         self.events.pop_front()
