@@ -235,7 +235,9 @@ fn big_file_from_three_providers() {
         mib as f64 / secs
     );
     assert_eq!(s["providers_used"], 3, "{s}");
-    assert_eq!(s["providers_dropped"], 0, "{s}");
+    // All three served; on a loaded machine one may still be dropped as slow late in the
+    // transfer (its groups move to the others). Corruption is the other test's business.
+    assert!(s["providers_dropped"].as_u64().unwrap_or(9) <= 1, "{s}");
     assert_eq!(s["bytes"], mib << 20);
     assert_eq!(hash_file(&file), hash_file(&out.path().join("big.bin")));
     for n in p.into_iter().chain([c]) {
