@@ -804,6 +804,31 @@ pub struct ContentPublish {
     pub path: String,
 }
 
+/// `POST /v1/content/pin` (`ferry publish --pin`, `ferry unpin`): pin content this node
+/// published on storers (`pin`), or let it go (`!pin`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPin {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// Pin (true) or unpin (false).
+    pub pin: bool,
+}
+
+/// One row of `GET /v1/content/pins` (`ferry pins`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinStatus {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// This node's part: "publisher" (it pinned the item), "pin" or "extra" (it holds a
+    /// replica), "none" (after unpin).
+    pub role: String,
+    /// Long-term keys (hex) of the replicas this node knows live: the pins that accepted
+    /// (publisher), or the holder set including this node (holders).
+    pub holders: Vec<String>,
+    /// Whether this node has the content on disk (holders: replica fetched).
+    pub fetched: bool,
+}
+
 /// Result of [`ContentPublish`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContentPublished {
@@ -1301,6 +1326,14 @@ pub trait Backend: Send + Sync + 'static {
     fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/content/pin`.
+    fn content_pin(&self, _req: ContentPin) -> BoxFuture<'_, Result<PinStatus, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/content/pins`.
+    fn content_pins(&self) -> BoxFuture<'_, Result<Vec<PinStatus>, ApiError>> {
+        unsupported()
+    }
     /// `GET /v1/content/credits`.
     fn content_credits(&self) -> BoxFuture<'_, Result<Vec<CreditAccount>, ApiError>> {
         unsupported()
@@ -1430,6 +1463,8 @@ handler!(content_fetch, post, content_fetch, ContentFetch, ContentJob);
 handler!(content_job, post, content_job, ContentJobQuery, ContentJob);
 handler!(site_publish, post, site_publish, SitePublish, SiteInfo);
 handler!(content_credits, get, content_credits, Vec<CreditAccount>);
+handler!(content_pin, post, content_pin, ContentPin, PinStatus);
+handler!(content_pins, get, content_pins, Vec<PinStatus>);
 handler!(site_resolve, post, site_resolve, NameRequest, SiteInfo);
 
 /// The v1 router over a backend.
@@ -1484,6 +1519,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/content/job", post(content_job::<B>))
         .route("/v1/site/publish", post(site_publish::<B>))
         .route("/v1/content/credits", get(content_credits::<B>))
+        .route("/v1/content/pin", post(content_pin::<B>))
+        .route("/v1/content/pins", get(content_pins::<B>))
         .route("/v1/site/resolve", post(site_resolve::<B>))
         .with_state(backend)
 }

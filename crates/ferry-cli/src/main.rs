@@ -23,6 +23,7 @@ mod devnet_data;
 mod devnet_netns;
 mod files;
 mod market;
+mod pins;
 mod sim_store;
 mod sim_swarm;
 
@@ -182,6 +183,22 @@ enum Command {
         /// JSON: {"id", "name", "files", "bytes", "announced"}.
         #[arg(long)]
         json: bool,
+        /// Also ask the closest storers (nodes with `[content] store_for_others = true`) to
+        /// hold it: ≥ 3 replicas kept and repaired (see `ferry pins`).
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Pinned content: what this node published with `--pin` (the pins that accepted) and
+    /// the replicas it holds for others (with the holder set it sees live).
+    Pins {
+        /// JSON: [{"id", "role" ("publisher"|"pin"|"extra"), "holders" (keys), "fetched"}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop pinning content: a holder releases its replica; a publisher forgets the pin.
+    Unpin {
+        /// The content id (64 hex digits).
+        id: String,
     },
     /// Fetch content by id from every node that has it, verifying as it streams; writes the
     /// file or directory under its published name into DIR.
@@ -640,9 +657,15 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Publish { path, json } => {
-            content::publish(&client(profile_dir), path, json).await?;
+        Command::Publish { path, json, pin } => {
+            if pin {
+                pins::publish_pinned(&client(profile_dir), path, json).await?;
+            } else {
+                content::publish(&client(profile_dir), path, json).await?;
+            }
         }
+        Command::Pins { json } => pins::pins(&client(profile_dir), json).await?,
+        Command::Unpin { id } => pins::unpin(&client(profile_dir), id).await?,
         Command::Fetch { id, to, json } => {
             content::fetch(&client(profile_dir), id, to, json).await?;
         }

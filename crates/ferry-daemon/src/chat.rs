@@ -63,6 +63,8 @@ pub struct ChatShared {
     pub channels: std::sync::OnceLock<Arc<crate::channel::ChannelShared>>,
     /// Content publish/fetch ([`crate::content`]), once started.
     pub content: std::sync::OnceLock<Arc<crate::content::ContentShared>>,
+    /// Replication of pinned content ([`crate::replica`]), once started.
+    pub replica: std::sync::OnceLock<Arc<crate::replica::ReplicaShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -118,6 +120,7 @@ impl ChatShared {
             data: std::sync::OnceLock::new(),
             channels: std::sync::OnceLock::new(),
             content: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -832,6 +835,9 @@ impl EventHandler for ChatHandler {
                 if let Some(c) = s.content.get() {
                     c.peer_connection(node, now, public_key, connection != Connection::None);
                 }
+                if let Some(r) = s.replica.get() {
+                    r.peer_connection(node, now, public_key, connection != Connection::None);
+                }
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
@@ -998,6 +1004,17 @@ impl EventHandler for ChatHandler {
                     c.on_receipt(public_key, &data);
                 }
             }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::replica::REPLICA_PACKET_ID)
+                && s.replica.get().is_some() =>
+            {
+                if let Some(r) = s.replica.get() {
+                    r.on_packet(node, now, public_key, &data);
+                }
+            }
             NodeEvent::UnknownPeer {
                 public_key,
                 dht_pk,
@@ -1005,6 +1022,9 @@ impl EventHandler for ChatHandler {
             } => {
                 if let Some(c) = s.content.get() {
                     c.on_unknown_peer(node, now, public_key, dht_pk, addr);
+                }
+                if let Some(r) = s.replica.get() {
+                    r.on_unknown_peer(node, now, public_key, dht_pk, addr);
                 }
             }
             NodeEvent::CustomPacket {

@@ -554,6 +554,16 @@ impl ContentShared {
         v
     }
 
+    /// Total bytes of content `id` when this node serves it (published or fetched), for
+    /// replication ([`crate::replica`]).
+    pub fn content_size(&self, id: &ContentId) -> Option<u64> {
+        if !lock(&self.state).contents.contains(id) {
+            return None;
+        }
+        let bytes = std::fs::read(self.dir.join("manifests").join(id.to_hex())).ok()?;
+        Manifest::decode(&bytes).ok().map(|m| m.total_len())
+    }
+
     /// `POST /v1/content/publish`.
     ///
     /// # Errors

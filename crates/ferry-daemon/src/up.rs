@@ -652,6 +652,32 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.content()?.job(req.job) })
     }
 
+    fn content_pin(
+        &self,
+        req: ferry_api::ContentPin,
+    ) -> BoxFuture<'_, Result<ferry_api::PinStatus, ApiError>> {
+        Box::pin(async move {
+            let r = self
+                .chat()?
+                .replica
+                .get()
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("this node has no replication"))?;
+            r.pin(&self.node, &self.content()?, req).await
+        })
+    }
+
+    fn content_pins(&self) -> BoxFuture<'_, Result<Vec<ferry_api::PinStatus>, ApiError>> {
+        Box::pin(async move {
+            Ok(self
+                .chat()?
+                .replica
+                .get()
+                .map(|r| r.pins())
+                .unwrap_or_default())
+        })
+    }
+
     fn content_credits(&self) -> BoxFuture<'_, Result<Vec<ferry_api::CreditAccount>, ApiError>> {
         Box::pin(async move { Ok(self.content()?.credits()) })
     }
@@ -907,6 +933,20 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     let channel_sync = crate::channel::spawn_sync(Arc::clone(&channels));
     let content_timer =
         crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
+    let replica = crate::replica::ReplicaShared::new(
+        profile_dir,
+        identity.public_key(),
+        ferry_crypto::rng::FerryRng::from_seed(
+            ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
+        ),
+    );
+    let _ = chat.replica.set(Arc::clone(&replica));
+    let replica_timer = crate::replica::spawn_timer(
+        replica,
+        Arc::clone(&content),
+        Arc::clone(&data),
+        node.clone(),
+    );
     let gateway = match opts.gateway_port {
         Some(port) => {
             let (addr, task) = crate::gateway::spawn(
@@ -996,6 +1036,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     data_timer.abort();
     channel_sync.abort();
     content_timer.abort();
+    replica_timer.abort();
     if let Some(g) = gateway {
         g.abort();
     }
