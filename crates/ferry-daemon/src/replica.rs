@@ -573,6 +573,7 @@ pub fn spawn_timer(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_announce: Option<Instant> = None;
+        let mut last_try: Option<Instant> = None;
         let mut last_fetch = Instant::now();
         loop {
             tokio::time::sleep(TICK).await;
@@ -589,9 +590,14 @@ pub fn spawn_timer(
             }
             if replica.settings.store_for_others
                 && last_announce.is_none_or(|t| t.elapsed() > STORER_INTERVAL)
+                && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
             {
+                last_try = Some(Instant::now());
                 match replica.announce(&node, &data).await {
-                    Ok(n) if n > 0 => last_announce = Some(Instant::now()),
+                    Ok(n) if n > 0 => {
+                        tracing::info!(stored = n, "storer record announced");
+                        last_announce = Some(Instant::now());
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e.message, "storer record"),
                 }
