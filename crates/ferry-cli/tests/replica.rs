@@ -146,11 +146,26 @@ fn pinned_content_survives_publisher_and_holder_loss() {
             "--json",
         ])
         .expect("fetch");
-    assert!(
-        o.status.success(),
-        "fetch without the publisher failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    if !o.status.success() {
+        for (i, s) in storers.iter().enumerate() {
+            if let Some(s) = s {
+                for l in s.stderr.snapshot() {
+                    if l.contains("replica")
+                        || l.contains("provider")
+                        || l.contains("guest")
+                        || l.contains("fetch")
+                    {
+                        eprintln!("storer {i}: {l}");
+                    }
+                }
+            }
+        }
+        panic!(
+            "fetch without the publisher failed: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            fresh.stderr.snapshot().join("\n")
+        );
+    }
     assert_eq!(
         std::fs::read(&file).expect("src"),
         std::fs::read(out.path().join("pinned.bin")).expect("out")

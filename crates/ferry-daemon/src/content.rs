@@ -564,6 +564,20 @@ impl ContentShared {
         Manifest::decode(&bytes).ok().map(|m| m.total_len())
     }
 
+    /// Puts our provider record for `id` now (a replica just fetched, [`crate::replica`]);
+    /// how many nodes stored it.
+    ///
+    /// # Errors
+    /// As the value-store put.
+    pub async fn announce_now(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        data: &Arc<DataShared>,
+        id: ContentId,
+    ) -> Result<usize, ApiError> {
+        self.announce(node, data, id).await
+    }
+
     /// `POST /v1/content/publish`.
     ///
     /// # Errors

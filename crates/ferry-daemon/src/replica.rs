@@ -139,6 +139,8 @@ struct Fetching {
     job: Option<u64>,
     /// Done (content on disk and served).
     done: bool,
+    /// Our provider record for it was stored.
+    announced: bool,
 }
 
 #[derive(Debug)]
@@ -519,6 +521,22 @@ impl ReplicaShared {
         data: &Arc<DataShared>,
         content: &Arc<ContentShared>,
     ) {
+        let to_announce: Vec<ContentId> = {
+            let st = lock(&self.state);
+            st.fetching
+                .iter()
+                .filter(|(_, f)| f.done && !f.announced)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in to_announce {
+            if let Ok(n) = content.announce_now(node, data, id).await
+                && n > 0
+                && let Some(f) = lock(&self.state).fetching.get_mut(&id)
+            {
+                f.announced = true;
+            }
+        }
         let work: Vec<(ContentId, Option<u64>)> = {
             let st = lock(&self.state);
             st.fetching
