@@ -188,10 +188,22 @@ fn pinned_content_survives_publisher_and_holder_loss() {
             );
             break;
         }
-        assert!(
-            repair_start.elapsed() < Duration::from_secs(45),
-            "not repaired: {h:?}"
-        );
+        if repair_start.elapsed() > Duration::from_secs(45) {
+            for (i, s) in storers.iter().enumerate() {
+                if let Some(s) = s {
+                    eprintln!(
+                        "storer {i} pins: {}",
+                        s.json(&["pins", "--json"]).expect("pins")
+                    );
+                    for l in s.stderr.snapshot() {
+                        if l.contains("replica") || l.contains("holding") || l.contains("pinned") {
+                            eprintln!("storer {i}: {l}");
+                        }
+                    }
+                }
+            }
+            panic!("not repaired: {h:?}");
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(holders(&storers, &id).len() >= 3);

@@ -184,6 +184,7 @@ impl ReplicaShared {
         let settings = ReplicaSettings::load(profile_dir);
         let config = ReplicaConfig {
             check_interval: settings.check_interval,
+            check_timeout: (settings.check_interval / 3).min(Duration::from_secs(5)),
             quota_bytes: settings.quota_bytes,
             capable: settings.store_for_others,
             ..ReplicaConfig::default()
@@ -592,6 +593,7 @@ pub fn spawn_timer(
     tokio::spawn(async move {
         let mut last_announce: Option<Instant> = None;
         let mut last_try: Option<Instant> = None;
+        let mut last_refresh = Instant::now();
         let mut last_fetch = Instant::now();
         loop {
             tokio::time::sleep(TICK).await;
@@ -621,6 +623,26 @@ pub fn spawn_timer(
                 }
             }
             replica.answer_candidates(&node, &data).await;
+            let unknown = {
+                let st = lock(&replica.state);
+                st.queued.keys().any(|k| !st.storers.contains_key(k))
+            };
+            if last_refresh.elapsed() > Duration::from_secs(if unknown { 2 } else { 60 }) {
+                last_refresh = Instant::now();
+                replica.refresh_storers(&node, &data).await;
+                let r = Arc::clone(&replica);
+                let _ = node
+                    .call(move |n, now| {
+                        let st = lock(&r.state);
+                        for k in st.queued.keys() {
+                            if let Some(rec) = st.storers.get(k) {
+                                let _ = n.add_friend_norequest(now, *k);
+                                let _ = n.set_friend_dht_key(now, k, rec.dht_pk, rec.addr);
+                            }
+                        }
+                    })
+                    .await;
+            }
             if last_fetch.elapsed() > Duration::from_secs(1) {
                 last_fetch = Instant::now();
                 replica.fetch_held(&node, &data, &content).await;

@@ -882,7 +882,11 @@ impl ReplicaManager {
             if x.role == Role::Extra && x.renewed_until.is_some_and(|t| t <= now) {
                 continue; // ran out; removed below
             }
-            x.awaiting = Some((now + timeout, 1));
+            // A check still in flight keeps its deadline and attempt count (a round shorter
+            // than two timeouts must not keep a silent holder alive).
+            if x.awaiting.is_none() {
+                x.awaiting = Some((now + timeout, 1));
+            }
             let others: Vec<HolderEntry> = all
                 .iter()
                 .filter(|e| e.node.public_key != x.node.public_key)
