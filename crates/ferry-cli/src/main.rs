@@ -134,6 +134,10 @@ enum Command {
         /// only; a site version this node lacks is fetched on first visit).
         #[arg(long, value_name = "PORT")]
         gateway: Option<u16>,
+        /// Hold pinned content for publishers (as `[content] store_for_others = true`; quota
+        /// `[content] replica_quota_mib`, default 1024).
+        #[arg(long)]
+        store_content: bool,
     },
     /// Paid forwarding: this node's account, balance and payment channels.
     Wallet {
@@ -554,6 +558,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             relay_node,
             market,
             gateway,
+            store_content,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -578,6 +583,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 relay_node,
                 market: market.flags(),
                 gateway_port: gateway,
+                store_content,
             };
             run_up(profile_dir, opts).await?;
         }

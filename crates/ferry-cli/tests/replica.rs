@@ -20,7 +20,9 @@ const STEP: Duration = Duration::from_secs(60);
 /// Loopback store limits (every node is one source prefix to a holder).
 const LOOPBACK_STORE: &str = "[store]\nputs_per_minute = 1000\nper_source_items = 1000\n";
 
-fn start(infra: &Infra, storer: bool) -> FerryUp {
+/// Starts `ferry up`; `storer`: 0 none, 1 by `[content] store_for_others`, 2 by
+/// `--store-content`.
+fn start(infra: &Infra, storer: u8) -> FerryUp {
     let profile = tempfile::tempdir().expect("profile");
     let init = std::process::Command::new(ferry())
         .arg("--profile")
@@ -30,11 +32,17 @@ fn start(infra: &Infra, storer: bool) -> FerryUp {
         .expect("init");
     assert!(init.status.success());
     let mut config = LOOPBACK_STORE.to_string();
-    if storer {
-        config.push_str("[content]\nstore_for_others = true\nreplica_check_secs = 3\n");
+    let mut args = infra.ferry_args();
+    match storer {
+        1 => config.push_str("[content]\nstore_for_others = true\nreplica_check_secs = 3\n"),
+        2 => {
+            config.push_str("[content]\nreplica_check_secs = 3\n");
+            args.push("--store-content".into());
+        }
+        _ => {}
     }
     std::fs::write(profile.path().join("config.toml"), config).expect("config");
-    FerryUp::start_with_profile(ferry(), profile, &infra.ferry_args()).expect("up")
+    FerryUp::start_with_profile(ferry(), profile, &args).expect("up")
 }
 
 fn wait_capable(up: &FerryUp, n: u64) {
@@ -74,8 +82,10 @@ fn holders(storers: &[Option<FerryUp>], id: &str) -> Vec<usize> {
 fn pinned_content_survives_publisher_and_holder_loss() {
     let t0 = Instant::now();
     let infra = Infra::new(2).expect("infra");
-    let publisher = start(&infra, false);
-    let mut storers: Vec<Option<FerryUp>> = (0..5).map(|_| Some(start(&infra, true))).collect();
+    let publisher = start(&infra, 0);
+    let mut storers: Vec<Option<FerryUp>> = (0..5)
+        .map(|i| Some(start(&infra, if i % 2 == 0 { 1 } else { 2 })))
+        .collect();
     wait_capable(&publisher, 2);
     for s in storers.iter().flatten() {
         wait_capable(s, 2);
@@ -134,7 +144,7 @@ fn pinned_content_survives_publisher_and_holder_loss() {
     assert!(first.len() >= 3);
     // The publisher leaves; a fresh node fetches from the replicas.
     assert!(publisher.stop().expect("stop publisher"));
-    let fresh = start(&infra, false);
+    let fresh = start(&infra, 0);
     wait_capable(&fresh, 2);
     let out = tempfile::tempdir().expect("out");
     let o = fresh

@@ -8,6 +8,8 @@
 //! replica_quota_mib = 1024    # bytes held for others stay below this (default 1024)
 //! replica_check_secs = 300    # pins check each other this often (default 300; tests lower it)
 //! ```
+//! `ferry up --store-content` turns `store_for_others` on for one run. Check timeouts are
+//! `min(5 s, interval / 3)`; each item keeps 3 + 1 spare pins ([`ReplicaConfig`] defaults).
 //!
 //! # Storer records
 //! A storer announces itself at the value-store target `BLAKE3-derive("ferry v1 content
@@ -180,8 +182,15 @@ fn xor_dist(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
 
 impl ReplicaShared {
     /// A replication host for the node with long-term key `own_pk`.
-    pub fn new(profile_dir: &Path, own_pk: PublicKey, rng: FerryRng) -> Arc<Self> {
-        let settings = ReplicaSettings::load(profile_dir);
+    /// `store_content` (`ferry up --store-content`) turns storing on over the config file.
+    pub fn new(
+        profile_dir: &Path,
+        store_content: bool,
+        own_pk: PublicKey,
+        rng: FerryRng,
+    ) -> Arc<Self> {
+        let mut settings = ReplicaSettings::load(profile_dir);
+        settings.store_for_others |= store_content;
         let config = ReplicaConfig {
             check_interval: settings.check_interval,
             check_timeout: (settings.check_interval / 3).min(Duration::from_secs(5)),

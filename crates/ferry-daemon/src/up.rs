@@ -64,6 +64,9 @@ pub struct UpOptions {
     /// `--gateway PORT`: serve broadcast sites over HTTP on 127.0.0.1:PORT
     /// ([`crate::gateway`]; 0 = any free port); `None`: no gateway.
     pub gateway_port: Option<u16>,
+    /// `--store-content`: hold pinned content for others even without `[content]
+    /// store_for_others = true` ([`crate::replica`]).
+    pub store_content: bool,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -116,6 +119,7 @@ impl Default for UpOptions {
             relay_node: false,
             market: crate::market::MarketFlags::default(),
             gateway_port: None,
+            store_content: false,
         }
     }
 }
@@ -935,6 +939,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
     let replica = crate::replica::ReplicaShared::new(
         profile_dir,
+        opts.store_content,
         identity.public_key(),
         ferry_crypto::rng::FerryRng::from_seed(
             ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
