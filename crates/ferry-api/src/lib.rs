@@ -825,7 +825,8 @@ pub struct PinStatus {
     /// Long-term keys (hex) of the replicas this node knows live: the pins that accepted
     /// (publisher), or the holder set including this node (holders).
     pub holders: Vec<String>,
-    /// Whether this node has the content on disk (holders: replica fetched).
+    /// Whether this node has the content on disk (holders: replica fetched and announced as a
+    /// provider).
     pub fetched: bool,
 }
 

@@ -438,7 +438,7 @@ impl ReplicaShared {
                     Role::Extra => "extra".into(),
                 },
                 holders,
-                fetched: st.fetching.get(&cid).is_some_and(|f| f.done),
+                fetched: st.fetching.get(&cid).is_some_and(|f| f.done && f.announced),
             });
         }
         v.sort_by(|a, b| a.id.cmp(&b.id).then(a.role.cmp(&b.role)));
