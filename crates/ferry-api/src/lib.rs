@@ -804,6 +804,32 @@ pub struct ContentPublish {
     pub path: String,
 }
 
+/// `POST /v1/content/pin` (`ferry publish --pin`, `ferry unpin`): pin content this node
+/// published on storers (`pin`), or let it go (`!pin`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContentPin {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// Pin (true) or unpin (false).
+    pub pin: bool,
+}
+
+/// One row of `GET /v1/content/pins` (`ferry pins`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinStatus {
+    /// The content id, 64 hex digits.
+    pub id: String,
+    /// This node's part: "publisher" (it pinned the item), "pin" or "extra" (it holds a
+    /// replica), "none" (after unpin).
+    pub role: String,
+    /// Long-term keys (hex) of the replicas this node knows live: the pins that accepted
+    /// (publisher), or the holder set including this node (holders).
+    pub holders: Vec<String>,
+    /// Whether this node has the content on disk (holders: replica fetched and announced as a
+    /// provider).
+    pub fetched: bool,
+}
+
 /// Result of [`ContentPublish`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContentPublished {
@@ -1402,6 +1428,14 @@ pub trait Backend: Send + Sync + 'static {
     fn content_job(&self, _req: ContentJobQuery) -> BoxFuture<'_, Result<ContentJob, ApiError>> {
         unsupported()
     }
+    /// `POST /v1/content/pin`.
+    fn content_pin(&self, _req: ContentPin) -> BoxFuture<'_, Result<PinStatus, ApiError>> {
+        unsupported()
+    }
+    /// `GET /v1/content/pins`.
+    fn content_pins(&self) -> BoxFuture<'_, Result<Vec<PinStatus>, ApiError>> {
+        unsupported()
+    }
     /// `GET /v1/content/credits`.
     fn content_credits(&self) -> BoxFuture<'_, Result<Vec<CreditAccount>, ApiError>> {
         unsupported()
@@ -1573,6 +1607,8 @@ handler!(
     StreamStatus
 );
 handler!(stream_close, post_ok, stream_close, StreamQuery);
+handler!(content_pin, post, content_pin, ContentPin, PinStatus);
+handler!(content_pins, get, content_pins, Vec<PinStatus>);
 handler!(site_resolve, post, site_resolve, NameRequest, SiteInfo);
 
 /// The v1 router over a backend.
@@ -1633,6 +1669,8 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
         .route("/v1/stream/read", post(stream_read::<B>))
         .route("/v1/stream/status", post(stream_status::<B>))
         .route("/v1/stream/close", post(stream_close::<B>))
+        .route("/v1/content/pin", post(content_pin::<B>))
+        .route("/v1/content/pins", get(content_pins::<B>))
         .route("/v1/site/resolve", post(site_resolve::<B>))
         .with_state(backend)
 }

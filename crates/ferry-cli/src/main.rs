@@ -23,6 +23,7 @@ mod devnet_data;
 mod devnet_netns;
 mod files;
 mod market;
+mod pins;
 mod sim_store;
 mod sim_swarm;
 mod stream;
@@ -134,6 +135,10 @@ enum Command {
         /// only; a site version this node lacks is fetched on first visit).
         #[arg(long, value_name = "PORT")]
         gateway: Option<u16>,
+        /// Hold pinned content for publishers (as `[content] store_for_others = true`; quota
+        /// `[content] replica_quota_mib`, default 1024).
+        #[arg(long)]
+        store_content: bool,
     },
     /// Paid forwarding: this node's account, balance and payment channels.
     Wallet {
@@ -183,6 +188,22 @@ enum Command {
         /// JSON: {"id", "name", "files", "bytes", "announced"}.
         #[arg(long)]
         json: bool,
+        /// Also ask the closest storers (nodes with `[content] store_for_others = true`) to
+        /// hold it: ≥ 3 replicas kept and repaired (see `ferry pins`).
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Pinned content: what this node published with `--pin` (the pins that accepted) and
+    /// the replicas it holds for others (with the holder set it sees live).
+    Pins {
+        /// JSON: [{"id", "role" ("publisher"|"pin"|"extra"), "holders" (keys), "fetched"}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop pinning content: a holder releases its replica; a publisher forgets the pin.
+    Unpin {
+        /// The content id (64 hex digits).
+        id: String,
     },
     /// Fetch content by id from every node that has it, verifying as it streams; writes the
     /// file or directory under its published name into DIR.
@@ -543,6 +564,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
             relay_node,
             market,
             gateway,
+            store_content,
         } => {
             let opts = UpOptions {
                 udp_port,
@@ -567,6 +589,7 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 relay_node,
                 market: market.flags(),
                 gateway_port: gateway,
+                store_content,
             };
             run_up(profile_dir, opts).await?;
         }
@@ -646,9 +669,15 @@ async fn run(command: Command, profile_dir: &Path) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Publish { path, json } => {
-            content::publish(&client(profile_dir), path, json).await?;
+        Command::Publish { path, json, pin } => {
+            if pin {
+                pins::publish_pinned(&client(profile_dir), path, json).await?;
+            } else {
+                content::publish(&client(profile_dir), path, json).await?;
+            }
         }
+        Command::Pins { json } => pins::pins(&client(profile_dir), json).await?,
+        Command::Unpin { id } => pins::unpin(&client(profile_dir), id).await?,
         Command::Fetch { id, to, json } => {
             content::fetch(&client(profile_dir), id, to, json).await?;
         }

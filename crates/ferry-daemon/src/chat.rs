@@ -65,6 +65,8 @@ pub struct ChatShared {
     pub content: std::sync::OnceLock<Arc<crate::content::ContentShared>>,
     /// Live streams ([`crate::stream`]), once started.
     pub stream: std::sync::OnceLock<Arc<crate::stream::StreamShared>>,
+    /// Replication of pinned content ([`crate::replica`]), once started.
+    pub replica: std::sync::OnceLock<Arc<crate::replica::ReplicaShared>>,
 }
 
 /// The friend request message a node sends a service node it befriends by key
@@ -121,6 +123,7 @@ impl ChatShared {
             channels: std::sync::OnceLock::new(),
             content: std::sync::OnceLock::new(),
             stream: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
         }))
     }
 
@@ -838,6 +841,9 @@ impl EventHandler for ChatHandler {
                 if let Some(c) = s.stream.get() {
                     c.peer_connection(node, now, public_key, connection != Connection::None);
                 }
+                if let Some(r) = s.replica.get() {
+                    r.peer_connection(node, now, public_key, connection != Connection::None);
+                }
                 if connection == Connection::None {
                     lock(&s.pending).retain(|(k, _), _| *k != public_key);
                     s.tunnel.circuits.peer_gone(node, now, public_key);
@@ -1015,6 +1021,17 @@ impl EventHandler for ChatHandler {
                     c.on_packet(node, now, public_key, &data);
                 }
             }
+            NodeEvent::CustomPacket {
+                public_key,
+                lossless: true,
+                data,
+            } if data.first() == Some(&crate::replica::REPLICA_PACKET_ID)
+                && s.replica.get().is_some() =>
+            {
+                if let Some(r) = s.replica.get() {
+                    r.on_packet(node, now, public_key, &data);
+                }
+            }
             NodeEvent::UnknownPeer {
                 public_key,
                 dht_pk,
@@ -1025,6 +1042,9 @@ impl EventHandler for ChatHandler {
                 }
                 if let Some(c) = s.stream.get() {
                     c.on_unknown_peer(node, now, public_key, dht_pk, addr);
+                }
+                if let Some(r) = s.replica.get() {
+                    r.on_unknown_peer(node, now, public_key, dht_pk, addr);
                 }
             }
             NodeEvent::CustomPacket {

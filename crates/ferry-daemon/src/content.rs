@@ -562,6 +562,30 @@ impl ContentShared {
         v
     }
 
+    /// Total bytes of content `id` when this node serves it (published or fetched), for
+    /// replication ([`crate::replica`]).
+    pub fn content_size(&self, id: &ContentId) -> Option<u64> {
+        if !lock(&self.state).contents.contains(id) {
+            return None;
+        }
+        let bytes = std::fs::read(self.dir.join("manifests").join(id.to_hex())).ok()?;
+        Manifest::decode(&bytes).ok().map(|m| m.total_len())
+    }
+
+    /// Puts our provider record for `id` now (a replica just fetched, [`crate::replica`]);
+    /// how many nodes stored it.
+    ///
+    /// # Errors
+    /// As the value-store put.
+    pub async fn announce_now(
+        self: &Arc<Self>,
+        node: &NodeHandle,
+        data: &Arc<DataShared>,
+        id: ContentId,
+    ) -> Result<usize, ApiError> {
+        self.announce(node, data, id).await
+    }
+
     /// `POST /v1/content/publish`.
     ///
     /// # Errors

@@ -19,6 +19,7 @@ pub mod files;
 pub mod gateway;
 pub mod market;
 pub mod profile;
+pub mod replica;
 pub mod stream;
 pub mod tap;
 pub mod toxfile;

@@ -64,6 +64,9 @@ pub struct UpOptions {
     /// `--gateway PORT`: serve broadcast sites over HTTP on 127.0.0.1:PORT
     /// ([`crate::gateway`]; 0 = any free port); `None`: no gateway.
     pub gateway_port: Option<u16>,
+    /// `--store-content`: hold pinned content for others even without `[content]
+    /// store_for_others = true` ([`crate::replica`]).
+    pub store_content: bool,
 }
 
 /// The TCP relays a node starts with, in order of preference: every `--relay-peer`, then, unless
@@ -116,6 +119,7 @@ impl Default for UpOptions {
             relay_node: false,
             market: crate::market::MarketFlags::default(),
             gateway_port: None,
+            store_content: false,
         }
     }
 }
@@ -705,6 +709,32 @@ impl Backend for NodeBackend {
         Box::pin(async move { self.streams()?.close(&self.node, &req.id).await })
     }
 
+    fn content_pin(
+        &self,
+        req: ferry_api::ContentPin,
+    ) -> BoxFuture<'_, Result<ferry_api::PinStatus, ApiError>> {
+        Box::pin(async move {
+            let r = self
+                .chat()?
+                .replica
+                .get()
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("this node has no replication"))?;
+            r.pin(&self.node, &self.content()?, req).await
+        })
+    }
+
+    fn content_pins(&self) -> BoxFuture<'_, Result<Vec<ferry_api::PinStatus>, ApiError>> {
+        Box::pin(async move {
+            Ok(self
+                .chat()?
+                .replica
+                .get()
+                .map(|r| r.pins())
+                .unwrap_or_default())
+        })
+    }
+
     fn content_credits(&self) -> BoxFuture<'_, Result<Vec<ferry_api::CreditAccount>, ApiError>> {
         Box::pin(async move { Ok(self.content()?.credits()) })
     }
@@ -966,6 +996,21 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     let content_timer =
         crate::content::spawn_timer(Arc::clone(&content), Arc::clone(&data), node.clone());
     let stream_timer = crate::stream::spawn_timer(Arc::clone(&streams), node.clone());
+    let replica = crate::replica::ReplicaShared::new(
+        profile_dir,
+        opts.store_content,
+        identity.public_key(),
+        ferry_crypto::rng::FerryRng::from_seed(
+            ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?,
+        ),
+    );
+    let _ = chat.replica.set(Arc::clone(&replica));
+    let replica_timer = crate::replica::spawn_timer(
+        replica,
+        Arc::clone(&content),
+        Arc::clone(&data),
+        node.clone(),
+    );
     let gateway = match opts.gateway_port {
         Some(port) => {
             let (addr, task) = crate::gateway::spawn(
@@ -1056,6 +1101,7 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
     channel_sync.abort();
     content_timer.abort();
     stream_timer.abort();
+    replica_timer.abort();
     if let Some(g) = gateway {
         g.abort();
     }

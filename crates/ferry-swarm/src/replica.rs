@@ -316,6 +316,28 @@ impl ReplicaManager {
         self.items.iter().map(|(k, h)| (k, h.role))
     }
 
+    /// The other holders this node believes live for `id` (their keys), empty when not held.
+    pub fn holders(&self, id: &ContentId) -> Vec<PublicKey> {
+        self.items
+            .get(id)
+            .map(|h| h.holders.iter().map(|x| x.node.public_key).collect())
+            .unwrap_or_default()
+    }
+
+    /// Drops `id` now (the operator unpinned it here, or the data is gone): later checks are
+    /// answered "not holding", so the other holders repair without us. Also abandons a
+    /// publish of `id` under way. Returns whether anything was dropped.
+    pub fn release(&mut self, id: &ContentId) -> bool {
+        let published = self.publishing.remove(id).is_some();
+        match self.items.remove(id) {
+            Some(h) => {
+                self.used = self.used.saturating_sub(h.size);
+                true
+            }
+            None => published,
+        }
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<ReplicaEvent> {
         self.events.pop_front()
@@ -860,7 +882,11 @@ impl ReplicaManager {
             if x.role == Role::Extra && x.renewed_until.is_some_and(|t| t <= now) {
                 continue; // ran out; removed below
             }
-            x.awaiting = Some((now + timeout, 1));
+            // A check still in flight keeps its deadline and attempt count (a round shorter
+            // than two timeouts must not keep a silent holder alive).
+            if x.awaiting.is_none() {
+                x.awaiting = Some((now + timeout, 1));
+            }
             let others: Vec<HolderEntry> = all
                 .iter()
                 .filter(|e| e.node.public_key != x.node.public_key)

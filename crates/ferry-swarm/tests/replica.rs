@@ -237,3 +237,34 @@ fn quota_and_capability_refuse() {
         assert!(i < 4, "a small or legacy node holds it: {i}");
     }
 }
+
+/// A check interval shorter than two check timeouts still detects a silent holder (a round
+/// keeps the in-flight check's deadline), and a released item is dropped and repaired around.
+#[test]
+fn short_interval_repairs_and_release_drops() {
+    let cfg = ReplicaConfig {
+        check_interval: Duration::from_secs(3),
+        check_timeout: Duration::from_secs(5),
+        ..ReplicaConfig::default()
+    };
+    let mut net = Net::new(10, &cfg);
+    let publisher = net.order[0];
+    net.with(publisher, |n, now| {
+        assert!(n.publish(now, ID, 1 << 20, WEEK));
+    });
+    net.run(Duration::from_secs(5));
+    let h = net.holders(&ID);
+    assert_eq!(h.len(), cfg.pins(), "{h:?}");
+    net.kill(h[0].0);
+    net.run(Duration::from_secs(40));
+    let after = net.holders(&ID);
+    assert_eq!(after.len(), cfg.pins(), "not repaired: {after:?}");
+    assert!(!after.iter().any(|x| x.0 == h[0].0));
+    // One holder releases: it no longer holds, and the others repair without it.
+    let leaving = after[0].0;
+    net.with(leaving, |n, _| assert!(n.release(&ID)));
+    net.with(leaving, |n, _| assert_eq!(n.used_bytes(), 0));
+    net.run(Duration::from_secs(80));
+    let last = net.holders(&ID);
+    assert_eq!(last.len(), cfg.pins(), "{last:?}");
+}
