@@ -506,7 +506,7 @@ fn forged_and_stale_mutable_items_are_refused() {
 /// Quota overflow from one source does not evict others' items (`data-layer.md` §3.1 fair
 /// share): holder H holds at most 12 items; V (source 127.0.2.0/24) stores 3 items, then F
 /// (source 127.0.3.0/24) floods 40. H refuses or evicts only F's items: with V and F stopped,
-/// a fresh node still gets all of V's items, from H alone.
+/// H still holds every one of V's items.
 #[test]
 fn flood_from_one_source_does_not_evict_others_items() {
     let infra = Infra::new(2).expect("infra");
@@ -559,18 +559,10 @@ fn flood_from_one_source_does_not_evict_others_items() {
     );
     assert!(v.stop().expect("stop v"));
     assert!(f.stop().expect("stop f"));
-    // R first learns V and F (stopped) as capable peers too: a get may miss until it asks H.
-    let r = FerryUp::start(ferry(), &infra.ferry_args()).expect("r");
-    wait_capable(&r, 1);
+    // With V and F stopped, H's own `dht get` can only find V's items in H's store. (Soon:
+    // H is young, so it granted the items a short lifetime, and their owner is gone.)
     for (i, target) in mine.iter().enumerate() {
-        let start = Instant::now();
-        let got = loop {
-            let got = retry_json(&r, &["dht", "get", target, "--json"]);
-            if got["found"] == true || start.elapsed() > STEP {
-                break got;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let got = retry_json(&h, &["dht", "get", target, "--json"]);
         assert_eq!(
             got["found"],
             true,
@@ -579,7 +571,6 @@ fn flood_from_one_source_does_not_evict_others_items() {
         );
         assert_eq!(got["value"], format!("victim item {i}"));
     }
-    assert!(r.stop().expect("stop r"));
     assert!(h.stop().expect("stop h"));
 }
 
