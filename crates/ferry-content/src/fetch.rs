@@ -275,7 +275,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Fetch<P> {
             let Some(i) = self.take_inflight(req) else {
                 continue;
             };
-            self.requeue(i.start, i.end);
+            // A whole-blob request has no groups to requeue (its `start..end` holds the
+            // claimed length, or `0..WHOLE` before the size came): `fill` asks the next
+            // provider once nothing is in flight.
+            if self.len.is_some() {
+                self.requeue(i.start, i.end);
+            }
             self.out
                 .push_back((i.provider, ContentPacket::Cancel { req }));
             let strikes = self.providers.get_mut(&i.provider).map(|s| {
@@ -466,8 +471,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Fetch<P> {
         Some(i)
     }
 
+    /// Puts groups `start..end` (clamped to the blob's groups) that are neither done nor in
+    /// flight back in the queue.
     fn requeue(&mut self, start: u64, end: u64) {
-        for g in start..end {
+        for g in start..end.min(self.groups) {
             let idx = usize::try_from(g).unwrap_or(usize::MAX);
             if !self.done.get(idx).copied().unwrap_or(true)
                 && self.copies.get(&g).copied().unwrap_or(0) == 0
@@ -791,6 +798,24 @@ mod tests {
         let (out, drops, _) = run(&d, &ps, true, &[]);
         assert_eq!(out, d);
         assert_eq!(drops, vec![(0, DropReason::Corrupt)]);
+    }
+
+    #[test]
+    fn whole_fetch_from_silent_providers_ends() {
+        // Regression (fuzz): a whole-blob request timing out before its size arrived once
+        // requeued groups `0..WHOLE`, a loop of 2^64 steps.
+        let d = data(40_000);
+        let ps = [prov(&d, false, true), prov(&d, false, true)];
+        let (_, drops, _) = run(&d, &ps, true, &[0, 1]);
+        assert_eq!(
+            drops,
+            vec![(0, DropReason::Slow), (1, DropReason::Slow)],
+            "both silent providers dropped after their strikes"
+        );
+        // One silent provider, then a good one: the fetch completes through the second.
+        let (out, drops, _) = run(&d, &ps, true, &[0]);
+        assert_eq!(out, d);
+        assert_eq!(drops, vec![(0, DropReason::Slow)]);
     }
 
     #[test]
