@@ -371,6 +371,40 @@ fn demand_adds_extra_replicas_and_they_lapse() {
     let grown = fetch_start.elapsed();
     eprintln!("holders grew {base:?} -> {peak:?} {grown:?} after the fetches started");
     assert!(peak.len() > base.len() && peak.len() > 4);
+    // The new holders are demand extras, and the downloads were counted where they were served.
+    let extras = storers
+        .iter()
+        .flatten()
+        .filter(|s| {
+            s.json(&["pins", "--json"])
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .any(|p| p["id"] == id.as_str() && p["role"] == "extra")
+        })
+        .count();
+    let count = |up: &FerryUp, what: &str| {
+        up.stderr
+            .snapshot()
+            .iter()
+            .filter(|l| l.contains(what) && l.contains(id.as_str()))
+            .count()
+    };
+    let recorded: usize = storers
+        .iter()
+        .flatten()
+        .map(|s| count(s, "replica download"))
+        .sum();
+    let forwarded = count(&publisher, "download forwarded to a pin");
+    eprintln!(
+        "{extras} extras; downloads counted: {recorded} by holders, {forwarded} forwarded by the publisher"
+    );
+    assert!(extras >= 1, "no storer holds an extra replica");
+    assert!(
+        recorded + forwarded >= 5,
+        "{recorded} + {forwarded} downloads counted"
+    );
     // No more downloads: after the 18 s window and the 10 s extra TTL, back to the pins.
     let fall_start = Instant::now();
     let after = loop {

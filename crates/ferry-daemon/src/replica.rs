@@ -21,7 +21,8 @@
 //! [`ReplicaMsg::Fetch`]es, so the host counts them ([`ReplicaShared::on_download`]): when this
 //! node queues a `get` for the manifest blob of an item (the blob whose id is the content id,
 //! the first thing every fetch asks for), the fetching peer counts once per
-//! [`DOWNLOAD_DEDUP`] (≤ [`MAX_RECENT`] peer/item pairs remembered). A holder feeds the count
+//! [`DOWNLOAD_DEDUP`] (≤ [`MAX_RECENT`] peer/item pairs remembered); a peer this node knows as
+//! a holder of the item (fetching its replica) does not count. A holder feeds the count
 //! to its manager ([`ReplicaManager::record_download`]), which reports it to the leader in its
 //! checks. The publisher holds no replica in its manager, so it forwards the count as a
 //! [`ReplicaMsg::Fetch`] to the pin with the lowest key it placed (the likely leader; any pin
@@ -316,7 +317,15 @@ impl ReplicaShared {
                 .get(&blob)
                 .and_then(|p| p.iter().min().copied())
         };
-        if !held && pin.is_none() {
+        // A holder fetching its own replica is not demand.
+        let holder = if held {
+            st.mgr.holders(&blob.0).contains(&fetcher)
+        } else {
+            st.published
+                .get(&blob)
+                .is_some_and(|p| p.contains(&fetcher))
+        };
+        if (!held && pin.is_none()) || holder {
             return;
         }
         let key = (fetcher, blob);
