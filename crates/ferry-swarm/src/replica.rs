@@ -26,6 +26,9 @@
 //!   `r(t) = max(pins, ceil(d / downloads_per_replica))`, capped at `max_replicas` (64).
 //!   Extras beyond the pins are renewed by the leader for [`ReplicaConfig::extra_ttl`] while the
 //!   target needs them; when demand falls they are no longer renewed and drop at their TTL.
+//! * **Lookups**: a leader short of candidates asks for a lookup at most once per
+//!   [`ReplicaConfig::check_timeout`] per item (an answer with no usable node is not re-asked at
+//!   once).
 //! * **Quota**: a node accepts an item only while `used + size ≤ quota_bytes` and it holds fewer
 //!   than [`ReplicaConfig::max_items`] items.
 //!
@@ -196,6 +199,9 @@ pub struct ReplicaStats {
     pub served: u64,
     /// Undecodable datagrams.
     pub malformed: u64,
+    /// Candidate lookups asked for by this node as leader (repair and extras; at most one per
+    /// item per [`ReplicaConfig::check_timeout`]).
+    pub lookups: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -244,6 +250,9 @@ struct Recruit {
     /// Stores in flight: node, deadline, role offered.
     pending: Vec<(PackedNode, Instant, Role)>,
     asked: bool,
+    /// When the holder's last candidate lookup was asked for (repair and extras ask again only
+    /// [`ReplicaConfig::check_timeout`] later: no lookup storm when no candidate is left).
+    last_ask: Option<Instant>,
     /// Nodes already asked (not asked again for this item).
     tried: Vec<PublicKey>,
 }
@@ -868,8 +877,16 @@ impl ReplicaManager {
             h.recruit.pending.push((c, now + cfg.check_timeout, role));
             stores.push((c, role));
         }
-        if short && !h.recruit.asked && h.recruit.pending.is_empty() {
+        if short
+            && !h.recruit.asked
+            && h.recruit.pending.is_empty()
+            && h.recruit
+                .last_ask
+                .is_none_or(|t| now >= t + cfg.check_timeout)
+        {
             h.recruit.asked = true;
+            h.recruit.last_ask = Some(now);
+            self.stats.lookups += 1;
             // Forget old refusals: quotas change and nodes come and go.
             h.recruit.tried.clear();
             self.events.push_back(ReplicaEvent::NeedCandidates { id });

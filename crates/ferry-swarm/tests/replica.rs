@@ -260,6 +260,39 @@ fn recorded_downloads_add_extras_once_per_fetcher_and_they_expire() {
 }
 
 #[test]
+fn no_lookup_storm_when_no_candidate_is_left() {
+    // Publisher + 4 pins and nobody else: demand for 7 replicas cannot be met (the publisher
+    // is the only candidate left).
+    let cfg = ReplicaConfig {
+        downloads_per_replica: 1,
+        check_interval: Duration::from_secs(10),
+        check_timeout: Duration::from_secs(2),
+        ..ReplicaConfig::default()
+    };
+    let mut net = Net::new(5, &cfg);
+    let publisher = net.order[0];
+    net.with(publisher, |n, now| {
+        assert!(n.publish(now, ID, 1 << 20, WEEK));
+    });
+    net.run(Duration::from_secs(5));
+    let h = net.holders(&ID);
+    assert_eq!(h.len(), cfg.pins());
+    net.with(h[0].0, |n, now| {
+        for k in 0..7u8 {
+            assert!(n.record_download(now, &ID, PublicKey([k + 1; 32])));
+        }
+    });
+    net.run(Duration::from_secs(65));
+    let lookups: u64 = h
+        .iter()
+        .filter_map(|(a, _)| net.nodes.get(a).map(|(_, n)| n.stats().lookups))
+        .sum();
+    // 60 s at one lookup per 2 s at most (the 10 ms network would allow thousands).
+    assert!((1..=31).contains(&lookups), "{lookups} lookups");
+    assert_eq!(net.holders(&ID).len(), cfg.pins() + 1);
+}
+
+#[test]
 fn recorded_downloads_are_capped_per_bucket() {
     let cfg = ReplicaConfig::default();
     let mut net = Net::new(8, &cfg);
