@@ -32,7 +32,8 @@
 //! A storer announces itself at the value-store target `BLAKE3-derive("ferry v1 content
 //! storers", "")` with the same multi-writer mail-envelope record as a content provider
 //! ([`crate::content::ProviderRecord`]: long-term key, DHT key, address), TTL
-//! [`STORER_TTL`], re-put every [`STORER_INTERVAL`]. One well-known target holds at most 64
+//! [`STORER_TTL`], re-put every [`STORER_INTERVAL`] (the first [`STORER_EARLY_PUTS`] every
+//! [`STORER_EARLY_INTERVAL`], while the DHT forms). One well-known target holds at most 64
 //! storers (the mail-envelope cap): enough for small meshes; a sharded directory (target per
 //! key prefix) is the follow-up. Candidates for an item are the storers whose long-term key is
 //! closest (XOR) to the content id.
@@ -85,6 +86,12 @@ pub const REPLICA_PACKET_ID: u8 = 176;
 pub const STORER_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Storers re-put their record this often: 30 min.
 pub const STORER_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// The first [`STORER_EARLY_PUTS`] storer-record puts come this often (10 s): a put made while
+/// the DHT is still forming lands on nodes that are not the target's closest once it has
+/// formed, and lookups then miss the record until the next put.
+pub const STORER_EARLY_INTERVAL: Duration = Duration::from_secs(10);
+/// Storer-record puts made at [`STORER_EARLY_INTERVAL`] before [`STORER_INTERVAL`] applies.
+pub const STORER_EARLY_PUTS: u32 = 4;
 /// Pins are asked to keep an item this long: 30 days.
 pub const PIN_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// Most peers with queued packets or accepted as replica guests.
@@ -692,6 +699,7 @@ pub fn spawn_timer(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_announce: Option<Instant> = None;
+        let mut announces = 0u32;
         let mut last_try: Option<Instant> = None;
         let mut last_refresh = Instant::now();
         let mut last_fetch = Instant::now();
@@ -709,7 +717,14 @@ pub fn spawn_timer(
                 return;
             }
             if replica.settings.store_for_others
-                && last_announce.is_none_or(|t| t.elapsed() > STORER_INTERVAL)
+                && last_announce.is_none_or(|t| {
+                    t.elapsed()
+                        > if announces < STORER_EARLY_PUTS {
+                            STORER_EARLY_INTERVAL
+                        } else {
+                            STORER_INTERVAL
+                        }
+                })
                 && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
             {
                 last_try = Some(Instant::now());
@@ -717,6 +732,7 @@ pub fn spawn_timer(
                     Ok(n) if n > 0 => {
                         tracing::info!(stored = n, "storer record announced");
                         last_announce = Some(Instant::now());
+                        announces = announces.saturating_add(1);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e.message, "storer record"),
