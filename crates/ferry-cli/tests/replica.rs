@@ -3,7 +3,8 @@
 //! bootstraps from in-process infrastructure nodes on 127.0.0.1; processes are stopped by PID
 //! (testkit). A publisher pins a file on storers (`[content] store_for_others = true`, checks
 //! every 3 s); a fresh node fetches it with the publisher gone; a holder is stopped and the
-//! pins repair the set.
+//! pins repair the set. With one replica per download and a 3-second demand bucket, six
+//! concurrent fetches make the leader add extra replicas, and they lapse once demand falls.
 
 use std::io::Write;
 use std::path::Path;
@@ -23,6 +24,11 @@ const LOOPBACK_STORE: &str = "[store]\nputs_per_minute = 1000\nper_source_items 
 /// Starts `ferry up`; `storer`: 0 none, 1 by `[content] store_for_others`, 2 by
 /// `--store-content`.
 fn start(infra: &Infra, storer: u8) -> FerryUp {
+    start_with(infra, storer, "")
+}
+
+/// [`start`] with `content` lines appended to the `[content]` table (storers only).
+fn start_with(infra: &Infra, storer: u8, content: &str) -> FerryUp {
     let profile = tempfile::tempdir().expect("profile");
     let init = std::process::Command::new(ferry())
         .arg("--profile")
@@ -40,6 +46,9 @@ fn start(infra: &Infra, storer: u8) -> FerryUp {
             args.push("--store-content".into());
         }
         _ => {}
+    }
+    if storer != 0 {
+        config.push_str(content);
     }
     std::fs::write(profile.path().join("config.toml"), config).expect("config");
     FerryUp::start_with_profile(ferry(), profile, &args).expect("up")
@@ -228,4 +237,196 @@ fn pinned_content_survives_publisher_and_holder_loss() {
     }
     assert!(fresh.stop().expect("stop"));
     eprintln!("replica test took {:?}", t0.elapsed());
+}
+
+/// Demand knobs of the demand test (storers started with `--store-content`, so checks every
+/// 3 s): one replica per download, extras live 10 s unrenewed, 3 s buckets (18 s window).
+const DEMAND: &str = "replica_downloads_per_replica = 1\nreplica_extra_ttl_secs = 10\n\
+                      replica_demand_bucket_secs = 3\n";
+
+fn write_file(path: &Path, words: usize, seed: u64) {
+    let mut f = std::fs::File::create(path).expect("f");
+    let mut x = seed;
+    for _ in 0..words {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.write_all(&x.to_le_bytes()).expect("w");
+    }
+}
+
+#[test]
+fn demand_adds_extra_replicas_and_they_lapse() {
+    let t0 = Instant::now();
+    let infra = Infra::new(2).expect("infra");
+    let publisher = start(&infra, 0);
+    let storers: Vec<Option<FerryUp>> = (0..7)
+        .map(|_| Some(start_with(&infra, 2, DEMAND)))
+        .collect();
+    let fetchers: Vec<FerryUp> = (0..3).map(|_| start(&infra, 0)).collect();
+    wait_capable(&publisher, 2);
+    for s in storers.iter().flatten().chain(fetchers.iter()) {
+        wait_capable(s, 2);
+    }
+    eprintln!("{} daemons up after {:?}", 11, t0.elapsed());
+    let src = tempfile::tempdir().expect("src");
+    let file = src.path().join("popular.bin");
+    write_file(&file, 1 << 15, 0x2545_f491_4f6c_dd1d);
+    let path = file.to_str().expect("utf-8");
+    let id = loop {
+        let v = publisher
+            .json(&["publish", path, "--json"])
+            .expect("publish");
+        if v["announced"].as_u64().unwrap_or(0) > 0 {
+            break v["id"].as_str().expect("id").to_string();
+        }
+        assert!(t0.elapsed() < STEP, "provider record never stored: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let pin_start = Instant::now();
+    let mut last_pin = Instant::now() - Duration::from_secs(60);
+    let base = loop {
+        if last_pin.elapsed() > Duration::from_secs(15) {
+            publisher
+                .json(&["publish", path, "--pin", "--json"])
+                .expect("publish --pin");
+            last_pin = Instant::now();
+        }
+        let h = holders(&storers, &id);
+        if h.len() >= 4 {
+            break h;
+        }
+        assert!(
+            pin_start.elapsed() < STEP,
+            "only {h:?} hold it; publisher pins: {}",
+            publisher.json(&["pins", "--json"]).expect("pins")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    eprintln!("pinned on storers {base:?} after {:?}", pin_start.elapsed());
+    // Six peers fetch at once: the three fetchers and the three storers that hold nothing.
+    let downloaders: Vec<&FerryUp> = fetchers
+        .iter()
+        .chain(
+            storers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !base.contains(i))
+                .filter_map(|(_, s)| s.as_ref()),
+        )
+        .collect();
+    assert_eq!(downloaders.len(), 6);
+    let fetch_start = Instant::now();
+    std::thread::scope(|sc| {
+        for d in &downloaders {
+            let id = id.as_str();
+            sc.spawn(move || {
+                let out = tempfile::tempdir().expect("out");
+                let o = d
+                    .cli(&["fetch", id, "--to", out.path().to_str().expect("utf-8")])
+                    .expect("fetch");
+                assert!(
+                    o.status.success(),
+                    "fetch failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                assert_eq!(
+                    std::fs::read(out.path().join("popular.bin"))
+                        .expect("out")
+                        .len(),
+                    8 << 15
+                );
+            });
+        }
+    });
+    eprintln!("six fetches done in {:?}", fetch_start.elapsed());
+    // Demand (6 downloads per window, one replica per download): extras beyond the 4 pins.
+    let mut peak = base.clone();
+    loop {
+        let h = holders(&storers, &id);
+        if h.len() > peak.len() {
+            peak = h;
+        }
+        if peak.len() > 4 && fetch_start.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        if fetch_start.elapsed() > Duration::from_secs(25) {
+            for (i, s) in storers.iter().enumerate() {
+                if let Some(s) = s {
+                    eprintln!(
+                        "storer {i} pins: {}",
+                        s.json(&["pins", "--json"]).expect("pins")
+                    );
+                    for l in s.stderr.snapshot() {
+                        if l.contains("replica") || l.contains("holding") {
+                            eprintln!("storer {i}: {l}");
+                        }
+                    }
+                }
+            }
+            panic!("demand added no replica: {peak:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let grown = fetch_start.elapsed();
+    eprintln!("holders grew {base:?} -> {peak:?} {grown:?} after the fetches started");
+    assert!(peak.len() > base.len() && peak.len() > 4);
+    // The new holders are demand extras, and the downloads were counted where they were served.
+    let extras = storers
+        .iter()
+        .flatten()
+        .filter(|s| {
+            s.json(&["pins", "--json"])
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .any(|p| p["id"] == id.as_str() && p["role"] == "extra")
+        })
+        .count();
+    let count = |up: &FerryUp, what: &str| {
+        up.stderr
+            .snapshot()
+            .iter()
+            .filter(|l| l.contains(what) && l.contains(id.as_str()))
+            .count()
+    };
+    let recorded: usize = storers
+        .iter()
+        .flatten()
+        .map(|s| count(s, "replica download"))
+        .sum();
+    let forwarded = count(&publisher, "download forwarded to a pin");
+    eprintln!(
+        "{extras} extras; downloads counted: {recorded} by holders, {forwarded} forwarded by the publisher"
+    );
+    assert!(extras >= 1, "no storer holds an extra replica");
+    assert!(
+        recorded + forwarded >= 6,
+        "{recorded} + {forwarded} downloads counted"
+    );
+    // No more downloads: after the 18 s window and the 10 s extra TTL, back to the pins.
+    let fall_start = Instant::now();
+    let after = loop {
+        let h = holders(&storers, &id);
+        if h.len() <= 4 {
+            break h;
+        }
+        assert!(
+            fall_start.elapsed() < Duration::from_secs(40),
+            "extras did not lapse: {h:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "back to {after:?} {:?} after the peak ({:?} after the fetches started)",
+        fall_start.elapsed(),
+        fetch_start.elapsed()
+    );
+    assert!(after.len() >= 3, "pins lost: {after:?}");
+    for s in storers.into_iter().flatten().chain(fetchers) {
+        assert!(s.stop().expect("stop"));
+    }
+    assert!(publisher.stop().expect("stop"));
+    eprintln!("demand test took {:?}", t0.elapsed());
 }

@@ -995,8 +995,11 @@ impl EventHandler for ChatHandler {
             } if ferry_content::wire::ContentPacket::is_content(data.first())
                 && s.content.get().is_some() =>
             {
-                if let Some(c) = s.content.get() {
-                    c.on_packet(node, now, public_key, &data);
+                if let Some(c) = s.content.get()
+                    && let Some(blob) = c.on_packet(node, now, public_key, &data)
+                    && let Some(r) = s.replica.get()
+                {
+                    r.on_download(node, now, public_key, blob);
                 }
             }
             NodeEvent::CustomPacket {

@@ -929,10 +929,18 @@ impl ContentShared {
         }
     }
 
-    /// A content packet (188/189) from a friend or guest.
-    pub fn on_packet(&self, n: &mut Node, now: Instant, pk: PublicKey, data: &[u8]) {
+    /// A content packet (188/189) from a friend or guest. Returns the blob of a `get` this node
+    /// queued for serving (the host counts downloads of replicated content from it,
+    /// [`crate::replica::ReplicaShared::on_download`]), `None` for anything else.
+    pub fn on_packet(
+        &self,
+        n: &mut Node,
+        now: Instant,
+        pk: PublicKey,
+        data: &[u8],
+    ) -> Option<ContentId> {
         let Ok(p) = ContentPacket::decode(data) else {
-            return;
+            return None;
         };
         let mut st = lock(&self.state);
         if let Some(t) = st.guests.get_mut(&pk) {
@@ -949,10 +957,11 @@ impl ContentShared {
                 let s = st.serving.entry(pk).or_default();
                 if !has || s.queue.len() >= MAX_SERVE_QUEUE {
                     let _ = n.send_custom(now, &pk, &ContentPacket::Missing { req }.encode());
-                    return;
+                    return None;
                 }
                 s.queue.push_back((req, blob, start, end));
                 self.serve(&mut st, n, now, pk);
+                return Some(blob);
             }
             ContentPacket::Cancel { req } => {
                 if let Some(s) = st.serving.get_mut(&pk) {
@@ -975,6 +984,7 @@ impl ContentShared {
                 self.pump_job(&mut st, n, now);
             }
         }
+        None
     }
 
     /// Encodes the next queued response for `pk` (reading the file), or `None`.

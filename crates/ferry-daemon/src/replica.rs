@@ -7,15 +7,33 @@
 //! store_for_others = true     # hold pinned content for publishers (default false)
 //! replica_quota_mib = 1024    # bytes held for others stay below this (default 1024)
 //! replica_check_secs = 300    # pins check each other this often (default 300; tests lower it)
+//! replica_downloads_per_replica = 20  # one replica per this many downloads per hour (default 20)
+//! replica_extra_ttl_secs = 1800       # an extra replica lives this long unrenewed (default 1800)
+//! replica_demand_bucket_secs = 600    # demand bucket; six make the window (default 600)
 //! ```
 //! `ferry up --store-content` turns `store_for_others` on for one run. Check timeouts are
 //! `min(5 s, interval / 3)`; each item keeps 3 + 1 spare pins ([`ReplicaConfig`] defaults).
+//! The demand knobs go into [`ReplicaConfig`] (`downloads_per_replica`, `extra_ttl`,
+//! `demand_bucket`); tests lower them to see extras come and go within a minute.
+//!
+//! # Demand
+//! Real downloads are content `get`s (packets 188/189, [`crate::content`]), not
+//! [`ReplicaMsg::Fetch`]es, so the host counts them ([`ReplicaShared::on_download`]): when this
+//! node queues a `get` for the manifest blob of an item (the blob whose id is the content id,
+//! the first thing every fetch asks for), the fetching peer counts once per
+//! [`DOWNLOAD_DEDUP`] (≤ [`MAX_RECENT`] peer/item pairs remembered); a peer this node knows as
+//! a holder of the item (fetching its replica) does not count. A holder feeds the count
+//! to its manager ([`ReplicaManager::record_download`]), which reports it to the leader in its
+//! checks. The publisher holds no replica in its manager, so it forwards the count as a
+//! [`ReplicaMsg::Fetch`] to the pin with the lowest key it placed (the likely leader; any pin
+//! passes it on in its checks); the pin's answer is ignored.
 //!
 //! # Storer records
 //! A storer announces itself at the value-store target `BLAKE3-derive("ferry v1 content
 //! storers", "")` with the same multi-writer mail-envelope record as a content provider
 //! ([`crate::content::ProviderRecord`]: long-term key, DHT key, address), TTL
-//! [`STORER_TTL`], re-put every [`STORER_INTERVAL`]. One well-known target holds at most 64
+//! [`STORER_TTL`], re-put every [`STORER_INTERVAL`] (the first [`STORER_EARLY_PUTS`] every
+//! [`STORER_EARLY_INTERVAL`], while the DHT forms). One well-known target holds at most 64
 //! storers (the mail-envelope cap): enough for small meshes; a sharded directory (target per
 //! key prefix) is the follow-up. Candidates for an item are the storers whose long-term key is
 //! closest (XOR) to the content id.
@@ -68,6 +86,12 @@ pub const REPLICA_PACKET_ID: u8 = 176;
 pub const STORER_TTL: Duration = Duration::from_secs(2 * 3600);
 /// Storers re-put their record this often: 30 min.
 pub const STORER_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// The first [`STORER_EARLY_PUTS`] storer-record puts come this often (10 s): a put made while
+/// the DHT is still forming lands on nodes that are not the target's closest once it has
+/// formed, and lookups then miss the record until the next put.
+pub const STORER_EARLY_INTERVAL: Duration = Duration::from_secs(10);
+/// Storer-record puts made at [`STORER_EARLY_INTERVAL`] before [`STORER_INTERVAL`] applies.
+pub const STORER_EARLY_PUTS: u32 = 4;
 /// Pins are asked to keep an item this long: 30 days.
 pub const PIN_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// Most peers with queued packets or accepted as replica guests.
@@ -78,6 +102,11 @@ pub const MAX_QUEUED: usize = 64;
 pub const MAX_ADDRS: usize = 4096;
 /// Directory of fetched replicas, in the profile.
 pub const REPLICA_DIR: &str = "replicas";
+/// A peer's download of one item is counted again only after this long: 5 min.
+pub const DOWNLOAD_DEDUP: Duration = Duration::from_secs(300);
+/// Most (fetching peer, item) pairs remembered for [`DOWNLOAD_DEDUP`] (expired pairs are
+/// evicted when full, then all).
+pub const MAX_RECENT: usize = 4096;
 /// Timer period: 100 ms.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -106,6 +135,9 @@ struct ReplicaFileConfig {
     store_for_others: Option<bool>,
     replica_quota_mib: Option<u64>,
     replica_check_secs: Option<u64>,
+    replica_downloads_per_replica: Option<u32>,
+    replica_extra_ttl_secs: Option<u64>,
+    replica_demand_bucket_secs: Option<u64>,
 }
 
 /// Replication settings of this node (from `config.toml`).
@@ -117,6 +149,12 @@ pub struct ReplicaSettings {
     pub quota_bytes: u64,
     /// Check interval.
     pub check_interval: Duration,
+    /// One replica per this many downloads in the demand window (≥ 1).
+    pub downloads_per_replica: u32,
+    /// Lifetime of an extra replica after its last renewal (≥ 1 s).
+    pub extra_ttl: Duration,
+    /// Width of one demand bucket; six make the window (≥ 1 s).
+    pub demand_bucket: Duration,
 }
 
 impl ReplicaSettings {
@@ -131,6 +169,9 @@ impl ReplicaSettings {
             store_for_others: c.store_for_others.unwrap_or(false),
             quota_bytes: c.replica_quota_mib.unwrap_or(1024) << 20,
             check_interval: Duration::from_secs(c.replica_check_secs.unwrap_or(300).max(1)),
+            downloads_per_replica: c.replica_downloads_per_replica.unwrap_or(20).max(1),
+            extra_ttl: Duration::from_secs(c.replica_extra_ttl_secs.unwrap_or(1800).max(1)),
+            demand_bucket: Duration::from_secs(c.replica_demand_bucket_secs.unwrap_or(600).max(1)),
         }
     }
 }
@@ -157,6 +198,8 @@ struct State {
     published: HashMap<ContentId, Vec<PublicKey>>,
     fetching: HashMap<ContentId, Fetching>,
     need_candidates: Vec<ContentId>,
+    /// Downloads counted lately: (fetching peer, item) → when.
+    recent: HashMap<(PublicKey, ContentId), Instant>,
 }
 
 /// Replication host state (one per daemon).
@@ -196,6 +239,9 @@ impl ReplicaShared {
             check_timeout: (settings.check_interval / 3).min(Duration::from_secs(5)),
             quota_bytes: settings.quota_bytes,
             capable: settings.store_for_others,
+            downloads_per_replica: settings.downloads_per_replica,
+            extra_ttl: settings.extra_ttl,
+            demand_bucket: settings.demand_bucket,
             ..ReplicaConfig::default()
         };
         let our = PackedNode::udp(synth_addr(&own_pk), own_pk);
@@ -214,6 +260,7 @@ impl ReplicaShared {
                 published: HashMap::new(),
                 fetching: HashMap::new(),
                 need_candidates: Vec::new(),
+                recent: HashMap::new(),
             }),
         })
     }
@@ -261,6 +308,57 @@ impl ReplicaShared {
         }
         let from = Self::map(&mut st, pk);
         st.mgr.handle_datagram(now, from, body);
+        self.drive(&mut st, n, now);
+    }
+
+    /// The content layer queued a `get` of `blob` for `fetcher` (see "Demand" in the module
+    /// docs): counts a download of `blob` when it is an item this node holds or published with a
+    /// pin and `fetcher` was not counted for it in the last [`DOWNLOAD_DEDUP`].
+    pub fn on_download(&self, n: &mut Node, now: Instant, fetcher: PublicKey, blob: ContentId) {
+        let mut st = lock(&self.state);
+        let held = st.mgr.holding(&blob.0).is_some();
+        let pin = if held {
+            None
+        } else {
+            st.published
+                .get(&blob)
+                .and_then(|p| p.iter().min().copied())
+        };
+        // A holder fetching its own replica is not demand.
+        let holder = if held {
+            st.mgr.holders(&blob.0).contains(&fetcher)
+        } else {
+            st.published
+                .get(&blob)
+                .is_some_and(|p| p.contains(&fetcher))
+        };
+        if (!held && pin.is_none()) || holder {
+            return;
+        }
+        let key = (fetcher, blob);
+        if st
+            .recent
+            .get(&key)
+            .is_some_and(|t| now.saturating_duration_since(*t) < DOWNLOAD_DEDUP)
+        {
+            return;
+        }
+        if st.recent.len() >= MAX_RECENT && !st.recent.contains_key(&key) {
+            st.recent
+                .retain(|_, t| now.saturating_duration_since(*t) < DOWNLOAD_DEDUP);
+            if st.recent.len() >= MAX_RECENT {
+                st.recent.clear();
+            }
+        }
+        st.recent.insert(key, now);
+        if held {
+            let counted = st.mgr.record_download(now, &blob.0, fetcher);
+            tracing::info!(content = %blob, peer = %fetcher, counted, "replica download");
+        } else if let Some(pin) = pin {
+            let to = Self::map(&mut st, pin);
+            st.mgr.fetch(blob.0, to);
+            tracing::info!(content = %blob, peer = %fetcher, pin = %pin, "download forwarded to a pin");
+        }
         self.drive(&mut st, n, now);
     }
 
@@ -601,6 +699,7 @@ pub fn spawn_timer(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_announce: Option<Instant> = None;
+        let mut announces = 0u32;
         let mut last_try: Option<Instant> = None;
         let mut last_refresh = Instant::now();
         let mut last_fetch = Instant::now();
@@ -618,7 +717,14 @@ pub fn spawn_timer(
                 return;
             }
             if replica.settings.store_for_others
-                && last_announce.is_none_or(|t| t.elapsed() > STORER_INTERVAL)
+                && last_announce.is_none_or(|t| {
+                    t.elapsed()
+                        > if announces < STORER_EARLY_PUTS {
+                            STORER_EARLY_INTERVAL
+                        } else {
+                            STORER_INTERVAL
+                        }
+                })
                 && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
             {
                 last_try = Some(Instant::now());
@@ -626,6 +732,7 @@ pub fn spawn_timer(
                     Ok(n) if n > 0 => {
                         tracing::info!(stored = n, "storer record announced");
                         last_announce = Some(Instant::now());
+                        announces = announces.saturating_add(1);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e.message, "storer record"),
@@ -678,13 +785,21 @@ mod tests {
         let d = tempfile::tempdir().expect("dir");
         std::fs::write(
             d.path().join("config.toml"),
-            "[content]\nstore_for_others = true\nreplica_quota_mib = 2\nreplica_check_secs = 3\n",
+            "[content]\nstore_for_others = true\nreplica_quota_mib = 2\nreplica_check_secs = 3\n\
+             replica_downloads_per_replica = 1\nreplica_extra_ttl_secs = 9\n\
+             replica_demand_bucket_secs = 2\n",
         )
         .expect("write");
         let s = ReplicaSettings::load(d.path());
         assert!(s.store_for_others);
         assert_eq!(s.quota_bytes, 2 << 20);
         assert_eq!(s.check_interval, Duration::from_secs(3));
+        assert_eq!(s.downloads_per_replica, 1);
+        assert_eq!(s.extra_ttl, Duration::from_secs(9));
+        assert_eq!(s.demand_bucket, Duration::from_secs(2));
+        let d = ReplicaSettings::load(Path::new("/nonexistent"));
+        assert_eq!(d.downloads_per_replica, 20);
+        assert_eq!(d.demand_bucket, Duration::from_secs(600));
         assert!(!ReplicaSettings::load(Path::new("/nonexistent")).store_for_others);
     }
 }

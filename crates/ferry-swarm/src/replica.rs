@@ -19,11 +19,16 @@
 //! * **Leader** = the pin with the lowest DHT public key among the pins a node believes live. Only
 //!   the leader repairs: it promotes extras to pins, recruits new pins from candidates, demotes
 //!   surplus pins (after concurrent repairs) to extras, and recruits or renews extras.
-//! * **Demand**: each holder counts the [`Fetch`]es it served in six 10-minute buckets and reports
-//!   the last hour's count in checks and answers. The leader sums them: `d`; target
+//! * **Demand**: each holder counts the [`Fetch`]es it served, and the downloads its host reports
+//!   with [`ReplicaManager::record_download`] (one per fetcher per bucket), in six
+//!   [`ReplicaConfig::demand_bucket`] buckets (10 min each) and reports the last six buckets'
+//!   (the hour's) count in checks and answers. The leader sums them: `d`; target
 //!   `r(t) = max(pins, ceil(d / downloads_per_replica))`, capped at `max_replicas` (64).
 //!   Extras beyond the pins are renewed by the leader for [`ReplicaConfig::extra_ttl`] while the
 //!   target needs them; when demand falls they are no longer renewed and drop at their TTL.
+//! * **Lookups**: a leader short of candidates asks for a lookup at most once per
+//!   [`ReplicaConfig::check_timeout`] per item (an answer with no usable node is not re-asked at
+//!   once).
 //! * **Quota**: a node accepts an item only while `used + size ≤ quota_bytes` and it holds fewer
 //!   than [`ReplicaConfig::max_items`] items.
 //!
@@ -67,8 +72,11 @@ pub const MAX_GONE: usize = 32;
 pub const MAX_OUT: usize = 65_536;
 /// How long a departed holder is remembered (not merged back from stale lists).
 pub const GONE_FOR: Duration = Duration::from_secs(3600);
-/// Width of one demand bucket (six make the hour).
-const BUCKET: Duration = Duration::from_secs(600);
+/// Most distinct fetchers remembered per item per demand bucket by
+/// [`ReplicaManager::record_download`]; downloads by further new fetchers in that bucket are not
+/// counted (256 per 10-minute bucket is already far above the 64-replica cap at 20 downloads per
+/// replica).
+pub const MAX_FETCHERS: usize = 256;
 
 /// Replication parameters.
 #[derive(Clone, Debug)]
@@ -87,6 +95,9 @@ pub struct ReplicaConfig {
     pub check_timeout: Duration,
     /// An extra replica lives this long after its last renewal (30 min).
     pub extra_ttl: Duration,
+    /// Width of one demand bucket (10 min; six buckets make the demand window, 1 h). Whole
+    /// seconds, at least 1 s; tests shorten it to see demand fall within seconds.
+    pub demand_bucket: Duration,
     /// Disk quota for held items, bytes.
     pub quota_bytes: u64,
     /// Most items held.
@@ -105,6 +116,7 @@ impl Default for ReplicaConfig {
             check_interval: Duration::from_secs(300),
             check_timeout: Duration::from_secs(5),
             extra_ttl: Duration::from_secs(1800),
+            demand_bucket: Duration::from_secs(600),
             quota_bytes: 1 << 30,
             max_items: 4096,
             capable: true,
@@ -182,10 +194,14 @@ pub struct ReplicaStats {
     pub recruit_sent: u64,
     /// Items dropped at TTL.
     pub expired: u64,
-    /// Fetches served.
+    /// Fetches served ([`ReplicaMsg::Fetch`]es answered "ok" plus downloads counted by
+    /// [`ReplicaManager::record_download`]).
     pub served: u64,
     /// Undecodable datagrams.
     pub malformed: u64,
+    /// Candidate lookups asked for by this node as leader (repair and extras; at most one per
+    /// item per [`ReplicaConfig::check_timeout`]).
+    pub lookups: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -234,6 +250,9 @@ struct Recruit {
     /// Stores in flight: node, deadline, role offered.
     pending: Vec<(PackedNode, Instant, Role)>,
     asked: bool,
+    /// When the holder's last candidate lookup was asked for (repair and extras ask again only
+    /// [`ReplicaConfig::check_timeout`] later: no lookup storm when no candidate is left).
+    last_ask: Option<Instant>,
     /// Nodes already asked (not asked again for this item).
     tried: Vec<PublicKey>,
 }
@@ -247,6 +266,10 @@ struct Held {
     gone: VecDeque<(PublicKey, Instant)>,
     next_check: Instant,
     demand: Demand,
+    /// Fetchers counted by `record_download` in demand bucket `fetchers_epoch` (≤
+    /// [`MAX_FETCHERS`]).
+    fetchers: Vec<PublicKey>,
+    fetchers_epoch: u64,
     recruit: Recruit,
 }
 
@@ -338,13 +361,42 @@ impl ReplicaManager {
         }
     }
 
+    /// Counts a download of `id` that the content layer served to `fetcher` (its long-term key)
+    /// toward this node's demand, the same way as a served [`ReplicaMsg::Fetch`]: the count goes
+    /// into the current demand bucket ([`ReplicaConfig::demand_bucket`]), is reported to the
+    /// other holders in checks and answers, and the leader sums it into the replica target
+    /// (issue 10 item 2: "adds replicas as fetches grow").
+    ///
+    /// One count per fetcher per item per bucket: a fetcher already counted in this bucket is not
+    /// counted again. At most [`MAX_FETCHERS`] fetchers are remembered per item per bucket;
+    /// further new fetchers in that bucket are not counted. Returns whether the download was
+    /// counted (false also when `id` is not held here).
+    pub fn record_download(&mut self, now: Instant, id: &ContentId, fetcher: PublicKey) -> bool {
+        let epoch = self.epoch(now);
+        let Some(h) = self.items.get_mut(id) else {
+            return false;
+        };
+        if h.fetchers_epoch != epoch {
+            h.fetchers.clear();
+            h.fetchers_epoch = epoch;
+        }
+        if h.fetchers.contains(&fetcher) || h.fetchers.len() >= MAX_FETCHERS {
+            return false;
+        }
+        h.fetchers.push(fetcher);
+        h.demand.add(epoch);
+        self.stats.served += 1;
+        true
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<ReplicaEvent> {
         self.events.pop_front()
     }
 
     fn epoch(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.base).as_secs() / BUCKET.as_secs()
+        now.saturating_duration_since(self.base).as_secs()
+            / self.config.demand_bucket.as_secs().max(1)
     }
 
     fn send(&mut self, to: SocketAddr, msg: &ReplicaMsg) {
@@ -574,6 +626,8 @@ impl ReplicaManager {
                     epoch: self.epoch(now),
                     ..Demand::default()
                 },
+                fetchers: Vec::new(),
+                fetchers_epoch: self.epoch(now),
                 recruit: Recruit::default(),
             };
             Self::merge(&self.our.public_key, &mut h, &s.holders, now);
@@ -823,8 +877,16 @@ impl ReplicaManager {
             h.recruit.pending.push((c, now + cfg.check_timeout, role));
             stores.push((c, role));
         }
-        if short && !h.recruit.asked && h.recruit.pending.is_empty() {
+        if short
+            && !h.recruit.asked
+            && h.recruit.pending.is_empty()
+            && h.recruit
+                .last_ask
+                .is_none_or(|t| now >= t + cfg.check_timeout)
+        {
             h.recruit.asked = true;
+            h.recruit.last_ask = Some(now);
+            self.stats.lookups += 1;
             // Forget old refusals: quotas change and nodes come and go.
             h.recruit.tried.clear();
             self.events.push_back(ReplicaEvent::NeedCandidates { id });
@@ -938,6 +1000,7 @@ impl ReplicaManager {
         // Check rounds (pins only), check timeouts, store timeouts.
         let ids: Vec<ContentId> = self.items.keys().copied().collect();
         let timeout = self.config.check_timeout;
+        let epoch = self.epoch(now);
         for id in ids {
             let Some(h) = self.items.get_mut(&id) else {
                 continue;
@@ -959,7 +1022,6 @@ impl ReplicaManager {
             let pending_expired = h.recruit.pending.iter().any(|p| p.1 <= now);
             h.recruit.pending.retain(|p| p.1 > now);
             let round = h.role == Role::Pin && h.next_check <= now;
-            let epoch = now.saturating_duration_since(self.base).as_secs() / BUCKET.as_secs();
             let served = h.demand.last_hour(epoch);
             for to in resend {
                 self.send(

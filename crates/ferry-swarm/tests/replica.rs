@@ -208,6 +208,119 @@ fn demand_adds_extras_and_they_expire() {
 }
 
 #[test]
+fn recorded_downloads_add_extras_once_per_fetcher_and_they_expire() {
+    let cfg = ReplicaConfig {
+        downloads_per_replica: 1,
+        check_interval: Duration::from_secs(10),
+        check_timeout: Duration::from_secs(2),
+        extra_ttl: Duration::from_secs(60),
+        demand_bucket: Duration::from_secs(30),
+        ..ReplicaConfig::default()
+    };
+    let mut net = Net::new(20, &cfg);
+    let publisher = net.order[0];
+    net.with(publisher, |n, now| {
+        assert!(n.publish(now, ID, 1 << 20, WEEK));
+    });
+    net.run(Duration::from_secs(5));
+    let h = net.holders(&ID);
+    assert_eq!(h.len(), cfg.pins(), "{h:?}");
+    // Not held: not counted.
+    net.with(publisher, |n, now| {
+        assert!(!n.record_download(now, &ID, PublicKey([1; 32])));
+    });
+    // Seven fetchers download from two holders (each fetcher once per holder, and again within
+    // the bucket, which does not count): target max(4, 7) = 7 replicas.
+    let (a, b) = (h[0].0, h[1].0);
+    for k in 0..7u8 {
+        let holder = if k % 2 == 0 { a } else { b };
+        net.with(holder, |n, now| {
+            assert!(n.record_download(now, &ID, PublicKey([k + 1; 32])));
+            assert!(!n.record_download(now, &ID, PublicKey([k + 1; 32])));
+        });
+    }
+    net.run(Duration::from_secs(5) + cfg.check_interval * 3);
+    let peak = net.holders(&ID);
+    assert_eq!(peak.len(), 7, "demand did not add extras: {peak:?}");
+    assert_eq!(peak.iter().filter(|x| x.1 == Role::Extra).count(), 3);
+    // No more downloads: after six buckets and the extras' TTL, back to the pins.
+    net.run(
+        Duration::from_secs(5)
+            + cfg.check_interval * 3
+            + cfg.demand_bucket * 6
+            + cfg.extra_ttl
+            + cfg.check_interval * 3,
+    );
+    let after = net.holders(&ID);
+    assert_eq!(
+        after.len(),
+        cfg.pins(),
+        "extras did not fall away: {after:?}"
+    );
+}
+
+#[test]
+fn no_lookup_storm_when_no_candidate_is_left() {
+    // Publisher + 4 pins and nobody else: demand for 7 replicas cannot be met (the publisher
+    // is the only candidate left).
+    let cfg = ReplicaConfig {
+        downloads_per_replica: 1,
+        check_interval: Duration::from_secs(10),
+        check_timeout: Duration::from_secs(2),
+        ..ReplicaConfig::default()
+    };
+    let mut net = Net::new(5, &cfg);
+    let publisher = net.order[0];
+    net.with(publisher, |n, now| {
+        assert!(n.publish(now, ID, 1 << 20, WEEK));
+    });
+    net.run(Duration::from_secs(5));
+    let h = net.holders(&ID);
+    assert_eq!(h.len(), cfg.pins());
+    net.with(h[0].0, |n, now| {
+        for k in 0..7u8 {
+            assert!(n.record_download(now, &ID, PublicKey([k + 1; 32])));
+        }
+    });
+    net.run(Duration::from_secs(65));
+    let lookups: u64 = h
+        .iter()
+        .filter_map(|(a, _)| net.nodes.get(a).map(|(_, n)| n.stats().lookups))
+        .sum();
+    // 60 s at one lookup per 2 s at most (the 10 ms network would allow thousands).
+    assert!((1..=31).contains(&lookups), "{lookups} lookups");
+    assert_eq!(net.holders(&ID).len(), cfg.pins() + 1);
+}
+
+#[test]
+fn recorded_downloads_are_capped_per_bucket() {
+    let cfg = ReplicaConfig::default();
+    let mut net = Net::new(8, &cfg);
+    let publisher = net.order[0];
+    net.with(publisher, |n, now| {
+        n.publish(now, ID, 1 << 20, WEEK);
+    });
+    net.run(Duration::from_secs(5));
+    let holder = net.holders(&ID)[0].0;
+    let mut counted = 0;
+    net.with(holder, |n, now| {
+        for k in 0..300u32 {
+            let mut pk = [0u8; 32];
+            pk[..4].copy_from_slice(&k.to_be_bytes());
+            if n.record_download(now, &ID, PublicKey(pk)) {
+                counted += 1;
+            }
+        }
+    });
+    assert_eq!(counted, ferry_swarm::replica::MAX_FETCHERS);
+    // The next bucket starts a fresh set.
+    net.run(Duration::from_secs(5) + cfg.demand_bucket);
+    net.with(holder, |n, now| {
+        assert!(n.record_download(now, &ID, PublicKey([0; 32])));
+    });
+}
+
+#[test]
 fn quota_and_capability_refuse() {
     let cfg = ReplicaConfig {
         quota_bytes: 10 << 20,
