@@ -45,8 +45,8 @@ use ferry_crypto::{KeyPair, PublicKey};
 use ferry_net::NodeHandle;
 use ferry_proto::node::{Connection, Node, NodeError};
 use ferry_tunnel::circuit::{
-    CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CircuitConfig, CircuitEvent,
-    CircuitState, Circuits, DestroyReason, MAX_RELAYS, Role,
+    CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CellRef, CircuitConfig, CircuitEvent,
+    CircuitState, Circuits, DestroyReason, Dir, MAX_RELAYS, Role,
 };
 use ferry_tunnel::{Ipv6Header, mesh_address};
 
@@ -96,6 +96,10 @@ struct State {
     released: Vec<PublicKey>,
     /// Pseudonym source.
     rng: FerryRng,
+    /// Paid relaying ([`crate::market`]; a handle that is off unless `ferry up --market`).
+    market: crate::market::Market,
+    /// Data cells the market gated (either direction).
+    gated: u64,
 }
 
 /// What came out of a circuit ending here ([`CircuitDriver::on_cell`]).
@@ -147,7 +151,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl CircuitDriver {
     /// Creates the table for long-term key pair `own`, forwarding for others when `relay`, and
-    /// starts the tick task. Called once by `ferry up`.
+    /// starts the tick task; data cells are metered and gated by `market` (paid relaying,
+    /// [`meter_out`]). Called once by `ferry up`.
     ///
     /// # Errors
     /// OS RNG failure.
@@ -156,6 +161,7 @@ impl CircuitDriver {
         node: &NodeHandle,
         own: KeyPair,
         relay: bool,
+        market: crate::market::Market,
     ) -> anyhow::Result<()> {
         let seed = ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
         let own_addr = mesh_address(&own.public);
@@ -180,6 +186,8 @@ impl CircuitDriver {
             exit_node: false,
             released: Vec::new(),
             rng: pseudonyms,
+            market,
+            gated: 0,
         });
         let me = Arc::clone(self);
         let node = node.clone();
@@ -254,6 +262,10 @@ impl CircuitDriver {
 
     /// A circuit cell from neighbour `from` (event handler, node task); returns what came out
     /// of circuits ending here ([`Delivery`]).
+    ///
+    /// Paid relaying ([`crate::market`]): a data cell from a circuit's previous hop is metered
+    /// against it and dropped if the market gates it; one from a circuit's next hop is counted
+    /// as received from it (on a circuit we built, only if it authenticates).
     pub fn on_cell(
         &self,
         node: &mut Node,
@@ -261,7 +273,27 @@ impl CircuitDriver {
         from: PublicKey,
         data: Vec<u8>,
     ) -> Vec<Delivery> {
-        self.with(node, now, |t| t.handle_cell(now, from, data))
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else {
+            return Vec::new();
+        };
+        let len = data.len();
+        let dir = s.table.data_cell_dir(&from, &data);
+        if dir == Some(Dir::Forward) && !s.market.circuit_forward(&from, len) {
+            s.gated += 1;
+            return flush(s, node, now);
+        }
+        let auth = s.table.drops().auth;
+        s.table.handle_cell(now, from, data);
+        if dir == Some(Dir::Backward) && s.table.drops().auth == auth {
+            s.market.circuit_received(&from, len);
+        }
+        flush(s, node, now)
+    }
+
+    /// Data cells the market gated so far.
+    pub fn gated(&self) -> u64 {
+        lock(&self.state).as_ref().map_or(0, |s| s.gated)
     }
 
     /// Counts a packet the TUN device refused.
@@ -395,11 +427,14 @@ impl CircuitDriver {
         if s.table.send(Instant::now(), handle, pkt).is_err() {
             return Some(Outbound::Dropped);
         }
-        Some(
-            s.table
-                .poll_transmit()
-                .map_or(Outbound::Dropped, Outbound::Send),
-        )
+        Some(s.table.poll_transmit().map_or(Outbound::Dropped, |c| {
+            if meter_out(&s.market, &c) {
+                Outbound::Send(c)
+            } else {
+                s.gated += 1;
+                Outbound::Dropped
+            }
+        }))
     }
 
     async fn build_inner(
@@ -504,9 +539,14 @@ impl CircuitDriver {
         if s.table.send(Instant::now(), handle, pkt).is_err() {
             return Outbound::Dropped;
         }
-        s.table
-            .poll_transmit()
-            .map_or(Outbound::Dropped, Outbound::Send)
+        s.table.poll_transmit().map_or(Outbound::Dropped, |c| {
+            if meter_out(&s.market, &c) {
+                Outbound::Send(c)
+            } else {
+                s.gated += 1;
+                Outbound::Dropped
+            }
+        })
     }
 
     /// Sends a cell from [`CircuitDriver::outbound`] (TUN reader task).
@@ -593,6 +633,26 @@ pub fn packet_too_big(pkt: &[u8], h: &Ipv6Header) -> Vec<u8> {
     v
 }
 
+/// Meters a cell about to go to its neighbour `cell.to` (paid relaying, [`crate::market`]):
+/// a data cell travelling forward goes to its circuit's next hop, which we pay for it
+/// ([`crate::market::Market::circuit_sent`]); one travelling backward goes to the previous hop,
+/// which pays us and may be gated ([`crate::market::Market::circuit_reply`]). Control cells are
+/// not metered. `false`: drop it.
+fn meter_out(market: &crate::market::Market, cell: &Cell) -> bool {
+    match CellRef::decode(&cell.data) {
+        Ok(CellRef::Data {
+            dir: Dir::Forward, ..
+        }) => {
+            market.circuit_sent(&cell.to, cell.data.len());
+            true
+        }
+        Ok(CellRef::Data {
+            dir: Dir::Backward, ..
+        }) => market.circuit_reply(&cell.to, cell.data.len()),
+        _ => true,
+    }
+}
+
 /// Sends the table's cells and handles its events; returns the IP packets to write to TUN.
 fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
     // Held cells whose next hop came online go first; expired ones fail.
@@ -615,6 +675,10 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
         }
     }
     while let Some(cell) = s.table.poll_transmit() {
+        if !meter_out(&s.market, &cell) {
+            s.gated += 1;
+            continue;
+        }
         match node.send_custom(now, &cell.to, &cell.data) {
             Ok(()) => {}
             // A CREATE to a next hop that is no friend of ours: befriend it as a service node

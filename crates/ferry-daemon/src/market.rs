@@ -1014,6 +1014,62 @@ impl Market {
         }
     }
 
+    /// Circuit hop, server side: a data cell of `len` bytes (the whole custom packet) came
+    /// from `prev`, the previous hop of its circuit (we relay or end it), and is about to be
+    /// handled. Metered under `prev`'s contract for [`CIRCUIT_DEST`] and receipted to `prev`
+    /// (this node is where the cell was delivered); `false`: drop it (the market gated it).
+    pub fn circuit_forward(&self, prev: &PublicKey, len: usize) -> bool {
+        self.with(|c| {
+            let ok = c.server_forward(unix_now(), prev.0, CIRCUIT_DEST, cell_len(len));
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
+    }
+
+    /// Circuit hop, server side: a data cell of `len` bytes is about to go back to `prev`, the
+    /// previous hop of its circuit. Metered like [`Market::circuit_forward`], no receipt
+    /// (`prev` counts what it receives); `false`: drop it.
+    pub fn circuit_reply(&self, prev: &PublicKey, len: usize) -> bool {
+        self.with(|c| {
+            let ok = c.server_reply(unix_now(), prev.0, CIRCUIT_DEST, cell_len(len));
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
+    }
+
+    /// Circuit hop, client side: a data cell of `len` bytes went to `next`, the next hop of its
+    /// circuit (we built or relay it); paid once `next` receipts it.
+    pub fn circuit_sent(&self, next: &PublicKey, len: usize) {
+        self.with(|c| {
+            c.client_sent(unix_now(), next.0, CIRCUIT_DEST, cell_len(len));
+            if !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+        });
+    }
+
+    /// Circuit hop, client side: a data cell of `len` bytes came back from `next`, the next hop
+    /// of its circuit (on a circuit we built: only once it authenticated); paid without a
+    /// receipt, this node being where it was delivered.
+    pub fn circuit_received(&self, next: &PublicKey, len: usize) {
+        self.with(|c| {
+            c.client_received(unix_now(), next.0, CIRCUIT_DEST, cell_len(len));
+            if !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+        });
+    }
+
     /// Sends what the market queued, through `node` (node task).
     pub fn flush(&self, node: &mut ferry_proto::node::Node, now: std::time::Instant) {
         let out = self.with(MarketCore::take_out).unwrap_or_default();
@@ -1356,6 +1412,16 @@ impl Market {
         })
         .ok_or_else(market_off)
     }
+}
+
+/// The destination every circuit contract names: `::/128` (the unspecified address, which no
+/// forwarded IP packet carries). A hop meters circuit data cells per neighbour, not per
+/// destination: it knows only its neighbours, and the cells are sealed end to end.
+pub const CIRCUIT_DEST: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// A cell length as the market counts it (a custom packet is at most 1373 bytes).
+fn cell_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// The destination address of an IPv4 or IPv6 packet.

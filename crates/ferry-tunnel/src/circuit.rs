@@ -696,6 +696,25 @@ impl Circuits {
         self.drops
     }
 
+    /// Which way a data cell (custom packet, id byte first) from neighbour `from` travels, if
+    /// it belongs to a circuit this table knows: [`Dir::Forward`] when `from` is that
+    /// circuit's previous hop, [`Dir::Backward`] when it is its next hop. `None` for control
+    /// cells, malformed cells and unknown circuits. Does not authenticate the cell (relays
+    /// cannot). Lets the driver meter data cells per link before handling them (paid
+    /// relaying, issue 8).
+    pub fn data_cell_dir(&self, from: &PublicKey, data: &[u8]) -> Option<Dir> {
+        match CellRef::decode(data).ok()? {
+            CellRef::Data { id, dir, .. } => {
+                let map = match dir {
+                    Dir::Forward => &self.fwd,
+                    Dir::Backward => &self.bwd,
+                };
+                map.contains_key(&(*from, id)).then_some(dir)
+            }
+            _ => None,
+        }
+    }
+
     /// Number of circuits (all roles).
     pub fn len(&self) -> usize {
         self.circuits.len()
