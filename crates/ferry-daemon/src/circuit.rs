@@ -264,8 +264,10 @@ impl CircuitDriver {
     /// of circuits ending here ([`Delivery`]).
     ///
     /// Paid relaying ([`crate::market`]): a data cell from a circuit's previous hop is metered
-    /// against it and dropped if the market gates it; one from a circuit's next hop is counted
-    /// as received from it (on a circuit we built, only if it authenticates).
+    /// against it and dropped if the market gates it (receipted to it at once where the
+    /// circuit ends here, as the next hop confirms it where we relay); one from a circuit's
+    /// next hop is counted as received from it (on a circuit we built, only if it
+    /// authenticates).
     pub fn on_cell(
         &self,
         node: &mut Node,
@@ -278,8 +280,11 @@ impl CircuitDriver {
             return Vec::new();
         };
         let len = data.len();
-        let dir = s.table.data_cell_dir(&from, &data);
-        if dir == Some(Dir::Forward) && !s.market.circuit_forward(&from, len) {
+        let route = s.table.data_cell_route(&from, &data);
+        let dir = route.map(|r| r.0);
+        if let Some((Dir::Forward, next)) = route
+            && !s.market.circuit_forward(&from, next.as_ref(), len)
+        {
             s.gated += 1;
             return flush(s, node, now);
         }

@@ -40,6 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_api::{ApiError, Earnings, MarketContract, Wallet, WalletChannel};
 use ferry_crypto::PublicKey;
+use ferry_market::chain::ReceiptChain;
 use ferry_market::client::{Client, ClientConfig, ClientEvent};
 use ferry_market::msg::{Address as MAddress, ChannelId, Settlement, VoucherMsg};
 use ferry_market::server::{ReceiptIssuer, Server, ServerConfig, ServerEvent, Verdict};
@@ -502,6 +503,9 @@ pub struct MarketCore {
     server: Option<Server>,
     client: Client,
     receipts: ReceiptIssuer,
+    /// Relays: what each previous hop sent through each next hop, confirmed as the next hop
+    /// receipts it.
+    chain: ReceiptChain,
     signer: PaySigner,
     verifier: PayVerifier,
     ledger: Ledger,
@@ -562,6 +566,7 @@ impl MarketCore {
         Self {
             client: Client::new(client_cfg, node(), me.0),
             receipts: ReceiptIssuer::new(node(), RECEIPT_EVERY_BYTES, 1),
+            chain: ReceiptChain::new(),
             signer: PaySigner {
                 key,
                 chain_id: info.chain_id,
@@ -663,6 +668,13 @@ impl MarketCore {
                 Ok(()) if kind == 0x01 && !self.client_bound.contains_key(&from) => {
                     self.bind_client(now, from);
                 }
+                // A next hop's receipt: confirm its share to the previous hops we relay for.
+                Ok(()) if kind == 0x0a => {
+                    let confirmed = self.client.receipted(&from);
+                    for (prev, n) in self.chain.on_confirmed(&from, confirmed) {
+                        self.receipts.on_delivered(now, prev, n);
+                    }
+                }
                 Ok(()) => {}
                 Err(e) => tracing::debug!(peer = %hex::encode(from), "market (client): {e}"),
             }
@@ -705,6 +717,28 @@ impl MarketCore {
         }
         self.dirty = true;
         self.pump(now);
+        ok
+    }
+
+    /// Circuit hop, server side: a data cell of `len` bytes from previous hop `prev` is about
+    /// to be handled. Where the circuit ends here (`next` = `None`) it is receipted to `prev`
+    /// at once (this node is the cells' destination); where we relay it to `next`, it is
+    /// receipted only as `next`'s receipts confirm what we forwarded there
+    /// ([`ferry_market::chain::ReceiptChain`]). `false`: drop it (the market gated it).
+    pub fn circuit_forward(
+        &mut self,
+        now: u64,
+        prev: PeerId,
+        next: Option<PeerId>,
+        len: u32,
+    ) -> bool {
+        let Some(next) = next else {
+            return self.server_meter(now, prev, CIRCUIT_DEST, len, true);
+        };
+        let ok = self.server_meter(now, prev, CIRCUIT_DEST, len, false);
+        if ok {
+            self.chain.on_forwarded(prev, next, u64::from(len));
+        }
         ok
     }
 
@@ -1015,12 +1049,13 @@ impl Market {
     }
 
     /// Circuit hop, server side: a data cell of `len` bytes (the whole custom packet) came
-    /// from `prev`, the previous hop of its circuit (we relay or end it), and is about to be
-    /// handled. Metered under `prev`'s contract for [`CIRCUIT_DEST`] and receipted to `prev`
-    /// (this node is where the cell was delivered); `false`: drop it (the market gated it).
-    pub fn circuit_forward(&self, prev: &PublicKey, len: usize) -> bool {
+    /// from `prev`, the previous hop of its circuit, and is about to be handled; `next` is the
+    /// hop we relay it to (`None`: the circuit ends here). Metered under `prev`'s contract for
+    /// [`CIRCUIT_DEST`] ([`MarketCore::circuit_forward`]); `false`: drop it (the market gated
+    /// it).
+    pub fn circuit_forward(&self, prev: &PublicKey, next: Option<&PublicKey>, len: usize) -> bool {
         self.with(|c| {
-            let ok = c.server_forward(unix_now(), prev.0, CIRCUIT_DEST, cell_len(len));
+            let ok = c.circuit_forward(unix_now(), prev.0, next.map(|n| n.0), cell_len(len));
             if !ok && !c.out.is_empty() {
                 self.wake.notify_one();
             }

@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod client;
 pub mod identity;
 pub mod msg;

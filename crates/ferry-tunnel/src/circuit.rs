@@ -698,18 +698,28 @@ impl Circuits {
 
     /// Which way a data cell (custom packet, id byte first) from neighbour `from` travels, if
     /// it belongs to a circuit this table knows: [`Dir::Forward`] when `from` is that
-    /// circuit's previous hop, [`Dir::Backward`] when it is its next hop. `None` for control
-    /// cells, malformed cells and unknown circuits. Does not authenticate the cell (relays
-    /// cannot). Lets the driver meter data cells per link before handling them (paid
-    /// relaying, issue 8).
-    pub fn data_cell_dir(&self, from: &PublicKey, data: &[u8]) -> Option<Dir> {
+    /// circuit's previous hop, [`Dir::Backward`] when it is its next hop; with the next hop
+    /// the cell is relayed to when it travels forward through a circuit we relay (`None` when
+    /// it ends here). `None` for control cells, malformed cells and unknown circuits. Does not
+    /// authenticate the cell (relays cannot). Lets the driver meter data cells per link before
+    /// handling them (paid relaying, issue 8).
+    pub fn data_cell_route(
+        &self,
+        from: &PublicKey,
+        data: &[u8],
+    ) -> Option<(Dir, Option<PublicKey>)> {
         match CellRef::decode(data).ok()? {
             CellRef::Data { id, dir, .. } => {
                 let map = match dir {
                     Dir::Forward => &self.fwd,
                     Dir::Backward => &self.bwd,
                 };
-                map.contains_key(&(*from, id)).then_some(dir)
+                let c = self.circuits.get(map.get(&(*from, id))?)?;
+                let next = match (&c.kind, dir) {
+                    (Kind::Relay { next, .. }, Dir::Forward) => Some(*next),
+                    _ => None,
+                };
+                Some((dir, next))
             }
             _ => None,
         }
