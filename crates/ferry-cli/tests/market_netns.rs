@@ -1,5 +1,7 @@
-//! Paid exit end to end in network namespaces (issue 8): a client pays an exit for the traffic
-//! it carries, both settling on one shared ledger, `ferry chain serve` in the public namespace.
+//! Paid forwarding end to end in network namespaces (issue 8): a client pays an exit for the
+//! traffic it carries, both settling on one shared ledger, `ferry chain serve` in the public
+//! namespace; and (second test, `a_client_pays_a_relay_that_pays_the_exit_in_namespaces`) a
+//! client pays a circuit relay, which pays the exit, for the cells each carries.
 //!
 //! Topology: `lab/nat.sh up none:none` (public segment `NS_BOOT` with 4 ferry DHT nodes, the
 //! first a TCP relay, and the chain endpoint on `BOOT_IP:8545`; host A = client, host B = exit,

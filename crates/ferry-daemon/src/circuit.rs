@@ -31,6 +31,12 @@
 //!   ([`Delivery::Keyed`], [`CircuitDriver::outbound_keyed`]), so the exit's address pool,
 //!   policy and spoof checks ([`crate::exit`]) treat it exactly like a direct client.
 //!
+//! - **Paid relaying** ([`crate::market`], `ferry up --market`): every data cell is metered
+//!   on the link it crosses, against the neighbour that pays for that link (the previous hop
+//!   pays the next): cells from a previous hop in [`CircuitDriver::on_cell`] (dropped when the
+//!   market gates them), cells to a previous or next hop in `meter_out` before they are sent,
+//!   cells from a next hop after they authenticated (where we built the circuit).
+//!
 //! Timeouts and keepalives: a task calls [`Circuits::handle_timeout`] every
 //! [`TICK_INTERVAL`].
 

@@ -28,9 +28,42 @@
 //!   the node task's bounded frame channel. The place for a `PriorityQueue` is
 //!   `Inbound::push`/`flush`: one batch per [`Verdict::Forward`] class, and when the writer is
 //!   behind, drop free before grace before paid.
-//! - **Not metered yet**: circuit relaying (`crate::circuit`; the far end would have to send
-//!   receipts back through the circuit, since it knows the client only by a pseudonym), and
-//!   direct mesh frames between friends (nothing is forwarded for a third party).
+//! - **Circuit relaying** (`crate::circuit`, `ferry tunnel up --via R1,... --exit E`): paid
+//!   hop by hop, each hop by its neighbours only. On every link of a circuit the hop nearer
+//!   the client is the market client and the other the server, over their own friend
+//!   session: the client pays R1, R1 pays R2, …, the last relay pays E (an Althea-style
+//!   chain; a relay's margin is its price minus its next hop's). Nobody pays or is paid by a
+//!   hop it cannot see, so E never learns the client's key or account. What is metered is
+//!   the data cell (the whole custom packet, 29 bytes over the sealed IP packet), counted
+//!   identically on both ends of a link: the server meters the cells it receives from its
+//!   previous hop ([`Market::circuit_forward`], gated before they are relayed or opened) and
+//!   the cells it sends back to it ([`Market::circuit_reply`], gated before they go); the
+//!   client meters the cells it hands to the link ([`Market::circuit_sent`]) and the ones it
+//!   gets back ([`Market::circuit_received`]). All circuit traffic with one neighbour falls
+//!   under contracts for the pseudo-destination [`CIRCUIT_DEST`] (`::/128`). Control cells
+//!   (CREATE, CREATED, DESTROY) are not metered.
+//!   - *Downstream* cells (towards the client) are paid without receipts, as replies are: the
+//!     payer counts what reached it. On a circuit it built the client counts a cell only once
+//!     it authenticated under the end-to-end key, so a relay cannot bill forged or replayed
+//!     cells. A relay cannot authenticate, so it pays its next hop for whatever arrives on the
+//!     circuit; if that is junk the client will not pay it, and the relay's loss is bounded by
+//!     the credit line it gives its previous hop.
+//!   - *Upstream* cells are paid only as delivery receipts confirm them. The end of the
+//!     circuit receipts what it receives (it is the destination). A relay receipts its previous
+//!     hop only as its next hop receipts it: [`ferry_market::chain::ReceiptChain`] shares each
+//!     growth of the next hop's cumulative receipt among the previous hops in proportion to
+//!     the bytes it forwarded for each. By induction a relay that drops (or black-holes) the
+//!     upstream earns nothing for it, and the client stops getting service after one grace.
+//!     Each hop adds up to one receipt interval (1 s) before upstream bytes can be paid, so the
+//!     credit line must cover that too.
+//!   - Limits: a relay's next hop receipts every byte it metered from the relay, including the
+//!     relay's own traffic to it (its own circuits, or the next hop as its paid exit); that
+//!     raises the ratio for the previous hops (capped at what they sent). Downstream cells the
+//!     client never receives (lost on its link, or dropped by a lying relay) are paid by the
+//!     relay to its next hop and not by the client: each relay carries its link's loss.
+//! - **Not metered**: direct mesh frames between friends (nothing is forwarded for a third
+//!   party), and IP packets of exit circuits at the exit (the exit is paid for the cells by its
+//!   previous hop instead).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
