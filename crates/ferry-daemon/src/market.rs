@@ -56,7 +56,18 @@
 //!     upstream earns nothing for it, and the client stops getting service after one grace.
 //!     Each hop adds up to one receipt interval (1 s) before upstream bytes can be paid, so the
 //!     credit line must cover that too.
-//!   - Limits: a relay's next hop receipts every byte it metered from the relay, including the
+//!   - Limits: the receipts a client gets are signed by its first relay. Chaining makes a
+//!     relay running this code pass back exactly what its next hop confirmed, but a relay
+//!     running modified software can sign whatever it likes for upstream bytes: what bounds
+//!     that is that upstream is only what the client chose to send (while the downstream it
+//!     pays for is authenticated end to end), and the client sees its flows stall. The sound
+//!     next step is the far end's own count, sent back inside the circuit sealed under the
+//!     end-to-end key (which no relay can forge), as the client's receipt source for its
+//!     first relay. A circuit end with the market on receipts even without the server role
+//!     (a mesh peer ending an identified circuit); a next hop off the market (no binding)
+//!     sends no receipts, so the relay before it confirms upstream cells on arrival (a hop
+//!     receipt: the client cannot tell whether they were delivered). A
+//!     relay's next hop receipts every byte it metered from the relay, including the
 //!     relay's own traffic to it (its own circuits, or the next hop as its paid exit); that
 //!     raises the ratio for the previous hops (capped at what they sent). Downstream cells the
 //!     client never receives (lost on its link, or dropped by a lying relay) are paid by the
@@ -757,7 +768,9 @@ impl MarketCore {
     /// to be handled. Where the circuit ends here (`next` = `None`) it is receipted to `prev`
     /// at once (this node is the cells' destination); where we relay it to `next`, it is
     /// receipted only as `next`'s receipts confirm what we forwarded there
-    /// ([`ferry_market::chain::ReceiptChain`]). `false`: drop it (the market gated it).
+    /// ([`ferry_market::chain::ReceiptChain`]), or at once when `next` is off the market (no
+    /// binding from it, so no receipts will come). A circuit end receipts even without the
+    /// server role. `false`: drop it (the market gated it).
     pub fn circuit_forward(
         &mut self,
         now: u64,
@@ -766,10 +779,24 @@ impl MarketCore {
         len: u32,
     ) -> bool {
         let Some(next) = next else {
+            if self.server.is_none() {
+                // The end of a circuit receipts what it received even without the server role
+                // (a mesh peer on the market as a client): the relay before it is paid only
+                // as far as its next hop's receipts confirm.
+                self.receipts.on_delivered(now, prev, u64::from(len));
+                self.pump(now);
+                return true;
+            }
             return self.server_meter(now, prev, CIRCUIT_DEST, len, true);
         };
-        let ok = self.server_meter(now, prev, CIRCUIT_DEST, len, false);
-        if ok {
+        // A next hop off the market (no binding from it) sends no receipts; what goes there is
+        // confirmed on arrival here.
+        let paid_next = self
+            .client
+            .account(&next)
+            .is_some_and(|a| a.binding.is_some());
+        let ok = self.server_meter(now, prev, CIRCUIT_DEST, len, !paid_next);
+        if ok && paid_next {
             self.chain.on_forwarded(prev, next, u64::from(len));
         }
         ok

@@ -751,13 +751,15 @@ const RELAY_SECRET: [u8; 32] = [3; 32];
 const EXIT_SECRET: [u8; 32] = [4; 32];
 
 impl Three {
-    async fn new() -> Self {
+    /// `exit_serves`: the far end runs the server role (else it is a mesh peer off the
+    /// market: no binding, no receipts).
+    async fn new(exit_serves: bool) -> Self {
         let ledger = Arc::new(EmbeddedEvm::new(EmbeddedConfig::default()).expect("ledger"));
         let mut nodes = Vec::new();
         for (s, serve) in [
             (CLIENT_SECRET, false),
             (RELAY_SECRET, true),
-            (EXIT_SECRET, true),
+            (EXIT_SECRET, exit_serves),
         ] {
             ledger.fund(AccountKey::from_seed(&s).address(), U256::from(DEV_FUNDS));
             let m = Market::default();
@@ -845,7 +847,7 @@ impl Three {
 async fn a_relay_is_paid_for_upstream_cells_only_as_its_next_hop_confirms_them() {
     let price = u128::from(config().price_per_kib);
     for black_hole in [false, true] {
-        let mut t = Three::new().await;
+        let mut t = Three::new(true).await;
         let mut total = 0u64;
         for i in 0..150u32 {
             let len = 500 + (i % 7) * 120;
@@ -903,4 +905,28 @@ async fn a_relay_is_paid_for_upstream_cells_only_as_its_next_hop_confirms_them()
                 .all(|k| k.peer != cpk)
         );
     }
+}
+
+/// A circuit end on the market without the server role (a mesh peer ending an identified
+/// circuit: it proposes nothing and is paid nothing) still receipts what it receives, so the
+/// relay before it is paid for the upstream cells.
+#[tokio::test]
+async fn an_end_without_the_server_role_receipts_to_the_relay() {
+    let price = u128::from(config().price_per_kib);
+    let mut t = Three::new(false).await;
+    let mut total = 0u64;
+    for i in 0..60u32 {
+        assert!(t.cell(700, false).await, "cell {i} gated");
+        total += 700;
+        if i % 10 == 9 {
+            t.now += 1;
+            t.pump().await;
+        }
+    }
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    assert_eq!(t.earned(1), ferry_market::due(total, price));
+    assert_eq!(t.earned(2), 0, "the end is not on the market");
 }
