@@ -35,7 +35,11 @@
 //!   on the link it crosses, against the neighbour that pays for that link (the previous hop
 //!   pays the next): cells from a previous hop in [`CircuitDriver::on_cell`] (dropped when the
 //!   market gates them), cells to a previous or next hop in `meter_out` before they are sent,
-//!   cells from a next hop after they authenticated (where we built the circuit).
+//!   cells from a next hop after they authenticated (where we built the circuit). The end of
+//!   every circuit counts the data-cell bytes it received on it and reports the count to the
+//!   client inside the circuit once a second ([`DELIVERY_COUNT_ID`],
+//!   [`CircuitDriver::report_delivery`]), whatever its market state; the client pays its first
+//!   relay for upstream cells by these counts.
 //!
 //! Timeouts and keepalives: a task calls [`Circuits::handle_timeout`] every
 //! [`TICK_INTERVAL`].
@@ -52,7 +56,7 @@ use ferry_net::NodeHandle;
 use ferry_proto::node::{Connection, Node, NodeError};
 use ferry_tunnel::circuit::{
     CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CellRef, CircuitConfig, CircuitEvent,
-    CircuitState, Circuits, DestroyReason, Dir, MAX_RELAYS, Role,
+    CircuitState, Circuits, DataRoute, DestroyReason, Dir, MAX_RELAYS, Role,
 };
 use ferry_tunnel::{Ipv6Header, mesh_address};
 
@@ -106,6 +110,11 @@ struct State {
     market: crate::market::Market,
     /// Data cells the market gated (either direction).
     gated: u64,
+    /// Circuits we built → their first hop (whose payment the far end's counts confirm).
+    first_hop: HashMap<u64, PublicKey>,
+    /// Circuits ending here → (data-cell bytes received on them, the count last reported back
+    /// to their client: [`DELIVERY_COUNT_ID`]).
+    end_rx: HashMap<u64, (u64, u64)>,
 }
 
 /// What came out of a circuit ending here ([`CircuitDriver::on_cell`]).
@@ -118,6 +127,21 @@ pub enum Delivery {
     /// exit on a client, the client's pseudonym on an exit): an exit control message (first
     /// byte 170) or an IP packet for the exit role's checks.
     Keyed(PublicKey, Vec<u8>),
+}
+
+/// First byte of the in-circuit payload by which a circuit's far end reports the data-cell
+/// bytes it received on it: 175 ([`ferry_market::MARKET_PACKET_ID`]; no IP packet starts with
+/// it, version nibble 10). Payload: `[175][cumulative bytes (8, BE)]`, once a second while
+/// data arrives ([`CircuitDriver::report_delivery`]). The client pays its first relay for the
+/// upstream cells only as far as these counts confirm them ([`crate::market`]).
+pub const DELIVERY_COUNT_ID: u8 = ferry_market::MARKET_PACKET_ID;
+
+/// The count of a delivery report payload ([`DELIVERY_COUNT_ID`]), `None` for anything else.
+pub fn delivery_count(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [DELIVERY_COUNT_ID, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// Most control cells held for next hops coming online: 256 (more fail at once, answered with
@@ -194,6 +218,8 @@ impl CircuitDriver {
             rng: pseudonyms,
             market,
             gated: 0,
+            first_hop: HashMap::new(),
+            end_rx: HashMap::new(),
         });
         let me = Arc::clone(self);
         let node = node.clone();
@@ -205,6 +231,7 @@ impl CircuitDriver {
                 if node
                     .call(move |n, now| {
                         let _ = m.with(n, now, |t| t.handle_timeout(now));
+                        m.report_delivery(n, now);
                     })
                     .await
                     .is_err()
@@ -287,8 +314,11 @@ impl CircuitDriver {
         };
         let len = data.len();
         let route = s.table.data_cell_route(&from, &data);
-        let dir = route.map(|r| r.0);
-        if let Some((Dir::Forward, next)) = route
+        if let Some(DataRoute {
+            dir: Dir::Forward,
+            next,
+            ..
+        }) = route
             && !s.market.circuit_forward(&from, next.as_ref(), len)
         {
             s.gated += 1;
@@ -296,10 +326,48 @@ impl CircuitDriver {
         }
         let auth = s.table.drops().auth;
         s.table.handle_cell(now, from, data);
-        if dir == Some(Dir::Backward) && s.table.drops().auth == auth {
-            s.market.circuit_received(&from, len);
+        if s.table.drops().auth == auth {
+            match route {
+                Some(DataRoute {
+                    dir: Dir::Backward, ..
+                }) => s.market.circuit_received(&from, len),
+                // Delivered here: counted for the client's report ([`DELIVERY_COUNT_ID`]).
+                Some(DataRoute {
+                    dir: Dir::Forward,
+                    next: None,
+                    handle,
+                }) => {
+                    let e = s.end_rx.entry(handle).or_default();
+                    e.0 = e.0.saturating_add(len as u64);
+                }
+                _ => {}
+            }
         }
         flush(s, node, now)
+    }
+
+    /// Tick: sends each client of a circuit ending here the data-cell bytes received on it
+    /// since the last report, as one in-circuit payload `[DELIVERY_COUNT_ID][cumulative (8,
+    /// BE)]`, sealed under the end-to-end key like any data cell (node task).
+    pub fn report_delivery(&self, node: &mut Node, now: Instant) {
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else { return };
+        let mut any = false;
+        for (&h, e) in &mut s.end_rx {
+            if e.0 == e.1 {
+                continue;
+            }
+            let mut p = [0u8; 9];
+            p[0] = DELIVERY_COUNT_ID;
+            p[1..].copy_from_slice(&e.0.to_be_bytes());
+            if s.table.send(now, h, &p).is_ok() {
+                e.1 = e.0;
+                any = true;
+            }
+        }
+        if any {
+            let _ = flush(s, node, now);
+        }
     }
 
     /// Data cells the market gated so far.
@@ -486,6 +554,9 @@ impl CircuitDriver {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let h = r.map_err(|e| ApiError::bad_request(format!("circuit: {e}")))?;
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.first_hop.insert(h, first);
+        }
         let start = Instant::now();
         loop {
             let res = lock(&self.state).as_mut().and_then(|s| s.opened.remove(&h));
@@ -749,6 +820,13 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
                 }
             },
             CircuitEvent::Data { handle, packet } => {
+                // The far end's delivery count on a circuit we built (paid relaying).
+                if let Some(first) = s.first_hop.get(&handle)
+                    && let Some(count) = delivery_count(&packet)
+                {
+                    s.market.circuit_confirmed(first, handle, count);
+                    continue;
+                }
                 if let Some(&k) = s.keyed.get(&handle) {
                     deliver.push(Delivery::Keyed(k, packet));
                     continue;
@@ -767,6 +845,8 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
             CircuitEvent::Closed { handle, reason } => {
                 tracing::info!(handle, %reason, "circuit closed");
                 s.opened.insert(handle, Err(reason));
+                s.first_hop.remove(&handle);
+                s.end_rx.remove(&handle);
                 if let Some((_, addr)) = s.far.remove(&handle)
                     && s.routes.get(&addr) == Some(&handle)
                 {
@@ -796,6 +876,20 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_counts_parse_exactly() {
+        let mut p = vec![DELIVERY_COUNT_ID];
+        p.extend_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+        assert_eq!(delivery_count(&p), Some(0x0102_0304_0506_0708));
+        assert_eq!(delivery_count(&p[..8]), None);
+        p.push(0);
+        assert_eq!(delivery_count(&p), None);
+        // IP packets never parse as one.
+        assert_eq!(delivery_count(&[0x45; 9]), None);
+        assert_eq!(delivery_count(&[0x60; 9]), None);
+        assert_eq!(delivery_count(&[]), None);
+    }
 
     #[test]
     fn packet_too_big_checksums_and_quotes() {

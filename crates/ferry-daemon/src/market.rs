@@ -48,30 +48,35 @@
 //!     cells. A relay cannot authenticate, so it pays its next hop for whatever arrives on the
 //!     circuit; if that is junk the client will not pay it, and the relay's loss is bounded by
 //!     the credit line it gives its previous hop.
-//!   - *Upstream* cells are paid only as delivery receipts confirm them. The end of the
-//!     circuit receipts what it receives (it is the destination). A relay receipts its previous
-//!     hop only as its next hop receipts it: [`ferry_market::chain::ReceiptChain`] shares each
-//!     growth of the next hop's cumulative receipt among the previous hops in proportion to
-//!     the bytes it forwarded for each. By induction a relay that drops (or black-holes) the
-//!     upstream earns nothing for it, and the client stops getting service after one grace.
-//!     Each hop adds up to one receipt interval (1 s) before upstream bytes can be paid, so the
-//!     credit line must cover that too.
-//!   - Limits: the receipts a client gets are signed by its first relay. Chaining makes a
-//!     relay running this code pass back exactly what its next hop confirmed, but a relay
-//!     running modified software can sign whatever it likes for upstream bytes: what bounds
-//!     that is that upstream is only what the client chose to send (while the downstream it
-//!     pays for is authenticated end to end), and the client sees its flows stall. The sound
-//!     next step is the far end's own count, sent back inside the circuit sealed under the
-//!     end-to-end key (which no relay can forge), as the client's receipt source for its
-//!     first relay. A circuit end with the market on receipts even without the server role
-//!     (a mesh peer ending an identified circuit); a next hop off the market (no binding)
-//!     sends no receipts, so the relay before it confirms upstream cells on arrival (a hop
-//!     receipt: the client cannot tell whether they were delivered). A
-//!     relay's next hop receipts every byte it metered from the relay, including the
-//!     relay's own traffic to it (its own circuits, or the next hop as its paid exit); that
-//!     raises the ratio for the previous hops (capped at what they sent). Downstream cells the
-//!     client never receives (lost on its link, or dropped by a lying relay) are paid by the
-//!     relay to its next hop and not by the client: each relay carries its link's loss.
+//!   - *Upstream* cells are paid only as far as delivery is confirmed. On the client's own
+//!     link the confirmation is the far end's count: the end of every circuit counts the
+//!     data-cell bytes it received on it (cells keep their length on every hop) and sends the
+//!     count back inside the circuit once a second, sealed under the end-to-end key
+//!     (`crate::circuit::DELIVERY_COUNT_ID`), so no relay can forge or inflate it; the client
+//!     sums these counts over its circuits through one first hop and pays that hop up to the
+//!     sum ([`MarketCore::circuit_confirmed`], receipt source [`far_source`]). Until the first
+//!     count arrives (and for a far end too old to send one) the first relay's own receipts
+//!     serve. Between relays, and from the last relay to the end, the next hop's signed
+//!     receipts confirm: the end receipts what it receives (with or without the server role),
+//!     and a relay receipts its previous hop only as its next hop receipts it
+//!     ([`ferry_market::chain::ReceiptChain`], which shares each growth of the next hop's
+//!     cumulative receipt among the previous hops in proportion to the bytes forwarded for
+//!     each). So a relay that drops (or black-holes) the upstream earns nothing for it, and the
+//!     client stops getting service after one grace. Each hop adds up to one receipt interval
+//!     (1 s) before upstream bytes can be paid, so the credit line must cover that too.
+//!   - Limits: a middle relay running modified software can receipt upstream bytes it never
+//!     forwarded, to the relay before it (only the client checks the far end's count). A relay
+//!     that drops the far end's count cells (38-byte backward cells, recognisable by size and
+//!     rhythm) from the start keeps the client on its own receipts; once a count has arrived
+//!     the client never goes back. A next hop off the market (no binding) sends no receipts,
+//!     so the relay before it confirms upstream cells on arrival (a hop receipt). A relay's
+//!     next hop receipts every byte it metered from the relay, including the relay's own
+//!     traffic to it (its own circuits, or the next hop as its paid exit); that raises the
+//!     ratio for the previous hops (capped at what they sent). Downstream cells the client
+//!     never receives (lost on its link, or dropped by a lying relay) are paid by the relay to
+//!     its next hop and not by the client: each relay carries its link's loss. The far end's
+//!     counts of circuits that closed stay in the sum; at most [`MAX_COUNTED_CIRCUITS`] live
+//!     per first hop.
 //! - **Not metered**: direct mesh frames between friends (nothing is forwarded for a third
 //!   party), and IP packets of exit circuits at the exit (the exit is paid for the cells by its
 //!   previous hop instead).
@@ -550,6 +555,10 @@ pub struct MarketCore {
     /// Relays: what each previous hop sent through each next hop, confirmed as the next hop
     /// receipts it.
     chain: ReceiptChain,
+    /// Circuit clients: the far ends' delivery counts by first hop, per circuit handle
+    /// (count, Unix s of the last report; at most [`MAX_COUNTED_CIRCUITS`] per first hop, the
+    /// stalest forgotten first), and their sum.
+    far_counts: HashMap<PeerId, (HashMap<u64, (u64, u64)>, u64)>,
     signer: PaySigner,
     verifier: PayVerifier,
     ledger: Ledger,
@@ -611,6 +620,7 @@ impl MarketCore {
             client: Client::new(client_cfg, node(), me.0),
             receipts: ReceiptIssuer::new(node(), RECEIPT_EVERY_BYTES, 1),
             chain: ReceiptChain::new(),
+            far_counts: HashMap::new(),
             signer: PaySigner {
                 key,
                 chain_id: info.chain_id,
@@ -800,6 +810,39 @@ impl MarketCore {
             self.chain.on_forwarded(prev, next, u64::from(len));
         }
         ok
+    }
+
+    /// Circuit client: the far end of circuit `handle`, whose first hop is `first`, reports
+    /// `cumulative` bytes of data cells received on it (sent back inside the circuit, sealed
+    /// under the end-to-end key: no relay can forge it). From then on `first` is paid for the
+    /// upstream cells only as far as these counts, summed over our circuits through it,
+    /// confirm them ([`far_source`]), instead of by `first`'s own receipts.
+    pub fn circuit_confirmed(&mut self, now: u64, first: PeerId, handle: u64, cumulative: u64) {
+        if !self.far_counts.contains_key(&first) && self.far_counts.len() >= ferry_market::MAX_PEERS
+        {
+            return;
+        }
+        let (per, total) = self.far_counts.entry(first).or_default();
+        if !per.contains_key(&handle)
+            && per.len() >= MAX_COUNTED_CIRCUITS
+            && let Some(stale) = per.iter().min_by_key(|(_, v)| v.1).map(|(h, _)| *h)
+        {
+            // Its count stays in the total; only a report for it would now count twice, and a
+            // circuit that still reports is never the stalest.
+            per.remove(&stale);
+        }
+        let e = per.entry(handle).or_insert((0, now));
+        if cumulative > e.0 {
+            *total = total.saturating_add(cumulative - e.0);
+            e.0 = cumulative;
+        }
+        e.1 = now;
+        let total = *total;
+        let source = far_source(&first);
+        if self.client.set_receipt_source(first, source).is_ok() {
+            self.client.confirm_delivery(source, total, &self.signer);
+        }
+        self.pump(now);
     }
 
     /// Client side: a packet of `len` bytes to `dest` went to paid `server`.
@@ -1165,6 +1208,18 @@ impl Market {
         });
     }
 
+    /// Circuit client: the far end of circuit `handle` through first hop `first` counted
+    /// `cumulative` bytes ([`MarketCore::circuit_confirmed`]).
+    pub fn circuit_confirmed(&self, first: &PublicKey, handle: u64, cumulative: u64) {
+        self.with(|c| {
+            c.circuit_confirmed(unix_now(), first.0, handle, cumulative);
+            if !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+        });
+    }
+
     /// Sends what the market queued, through `node` (node task).
     pub fn flush(&self, node: &mut ferry_proto::node::Node, now: std::time::Instant) {
         let out = self.with(MarketCore::take_out).unwrap_or_default();
@@ -1513,6 +1568,19 @@ impl Market {
 /// forwarded IP packet carries). A hop meters circuit data cells per neighbour, not per
 /// destination: it knows only its neighbours, and the cells are sealed end to end.
 pub const CIRCUIT_DEST: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// Most circuits through one first hop whose far-end counts a client keeps: 4096.
+pub const MAX_COUNTED_CIRCUITS: usize = 4096;
+
+/// The receipt source a circuit client names for the far ends of its circuits through first
+/// hop `first` ([`MarketCore::circuit_confirmed`]): BLAKE3("ferry far end" ‖ first), which no
+/// peer's key equals.
+pub fn far_source(first: &PeerId) -> PeerId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry far end");
+    h.update(first);
+    *h.finalize().as_bytes()
+}
 
 /// A cell length as the market counts it (a custom packet is at most 1373 bytes).
 fn cell_len(len: usize) -> u32 {

@@ -567,19 +567,25 @@ fn data_cells_are_routed_by_link() {
     // Client → relay (forward, relayed to E); relay → E (forward, ends there).
     let up0 = cell(0);
     assert_eq!(
-        net.nodes[1].data_cell_route(&client, &up0[0].data),
+        net.nodes[1]
+            .data_cell_route(&client, &up0[0].data)
+            .map(|r| (r.dir, r.next)),
         Some((Dir::Forward, Some(e)))
     );
     let relay_out = cell(1);
     let to_e = relay_out.iter().find(|c| c.to == e).expect("cell to E");
     assert_eq!(
-        net.nodes[2].data_cell_route(&relay, &to_e.data),
+        net.nodes[2]
+            .data_cell_route(&relay, &to_e.data)
+            .map(|r| (r.dir, r.next)),
         Some((Dir::Forward, None))
     );
     // E → relay (backward), relay → client (backward).
     let down2 = cell(2);
     assert_eq!(
-        net.nodes[1].data_cell_route(&e, &down2[0].data),
+        net.nodes[1]
+            .data_cell_route(&e, &down2[0].data)
+            .map(|r| (r.dir, r.next)),
         Some((Dir::Backward, None))
     );
     let to_c = relay_out
@@ -587,7 +593,9 @@ fn data_cells_are_routed_by_link() {
         .find(|c| c.to == client)
         .expect("cell to client");
     assert_eq!(
-        net.nodes[0].data_cell_route(&relay, &to_c.data),
+        net.nodes[0]
+            .data_cell_route(&relay, &to_c.data)
+            .map(|r| (r.dir, r.next)),
         Some((Dir::Backward, None))
     );
     // The wrong neighbour, a control cell, garbage: nothing.

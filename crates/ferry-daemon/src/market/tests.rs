@@ -930,3 +930,60 @@ async fn an_end_without_the_server_role_receipts_to_the_relay() {
     assert_eq!(t.earned(1), ferry_market::due(total, price));
     assert_eq!(t.earned(2), 0, "the end is not on the market");
 }
+
+/// Once the far end's own counts come back through the circuit, the client pays its first
+/// relay for upstream cells only as far as they confirm, whatever the relay receipts.
+#[tokio::test]
+async fn the_far_ends_count_caps_what_the_client_pays_its_first_relay() {
+    let price = u128::from(config().price_per_kib);
+    let mut t = Three::new(true).await;
+    let rpk = t.nodes[1].0;
+    let mut total = 0u64;
+    for i in 0..40u32 {
+        assert!(t.cell(800, false).await, "cell {i} gated");
+        total += 800;
+        if i % 10 == 9 {
+            t.now += 1;
+            t.pump().await;
+        }
+    }
+    // The far end reports half (say the relay dropped the rest after receipting it).
+    let half = total / 2;
+    let now = t.now;
+    t.nodes[0]
+        .1
+        .with(|c| c.circuit_confirmed(now, rpk.0, 7, half));
+    // An older count and a replay change nothing.
+    t.nodes[0]
+        .1
+        .with(|c| c.circuit_confirmed(now, rpk.0, 7, half / 2));
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    let wallet = t.nodes[0].1.wallet().await.expect("wallet");
+    let paid: u128 = wallet.channels[0].cumulative.parse().expect("wei");
+    // Vouchers already sent on the relay's receipts stay paid; nothing more until the far end
+    // confirms more.
+    let before = t.earned(1);
+    assert_eq!(paid, before);
+    for i in 0..20u32 {
+        assert!(t.cell(800, false).await, "cell {i} gated");
+    }
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    assert_eq!(t.earned(1), before, "unconfirmed by the far end: unpaid");
+    // The far end confirms everything sent so far: paid in full.
+    let all = total + 20 * 800;
+    let now = t.now;
+    t.nodes[0]
+        .1
+        .with(|c| c.circuit_confirmed(now, rpk.0, 7, all));
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    assert_eq!(t.earned(1), ferry_market::due(all, price));
+}
