@@ -558,7 +558,7 @@ pub struct MarketCore {
     /// Circuit clients: the far ends' delivery counts by first hop, per circuit handle
     /// (count, Unix s of the last report; at most [`MAX_COUNTED_CIRCUITS`] per first hop, the
     /// stalest forgotten first), and their sum.
-    far_counts: HashMap<PeerId, (HashMap<u64, (u64, u64)>, u64)>,
+    far_counts: HashMap<PeerId, FarCounts>,
     signer: PaySigner,
     verifier: PayVerifier,
     ledger: Ledger,
@@ -1568,6 +1568,10 @@ impl Market {
 /// forwarded IP packet carries). A hop meters circuit data cells per neighbour, not per
 /// destination: it knows only its neighbours, and the cells are sealed end to end.
 pub const CIRCUIT_DEST: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// A circuit client's far-end counts through one first hop: per circuit handle (count, Unix s
+/// of the last report), and their sum (bytes).
+type FarCounts = (HashMap<u64, (u64, u64)>, u64);
 
 /// Most circuits through one first hop whose far-end counts a client keeps: 4096.
 pub const MAX_COUNTED_CIRCUITS: usize = 4096;
