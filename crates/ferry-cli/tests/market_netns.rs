@@ -600,11 +600,16 @@ fn contract_peers(up: &NetnsFerry, role: &str) -> Vec<String> {
 /// (`NS_B`) → server namespace, `ferry tunnel up --via R --exit E`, every node on the market
 /// and one shared chain. Each hop is paid by its neighbour for the circuit's data cells
 /// (`ferry_daemon::market`, "Circuit relaying"): the client pays the relay at `RELAY_PRICE`,
-/// the relay pays the exit at `PRICE`. After a warm-up that opens both channels, the client
-/// downloads `CIRCUIT_DOWN_MIB` MiB.
+/// the relay pays the exit at `PRICE`. After a warm-up download (2 MiB) that opens both
+/// channels, the client uploads `CIRCUIT_UP_MIB` MiB and downloads `CIRCUIT_DOWN_MIB` MiB.
+///
+/// The client pays the relay for upstream cells by the exit's own counts, reported inside the
+/// circuit (a client that halved them fails the relay's check below), and the relay pays the
+/// exit by the exit's receipts.
 ///
 /// Asserts: each pair's meters agree (5 %); the cells metered for the download cover its
-/// payload (≥ payload, ≤ +25 % for IP/TCP headers, the 29-byte cell overhead and the ACKs);
+/// payload, and so do those of the upload (≥ payload, ≤ +25 % for IP/TCP headers, the 29-byte
+/// cell overhead and the ACKs); the relay earned more than it paid;
 /// the relay's earnings equal the client's channel cumulative and `due(relay's meter)` to
 /// within one voucher interval, the same for the exit against the relay; the exit has no
 /// contract with the client and the client no channel with the exit (each hop deals with its
