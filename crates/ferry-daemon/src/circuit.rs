@@ -563,12 +563,19 @@ impl CircuitDriver {
             match res {
                 Some(Ok(())) => break,
                 Some(Err(reason)) => {
+                    // Closed already (maybe before `first_hop` had it).
+                    if let Some(s) = lock(&self.state).as_mut() {
+                        s.first_hop.remove(&h);
+                    }
                     return Err(ApiError {
                         status: 502,
                         message: format!("circuit refused: {reason}"),
                     });
                 }
                 None if start.elapsed() > BUILD_TIMEOUT + TICK_INTERVAL => {
+                    if let Some(s) = lock(&self.state).as_mut() {
+                        s.first_hop.remove(&h);
+                    }
                     return Err(ApiError {
                         status: 504,
                         message: "circuit setup timed out".into(),
