@@ -37,7 +37,7 @@
 //!   market gates them), cells to a previous or next hop in `meter_out` before they are sent,
 //!   cells from a next hop after they authenticated (where we built the circuit). The end of
 //!   every circuit counts the data-cell bytes it received on it and reports the count to the
-//!   client inside the circuit once a second ([`DELIVERY_COUNT_ID`],
+//!   client inside the circuit every 256 KiB and once a second ([`DELIVERY_COUNT_ID`],
 //!   [`CircuitDriver::report_delivery`]), whatever its market state; the client pays its first
 //!   relay for upstream cells by these counts.
 //!
@@ -131,10 +131,24 @@ pub enum Delivery {
 
 /// First byte of the in-circuit payload by which a circuit's far end reports the data-cell
 /// bytes it received on it: 175 ([`ferry_market::MARKET_PACKET_ID`]; no IP packet starts with
-/// it, version nibble 10). Payload: `[175][cumulative bytes (8, BE)]`, once a second while
-/// data arrives ([`CircuitDriver::report_delivery`]). The client pays its first relay for the
+/// it, version nibble 10). Payload: `[175][cumulative bytes (8, BE)]`, every
+/// [`DELIVERY_REPORT_BYTES`] and once a second while data arrives
+/// ([`CircuitDriver::report_delivery`]). The client pays its first relay for the
 /// upstream cells only as far as these counts confirm them ([`crate::market`]).
 pub const DELIVERY_COUNT_ID: u8 = ferry_market::MARKET_PACKET_ID;
+
+/// A circuit end reports its count every this many bytes received (and every
+/// [`TICK_INTERVAL`]): 256 KiB, so the client's payment for upstream cells lags by at most that
+/// much plus one round trip, well inside a server's credit line.
+pub const DELIVERY_REPORT_BYTES: u64 = 256 * 1024;
+
+/// The delivery report payload for `cumulative` bytes ([`DELIVERY_COUNT_ID`]).
+pub fn delivery_report(cumulative: u64) -> [u8; 9] {
+    let mut p = [0u8; 9];
+    p[0] = DELIVERY_COUNT_ID;
+    p[1..].copy_from_slice(&cumulative.to_be_bytes());
+    p
+}
 
 /// The count of a delivery report payload ([`DELIVERY_COUNT_ID`]), `None` for anything else.
 pub fn delivery_count(payload: &[u8]) -> Option<u64> {
@@ -339,6 +353,11 @@ impl CircuitDriver {
                 }) => {
                     let e = s.end_rx.entry(handle).or_default();
                     e.0 = e.0.saturating_add(len as u64);
+                    if e.0 >= e.1.saturating_add(DELIVERY_REPORT_BYTES)
+                        && s.table.send(now, handle, &delivery_report(e.0)).is_ok()
+                    {
+                        e.1 = e.0;
+                    }
                 }
                 _ => {}
             }
@@ -346,9 +365,10 @@ impl CircuitDriver {
         flush(s, node, now)
     }
 
-    /// Tick: sends each client of a circuit ending here the data-cell bytes received on it
-    /// since the last report, as one in-circuit payload `[DELIVERY_COUNT_ID][cumulative (8,
-    /// BE)]`, sealed under the end-to-end key like any data cell (node task).
+    /// Tick: sends each client of a circuit ending here the data-cell bytes received on it,
+    /// if more than at the last report, as one in-circuit payload `[DELIVERY_COUNT_ID]
+    /// [cumulative (8, BE)]`, sealed under the end-to-end key like any data cell (node task).
+    /// [`CircuitDriver::on_cell`] also reports every [`DELIVERY_REPORT_BYTES`].
     pub fn report_delivery(&self, node: &mut Node, now: Instant) {
         let mut g = lock(&self.state);
         let Some(s) = g.as_mut() else { return };
@@ -357,10 +377,7 @@ impl CircuitDriver {
             if e.0 == e.1 {
                 continue;
             }
-            let mut p = [0u8; 9];
-            p[0] = DELIVERY_COUNT_ID;
-            p[1..].copy_from_slice(&e.0.to_be_bytes());
-            if s.table.send(now, h, &p).is_ok() {
+            if s.table.send(now, h, &delivery_report(e.0)).is_ok() {
                 e.1 = e.0;
                 any = true;
             }
@@ -886,8 +903,7 @@ mod tests {
 
     #[test]
     fn delivery_counts_parse_exactly() {
-        let mut p = vec![DELIVERY_COUNT_ID];
-        p.extend_from_slice(&0x0102_0304_0506_0708u64.to_be_bytes());
+        let mut p = delivery_report(0x0102_0304_0506_0708).to_vec();
         assert_eq!(delivery_count(&p), Some(0x0102_0304_0506_0708));
         assert_eq!(delivery_count(&p[..8]), None);
         p.push(0);

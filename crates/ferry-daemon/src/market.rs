@@ -51,8 +51,9 @@
 //!   - *Upstream* cells are paid only as far as delivery is confirmed. On the client's own
 //!     link the confirmation is the far end's count: the end of every circuit counts the
 //!     data-cell bytes it received on it (cells keep their length on every hop) and sends the
-//!     count back inside the circuit once a second, sealed under the end-to-end key
-//!     (`crate::circuit::DELIVERY_COUNT_ID`), so no relay can forge or inflate it; the client
+//!     count back inside the circuit every 256 KiB and once a second, sealed under the
+//!     end-to-end key (`crate::circuit::DELIVERY_COUNT_ID`), so no relay can forge or inflate
+//!     it; the client
 //!     sums these counts over its circuits through one first hop and pays that hop up to the
 //!     sum ([`MarketCore::circuit_confirmed`], receipt source [`far_source`]). Until the first
 //!     count arrives (and for a far end too old to send one) the first relay's own receipts
