@@ -1,5 +1,7 @@
-//! Paid exit end to end in network namespaces (issue 8): a client pays an exit for the traffic
-//! it carries, both settling on one shared ledger, `ferry chain serve` in the public namespace.
+//! Paid forwarding end to end in network namespaces (issue 8): a client pays an exit for the
+//! traffic it carries, both settling on one shared ledger, `ferry chain serve` in the public
+//! namespace; and (second test, `a_client_pays_a_relay_that_pays_the_exit_in_namespaces`) a
+//! client pays a circuit relay, which pays the exit, for the cells each carries.
 //!
 //! Topology: `lab/nat.sh up none:none` (public segment `NS_BOOT` with 4 ferry DHT nodes, the
 //! first a TCP relay, and the chain endpoint on `BOOT_IP:8545`; host A = client, host B = exit,
@@ -554,4 +556,308 @@ fn a_client_pays_an_exit_on_a_shared_chain_in_namespaces() {
         "client sees the claim"
     );
     eprintln!("market_netns took {:?}", t0.elapsed());
+}
+
+/// Wei per KiB the relay asks (it pays the exit [`PRICE`] for the same cells).
+const RELAY_PRICE: u128 = 2 * PRICE;
+/// MiB uploaded through the circuit once the channels are open.
+const CIRCUIT_UP_MIB: u64 = 4;
+/// MiB downloaded through the circuit once the channels are open.
+const CIRCUIT_DOWN_MIB: u64 = 16;
+
+fn due_at(bytes: u64, price: u128) -> u128 {
+    (u128::from(bytes) * price).div_ceil(1024)
+}
+
+/// The wallet row of `up`'s channel with `peer` (as payer or payee).
+fn channel_with(up: &NetnsFerry, peer: &str) -> Option<Value> {
+    let w = up.json(&["wallet", "--json"]).expect("wallet");
+    w["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .find(|c| c["peer"] == peer)
+        .cloned()
+}
+
+/// Contract peers of `up` in `role`.
+fn contract_peers(up: &NetnsFerry, role: &str) -> Vec<String> {
+    let mut v: Vec<String> = up
+        .json(&["contracts", "--json"])
+        .expect("contracts")
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|k| k["role"] == role)
+        .filter_map(|k| k["peer"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Paid relaying (issue 8): client (`NS_A`) → relay (`--relay-node`, public segment) → exit
+/// (`NS_B`) → server namespace, `ferry tunnel up --via R --exit E`, every node on the market
+/// and one shared chain. Each hop is paid by its neighbour for the circuit's data cells
+/// (`ferry_daemon::market`, "Circuit relaying"): the client pays the relay at `RELAY_PRICE`,
+/// the relay pays the exit at `PRICE`. After a warm-up download (2 MiB) that opens both
+/// channels, the client uploads `CIRCUIT_UP_MIB` MiB and downloads `CIRCUIT_DOWN_MIB` MiB.
+///
+/// The client pays the relay for upstream cells by the exit's own counts, reported inside the
+/// circuit (a client that halved them fails the relay's check below), and the relay pays the
+/// exit by the exit's receipts.
+///
+/// Asserts: each pair's meters agree (5 %); the cells metered for the download cover its
+/// payload, and so do those of the upload (≥ payload, ≤ +25 % for IP/TCP headers, the 29-byte
+/// cell overhead and the ACKs); the relay earned more than it paid;
+/// the relay's earnings equal the client's channel cumulative and `due(relay's meter)` to
+/// within one voucher interval, the same for the exit against the relay; the exit has no
+/// contract with the client and the client no channel with the exit (each hop deals with its
+/// neighbours only); after `ferry stop` both claims reach the chain.
+#[test]
+fn a_client_pays_a_relay_that_pays_the_exit_in_namespaces() {
+    let name = "a_client_pays_a_relay_that_pays_the_exit_in_namespaces";
+    let why = lab_skip_reason(&["python3"])
+        .or_else(|| (!Path::new("/dev/net/tun").exists()).then(|| "no /dev/net/tun".to_string()));
+    if let Some(why) = why {
+        eprintln!("SKIP {name}: {why}");
+        return;
+    }
+    let t0 = Instant::now();
+    let prefix = format!("mr{:x}", std::process::id() & 0xffff);
+    let l = Lab::up(&prefix);
+    let (client_ns, exit_ns, boot_ns) = (
+        l.lab.var("NS_A").to_string(),
+        l.lab.var("NS_B").to_string(),
+        l.lab.var("NS_BOOT").to_string(),
+    );
+
+    let mut exit_args = l.market_args();
+    exit_args.extend(
+        [
+            "--exit-node",
+            "--uplink",
+            "up0",
+            "--exit-policy",
+            &l.dir.path().join("policy.toml").to_string_lossy(),
+            "--price-per-kib",
+            &PRICE.to_string(),
+        ]
+        .map(String::from),
+    );
+    let exit =
+        NetnsFerry::start(ferry(), &exit_ns, EXIT_PORT, &l.peer_boot, &exit_args).expect("exit");
+    let mut relay_args = l.market_args();
+    relay_args.extend(
+        [
+            "--relay-node",
+            "--price-per-kib",
+            &RELAY_PRICE.to_string(),
+            "--max-price-per-kib",
+            &PRICE.to_string(),
+        ]
+        .map(String::from),
+    );
+    let relay =
+        NetnsFerry::start(ferry(), &boot_ns, 33460, &l.peer_boot, &relay_args).expect("relay");
+    let mut client_args = l.market_args();
+    client_args.extend(["--max-price-per-kib".to_string(), RELAY_PRICE.to_string()]);
+    let client =
+        NetnsFerry::start(ferry(), &client_ns, 33445, &l.peer_boot, &client_args).expect("client");
+    let exit_addr = l.fund(&exit);
+    let relay_addr = l.fund(&relay);
+    let client_addr = l.fund(&client);
+
+    let (c_pk, r_pk, e_pk) = (
+        client.id("public_key"),
+        relay.id("public_key"),
+        exit.id("public_key"),
+    );
+    // Links client–relay and relay–exit (service nodes, befriended by key).
+    for (a, b) in [(&client, &relay), (&relay, &exit)] {
+        assert!(
+            a.cli(&["friend", "add", &b.id("public_key"), "circuit"])
+                .is_some_and(|o| o.status.success())
+        );
+    }
+    let start = Instant::now();
+    while !(client.online(&r_pk) && relay.online(&e_pk)) {
+        assert!(start.elapsed() < ONLINE_TIMEOUT, "links not online");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let up = client
+        .cli(&[
+            "tunnel",
+            "up",
+            "--via",
+            &r_pk,
+            "--exit",
+            &e_pk,
+            "--route",
+            "10.77.2.0/24",
+        ])
+        .expect("tunnel up");
+    assert!(
+        up.status.success(),
+        "tunnel up --via --exit: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let py = l.client_py();
+    let run = |mode: &str, mib: u64| -> f64 {
+        let start = Instant::now();
+        let r = loop {
+            let r = in_ns(
+                &client_ns,
+                &["python3", &py, mode, SERVER_V4, &mib.to_string()],
+            );
+            if r.0 || start.elapsed() > Duration::from_secs(40) {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let w: Vec<&str> = r.1.split_whitespace().collect();
+        assert!(r.0 && w.first() == Some(&"OK"), "{mode}: {}", r.1);
+        assert_eq!(w.get(1), Some(&(mib << 20).to_string().as_str()), "{}", r.1);
+        w.get(2).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+    };
+    // Warm-up: the first cells flow on the unsecured allowances while both payers open their
+    // channels and both servers check them on the chain.
+    let warm_s = run("down", 2);
+    // An upload: its cells are paid only as far as the exit's receipts, chained back through
+    // the relay, confirm them.
+    let before_up = used(&relay, "server");
+    let up_s = run("up", CIRCUIT_UP_MIB);
+    let before = used(&relay, "server");
+    let down_s = run("down", CIRCUIT_DOWN_MIB);
+    eprintln!(
+        "MEASURE paid relay: warm-up 2 MiB down in {warm_s:.2} s, {CIRCUIT_UP_MIB} MiB up in \
+         {up_s:.2} s, {CIRCUIT_DOWN_MIB} MiB down in {down_s:.2} s through relay and exit \
+         (debug build)"
+    );
+
+    // Let receipts and vouchers settle on both links.
+    let cumulative = |payer: &NetnsFerry, payee: &str| {
+        channel_with(payer, payee).map_or(0, |c| wei(&c["cumulative"]))
+    };
+    let earned =
+        |up: &NetnsFerry| wei(&up.json(&["earnings", "--json"]).expect("earnings")["total"]);
+    let interval_r = due_at(VOUCHER_KIB * 1024, RELAY_PRICE);
+    let interval_e = due_at(VOUCHER_KIB * 1024, PRICE);
+    let start = Instant::now();
+    let (r_metered, r_earned, c_cum, e_metered, e_earned, r_cum) = loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let r_metered = used(&relay, "server");
+        let e_metered = used(&exit, "server");
+        let (r_earned, e_earned) = (earned(&relay), earned(&exit));
+        let (c_cum, r_cum) = (cumulative(&client, &r_pk), cumulative(&relay, &e_pk));
+        let settled = c_cum == r_earned
+            && r_cum == e_earned
+            && due_at(r_metered, RELAY_PRICE).abs_diff(r_earned) <= interval_r
+            && due_at(e_metered, PRICE).abs_diff(e_earned) <= interval_e;
+        if settled || start.elapsed() > Duration::from_secs(30) {
+            break (r_metered, r_earned, c_cum, e_metered, e_earned, r_cum);
+        }
+    };
+    let c_metered = used(&client, "client");
+    let r_paying = used(&relay, "client");
+    eprintln!(
+        "MEASURE paid relay: relay metered {r_metered} B (client {c_metered} B), earned \
+         {r_earned} wei of due {} (client cumulative {c_cum}); exit metered {e_metered} B (relay \
+         {r_paying} B), earned {e_earned} wei of due {} (relay cumulative {r_cum})",
+        due_at(r_metered, RELAY_PRICE),
+        due_at(e_metered, PRICE)
+    );
+    // Each pair counts the same cells, except those lost on the way or gated.
+    assert!(
+        r_metered.abs_diff(c_metered) <= c_metered / 20,
+        "relay metered {r_metered} B, client {c_metered} B"
+    );
+    assert!(
+        e_metered.abs_diff(r_paying) <= r_paying / 20,
+        "exit metered {e_metered} B, relay {r_paying} B"
+    );
+    let upload = before - before_up;
+    let up_payload = CIRCUIT_UP_MIB << 20;
+    assert!(
+        upload >= up_payload && upload <= up_payload + up_payload / 4,
+        "the upload metered {upload} B of cells for {up_payload} B of payload"
+    );
+    let down = r_metered - before;
+    let payload = CIRCUIT_DOWN_MIB << 20;
+    assert!(
+        down >= payload && down <= payload + payload / 4,
+        "the download metered {down} B of cells for {payload} B of payload"
+    );
+    // Payment on each link: vouchers = earnings = due(metered) within one voucher interval.
+    assert_eq!(
+        c_cum, r_earned,
+        "the client's vouchers are the relay's earnings"
+    );
+    assert_eq!(
+        r_cum, e_earned,
+        "the relay's vouchers are the exit's earnings"
+    );
+    assert!(
+        due_at(r_metered, RELAY_PRICE).abs_diff(r_earned) <= interval_r,
+        "relay paid {r_earned}, due {} (one voucher interval = {interval_r} wei)",
+        due_at(r_metered, RELAY_PRICE)
+    );
+    assert!(
+        due_at(e_metered, PRICE).abs_diff(e_earned) <= interval_e,
+        "exit paid {e_earned}, due {} (one voucher interval = {interval_e} wei)",
+        due_at(e_metered, PRICE)
+    );
+    // The relay keeps its margin: it earned more than it paid for the same cells.
+    assert!(
+        r_earned > e_earned,
+        "relay earned {r_earned}, paid {e_earned}"
+    );
+    // Neighbours only: the exit deals with the relay, the client never with the exit.
+    assert_eq!(contract_peers(&exit, "server"), vec![r_pk.clone()]);
+    assert_eq!(contract_peers(&relay, "server"), vec![c_pk.clone()]);
+    assert_eq!(contract_peers(&client, "client"), vec![r_pk.clone()]);
+    assert!(channel_with(&client, &e_pk).is_none());
+    assert!(channel_with(&exit, &c_pk).is_none());
+
+    // Both payees claim their newest voucher on shutdown; the chain shows it, from the right
+    // sender to the right receiver.
+    let links = [
+        (&relay, &client, &r_pk, r_earned, &client_addr, &relay_addr),
+        (&exit, &relay, &e_pk, e_earned, &relay_addr, &exit_addr),
+    ];
+    let ids: Vec<String> = links
+        .iter()
+        .map(|(_, payer, payee, ..)| {
+            channel_with(payer, payee).expect("channel")["channel_id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    for ((payee, _, _, earned, sender, receiver), id) in links.iter().zip(&ids) {
+        assert!(payee.cli(&["stop"]).is_some_and(|o| o.status.success()));
+        let start = Instant::now();
+        let ch = loop {
+            let ch = l.chain(&["chain", "channel", id]);
+            if wei(&ch["claimed"]) == *earned || start.elapsed() > Duration::from_secs(20) {
+                break ch;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        };
+        assert_eq!(
+            wei(&ch["claimed"]),
+            *earned,
+            "claimed on the chain = earnings"
+        );
+        assert_eq!(
+            ch["sender"].as_str().map(str::to_lowercase),
+            Some(sender.to_lowercase())
+        );
+        assert_eq!(
+            ch["receiver"].as_str().map(str::to_lowercase),
+            Some(receiver.to_lowercase())
+        );
+    }
+    eprintln!("MEASURE paid relay: test body {:?}", t0.elapsed());
 }

@@ -31,6 +31,16 @@
 //!   ([`Delivery::Keyed`], [`CircuitDriver::outbound_keyed`]), so the exit's address pool,
 //!   policy and spoof checks ([`crate::exit`]) treat it exactly like a direct client.
 //!
+//! - **Paid relaying** ([`crate::market`], `ferry up --market`): every data cell is metered
+//!   on the link it crosses, against the neighbour that pays for that link (the previous hop
+//!   pays the next): cells from a previous hop in [`CircuitDriver::on_cell`] (dropped when the
+//!   market gates them), cells to a previous or next hop in `meter_out` before they are sent,
+//!   cells from a next hop after they authenticated (where we built the circuit). The end of
+//!   every circuit counts the data-cell bytes it received on it and reports the count to the
+//!   client inside the circuit every 256 KiB and once a second ([`DELIVERY_COUNT_ID`],
+//!   [`CircuitDriver::report_delivery`]), whatever its market state; the client pays its first
+//!   relay for upstream cells by these counts.
+//!
 //! Timeouts and keepalives: a task calls [`Circuits::handle_timeout`] every
 //! [`TICK_INTERVAL`].
 
@@ -45,8 +55,8 @@ use ferry_crypto::{KeyPair, PublicKey};
 use ferry_net::NodeHandle;
 use ferry_proto::node::{Connection, Node, NodeError};
 use ferry_tunnel::circuit::{
-    CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CircuitConfig, CircuitEvent,
-    CircuitState, Circuits, DestroyReason, MAX_RELAYS, Role,
+    CIRCUIT_CONTROL_ID, CIRCUIT_DATA_ID, CIRCUIT_MTU, Cell, CellRef, CircuitConfig, CircuitEvent,
+    CircuitState, Circuits, DataRoute, DestroyReason, Dir, MAX_RELAYS, Role,
 };
 use ferry_tunnel::{Ipv6Header, mesh_address};
 
@@ -96,6 +106,15 @@ struct State {
     released: Vec<PublicKey>,
     /// Pseudonym source.
     rng: FerryRng,
+    /// Paid relaying ([`crate::market`]; a handle that is off unless `ferry up --market`).
+    market: crate::market::Market,
+    /// Data cells the market gated (either direction).
+    gated: u64,
+    /// Circuits we built → their first hop (whose payment the far end's counts confirm).
+    first_hop: HashMap<u64, PublicKey>,
+    /// Circuits ending here → (data-cell bytes received on them, the count last reported back
+    /// to their client: [`DELIVERY_COUNT_ID`]).
+    end_rx: HashMap<u64, (u64, u64)>,
 }
 
 /// What came out of a circuit ending here ([`CircuitDriver::on_cell`]).
@@ -108,6 +127,35 @@ pub enum Delivery {
     /// exit on a client, the client's pseudonym on an exit): an exit control message (first
     /// byte 170) or an IP packet for the exit role's checks.
     Keyed(PublicKey, Vec<u8>),
+}
+
+/// First byte of the in-circuit payload by which a circuit's far end reports the data-cell
+/// bytes it received on it: 175 ([`ferry_market::MARKET_PACKET_ID`]; no IP packet starts with
+/// it, version nibble 10). Payload: `[175][cumulative bytes (8, BE)]`, every
+/// [`DELIVERY_REPORT_BYTES`] and once a second while data arrives
+/// ([`CircuitDriver::report_delivery`]). The client pays its first relay for the
+/// upstream cells only as far as these counts confirm them ([`crate::market`]).
+pub const DELIVERY_COUNT_ID: u8 = ferry_market::MARKET_PACKET_ID;
+
+/// A circuit end reports its count every this many bytes received (and every
+/// [`TICK_INTERVAL`]): 256 KiB, so the client's payment for upstream cells lags by at most that
+/// much plus one round trip, well inside a server's credit line.
+pub const DELIVERY_REPORT_BYTES: u64 = 256 * 1024;
+
+/// The delivery report payload for `cumulative` bytes ([`DELIVERY_COUNT_ID`]).
+pub fn delivery_report(cumulative: u64) -> [u8; 9] {
+    let mut p = [0u8; 9];
+    p[0] = DELIVERY_COUNT_ID;
+    p[1..].copy_from_slice(&cumulative.to_be_bytes());
+    p
+}
+
+/// The count of a delivery report payload ([`DELIVERY_COUNT_ID`]), `None` for anything else.
+pub fn delivery_count(payload: &[u8]) -> Option<u64> {
+    match payload {
+        [DELIVERY_COUNT_ID, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 /// Most control cells held for next hops coming online: 256 (more fail at once, answered with
@@ -147,7 +195,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl CircuitDriver {
     /// Creates the table for long-term key pair `own`, forwarding for others when `relay`, and
-    /// starts the tick task. Called once by `ferry up`.
+    /// starts the tick task; data cells are metered and gated by `market` (paid relaying,
+    /// [`meter_out`]). Called once by `ferry up`.
     ///
     /// # Errors
     /// OS RNG failure.
@@ -156,6 +205,7 @@ impl CircuitDriver {
         node: &NodeHandle,
         own: KeyPair,
         relay: bool,
+        market: crate::market::Market,
     ) -> anyhow::Result<()> {
         let seed = ferry_crypto::rng::os_seed().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
         let own_addr = mesh_address(&own.public);
@@ -180,6 +230,10 @@ impl CircuitDriver {
             exit_node: false,
             released: Vec::new(),
             rng: pseudonyms,
+            market,
+            gated: 0,
+            first_hop: HashMap::new(),
+            end_rx: HashMap::new(),
         });
         let me = Arc::clone(self);
         let node = node.clone();
@@ -191,6 +245,7 @@ impl CircuitDriver {
                 if node
                     .call(move |n, now| {
                         let _ = m.with(n, now, |t| t.handle_timeout(now));
+                        m.report_delivery(n, now);
                     })
                     .await
                     .is_err()
@@ -254,6 +309,12 @@ impl CircuitDriver {
 
     /// A circuit cell from neighbour `from` (event handler, node task); returns what came out
     /// of circuits ending here ([`Delivery`]).
+    ///
+    /// Paid relaying ([`crate::market`]): a data cell from a circuit's previous hop is metered
+    /// against it and dropped if the market gates it (receipted to it at once where the
+    /// circuit ends here, as the next hop confirms it where we relay); one from a circuit's
+    /// next hop is counted as received from it (on a circuit we built, only if it
+    /// authenticates).
     pub fn on_cell(
         &self,
         node: &mut Node,
@@ -261,7 +322,74 @@ impl CircuitDriver {
         from: PublicKey,
         data: Vec<u8>,
     ) -> Vec<Delivery> {
-        self.with(node, now, |t| t.handle_cell(now, from, data))
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else {
+            return Vec::new();
+        };
+        let len = data.len();
+        let route = s.table.data_cell_route(&from, &data);
+        if let Some(DataRoute {
+            dir: Dir::Forward,
+            next,
+            ..
+        }) = route
+            && !s.market.circuit_forward(&from, next.as_ref(), len)
+        {
+            s.gated += 1;
+            return flush(s, node, now);
+        }
+        let auth = s.table.drops().auth;
+        s.table.handle_cell(now, from, data);
+        if s.table.drops().auth == auth {
+            match route {
+                Some(DataRoute {
+                    dir: Dir::Backward, ..
+                }) => s.market.circuit_received(&from, len),
+                // Delivered here: counted for the client's report ([`DELIVERY_COUNT_ID`]).
+                Some(DataRoute {
+                    dir: Dir::Forward,
+                    next: None,
+                    handle,
+                }) => {
+                    let e = s.end_rx.entry(handle).or_default();
+                    e.0 = e.0.saturating_add(len as u64);
+                    if e.0 >= e.1.saturating_add(DELIVERY_REPORT_BYTES)
+                        && s.table.send(now, handle, &delivery_report(e.0)).is_ok()
+                    {
+                        e.1 = e.0;
+                    }
+                }
+                _ => {}
+            }
+        }
+        flush(s, node, now)
+    }
+
+    /// Tick: sends each client of a circuit ending here the data-cell bytes received on it,
+    /// if more than at the last report, as one in-circuit payload `[DELIVERY_COUNT_ID]
+    /// [cumulative (8, BE)]`, sealed under the end-to-end key like any data cell (node task).
+    /// [`CircuitDriver::on_cell`] also reports every [`DELIVERY_REPORT_BYTES`].
+    pub fn report_delivery(&self, node: &mut Node, now: Instant) {
+        let mut g = lock(&self.state);
+        let Some(s) = g.as_mut() else { return };
+        let mut any = false;
+        for (&h, e) in &mut s.end_rx {
+            if e.0 == e.1 {
+                continue;
+            }
+            if s.table.send(now, h, &delivery_report(e.0)).is_ok() {
+                e.1 = e.0;
+                any = true;
+            }
+        }
+        if any {
+            let _ = flush(s, node, now);
+        }
+    }
+
+    /// Data cells the market gated so far.
+    pub fn gated(&self) -> u64 {
+        lock(&self.state).as_ref().map_or(0, |s| s.gated)
     }
 
     /// Counts a packet the TUN device refused.
@@ -395,11 +523,14 @@ impl CircuitDriver {
         if s.table.send(Instant::now(), handle, pkt).is_err() {
             return Some(Outbound::Dropped);
         }
-        Some(
-            s.table
-                .poll_transmit()
-                .map_or(Outbound::Dropped, Outbound::Send),
-        )
+        Some(s.table.poll_transmit().map_or(Outbound::Dropped, |c| {
+            if meter_out(&s.market, &c) {
+                Outbound::Send(c)
+            } else {
+                s.gated += 1;
+                Outbound::Dropped
+            }
+        }))
     }
 
     async fn build_inner(
@@ -440,18 +571,28 @@ impl CircuitDriver {
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let h = r.map_err(|e| ApiError::bad_request(format!("circuit: {e}")))?;
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.first_hop.insert(h, first);
+        }
         let start = Instant::now();
         loop {
             let res = lock(&self.state).as_mut().and_then(|s| s.opened.remove(&h));
             match res {
                 Some(Ok(())) => break,
                 Some(Err(reason)) => {
+                    // Closed already (maybe before `first_hop` had it).
+                    if let Some(s) = lock(&self.state).as_mut() {
+                        s.first_hop.remove(&h);
+                    }
                     return Err(ApiError {
                         status: 502,
                         message: format!("circuit refused: {reason}"),
                     });
                 }
                 None if start.elapsed() > BUILD_TIMEOUT + TICK_INTERVAL => {
+                    if let Some(s) = lock(&self.state).as_mut() {
+                        s.first_hop.remove(&h);
+                    }
                     return Err(ApiError {
                         status: 504,
                         message: "circuit setup timed out".into(),
@@ -504,9 +645,14 @@ impl CircuitDriver {
         if s.table.send(Instant::now(), handle, pkt).is_err() {
             return Outbound::Dropped;
         }
-        s.table
-            .poll_transmit()
-            .map_or(Outbound::Dropped, Outbound::Send)
+        s.table.poll_transmit().map_or(Outbound::Dropped, |c| {
+            if meter_out(&s.market, &c) {
+                Outbound::Send(c)
+            } else {
+                s.gated += 1;
+                Outbound::Dropped
+            }
+        })
     }
 
     /// Sends a cell from [`CircuitDriver::outbound`] (TUN reader task).
@@ -593,6 +739,26 @@ pub fn packet_too_big(pkt: &[u8], h: &Ipv6Header) -> Vec<u8> {
     v
 }
 
+/// Meters a cell about to go to its neighbour `cell.to` (paid relaying, [`crate::market`]):
+/// a data cell travelling forward goes to its circuit's next hop, which we pay for it
+/// ([`crate::market::Market::circuit_sent`]); one travelling backward goes to the previous hop,
+/// which pays us and may be gated ([`crate::market::Market::circuit_reply`]). Control cells are
+/// not metered. `false`: drop it.
+fn meter_out(market: &crate::market::Market, cell: &Cell) -> bool {
+    match CellRef::decode(&cell.data) {
+        Ok(CellRef::Data {
+            dir: Dir::Forward, ..
+        }) => {
+            market.circuit_sent(&cell.to, cell.data.len());
+            true
+        }
+        Ok(CellRef::Data {
+            dir: Dir::Backward, ..
+        }) => market.circuit_reply(&cell.to, cell.data.len()),
+        _ => true,
+    }
+}
+
 /// Sends the table's cells and handles its events; returns the IP packets to write to TUN.
 fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
     // Held cells whose next hop came online go first; expired ones fail.
@@ -615,6 +781,10 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
         }
     }
     while let Some(cell) = s.table.poll_transmit() {
+        if !meter_out(&s.market, &cell) {
+            s.gated += 1;
+            continue;
+        }
         match node.send_custom(now, &cell.to, &cell.data) {
             Ok(()) => {}
             // A CREATE to a next hop that is no friend of ours: befriend it as a service node
@@ -674,6 +844,13 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
                 }
             },
             CircuitEvent::Data { handle, packet } => {
+                // The far end's delivery count on a circuit we built (paid relaying).
+                if let Some(first) = s.first_hop.get(&handle)
+                    && let Some(count) = delivery_count(&packet)
+                {
+                    s.market.circuit_confirmed(first, handle, count);
+                    continue;
+                }
                 if let Some(&k) = s.keyed.get(&handle) {
                     deliver.push(Delivery::Keyed(k, packet));
                     continue;
@@ -692,6 +869,8 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
             CircuitEvent::Closed { handle, reason } => {
                 tracing::info!(handle, %reason, "circuit closed");
                 s.opened.insert(handle, Err(reason));
+                s.first_hop.remove(&handle);
+                s.end_rx.remove(&handle);
                 if let Some((_, addr)) = s.far.remove(&handle)
                     && s.routes.get(&addr) == Some(&handle)
                 {
@@ -721,6 +900,19 @@ fn flush(s: &mut State, node: &mut Node, now: Instant) -> Vec<Delivery> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivery_counts_parse_exactly() {
+        let mut p = delivery_report(0x0102_0304_0506_0708).to_vec();
+        assert_eq!(delivery_count(&p), Some(0x0102_0304_0506_0708));
+        assert_eq!(delivery_count(&p[..8]), None);
+        p.push(0);
+        assert_eq!(delivery_count(&p), None);
+        // IP packets never parse as one.
+        assert_eq!(delivery_count(&[0x45; 9]), None);
+        assert_eq!(delivery_count(&[0x60; 9]), None);
+        assert_eq!(delivery_count(&[]), None);
+    }
 
     #[test]
     fn packet_too_big_checksums_and_quotes() {

@@ -28,9 +28,59 @@
 //!   the node task's bounded frame channel. The place for a `PriorityQueue` is
 //!   `Inbound::push`/`flush`: one batch per [`Verdict::Forward`] class, and when the writer is
 //!   behind, drop free before grace before paid.
-//! - **Not metered yet**: circuit relaying (`crate::circuit`; the far end would have to send
-//!   receipts back through the circuit, since it knows the client only by a pseudonym), and
-//!   direct mesh frames between friends (nothing is forwarded for a third party).
+//! - **Circuit relaying** (`crate::circuit`, `ferry tunnel up --via R1,... --exit E`): paid
+//!   hop by hop, each hop by its neighbours only. On every link of a circuit the hop nearer
+//!   the client is the market client and the other the server, over their own friend
+//!   session: the client pays R1, R1 pays R2, …, the last relay pays E (an Althea-style
+//!   chain; a relay's margin is its price minus its next hop's). Nobody pays or is paid by a
+//!   hop it cannot see, so E never learns the client's key or account. What is metered is
+//!   the data cell (the whole custom packet, 29 bytes over the sealed IP packet), counted
+//!   identically on both ends of a link: the server meters the cells it receives from its
+//!   previous hop ([`Market::circuit_forward`], gated before they are relayed or opened) and
+//!   the cells it sends back to it ([`Market::circuit_reply`], gated before they go); the
+//!   client meters the cells it hands to the link ([`Market::circuit_sent`]) and the ones it
+//!   gets back ([`Market::circuit_received`]). All circuit traffic with one neighbour falls
+//!   under contracts for the pseudo-destination [`CIRCUIT_DEST`] (`::/128`). Control cells
+//!   (CREATE, CREATED, DESTROY) are not metered.
+//!   - *Downstream* cells (towards the client) are paid without receipts, as replies are: the
+//!     payer counts what reached it. On a circuit it built the client counts a cell only once
+//!     it authenticated under the end-to-end key, so a relay cannot bill forged or replayed
+//!     cells. A relay cannot authenticate, so it pays its next hop for whatever arrives on the
+//!     circuit; if that is junk the client will not pay it, and the relay's loss is bounded by
+//!     the credit line it gives its previous hop.
+//!   - *Upstream* cells are paid only as far as delivery is confirmed. On the client's own
+//!     link the confirmation is the far end's count: the end of every circuit counts the
+//!     data-cell bytes it received on it (cells keep their length on every hop) and sends the
+//!     count back inside the circuit every 256 KiB and once a second, sealed under the
+//!     end-to-end key (`crate::circuit::DELIVERY_COUNT_ID`), so no relay can forge or inflate
+//!     it; the client
+//!     sums these counts over its circuits through one first hop and pays that hop up to the
+//!     sum ([`MarketCore::circuit_confirmed`], receipt source [`far_source`]). Until the first
+//!     count arrives (and for a far end too old to send one) the first relay's own receipts
+//!     serve. Between relays, and from the last relay to the end, the next hop's signed
+//!     receipts confirm: the end receipts what it receives (with or without the server role),
+//!     and a relay receipts its previous hop only as its next hop receipts it
+//!     ([`ferry_market::chain::ReceiptChain`], which shares each growth of the next hop's
+//!     cumulative receipt among the previous hops in proportion to the bytes forwarded for
+//!     each). So a relay that drops (or black-holes) the upstream earns nothing for it, and the
+//!     client stops getting service after one grace. Each hop adds up to one receipt interval
+//!     (1 s) before upstream bytes can be paid, so the credit line must cover that too.
+//!   - Limits: a middle relay running modified software can receipt upstream bytes it never
+//!     forwarded, to the relay before it (only the client checks the far end's count). A relay
+//!     that drops the far end's count cells (38-byte backward cells, recognisable by size and
+//!     rhythm) from the start keeps the client on its own receipts; once a count has arrived
+//!     the client never goes back. A next hop off the market (no binding) sends no receipts,
+//!     so the relay before it confirms upstream cells on arrival (a hop receipt). A relay's
+//!     next hop receipts every byte it metered from the relay, including the relay's own
+//!     traffic to it (its own circuits, or the next hop as its paid exit); that raises the
+//!     ratio for the previous hops (capped at what they sent). Downstream cells the client
+//!     never receives (lost on its link, or dropped by a lying relay) are paid by the relay to
+//!     its next hop and not by the client: each relay carries its link's loss. The far end's
+//!     counts of circuits that closed stay in the sum; at most [`MAX_COUNTED_CIRCUITS`] live
+//!     per first hop.
+//! - **Not metered**: direct mesh frames between friends (nothing is forwarded for a third
+//!   party), and IP packets of exit circuits at the exit (the exit is paid for the cells by its
+//!   previous hop instead).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -40,6 +90,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_api::{ApiError, Earnings, MarketContract, Wallet, WalletChannel};
 use ferry_crypto::PublicKey;
+use ferry_market::chain::ReceiptChain;
 use ferry_market::client::{Client, ClientConfig, ClientEvent};
 use ferry_market::msg::{Address as MAddress, ChannelId, Settlement, VoucherMsg};
 use ferry_market::server::{ReceiptIssuer, Server, ServerConfig, ServerEvent, Verdict};
@@ -502,6 +553,13 @@ pub struct MarketCore {
     server: Option<Server>,
     client: Client,
     receipts: ReceiptIssuer,
+    /// Relays: what each previous hop sent through each next hop, confirmed as the next hop
+    /// receipts it.
+    chain: ReceiptChain,
+    /// Circuit clients: the far ends' delivery counts by first hop, per circuit handle
+    /// (count, Unix s of the last report; at most [`MAX_COUNTED_CIRCUITS`] per first hop, the
+    /// stalest forgotten first), and their sum.
+    far_counts: HashMap<PeerId, FarCounts>,
     signer: PaySigner,
     verifier: PayVerifier,
     ledger: Ledger,
@@ -562,6 +620,8 @@ impl MarketCore {
         Self {
             client: Client::new(client_cfg, node(), me.0),
             receipts: ReceiptIssuer::new(node(), RECEIPT_EVERY_BYTES, 1),
+            chain: ReceiptChain::new(),
+            far_counts: HashMap::new(),
             signer: PaySigner {
                 key,
                 chain_id: info.chain_id,
@@ -663,6 +723,13 @@ impl MarketCore {
                 Ok(()) if kind == 0x01 && !self.client_bound.contains_key(&from) => {
                     self.bind_client(now, from);
                 }
+                // A next hop's receipt: confirm its share to the previous hops we relay for.
+                Ok(()) if kind == 0x0a => {
+                    let confirmed = self.client.receipted(&from);
+                    for (prev, n) in self.chain.on_confirmed(&from, confirmed) {
+                        self.receipts.on_delivered(now, prev, n);
+                    }
+                }
                 Ok(()) => {}
                 Err(e) => tracing::debug!(peer = %hex::encode(from), "market (client): {e}"),
             }
@@ -706,6 +773,77 @@ impl MarketCore {
         self.dirty = true;
         self.pump(now);
         ok
+    }
+
+    /// Circuit hop, server side: a data cell of `len` bytes from previous hop `prev` is about
+    /// to be handled. Where the circuit ends here (`next` = `None`) it is receipted to `prev`
+    /// at once (this node is the cells' destination); where we relay it to `next`, it is
+    /// receipted only as `next`'s receipts confirm what we forwarded there
+    /// ([`ferry_market::chain::ReceiptChain`]), or at once when `next` is off the market (no
+    /// binding from it, so no receipts will come). A circuit end receipts even without the
+    /// server role. `false`: drop it (the market gated it).
+    pub fn circuit_forward(
+        &mut self,
+        now: u64,
+        prev: PeerId,
+        next: Option<PeerId>,
+        len: u32,
+    ) -> bool {
+        let Some(next) = next else {
+            if self.server.is_none() {
+                // The end of a circuit receipts what it received even without the server role
+                // (a mesh peer on the market as a client): the relay before it is paid only
+                // as far as its next hop's receipts confirm.
+                self.receipts.on_delivered(now, prev, u64::from(len));
+                self.pump(now);
+                return true;
+            }
+            return self.server_meter(now, prev, CIRCUIT_DEST, len, true);
+        };
+        // A next hop off the market (no binding from it) sends no receipts; what goes there is
+        // confirmed on arrival here.
+        let paid_next = self
+            .client
+            .account(&next)
+            .is_some_and(|a| a.binding.is_some());
+        let ok = self.server_meter(now, prev, CIRCUIT_DEST, len, !paid_next);
+        if ok && paid_next {
+            self.chain.on_forwarded(prev, next, u64::from(len));
+        }
+        ok
+    }
+
+    /// Circuit client: the far end of circuit `handle`, whose first hop is `first`, reports
+    /// `cumulative` bytes of data cells received on it (sent back inside the circuit, sealed
+    /// under the end-to-end key: no relay can forge it). From then on `first` is paid for the
+    /// upstream cells only as far as these counts, summed over our circuits through it,
+    /// confirm them ([`far_source`]), instead of by `first`'s own receipts.
+    pub fn circuit_confirmed(&mut self, now: u64, first: PeerId, handle: u64, cumulative: u64) {
+        if !self.far_counts.contains_key(&first) && self.far_counts.len() >= ferry_market::MAX_PEERS
+        {
+            return;
+        }
+        let (per, total) = self.far_counts.entry(first).or_default();
+        if !per.contains_key(&handle)
+            && per.len() >= MAX_COUNTED_CIRCUITS
+            && let Some(stale) = per.iter().min_by_key(|(_, v)| v.1).map(|(h, _)| *h)
+        {
+            // Its count stays in the total; only a report for it would now count twice, and a
+            // circuit that still reports is never the stalest.
+            per.remove(&stale);
+        }
+        let e = per.entry(handle).or_insert((0, now));
+        if cumulative > e.0 {
+            *total = total.saturating_add(cumulative - e.0);
+            e.0 = cumulative;
+        }
+        e.1 = now;
+        let total = *total;
+        let source = far_source(&first);
+        if self.client.set_receipt_source(first, source).is_ok() {
+            self.client.confirm_delivery(source, total, &self.signer);
+        }
+        self.pump(now);
     }
 
     /// Client side: a packet of `len` bytes to `dest` went to paid `server`.
@@ -1012,6 +1150,75 @@ impl Market {
                 self.wake_if_work(c);
             });
         }
+    }
+
+    /// Circuit hop, server side: a data cell of `len` bytes (the whole custom packet) came
+    /// from `prev`, the previous hop of its circuit, and is about to be handled; `next` is the
+    /// hop we relay it to (`None`: the circuit ends here). Metered under `prev`'s contract for
+    /// [`CIRCUIT_DEST`] ([`MarketCore::circuit_forward`]); `false`: drop it (the market gated
+    /// it).
+    pub fn circuit_forward(&self, prev: &PublicKey, next: Option<&PublicKey>, len: usize) -> bool {
+        self.with(|c| {
+            let ok = c.circuit_forward(unix_now(), prev.0, next.map(|n| n.0), cell_len(len));
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
+    }
+
+    /// Circuit hop, server side: a data cell of `len` bytes is about to go back to `prev`, the
+    /// previous hop of its circuit. Metered like [`Market::circuit_forward`], no receipt
+    /// (`prev` counts what it receives); `false`: drop it.
+    pub fn circuit_reply(&self, prev: &PublicKey, len: usize) -> bool {
+        self.with(|c| {
+            let ok = c.server_reply(unix_now(), prev.0, CIRCUIT_DEST, cell_len(len));
+            if !ok && !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+            ok
+        })
+        .unwrap_or(true)
+    }
+
+    /// Circuit hop, client side: a data cell of `len` bytes went to `next`, the next hop of its
+    /// circuit (we built or relay it); paid once `next` receipts it.
+    pub fn circuit_sent(&self, next: &PublicKey, len: usize) {
+        self.with(|c| {
+            c.client_sent(unix_now(), next.0, CIRCUIT_DEST, cell_len(len));
+            if !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+        });
+    }
+
+    /// Circuit hop, client side: a data cell of `len` bytes came back from `next`, the next hop
+    /// of its circuit (on a circuit we built: only once it authenticated); paid without a
+    /// receipt, this node being where it was delivered.
+    pub fn circuit_received(&self, next: &PublicKey, len: usize) {
+        self.with(|c| {
+            c.client_received(unix_now(), next.0, CIRCUIT_DEST, cell_len(len));
+            if !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+        });
+    }
+
+    /// Circuit client: the far end of circuit `handle` through first hop `first` counted
+    /// `cumulative` bytes ([`MarketCore::circuit_confirmed`]).
+    pub fn circuit_confirmed(&self, first: &PublicKey, handle: u64, cumulative: u64) {
+        self.with(|c| {
+            c.circuit_confirmed(unix_now(), first.0, handle, cumulative);
+            if !c.out.is_empty() {
+                self.wake.notify_one();
+            }
+            self.wake_if_work(c);
+        });
     }
 
     /// Sends what the market queued, through `node` (node task).
@@ -1356,6 +1563,33 @@ impl Market {
         })
         .ok_or_else(market_off)
     }
+}
+
+/// The destination every circuit contract names: `::/128` (the unspecified address, which no
+/// forwarded IP packet carries). A hop meters circuit data cells per neighbour, not per
+/// destination: it knows only its neighbours, and the cells are sealed end to end.
+pub const CIRCUIT_DEST: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// A circuit client's far-end counts through one first hop: per circuit handle (count, Unix s
+/// of the last report), and their sum (bytes).
+type FarCounts = (HashMap<u64, (u64, u64)>, u64);
+
+/// Most circuits through one first hop whose far-end counts a client keeps: 4096.
+pub const MAX_COUNTED_CIRCUITS: usize = 4096;
+
+/// The receipt source a circuit client names for the far ends of its circuits through first
+/// hop `first` ([`MarketCore::circuit_confirmed`]): BLAKE3("ferry far end" ‖ first), which no
+/// peer's key equals.
+pub fn far_source(first: &PeerId) -> PeerId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ferry far end");
+    h.update(first);
+    *h.finalize().as_bytes()
+}
+
+/// A cell length as the market counts it (a custom packet is at most 1373 bytes).
+fn cell_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// The destination address of an IPv4 or IPv6 packet.

@@ -58,10 +58,10 @@ impl Running {
         }
     }
 
-    /// Exit traffic going straight to `peer` (not into a circuit, which is not metered), for
-    /// the market ([`crate::market`]): an exit client meters what it sends to its paid exit;
-    /// an exit meters the reply it sends back to its client and says whether it may go
-    /// (`false`: the market gated it).
+    /// Exit traffic going straight to `peer` (not into a circuit, whose cells the circuit
+    /// driver meters per hop), for the market ([`crate::market`]): an exit client meters what
+    /// it sends to its paid exit; an exit meters the reply it sends back to its client and says
+    /// whether it may go (`false`: the market gated it).
     fn meter_exit_route(&self, peer: &PublicKey, pkt: &[u8]) -> bool {
         match self.exit {
             crate::exit::ExitHook::Client { .. } => {
@@ -77,7 +77,8 @@ impl Running {
     /// first, then the mesh router.
     ///
     /// `paid`: `from` is a friend's session, so an exit meters the packet and drops it if the
-    /// market gates it ([`crate::market`]); packets from circuits (pseudonymous clients) are not.
+    /// market gates it ([`crate::market`]); packets from circuits (pseudonymous clients) are
+    /// not: their cells were metered per hop by the circuit driver.
     fn check_inbound(
         &mut self,
         from: &PublicKey,

@@ -1035,9 +1035,12 @@ pub async fn run_up(profile_dir: &Path, opts: UpOptions) -> anyhow::Result<()> {
         node.clone(),
     )
     .await?;
-    chat.tunnel
-        .circuits
-        .start(&node, identity.long_term.clone(), opts.relay_node)?;
+    chat.tunnel.circuits.start(
+        &node,
+        identity.long_term.clone(),
+        opts.relay_node,
+        chat.tunnel.market.clone(),
+    )?;
     let status = node.status().await?;
     let mut exit_fw = match &opts.exit {
         Some(x) => Some(

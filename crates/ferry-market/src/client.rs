@@ -260,6 +260,38 @@ impl Client {
         Ok(())
     }
 
+    /// A delivery count the caller trusts without a signature: `source` (a name the caller
+    /// chose, e.g. for the far end of its circuits through one relay, which counts the cells
+    /// it received and sends the count back sealed under the circuit's end-to-end key, so no
+    /// relay can forge it) confirmed `cumulative` bytes. Acts like a signed receipt from
+    /// `source`: servers whose [`Client::set_receipt_source`] is `source` are paid up to it.
+    /// Older (smaller) counts change nothing; a new `source` beyond [`MAX_PEERS`] is ignored.
+    pub fn confirm_delivery(
+        &mut self,
+        source: PeerId,
+        cumulative: u64,
+        signer: &dyn VoucherSigner,
+    ) {
+        if !self.receipts.contains_key(&source) && self.receipts.len() >= MAX_PEERS {
+            return;
+        }
+        let st = self.receipts.entry(source).or_default();
+        if cumulative <= st.bytes {
+            return;
+        }
+        st.bytes = cumulative;
+        let paid_by_it: Vec<PeerId> = self
+            .servers
+            .iter()
+            .filter(|(_, a)| a.receipt_source == Some(source))
+            .map(|(k, _)| *k)
+            .collect();
+        for s in paid_by_it {
+            self.check_unreceipted(s);
+            self.maybe_voucher(s, false, signer);
+        }
+    }
+
     /// The signed binding to send to a server when the session comes up.
     pub fn binding(&self, account: Address, chain_id: u64, expires_at: u64) -> Vec<u8> {
         Envelope::seal(

@@ -29,10 +29,15 @@
 //!   an in-flight allowance (so a relay that forwards nothing earns nothing), and for the reply
 //!   bytes it received (it is their destination). Replies lost on the way are metered by the
 //!   server and not paid: the credit line absorbs them.
+//! * **Relays** ([`chain`]): on a multi-hop circuit each hop is a client of its next hop and a
+//!   server to its previous hop for the circuit's cells; a relay confirms the bytes it received
+//!   upstream only as far as its next hop's receipts confirm what it forwarded there
+//!   ([`chain::ReceiptChain`]), so a relay that forwards nothing earns nothing.
 //! * **Priority** ([`priority`]): paid before grace before free traffic under congestion.
 
 #![forbid(unsafe_code)]
 
+pub mod chain;
 pub mod client;
 pub mod identity;
 pub mod msg;

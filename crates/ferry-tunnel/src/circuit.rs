@@ -618,6 +618,19 @@ impl Circuit {
     }
 }
 
+/// Where a received data cell goes ([`Circuits::data_cell_route`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRoute {
+    /// [`Dir::Forward`]: it came from the circuit's previous hop; [`Dir::Backward`]: from its
+    /// next hop.
+    pub dir: Dir,
+    /// The hop it is relayed to when it travels forward through a circuit we relay (`None`
+    /// when the circuit ends here, or it travels backward).
+    pub next: Option<PublicKey>,
+    /// The circuit's handle in this table.
+    pub handle: u64,
+}
+
 /// Counters of cells the table refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CircuitDrops {
@@ -694,6 +707,29 @@ impl Circuits {
     /// Refused-cell counters.
     pub fn drops(&self) -> CircuitDrops {
         self.drops
+    }
+
+    /// Which way a data cell (custom packet, id byte first) from neighbour `from` travels, if
+    /// it belongs to a circuit this table knows ([`DataRoute`]). `None` for control cells,
+    /// malformed cells and unknown circuits. Does not authenticate the cell (relays cannot).
+    /// Lets the driver meter data cells per link before handling them (paid relaying, issue 8).
+    pub fn data_cell_route(&self, from: &PublicKey, data: &[u8]) -> Option<DataRoute> {
+        match CellRef::decode(data).ok()? {
+            CellRef::Data { id, dir, .. } => {
+                let map = match dir {
+                    Dir::Forward => &self.fwd,
+                    Dir::Backward => &self.bwd,
+                };
+                let handle = *map.get(&(*from, id))?;
+                let c = self.circuits.get(&handle)?;
+                let next = match (&c.kind, dir) {
+                    (Kind::Relay { next, .. }, Dir::Forward) => Some(*next),
+                    _ => None,
+                };
+                Some(DataRoute { dir, next, handle })
+            }
+            _ => None,
+        }
     }
 
     /// Number of circuits (all roles).

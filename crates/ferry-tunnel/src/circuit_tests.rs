@@ -541,3 +541,69 @@ fn neighbour_gone_tears_down_towards_the_other_side() {
     net.run(later);
     assert!(net.nodes[2].is_empty() && net.nodes[3].is_empty());
 }
+
+/// `data_cell_route` (paid relaying): each node classifies the data cells it receives by the
+/// link they came over, with the next hop where it relays, and knows nothing of control
+/// cells, unknown circuits or garbage.
+#[test]
+fn data_cells_are_routed_by_link() {
+    // 0 = client, 1 = relay, 2 = E.
+    let mut net = Net::new(3, 11);
+    let t0 = Instant::now();
+    let (client, relay, e) = (net.keys[0], net.keys[1], net.keys[2]);
+    let h = net.nodes[0].create(t0, &[relay], e, false).expect("create");
+    net.run(t0);
+    let eh = match net.take_events(2).first() {
+        Some(CircuitEvent::Incoming { handle, .. }) => *handle,
+        ev => panic!("{ev:?}"),
+    };
+    let sent_before = net.sent.iter().map(Vec::len).collect::<Vec<_>>();
+    net.nodes[0].send(t0, h, &packet(b"up", 200)).expect("send");
+    net.nodes[2]
+        .send(t0, eh, &packet(b"down", 300))
+        .expect("send back");
+    net.run(t0);
+    let cell = |i: usize| net.sent[i][sent_before[i]..].to_vec();
+    // Client → relay (forward, relayed to E); relay → E (forward, ends there).
+    let up0 = cell(0);
+    assert_eq!(
+        net.nodes[1]
+            .data_cell_route(&client, &up0[0].data)
+            .map(|r| (r.dir, r.next)),
+        Some((Dir::Forward, Some(e)))
+    );
+    let relay_out = cell(1);
+    let to_e = relay_out.iter().find(|c| c.to == e).expect("cell to E");
+    assert_eq!(
+        net.nodes[2]
+            .data_cell_route(&relay, &to_e.data)
+            .map(|r| (r.dir, r.next)),
+        Some((Dir::Forward, None))
+    );
+    // E → relay (backward), relay → client (backward).
+    let down2 = cell(2);
+    assert_eq!(
+        net.nodes[1]
+            .data_cell_route(&e, &down2[0].data)
+            .map(|r| (r.dir, r.next)),
+        Some((Dir::Backward, None))
+    );
+    let to_c = relay_out
+        .iter()
+        .find(|c| c.to == client)
+        .expect("cell to client");
+    assert_eq!(
+        net.nodes[0]
+            .data_cell_route(&relay, &to_c.data)
+            .map(|r| (r.dir, r.next)),
+        Some((Dir::Backward, None))
+    );
+    // The wrong neighbour, a control cell, garbage: nothing.
+    assert_eq!(net.nodes[1].data_cell_route(&e, &up0[0].data), None);
+    let destroy = control(TYPE_DESTROY, 1, Dir::Forward, &[0]);
+    assert_eq!(net.nodes[1].data_cell_route(&client, &destroy), None);
+    assert_eq!(
+        net.nodes[1].data_cell_route(&client, &[CIRCUIT_DATA_ID, 1]),
+        None
+    );
+}

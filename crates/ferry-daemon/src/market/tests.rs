@@ -738,3 +738,252 @@ async fn two_nodes_pay_over_real_sessions_through_the_driver() {
         h.shutdown().await;
     }
 }
+
+/// Client → relay → exit, each on its own market endpoint over one embedded ledger, market
+/// messages routed by key as the node tasks would; cells are metered with the circuit hooks
+/// ([`MarketCore::circuit_forward`] and the client's [`CIRCUIT_DEST`] meter).
+struct Three {
+    now: u64,
+    nodes: Vec<(PublicKey, Market)>,
+}
+
+const RELAY_SECRET: [u8; 32] = [3; 32];
+const EXIT_SECRET: [u8; 32] = [4; 32];
+
+impl Three {
+    /// `exit_serves`: the far end runs the server role (else it is a mesh peer off the
+    /// market: no binding, no receipts).
+    async fn new(exit_serves: bool) -> Self {
+        let ledger = Arc::new(EmbeddedEvm::new(EmbeddedConfig::default()).expect("ledger"));
+        let mut nodes = Vec::new();
+        for (s, serve) in [
+            (CLIENT_SECRET, false),
+            (RELAY_SECRET, true),
+            (EXIT_SECRET, exit_serves),
+        ] {
+            ledger.fund(AccountKey::from_seed(&s).address(), U256::from(DEV_FUNDS));
+            let m = Market::default();
+            m.start(
+                MarketCore::new(config(), &s, serve, Ledger::Embedded(Arc::clone(&ledger))),
+                None,
+            );
+            nodes.push((pk(&s), m));
+        }
+        let mut t = Self {
+            now: ferry_pay::DEFAULT_START_TIME + 1000,
+            nodes,
+        };
+        // Sessions client–relay and relay–exit.
+        let now = t.now;
+        for (a, b) in [(0, 1), (1, 2)] {
+            let (ka, kb) = (t.nodes[a].0, t.nodes[b].0);
+            t.nodes[a].1.with(|c| c.peer_online(now, kb.0));
+            t.nodes[b].1.with(|c| c.peer_online(now, ka.0));
+        }
+        t.pump().await;
+        t
+    }
+
+    async fn pump(&mut self) {
+        for _ in 0..100 {
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                let from = self.nodes[i].0;
+                for (to, data) in self.nodes[i].1.step(self.now).await {
+                    any = true;
+                    let (_, m) = self
+                        .nodes
+                        .iter()
+                        .find(|(k, _)| k.0 == to)
+                        .expect("a neighbour");
+                    m.with(|c| c.on_packet(self.now, from.0, &data));
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("market messages kept flowing");
+    }
+
+    /// One upstream cell of `len` bytes: the client sends it to the relay, which meters it and,
+    /// unless `black_hole`, forwards it to the exit, where the circuit ends. `false`: the relay
+    /// gated it.
+    async fn cell(&mut self, len: u32, black_hole: bool) -> bool {
+        let [(c, cm), (r, rm), (_, em)] = &self.nodes[..] else {
+            panic!("three nodes")
+        };
+        let (now, e) = (self.now, self.nodes[2].0);
+        cm.with(|x| x.client_sent(now, r.0, CIRCUIT_DEST, len));
+        let ok = rm
+            .with(|x| x.circuit_forward(now, c.0, Some(e.0), len))
+            .expect("on");
+        if ok && !black_hole {
+            rm.with(|x| x.client_sent(now, e.0, CIRCUIT_DEST, len));
+            let ok = em
+                .with(|x| x.circuit_forward(now, r.0, None, len))
+                .expect("on");
+            assert!(ok, "the relay pays the exit");
+        }
+        self.pump().await;
+        ok
+    }
+
+    fn earned(&self, i: usize) -> u128 {
+        self.nodes[i]
+            .1
+            .earnings()
+            .expect("on")
+            .total
+            .parse()
+            .expect("wei")
+    }
+}
+
+/// Chained receipts: a relay that forwards the client's cells is paid for them exactly as the
+/// exit confirms them, and pays the exit the same bytes; a relay that forwards nothing (its
+/// next hop confirms nothing) is paid nothing for them.
+#[tokio::test]
+async fn a_relay_is_paid_for_upstream_cells_only_as_its_next_hop_confirms_them() {
+    let price = u128::from(config().price_per_kib);
+    for black_hole in [false, true] {
+        let mut t = Three::new(true).await;
+        let mut total = 0u64;
+        for i in 0..150u32 {
+            let len = 500 + (i % 7) * 120;
+            if t.cell(len, black_hole).await {
+                total += u64::from(len);
+            } else {
+                assert!(black_hole, "cell {i} gated");
+            }
+            // About 8 KiB per second: receipts take a second per hop to come back, so the
+            // payment for upstream bytes lags by about two seconds, well inside the grace.
+            if i % 10 == 9 {
+                t.now += 1;
+                t.pump().await;
+            }
+        }
+        for _ in 0..4 {
+            t.now += 1;
+            t.pump().await;
+        }
+        let relay_metered = t.nodes[1]
+            .1
+            .contracts()
+            .expect("on")
+            .iter()
+            .filter(|k| k.role == "server")
+            .map(|k| k.data_used_bytes)
+            .sum::<u64>();
+        assert_eq!(relay_metered, total, "the relay meters what it received");
+        if black_hole {
+            assert_eq!(
+                t.earned(1),
+                0,
+                "a relay that forwards nothing earns nothing"
+            );
+            // ... and stops carrying the client's cells after one credit line.
+            let grace = config().grace_kib * 1024;
+            assert!(
+                total <= grace && total + 2 * MTU > grace,
+                "carried {total} B unpaid"
+            );
+            assert_eq!(t.earned(2), 0);
+        } else {
+            let due = ferry_market::due(total, price);
+            assert_eq!(t.earned(1), due, "relay paid for every confirmed byte");
+            assert_eq!(t.earned(2), due, "exit paid by the relay");
+        }
+        // Neighbours only: the exit never dealt with the client.
+        let cpk = t.nodes[0].0.to_hex();
+        assert!(
+            t.nodes[2]
+                .1
+                .contracts()
+                .expect("on")
+                .iter()
+                .all(|k| k.peer != cpk)
+        );
+    }
+}
+
+/// A circuit end on the market without the server role (a mesh peer ending an identified
+/// circuit: it proposes nothing and is paid nothing) still receipts what it receives, so the
+/// relay before it is paid for the upstream cells.
+#[tokio::test]
+async fn an_end_without_the_server_role_receipts_to_the_relay() {
+    let price = u128::from(config().price_per_kib);
+    let mut t = Three::new(false).await;
+    let mut total = 0u64;
+    for i in 0..60u32 {
+        assert!(t.cell(700, false).await, "cell {i} gated");
+        total += 700;
+        if i % 10 == 9 {
+            t.now += 1;
+            t.pump().await;
+        }
+    }
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    assert_eq!(t.earned(1), ferry_market::due(total, price));
+    assert_eq!(t.earned(2), 0, "the end is not on the market");
+}
+
+/// Once the far end's own counts come back through the circuit, the client pays its first
+/// relay for upstream cells only as far as they confirm, whatever the relay receipts.
+#[tokio::test]
+async fn the_far_ends_count_caps_what_the_client_pays_its_first_relay() {
+    let price = u128::from(config().price_per_kib);
+    let mut t = Three::new(true).await;
+    let rpk = t.nodes[1].0;
+    let mut total = 0u64;
+    for i in 0..40u32 {
+        assert!(t.cell(800, false).await, "cell {i} gated");
+        total += 800;
+        if i % 10 == 9 {
+            t.now += 1;
+            t.pump().await;
+        }
+    }
+    // The far end reports half (say the relay dropped the rest after receipting it).
+    let half = total / 2;
+    let now = t.now;
+    t.nodes[0]
+        .1
+        .with(|c| c.circuit_confirmed(now, rpk.0, 7, half));
+    // An older count and a replay change nothing.
+    t.nodes[0]
+        .1
+        .with(|c| c.circuit_confirmed(now, rpk.0, 7, half / 2));
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    let wallet = t.nodes[0].1.wallet().await.expect("wallet");
+    let paid: u128 = wallet.channels[0].cumulative.parse().expect("wei");
+    // Vouchers already sent on the relay's receipts stay paid; nothing more until the far end
+    // confirms more.
+    let before = t.earned(1);
+    assert_eq!(paid, before);
+    for i in 0..20u32 {
+        assert!(t.cell(800, false).await, "cell {i} gated");
+    }
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    assert_eq!(t.earned(1), before, "unconfirmed by the far end: unpaid");
+    // The far end confirms everything sent so far: paid in full.
+    let all = total + 20 * 800;
+    let now = t.now;
+    t.nodes[0]
+        .1
+        .with(|c| c.circuit_confirmed(now, rpk.0, 7, all));
+    for _ in 0..3 {
+        t.now += 1;
+        t.pump().await;
+    }
+    assert_eq!(t.earned(1), ferry_market::due(all, price));
+}
