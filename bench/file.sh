@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 nice -n 10 cargo build --release -q -p ferry-cli --bin ferry --example filebench
 FERRY=$PWD/target/release/ferry
 DRIVER=$PWD/target/release/examples/filebench
-WORK=$(mktemp -d /tmp/ferry-filebench.XXXXXX)
+WORK=$(mktemp -d ${FILEBENCH_DIR:-/tmp}/ferry-filebench.XXXXXX)
 head -c $((MIB << 20)) /dev/urandom >"$WORK/src.bin"
 
 tcp_copy_py='

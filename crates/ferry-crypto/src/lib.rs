@@ -9,9 +9,12 @@
 //! * [`rng`]: randomness is *injected*. Protocol crates never read the OS RNG; the I/O layer seeds a
 //!   [`rng::FerryRng`] and hands it in (architecture.md house rule 1).
 //!
-//! No primitive here is implemented by hand: everything is RustCrypto's `crypto_box`.
+//! No primitive here is implemented by hand: keys are RustCrypto's `crypto_box` (X25519), and
+//! the packet cipher (`crypto_box_beforenm`, XSalsa20-Poly1305) is libsodium's, reached through
+//! the crate's one `unsafe` module, `sodium` (about twice as fast as the portable RustCrypto
+//! Salsa20 at Tox's largest packets; bench/RESULTS.md, "libsodium").
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::cmp::Ordering;
@@ -19,11 +22,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crypto_box::SalsaBox;
-use crypto_box::aead::Aead;
 use zeroize::Zeroize;
 
 pub mod rng;
+#[allow(unsafe_code)]
+mod sodium;
 
 use rng::CryptoRng;
 
@@ -238,24 +241,17 @@ impl Nonce {
 }
 
 /// A precomputed `crypto_box` key between one of our secret keys and a peer's public key
-/// (`crypto_box_beforenm`). The same key encrypts and decrypts in both directions.
-pub struct PrecomputedKey(BoxKey);
-
-/// The two ways a [`PrecomputedKey`] is held: a `crypto_box` over X25519, or 32 raw
-/// `crypto_box_beforenm` bytes used as an XSalsa20-Poly1305 key (`crypto_box_afternm` is
-/// `crypto_secretbox` with that key, so both give the same packets for the same key bytes).
-enum BoxKey {
-    X25519(SalsaBox),
-    Raw(crypto_secretbox::XSalsa20Poly1305),
-}
+/// (`crypto_box_beforenm`, 32 bytes, zeroized on drop). The same key encrypts and decrypts in
+/// both directions: `crypto_box_afternm` is `crypto_secretbox` (XSalsa20-Poly1305) with it.
+pub struct PrecomputedKey([u8; KEY_SIZE]);
 
 impl PrecomputedKey {
     /// Precomputes HSalsa20(X25519(`ours`, `theirs`)).
     pub fn new(ours: &SecretKey, theirs: &PublicKey) -> Self {
-        Self(BoxKey::X25519(SalsaBox::new(
-            &crypto_box::PublicKey::from(theirs.0),
-            &ours.0,
-        )))
+        let mut sk = ours.to_bytes();
+        let key = Self(sodium::beforenm(&theirs.0, &sk));
+        sk.zeroize();
+        key
     }
 
     /// Wraps 32 bytes as the result of `crypto_box_beforenm` (no X25519): encrypting and
@@ -264,10 +260,9 @@ impl PrecomputedKey {
     /// derive the same bytes from their public keys; a real node never does, because such a
     /// key is known to anyone who knows both public keys.
     pub fn from_beforenm_bytes(mut bytes: [u8; KEY_SIZE]) -> Self {
-        use crypto_box::aead::KeyInit;
-        let key = crypto_secretbox::XSalsa20Poly1305::new(&bytes.into());
+        let key = Self(bytes);
         bytes.zeroize();
-        Self(BoxKey::Raw(key))
+        key
     }
 
     /// Encrypts `plaintext`; the result is `MAC (16 bytes) ‖ ciphertext`, NaCl layout, so it is
@@ -276,11 +271,7 @@ impl PrecomputedKey {
     /// # Errors
     /// [`CryptoError::Encrypt`] only for plaintexts beyond XSalsa20's range.
     pub fn encrypt(&self, nonce: &Nonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        match &self.0 {
-            BoxKey::X25519(b) => b.encrypt(&nonce.0.into(), plaintext),
-            BoxKey::Raw(k) => k.encrypt(&nonce.0.into(), plaintext),
-        }
-        .map_err(|_| CryptoError::Encrypt)
+        seal(&self.0, nonce, plaintext)
     }
 
     /// Encrypts in place for hot paths (net_crypto data packets): `buf[at..at + 16]` is room for
@@ -296,16 +287,11 @@ impl PrecomputedKey {
         buf: &mut [u8],
         at: usize,
     ) -> Result<(), CryptoError> {
-        use crypto_box::aead::AeadInPlace;
         let Some(msg_at) = at.checked_add(MAC_SIZE).filter(|&m| m <= buf.len()) else {
             return Err(CryptoError::Encrypt);
         };
-        let msg = &mut buf[msg_at..];
-        let tag = match &self.0 {
-            BoxKey::X25519(b) => b.encrypt_in_place_detached(&nonce.0.into(), b"", msg),
-            BoxKey::Raw(k) => k.encrypt_in_place_detached(&nonce.0.into(), b"", msg),
-        }
-        .map_err(|_| CryptoError::Encrypt)?;
+        let tag = sodium::seal_detached(&self.0, &nonce.0, &mut buf[msg_at..])
+            .map_err(|()| CryptoError::Encrypt)?;
         buf[at..msg_at].copy_from_slice(&tag);
         Ok(())
     }
@@ -315,14 +301,26 @@ impl PrecomputedKey {
     /// # Errors
     /// [`CryptoError::Decrypt`] when the bytes do not authenticate (or are shorter than the MAC).
     pub fn decrypt(&self, nonce: &Nonce, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if ciphertext.len() < MAC_SIZE {
-            return Err(CryptoError::Decrypt);
-        }
-        match &self.0 {
-            BoxKey::X25519(b) => b.decrypt(&nonce.0.into(), ciphertext),
-            BoxKey::Raw(k) => k.decrypt(&nonce.0.into(), ciphertext),
-        }
-        .map_err(|_| CryptoError::Decrypt)
+        open(&self.0, nonce, ciphertext)
+    }
+
+    /// Decrypts in place for hot paths: `buf` is `MAC (16 bytes) ‖ ciphertext`; afterwards
+    /// `buf[16..]` is the plaintext (the first 16 bytes are left as they were). On failure
+    /// `buf` is unchanged.
+    ///
+    /// # Errors
+    /// [`CryptoError::Decrypt`] when the bytes do not authenticate (or are shorter than the MAC).
+    pub fn decrypt_in_place(&self, nonce: &Nonce, buf: &mut [u8]) -> Result<(), CryptoError> {
+        let (mac, msg) = buf
+            .split_first_chunk_mut::<MAC_SIZE>()
+            .ok_or(CryptoError::Decrypt)?;
+        sodium::open_detached(&self.0, &nonce.0, mac, msg).map_err(|()| CryptoError::Decrypt)
+    }
+}
+
+impl Drop for PrecomputedKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
     }
 }
 
@@ -332,26 +330,45 @@ impl fmt::Debug for PrecomputedKey {
     }
 }
 
+/// `MAC ‖ ciphertext` of `plaintext` under `key` (XSalsa20-Poly1305).
+fn seal(key: &[u8; KEY_SIZE], nonce: &Nonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut out = Vec::with_capacity(MAC_SIZE + plaintext.len());
+    out.extend_from_slice(&[0u8; MAC_SIZE]);
+    out.extend_from_slice(plaintext);
+    let tag = sodium::seal_detached(key, &nonce.0, &mut out[MAC_SIZE..])
+        .map_err(|()| CryptoError::Encrypt)?;
+    out[..MAC_SIZE].copy_from_slice(&tag);
+    Ok(out)
+}
+
+/// The plaintext of `MAC ‖ ciphertext` under `key`.
+fn open(key: &[u8; KEY_SIZE], nonce: &Nonce, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let (mac, msg) = ciphertext
+        .split_first_chunk::<MAC_SIZE>()
+        .ok_or(CryptoError::Decrypt)?;
+    let mut out = msg.to_vec();
+    sodium::open_detached(key, &nonce.0, mac, &mut out).map_err(|()| CryptoError::Decrypt)?;
+    Ok(out)
+}
+
 /// A symmetric NaCl `crypto_secretbox` key (XSalsa20-Poly1305, 32 bytes), used for state only its
 /// creator reads back: onion return blobs (`tox-protocol.md` §4.1, rotated every 2 h) and
 /// net_crypto cookies (§5.1). Zeroized on drop.
-pub struct SymmetricKey(
-    crypto_box::aead::generic_array::GenericArray<u8, crypto_box::aead::consts::U32>,
-);
+pub struct SymmetricKey([u8; KEY_SIZE]);
 
 impl SymmetricKey {
     /// A fresh random key.
     pub fn generate(rng: &mut impl CryptoRng) -> Self {
         let mut bytes = [0u8; KEY_SIZE];
         rng.fill_bytes(&mut bytes);
-        let key = Self(bytes.into());
+        let key = Self(bytes);
         bytes.zeroize();
         key
     }
 
     /// Wraps 32 raw key bytes (e.g. derived from a passphrase for toxencryptsave).
     pub fn from_bytes(mut bytes: [u8; KEY_SIZE]) -> Self {
-        let key = Self(bytes.into());
+        let key = Self(bytes);
         bytes.zeroize();
         key
     }
@@ -362,10 +379,7 @@ impl SymmetricKey {
     /// # Errors
     /// [`CryptoError::Encrypt`] only for plaintexts beyond XSalsa20's range.
     pub fn encrypt(&self, nonce: &Nonce, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        use crypto_box::aead::{Aead, KeyInit};
-        crypto_secretbox::XSalsa20Poly1305::new(&self.0)
-            .encrypt(&nonce.0.into(), plaintext)
-            .map_err(|_| CryptoError::Encrypt)
+        seal(&self.0, nonce, plaintext)
     }
 
     /// Decrypts `MAC ‖ ciphertext`.
@@ -373,19 +387,13 @@ impl SymmetricKey {
     /// # Errors
     /// [`CryptoError::Decrypt`] when the bytes do not authenticate or are shorter than the MAC.
     pub fn decrypt(&self, nonce: &Nonce, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        use crypto_box::aead::{Aead, KeyInit};
-        if ciphertext.len() < MAC_SIZE {
-            return Err(CryptoError::Decrypt);
-        }
-        crypto_secretbox::XSalsa20Poly1305::new(&self.0)
-            .decrypt(&nonce.0.into(), ciphertext)
-            .map_err(|_| CryptoError::Decrypt)
+        open(&self.0, nonce, ciphertext)
     }
 }
 
 impl Drop for SymmetricKey {
     fn drop(&mut self) {
-        self.0.as_mut_slice().zeroize();
+        self.0.zeroize();
     }
 }
 
@@ -542,6 +550,105 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// libsodium gives the very bytes RustCrypto's `crypto_box` / `crypto_secretbox` (what
+    /// ferry used before, and an independent implementation) give, for every size class of
+    /// Tox packet, in both directions, including the in-place paths and the low-order-key case.
+    #[test]
+    fn libsodium_matches_rustcrypto() {
+        use crypto_box::aead::{Aead, KeyInit};
+        let mut rng = FerryRng::from_u64(11);
+        for round in 0..40usize {
+            let a = KeyPair::generate(&mut rng);
+            let b = KeyPair::generate(&mut rng);
+            let nonce = Nonce::random(&mut rng);
+            let len = [
+                0, 1, 15, 16, 17, 63, 64, 65, 100, 511, 1024, 1373, 1400, 4097,
+            ][round % 14];
+            let mut msg = vec![0u8; len];
+            rng.fill_bytes(&mut msg);
+            let theirs = crypto_box::PublicKey::from(b.public.0);
+            let ours = crypto_box::SecretKey::from(a.secret.to_bytes());
+            let reference = crypto_box::SalsaBox::new(&theirs, &ours)
+                .encrypt(&nonce.0.into(), &msg[..])
+                .expect("rustcrypto encrypt");
+            let k = PrecomputedKey::new(&a.secret, &b.public);
+            assert_eq!(
+                k.encrypt(&nonce, &msg).expect("encrypt"),
+                reference,
+                "len {len}"
+            );
+            let mut buf = vec![0xeeu8; 3];
+            buf.extend_from_slice(&[0u8; MAC_SIZE]);
+            buf.extend_from_slice(&msg);
+            k.encrypt_in_place(&nonce, &mut buf, 3).expect("in place");
+            assert_eq!(&buf[..3], &[0xee; 3]);
+            assert_eq!(&buf[3..], &reference[..]);
+            let back = PrecomputedKey::new(&b.secret, &a.public);
+            assert_eq!(back.decrypt(&nonce, &reference).expect("decrypt"), msg);
+            let mut inplace = reference.clone();
+            back.decrypt_in_place(&nonce, &mut inplace)
+                .expect("decrypt in place");
+            assert_eq!(&inplace[MAC_SIZE..], &msg[..]);
+            let mut sym = [0u8; KEY_SIZE];
+            rng.fill_bytes(&mut sym);
+            let sref = crypto_secretbox::XSalsa20Poly1305::new(&sym.into())
+                .encrypt(&nonce.0.into(), &msg[..])
+                .expect("rustcrypto secretbox");
+            let sk = SymmetricKey::from_bytes(sym);
+            assert_eq!(sk.encrypt(&nonce, &msg).expect("encrypt"), sref);
+            assert_eq!(sk.decrypt(&nonce, &sref).expect("decrypt"), msg);
+        }
+        // A low-order public key (all zeros): libsodium's beforenm refuses it; ours keeps the
+        // NaCl / RustCrypto result (HSalsa20 of the zero secret) so packets stay the same.
+        let a = KeyPair::generate(&mut rng);
+        let zero = PublicKey([0u8; KEY_SIZE]);
+        let nonce = Nonce::random(&mut rng);
+        let reference = crypto_box::SalsaBox::new(
+            &crypto_box::PublicKey::from(zero.0),
+            &crypto_box::SecretKey::from(a.secret.to_bytes()),
+        )
+        .encrypt(&nonce.0.into(), &b"x"[..])
+        .expect("rustcrypto");
+        let k = PrecomputedKey::new(&a.secret, &zero);
+        assert_eq!(k.encrypt(&nonce, b"x").expect("encrypt"), reference);
+    }
+
+    #[test]
+    fn in_place_decrypt_rejects_tamper_and_short() {
+        let mut rng = FerryRng::from_u64(12);
+        let a = KeyPair::generate(&mut rng);
+        let b = KeyPair::generate(&mut rng);
+        let nonce = Nonce::random(&mut rng);
+        let k = PrecomputedKey::new(&a.secret, &b.public);
+        // Both paths: RustCrypto below `sodium::SMALL` bytes, libsodium above.
+        for len in [11usize, sodium::SMALL - 1, sodium::SMALL, 1373] {
+            let boxed = k.encrypt(&nonce, &vec![7u8; len]).expect("encrypt");
+            let mut t = boxed.clone();
+            t[MAC_SIZE + len / 2] ^= 4;
+            let before = t.clone();
+            assert_eq!(
+                k.decrypt_in_place(&nonce, &mut t),
+                Err(CryptoError::Decrypt)
+            );
+            assert_eq!(
+                t, before,
+                "a failed decrypt leaves the buffer as it was ({len})"
+            );
+            let mut ok = boxed.clone();
+            k.decrypt_in_place(&nonce, &mut ok).expect("decrypt");
+            assert_eq!(&ok[MAC_SIZE..], &vec![7u8; len][..]);
+        }
+        let boxed = k.encrypt(&nonce, b"hello world").expect("encrypt");
+        let mut short = boxed[..MAC_SIZE - 1].to_vec();
+        assert_eq!(
+            k.decrypt_in_place(&nonce, &mut short),
+            Err(CryptoError::Decrypt)
+        );
+        assert!(k.decrypt(&nonce, &boxed[..MAC_SIZE - 1]).is_err());
+        let mut empty = boxed[..MAC_SIZE].to_vec();
+        assert!(k.decrypt_in_place(&nonce, &mut empty).is_err());
+    }
+
     #[test]
     fn secretbox_round_trip_and_tamper() {
         let mut rng = FerryRng::from_u64(7);
@@ -564,6 +671,7 @@ mod tests {
 
     use super::*;
     use crate::rng::FerryRng;
+    use rand_core::RngCore;
 
     #[test]
     fn box_round_trip_and_symmetry() {
