@@ -76,15 +76,31 @@ fn threads_do_not_change_the_run() {
 
 /// The CI variant of the test: 150 nodes, 30 %/h churn, 5 % loss, 10 % droppers,
 /// 1.5 simulated hours (three holder-republish rounds; messages are never re-put by their
-/// senders), checks every 30 minutes.
+/// senders), checks every 30 minutes. 300 messages (not the default one per two nodes, 75): a
+/// 99 % bar over 75 messages fails on a single loss (98.7 %), which is below the test's
+/// resolution, not a verdict (a CI run lost 1 of 75 where local runs of the same seed lost none:
+/// the store simulation is not yet bit-for-bit repeatable across processes; lookups vary by
+/// ±0.3 %).
 #[test]
 fn items_and_messages_survive_churn_loss_and_droppers() {
     let mut s = scenario(150, 1.5, 9);
+    s.messages = 300;
     s.churn_per_hour = 0.3;
     s.link.loss = 0.05;
     s.droppers = 0.1;
     s.check_every = Some(Duration::from_secs(1800));
     let r = run(&s, |_, _| {});
+    eprintln!(
+        "seed 9: messages {}/{} checks ok, final {}/{}; items {}/{}, final {}/{}",
+        r.message_checks_ok,
+        r.message_checks,
+        r.final_messages_ok,
+        r.final_messages,
+        r.item_checks_ok,
+        r.item_checks,
+        r.final_items_ok,
+        r.final_items
+    );
     assert_retrievable(&r, 0.99);
     assert!(r.churned > 40, "seed 9: churn did not happen: {r:#?}");
 }
