@@ -51,7 +51,7 @@ impl CapableNodes {
             && let Some(oldest) = self
                 .nodes
                 .iter()
-                .min_by_key(|(_, e)| e.last_seen)
+                .min_by_key(|(k, e)| (e.last_seen, **k))
                 .map(|(k, _)| *k)
         {
             self.nodes.remove(&oldest);

@@ -403,7 +403,11 @@ impl Store {
             self.rate
                 .retain(|_, (start, _)| now.saturating_duration_since(*start) < RATE_WINDOW);
             if self.rate.len() >= MAX_RATE_SOURCES
-                && let Some(oldest) = self.rate.iter().min_by_key(|(_, w)| w.0).map(|(k, _)| *k)
+                && let Some(oldest) = self
+                    .rate
+                    .iter()
+                    .min_by_key(|(k, w)| (w.0, **k))
+                    .map(|(k, _)| *k)
             {
                 self.rate.remove(&oldest);
             }
@@ -744,7 +748,7 @@ impl Store {
             && let Some(first) = self
                 .claim_holds
                 .iter()
-                .min_by_key(|(_, (_, u))| *u)
+                .min_by_key(|(k, (_, u))| (*u, **k))
                 .map(|(k, _)| *k)
         {
             self.claim_holds.remove(&first);
@@ -780,13 +784,21 @@ impl Store {
     /// Items due for a holder re-put at `now` (each is rescheduled with ±25 % jitter).
     pub fn due_republish(&mut self, now: Instant, rng: &mut FerryRng) -> Vec<Republish> {
         let mut out = Vec::new();
-        let mut entries: Vec<(Target, &mut Held)> =
-            self.items.iter_mut().map(|(t, h)| (*t, h)).collect();
+        // (target, 0 for an item or 1 + slot for a mail envelope, held): sorted, so the jitter
+        // draws do not depend on the hash maps' iteration order (which differs between
+        // processes) and a seeded run repeats exactly.
+        let mut entries: Vec<(Target, u128, &mut Held)> =
+            self.items.iter_mut().map(|(t, h)| (*t, 0, h)).collect();
         for mb in self.mail.iter_mut() {
             let t = *mb.0;
-            entries.extend(mb.1.envelopes.values_mut().map(|h| (t, h)));
+            entries.extend(
+                mb.1.envelopes
+                    .iter_mut()
+                    .map(|(slot, h)| (t, u128::from(*slot) + 1, h)),
+            );
         }
-        for (target, h) in entries {
+        entries.sort_unstable_by_key(|(t, k, _)| (*t, *k));
+        for (target, _, h) in entries {
             if h.republish_at <= now && h.expires > now {
                 h.republish_at = now + jitter(rng, HOLDER_REPUBLISH_INTERVAL);
                 out.push(Republish {

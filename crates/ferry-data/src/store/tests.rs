@@ -470,6 +470,43 @@ fn republish_is_scheduled() {
     );
 }
 
+/// Re-put times depend only on the items and the seed, not on the hash maps' iteration order
+/// (which differs between two stores, as between two processes): the simulator's runs repeat.
+#[test]
+fn republish_schedule_does_not_depend_on_hash_order() {
+    let now = t0();
+    let later = now + Duration::from_secs(8 * 3600);
+    let (mut a, mut b) = (
+        store(now, StoreConfig::default()),
+        store(now, StoreConfig::default()),
+    );
+    for v in 0..30u32 {
+        put(&mut a, later, addr(v as u8, 1), imm(v)).expect("put a");
+        put(&mut b, later, addr((29 - v) as u8, 1), imm(29 - v)).expect("put b");
+    }
+    let (mut ra, mut rb) = (FerryRng::from_u64(9), FerryRng::from_u64(9));
+    let mut seen = 0;
+    for step in 0..90u64 {
+        let at = later + HOLDER_REPUBLISH_INTERVAL + Duration::from_secs(60 * step);
+        let da: Vec<Target> = a
+            .due_republish(at, &mut ra)
+            .iter()
+            .map(|r| r.target)
+            .collect();
+        let db: Vec<Target> = b
+            .due_republish(at, &mut rb)
+            .iter()
+            .map(|r| r.target)
+            .collect();
+        assert_eq!(da, db, "step {step}");
+        seen += da.len();
+    }
+    assert!(
+        seen > 30,
+        "items came due again after their jittered interval: {seen}"
+    );
+}
+
 proptest! {
     /// Random puts from random sources: caps always hold, and a source that stays within its fair
     /// share (2 items ≤ 40 items / 16 sources) never loses an item to anyone.
