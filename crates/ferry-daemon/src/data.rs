@@ -256,6 +256,8 @@ pub struct Outcome {
     pub refused: Vec<PutError>,
     /// Smallest granted lifetime, s.
     pub min_ttl: Option<u32>,
+    /// DHT keys of the nodes that stored the put (acknowledged it), in answer order.
+    pub stored_on: Vec<PublicKey>,
 }
 
 enum Purpose {
@@ -694,8 +696,9 @@ impl DataShared {
                             _ => {}
                         },
                         LookupEvent::Value { item, .. } => r.out.items.push(item),
-                        LookupEvent::Stored { ttl_s, .. } => {
+                        LookupEvent::Stored { ttl_s, node } => {
                             r.out.stored += 1;
+                            r.out.stored_on.push(node.public_key);
                             r.out.min_ttl = Some(r.out.min_ttl.map_or(ttl_s, |m| m.min(ttl_s)));
                         }
                         LookupEvent::Refused { error, .. } => r.out.refused.push(error),
@@ -1195,6 +1198,21 @@ impl DataShared {
             .items;
         items.extend(local);
         Ok(items)
+    }
+
+    /// DHT keys of the nodes a put to `target` would land on now, from the store-capable peers
+    /// this node knows ([`ferry_data::lookup::placement`]: up to k, closest first, at most 2 per
+    /// /24 or /48).
+    pub fn placement(&self, target: &Target) -> Vec<PublicKey> {
+        let st = lock(&self.state);
+        let known = st
+            .host
+            .capable
+            .closest(target, ferry_data::lookup::MAX_CANDIDATES);
+        ferry_data::lookup::placement(&st.host.our_pk, target, &known)
+            .into_iter()
+            .map(|n| n.public_key)
+            .collect()
     }
 
     /// Proof-of-work bits this node's store asks of mail envelopes.

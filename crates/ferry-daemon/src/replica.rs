@@ -69,6 +69,7 @@ use ferry_content::ContentId;
 use ferry_crypto::PublicKey;
 use ferry_crypto::rng::FerryRng;
 use ferry_data::item::{Item, MailEnvelope, Target};
+use ferry_data::lookup::Operation;
 use ferry_net::NodeHandle;
 use ferry_proto::node::Node;
 use ferry_proto::{Destination, Endpoint};
@@ -92,6 +93,10 @@ pub const STORER_INTERVAL: Duration = Duration::from_secs(30 * 60);
 pub const STORER_EARLY_INTERVAL: Duration = Duration::from_secs(10);
 /// Storer-record puts made at [`STORER_EARLY_INTERVAL`] before [`STORER_INTERVAL`] applies.
 pub const STORER_EARLY_PUTS: u32 = 4;
+/// Soonest re-put of the storer record after the directory target's closest nodes changed or
+/// a directory read missed the record (3 s); doubled after each such re-put that still leaves a
+/// closest node without the record, up to [`STORER_INTERVAL`] ([`StorerSchedule`]).
+pub const STORER_FOLLOW: Duration = Duration::from_secs(3);
 /// Pins are asked to keep an item this long: 30 days.
 pub const PIN_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// Most peers with queued packets or accepted as replica guests.
@@ -109,6 +114,98 @@ pub const DOWNLOAD_DEDUP: Duration = Duration::from_secs(300);
 pub const MAX_RECENT: usize = 4096;
 /// Timer period: 100 ms.
 const TICK: Duration = Duration::from_millis(100);
+
+/// When a storer puts its directory record (see "Storer records" in the module docs). Sans-IO:
+/// the host passes `now` and the directory target's current placement (DHT keys,
+/// [`DataShared::placement`]).
+///
+/// A put is due:
+/// * first, then every [`STORER_EARLY_INTERVAL`] for [`STORER_EARLY_PUTS`] puts, then every
+///   [`STORER_INTERVAL`];
+/// * when a node of the current placement did not store the last put (a closer node joined, a
+///   holder left or timed out during the put), or a directory read did not find the record,
+///   [`STORER_FOLLOW`] after the last put, doubling per consecutive such re-put (cap
+///   [`STORER_INTERVAL`]), back to [`STORER_FOLLOW`] once a put reaches the whole placement.
+///
+/// Issue 10: records sat on the 2 loopback holders of the well-known target; once the closest
+/// pair changed (a node started closer, a holder stopped, a holder timed out under load) readers
+/// asked nodes without some storers' records, and nothing re-put them for 30 min.
+#[derive(Clone, Debug, Default)]
+pub struct StorerSchedule {
+    last_put: Option<Instant>,
+    puts: u32,
+    stored_on: Vec<PublicKey>,
+    /// Consecutive re-puts that left the placement short (backoff exponent).
+    misses: u32,
+    /// A directory read did not find our record since the last put.
+    missing: bool,
+}
+
+impl StorerSchedule {
+    /// Wait before a follow-up re-put after `misses` short ones.
+    fn follow_wait(misses: u32) -> Duration {
+        STORER_FOLLOW
+            .saturating_mul(1u32 << misses.min(16))
+            .min(STORER_INTERVAL)
+    }
+
+    /// Whether the record should be put at `now`, the target's placement being `placement`.
+    pub fn due(&self, now: Instant, placement: &[PublicKey]) -> bool {
+        let Some(last) = self.last_put else {
+            return true;
+        };
+        let since = now.saturating_duration_since(last);
+        let regular = if self.puts < STORER_EARLY_PUTS {
+            STORER_EARLY_INTERVAL
+        } else {
+            STORER_INTERVAL
+        };
+        if since >= regular {
+            return true;
+        }
+        let short = placement.iter().any(|k| !self.stored_on.contains(k));
+        (short || self.missing) && since >= Self::follow_wait(self.misses)
+    }
+
+    /// A put at `now` was stored by `stored_on` (DHT keys, non-empty) while the placement was
+    /// `placement`.
+    pub fn on_put(&mut self, now: Instant, placement: &[PublicKey], stored_on: Vec<PublicKey>) {
+        let follow = self.last_put.is_some_and(|t| {
+            let regular = if self.puts < STORER_EARLY_PUTS {
+                STORER_EARLY_INTERVAL
+            } else {
+                STORER_INTERVAL
+            };
+            now.saturating_duration_since(t) < regular
+        });
+        let reached = placement.iter().all(|k| stored_on.contains(k));
+        self.misses = if reached {
+            0
+        } else if follow {
+            self.misses.saturating_add(1)
+        } else {
+            self.misses
+        };
+        if !follow {
+            self.puts = self.puts.saturating_add(1);
+        }
+        self.last_put = Some(now);
+        self.stored_on = stored_on;
+        self.missing = false;
+    }
+
+    /// A directory read found (`true`) or missed our record; ignored before the first put.
+    pub fn on_read(&mut self, found: bool) {
+        if self.last_put.is_some() && !found {
+            self.missing = true;
+        }
+    }
+
+    /// Regular puts made so far (follow-ups not counted).
+    pub fn puts(&self) -> u32 {
+        self.puts
+    }
+}
 
 /// Value-store target of the storer directory.
 pub fn storer_target() -> Target {
@@ -200,6 +297,10 @@ struct State {
     need_candidates: Vec<ContentId>,
     /// Downloads counted lately: (fetching peer, item) → when.
     recent: HashMap<(PublicKey, ContentId), Instant>,
+    /// When our storer record is put.
+    schedule: StorerSchedule,
+    /// Our storer record and its envelope (proof of work done once per record).
+    storer_env: Option<(Vec<u8>, MailEnvelope)>,
 }
 
 /// Replication host state (one per daemon).
@@ -261,6 +362,8 @@ impl ReplicaShared {
                 fetching: HashMap::new(),
                 need_candidates: Vec::new(),
                 recent: HashMap::new(),
+                schedule: StorerSchedule::default(),
+                storer_env: None,
             }),
         })
     }
@@ -543,8 +646,12 @@ impl ReplicaShared {
         v
     }
 
-    /// Puts our storer record.
-    async fn announce(&self, node: &NodeHandle, data: &Arc<DataShared>) -> Result<usize, ApiError> {
+    /// Puts our storer record; returns the DHT keys of the nodes that stored it.
+    async fn announce(
+        &self,
+        node: &NodeHandle,
+        data: &Arc<DataShared>,
+    ) -> Result<Vec<PublicKey>, ApiError> {
         let status = node
             .status()
             .await
@@ -557,20 +664,43 @@ impl ReplicaShared {
         }
         .encode();
         let target = storer_target();
-        let bits = data.mail_pow_bits();
-        let env = tokio::task::spawn_blocking(move || {
-            let mut env = MailEnvelope {
-                delete_hash: blake3::derive_key("ferry v1 content storer record", &record),
-                pow: 0,
-                sealed: record,
-            };
-            env.solve_pow(&target, bits);
-            env
-        })
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-        data.put_item(node, target, Item::Mail(env), STORER_TTL.as_secs() as u32)
-            .await
+        let cached = lock(&self.state)
+            .storer_env
+            .as_ref()
+            .filter(|(r, _)| *r == record)
+            .map(|(_, e)| e.clone());
+        let env = match cached {
+            Some(e) => e,
+            None => {
+                let bits = data.mail_pow_bits();
+                let rec = record.clone();
+                let env = tokio::task::spawn_blocking(move || {
+                    let mut env = MailEnvelope {
+                        delete_hash: blake3::derive_key("ferry v1 content storer record", &rec),
+                        pow: 0,
+                        sealed: rec,
+                    };
+                    env.solve_pow(&target, bits);
+                    env
+                })
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+                lock(&self.state).storer_env = Some((record, env.clone()));
+                env
+            }
+        };
+        let out = data
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item: Item::Mail(env),
+                    ttl_s: STORER_TTL.as_secs() as u32,
+                    cas: None,
+                },
+            )
+            .await?;
+        Ok(out.stored_on)
     }
 
     /// Reads the storer directory from the DHT.
@@ -579,18 +709,26 @@ impl ReplicaShared {
             return;
         };
         let mut st = lock(&self.state);
+        let mut own = false;
         for i in items {
             let Item::Mail(env) = i else { continue };
             let Some(r) = ProviderRecord::decode(&env.sealed) else {
                 continue;
             };
             if r.public_key == self.own_pk {
+                own = true;
                 continue;
             }
             Self::map(&mut st, r.public_key);
             if st.storers.len() < MAX_PEERS || st.storers.contains_key(&r.public_key) {
                 st.storers.insert(r.public_key, r);
             }
+        }
+        if self.settings.store_for_others {
+            if !own && st.schedule.puts() > 0 {
+                tracing::info!("own storer record not in the directory read: re-putting");
+            }
+            st.schedule.on_read(own);
         }
     }
 
@@ -698,8 +836,6 @@ pub fn spawn_timer(
     node: NodeHandle,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last_announce: Option<Instant> = None;
-        let mut announces = 0u32;
         let mut last_try: Option<Instant> = None;
         let mut last_refresh = Instant::now();
         let mut last_fetch = Instant::now();
@@ -716,23 +852,29 @@ pub fn spawn_timer(
             {
                 return;
             }
-            if replica.settings.store_for_others
-                && last_announce.is_none_or(|t| {
-                    t.elapsed()
-                        > if announces < STORER_EARLY_PUTS {
-                            STORER_EARLY_INTERVAL
-                        } else {
-                            STORER_INTERVAL
-                        }
-                })
+            let placement = if replica.settings.store_for_others
                 && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
             {
+                let p = data.placement(&storer_target());
+                let due = lock(&replica.state).schedule.due(Instant::now(), &p);
+                due.then_some(p)
+            } else {
+                None
+            };
+            if let Some(placement) = placement {
                 last_try = Some(Instant::now());
                 match replica.announce(&node, &data).await {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(stored = n, "storer record announced");
-                        last_announce = Some(Instant::now());
-                        announces = announces.saturating_add(1);
+                    Ok(on) if !on.is_empty() => {
+                        let reached = placement.iter().filter(|k| on.contains(k)).count();
+                        tracing::info!(
+                            stored = on.len(),
+                            placement = placement.len(),
+                            reached,
+                            "storer record announced"
+                        );
+                        lock(&replica.state)
+                            .schedule
+                            .on_put(Instant::now(), &placement, on);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e.message, "storer record"),
@@ -770,6 +912,70 @@ pub fn spawn_timer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys(ids: &[u8]) -> Vec<PublicKey> {
+        ids.iter().map(|&i| PublicKey([i; 32])).collect()
+    }
+
+    #[test]
+    fn storer_record_follows_the_directory_placement() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut s = StorerSchedule::default();
+        assert!(s.due(t0, &[]));
+        // Early puts every 10 s; the put reached the placement {1, 2}.
+        s.on_put(at(0), &keys(&[1, 2]), keys(&[1, 2]));
+        assert!(!s.due(at(5), &keys(&[1, 2])));
+        assert!(s.due(at(10), &keys(&[1, 2])));
+        for i in 1..STORER_EARLY_PUTS {
+            s.on_put(at(10 * u64::from(i)), &keys(&[1, 2]), keys(&[1, 2]));
+        }
+        assert_eq!(s.puts(), STORER_EARLY_PUTS);
+        let last = 10 * u64::from(STORER_EARLY_PUTS - 1);
+        // Steady: nothing changes, nothing is put until the regular interval.
+        assert!(!s.due(at(last + 600), &keys(&[1, 2])));
+        assert!(s.due(at(last) + STORER_INTERVAL, &keys(&[1, 2])));
+        // A closer node (3) joins the placement: re-put after STORER_FOLLOW, not before (this
+        // was 30 min: the case of the issue-10 flake).
+        let p = keys(&[3, 1]);
+        assert!(!s.due(at(last + 1), &p));
+        assert!(s.due(at(last) + STORER_FOLLOW, &p));
+        let t1 = at(last + 100);
+        s.on_put(t1, &p, keys(&[3, 1]));
+        assert_eq!(
+            s.puts(),
+            STORER_EARLY_PUTS,
+            "a follow-up is not a regular put"
+        );
+        assert!(!s.due(t1 + Duration::from_secs(600), &p));
+        // A holder (3) stops answering: 4 is in the placement but each put misses it; the
+        // follow-ups back off 3, 6, 12 s.
+        let p = keys(&[1, 4]);
+        let mut t = t1 + STORER_FOLLOW;
+        assert!(s.due(t, &p));
+        s.on_put(t, &p, keys(&[1]));
+        assert!(!s.due(t + STORER_FOLLOW, &p));
+        assert!(s.due(t + 2 * STORER_FOLLOW, &p));
+        t += 2 * STORER_FOLLOW;
+        s.on_put(t, &p, keys(&[1]));
+        assert!(!s.due(t + 3 * STORER_FOLLOW, &p));
+        assert!(s.due(t + 4 * STORER_FOLLOW, &p));
+        // Once a put reaches the whole placement, the backoff resets.
+        t += 4 * STORER_FOLLOW;
+        s.on_put(t, &p, keys(&[1, 4]));
+        assert!(!s.due(t + Duration::from_secs(60), &p));
+        assert!(s.due(t + STORER_FOLLOW, &keys(&[5, 1])));
+        // A directory read that misses our record makes a put due, one that finds it does not.
+        s.on_read(true);
+        assert!(!s.due(t + STORER_FOLLOW, &p));
+        s.on_read(false);
+        assert!(!s.due(t + Duration::from_secs(1), &p));
+        assert!(s.due(t + STORER_FOLLOW, &p));
+        s.on_put(t + STORER_FOLLOW, &p, keys(&[1, 4]));
+        assert!(!s.due(t + 2 * STORER_FOLLOW, &p));
+        // The backoff is capped at the regular interval.
+        assert_eq!(StorerSchedule::follow_wait(40), STORER_INTERVAL);
+    }
 
     #[test]
     fn synthetic_address_is_per_key() {

@@ -465,6 +465,36 @@ impl Lookup {
     }
 }
 
+/// Where a put to `target` by the node `self_key` lands when every node answers: the up to
+/// [`K`] of `nodes` closest to the target (XOR distance), `self_key` left out, at most
+/// [`MAX_PER_PREFIX`] per /24 (IPv4) or /48 (IPv6) — the holders [`Lookup`] picks. Closest
+/// first; duplicates (same key) count once.
+///
+/// A host compares it with the holders that acknowledged its last put (`LookupEvent::Stored`)
+/// to see that the target's closest nodes changed since (a closer node joined, a holder left or
+/// timed out): Kademlia's "store at the new closest" rule, without waiting for the
+/// [`crate::item::HOLDER_REPUBLISH_INTERVAL`] (issue 10: a record on the 2 loopback holders of a
+/// well-known target went unseen by readers after the closest pair changed).
+pub fn placement(self_key: &PublicKey, target: &Target, nodes: &[PackedNode]) -> Vec<PackedNode> {
+    let t = target.key();
+    let mut v: Vec<PackedNode> = nodes
+        .iter()
+        .filter(|n| n.public_key != *self_key)
+        .copied()
+        .collect();
+    v.sort_by(|a, b| t.distance_cmp(&a.public_key, &b.public_key));
+    v.dedup_by(|a, b| a.public_key == b.public_key);
+    let mut per: HashMap<SourceKey, usize> = HashMap::new();
+    v.into_iter()
+        .filter(|n| {
+            let c = per.entry(SourceKey::of(n.addr)).or_default();
+            *c += 1;
+            *c <= MAX_PER_PREFIX
+        })
+        .take(K)
+        .collect()
+}
+
 fn new_id(rng: &mut FerryRng) -> RequestId {
     rng.next_u64().to_be_bytes()
 }

@@ -346,6 +346,54 @@ fn at_most_two_holders_per_subnet() {
 }
 
 #[test]
+fn placement_is_what_a_put_picks() {
+    let me = PublicKey([0; 32]);
+    let target = Target([0; 32]);
+    // Keys [i; 32]: distance to the all-zero target grows with i.
+    let loopback = |i: u8| {
+        PackedNode::udp(
+            SocketAddr::from(([127, 0, 0, 1], 1000 + u16::from(i))),
+            PublicKey([i; 32]),
+        )
+    };
+    let spread = |i: u8| PackedNode::udp(SocketAddr::from(([10, i, 0, 1], 1)), PublicKey([i; 32]));
+    // One /24 (a loopback test network): the 2 closest, self left out, duplicates once.
+    let nodes = vec![
+        loopback(5),
+        me_node(me),
+        loopback(3),
+        loopback(9),
+        loopback(3),
+        loopback(4),
+    ];
+    let keys = |v: Vec<PackedNode>| v.iter().map(|n| n.public_key.0[0]).collect::<Vec<u8>>();
+    assert_eq!(keys(placement(&me, &target, &nodes)), vec![3, 4]);
+    // The same nodes a put lookup sends to when all answer.
+    let mut l = Lookup::new(me, target, Operation::Get { seq: None }, nodes.clone());
+    let mut rng = FerryRng::from_u64(1);
+    let mut asked = Vec::new();
+    while let Some((to, _)) = l.poll_transmit(Instant::now(), &mut rng) {
+        asked.push(to.public_key.0[0]);
+    }
+    assert_eq!(asked, vec![3, 4]);
+    // Distinct /24s: the k closest.
+    let wide: Vec<PackedNode> = (1..=12u8).rev().map(spread).collect();
+    assert_eq!(
+        keys(placement(&me, &target, &wide)),
+        (1..=8u8).collect::<Vec<_>>()
+    );
+    // A closer node joining changes it; nothing known, nothing placed.
+    let mut more = nodes.clone();
+    more.push(loopback(1));
+    assert_eq!(keys(placement(&me, &target, &more)), vec![1, 3]);
+    assert!(placement(&me, &target, &[]).is_empty());
+}
+
+fn me_node(me: PublicKey) -> PackedNode {
+    PackedNode::udp(SocketAddr::from(([127, 0, 0, 1], 999)), me)
+}
+
+#[test]
 fn put_search_asks_for_no_values() {
     let me = PublicKey([0; 32]);
     let n = PackedNode::udp("10.0.0.9:1".parse().expect("addr"), PublicKey([9; 32]));
