@@ -215,7 +215,13 @@ fn pinned_content_survives_publisher_and_holder_loss() {
                         s.json(&["pins", "--json"]).expect("pins")
                     );
                     for l in s.stderr.snapshot() {
-                        if l.contains("replica") || l.contains("holding") || l.contains("pinned") {
+                        if l.contains("replica")
+                            || l.contains("holding")
+                            || l.contains("pinned")
+                            || l.contains("fetch")
+                            || l.contains("provider")
+                            || l.contains("content")
+                        {
                             eprintln!("storer {i}: {l}");
                         }
                     }

@@ -88,6 +88,10 @@ pub const MAX_SERVE_QUEUE: usize = 512;
 pub const MAX_FETCH_PROVIDERS: usize = 16;
 /// A fetch fails when no provider is found or serves for this long: 60 s.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A running fetch that made no progress for this long reads the provider records again and
+/// adds providers it did not know (3 s; issue 10: a fetch that first found only providers that
+/// had left waited out [`STALL_TIMEOUT`] although live ones had announced since).
+pub const PROVIDER_REREAD: Duration = Duration::from_secs(3);
 /// Most finished jobs kept for `/v1/content/job`: 64.
 pub const MAX_JOBS_KEPT: usize = 64;
 /// Pump period while transfers run: 1 ms.
@@ -845,6 +849,86 @@ impl ContentShared {
         let _ = node
             .call(move |n, now| me.connect(n, now, job, known))
             .await;
+        // While the job runs without progress, read the records again (at most until the
+        // stall timeout fails it: STALL_TIMEOUT / PROVIDER_REREAD rounds).
+        let rounds = STALL_TIMEOUT.as_secs() / PROVIDER_REREAD.as_secs().max(1) + 1;
+        for _ in 0..rounds {
+            tokio::time::sleep(PROVIDER_REREAD).await;
+            let stuck = {
+                let st = lock(&self.state);
+                match st.job.as_ref().filter(|j| j.id == job) {
+                    Some(j) if matches!(j.phase, Phase::Manifest(..) | Phase::Files { .. }) => {
+                        Some(j.last_progress.elapsed() >= PROVIDER_REREAD)
+                    }
+                    _ => None,
+                }
+            };
+            match stuck {
+                None => return,
+                Some(false) => continue,
+                Some(true) => {}
+            }
+            let Ok(items) = data.get_items(&node, target).await else {
+                continue;
+            };
+            let found: Vec<ProviderRecord> = items
+                .iter()
+                .filter_map(|i| match i {
+                    Item::Mail(env) => ProviderRecord::decode(&env.sealed),
+                    _ => None,
+                })
+                .filter(|r| r.public_key != self.own_pk)
+                .collect();
+            let me = Arc::clone(&self);
+            let _ = node
+                .call(move |n, now| me.add_providers(n, now, job, found))
+                .await;
+        }
+    }
+
+    /// Adds providers found by a later read to a running job (newest record per key; at most
+    /// [`MAX_FETCH_PROVIDERS`] in all).
+    fn add_providers(&self, n: &mut Node, now: Instant, job: u64, found: Vec<ProviderRecord>) {
+        let mut st = lock(&self.state);
+        let online = st.online.clone();
+        let Some(j) = st.job.as_mut().filter(|j| j.id == job) else {
+            return;
+        };
+        let mut added = 0usize;
+        for r in found {
+            if j.providers.iter().any(|k| *k == r) {
+                continue;
+            }
+            let known = j.providers.iter().any(|k| k.public_key == r.public_key);
+            if !known && j.providers.len() >= MAX_FETCH_PROVIDERS {
+                continue;
+            }
+            if n.add_friend_norequest(now, r.public_key).is_ok() {
+                j.added.insert(r.public_key);
+            }
+            if j.added.contains(&r.public_key) {
+                let _ = n.set_friend_dht_key(now, &r.public_key, r.dht_pk, r.addr);
+            }
+            if online.contains(&r.public_key) && !j.dropped.contains(&r.public_key) {
+                match &mut j.phase {
+                    Phase::Manifest(f, _) | Phase::Files { fetch: f, .. } => {
+                        f.add_provider(r.public_key);
+                    }
+                    _ => {}
+                }
+            }
+            j.providers.retain(|k| k.public_key != r.public_key);
+            j.providers.push(r);
+            added += 1;
+        }
+        if added > 0 {
+            tracing::info!(
+                added,
+                providers = j.providers.len(),
+                "content providers re-read"
+            );
+            self.pump_job(&mut st, n, now);
+        }
     }
 
     fn connect(&self, n: &mut Node, now: Instant, job: u64, known: Vec<ProviderRecord>) {

@@ -837,6 +837,7 @@ pub fn spawn_timer(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut last_try: Option<Instant> = None;
+        let mut last_due_check: Option<Instant> = None;
         let mut last_refresh = Instant::now();
         let mut last_fetch = Instant::now();
         loop {
@@ -852,9 +853,12 @@ pub fn spawn_timer(
             {
                 return;
             }
+            // The placement (a sort of up to 1,024 capable peers) is looked at once a second.
             let placement = if replica.settings.store_for_others
                 && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+                && last_due_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
             {
+                last_due_check = Some(Instant::now());
                 let p = data.placement(&storer_target());
                 let due = lock(&replica.state).schedule.due(Instant::now(), &p);
                 due.then_some(p)
