@@ -28,7 +28,8 @@
 //! | IP | 0, 4 or 16 |
 //! | UDP port | 2 (BE, absent with family 0) |
 //!
-//! TTL [`PROVIDER_TTL`] (2 h); providers re-announce every [`ANNOUNCE_INTERVAL`]. Records are
+//! TTL [`PROVIDER_TTL`] (2 h); providers re-announce every [`ANNOUNCE_INTERVAL`], and within
+//! seconds when the target's closest nodes change ([`RecordSchedule`]). Records are
 //! not signed: a false record only costs a fetcher a failed session (the net_crypto handshake
 //! proves the long-term key, and every byte is verified against the content id).
 //!
@@ -64,11 +65,12 @@ use ferry_content::wire::{ContentPacket, MAX_DATA_CHUNK, WHOLE};
 use ferry_content::{ContentId, group_count};
 use ferry_crypto::PublicKey;
 use ferry_data::item::{Item, MailEnvelope, Target};
+use ferry_data::lookup::Operation;
 use ferry_net::NodeHandle;
 use ferry_proto::node::{Connection, Node};
 use serde::{Deserialize, Serialize};
 
-use crate::data::DataShared;
+use crate::data::{DataShared, RecordSchedule};
 
 /// Directory of the content store, in the profile.
 pub const CONTENT_DIR: &str = "content";
@@ -86,6 +88,10 @@ pub const GUEST_IDLE: Duration = Duration::from_secs(120);
 pub const MAX_SERVE_QUEUE: usize = 512;
 /// Most providers one fetch connects to: 16.
 pub const MAX_FETCH_PROVIDERS: usize = 16;
+/// Provider records are checked for a due put this often (3 s: [`RecordSchedule`]).
+pub const REANNOUNCE_CHECK: Duration = Duration::from_secs(3);
+/// A provider record no node stored yet is tried again this often (60 s).
+pub const UNSTORED_RETRY: Duration = Duration::from_secs(60);
 /// A fetch fails when no provider is found or serves for this long: 60 s.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running fetch that made no progress for this long reads the provider records again and
@@ -250,7 +256,13 @@ struct State {
     finished: VecDeque<ContentJob>,
     next_job: u64,
     next_req: u32,
-    last_announce: Option<Instant>,
+    /// Provider-record put schedule per content id (≤ one per id in `contents`).
+    schedules: HashMap<ContentId, RecordSchedule>,
+    /// A re-announce round is running.
+    announcing: bool,
+    /// Last round that tried ids never stored yet (they are retried every
+    /// [`UNSTORED_RETRY`]).
+    unstored_try: Option<Instant>,
     /// Upload token bucket (bytes) and when it was last filled.
     bucket: (f64, Option<Instant>),
 }
@@ -673,6 +685,7 @@ impl ContentShared {
         }
         .encode();
         let target = provider_target(&id);
+        let placement = data.placement(&target);
         let bits = data.mail_pow_bits();
         let env = tokio::task::spawn_blocking(move || {
             let mut env = MailEnvelope {
@@ -685,30 +698,74 @@ impl ContentShared {
         })
         .await
         .map_err(unavailable)?;
-        let n = data
-            .put_item(node, target, Item::Mail(env), PROVIDER_TTL.as_secs() as u32)
+        let out = data
+            .run(
+                node,
+                target,
+                Operation::Put {
+                    item: Item::Mail(env),
+                    ttl_s: PROVIDER_TTL.as_secs() as u32,
+                    cas: None,
+                },
+            )
             .await?;
+        let n = out.stored;
         tracing::info!(content = %id, stored = n, "provider record announced");
+        if n > 0 {
+            lock(&self.state)
+                .schedules
+                .entry(id)
+                .or_insert_with(provider_schedule)
+                .on_put(Instant::now(), &placement, out.stored_on);
+        }
         Ok(n)
     }
 
-    /// Re-announces every content id when [`ANNOUNCE_INTERVAL`] passed (timer task).
+    /// Re-announces the content ids whose provider record is due ([`RecordSchedule`]: every
+    /// [`ANNOUNCE_INTERVAL`], and [`crate::data::FOLLOW_REPUT`] after the target's closest nodes
+    /// changed); one round at a time (timer task).
     async fn maybe_reannounce(self: &Arc<Self>, node: &NodeHandle, data: &Arc<DataShared>) {
         let ids: Vec<ContentId> = {
             let mut st = lock(&self.state);
-            let now = Instant::now();
-            if st
-                .last_announce
-                .is_some_and(|t| now.duration_since(t) < ANNOUNCE_INTERVAL)
-            {
+            if st.announcing {
                 return;
             }
-            st.last_announce = Some(now);
-            st.contents.iter().copied().collect()
+            st.announcing = true;
+            let State {
+                contents,
+                schedules,
+                ..
+            } = &mut *st;
+            schedules.retain(|id, _| contents.contains(id));
+            contents.iter().copied().collect()
         };
-        for id in ids {
+        // Placements first (the data layer's lock), then the schedules (ours).
+        let placed: Vec<(ContentId, Vec<PublicKey>)> = ids
+            .into_iter()
+            .map(|id| (id, data.placement(&provider_target(&id))))
+            .collect();
+        let due: Vec<ContentId> = {
+            let mut st = lock(&self.state);
+            let now = Instant::now();
+            let unstored = st
+                .unstored_try
+                .is_none_or(|t| now.saturating_duration_since(t) >= UNSTORED_RETRY);
+            if unstored {
+                st.unstored_try = Some(now);
+            }
+            placed
+                .into_iter()
+                .filter(|(id, p)| match st.schedules.get(id) {
+                    Some(s) => s.due(now, p),
+                    None => unstored,
+                })
+                .map(|(id, _)| id)
+                .collect()
+        };
+        for id in due {
             let _ = self.announce(node, data, id).await;
         }
+        lock(&self.state).announcing = false;
     }
 
     /// `POST /v1/content/fetch`: starts a job.
@@ -1576,13 +1633,18 @@ pub fn spawn_timer(
                 Duration::from_millis(50)
             })
             .await;
-            if last_announce_check.elapsed() > Duration::from_secs(60) {
+            if last_announce_check.elapsed() > REANNOUNCE_CHECK {
                 last_announce_check = Instant::now();
                 let (c, d, n) = (Arc::clone(&content), Arc::clone(&data), node.clone());
                 tokio::spawn(async move { c.maybe_reannounce(&n, &d).await });
             }
         }
     })
+}
+
+/// The provider-record schedule: every [`ANNOUNCE_INTERVAL`], plus placement follow-ups.
+fn provider_schedule() -> RecordSchedule {
+    RecordSchedule::new(0, ANNOUNCE_INTERVAL, ANNOUNCE_INTERVAL)
 }
 
 #[cfg(test)]

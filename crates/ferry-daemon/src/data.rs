@@ -285,6 +285,118 @@ struct Running {
     out: Outcome,
 }
 
+/// Soonest re-put of an announced record after its target's closest nodes changed or a read
+/// missed it (3 s); doubled per consecutive re-put that still leaves a closest node without the
+/// record ([`RecordSchedule`]).
+pub const FOLLOW_REPUT: Duration = Duration::from_secs(3);
+
+/// When this node puts a record it announces at a target (storer records,
+/// [`crate::replica`]; content provider records, [`crate::content`]). Sans-IO: the host passes
+/// `now` and the target's current placement (DHT keys, [`DataShared::placement`]).
+///
+/// A put is due:
+/// * first, then every `early_interval` for `early_puts` puts, then every `interval`;
+/// * when a node of the current placement did not store the last put (a closer node joined, a
+///   holder left or timed out during the put), or a read did not find the record,
+///   [`FOLLOW_REPUT`] after the last put, doubling per consecutive such re-put (cap `interval`),
+///   back to [`FOLLOW_REPUT`] once a put reaches the whole placement.
+///
+/// Issue 10: records sat on the 2 loopback holders of their target; once the closest pair
+/// changed (a node started closer, a holder stopped, a holder timed out under load) readers
+/// asked nodes without some records, and nothing re-put them for 30 min.
+#[derive(Clone, Debug)]
+pub struct RecordSchedule {
+    early_puts: u32,
+    early_interval: Duration,
+    interval: Duration,
+    last_put: Option<Instant>,
+    puts: u32,
+    stored_on: Vec<PublicKey>,
+    /// Consecutive re-puts that left the placement short (backoff exponent).
+    misses: u32,
+    /// A directory read did not find our record since the last put.
+    missing: bool,
+}
+
+impl RecordSchedule {
+    /// A schedule with `early_puts` puts every `early_interval`, then every `interval`.
+    pub fn new(early_puts: u32, early_interval: Duration, interval: Duration) -> Self {
+        Self {
+            early_puts,
+            early_interval,
+            interval,
+            last_put: None,
+            puts: 0,
+            stored_on: Vec::new(),
+            misses: 0,
+            missing: false,
+        }
+    }
+
+    /// Wait before a follow-up re-put after `misses` short ones.
+    fn follow_wait(&self, misses: u32) -> Duration {
+        FOLLOW_REPUT
+            .saturating_mul(1u32 << misses.min(16))
+            .min(self.interval)
+    }
+
+    fn regular(&self) -> Duration {
+        if self.puts < self.early_puts {
+            self.early_interval
+        } else {
+            self.interval
+        }
+    }
+
+    /// Whether the record should be put at `now`, the target's placement being `placement`.
+    pub fn due(&self, now: Instant, placement: &[PublicKey]) -> bool {
+        let Some(last) = self.last_put else {
+            return true;
+        };
+        let since = now.saturating_duration_since(last);
+        if since >= self.regular() {
+            return true;
+        }
+        let short = placement.iter().any(|k| !self.stored_on.contains(k));
+        (short || self.missing) && since >= self.follow_wait(self.misses)
+    }
+
+    /// A put at `now` was stored by `stored_on` (DHT keys, non-empty) while the placement was
+    /// `placement`.
+    pub fn on_put(&mut self, now: Instant, placement: &[PublicKey], stored_on: Vec<PublicKey>) {
+        let regular = self.regular();
+        let follow = self
+            .last_put
+            .is_some_and(|t| now.saturating_duration_since(t) < regular);
+        let reached = placement.iter().all(|k| stored_on.contains(k));
+        self.misses = if reached {
+            0
+        } else if follow {
+            self.misses.saturating_add(1)
+        } else {
+            self.misses
+        };
+        if !follow {
+            self.puts = self.puts.saturating_add(1);
+        }
+        self.last_put = Some(now);
+        self.stored_on = stored_on;
+        self.missing = false;
+    }
+
+    /// A read of the target found (`true`) or missed our record; ignored before the first put.
+    pub fn on_read(&mut self, found: bool) {
+        if self.last_put.is_some() && !found {
+            self.missing = true;
+        }
+    }
+
+    /// Regular puts made so far (follow-ups not counted).
+    pub fn puts(&self) -> u32 {
+        self.puts
+    }
+}
+
 /// An item this node owns and keeps alive by re-putting.
 struct Owned {
     item: Item,
@@ -1696,6 +1808,71 @@ pub fn spawn_timer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys(ids: &[u8]) -> Vec<PublicKey> {
+        ids.iter().map(|&i| PublicKey([i; 32])).collect()
+    }
+
+    #[test]
+    fn record_follows_its_placement() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        use crate::replica::{STORER_EARLY_INTERVAL, STORER_EARLY_PUTS, STORER_INTERVAL};
+        let mut s = RecordSchedule::new(STORER_EARLY_PUTS, STORER_EARLY_INTERVAL, STORER_INTERVAL);
+        assert!(s.due(t0, &[]));
+        // Early puts every 10 s; the put reached the placement {1, 2}.
+        s.on_put(at(0), &keys(&[1, 2]), keys(&[1, 2]));
+        assert!(!s.due(at(5), &keys(&[1, 2])));
+        assert!(s.due(at(10), &keys(&[1, 2])));
+        for i in 1..STORER_EARLY_PUTS {
+            s.on_put(at(10 * u64::from(i)), &keys(&[1, 2]), keys(&[1, 2]));
+        }
+        assert_eq!(s.puts(), STORER_EARLY_PUTS);
+        let last = 10 * u64::from(STORER_EARLY_PUTS - 1);
+        // Steady: nothing changes, nothing is put until the regular interval.
+        assert!(!s.due(at(last + 600), &keys(&[1, 2])));
+        assert!(s.due(at(last) + STORER_INTERVAL, &keys(&[1, 2])));
+        // A closer node (3) joins the placement: re-put after FOLLOW_REPUT, not before (this
+        // was 30 min: the case of the issue-10 flake).
+        let p = keys(&[3, 1]);
+        assert!(!s.due(at(last + 1), &p));
+        assert!(s.due(at(last) + FOLLOW_REPUT, &p));
+        let t1 = at(last + 100);
+        s.on_put(t1, &p, keys(&[3, 1]));
+        assert_eq!(
+            s.puts(),
+            STORER_EARLY_PUTS,
+            "a follow-up is not a regular put"
+        );
+        assert!(!s.due(t1 + Duration::from_secs(600), &p));
+        // A holder (3) stops answering: 4 is in the placement but each put misses it; the
+        // follow-ups back off 3, 6, 12 s.
+        let p = keys(&[1, 4]);
+        let mut t = t1 + FOLLOW_REPUT;
+        assert!(s.due(t, &p));
+        s.on_put(t, &p, keys(&[1]));
+        assert!(!s.due(t + FOLLOW_REPUT, &p));
+        assert!(s.due(t + 2 * FOLLOW_REPUT, &p));
+        t += 2 * FOLLOW_REPUT;
+        s.on_put(t, &p, keys(&[1]));
+        assert!(!s.due(t + 3 * FOLLOW_REPUT, &p));
+        assert!(s.due(t + 4 * FOLLOW_REPUT, &p));
+        // Once a put reaches the whole placement, the backoff resets.
+        t += 4 * FOLLOW_REPUT;
+        s.on_put(t, &p, keys(&[1, 4]));
+        assert!(!s.due(t + Duration::from_secs(60), &p));
+        assert!(s.due(t + FOLLOW_REPUT, &keys(&[5, 1])));
+        // A directory read that misses our record makes a put due, one that finds it does not.
+        s.on_read(true);
+        assert!(!s.due(t + FOLLOW_REPUT, &p));
+        s.on_read(false);
+        assert!(!s.due(t + Duration::from_secs(1), &p));
+        assert!(s.due(t + FOLLOW_REPUT, &p));
+        s.on_put(t + FOLLOW_REPUT, &p, keys(&[1, 4]));
+        assert!(!s.due(t + 2 * FOLLOW_REPUT, &p));
+        // The backoff is capped at the regular interval.
+        assert_eq!(s.follow_wait(40), STORER_INTERVAL);
+    }
 
     #[test]
     fn store_table_defaults_and_parses() {

@@ -33,7 +33,8 @@
 //! storers", "")` with the same multi-writer mail-envelope record as a content provider
 //! ([`crate::content::ProviderRecord`]: long-term key, DHT key, address), TTL
 //! [`STORER_TTL`], re-put every [`STORER_INTERVAL`] (the first [`STORER_EARLY_PUTS`] every
-//! [`STORER_EARLY_INTERVAL`], while the DHT forms). One well-known target holds at most 64
+//! [`STORER_EARLY_INTERVAL`], while the DHT forms) and, sooner, whenever the target's closest
+//! nodes changed or a directory read missed the record ([`RecordSchedule`]). One well-known target holds at most 64
 //! storers (the mail-envelope cap): enough for small meshes; a sharded directory (target per
 //! key prefix) is the follow-up. Candidates for an item are the storers whose long-term key is
 //! closest (XOR) to the content id.
@@ -79,7 +80,7 @@ use ferry_wire::node::PackedNode;
 use serde::Deserialize;
 
 use crate::content::{ContentShared, ProviderRecord};
-use crate::data::DataShared;
+use crate::data::{DataShared, RecordSchedule};
 
 /// Lossless custom packet id of replica messages.
 pub const REPLICA_PACKET_ID: u8 = 176;
@@ -93,10 +94,6 @@ pub const STORER_INTERVAL: Duration = Duration::from_secs(30 * 60);
 pub const STORER_EARLY_INTERVAL: Duration = Duration::from_secs(10);
 /// Storer-record puts made at [`STORER_EARLY_INTERVAL`] before [`STORER_INTERVAL`] applies.
 pub const STORER_EARLY_PUTS: u32 = 4;
-/// Soonest re-put of the storer record after the directory target's closest nodes changed or
-/// a directory read missed the record (3 s); doubled after each such re-put that still leaves a
-/// closest node without the record, up to [`STORER_INTERVAL`] ([`StorerSchedule`]).
-pub const STORER_FOLLOW: Duration = Duration::from_secs(3);
 /// Pins are asked to keep an item this long: 30 days.
 pub const PIN_KEEP: Duration = Duration::from_secs(30 * 86_400);
 /// Most peers with queued packets or accepted as replica guests.
@@ -114,98 +111,6 @@ pub const DOWNLOAD_DEDUP: Duration = Duration::from_secs(300);
 pub const MAX_RECENT: usize = 4096;
 /// Timer period: 100 ms.
 const TICK: Duration = Duration::from_millis(100);
-
-/// When a storer puts its directory record (see "Storer records" in the module docs). Sans-IO:
-/// the host passes `now` and the directory target's current placement (DHT keys,
-/// [`DataShared::placement`]).
-///
-/// A put is due:
-/// * first, then every [`STORER_EARLY_INTERVAL`] for [`STORER_EARLY_PUTS`] puts, then every
-///   [`STORER_INTERVAL`];
-/// * when a node of the current placement did not store the last put (a closer node joined, a
-///   holder left or timed out during the put), or a directory read did not find the record,
-///   [`STORER_FOLLOW`] after the last put, doubling per consecutive such re-put (cap
-///   [`STORER_INTERVAL`]), back to [`STORER_FOLLOW`] once a put reaches the whole placement.
-///
-/// Issue 10: records sat on the 2 loopback holders of the well-known target; once the closest
-/// pair changed (a node started closer, a holder stopped, a holder timed out under load) readers
-/// asked nodes without some storers' records, and nothing re-put them for 30 min.
-#[derive(Clone, Debug, Default)]
-pub struct StorerSchedule {
-    last_put: Option<Instant>,
-    puts: u32,
-    stored_on: Vec<PublicKey>,
-    /// Consecutive re-puts that left the placement short (backoff exponent).
-    misses: u32,
-    /// A directory read did not find our record since the last put.
-    missing: bool,
-}
-
-impl StorerSchedule {
-    /// Wait before a follow-up re-put after `misses` short ones.
-    fn follow_wait(misses: u32) -> Duration {
-        STORER_FOLLOW
-            .saturating_mul(1u32 << misses.min(16))
-            .min(STORER_INTERVAL)
-    }
-
-    /// Whether the record should be put at `now`, the target's placement being `placement`.
-    pub fn due(&self, now: Instant, placement: &[PublicKey]) -> bool {
-        let Some(last) = self.last_put else {
-            return true;
-        };
-        let since = now.saturating_duration_since(last);
-        let regular = if self.puts < STORER_EARLY_PUTS {
-            STORER_EARLY_INTERVAL
-        } else {
-            STORER_INTERVAL
-        };
-        if since >= regular {
-            return true;
-        }
-        let short = placement.iter().any(|k| !self.stored_on.contains(k));
-        (short || self.missing) && since >= Self::follow_wait(self.misses)
-    }
-
-    /// A put at `now` was stored by `stored_on` (DHT keys, non-empty) while the placement was
-    /// `placement`.
-    pub fn on_put(&mut self, now: Instant, placement: &[PublicKey], stored_on: Vec<PublicKey>) {
-        let follow = self.last_put.is_some_and(|t| {
-            let regular = if self.puts < STORER_EARLY_PUTS {
-                STORER_EARLY_INTERVAL
-            } else {
-                STORER_INTERVAL
-            };
-            now.saturating_duration_since(t) < regular
-        });
-        let reached = placement.iter().all(|k| stored_on.contains(k));
-        self.misses = if reached {
-            0
-        } else if follow {
-            self.misses.saturating_add(1)
-        } else {
-            self.misses
-        };
-        if !follow {
-            self.puts = self.puts.saturating_add(1);
-        }
-        self.last_put = Some(now);
-        self.stored_on = stored_on;
-        self.missing = false;
-    }
-
-    /// A directory read found (`true`) or missed our record; ignored before the first put.
-    pub fn on_read(&mut self, found: bool) {
-        if self.last_put.is_some() && !found {
-            self.missing = true;
-        }
-    }
-
-    /// Regular puts made so far (follow-ups not counted).
-    pub fn puts(&self) -> u32 {
-        self.puts
-    }
-}
 
 /// Value-store target of the storer directory.
 pub fn storer_target() -> Target {
@@ -298,7 +203,7 @@ struct State {
     /// Downloads counted lately: (fetching peer, item) → when.
     recent: HashMap<(PublicKey, ContentId), Instant>,
     /// When our storer record is put.
-    schedule: StorerSchedule,
+    schedule: RecordSchedule,
     /// Our storer record and its envelope (proof of work done once per record).
     storer_env: Option<(Vec<u8>, MailEnvelope)>,
 }
@@ -362,7 +267,11 @@ impl ReplicaShared {
                 fetching: HashMap::new(),
                 need_candidates: Vec::new(),
                 recent: HashMap::new(),
-                schedule: StorerSchedule::default(),
+                schedule: RecordSchedule::new(
+                    STORER_EARLY_PUTS,
+                    STORER_EARLY_INTERVAL,
+                    STORER_INTERVAL,
+                ),
                 storer_env: None,
             }),
         })
@@ -916,70 +825,6 @@ pub fn spawn_timer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn keys(ids: &[u8]) -> Vec<PublicKey> {
-        ids.iter().map(|&i| PublicKey([i; 32])).collect()
-    }
-
-    #[test]
-    fn storer_record_follows_the_directory_placement() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut s = StorerSchedule::default();
-        assert!(s.due(t0, &[]));
-        // Early puts every 10 s; the put reached the placement {1, 2}.
-        s.on_put(at(0), &keys(&[1, 2]), keys(&[1, 2]));
-        assert!(!s.due(at(5), &keys(&[1, 2])));
-        assert!(s.due(at(10), &keys(&[1, 2])));
-        for i in 1..STORER_EARLY_PUTS {
-            s.on_put(at(10 * u64::from(i)), &keys(&[1, 2]), keys(&[1, 2]));
-        }
-        assert_eq!(s.puts(), STORER_EARLY_PUTS);
-        let last = 10 * u64::from(STORER_EARLY_PUTS - 1);
-        // Steady: nothing changes, nothing is put until the regular interval.
-        assert!(!s.due(at(last + 600), &keys(&[1, 2])));
-        assert!(s.due(at(last) + STORER_INTERVAL, &keys(&[1, 2])));
-        // A closer node (3) joins the placement: re-put after STORER_FOLLOW, not before (this
-        // was 30 min: the case of the issue-10 flake).
-        let p = keys(&[3, 1]);
-        assert!(!s.due(at(last + 1), &p));
-        assert!(s.due(at(last) + STORER_FOLLOW, &p));
-        let t1 = at(last + 100);
-        s.on_put(t1, &p, keys(&[3, 1]));
-        assert_eq!(
-            s.puts(),
-            STORER_EARLY_PUTS,
-            "a follow-up is not a regular put"
-        );
-        assert!(!s.due(t1 + Duration::from_secs(600), &p));
-        // A holder (3) stops answering: 4 is in the placement but each put misses it; the
-        // follow-ups back off 3, 6, 12 s.
-        let p = keys(&[1, 4]);
-        let mut t = t1 + STORER_FOLLOW;
-        assert!(s.due(t, &p));
-        s.on_put(t, &p, keys(&[1]));
-        assert!(!s.due(t + STORER_FOLLOW, &p));
-        assert!(s.due(t + 2 * STORER_FOLLOW, &p));
-        t += 2 * STORER_FOLLOW;
-        s.on_put(t, &p, keys(&[1]));
-        assert!(!s.due(t + 3 * STORER_FOLLOW, &p));
-        assert!(s.due(t + 4 * STORER_FOLLOW, &p));
-        // Once a put reaches the whole placement, the backoff resets.
-        t += 4 * STORER_FOLLOW;
-        s.on_put(t, &p, keys(&[1, 4]));
-        assert!(!s.due(t + Duration::from_secs(60), &p));
-        assert!(s.due(t + STORER_FOLLOW, &keys(&[5, 1])));
-        // A directory read that misses our record makes a put due, one that finds it does not.
-        s.on_read(true);
-        assert!(!s.due(t + STORER_FOLLOW, &p));
-        s.on_read(false);
-        assert!(!s.due(t + Duration::from_secs(1), &p));
-        assert!(s.due(t + STORER_FOLLOW, &p));
-        s.on_put(t + STORER_FOLLOW, &p, keys(&[1, 4]));
-        assert!(!s.due(t + 2 * STORER_FOLLOW, &p));
-        // The backoff is capped at the regular interval.
-        assert_eq!(StorerSchedule::follow_wait(40), STORER_INTERVAL);
-    }
 
     #[test]
     fn synthetic_address_is_per_key() {
