@@ -953,7 +953,7 @@ impl ContentShared {
         };
         let mut added = 0usize;
         for r in found {
-            if j.providers.iter().any(|k| *k == r) {
+            if j.providers.contains(&r) {
                 continue;
             }
             let known = j.providers.iter().any(|k| k.public_key == r.public_key);
