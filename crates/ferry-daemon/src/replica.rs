@@ -34,9 +34,9 @@
 //! ([`crate::content::ProviderRecord`]: long-term key, DHT key, address), TTL
 //! [`STORER_TTL`], re-put every [`STORER_INTERVAL`] (the first [`STORER_EARLY_PUTS`] every
 //! [`STORER_EARLY_INTERVAL`], while the DHT forms) and, sooner, whenever the target's closest
-//! nodes changed or a directory read missed the record ([`RecordSchedule`]). One well-known target holds at most 64
-//! storers (the mail-envelope cap): enough for small meshes; a sharded directory (target per
-//! key prefix) is the follow-up. Candidates for an item are the storers whose long-term key is
+//! nodes changed or a directory read missed the record ([`RecordSchedule`]). One well-known
+//! target holds at most 64 storers (the mail-envelope cap): enough for small meshes; a sharded
+//! directory (target per key prefix) is the follow-up. Candidates for an item are the storers whose long-term key is
 //! closest (XOR) to the content id.
 //!
 //! # Wire
