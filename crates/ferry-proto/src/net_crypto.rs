@@ -64,9 +64,11 @@
 //!   requested slot): fast retransmission straight from packet requests. Random loss does not
 //!   lower the rate; a round losing more than 20 % of its packets scales the model by 0.7.
 //! * **Sending**: pacing at `gain × bottleneck bandwidth` (token bucket of 32 packets + 2 ms),
-//!   at most `cwnd = gain × bandwidth × (min_rtt + 2 ms) + 64` packets in flight; Startup at gain
-//!   2.89 until the bandwidth stops growing by 25 %/round for 3 rounds, one Drain round, then the
-//!   ProbeBw gain cycle 1.25, 0.75, 1 × 6 (0.75 while srtt shows a standing queue).
+//!   at most `cwnd = gain × bandwidth × (min_rtt + 2 ms) + 64` (+ an ACK-aggregation allowance)
+//!   packets in flight; Startup at gain 2.89 until the bandwidth stops growing by 25 %/round for
+//!   3 rounds or a round loses > 2 %, one Drain round, then the ProbeBw gain cycle 1.25, 0.75,
+//!   1 × 6 (0.75 while a round's smallest RTT sample shows a standing queue, which also caps the
+//!   aggregation allowance; see the `cc` module).
 //! * **Priority packets** — every lossless id except file data (0x52) and custom lossless
 //!   packets (160–191), as c-toxcore's `congestion_control = false` sends — leave at once when
 //!   nothing is queued ahead of them, window or not (ferry measured a back-to-back chat round trip

@@ -40,10 +40,19 @@
 //!   (capped at the window), so a peer that ACKs in bursts is not left idle between them
 //!   (ferry→c-toxcore loopback went from ~2 to 5–9 MiB/s in a debug build).
 //! * **States**: *Startup* (pacing and cwnd gain 2.89 = 2/ln 2, doubling the delivery rate every
-//!   round) until `btl_bw` grew by less than 25 % for 3 rounds; *Drain* (gain 1/2.89) for one
-//!   round; then *ProbeBw*, cycling pacing gains 1.25, 0.75, 1, 1, 1, 1, 1, 1 (one round each)
-//!   with cwnd gain 2, except that a round ending with `srtt > 2 × min_rtt + 5 ms` (a standing
-//!   queue) makes the next one a 0.75 drain round (a delay guard in the spirit of BBR v2).
+//!   round) until `btl_bw` grew by less than 25 % for 3 rounds (app-limited rounds do not count,
+//!   unless they show a standing queue) or a round loses more than 2 % of its packets (BBR v2);
+//!   *Drain* (gain 1/2.89) for one round; then *ProbeBw*, cycling pacing gains 1.25, 0.75, 1, 1,
+//!   1, 1, 1, 1 (one round each) with cwnd gain 2, except that a round with a standing queue
+//!   makes the next one a 0.75 drain round (a delay guard in the spirit of BBR v2).
+//! * **Standing queue**: the round's *smallest* RTT sample exceeds `2 × min_rtt + 5 ms`. A queue
+//!   delays every packet; a peer that ACKs late (c-toxcore, once per `tox_iterate`) delays only
+//!   some, which srtt cannot tell apart. While queueing, the ACK-aggregation allowance is capped
+//!   at the base window: late ACKs are then the queue's doing, and the allowance would only feed
+//!   it. (Measured on loopback, `bench/throughput.sh`: before, a bulk sender stayed in Startup,
+//!   kept ~7,000 packets in flight, overflowed the receiver's socket buffer and a chat message
+//!   behind them took p50 17–25 ms, max 85–320 ms; after, ≤ ~2,000 in flight, no retransmissions,
+//!   chat p50 6–10 ms, max 27–37 ms, at the same throughput.)
 //! * **Heavy loss** (more than 20 % of a round's packets, at least 16): every bandwidth sample
 //!   is scaled by 0.7 and Startup ends; this keeps an overflowing bottleneck from collapsing.
 //!
@@ -123,8 +132,10 @@ pub(super) struct Bbr {
     round_lost: u64,
     round_app_limited: bool,
     mode: Mode,
-    /// The last round ended with srtt above `2 × min_rtt + 5 ms`.
+    /// The last round's smallest RTT sample was above `2 × min_rtt + 5 ms`: a standing queue.
     queueing: bool,
+    /// Smallest RTT sample of the current round.
+    round_min_rtt: Option<Duration>,
     full_bw: f64,
     full_bw_rounds: u32,
     tokens: f64,
@@ -167,6 +178,7 @@ impl Bbr {
             round_app_limited: false,
             mode: Mode::Startup,
             queueing: false,
+            round_min_rtt: None,
             full_bw: 0.0,
             full_bw_rounds: 0,
             tokens: MIN_CWND,
@@ -205,7 +217,16 @@ impl Bbr {
     /// plus the recent ACK aggregation ([`Bbr::on_delivered`]), so a peer that ACKs in bursts
     /// is not left idle between them.
     pub(super) fn cwnd(&self) -> f64 {
-        self.base_cwnd() + self.extra_acked
+        let base = self.base_cwnd();
+        // With a standing queue the ACKs are late because of it, not because the peer batches
+        // them: the aggregation allowance would only feed the queue (on loopback it held
+        // ~5,000 packets, 30 ms, in the receiver's socket buffer).
+        let extra = if self.queueing {
+            self.extra_acked.min(base)
+        } else {
+            self.extra_acked
+        };
+        base + extra
     }
 
     fn base_cwnd(&self) -> f64 {
@@ -233,6 +254,7 @@ impl Bbr {
     }
 
     pub(super) fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
+        self.round_min_rtt = Some(self.round_min_rtt.map_or(rtt, |r| r.min(rtt)));
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -340,10 +362,12 @@ impl Bbr {
     }
 
     fn end_round(&mut self, elapsed: Duration) {
-        self.queueing = match (self.srtt, self.min_rtt) {
-            (Some(s), Some(m)) => s > m * 2 + Duration::from_millis(5),
-            _ => false,
-        };
+        // A queue delays every packet of the round; a peer that ACKs late (c-toxcore ACKs once
+        // per `tox_iterate`) delays only some, so the round's smallest sample tells them apart
+        // where srtt does not. A round without samples keeps the last verdict.
+        if let (Some(r), Some(m)) = (self.round_min_rtt.take(), self.min_rtt) {
+            self.queueing = r > m * 2 + Duration::from_millis(5);
+        }
         let delivered = self.delivered - self.round_delivered;
         let lost = self.lost - self.round_lost;
         self.round_delivered = self.delivered;
@@ -379,8 +403,14 @@ impl Bbr {
             self.btl_bw = max.max(MIN_BTL_BW);
         }
         self.mode = match self.mode {
+            Mode::Startup if startup_loss(lost, delivered) => Mode::Drain,
             Mode::Startup => {
-                if app_limited {
+                // A round with a standing queue counts towards the plateau even when the sender
+                // looked app-limited: on loopback the receiver's CPU is the bottleneck and the
+                // sender refills its queue in bursts, so most rounds were marked app-limited,
+                // Startup (gain 2.89) never ended and ~7,000 packets stayed in flight,
+                // overflowing the peer's socket buffer (chat p99 110-200 ms behind them).
+                if app_limited && !self.queueing {
                     Mode::Startup
                 } else if self.btl_bw >= self.full_bw * 1.25 {
                     self.full_bw = self.btl_bw;
@@ -420,5 +450,78 @@ impl Bbr {
     pub(super) fn next_token(&self) -> Instant {
         let wait = ((1.0 - self.tokens) / self.pacing_rate()).max(0.000_05);
         self.last_refill + Duration::from_secs_f64(wait)
+    }
+}
+
+/// BBR v2's Startup exit on loss: a round losing more than 2 % of its packets (at least 16).
+fn startup_loss(lost: u64, delivered: u64) -> bool {
+    lost >= 16 && lost * 50 > delivered + lost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives `ms` milliseconds of a bulk transfer: every millisecond `per_ms` packets sent a
+    /// millisecond earlier are ACKed, each ACK carrying the RTT sample `rtt(step)`; the sender
+    /// runs out of queued data every step (app-limited), as a bulk sender refilling through
+    /// `send_budget` does.
+    fn drive(cc: &mut Bbr, t0: Instant, ms: u64, per_ms: u64, rtt: impl Fn(u64) -> Duration) {
+        let mut sent = cc.send_state();
+        let mut sent_at = t0;
+        for step in 1..=ms {
+            let now = t0 + Duration::from_millis(step);
+            for _ in 0..per_ms {
+                cc.on_packet_delivered(now, sent, sent_at);
+            }
+            cc.on_delivered(now, per_ms);
+            cc.on_rtt_sample(now, rtt(step));
+            cc.set_app_limited();
+            cc.update(now);
+            sent = cc.send_state();
+            sent_at = now;
+        }
+    }
+
+    #[test]
+    fn a_standing_queue_ends_startup_and_caps_the_aggregation_allowance() {
+        let t0 = Instant::now();
+        let mut cc = Bbr::new(t0);
+        // One fast round sets min_rtt, then every sample sits behind a 20 ms queue.
+        drive(&mut cc, t0, 400, 150, |step| {
+            if step < 3 {
+                Duration::from_micros(200)
+            } else {
+                Duration::from_millis(20)
+            }
+        });
+        assert!(cc.queueing, "every sample 100x min_rtt is a standing queue");
+        assert_ne!(
+            cc.mode,
+            Mode::Startup,
+            "app-limited rounds with a queue still end Startup"
+        );
+        assert!(
+            cc.cwnd() <= 2.0 * cc.base_cwnd() + 1.0,
+            "cwnd {} > 2 x base {}",
+            cc.cwnd(),
+            cc.base_cwnd()
+        );
+    }
+
+    #[test]
+    fn late_acks_of_some_packets_are_not_a_queue() {
+        let t0 = Instant::now();
+        let mut cc = Bbr::new(t0);
+        // A peer that ACKs once per 50 ms loop: most samples are late, but the packets sent
+        // just before its ACK come back at once.
+        drive(&mut cc, t0, 400, 150, |step| {
+            if step % 5 == 0 {
+                Duration::from_micros(300)
+            } else {
+                Duration::from_millis(40)
+            }
+        });
+        assert!(!cc.queueing, "some samples at min_rtt: no standing queue");
     }
 }
