@@ -485,6 +485,7 @@ mod tests {
 
     #[test]
     fn a_standing_queue_ends_startup_and_caps_the_aggregation_allowance() {
+        #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
         let t0 = Instant::now();
         let mut cc = Bbr::new(t0);
         // One fast round sets min_rtt, then every sample sits behind a 20 ms queue.
@@ -511,6 +512,7 @@ mod tests {
 
     #[test]
     fn late_acks_of_some_packets_are_not_a_queue() {
+        #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
         let t0 = Instant::now();
         let mut cc = Bbr::new(t0);
         // A peer that ACKs once per 50 ms loop: most samples are late, but the packets sent
