@@ -557,6 +557,10 @@ pub struct Dht {
     stats: DhtStats,
     /// When hole punching ([`nat`]) next needs a look; `None` until some search has reports.
     next_nat: Option<Instant>,
+    /// Buffers [`Dht::scan`] reuses (empty between scans), so a scan allocates nothing: it runs
+    /// about once a second and collects every listed node as a candidate.
+    scan_sends: Vec<(SocketAddr, PublicKey, PublicKey)>,
+    scan_candidates: Vec<(SocketAddr, PublicKey)>,
 }
 
 impl Dht {
@@ -600,6 +604,8 @@ impl Dht {
             events: VecDeque::new(),
             stats: DhtStats::default(),
             next_nat: None,
+            scan_sends: Vec::new(),
+            scan_candidates: Vec::new(),
         }
     }
 
@@ -823,9 +829,7 @@ impl Dht {
         let nonce = Nonce::random(&mut self.rng);
         let own = self.keys.public;
         let key = self.cache.get(to);
-        DhtEnvelope::seal(kind, own, nonce, key, plain)
-            .ok()
-            .map(|e| e.encode())
+        DhtEnvelope::seal_datagram(kind, own, nonce, key, plain).ok()
     }
 
     /// Encrypts `plain` to `to` as a DHT packet of `kind` and queues it for `addr`.
@@ -985,20 +989,21 @@ impl Dht {
         best.into_iter().map(|(_, n)| n).collect()
     }
 
-    fn handle_envelope(&mut self, now: Instant, from: SocketAddr, env: DhtEnvelope) {
+    fn handle_envelope(&mut self, now: Instant, from: SocketAddr, mut env: DhtEnvelope) {
         if env.sender == self.keys.public {
             self.stats.malformed += 1;
             return;
         }
-        let Ok(plain) = env.open(self.cache.get(&env.sender)) else {
+        let (kind, sender) = (env.kind, env.sender);
+        let Ok(plain) = env.open_in_place(self.cache.get(&sender)) else {
             self.stats.malformed += 1;
             return;
         };
-        let result = match env.kind {
-            DhtKind::PingRequest => self.on_ping_request(now, from, env.sender, &plain),
-            DhtKind::PingResponse => self.on_ping_response(now, from, env.sender, &plain),
-            DhtKind::NodesRequest => self.on_nodes_request(now, from, env.sender, &plain),
-            DhtKind::NodesResponse => self.on_nodes_response(now, from, env.sender, &plain),
+        let result = match kind {
+            DhtKind::PingRequest => self.on_ping_request(now, from, sender, plain),
+            DhtKind::PingResponse => self.on_ping_response(now, from, sender, plain),
+            DhtKind::NodesRequest => self.on_nodes_request(now, from, sender, plain),
+            DhtKind::NodesResponse => self.on_nodes_response(now, from, sender, plain),
         };
         if result.is_err() {
             self.stats.malformed += 1;
@@ -1216,8 +1221,10 @@ impl Dht {
         let mut next = now + PING_INTERVAL;
         let cut = ScanCut::at(now);
         let mut due = Due::default();
-        let mut sends: Vec<(SocketAddr, PublicKey, PublicKey)> = Vec::new();
-        let mut candidates = Vec::new();
+        let mut sends = std::mem::take(&mut self.scan_sends);
+        let mut candidates = std::mem::take(&mut self.scan_candidates);
+        sends.clear();
+        candidates.clear();
         // One pass per list: prune, then queue pings and note candidates for each survivor (the
         // same order as pruning the whole list first; this is the scan's hot loop).
         for bucket in self.close.buckets.iter_mut().filter(|b| !b.is_empty()) {
@@ -1271,9 +1278,13 @@ impl Dht {
         }
         self.last_scan = now;
         self.next_scan = next.max(now + TICK);
-        for (addr, pk, target) in sends {
+        for &(addr, pk, target) in &sends {
             self.send_nodes_request(now, addr, pk, target);
         }
+        sends.clear();
+        candidates.clear();
+        self.scan_sends = sends;
+        self.scan_candidates = candidates;
     }
 
     fn do_to_ping(&mut self, now: Instant) {
