@@ -94,10 +94,15 @@ impl PublicKey {
     /// Compares the XOR distances of `a` and `b` to `self` (Kademlia metric; the Tox spec's
     /// "distance": XOR read as a 256-bit big-endian number). `Less` means `a` is closer.
     pub fn distance_cmp(&self, a: &Self, b: &Self) -> Ordering {
-        for i in 0..KEY_SIZE {
-            let da = self.0[i] ^ a.0[i];
-            let db = self.0[i] ^ b.0[i];
-            match da.cmp(&db) {
+        // Eight bytes at a time: big-endian words compare as the bytes they hold.
+        let word = |k: &Self, i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&k.0[i * 8..i * 8 + 8]);
+            u64::from_be_bytes(w)
+        };
+        for i in 0..KEY_SIZE / 8 {
+            let own = word(self, i);
+            match (own ^ word(a, i)).cmp(&(own ^ word(b, i))) {
                 Ordering::Equal => continue,
                 other => return other,
             }

@@ -300,9 +300,14 @@ impl Client {
         self.best_by(Cutoffs::at(now))
     }
     fn best_by(&self, cut: Cutoffs) -> Option<&Assoc> {
-        self.assocs()
-            .filter(|a| a.good_by(cut))
-            .max_by_key(|a| a.last_resp)
+        // `max_by_key` over the good ones, written out (a hot path of `get_close_nodes`): on a
+        // tie the later one, v6, wins, as `max_by_key` would pick it.
+        let v4 = self.v4.as_ref().filter(|a| a.good_by(cut));
+        let v6 = self.v6.as_ref().filter(|a| a.good_by(cut));
+        match (v4, v6) {
+            (Some(a), Some(b)) => Some(if b.last_resp >= a.last_resp { b } else { a }),
+            (a, b) => a.or(b),
+        }
     }
     fn has_addr(&self, addr: SocketAddr) -> bool {
         self.assocs().any(|a| a.addr == addr)
@@ -552,6 +557,10 @@ pub struct Dht {
     stats: DhtStats,
     /// When hole punching ([`nat`]) next needs a look; `None` until some search has reports.
     next_nat: Option<Instant>,
+    /// Buffers [`Dht::scan`] reuses (empty between scans), so a scan allocates nothing: it runs
+    /// about once a second and collects every listed node as a candidate.
+    scan_sends: Vec<(SocketAddr, PublicKey, PublicKey)>,
+    scan_candidates: Vec<(SocketAddr, PublicKey)>,
 }
 
 impl Dht {
@@ -595,6 +604,8 @@ impl Dht {
             events: VecDeque::new(),
             stats: DhtStats::default(),
             next_nat: None,
+            scan_sends: Vec::new(),
+            scan_candidates: Vec::new(),
         }
     }
 
@@ -818,9 +829,7 @@ impl Dht {
         let nonce = Nonce::random(&mut self.rng);
         let own = self.keys.public;
         let key = self.cache.get(to);
-        DhtEnvelope::seal(kind, own, nonce, key, plain)
-            .ok()
-            .map(|e| e.encode())
+        DhtEnvelope::seal_datagram(kind, own, nonce, key, plain).ok()
     }
 
     /// Encrypts `plain` to `to` as a DHT packet of `kind` and queues it for `addr`.
@@ -919,32 +928,25 @@ impl Dht {
         requester_is_lan: bool,
         now: Instant,
     ) -> Vec<PackedNode> {
-        // (XOR distance, node), closest first; distances compare as big-endian byte arrays.
-        let mut best: Vec<([u8; 32], PackedNode)> = Vec::with_capacity(MAX_SENT_NODES + 1);
+        // (XOR distance, node), closest first. A distance is four big-endian 64-bit words, which
+        // compare as the 32-byte big-endian number does, in four integer comparisons.
+        let mut best: Vec<(Dist, PackedNode)> = Vec::with_capacity(MAX_SENT_NODES + 1);
         let cut = Cutoffs::at(now);
-        let target_head = key_head(&target.0);
-        let consider = |best: &mut Vec<([u8; 32], PackedNode)>, c: &Client| {
-            // Cheapest tests first: the distance's first 8 bytes, the whole distance, duplicates,
-            // then liveness.
-            if best.len() == MAX_SENT_NODES
-                && best.last().is_some_and(|(worst, _)| {
-                    key_head(&c.public_key.0) ^ target_head > key_head(worst)
-                })
-            {
+        let target_words = key_words(&target.0);
+        let consider = |best: &mut Vec<(Dist, PackedNode)>, c: &Client| {
+            // Cheapest tests first: the distance's first word, the whole distance, duplicates
+            // (equal distances to one target mean equal keys), then liveness.
+            let full = best.len() == MAX_SENT_NODES;
+            let worst = best.last().map(|(d, _)| *d);
+            let head = key_head(&c.public_key.0) ^ target_words[0];
+            if full && worst.is_some_and(|w| head > w[0]) {
                 return;
             }
-            let mut dist = [0u8; 32];
-            for (d, (a, b)) in dist
-                .iter_mut()
-                .zip(target.0.iter().zip(c.public_key.0.iter()))
-            {
-                *d = a ^ b;
-            }
-            if best.len() == MAX_SENT_NODES && best.last().is_some_and(|(worst, _)| dist >= *worst)
-            {
+            let dist = xor_words(&target_words, &c.public_key.0);
+            if full && worst.is_some_and(|w| dist >= w) {
                 return;
             }
-            if best.iter().any(|(_, n)| n.public_key == c.public_key) {
+            if best.iter().any(|(d, _)| *d == dist) {
                 return;
             }
             let Some(a) = c.best_by(cut) else { return };
@@ -962,11 +964,11 @@ impl Dht {
         // in, bucket b's nodes share more than b leading bits with it, buckets above b share
         // exactly b, and bucket j < b shares exactly j; stop once no later bucket can do better.
         let b = self.close.bucket_of(target);
-        let beaten = |best: &Vec<([u8; 32], PackedNode)>, shared: usize| {
+        let beaten = |best: &Vec<(Dist, PackedNode)>, shared: usize| {
             best.len() == MAX_SENT_NODES
                 && best
                     .last()
-                    .is_some_and(|(d, _)| leading_zero_bits(d) > shared)
+                    .is_some_and(|(d, _)| dist_leading_zero_bits(d) > shared)
         };
         for c in &self.close.buckets[b] {
             consider(&mut best, c);
@@ -987,20 +989,21 @@ impl Dht {
         best.into_iter().map(|(_, n)| n).collect()
     }
 
-    fn handle_envelope(&mut self, now: Instant, from: SocketAddr, env: DhtEnvelope) {
+    fn handle_envelope(&mut self, now: Instant, from: SocketAddr, mut env: DhtEnvelope) {
         if env.sender == self.keys.public {
             self.stats.malformed += 1;
             return;
         }
-        let Ok(plain) = env.open(self.cache.get(&env.sender)) else {
+        let (kind, sender) = (env.kind, env.sender);
+        let Ok(plain) = env.open_in_place(self.cache.get(&sender)) else {
             self.stats.malformed += 1;
             return;
         };
-        let result = match env.kind {
-            DhtKind::PingRequest => self.on_ping_request(now, from, env.sender, &plain),
-            DhtKind::PingResponse => self.on_ping_response(now, from, env.sender, &plain),
-            DhtKind::NodesRequest => self.on_nodes_request(now, from, env.sender, &plain),
-            DhtKind::NodesResponse => self.on_nodes_response(now, from, env.sender, &plain),
+        let result = match kind {
+            DhtKind::PingRequest => self.on_ping_request(now, from, sender, plain),
+            DhtKind::PingResponse => self.on_ping_response(now, from, sender, plain),
+            DhtKind::NodesRequest => self.on_nodes_request(now, from, sender, plain),
+            DhtKind::NodesResponse => self.on_nodes_response(now, from, sender, plain),
         };
         if result.is_err() {
             self.stats.malformed += 1;
@@ -1218,19 +1221,20 @@ impl Dht {
         let mut next = now + PING_INTERVAL;
         let cut = ScanCut::at(now);
         let mut due = Due::default();
-        let mut sends: Vec<(SocketAddr, PublicKey, PublicKey)> = Vec::new();
-        let mut candidates = Vec::new();
+        let mut sends = std::mem::take(&mut self.scan_sends);
+        let mut candidates = std::mem::take(&mut self.scan_candidates);
+        sends.clear();
+        candidates.clear();
+        // One pass per list: prune, then queue pings and note candidates for each survivor (the
+        // same order as pruning the whole list first; this is the scan's hot loop).
         for bucket in self.close.buckets.iter_mut().filter(|b| !b.is_empty()) {
-            bucket.retain_mut(|c| c.prune(cut.live));
-            scan_clients(
-                bucket.iter_mut(),
-                now,
-                cut,
-                own,
-                &mut sends,
-                &mut candidates,
-                &mut due,
-            );
+            bucket.retain_mut(|c| {
+                let keep = c.prune(cut.live);
+                if keep {
+                    scan_client(c, now, cut, own, &mut sends, &mut candidates, &mut due);
+                }
+                keep
+            });
         }
         let pick = random_get_node(
             &mut self.rng,
@@ -1242,26 +1246,22 @@ impl Dht {
         );
         sends.extend(pick.map(|(addr, pk)| (addr, pk, own)));
         for (target, s) in &mut self.searches {
-            s.clients.retain_mut(|c| c.prune(cut.live));
-            if s.found.is_some()
-                && !s
-                    .clients
-                    .iter()
-                    .any(|c| c.public_key == *target && c.good_by(cut.live))
-            {
-                s.found = None;
-            }
             candidates.clear();
             let before = sends.len();
-            scan_clients(
-                s.clients.iter_mut(),
-                now,
-                cut,
-                *target,
-                &mut sends,
-                &mut candidates,
-                &mut due,
-            );
+            // Pinging changes no `last_resp`, so the target's liveness is the same before and
+            // after the survivor's share of the scan.
+            let mut target_good = false;
+            s.clients.retain_mut(|c| {
+                let keep = c.prune(cut.live);
+                if keep {
+                    target_good |= c.public_key == *target && c.good_by(cut.live);
+                    scan_client(c, now, cut, *target, &mut sends, &mut candidates, &mut due);
+                }
+                keep
+            });
+            if s.found.is_some() && !target_good {
+                s.found = None;
+            }
             let pick = random_get_node(
                 &mut self.rng,
                 &candidates,
@@ -1278,9 +1278,13 @@ impl Dht {
         }
         self.last_scan = now;
         self.next_scan = next.max(now + TICK);
-        for (addr, pk, target) in sends {
+        for &(addr, pk, target) in &sends {
             self.send_nodes_request(now, addr, pk, target);
         }
+        sends.clear();
+        candidates.clear();
+        self.scan_sends = sends;
+        self.scan_candidates = candidates;
     }
 
     fn do_to_ping(&mut self, now: Instant) {
@@ -1460,19 +1464,40 @@ impl Dht {
     }
 }
 
-/// Number of leading zero bits of a 256-bit big-endian number.
-fn leading_zero_bits(d: &[u8; 32]) -> usize {
-    d.iter()
-        .position(|&x| x != 0)
-        .map_or(256, |i| i * 8 + d[i].leading_zeros() as usize)
-}
-
 /// The first 8 bytes of a key or XOR distance as a big-endian number: distances compare as
 /// big-endian byte strings, so a larger head means a larger distance.
 fn key_head(k: &[u8; 32]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&k[..8]);
     u64::from_be_bytes(b)
+}
+
+/// An XOR distance as four big-endian 64-bit words, most significant first: `Ord` on it is the
+/// order of the 256-bit number (the order of the 32-byte big-endian string).
+type Dist = [u64; 4];
+
+/// A 32-byte key as four big-endian 64-bit words.
+fn key_words(k: &[u8; 32]) -> Dist {
+    let mut w = [0u64; 4];
+    for (word, chunk) in w.iter_mut().zip(k.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *word = u64::from_be_bytes(b);
+    }
+    w
+}
+
+/// The XOR distance between a key given as words and a key given as bytes.
+fn xor_words(a: &Dist, k: &[u8; 32]) -> Dist {
+    let b = key_words(k);
+    [a[0] ^ b[0], a[1] ^ b[1], a[2] ^ b[2], a[3] ^ b[3]]
+}
+
+/// Number of leading zero bits of a distance (0..=256): the bits both keys share.
+fn dist_leading_zero_bits(d: &Dist) -> usize {
+    d.iter()
+        .position(|&x| x != 0)
+        .map_or(256, |i| i * 64 + d[i].leading_zeros() as usize)
 }
 
 /// The cutoffs of one list scan at `now` ([`Cutoffs`] plus the ping cutoff).
@@ -1519,10 +1544,10 @@ impl Due {
     }
 }
 
-/// One list's share of a scan: queues a ping (nodes request for `target`) to every association
-/// due one, collects the good ones as candidates and notes the timestamps in `due`.
-fn scan_clients<'a>(
-    clients: impl Iterator<Item = &'a mut Client>,
+/// One listed client's share of a scan: queues a ping (nodes request for `target`) to each of its
+/// associations due one, collects the good ones as candidates and notes the timestamps in `due`.
+fn scan_client(
+    c: &mut Client,
     now: Instant,
     cut: ScanCut,
     target: PublicKey,
@@ -1530,20 +1555,18 @@ fn scan_clients<'a>(
     candidates: &mut Vec<(SocketAddr, PublicKey)>,
     due: &mut Due,
 ) {
-    for c in clients {
-        let pk = c.public_key;
-        for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
-            if cut.ping_before.is_some_and(|p| a.last_pinged <= p) {
-                a.last_pinged = now;
-                sends.push((a.addr, pk, target));
-            }
-            Due::note(&mut due.pinged, a.last_pinged);
-            if a.good_by(cut.live) {
-                candidates.push((a.addr, pk));
-                Due::note(&mut due.good_resp, a.last_resp);
-            } else {
-                Due::note(&mut due.bad_resp, a.last_resp);
-            }
+    let pk = c.public_key;
+    for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
+        if cut.ping_before.is_some_and(|p| a.last_pinged <= p) {
+            a.last_pinged = now;
+            sends.push((a.addr, pk, target));
+        }
+        Due::note(&mut due.pinged, a.last_pinged);
+        if a.good_by(cut.live) {
+            candidates.push((a.addr, pk));
+            Due::note(&mut due.good_resp, a.last_resp);
+        } else {
+            Due::note(&mut due.bad_resp, a.last_resp);
         }
     }
 }

@@ -1,7 +1,11 @@
 //! Outstanding requests awaiting a response, keyed by their random 8-byte ping id
 //! (c-toxcore `ping_array.c`: 512 entries, 5 s timeout, oldest overwritten when full).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// hashbrown's map (foldhash): a lookup per nodes and ping response, cheaper than std's SipHash.
+// The ids are ours (drawn from the node's RNG), so a peer cannot aim at collisions.
+use hashbrown::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

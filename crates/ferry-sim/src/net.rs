@@ -130,8 +130,10 @@ struct Slot<N> {
     seq: u64,
 }
 
+/// What an event carries. The sender's address is not stored: it is `Ctx::addrs[src]` (addresses
+/// are never reused), which keeps events small for the queue's moves.
 enum Payload {
-    Deliver { from: SocketAddr, bytes: Vec<u8> },
+    Deliver(Vec<u8>),
     Timer,
 }
 
@@ -174,6 +176,8 @@ struct Ctx<'a> {
     config: LinkConfig,
     by_addr: &'a HashMap<SocketAddr, NodeId>,
     pos: &'a [(f64, f64)],
+    /// Address of every node ever added, by id.
+    addrs: &'a [SocketAddr],
     shards: usize,
 }
 
@@ -199,14 +203,15 @@ impl<N: Endpoint> Shard<N> {
                 .get_mut(ev.to / ctx.shards)
                 .and_then(Option::as_mut)
             else {
-                if matches!(ev.payload, Payload::Deliver { .. }) {
+                if matches!(ev.payload, Payload::Deliver(_)) {
                     self.stats.undeliverable += 1;
                 }
                 continue;
             };
             match ev.payload {
-                Payload::Deliver { from, bytes } => {
+                Payload::Deliver(bytes) => {
                     slot.traffic.received += 1;
+                    let from = ctx.addrs[ev.src];
                     slot.node.handle_datagram(now, from, &bytes);
                     self.stats.delivered += 1;
                 }
@@ -274,10 +279,7 @@ impl<N: Endpoint> Shard<N> {
                 to,
                 src: id,
                 seq: slot.seq,
-                payload: Payload::Deliver {
-                    from: slot.addr,
-                    bytes: t.payload,
-                },
+                payload: Payload::Deliver(t.payload),
             };
             if to % ctx.shards == *index {
                 queue.push(ev);
@@ -315,6 +317,8 @@ pub struct Network<N> {
     by_addr: HashMap<SocketAddr, NodeId>,
     /// Position of every node ever added, by id.
     pos: Vec<(f64, f64)>,
+    /// Address of every node ever added, by id.
+    addrs: Vec<SocketAddr>,
     next_ip: u32,
     addr_stride: u32,
 }
@@ -366,6 +370,7 @@ impl<N: Endpoint + Send> Network<N> {
                 .collect(),
             by_addr: HashMap::new(),
             pos: Vec::new(),
+            addrs: Vec::new(),
             next_ip: FIRST_IP,
             addr_stride: 1,
         }
@@ -431,6 +436,7 @@ impl<N: Endpoint + Send> Network<N> {
         let link_rng = self.rng.fork();
         let id = self.pos.len();
         self.pos.push(pos);
+        self.addrs.push(addr);
         let n = self.shards.len();
         let shard = &mut self.shards[id % n];
         debug_assert_eq!(shard.slots.len(), id / n, "ids are dealt round-robin");
@@ -514,6 +520,7 @@ impl<N: Endpoint + Send> Network<N> {
             config: self.config,
             by_addr: &self.by_addr,
             pos: &self.pos,
+            addrs: &self.addrs,
             shards: self.shards.len(),
         };
         let n = self.shards.len();
@@ -537,6 +544,7 @@ impl<N: Endpoint + Send> Network<N> {
                 config: self.config,
                 by_addr: &self.by_addr,
                 pos: &self.pos,
+                addrs: &self.addrs,
                 shards: 1,
             };
             self.shards[0].run(until_ns.saturating_add(1), &ctx);
@@ -561,6 +569,7 @@ impl<N: Endpoint + Send> Network<N> {
             config: self.config,
             by_addr: &self.by_addr,
             pos: &self.pos,
+            addrs: &self.addrs,
             shards: n,
         };
         let lock = |k: usize| shards[k].lock().unwrap_or_else(PoisonError::into_inner);
