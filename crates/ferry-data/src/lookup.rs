@@ -214,16 +214,12 @@ impl Lookup {
     /// Indices of the k closest candidates not failed, at most [`MAX_PER_PREFIX`] per /24
     /// (/48): one operator's subnet cannot take all k slots around a target.
     fn closest_live(&self) -> Vec<usize> {
-        let mut per: HashMap<SourceKey, usize> = HashMap::new();
+        let mut cap = prefix_cap();
         self.candidates
             .iter()
             .enumerate()
             .filter(|(_, c)| c.state != State::Failed)
-            .filter(|(_, c)| {
-                let n = per.entry(SourceKey::of(c.node.addr)).or_default();
-                *n += 1;
-                *n <= MAX_PER_PREFIX
-            })
+            .filter(|(_, c)| cap(c.node.addr))
             .take(K)
             .map(|(i, _)| i)
             .collect()
@@ -484,15 +480,19 @@ pub fn placement(self_key: &PublicKey, target: &Target, nodes: &[PackedNode]) ->
         .collect();
     v.sort_by(|a, b| t.distance_cmp(&a.public_key, &b.public_key));
     v.dedup_by(|a, b| a.public_key == b.public_key);
+    let mut cap = prefix_cap();
+    v.into_iter().filter(|n| cap(n.addr)).take(K).collect()
+}
+
+/// A filter over nodes taken closest first that lets at most [`MAX_PER_PREFIX`] through per
+/// /24 (IPv4) or /48 (IPv6); shared by [`Lookup`]'s holder choice and [`placement`].
+fn prefix_cap() -> impl FnMut(std::net::SocketAddr) -> bool {
     let mut per: HashMap<SourceKey, usize> = HashMap::new();
-    v.into_iter()
-        .filter(|n| {
-            let c = per.entry(SourceKey::of(n.addr)).or_default();
-            *c += 1;
-            *c <= MAX_PER_PREFIX
-        })
-        .take(K)
-        .collect()
+    move |addr| {
+        let n = per.entry(SourceKey::of(addr)).or_default();
+        *n += 1;
+        *n <= MAX_PER_PREFIX
+    }
 }
 
 fn new_id(rng: &mut FerryRng) -> RequestId {
