@@ -297,6 +297,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A DHT record (provider or storer record) as a mail envelope at `target`: its delete hash
+/// derived from `context` and the record bytes, its proof of work (`bits` leading zero bits,
+/// the data layer's anti-spam cost) solved on a blocking thread.
+///
+/// # Errors
+/// [`ApiError`] unavailable when the blocking task was cancelled.
+pub(crate) async fn record_envelope(
+    context: &'static str,
+    record: Vec<u8>,
+    target: Target,
+    bits: u32,
+) -> Result<MailEnvelope, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let mut env = MailEnvelope {
+            delete_hash: blake3::derive_key(context, &record),
+            pow: 0,
+            sealed: record,
+        };
+        env.solve_pow(&target, bits);
+        env
+    })
+    .await
+    .map_err(unavailable)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(e.to_string())
 }
@@ -687,17 +712,7 @@ impl ContentShared {
         let target = provider_target(&id);
         let placement = data.placement(&target);
         let bits = data.mail_pow_bits();
-        let env = tokio::task::spawn_blocking(move || {
-            let mut env = MailEnvelope {
-                delete_hash: blake3::derive_key("ferry v1 content provider record", &record),
-                pow: 0,
-                sealed: record,
-            };
-            env.solve_pow(&target, bits);
-            env
-        })
-        .await
-        .map_err(unavailable)?;
+        let env = record_envelope("ferry v1 content provider record", record, target, bits).await?;
         let out = data
             .run(
                 node,

@@ -583,17 +583,13 @@ impl ReplicaShared {
             None => {
                 let bits = data.mail_pow_bits();
                 let rec = record.clone();
-                let env = tokio::task::spawn_blocking(move || {
-                    let mut env = MailEnvelope {
-                        delete_hash: blake3::derive_key("ferry v1 content storer record", &rec),
-                        pow: 0,
-                        sealed: rec,
-                    };
-                    env.solve_pow(&target, bits);
-                    env
-                })
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+                let env = crate::content::record_envelope(
+                    "ferry v1 content storer record",
+                    rec,
+                    target,
+                    bits,
+                )
+                .await?;
                 lock(&self.state).storer_env = Some((record, env.clone()));
                 env
             }
