@@ -22,11 +22,18 @@ MIB=${1:-256}
 WHAT=${2:-all}
 CASES=${CASES:-ff,ft,tf,tt}
 cd "$(dirname "$0")/.."
-nice -n 10 cargo build --release -q -p ferry-cli --bin ferry --example filebench
-FERRY=$PWD/target/release/ferry
+# FERRY_BIN=PATH runs another ferry binary (e.g. an older build for a side-by-side run);
+# FILEBENCH_NO_BUILD=1 uses the binaries already built.
+if [ -z "${FILEBENCH_NO_BUILD:-}" ]; then
+	nice -n 10 cargo build --release -q -p ferry-cli --bin ferry --example filebench
+fi
+FERRY=${FERRY_BIN:-$PWD/target/release/ferry}
 DRIVER=$PWD/target/release/examples/filebench
 WORK=$(mktemp -d ${FILEBENCH_DIR:-/tmp}/ferry-filebench.XXXXXX)
 head -c $((MIB << 20)) /dev/urandom >"$WORK/src.bin"
+# On disk before the runs, as a file a user sends is: its dirty pages would otherwise make every
+# fsync of the daemons (message commits) wait for their writeback.
+sync "$WORK/src.bin"
 
 tcp_copy_py='
 import socket, sys, time
@@ -62,6 +69,10 @@ A= M= B=
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	for ns in $A $M $B; do ip netns del "$ns" 2>/dev/null || true; done
+	# FILEBENCH_KEEP=DIR keeps the daemons' logs (e.g. with RUST_LOG=ferry_daemon::chat=debug).
+	if [ -n "${FILEBENCH_KEEP:-}" ]; then
+		mkdir -p "$FILEBENCH_KEEP" && find "$WORK" -name '*.log' -exec cp {} "$FILEBENCH_KEEP/" \; || true
+	fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM

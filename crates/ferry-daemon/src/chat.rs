@@ -673,10 +673,22 @@ impl ChatShared {
             time_ms: now_ms(),
             delivered: false,
         };
+        let t0 = Instant::now();
         let seq = self.append(&rec)?;
+        tracing::debug!(
+            seq,
+            commit_us = t0.elapsed().as_micros() as u64,
+            "outgoing message stored"
+        );
         let shared = Arc::clone(self);
         let (text, action) = (rec.text.clone(), kind == MessageKind::Action);
         node.call(move |n, now| {
+            // From the API call to net_crypto's queue (the commit plus the wait for the node task).
+            tracing::debug!(
+                seq,
+                wait_us = t0.elapsed().as_micros() as u64,
+                "outgoing message queued"
+            );
             if !shared.send_now(n, now, pk, seq, action, &text)
                 && let Some(d) = shared.data.get()
             {
@@ -908,8 +920,15 @@ impl EventHandler for ChatHandler {
                     time_ms: now_ms(),
                     delivered: true,
                 };
-                if let Err(e) = s.append(&rec) {
-                    tracing::error!(error = %e.message, "storing message");
+                // The node task waits for this commit (fsync): `commit_us` is how long.
+                let t0 = Instant::now();
+                match s.append(&rec) {
+                    Ok(seq) => tracing::debug!(
+                        seq,
+                        commit_us = t0.elapsed().as_micros() as u64,
+                        "incoming message stored"
+                    ),
+                    Err(e) => tracing::error!(error = %e.message, "storing message"),
                 }
             }
             NodeEvent::Receipt {
