@@ -1078,6 +1078,7 @@ impl DataShared {
                 if seq > hw {
                     let (action, text) = decode_body(data.get(10..).unwrap_or_default());
                     chat.deliver_offline(&friend, action, &text, crate::chat::now_ms());
+                    tracing::info!(from = %friend, seq, "offline message delivered directly");
                     new_hw = seq;
                     st.book.inbox_hw.insert(hex, seq);
                     self.save_book(&mut st);
