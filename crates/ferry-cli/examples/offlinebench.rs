@@ -3,7 +3,17 @@
 //!
 //! ```text
 //! offlinebench --ferry BIN [--rounds 10] [--storers 8] [--infra 2] [--sender up|down]
+//!              [--stop api|kill] [--cold] [--no-wait]
 //! ```
+//! `--stop api` stops B with `ferry stop` (it tells its store peers goodbye and saves them to
+//! `mail.json`, probed first at the next start); `--stop kill` kills it with SIGKILL by PID (no
+//! goodbye; restarted on the same port). `--cold` also empties the saved peers of B's
+//! `mail.json` before each restart, so B finds store peers only through the DHT (as after a
+//! first start or when every saved peer is gone). `--no-wait` (with `--sender up --stop
+//! kill`): A sends at once, before it has noticed B is gone, so the message goes into the dead
+//! session and B is back before A's session times out; `path=session` is a message that came
+//! through neither the mailbox nor the mail layer's direct resend (net_crypto's own resend on
+//! the new session).
 //! Starts `--infra` in-process DHT nodes and `--storers` `ferry up` daemons (store holders) on
 //! 127.0.0.1, then sender A and recipient B, makes them friends and waits until each knows the
 //! other is a ferry node. Each round: B is stopped; A sends a message with `ferry send`; once A
@@ -34,6 +44,9 @@ struct Args {
     storers: usize,
     infra: usize,
     sender_up: bool,
+    kill: bool,
+    cold: bool,
+    no_wait: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -43,9 +56,20 @@ fn args() -> anyhow::Result<Args> {
         storers: 8,
         infra: 2,
         sender_up: false,
+        kill: false,
+        cold: false,
+        no_wait: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--cold" {
+            a.cold = true;
+            continue;
+        }
+        if k == "--no-wait" {
+            a.no_wait = true;
+            continue;
+        }
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--ferry" => a.ferry = PathBuf::from(v),
@@ -53,6 +77,7 @@ fn args() -> anyhow::Result<Args> {
             "--storers" => a.storers = v.parse()?,
             "--infra" => a.infra = v.parse()?,
             "--sender" => a.sender_up = v == "up",
+            "--stop" => a.kill = v == "kill",
             _ => bail!("unknown argument {k}"),
         }
     }
@@ -92,36 +117,60 @@ fn incoming(up: &FerryUp, pk: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn wait_online(up: &FerryUp, pk: &str) -> anyhow::Result<()> {
+/// Waits until `up` sees friend `pk` online (`online`) or offline (`!online`).
+fn wait_connection(up: &FerryUp, pk: &str, online: bool) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let list = up.json(&["friend", "list", "--json"])?;
         if list.as_array().is_some_and(|l| {
             l.iter().any(|f| {
-                f["public_key"].as_str() == Some(pk) && f["connection"].as_str() != Some("none")
+                f["public_key"].as_str() == Some(pk)
+                    && (f["connection"].as_str() != Some("none")) == online
             })
         }) {
             return Ok(());
         }
-        ensure!(start.elapsed() < STEP, "{pk} not online: {list}");
+        ensure!(
+            start.elapsed() < STEP,
+            "{pk} not {}: {list}",
+            if online { "online" } else { "offline" }
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
+fn wait_online(up: &FerryUp, pk: &str) -> anyhow::Result<()> {
+    wait_connection(up, pk, true)
+}
+
+/// `line` without ANSI colour codes (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (false, c) => out.push(c),
+            (true, 'm') => esc = false,
+            (true, _) => {}
+        }
+    }
+    out
+}
+
+/// `up`'s log, colour codes removed.
+fn log(up: &FerryUp) -> Vec<String> {
+    up.stderr.snapshot().iter().map(|l| plain(l)).collect()
+}
+
 /// Lines of `up`'s log containing `needle`.
 fn count(up: &FerryUp, needle: &str) -> usize {
-    up.stderr
-        .snapshot()
-        .iter()
-        .filter(|l| l.contains(needle))
-        .count()
+    log(up).iter().filter(|l| l.contains(needle)).count()
 }
 
 /// Seconds since midnight UTC of a log line's RFC 3339 timestamp (`2026-11-25T06:40:01.123456Z`).
 fn log_time(line: &str) -> Option<f64> {
-    // Skip ANSI colour codes around the timestamp.
-    let start = line.find("T")?.checked_sub(10)?;
-    let t = line.get(start..)?.split(|c: char| c.is_whitespace() || c == '\x1b').next()?;
+    let t = line.split_whitespace().next()?;
     let t = t.split('T').nth(1)?.trim_end_matches('Z');
     let mut parts = t.split(':');
     let h: f64 = parts.next()?.parse().ok()?;
@@ -156,6 +205,57 @@ fn start_up(ferry: &Path, profile: tempfile::TempDir, infra: &Infra) -> anyhow::
     FerryUp::start_with_profile(ferry, profile, &infra.ferry_args())
 }
 
+/// B while it is down.
+enum Down {
+    /// Stopped with `ferry stop`: its profile.
+    Stopped(tempfile::TempDir),
+    /// Killed (SIGKILL by PID), to be restarted on the same port.
+    Killed(FerryUp),
+}
+
+impl Down {
+    fn take_down(b: FerryUp, kill: bool) -> anyhow::Result<Self> {
+        if kill {
+            let mut b = b;
+            b.kill9()?;
+            Ok(Self::Killed(b))
+        } else {
+            Ok(Self::Stopped(b.stop_keep_profile()?))
+        }
+    }
+
+    fn profile(&self) -> &Path {
+        match self {
+            Self::Stopped(p) => p.path(),
+            Self::Killed(b) => b.profile(),
+        }
+    }
+
+    /// Empties the store peers saved in `mail.json` (a cold start).
+    fn forget_peers(&self) -> anyhow::Result<()> {
+        let path = self.profile().join("mail.json");
+        let Ok(text) = std::fs::read(&path) else {
+            return Ok(());
+        };
+        let mut v: serde_json::Value = serde_json::from_slice(&text)?;
+        if let Some(p) = v.get_mut("peers") {
+            *p = serde_json::Value::Array(Vec::new());
+        }
+        std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+        Ok(())
+    }
+
+    fn bring_up(self, ferry: &Path, infra: &Infra) -> anyhow::Result<FerryUp> {
+        match self {
+            Self::Stopped(p) => start_up(ferry, p, infra),
+            Self::Killed(mut b) => {
+                b.restart()?;
+                Ok(b)
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let a = args()?;
     let ferry = a.ferry.as_path();
@@ -188,14 +288,16 @@ fn main() -> anyhow::Result<()> {
     // Both learn the other is a ferry node (hello packets) before B goes offline.
     std::thread::sleep(Duration::from_secs(2));
     eprintln!(
-        "network: {} in-process DHT nodes, {} storers, sender {}, rounds {}",
+        "network: {} in-process DHT nodes, {} storers, sender {}, B {}{}, rounds {}",
         a.infra,
         a.storers,
         if a.sender_up { "stays up" } else { "down" },
+        if a.kill { "killed (SIGKILL)" } else { "stopped (ferry stop)" },
+        if a.cold { ", saved peers forgotten" } else { "" },
         a.rounds
     );
 
-    let mut b_profile = Some(recipient.stop_keep_profile()?);
+    let mut b_down = Some(Down::take_down(recipient, a.kill)?);
     let mut sender = Some(sender);
     let mut a_profile = None;
     let (mut from_start, mut from_capable, mut from_log) = (Vec::new(), Vec::new(), Vec::new());
@@ -210,6 +312,14 @@ fn main() -> anyhow::Result<()> {
                 s
             }
         };
+        // "Offline": A has noticed (at once after `ferry stop`; after a SIGKILL, when its
+        // session times out). A message sent before that goes into the dead session and is
+        // mailed when the session times out.
+        let noticed = Instant::now();
+        if !a.no_wait {
+            wait_connection(&s, &b_pk, false)?;
+        }
+        let noticed_s = noticed.elapsed().as_secs_f64();
         let stored_before = count(&s, "offline message stored");
         let out = s.cli(&["send", &b_pk, &text])?;
         ensure!(
@@ -218,7 +328,7 @@ fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         let sent = Instant::now();
-        while count(&s, "offline message stored") <= stored_before {
+        while !a.no_wait && count(&s, "offline message stored") <= stored_before {
             ensure!(
                 sent.elapsed() < STEP,
                 "the mail put never finished: {}",
@@ -227,14 +337,15 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mailed_s = sent.elapsed().as_secs_f64();
-        let stored = s
-            .stderr
-            .snapshot()
+        let stored = log(&s)
             .iter()
             .rev()
             .find(|l| l.contains("offline message stored"))
             .and_then(|l| l.split("stored=").nth(1).map(str::to_string))
             .unwrap_or_default();
+        if std::env::var_os("OFFLINEBENCH_LOGS").is_some() {
+            eprintln!("--- A's log, round {i}\n{}", log(&s).join("\n"));
+        }
         if a.sender_up {
             sender = Some(s);
         } else {
@@ -246,7 +357,11 @@ fn main() -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs_f64()
             % 86_400.0;
-        let b = start_up(ferry, b_profile.take().context("b profile")?, &infra)?;
+        let down = b_down.take().context("b down")?;
+        if a.cold {
+            down.forget_peers()?;
+        }
+        let b = down.bring_up(ferry, &infra)?;
         let api_s = t0.elapsed().as_secs_f64();
         let mut capable_s = None;
         let delivered_s = loop {
@@ -269,21 +384,21 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         };
         // Which path delivered it, and when (B's own log clock).
-        let log = b.stderr.snapshot();
+        let log = log(&b);
         let (path, line) = match log
             .iter()
             .find(|l| l.contains("offline message delivered"))
         {
             Some(l) if l.contains("directly") => ("direct", Some(l)),
             Some(l) => ("mailbox", Some(l)),
-            None => ("?", None),
+            None => ("session", None),
         };
         let log_s = line
             .and_then(|l| log_time(l))
             .map(|t| (t - wall0).rem_euclid(86_400.0));
         let capable = capable_s.unwrap_or(f64::NAN);
         println!(
-            "ROUND {i} mailed_s={mailed_s:.2} stored={stored} api_s={api_s:.2} capable_s={capable:.2} \
+            "ROUND {i} a_saw_offline_s={noticed_s:.2} mailed_s={mailed_s:.2} stored={stored} api_s={api_s:.2} capable_s={capable:.2} \
              delivered_s={delivered_s:.2} after_capable_s={:.2} log_delivered_s={} path={path}",
             delivered_s - capable,
             log_s.map_or("-".to_string(), |t| format!("{t:.2}")),
@@ -299,16 +414,16 @@ fn main() -> anyhow::Result<()> {
             from_log.push(t);
         }
         paths.push(path);
-        b_profile = Some(b.stop_keep_profile()?);
+        b_down = Some(Down::take_down(b, a.kill)?);
     }
     summary("from_process_start", &from_start);
     summary("from_first_capable_peer", &from_capable);
     summary("log_delivered_from_start", &from_log);
     println!(
-        "PATHS mailbox={} direct={} unknown={}",
+        "PATHS mailbox={} direct={} session={}",
         paths.iter().filter(|p| **p == "mailbox").count(),
         paths.iter().filter(|p| **p == "direct").count(),
-        paths.iter().filter(|p| **p == "?").count()
+        paths.iter().filter(|p| **p == "session").count()
     );
 
     // Both up: every message exactly once, in order.
@@ -316,7 +431,7 @@ fn main() -> anyhow::Result<()> {
         Some(s) => s,
         None => start_up(ferry, a_profile.take().context("a profile")?, &infra)?,
     };
-    let b = start_up(ferry, b_profile.take().context("b profile")?, &infra)?;
+    let b = b_down.take().context("b down")?.bring_up(ferry, &infra)?;
     wait_online(&s, &b_pk)?;
     std::thread::sleep(Duration::from_secs(3));
     let got: Vec<String> = incoming(&b, &a_pk)?
