@@ -292,8 +292,16 @@ fn main() -> anyhow::Result<()> {
         a.infra,
         a.storers,
         if a.sender_up { "stays up" } else { "down" },
-        if a.kill { "killed (SIGKILL)" } else { "stopped (ferry stop)" },
-        if a.cold { ", saved peers forgotten" } else { "" },
+        if a.kill {
+            "killed (SIGKILL)"
+        } else {
+            "stopped (ferry stop)"
+        },
+        if a.cold {
+            ", saved peers forgotten"
+        } else {
+            ""
+        },
         a.rounds
     );
 
@@ -337,7 +345,9 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mailed_s = sent.elapsed().as_secs_f64();
-        let stored = log(&s)
+        let stored = (!a.no_wait)
+            .then(|| log(&s))
+            .unwrap_or_default()
             .iter()
             .rev()
             .find(|l| l.contains("offline message stored"))
@@ -385,10 +395,7 @@ fn main() -> anyhow::Result<()> {
         };
         // Which path delivered it, and when (B's own log clock).
         let log = log(&b);
-        let (path, line) = match log
-            .iter()
-            .find(|l| l.contains("offline message delivered"))
-        {
+        let (path, line) = match log.iter().find(|l| l.contains("offline message delivered")) {
             Some(l) if l.contains("directly") => ("direct", Some(l)),
             Some(l) => ("mailbox", Some(l)),
             None => ("session", None),
