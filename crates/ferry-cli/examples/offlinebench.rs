@@ -345,9 +345,7 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         let mailed_s = sent.elapsed().as_secs_f64();
-        let stored = (!a.no_wait)
-            .then(|| log(&s))
-            .unwrap_or_default()
+        let stored = if a.no_wait { Vec::new() } else { log(&s) }
             .iter()
             .rev()
             .find(|l| l.contains("offline message stored"))
@@ -383,7 +381,7 @@ fn main() -> anyhow::Result<()> {
             {
                 capable_s = Some(t0.elapsed().as_secs_f64());
             }
-            if incoming(&b, &a_pk)?.iter().any(|t| *t == text) {
+            if incoming(&b, &a_pk)?.contains(&text) {
                 break t0.elapsed().as_secs_f64();
             }
             ensure!(
