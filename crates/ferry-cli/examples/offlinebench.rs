@@ -402,9 +402,14 @@ fn main() -> anyhow::Result<()> {
             .and_then(|l| log_time(l))
             .map(|t| (t - wall0).rem_euclid(86_400.0));
         let capable = capable_s.unwrap_or(f64::NAN);
+        // Store peers a holder knows (live ones and entries of killed processes not yet
+        // expired after `CAPABLE_TIMEOUT`).
+        let holder_knows = storers[0].json(&["store", "status", "--json"])?["capable_nodes"]
+            .as_u64()
+            .unwrap_or(0);
         println!(
             "ROUND {i} a_saw_offline_s={noticed_s:.2} mailed_s={mailed_s:.2} stored={stored} api_s={api_s:.2} capable_s={capable:.2} \
-             delivered_s={delivered_s:.2} after_capable_s={:.2} log_delivered_s={} path={path}",
+             delivered_s={delivered_s:.2} after_capable_s={:.2} log_delivered_s={} path={path} holder_knows={holder_knows}",
             delivered_s - capable,
             log_s.map_or("-".to_string(), |t| format!("{t:.2}")),
         );
