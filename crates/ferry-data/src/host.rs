@@ -335,7 +335,9 @@ mod tests {
         for i in 0..(MAX_CAPABLE + 10) {
             let mut k = [0; 32];
             k[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let node = PackedNode::udp("127.0.0.1:9".parse().expect("addr"), PublicKey(k));
+            // Distinct addresses: one address holds one entry.
+            let addr = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
+            let node = PackedNode::udp(addr, PublicKey(k));
             t.mark(node, now + Duration::from_millis(i as u64), i % 2 == 0);
         }
         assert_eq!(t.len(), MAX_CAPABLE);
