@@ -268,6 +268,8 @@ enum Purpose {
         target: Target,
         item: Item,
         tries: u32,
+        /// A friend request (request mailbox), not a message.
+        request: bool,
     },
     MailCollect {
         friend: PublicKey,
@@ -420,7 +422,7 @@ struct State {
     /// Holder re-puts waiting to start.
     republish: std::collections::VecDeque<ferry_data::store::Republish>,
     owned: HashMap<Target, Owned>,
-    mail_retry: Vec<(Instant, Target, Item, u32)>,
+    mail_retry: Vec<(Instant, Target, Item, u32, bool)>,
     book: MailBook,
     book_dirty: bool,
     collect_at: Option<Instant>,
@@ -700,10 +702,10 @@ impl DataShared {
         // Mail retries.
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.mail_retry)
             .into_iter()
-            .partition(|(at, _, _, _)| now >= *at);
+            .partition(|(at, _, _, _, _)| now >= *at);
         st.mail_retry = keep;
-        for (_, target, item, tries) in due {
-            start_mail_put_at(st, now, target, item, tries);
+        for (_, target, item, tries, request) in due {
+            start_mail_put_at(st, now, target, item, tries, request);
         }
         self.maybe_collect(st, chat, now);
         self.drive(st, chat, node, now);
@@ -894,10 +896,13 @@ impl DataShared {
                 target,
                 item,
                 tries,
+                request,
             } => {
                 if r.out.stored == 0 && tries < MAIL_RETRIES {
                     st.mail_retry
-                        .push((now + MAIL_RETRY, target, item, tries + 1));
+                        .push((now + MAIL_RETRY, target, item, tries + 1, request));
+                } else if request {
+                    tracing::info!(stored = r.out.stored, "offline friend request stored");
                 } else {
                     tracing::info!(stored = r.out.stored, "offline message stored");
                 }
@@ -1078,6 +1083,7 @@ impl DataShared {
                 if seq > hw {
                     let (action, text) = decode_body(data.get(10..).unwrap_or_default());
                     chat.deliver_offline(&friend, action, &text, crate::chat::now_ms());
+                    tracing::info!(from = %friend, seq, "offline message delivered directly");
                     new_hw = seq;
                     st.book.inbox_hw.insert(hex, seq);
                     self.save_book(&mut st);
@@ -1142,7 +1148,7 @@ impl DataShared {
             },
         );
         st.book_dirty = true;
-        start_mail_put_at(st, now, target, Item::Mail(env), 0);
+        start_mail_put_at(st, now, target, Item::Mail(env), 0, false);
         send_requests(st, node, now);
         true
     }
@@ -1176,7 +1182,7 @@ impl DataShared {
         ) else {
             return;
         };
-        start_mail_put_at(st, now, target, Item::Mail(env), 0);
+        start_mail_put_at(st, now, target, Item::Mail(env), 0, true);
         send_requests(st, node, now);
     }
 
@@ -1713,7 +1719,14 @@ fn start(st: &mut State, _now: Instant, target: Target, op: Operation, purpose: 
     true
 }
 
-fn start_mail_put_at(st: &mut State, now: Instant, target: Target, item: Item, tries: u32) {
+fn start_mail_put_at(
+    st: &mut State,
+    now: Instant,
+    target: Target,
+    item: Item,
+    tries: u32,
+    request: bool,
+) {
     let op = Operation::Put {
         item: item.clone(),
         ttl_s: MAX_MAIL_TTL.as_secs() as u32,
@@ -1728,6 +1741,7 @@ fn start_mail_put_at(st: &mut State, now: Instant, target: Target, item: Item, t
             target,
             item,
             tries,
+            request,
         },
     );
 }

@@ -45,7 +45,17 @@ impl CapableNodes {
     }
 
     /// Records that `node` spoke the store protocol at `now`; `accepts` from its hello/get flags.
+    ///
+    /// One UDP address is one node: a key not known yet that speaks from an address held under
+    /// another key replaces that entry. DHT keys are new at every start, so this is a node that
+    /// restarted on the same address (e.g. after a crash, on its usual port); the old entry
+    /// would only cost lookups a [`crate::lookup::REQUEST_TIMEOUT`] until [`CAPABLE_TIMEOUT`]
+    /// (issue 9 offline-delivery benchmark, `bench/offline.sh cold`). It also bounds what one
+    /// source address can add to the table to one entry.
     pub fn mark(&mut self, node: PackedNode, now: Instant, accepts: bool) {
+        if !self.nodes.contains_key(&node.public_key) {
+            self.nodes.retain(|_, e| e.node.addr != node.addr);
+        }
         if !self.nodes.contains_key(&node.public_key)
             && self.nodes.len() >= MAX_CAPABLE
             && let Some(oldest) = self
@@ -218,6 +228,32 @@ mod tests {
     use crate::wire::{GetRequest, PutRequest};
     use ferry_crypto::{KeyPair, SecretKey};
 
+    /// A new key from an address known under another key replaces the old entry (a restarted
+    /// node); other addresses and a known key speaking from a new address are kept.
+    #[test]
+    fn new_key_at_known_address_replaces_the_old_entry() {
+        let now = Instant::now();
+        let key = |b: u8| KeyPair::from_secret(SecretKey::from_bytes([b; 32])).public;
+        let x: SocketAddr = "127.0.0.1:33445".parse().expect("addr");
+        let y: SocketAddr = "127.0.0.1:33446".parse().expect("addr");
+        let mut t = CapableNodes::new();
+        t.mark(PackedNode::udp(x, key(1)), now, true);
+        t.mark(PackedNode::udp(y, key(2)), now, true);
+        assert_eq!(t.len(), 2);
+        // The node at x restarts with a new DHT key.
+        t.mark(PackedNode::udp(x, key(3)), now, true);
+        assert!(t.contains(&key(3)) && t.contains(&key(2)) && !t.contains(&key(1)));
+        assert_eq!(t.len(), 2);
+        let target = Target(key(9).0);
+        assert!(
+            t.closest(&target, 8).iter().all(|n| n.public_key != key(1)),
+            "the old key is no longer handed out"
+        );
+        // A known key marked again from the same address changes nothing.
+        t.mark(PackedNode::udp(x, key(3)), now, false);
+        assert_eq!(t.len(), 2);
+    }
+
     #[test]
     fn two_hosts_over_sealed_datagrams() {
         let now = Instant::now();
@@ -299,7 +335,9 @@ mod tests {
         for i in 0..(MAX_CAPABLE + 10) {
             let mut k = [0; 32];
             k[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let node = PackedNode::udp("127.0.0.1:9".parse().expect("addr"), PublicKey(k));
+            // Distinct addresses: one address holds one entry.
+            let addr = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
+            let node = PackedNode::udp(addr, PublicKey(k));
             t.mark(node, now + Duration::from_millis(i as u64), i % 2 == 0);
         }
         assert_eq!(t.len(), MAX_CAPABLE);
