@@ -1281,7 +1281,10 @@ impl Dht {
             now,
             &mut next,
         );
-        sends.extend(pick.and_then(|i| candidates.get(i)).map(|&(addr, pk)| (addr, pk, own)));
+        sends.extend(
+            pick.and_then(|i| candidates.get(i))
+                .map(|&(addr, pk)| (addr, pk, own)),
+        );
         for (target, s) in &mut self.searches {
             candidates.clear();
             let before = sends.len();
@@ -1563,7 +1566,7 @@ impl ScanCut {
 /// What one walk of a list (a close-list bucket or a search list) by [`Dht::scan`] found. It
 /// stays true until `until` as long as the list is not changed: before then no association is
 /// due a ping, turns bad or dies, so a later walk would send nothing and find the same.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct ListScan {
     /// The earliest of: the oldest `last_pinged` + [`PING_INTERVAL`], the oldest response of a
     /// good association + [`BAD_NODE_TIMEOUT`] and of a bad one + [`KILL_NODE_TIMEOUT`]; `None`
