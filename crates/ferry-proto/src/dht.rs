@@ -1607,10 +1607,8 @@ fn scan_list(
     sends: &mut Vec<(SocketAddr, PublicKey, PublicKey)>,
     candidates: &mut Vec<(SocketAddr, PublicKey)>,
 ) -> ListScan {
-    if !collect {
-        if let Some(s) = scanned.filter(|s| s.until.is_none_or(|u| now < u)) {
-            return s;
-        }
+    if !collect && let Some(s) = scanned.filter(|s| s.until.is_none_or(|u| now < u)) {
+        return s;
     }
     let mut walked = ListScan::default();
     clients.retain_mut(|c| {
