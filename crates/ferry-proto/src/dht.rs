@@ -345,6 +345,8 @@ impl Client {
 struct CloseList {
     own: PublicKey,
     buckets: Vec<Vec<Client>>,
+    /// Per bucket, what its last walk by [`Dht::scan`] found (`None`: changed since, walk it).
+    scanned: Vec<Option<ListScan>>,
 }
 
 impl CloseList {
@@ -352,6 +354,7 @@ impl CloseList {
         Self {
             own,
             buckets: vec![Vec::new(); BUCKETS],
+            scanned: vec![None; BUCKETS],
         }
     }
     fn bucket_of(&self, pk: &PublicKey) -> usize {
@@ -385,19 +388,29 @@ impl CloseList {
         let idx = self.bucket_of(&pk);
         if let Some(c) = self.buckets[idx].iter_mut().find(|c| c.public_key == pk) {
             c.update(addr, now);
+            self.scanned[idx] = None;
             return Insert::Refreshed;
         }
         // A different key at the same address: that node restarted with a new DHT key.
-        for bucket in self.buckets.iter_mut().filter(|b| !b.is_empty()) {
+        for (bucket, scanned) in self.buckets.iter_mut().zip(&mut self.scanned) {
+            if bucket.is_empty() {
+                continue;
+            }
+            let before = bucket.len();
             bucket.retain(|c| !c.has_addr(addr));
+            if bucket.len() != before {
+                *scanned = None;
+            }
         }
         let bucket = &mut self.buckets[idx];
         if bucket.len() < BUCKET_SIZE {
             bucket.push(Client::new(pk, addr, now));
+            self.scanned[idx] = None;
             return Insert::New;
         }
         if let Some(slot) = bucket.iter_mut().find(|c| !c.good(now)) {
             *slot = Client::new(pk, addr, now);
+            self.scanned[idx] = None;
             return Insert::New;
         }
         Insert::No
@@ -420,6 +433,8 @@ struct Search {
     started: Instant,
     requests: u32,
     nat: nat::NatState,
+    /// What the last walk of `clients` by [`Dht::scan`] found (`None`: changed since).
+    scanned: Option<ListScan>,
 }
 
 impl Search {
@@ -434,6 +449,7 @@ impl Search {
             started: now,
             requests: 0,
             nat: nat::NatState::new(),
+            scanned: None,
         }
     }
 
@@ -474,15 +490,18 @@ impl Search {
     fn add(&mut self, target: &PublicKey, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
         if let Some(c) = self.clients.iter_mut().find(|c| c.public_key == pk) {
             c.update(addr, now);
+            self.scanned = None;
             return Insert::Refreshed;
         }
         if self.clients.len() < SEARCH_LIST_SIZE {
             self.clients.push(Client::new(pk, addr, now));
+            self.scanned = None;
             return Insert::New;
         }
         match self.worst_replaceable(target, &pk, now) {
             Some(i) => {
                 self.clients[i] = Client::new(pk, addr, now);
+                self.scanned = None;
                 Insert::New
             }
             None => Insert::No,
@@ -1216,64 +1235,91 @@ impl Dht {
     /// node, and a nodes request to a random good node of each list every
     /// [`GET_NODE_INTERVAL`] (on consecutive ticks for the first [`MAX_BOOTSTRAP_TIMES`]).
     /// Also computes when the next such action is due, so idle ticks cost nothing.
+    ///
+    /// O(due), not O(listed): a list (a close-list bucket, a search list) is walked only when it
+    /// changed since its last walk or something in it is due by `now` (a ping, a good node
+    /// turning bad, a bad one dying; [`ListScan::until`]), or when its random nodes request may
+    /// fire (then every good node is a candidate, in list order). Any other list would yield no
+    /// sends, no pruning and the same timestamps, liveness and candidate count as its last walk,
+    /// so the cached [`ListScan`] stands in for it: the result is the same as walking everything.
     fn scan(&mut self, now: Instant) {
         let own = self.keys.public;
         let mut next = now + PING_INTERVAL;
         let cut = ScanCut::at(now);
-        let mut due = Due::default();
+        let mut until: Option<Instant> = None;
         let mut sends = std::mem::take(&mut self.scan_sends);
         let mut candidates = std::mem::take(&mut self.scan_candidates);
         sends.clear();
         candidates.clear();
-        // One pass per list: prune, then queue pings and note candidates for each survivor (the
-        // same order as pruning the whole list first; this is the scan's hot loop).
-        for bucket in self.close.buckets.iter_mut().filter(|b| !b.is_empty()) {
-            bucket.retain_mut(|c| {
-                let keep = c.prune(cut.live);
-                if keep {
-                    scan_client(c, now, cut, own, &mut sends, &mut candidates, &mut due);
-                }
-                keep
-            });
+        let pick_due = get_node_due(self.close_last_get_node, self.close_bootstrap_times, now);
+        let mut good = 0usize;
+        for (bucket, scanned) in self
+            .close
+            .buckets
+            .iter_mut()
+            .zip(&mut self.close.scanned)
+            .filter(|(b, _)| !b.is_empty())
+        {
+            let walked = scan_list(
+                bucket,
+                scanned,
+                pick_due,
+                now,
+                cut,
+                own,
+                &mut sends,
+                &mut candidates,
+            );
+            good += walked.good as usize;
+            until = min_opt(until, walked.until);
         }
         let pick = random_get_node(
             &mut self.rng,
-            &candidates,
+            good,
             &mut self.close_last_get_node,
             &mut self.close_bootstrap_times,
             now,
             &mut next,
         );
-        sends.extend(pick.map(|(addr, pk)| (addr, pk, own)));
+        sends.extend(
+            pick.and_then(|i| candidates.get(i))
+                .map(|&(addr, pk)| (addr, pk, own)),
+        );
         for (target, s) in &mut self.searches {
             candidates.clear();
             let before = sends.len();
+            let pick_due = get_node_due(s.last_get_node, s.bootstrap_times, now);
+            let walked = scan_list(
+                &mut s.clients,
+                &mut s.scanned,
+                pick_due,
+                now,
+                cut,
+                *target,
+                &mut sends,
+                &mut candidates,
+            );
+            until = min_opt(until, walked.until);
             // Pinging changes no `last_resp`, so the target's liveness is the same before and
             // after the survivor's share of the scan.
-            let mut target_good = false;
-            s.clients.retain_mut(|c| {
-                let keep = c.prune(cut.live);
-                if keep {
-                    target_good |= c.public_key == *target && c.good_by(cut.live);
-                    scan_client(c, now, cut, *target, &mut sends, &mut candidates, &mut due);
-                }
-                keep
-            });
-            if s.found.is_some() && !target_good {
+            if s.found.is_some() && !walked.target_good {
                 s.found = None;
             }
             let pick = random_get_node(
                 &mut self.rng,
-                &candidates,
+                walked.good as usize,
                 &mut s.last_get_node,
                 &mut s.bootstrap_times,
                 now,
                 &mut next,
             );
-            sends.extend(pick.map(|(addr, pk)| (addr, pk, *target)));
+            sends.extend(
+                pick.and_then(|i| candidates.get(i))
+                    .map(|&(addr, pk)| (addr, pk, *target)),
+            );
             s.requests = s.requests.saturating_add((sends.len() - before) as u32);
         }
-        if let Some(t) = due.next() {
+        if let Some(t) = until {
             next = next.min(t);
         }
         self.last_scan = now;
@@ -1517,78 +1563,105 @@ impl ScanCut {
     }
 }
 
-/// The earliest timestamps a scan saw, from which it derives when the next one is due: the
-/// oldest `last_pinged` (+ [`PING_INTERVAL`]), the oldest response of a good association
-/// (+ [`BAD_NODE_TIMEOUT`]) and of a bad one (+ [`KILL_NODE_TIMEOUT`]).
-#[derive(Clone, Copy, Debug, Default)]
-struct Due {
-    pinged: Option<Instant>,
-    good_resp: Option<Instant>,
-    bad_resp: Option<Instant>,
+/// What one walk of a list (a close-list bucket or a search list) by [`Dht::scan`] found. It
+/// stays true until `until` as long as the list is not changed: before then no association is
+/// due a ping, turns bad or dies, so a later walk would send nothing and find the same.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ListScan {
+    /// The earliest of: the oldest `last_pinged` + [`PING_INTERVAL`], the oldest response of a
+    /// good association + [`BAD_NODE_TIMEOUT`] and of a bad one + [`KILL_NODE_TIMEOUT`]; `None`
+    /// when the list is empty.
+    until: Option<Instant>,
+    /// Good associations (random nodes request candidates).
+    good: u32,
+    /// Whether the list's target (search lists) is listed and good.
+    target_good: bool,
 }
 
-impl Due {
-    fn note(slot: &mut Option<Instant>, t: Instant) {
-        *slot = Some(slot.map_or(t, |s| s.min(t)));
-    }
-    /// When the next scan is due; `None` when nothing is listed.
-    fn next(&self) -> Option<Instant> {
-        [
-            self.pinged.map(|t| t + PING_INTERVAL),
-            self.good_resp.map(|t| t + BAD_NODE_TIMEOUT),
-            self.bad_resp.map(|t| t + KILL_NODE_TIMEOUT),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+/// The earlier of two optional instants (`None` is "never").
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
     }
 }
 
-/// One listed client's share of a scan: queues a ping (nodes request for `target`) to each of its
-/// associations due one, collects the good ones as candidates and notes the timestamps in `due`.
-fn scan_client(
-    c: &mut Client,
+/// Whether a list's random nodes request may fire at `now` (see [`random_get_node`]).
+fn get_node_due(last_get_node: Option<Instant>, bootstrap_times: u32, now: Instant) -> bool {
+    bootstrap_times < MAX_BOOTSTRAP_TIMES
+        || last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL)
+}
+
+/// One list's share of a scan at `now`. Walks `clients` if `scanned` is stale (`None`, or due
+/// by `now`) or `collect` is set: prunes dead associations, queues a ping (a nodes request for
+/// `target`) to each one due, appends the good ones to `candidates` (only when `collect`), and
+/// records the walk in `scanned`. Otherwise returns `scanned` as it is.
+#[allow(clippy::too_many_arguments)]
+fn scan_list(
+    clients: &mut Vec<Client>,
+    scanned: &mut Option<ListScan>,
+    collect: bool,
     now: Instant,
     cut: ScanCut,
     target: PublicKey,
     sends: &mut Vec<(SocketAddr, PublicKey, PublicKey)>,
     candidates: &mut Vec<(SocketAddr, PublicKey)>,
-    due: &mut Due,
-) {
-    let pk = c.public_key;
-    for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
-        if cut.ping_before.is_some_and(|p| a.last_pinged <= p) {
-            a.last_pinged = now;
-            sends.push((a.addr, pk, target));
-        }
-        Due::note(&mut due.pinged, a.last_pinged);
-        if a.good_by(cut.live) {
-            candidates.push((a.addr, pk));
-            Due::note(&mut due.good_resp, a.last_resp);
-        } else {
-            Due::note(&mut due.bad_resp, a.last_resp);
-        }
+) -> ListScan {
+    if !collect && let Some(s) = scanned.filter(|s| s.until.is_none_or(|u| now < u)) {
+        return s;
     }
+    let mut walked = ListScan::default();
+    clients.retain_mut(|c| {
+        if !c.prune(cut.live) {
+            return false;
+        }
+        let pk = c.public_key;
+        let mut good = false;
+        for a in [c.v4.as_mut(), c.v6.as_mut()].into_iter().flatten() {
+            if cut.ping_before.is_some_and(|p| a.last_pinged <= p) {
+                a.last_pinged = now;
+                sends.push((a.addr, pk, target));
+            }
+            let mut t = a.last_pinged + PING_INTERVAL;
+            if a.good_by(cut.live) {
+                good = true;
+                walked.good += 1;
+                if collect {
+                    candidates.push((a.addr, pk));
+                }
+                t = t.min(a.last_resp + BAD_NODE_TIMEOUT);
+            } else {
+                t = t.min(a.last_resp + KILL_NODE_TIMEOUT);
+            }
+            walked.until = min_opt(walked.until, Some(t));
+        }
+        walked.target_good |= good && pk == target;
+        true
+    });
+    *scanned = Some(walked);
+    walked
 }
 
-/// The random nodes request of one list: every [`GET_NODE_INTERVAL`], or on each tick while the
-/// list has had fewer than [`MAX_BOOTSTRAP_TIMES`]. Lowers `next` to when the next one is due.
+/// The random nodes request of one list with `candidates` good associations: every
+/// [`GET_NODE_INTERVAL`], or on each tick while the list has had fewer than
+/// [`MAX_BOOTSTRAP_TIMES`]. Returns the index of the candidate to ask; lowers `next` to when the
+/// next one is due.
 fn random_get_node(
     rng: &mut FerryRng,
-    candidates: &[(SocketAddr, PublicKey)],
+    candidates: usize,
     last_get_node: &mut Option<Instant>,
     bootstrap_times: &mut u32,
     now: Instant,
     next: &mut Instant,
-) -> Option<(SocketAddr, PublicKey)> {
-    if candidates.is_empty() {
+) -> Option<usize> {
+    if candidates == 0 {
         return None;
     }
     let due = last_get_node.is_none_or(|t| now.saturating_duration_since(t) >= GET_NODE_INTERVAL);
     let pick = if due || *bootstrap_times < MAX_BOOTSTRAP_TIMES {
         *last_get_node = Some(now);
         *bootstrap_times = bootstrap_times.saturating_add(1);
-        Some(candidates[rng.below(candidates.len())])
+        Some(rng.below(candidates))
     } else {
         None
     };

@@ -179,6 +179,97 @@ fn thirty_nodes_find_every_other_node() {
     assert_eq!(found, n * (n - 1));
 }
 
+/// Every list the scan would skip (its cached walk still valid at `now`) walks, when walked
+/// afresh, to the same summary and sends nothing: skipping it is exactly a full walk.
+fn assert_scan_cache_is_exact(node: &Dht, now: Instant) -> usize {
+    let cut = ScanCut::at(now);
+    let mut checked = 0;
+    let own = node.public_key();
+    let lists = node
+        .close
+        .buckets
+        .iter()
+        .zip(&node.close.scanned)
+        .map(|(b, s)| (b, s, own))
+        .chain(
+            node.searches
+                .iter()
+                .map(|(t, s)| (&s.clients, &s.scanned, *t)),
+        );
+    for (clients, scanned, target) in lists {
+        let Some(cached) = scanned.filter(|s| s.until.is_none_or(|u| now < u)) else {
+            continue;
+        };
+        if clients.is_empty() {
+            continue;
+        }
+        let mut fresh_clients = clients.clone();
+        let mut fresh = None;
+        let (mut sends, mut candidates) = (Vec::new(), Vec::new());
+        let walked = scan_list(
+            &mut fresh_clients,
+            &mut fresh,
+            true,
+            now,
+            cut,
+            target,
+            &mut sends,
+            &mut candidates,
+        );
+        assert_eq!(walked, cached, "a skipped list walks to its cached summary");
+        assert!(sends.is_empty(), "a skipped list has no ping due");
+        assert_eq!(fresh_clients.len(), clients.len(), "nothing in it dies");
+        assert_eq!(candidates.len(), cached.good as usize);
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn skipped_lists_match_a_full_walk_through_churn() {
+    let n = 30;
+    let mut net = Net::new(n, 11);
+    let seed_pk = net.pk(0);
+    let now = net.now;
+    for i in 1..n {
+        net.node(i).bootstrap(now, addr(0), seed_pk);
+    }
+    net.run(Duration::from_secs(10));
+    let keys: Vec<PublicKey> = (0..n).map(|i| net.pk(i)).collect();
+    let now = net.now;
+    for i in 0..10 {
+        net.node(i)
+            .add_search(now, keys[n - 1 - i])
+            .expect("search");
+    }
+    // A third of the nodes leave: their entries turn bad (122 s). Half of those come back
+    // before they die (182 s) and turn good again; the others die.
+    let mut away = BTreeMap::new();
+    for i in 20..n {
+        away.insert(addr(i), net.nodes.remove(&addr(i)).expect("node"));
+    }
+    let mut checked = 0;
+    for step in 0..50 {
+        if step == 32 {
+            for i in 20..25 {
+                let node = away.remove(&addr(i)).expect("away");
+                net.nodes.insert(addr(i), node);
+            }
+        }
+        net.run(Duration::from_millis(4_321));
+        let now = net.now;
+        for node in net.nodes.values() {
+            checked += assert_scan_cache_is_exact(node, now);
+        }
+    }
+    assert!(checked > 1_000, "only {checked} cached lists checked");
+    // The nodes that stayed away were dropped from every close list.
+    let gone: Vec<PublicKey> = keys[25..].to_vec();
+    for node in net.nodes.values() {
+        assert!(node.close.iter().all(|c| !gone.contains(&c.public_key)));
+    }
+}
+
 #[test]
 fn garbage_is_counted_not_fatal() {
     let mut net = Net::new(1, 4);
