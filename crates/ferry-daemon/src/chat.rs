@@ -7,8 +7,10 @@
 //!   the same step (among them net_crypto's acknowledgement) are sent: what the peer sees as
 //!   delivered is on our disk.
 //! * `ferry send` answers only after the outgoing message is committed (`delivered: false`);
-//!   it is marked delivered when the friend's node acknowledges every packet of it. Undelivered
-//!   messages are (re)sent each time the friend comes online, also after a restart.
+//!   it is handed to net_crypto while the commit runs, so the commit's fsync does not delay it.
+//!   It is marked delivered (off the node task) when the friend's node acknowledges every packet
+//!   of it. Undelivered messages are (re)sent each time the friend comes online, also after a
+//!   restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,6 +39,20 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Outgoing messages handed to net_crypto and waiting for their receipt. `ferry send` hands a
+/// message to net_crypto while it is being committed, so a receipt can arrive before the message
+/// has its history sequence number: it is kept in `early` until the commit ends. Entries of
+/// `committing` and `early` live only for the duration of one `ferry send` call.
+#[derive(Debug, Default)]
+struct Pending {
+    /// (friend, node message id) → history sequence number.
+    seqs: HashMap<(PublicKey, u64), u64>,
+    /// Handed to net_crypto, commit not finished yet.
+    committing: std::collections::HashSet<(PublicKey, u64)>,
+    /// Receipts of messages in `committing`.
+    early: std::collections::HashSet<(PublicKey, u64)>,
+}
+
 /// State shared by the node task's handler and the API.
 #[derive(Debug)]
 pub struct ChatShared {
@@ -44,8 +60,8 @@ pub struct ChatShared {
     pub store: Store,
     profile_dir: PathBuf,
     identity: Mutex<Identity>,
-    /// (friend, node message id) → history sequence number, for receipts.
-    pending: Mutex<HashMap<(PublicKey, u64), u64>>,
+    /// Outgoing messages handed to net_crypto and waiting for their receipt.
+    pending: Mutex<Pending>,
     /// Wakes long-polls when history changes.
     changed: Notify,
     /// Received custom packets, the last [`MAX_PACKETS`].
@@ -112,7 +128,7 @@ impl ChatShared {
             store,
             profile_dir,
             identity: Mutex::new(identity),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             changed: Notify::new(),
             packets: Mutex::new((0, std::collections::VecDeque::new())),
             packets_changed: Notify::new(),
@@ -673,30 +689,72 @@ impl ChatShared {
             time_ms: now_ms(),
             delivered: false,
         };
+        // The message goes to net_crypto while it is committed (the fsync waits for whatever
+        // else the disk is writing, e.g. a file being received: 1-70 ms on this project's VM),
+        // and the call answers once both are done.
         let t0 = Instant::now();
-        let seq = self.append(&rec)?;
+        let shared = Arc::clone(self);
+        let (text, action) = (rec.text.clone(), kind == MessageKind::Action);
+        let handoff = node.call(move |n, now| {
+            tracing::debug!(
+                wait_us = t0.elapsed().as_micros() as u64,
+                "outgoing message queued"
+            );
+            match n.send_message(now, &pk, action, &text) {
+                Ok(id) => {
+                    lock(&shared.pending).committing.insert((pk, id));
+                    (Some(id), false)
+                }
+                Err(NodeError::NotOnline) => (None, true),
+                Err(e) => {
+                    // Stays undelivered in the store: resent when the friend comes online.
+                    tracing::warn!(error = %e, "message queued");
+                    (None, false)
+                }
+            }
+        });
+        let store = Arc::clone(self);
+        let commit_rec = rec.clone();
+        let commit = tokio::task::spawn_blocking(move || store.append(&commit_rec));
+        let (sent, committed) = tokio::join!(handoff, commit);
+        let (sent, offline) = sent.map_err(stopped)?;
+        let committed = committed.map_err(internal).and_then(|r| r);
+        let seq = {
+            let mut p = lock(&self.pending);
+            let early = sent.is_some_and(|id| {
+                p.committing.remove(&(pk, id));
+                p.early.remove(&(pk, id))
+            });
+            let seq = committed?;
+            match sent {
+                Some(_) if early => {
+                    drop(p);
+                    self.mark_delivered_seq(seq);
+                }
+                Some(id) => {
+                    p.seqs.insert((pk, id), seq);
+                }
+                None => {}
+            }
+            seq
+        };
         tracing::debug!(
             seq,
             commit_us = t0.elapsed().as_micros() as u64,
             "outgoing message stored"
         );
-        let shared = Arc::clone(self);
-        let (text, action) = (rec.text.clone(), kind == MessageKind::Action);
-        node.call(move |n, now| {
-            // From the API call to net_crypto's queue (the commit plus the wait for the node task).
-            tracing::debug!(
-                seq,
-                wait_us = t0.elapsed().as_micros() as u64,
-                "outgoing message queued"
-            );
-            if !shared.send_now(n, now, pk, seq, action, &text)
-                && let Some(d) = shared.data.get()
-            {
-                d.mail_out(n, now, pk, seq, action, &text);
-            }
-        })
-        .await
-        .map_err(stopped)?;
+        if offline {
+            // Not online: the friend's mailbox (ferry friends) or the resend when it is back.
+            let shared = Arc::clone(self);
+            let (text, action) = (rec.text.clone(), kind == MessageKind::Action);
+            node.call(move |n, now| {
+                if let Some(d) = shared.data.get() {
+                    d.mail_out(n, now, pk, seq, action, &text);
+                }
+            })
+            .await
+            .map_err(stopped)?;
+        }
         Ok(to_api(seq, rec))
     }
 
@@ -713,7 +771,7 @@ impl ChatShared {
     ) -> bool {
         match n.send_message(now, &pk, action, text) {
             Ok(id) => {
-                lock(&self.pending).insert((pk, id), seq);
+                lock(&self.pending).seqs.insert((pk, id), seq);
             }
             Err(NodeError::NotOnline) => return false,
             Err(e) => tracing::warn!(error = %e, "message queued"),
@@ -857,7 +915,14 @@ impl EventHandler for ChatHandler {
                     r.peer_connection(node, now, public_key, connection != Connection::None);
                 }
                 if connection == Connection::None {
-                    lock(&s.pending).retain(|(k, _), _| *k != public_key);
+                    {
+                        let mut p = lock(&s.pending);
+                        p.seqs.retain(|(k, _), _| *k != public_key);
+                        // A message whose commit is still running stays undelivered in the
+                        // store and is resent (or mailed) like the others.
+                        p.committing.retain(|(k, _)| *k != public_key);
+                        p.early.retain(|(k, _)| *k != public_key);
+                    }
                     s.tunnel.circuits.peer_gone(node, now, public_key);
                     s.tunnel.tap.peer_gone(&public_key);
                     // Messages handed to net_crypto but never receipted went down with the
@@ -935,12 +1000,26 @@ impl EventHandler for ChatHandler {
                 public_key,
                 message_id,
             } => {
-                let seq = lock(&s.pending).remove(&(public_key, message_id));
-                if let Some(seq) = seq {
-                    if let Err(e) = s.store.mark_delivered(seq) {
-                        tracing::error!(error = %e, "storing receipt");
+                let seq = {
+                    let mut p = lock(&s.pending);
+                    let key = (public_key, message_id);
+                    let seq = p.seqs.remove(&key);
+                    if seq.is_none() && p.committing.contains(&key) {
+                        p.early.insert(key);
                     }
-                    s.changed.notify_waiters();
+                    seq
+                };
+                if let Some(seq) = seq {
+                    // Off the node task, whose thread must not wait for the fsync. A receipt
+                    // lost in a crash during those few ms means the message is sent once more
+                    // after the restart.
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(rt) => {
+                            let shared = Arc::clone(s);
+                            rt.spawn_blocking(move || shared.mark_delivered_seq(seq));
+                        }
+                        Err(_) => s.mark_delivered_seq(seq),
+                    }
                 }
             }
             NodeEvent::FriendName { public_key, name } => {
