@@ -50,11 +50,13 @@
 //!   some, which srtt cannot tell apart. (Measured on loopback, `bench/throughput.sh`: before, a
 //!   bulk sender stayed in Startup, kept ~7,000 packets in flight, overflowed the receiver's
 //!   socket buffer and a chat message behind them took p50 17–25 ms, max 85–320 ms; after, no
-//!   retransmissions, chat p50 6–10 ms, max 27–46 ms, at the same throughput.) The
-//!   ACK-aggregation allowance is *not* capped while queueing: a c-toxcore receiver ACKs late
-//!   enough that every round looks queued, and the cap (tried in session 10) cut ferry→c-toxcore
-//!   from 37–50 to 12–19 MiB/s with no measurable gain for the chat delay between ferry nodes
-//!   (bench/RESULTS.md, session 11).
+//!   retransmissions, chat p50 6–10 ms, max 27–46 ms, at the same throughput.)
+//! * **Overrun**: a round that loses packets while queueing means the queue overflowed (on
+//!   loopback, the receiver's socket buffer); for the next [`BW_WINDOW`] rounds the
+//!   ACK-aggregation allowance is capped at the base window. Queueing alone does not cap it: a
+//!   c-toxcore receiver ACKs late enough that every round looks queued, and capping on queueing
+//!   alone (session 10) cut ferry→c-toxcore from 37–60 to 12–23 MiB/s (bench/RESULTS.md,
+//!   session 11).
 //! * **Heavy loss** (more than 20 % of a round's packets, at least 16): every bandwidth sample
 //!   is scaled by 0.7 and Startup ends; this keeps an overflowing bottleneck from collapsing.
 //!
@@ -136,6 +138,9 @@ pub(super) struct Bbr {
     mode: Mode,
     /// The last round's smallest RTT sample was above `2 × min_rtt + 5 ms`: a standing queue.
     queueing: bool,
+    /// Rounds left during which the ACK-aggregation allowance stays capped at the base window:
+    /// [`BW_WINDOW`] after a round that lost packets with a standing queue (the queue overflowed).
+    overrun_rounds: u32,
     /// Smallest RTT sample of the current round.
     round_min_rtt: Option<Duration>,
     full_bw: f64,
@@ -180,6 +185,7 @@ impl Bbr {
             round_app_limited: false,
             mode: Mode::Startup,
             queueing: false,
+            overrun_rounds: 0,
             round_min_rtt: None,
             full_bw: 0.0,
             full_bw_rounds: 0,
@@ -219,7 +225,15 @@ impl Bbr {
     /// plus the recent ACK aggregation ([`Bbr::on_delivered`]), so a peer that ACKs in bursts
     /// is not left idle between them.
     pub(super) fn cwnd(&self) -> f64 {
-        self.base_cwnd() + self.extra_acked
+        let base = self.base_cwnd();
+        // After the queue overflowed, late ACKs are the queue's doing: the allowance would only
+        // refill it (on loopback it held ~5,000 packets, 30 ms, in the receiver's socket buffer).
+        let extra = if self.overrun_rounds > 0 {
+            self.extra_acked.min(base)
+        } else {
+            self.extra_acked
+        };
+        base + extra
     }
 
     fn base_cwnd(&self) -> f64 {
@@ -363,6 +377,11 @@ impl Bbr {
         }
         let delivered = self.delivered - self.round_delivered;
         let lost = self.lost - self.round_lost;
+        if self.queueing && lost > 0 {
+            self.overrun_rounds = BW_WINDOW as u32;
+        } else {
+            self.overrun_rounds = self.overrun_rounds.saturating_sub(1);
+        }
         self.round_delivered = self.delivered;
         self.round_lost = self.lost;
         // Per-packet samples when there were any, else the round's average.
@@ -494,6 +513,46 @@ mod tests {
             cc.mode,
             Mode::Startup,
             "app-limited rounds with a queue still end Startup"
+        );
+    }
+
+    /// A late-ACKing peer (every sample 20 ms) with a large ACK-aggregation allowance: no cap
+    /// while nothing is lost, the cap for [`BW_WINDOW`] rounds once a queued round loses packets.
+    #[test]
+    fn the_aggregation_allowance_is_capped_only_after_an_overrun() {
+        #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
+        let t0 = Instant::now();
+        let mut cc = Bbr::new(t0);
+        drive(&mut cc, t0, 400, 150, |step| {
+            if step < 3 {
+                Duration::from_micros(200)
+            } else {
+                Duration::from_millis(20)
+            }
+        });
+        assert!(cc.queueing);
+        cc.extra_acked = 10.0 * cc.base_cwnd();
+        assert!(
+            cc.cwnd() > 5.0 * cc.base_cwnd(),
+            "queueing without loss keeps the allowance (a c-toxcore peer ACKs this late)"
+        );
+        cc.on_lost(20);
+        cc.end_round(Duration::from_millis(20));
+        assert!(cc.queueing);
+        cc.extra_acked = 10.0 * cc.base_cwnd();
+        assert!(
+            cc.cwnd() <= 2.0 * cc.base_cwnd() + 1.0,
+            "cwnd {} > 2 x base {} after an overrun",
+            cc.cwnd(),
+            cc.base_cwnd()
+        );
+        for _ in 0..BW_WINDOW {
+            cc.end_round(Duration::from_millis(20));
+        }
+        cc.extra_acked = 10.0 * cc.base_cwnd();
+        assert!(
+            cc.cwnd() > 5.0 * cc.base_cwnd(),
+            "the cap ends BW_WINDOW clean rounds later"
         );
     }
 
