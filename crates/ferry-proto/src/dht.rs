@@ -347,7 +347,22 @@ struct CloseList {
     buckets: Vec<Vec<Client>>,
     /// Per bucket, what its last walk by [`Dht::scan`] found (`None`: changed since, walk it).
     scanned: Vec<Option<ListScan>>,
+    /// Per bucket, its length (0..=[`BUCKET_SIZE`]), kept in step with `buckets` by
+    /// [`CloseList::resync`]: `get_close_nodes` skips empty buckets without loading them.
+    lens: [u8; BUCKETS],
+    /// Per bucket, [`key_head`] of each client's key in list order (the first `lens[i]` are
+    /// valid): `get_close_nodes` tests a client's distance head without loading the ~160-byte
+    /// [`Client`] (issue 3, simulator speed).
+    heads: Vec<Heads>,
 }
+
+/// The key heads of one list ([`BUCKET_SIZE`] = [`SEARCH_LIST_SIZE`] = 8), one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(64))]
+struct Heads([u64; BUCKET_SIZE]);
+
+// A search list's heads fit in one `Heads`.
+const _: () = assert!(SEARCH_LIST_SIZE <= BUCKET_SIZE);
 
 impl CloseList {
     fn new(own: PublicKey) -> Self {
@@ -355,7 +370,27 @@ impl CloseList {
             own,
             buckets: vec![Vec::new(); BUCKETS],
             scanned: vec![None; BUCKETS],
+            lens: [0; BUCKETS],
+            heads: vec![Heads::default(); BUCKETS],
         }
+    }
+    /// Refreshes `lens[idx]` and `heads[idx]` after bucket `idx` gained, lost or replaced clients.
+    fn resync(&mut self, idx: usize) {
+        let bucket = &self.buckets[idx];
+        // A bucket never holds more than BUCKET_SIZE clients (`add`), so this never truncates.
+        self.lens[idx] = bucket.len().min(BUCKET_SIZE) as u8;
+        for (h, c) in self.heads[idx].0.iter_mut().zip(bucket) {
+            *h = key_head(&c.public_key.0);
+        }
+    }
+    /// Whether `lens` and `heads` match `buckets` (checked in debug builds).
+    fn heads_in_sync(&self) -> bool {
+        self.buckets.iter().enumerate().all(|(i, b)| {
+            usize::from(self.lens[i]) == b.len()
+                && b.iter()
+                    .zip(&self.heads[i].0)
+                    .all(|(c, h)| key_head(&c.public_key.0) == *h)
+        })
     }
     fn bucket_of(&self, pk: &PublicKey) -> usize {
         (self.own.common_prefix_bits(pk) as usize).min(BUCKETS - 1)
@@ -392,25 +427,29 @@ impl CloseList {
             return Insert::Refreshed;
         }
         // A different key at the same address: that node restarted with a new DHT key.
-        for (bucket, scanned) in self.buckets.iter_mut().zip(&mut self.scanned) {
+        for i in 0..BUCKETS {
+            let bucket = &mut self.buckets[i];
             if bucket.is_empty() {
                 continue;
             }
             let before = bucket.len();
             bucket.retain(|c| !c.has_addr(addr));
             if bucket.len() != before {
-                *scanned = None;
+                self.scanned[i] = None;
+                self.resync(i);
             }
         }
         let bucket = &mut self.buckets[idx];
         if bucket.len() < BUCKET_SIZE {
             bucket.push(Client::new(pk, addr, now));
             self.scanned[idx] = None;
+            self.resync(idx);
             return Insert::New;
         }
         if let Some(slot) = bucket.iter_mut().find(|c| !c.good(now)) {
             *slot = Client::new(pk, addr, now);
             self.scanned[idx] = None;
+            self.resync(idx);
             return Insert::New;
         }
         Insert::No
@@ -425,6 +464,9 @@ impl CloseList {
 #[derive(Debug)]
 struct Search {
     clients: Vec<Client>,
+    /// [`key_head`] of each client's key, in list order (the first `clients.len()`, kept in step
+    /// by [`Search::resync`]): `get_close_nodes` tests distances without loading each [`Client`].
+    heads: Heads,
     last_get_node: Option<Instant>,
     bootstrap_times: u32,
     to_bootstrap: Vec<(PublicKey, SocketAddr)>,
@@ -441,6 +483,7 @@ impl Search {
     fn new(now: Instant, fake: bool) -> Self {
         Self {
             clients: Vec::new(),
+            heads: Heads::default(),
             last_get_node: None,
             bootstrap_times: 0,
             to_bootstrap: Vec::new(),
@@ -451,6 +494,22 @@ impl Search {
             nat: nat::NatState::new(),
             scanned: None,
         }
+    }
+
+    /// Refreshes `heads` after `clients` gained, lost or replaced clients.
+    fn resync(&mut self) {
+        for (h, c) in self.heads.0.iter_mut().zip(&self.clients) {
+            *h = key_head(&c.public_key.0);
+        }
+    }
+    /// Whether `heads` matches `clients` (checked in debug builds).
+    fn heads_in_sync(&self) -> bool {
+        self.clients.len() <= SEARCH_LIST_SIZE
+            && self
+                .clients
+                .iter()
+                .zip(&self.heads.0)
+                .all(|(c, h)| key_head(&c.public_key.0) == *h)
     }
 
     /// The slot `pk` would take (`store_node_ok` on the worst entry): an empty one, a bad one, or
@@ -494,6 +553,9 @@ impl Search {
             return Insert::Refreshed;
         }
         if self.clients.len() < SEARCH_LIST_SIZE {
+            if let Some(h) = self.heads.0.get_mut(self.clients.len()) {
+                *h = key_head(&pk.0);
+            }
             self.clients.push(Client::new(pk, addr, now));
             self.scanned = None;
             return Insert::New;
@@ -501,6 +563,9 @@ impl Search {
         match self.worst_replaceable(target, &pk, now) {
             Some(i) => {
                 self.clients[i] = Client::new(pk, addr, now);
+                if let Some(h) = self.heads.0.get_mut(i) {
+                    *h = key_head(&pk.0);
+                }
                 self.scanned = None;
                 Insert::New
             }
@@ -947,65 +1012,97 @@ impl Dht {
         requester_is_lan: bool,
         now: Instant,
     ) -> Vec<PackedNode> {
-        // (XOR distance, node), closest first. A distance is four big-endian 64-bit words, which
-        // compare as the 32-byte big-endian number does, in four integer comparisons.
-        let mut best: Vec<(Dist, PackedNode)> = Vec::with_capacity(MAX_SENT_NODES + 1);
+        // (XOR distance, node, from a search list), closest first. A distance is four big-endian
+        // 64-bit words, which compare as the 32-byte big-endian number does, in four integer
+        // comparisons.
+        //
+        // The result is the MAX_SENT_NODES smallest distinct distances over every eligible
+        // (good, LAN-filtered) listed client, each given by the first eligible client in the
+        // order search lists (map order), then the close list; any order of consideration gives
+        // the same distances. The close list goes first here (its nearest buckets prune the
+        // rest hardest) and a search-list client then takes over an equal distance found in the
+        // close list, which yields exactly the representatives of the search-first order.
+        let mut best: Vec<(Dist, PackedNode, bool)> = Vec::with_capacity(MAX_SENT_NODES + 1);
         let cut = Cutoffs::at(now);
         let target_words = key_words(&target.0);
-        let consider = |best: &mut Vec<(Dist, PackedNode)>, c: &Client| {
+        // `c_head` is [`key_head`] of the client's key, from the list's `heads`, so a client
+        // whose head already loses is never loaded.
+        let consider = |best: &mut Vec<(Dist, PackedNode, bool)>,
+                        c_head: u64,
+                        c: &Client,
+                        from_search: bool| {
             // Cheapest tests first: the distance's first word, the whole distance, duplicates
             // (equal distances to one target mean equal keys), then liveness.
             let full = best.len() == MAX_SENT_NODES;
-            let worst = best.last().map(|(d, _)| *d);
-            let head = key_head(&c.public_key.0) ^ target_words[0];
+            let worst = best.last().map(|(d, _, _)| *d);
+            let head = c_head ^ target_words[0];
             if full && worst.is_some_and(|w| head > w[0]) {
                 return;
             }
             let dist = xor_words(&target_words, &c.public_key.0);
-            if full && worst.is_some_and(|w| dist >= w) {
+            // An equal distance may still take over a close-list entry (below).
+            if full && worst.is_some_and(|w| dist > w) {
                 return;
             }
-            if best.iter().any(|(d, _)| *d == dist) {
+            let dup = best.iter().position(|(d, _, _)| *d == dist);
+            if dup.is_some_and(|i| !from_search || best[i].2) {
                 return;
             }
             let Some(a) = c.best_by(cut) else { return };
             if !requester_is_lan && ip_is_lan(a.addr.ip()) {
                 return;
             }
-            let pos = best.partition_point(|(d, _)| *d < dist);
-            best.insert(pos, (dist, PackedNode::udp(a.addr, c.public_key)));
+            let node = PackedNode::udp(a.addr, c.public_key);
+            if let Some(i) = dup {
+                best[i] = (dist, node, true);
+                return;
+            }
+            let pos = best.partition_point(|(d, _, _)| *d < dist);
+            best.insert(pos, (dist, node, from_search));
             best.truncate(MAX_SENT_NODES);
         };
-        for c in self.searches.values().flat_map(|s| s.clients.iter()) {
-            consider(&mut best, c);
-        }
+        debug_assert!(self.close.heads_in_sync());
+        debug_assert!(self.searches.values().all(Search::heads_in_sync));
+        let close = &self.close;
+        let consider_bucket = |best: &mut Vec<(Dist, PackedNode, bool)>, i: usize| {
+            let n = usize::from(close.lens[i]);
+            if n == 0 {
+                return;
+            }
+            for (k, &h) in close.heads[i].0[..n].iter().enumerate() {
+                if let Some(c) = close.buckets[i].get(k) {
+                    consider(best, h, c, false);
+                }
+            }
+        };
         // The close list in order of closeness to `target`: with b = the bucket `target` falls
         // in, bucket b's nodes share more than b leading bits with it, buckets above b share
         // exactly b, and bucket j < b shares exactly j; stop once no later bucket can do better.
         let b = self.close.bucket_of(target);
-        let beaten = |best: &Vec<(Dist, PackedNode)>, shared: usize| {
+        let beaten = |best: &Vec<(Dist, PackedNode, bool)>, shared: usize| {
             best.len() == MAX_SENT_NODES
                 && best
                     .last()
-                    .is_some_and(|(d, _)| dist_leading_zero_bits(d) > shared)
+                    .is_some_and(|(d, _, _)| dist_leading_zero_bits(d) > shared)
         };
-        for c in &self.close.buckets[b] {
-            consider(&mut best, c);
-        }
+        consider_bucket(&mut best, b);
         if !beaten(&best, b) {
-            for c in self.close.buckets[b + 1..].iter().flatten() {
-                consider(&mut best, c);
+            for i in b + 1..BUCKETS {
+                consider_bucket(&mut best, i);
             }
         }
         for j in (0..b).rev() {
             if beaten(&best, j) {
                 break;
             }
-            for c in &self.close.buckets[j] {
-                consider(&mut best, c);
+            consider_bucket(&mut best, j);
+        }
+        for s in self.searches.values() {
+            for (&h, c) in s.heads.0.iter().zip(&s.clients) {
+                consider(&mut best, h, c, true);
             }
         }
-        best.into_iter().map(|(_, n)| n).collect()
+        best.into_iter().map(|(_, n, _)| n).collect()
     }
 
     fn handle_envelope(&mut self, now: Instant, from: SocketAddr, mut env: DhtEnvelope) {
@@ -1253,16 +1350,13 @@ impl Dht {
         candidates.clear();
         let pick_due = get_node_due(self.close_last_get_node, self.close_bootstrap_times, now);
         let mut good = 0usize;
-        for (bucket, scanned) in self
-            .close
-            .buckets
-            .iter_mut()
-            .zip(&mut self.close.scanned)
-            .filter(|(b, _)| !b.is_empty())
-        {
+        for i in 0..BUCKETS {
+            if self.close.lens[i] == 0 {
+                continue;
+            }
             let walked = scan_list(
-                bucket,
-                scanned,
+                &mut self.close.buckets[i],
+                &mut self.close.scanned[i],
                 pick_due,
                 now,
                 cut,
@@ -1270,6 +1364,11 @@ impl Dht {
                 &mut sends,
                 &mut candidates,
             );
+            // A walk only ever removes clients (order kept), so an unchanged length means
+            // unchanged keys.
+            if self.close.buckets[i].len() != usize::from(self.close.lens[i]) {
+                self.close.resync(i);
+            }
             good += walked.good as usize;
             until = min_opt(until, walked.until);
         }
@@ -1289,6 +1388,7 @@ impl Dht {
             candidates.clear();
             let before = sends.len();
             let pick_due = get_node_due(s.last_get_node, s.bootstrap_times, now);
+            let before_len = s.clients.len();
             let walked = scan_list(
                 &mut s.clients,
                 &mut s.scanned,
@@ -1299,6 +1399,10 @@ impl Dht {
                 &mut sends,
                 &mut candidates,
             );
+            // A walk only ever removes clients (order kept).
+            if s.clients.len() != before_len {
+                s.resync();
+            }
             until = min_opt(until, walked.until);
             // Pinging changes no `last_resp`, so the target's liveness is the same before and
             // after the survivor's share of the scan.

@@ -385,6 +385,41 @@ fn good_nodes_are_kept_and_bad_ones_replaced() {
     assert_eq!(list.len(), 8);
 }
 
+/// A key listed in a search list and in the close list at different addresses: the nodes
+/// answer carries the search list's address while that entry is good (search lists are the first
+/// source, as before the close list was scanned first), the close list's once it is not.
+#[test]
+fn close_nodes_prefer_the_search_lists_entry_of_a_key_listed_twice() {
+    let now = Instant::now();
+    let mut rng = FerryRng::from_u64(5);
+    let keys = KeyPair::generate(&mut rng);
+    let mut node = Dht::new(config(), keys, rng.fork(), now);
+    let target = PublicKey(rng.bytes());
+    node.add_search(now, target).expect("search added");
+    let pk = PublicKey(rng.bytes());
+    let other = PublicKey(rng.bytes());
+    let later = now + BAD_NODE_TIMEOUT;
+    // `other` keeps the close list's answer non-trivial; `pk` is in both lists.
+    assert_eq!(node.close.add(other, addr(3), later), Insert::New);
+    assert_eq!(node.close.add(pk, addr(1), later), Insert::New);
+    let search = node.searches.get_mut(&target).expect("search exists");
+    assert_eq!(search.add(&target, pk, addr(2), now), Insert::New);
+    let find = |nodes: Vec<PackedNode>| {
+        let listed: Vec<_> = nodes.iter().filter(|n| n.public_key == pk).collect();
+        assert_eq!(listed.len(), 1, "one entry per key: {nodes:?}");
+        listed[0].addr
+    };
+    // The search-list entry, heard at `now`, is good just before `later`.
+    let just_before = later - Duration::from_millis(1);
+    assert_eq!(
+        find(node.get_close_nodes(&target, true, just_before)),
+        addr(2)
+    );
+    // At `later` it is bad: the close list's entry (heard at `later`) stands in.
+    assert_eq!(find(node.get_close_nodes(&target, true, later)), addr(1));
+    assert_eq!(node.get_close_nodes(&target, true, later).len(), 2);
+}
+
 #[test]
 fn routed_request_is_forwarded_to_a_close_node() {
     let mut net = Net::new(3, 7);
