@@ -130,17 +130,23 @@ fn empty_responder_is_not_added() {
     assert_eq!(net.nodes[&addr(0)].close_nodes(net.now).len(), 1);
 }
 
-#[test]
-fn thirty_nodes_find_every_other_node() {
-    let n = 30;
-    let mut net = Net::new(n, 3);
+/// `n` nodes (seed `seed`) bootstrapped from node 0 and run for 10 s; their public keys.
+fn bootstrapped(n: usize, seed: u64) -> (Net, Vec<PublicKey>) {
+    let mut net = Net::new(n, seed);
     let seed_pk = net.pk(0);
     let now = net.now;
     for i in 1..n {
         net.node(i).bootstrap(now, addr(0), seed_pk);
     }
     net.run(Duration::from_secs(10));
-    let keys: Vec<PublicKey> = (0..n).map(|i| net.pk(i)).collect();
+    let keys = (0..n).map(|i| net.pk(i)).collect();
+    (net, keys)
+}
+
+#[test]
+fn thirty_nodes_find_every_other_node() {
+    let n = 30;
+    let (mut net, keys) = bootstrapped(n, 3);
     let now = net.now;
     for i in 0..n {
         for (j, k) in keys.iter().enumerate() {
@@ -228,14 +234,7 @@ fn assert_scan_cache_is_exact(node: &Dht, now: Instant) -> usize {
 #[test]
 fn skipped_lists_match_a_full_walk_through_churn() {
     let n = 30;
-    let mut net = Net::new(n, 11);
-    let seed_pk = net.pk(0);
-    let now = net.now;
-    for i in 1..n {
-        net.node(i).bootstrap(now, addr(0), seed_pk);
-    }
-    net.run(Duration::from_secs(10));
-    let keys: Vec<PublicKey> = (0..n).map(|i| net.pk(i)).collect();
+    let (mut net, keys) = bootstrapped(n, 11);
     let now = net.now;
     for i in 0..10 {
         net.node(i)

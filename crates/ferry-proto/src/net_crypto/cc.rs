@@ -495,12 +495,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_standing_queue_ends_startup() {
+    /// 400 ms of a bulk transfer in which one fast round sets min_rtt and every later sample
+    /// sits behind a 20 ms queue.
+    fn queued() -> Bbr {
         #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
         let t0 = Instant::now();
         let mut cc = Bbr::new(t0);
-        // One fast round sets min_rtt, then every sample sits behind a 20 ms queue.
         drive(&mut cc, t0, 400, 150, |step| {
             if step < 3 {
                 Duration::from_micros(200)
@@ -508,6 +508,12 @@ mod tests {
                 Duration::from_millis(20)
             }
         });
+        cc
+    }
+
+    #[test]
+    fn a_standing_queue_ends_startup() {
+        let cc = queued();
         assert!(cc.queueing, "every sample 100x min_rtt is a standing queue");
         assert_ne!(
             cc.mode,
@@ -520,16 +526,7 @@ mod tests {
     /// while nothing is lost, the cap for [`BW_WINDOW`] rounds once a queued round loses packets.
     #[test]
     fn the_aggregation_allowance_is_capped_only_after_an_overrun() {
-        #[allow(clippy::disallowed_methods)] // tests pick a base `Instant` once
-        let t0 = Instant::now();
-        let mut cc = Bbr::new(t0);
-        drive(&mut cc, t0, 400, 150, |step| {
-            if step < 3 {
-                Duration::from_micros(200)
-            } else {
-                Duration::from_millis(20)
-            }
-        });
+        let mut cc = queued();
         assert!(cc.queueing);
         cc.extra_acked = 10.0 * cc.base_cwnd();
         assert!(
