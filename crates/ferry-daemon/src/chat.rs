@@ -721,12 +721,12 @@ impl ChatShared {
         let committed = committed.map_err(internal).and_then(|r| r);
         let seq = {
             let mut p = lock(&self.pending);
-            let early = sent.is_some_and(|id| {
-                p.committing.remove(&(pk, id));
-                p.early.remove(&(pk, id))
-            });
+            // Not in `committing` any more: the session dropped meanwhile, the message stays
+            // undelivered and is resent like the others.
+            let live = sent.filter(|id| p.committing.remove(&(pk, *id)));
+            let early = live.is_some_and(|id| p.early.remove(&(pk, id)));
             let seq = committed?;
-            match sent {
+            match live {
                 Some(_) if early => {
                     drop(p);
                     self.mark_delivered_seq(seq);
