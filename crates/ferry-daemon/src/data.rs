@@ -264,13 +264,7 @@ enum Purpose {
     Api(Option<oneshot::Sender<Outcome>>),
     Background,
     Owned(Target),
-    MailPut {
-        target: Target,
-        item: Item,
-        tries: u32,
-        /// A friend request (request mailbox), not a message.
-        request: bool,
-    },
+    MailPut(MailPut),
     MailCollect {
         friend: PublicKey,
         target: Target,
@@ -422,7 +416,8 @@ struct State {
     /// Holder re-puts waiting to start.
     republish: std::collections::VecDeque<ferry_data::store::Republish>,
     owned: HashMap<Target, Owned>,
-    mail_retry: Vec<(Instant, Target, Item, u32, bool)>,
+    /// Mail puts that stored nowhere, with when to try again.
+    mail_retry: Vec<(Instant, MailPut)>,
     book: MailBook,
     book_dirty: bool,
     collect_at: Option<Instant>,
@@ -702,10 +697,10 @@ impl DataShared {
         // Mail retries.
         let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.mail_retry)
             .into_iter()
-            .partition(|(at, _, _, _, _)| now >= *at);
+            .partition(|(at, _)| now >= *at);
         st.mail_retry = keep;
-        for (_, target, item, tries, request) in due {
-            start_mail_put_at(st, now, target, item, tries, request);
+        for (_, put) in due {
+            start_mail_put(st, now, put);
         }
         self.maybe_collect(st, chat, now);
         self.drive(st, chat, node, now);
@@ -892,16 +887,12 @@ impl DataShared {
                     o.next = now + Duration::from_secs(u64::from(wait));
                 }
             }
-            Purpose::MailPut {
-                target,
-                item,
-                tries,
-                request,
-            } => {
-                if r.out.stored == 0 && tries < MAIL_RETRIES {
+            Purpose::MailPut(put) => {
+                if r.out.stored == 0 && put.tries < MAIL_RETRIES {
+                    let tries = put.tries + 1;
                     st.mail_retry
-                        .push((now + MAIL_RETRY, target, item, tries + 1, request));
-                } else if request {
+                        .push((now + MAIL_RETRY, MailPut { tries, ..put }));
+                } else if put.request {
                     tracing::info!(stored = r.out.stored, "offline friend request stored");
                 } else {
                     tracing::info!(stored = r.out.stored, "offline message stored");
@@ -1148,7 +1139,16 @@ impl DataShared {
             },
         );
         st.book_dirty = true;
-        start_mail_put_at(st, now, target, Item::Mail(env), 0, false);
+        start_mail_put(
+            st,
+            now,
+            MailPut {
+                target,
+                item: Item::Mail(env),
+                tries: 0,
+                request: false,
+            },
+        );
         send_requests(st, node, now);
         true
     }
@@ -1182,7 +1182,16 @@ impl DataShared {
         ) else {
             return;
         };
-        start_mail_put_at(st, now, target, Item::Mail(env), 0, true);
+        start_mail_put(
+            st,
+            now,
+            MailPut {
+                target,
+                item: Item::Mail(env),
+                tries: 0,
+                request: true,
+            },
+        );
         send_requests(st, node, now);
     }
 
@@ -1719,31 +1728,24 @@ fn start(st: &mut State, _now: Instant, target: Target, op: Operation, purpose: 
     true
 }
 
-fn start_mail_put_at(
-    st: &mut State,
-    now: Instant,
+/// One sealed envelope on its way to a mailbox (offline message or friend request).
+#[derive(Debug, Clone)]
+struct MailPut {
     target: Target,
     item: Item,
+    /// Earlier attempts that stored nowhere (at most [`MAIL_RETRIES`]).
     tries: u32,
+    /// A friend request (request mailbox), not a message.
     request: bool,
-) {
+}
+
+fn start_mail_put(st: &mut State, now: Instant, put: MailPut) {
     let op = Operation::Put {
-        item: item.clone(),
+        item: put.item.clone(),
         ttl_s: MAX_MAIL_TTL.as_secs() as u32,
         cas: None,
     };
-    start(
-        st,
-        now,
-        target,
-        op,
-        Purpose::MailPut {
-            target,
-            item,
-            tries,
-            request,
-        },
-    );
+    start(st, now, put.target, op, Purpose::MailPut(put));
 }
 
 /// Sends the lookups' pending requests (events stay queued for the next drive).
