@@ -1139,16 +1139,7 @@ impl DataShared {
             },
         );
         st.book_dirty = true;
-        start_mail_put(
-            st,
-            now,
-            MailPut {
-                target,
-                item: Item::Mail(env),
-                tries: 0,
-                request: false,
-            },
-        );
+        start_mail_put(st, now, MailPut::first(target, env, false));
         send_requests(st, node, now);
         true
     }
@@ -1182,16 +1173,7 @@ impl DataShared {
         ) else {
             return;
         };
-        start_mail_put(
-            st,
-            now,
-            MailPut {
-                target,
-                item: Item::Mail(env),
-                tries: 0,
-                request: true,
-            },
-        );
+        start_mail_put(st, now, MailPut::first(target, env, true));
         send_requests(st, node, now);
     }
 
@@ -1737,6 +1719,18 @@ struct MailPut {
     tries: u32,
     /// A friend request (request mailbox), not a message.
     request: bool,
+}
+
+impl MailPut {
+    /// The first attempt to put envelope `env` at mailbox `target`.
+    fn first(target: Target, env: ferry_data::item::MailEnvelope, request: bool) -> Self {
+        Self {
+            target,
+            item: Item::Mail(env),
+            tries: 0,
+            request,
+        }
+    }
 }
 
 fn start_mail_put(st: &mut State, now: Instant, put: MailPut) {
