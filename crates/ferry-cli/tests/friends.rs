@@ -290,6 +290,13 @@ fn ferry_pair_survives_kill_9() {
         assert!(out.status.success());
     }
     wait_message(&b, &a_pk, "before 4", STEP);
+    // A message a has acknowledged is kept even when a dies right away: it is in a's inbox
+    // journal before the acknowledgement, durably committed only after a 200 ms pause.
+    let out = b
+        .cli(&["send", &a_pk, "just before the kill"])
+        .expect("send");
+    assert!(out.status.success());
+    wait_message(&a, &b_pk, "just before the kill", STEP);
     // Kill a mid-conversation: b keeps sending while a is dead.
     a.kill9().expect("kill -9");
     let out = b
@@ -315,6 +322,15 @@ fn ferry_pair_survives_kill_9() {
     for i in 0..5 {
         assert!(texts.contains(&format!("before {i}")), "{texts:?}");
     }
+    let kept = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["direction"] == "in" && v["text"] == "just before the kill")
+        .count();
+    assert_eq!(
+        kept, 1,
+        "the message acknowledged just before the kill, once"
+    );
     let out = a.cli(&["send", &b_pk, "after restart"]).expect("send");
     assert!(out.status.success());
     wait_message(&b, &a_pk, "after restart", STEP);

@@ -3,9 +3,13 @@
 //! `ferry messages` and `ferry set …`.
 //!
 //! # Delivery guarantees
-//! * An incoming message is committed to the store inside the node task before the datagrams of
-//!   the same step (among them net_crypto's acknowledgement) are sent: what the peer sees as
-//!   delivered is on our disk.
+//! * An incoming message is written to the store's inbox journal ([`ferry_store::journal`], one
+//!   `write(2)`) inside the node task before the datagrams of the same step (among them
+//!   net_crypto's acknowledgement) are sent: what the peer sees as delivered survives `kill -9`.
+//!   A committer thread applies it to the history at once (a commit without `fsync`, which
+//!   readers see) and makes it durable when messages pause ([`INBOX_SYNC_AFTER`]) or at least
+//!   every [`INBOX_SYNC_EVERY`]: the node task never waits for a disk flush (it did, 1–50 ms per
+//!   message while a file transfer kept the disk busy; issue 6).
 //! * `ferry send` answers only after the outgoing message is committed (`delivered: false`);
 //!   it is handed to net_crypto while the commit runs, so the commit's fsync does not delay it.
 //!   It is marked delivered (off the node task) when the friend's node acknowledges every packet
@@ -14,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +27,7 @@ use ferry_crypto::PublicKey;
 use ferry_net::{EventHandler, NodeHandle};
 use ferry_proto::node::{Connection, Node, NodeError, NodeEvent};
 use ferry_store::{
-    Direction, FriendRecord, MessageKind, MessageRecord, RequestRecord, Settings, Store,
+    Direction, FriendRecord, Journaled, MessageKind, MessageRecord, RequestRecord, Settings, Store,
 };
 use ferry_wire::toxid::ToxId;
 use tokio::sync::Notify;
@@ -31,6 +36,15 @@ use crate::profile::{self, Identity};
 
 /// Longest long-poll of `POST /v1/messages/list`, ms.
 pub const MAX_WAIT_MS: u64 = 60_000;
+
+/// The inbox committer makes the history durable (one `fsync`) once no incoming message came
+/// for this long after the last non-durable commit.
+pub const INBOX_SYNC_AFTER: Duration = Duration::from_millis(200);
+/// … and at least this often while messages keep coming: the longest a power loss (not a crash
+/// of the daemon, which loses nothing journaled) can take back.
+pub const INBOX_SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Most journaled messages applied in one commit.
+pub const INBOX_BATCH: usize = 256;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -57,13 +71,15 @@ struct Pending {
 #[derive(Debug)]
 pub struct ChatShared {
     /// The profile database.
-    pub store: Store,
+    pub store: Arc<Store>,
     profile_dir: PathBuf,
     identity: Mutex<Identity>,
     /// Outgoing messages handed to net_crypto and waiting for their receipt.
     pending: Mutex<Pending>,
     /// Wakes long-polls when history changes.
-    changed: Notify,
+    changed: Arc<Notify>,
+    /// Journaled incoming messages for the inbox committer ([`inbox_committer`]).
+    inbox: Mutex<Sender<Journaled>>,
     /// Received custom packets, the last [`MAX_PACKETS`].
     packets: Mutex<(u64, std::collections::VecDeque<ferry_api::ReceivedPacket>)>,
     packets_changed: Notify,
@@ -124,12 +140,22 @@ impl ChatShared {
     pub fn open(profile_dir: PathBuf, identity: Identity) -> anyhow::Result<Arc<Self>> {
         let store = Store::open(&profile_dir.join("ferry.redb"))
             .map_err(|e| anyhow::anyhow!("opening {}/ferry.redb: {e}", profile_dir.display()))?;
+        let store = Arc::new(store);
+        let changed = Arc::new(Notify::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let (store, changed) = (Arc::clone(&store), Arc::clone(&changed));
+            std::thread::Builder::new()
+                .name("inbox-commit".into())
+                .spawn(move || inbox_committer(&store, &changed, &rx))?;
+        }
         Ok(Arc::new(Self {
             store,
             profile_dir,
             identity: Mutex::new(identity),
             pending: Mutex::new(Pending::default()),
-            changed: Notify::new(),
+            changed,
+            inbox: Mutex::new(tx),
             packets: Mutex::new((0, std::collections::VecDeque::new())),
             packets_changed: Notify::new(),
             files: Mutex::new(crate::files::FileState::default()),
@@ -346,6 +372,37 @@ impl ChatShared {
             tracing::error!(error = %e, "storing receipt");
         }
         self.changed.notify_waiters();
+    }
+
+    /// An incoming message, in the node task: journaled before net_crypto acknowledges it, then
+    /// handed to the inbox committer (committed here, durably, when the journal or the committer
+    /// fails). `journal_us` is how long the node task waited.
+    fn receive(&self, rec: &MessageRecord) {
+        let t0 = Instant::now();
+        match self.store.journal_message(rec) {
+            Ok(j) => {
+                tracing::debug!(
+                    journal_id = j.id,
+                    journal_us = t0.elapsed().as_micros() as u64,
+                    "incoming message journaled"
+                );
+                if let Err(e) = lock(&self.inbox).send(j) {
+                    match self
+                        .store
+                        .commit_journaled(std::slice::from_ref(&e.0), true)
+                    {
+                        Ok(_) => self.changed.notify_waiters(),
+                        Err(e) => tracing::error!(error = %e, "storing message"),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox journal; committing the message directly");
+                if let Err(e) = self.append(rec) {
+                    tracing::error!(error = %e.message, "storing message");
+                }
+            }
+        }
     }
 
     fn append(&self, m: &MessageRecord) -> Result<u64, ApiError> {
@@ -865,6 +922,81 @@ fn to_api(seq: u64, m: MessageRecord) -> Message {
     }
 }
 
+/// The inbox committer's thread ([`ChatShared::open`]): applies journaled incoming messages to
+/// the history in batches of up to [`INBOX_BATCH`], each one commit without `fsync` (readers see
+/// it at once), wakes the long-polls, and makes everything durable after a pause of
+/// [`INBOX_SYNC_AFTER`] or every [`INBOX_SYNC_EVERY`] (see the module docs). A batch whose commit
+/// fails is retried with the next one (the journal keeps it meanwhile). Ends, after a last
+/// durable commit, when the [`ChatShared`] is dropped.
+fn inbox_committer(store: &Store, changed: &Notify, rx: &Receiver<Journaled>) {
+    let mut unsynced: Option<Instant> = None;
+    let mut batch: Vec<Journaled> = Vec::new();
+    let sync = |unsynced: &mut Option<Instant>| {
+        let t0 = Instant::now();
+        match store.sync_journal() {
+            Ok(()) => {
+                *unsynced = None;
+                tracing::debug!(sync_us = t0.elapsed().as_micros() as u64, "inbox synced");
+            }
+            Err(e) => tracing::error!(error = %e, "syncing the message history"),
+        }
+    };
+    loop {
+        let next = if unsynced.is_some() || !batch.is_empty() {
+            match rx.recv_timeout(INBOX_SYNC_AFTER) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(j) => Some(j),
+                Err(_) => break,
+            }
+        };
+        match next {
+            Some(j) => batch.push(j),
+            None if batch.is_empty() => {
+                sync(&mut unsynced);
+                continue;
+            }
+            // A failed batch: retried below.
+            None => {}
+        }
+        while batch.len() < INBOX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let t0 = Instant::now();
+        match store.commit_journaled(&batch, false) {
+            Ok(seqs) => {
+                tracing::debug!(
+                    messages = seqs.len(),
+                    last_seq = seqs.last().copied().unwrap_or(0),
+                    commit_us = t0.elapsed().as_micros() as u64,
+                    "incoming message stored"
+                );
+                batch.clear();
+                changed.notify_waiters();
+                let since = *unsynced.get_or_insert_with(Instant::now);
+                if since.elapsed() >= INBOX_SYNC_EVERY {
+                    sync(&mut unsynced);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "storing messages; retrying");
+                std::thread::sleep(INBOX_SYNC_AFTER);
+            }
+        }
+    }
+    if !batch.is_empty() && store.commit_journaled(&batch, true).is_ok() {
+        changed.notify_waiters();
+    }
+    sync(&mut unsynced);
+}
+
 /// The node task's event handler: persists and reacts.
 #[derive(Debug)]
 pub struct ChatHandler(pub Arc<ChatShared>);
@@ -985,16 +1117,7 @@ impl EventHandler for ChatHandler {
                     time_ms: now_ms(),
                     delivered: true,
                 };
-                // The node task waits for this commit (fsync): `commit_us` is how long.
-                let t0 = Instant::now();
-                match s.append(&rec) {
-                    Ok(seq) => tracing::debug!(
-                        seq,
-                        commit_us = t0.elapsed().as_micros() as u64,
-                        "incoming message stored"
-                    ),
-                    Err(e) => tracing::error!(error = %e.message, "storing message"),
-                }
+                s.receive(&rec);
             }
             NodeEvent::Receipt {
                 public_key,

@@ -633,6 +633,13 @@ impl Driver {
         let mut rx = RecvBufs::new();
         tracing::info!(dht_public_key = %self.node.dht().public_key(), addr = %self.local_addr, "node started");
         loop {
+            // Let the tasks this one woke run now: a task woken from a runtime worker waits in
+            // that worker's LIFO slot, which other workers do not take, until the waker's task
+            // yields. A node task kept busy by a transfer finds the socket readable at every
+            // turn and would yield only when tokio's cooperative budget runs out (about 128
+            // turns, 10–15 ms): an API long-poll woken by an incoming chat message (`ferry
+            // messages --follow`) waited that long (issue 6, chat during a transfer).
+            tokio::task::yield_now().await;
             self.flush().await;
             let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
             tokio::select! {

@@ -11,6 +11,9 @@
 //! durability: fsync on commit). The daemon stores an incoming message before the node sends the
 //! net_crypto acknowledgement for it, and acknowledges a `ferry send` to the user only after the
 //! outgoing message is committed, so no message acknowledged to anyone is lost on `kill -9`.
+//! Incoming messages take a faster way to the same guarantee: the node task writes them to the
+//! inbox journal (`ferry.journal`, one `write(2)`, no `fsync`) and a committer applies them to
+//! the history in batches (see [`journal`]).
 //!
 //! # Caps
 //! Friend requests come from strangers: at most [`MAX_REQUESTS`] are kept (the oldest is
@@ -20,6 +23,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::Path;
+use std::sync::Mutex;
+
+pub mod journal;
+pub use journal::{Journaled, journal_path};
 
 use ferry_crypto::PublicKey;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -241,6 +248,33 @@ pub struct MessageRecord {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// The inbox journal ([`journal`]).
+    journal: Mutex<journal::Journal>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Appends `m` to the history table and returns its sequence number (last + 1), pruning the
+/// oldest entry beyond [`MAX_MESSAGES`].
+fn insert_message(
+    t: &mut redb::Table<'_, u64, &'static str>,
+    m: &MessageRecord,
+) -> Result<u64, StoreError> {
+    let v = encode(m)?;
+    let seq = match t.last()? {
+        Some((k, _)) => k.value() + 1,
+        None => 1,
+    };
+    t.insert(seq, v.as_str())?;
+    if t.len()? > MAX_MESSAGES {
+        let first = t.first()?.map(|(k, _)| k.value());
+        if let Some(first) = first {
+            t.remove(first)?;
+        }
+    }
+    Ok(seq)
 }
 
 fn key(pk: &PublicKey) -> &[u8] {
@@ -272,7 +306,8 @@ impl Store {
             tx.open_table(TRANSFERS)?;
         }
         tx.commit()?;
-        Ok(Self { db })
+        let journal = Mutex::new(journal::Journal::open(&db, path)?);
+        Ok(Self { db, journal })
     }
 
     /// Inserts or replaces a transfer record (id 0 = assign the next id). Returns its id.
@@ -469,23 +504,8 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on I/O failure.
     pub fn append_message(&self, m: &MessageRecord) -> Result<u64, StoreError> {
-        let v = encode(m)?;
         let tx = self.db.begin_write()?;
-        let seq;
-        {
-            let mut t = tx.open_table(MESSAGES)?;
-            seq = match t.last()? {
-                Some((k, _)) => k.value() + 1,
-                None => 1,
-            };
-            t.insert(seq, v.as_str())?;
-            if t.len()? > MAX_MESSAGES {
-                let first = t.first()?.map(|(k, _)| k.value());
-                if let Some(first) = first {
-                    t.remove(first)?;
-                }
-            }
-        }
+        let seq = insert_message(&mut tx.open_table(MESSAGES)?, m)?;
         tx.commit()?;
         Ok(seq)
     }
