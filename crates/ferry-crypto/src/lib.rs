@@ -442,22 +442,28 @@ pub trait KeySource: Send + Sync + fmt::Debug {
 ///
 /// Eviction is least-recently-used in batches: each entry carries the tick of its last use, and
 /// when the cache is full the eighth least recently used entries leave at once (O(capacity) per
-/// eviction, amortised over capacity / 8 insertions). A hit costs one hash-table probe and one
-/// store, with no linked list to update (this lookup runs for every DHT packet sent or received).
+/// eviction, amortised over capacity / 8 insertions). A hit costs one hash of the peer's key and
+/// one probe of the table (its 7-bit tag group, then the entry), with no linked list to update
+/// (this lookup runs for every DHT packet sent or received). The 32-byte key sits in the entry
+/// itself, next to the peer's public key, so a hit reads no other memory (issue 3, simulator
+/// speed: a per-entry `Arc` cost one more cache miss per packet).
 pub struct PrecomputedCache {
     secret: SecretKey,
     public: PublicKey,
-    cache: hashbrown::HashMap<PublicKey, CacheEntry>,
+    table: hashbrown::HashTable<CacheEntry>,
+    /// Hashes a peer's key for `table` (seeded per process: remote input chooses the keys).
+    hasher: hashbrown::DefaultHashBuilder,
     capacity: usize,
     tick: u64,
     source: Option<Arc<dyn KeySource>>,
     computed: u64,
 }
 
-/// One [`PrecomputedCache`] entry: the key and the tick of its last use.
+/// One [`PrecomputedCache`] entry: the peer, the tick of its last use and the key (72 bytes).
 struct CacheEntry {
-    key: Arc<PrecomputedKey>,
+    peer: PublicKey,
     used: u64,
+    key: PrecomputedKey,
 }
 
 impl PrecomputedCache {
@@ -477,7 +483,8 @@ impl PrecomputedCache {
         Self {
             secret,
             public,
-            cache: hashbrown::HashMap::new(),
+            table: hashbrown::HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
             capacity,
             tick: 0,
             source,
@@ -487,32 +494,38 @@ impl PrecomputedCache {
 
     /// The precomputed key for `peer`, computing and caching it if needed.
     pub fn get(&mut self, peer: &PublicKey) -> &PrecomputedKey {
+        use std::hash::BuildHasher;
         self.tick += 1;
         let tick = self.tick;
-        if self.cache.len() >= self.capacity && !self.cache.contains_key(peer) {
-            self.evict();
+        let hash = self.hasher.hash_one(peer);
+        // One probe: a hit returns from it, a miss gets the table back for the insertion.
+        let table = match self.table.find_entry(hash, |e| e.peer == *peer) {
+            Ok(hit) => {
+                let e = hit.into_mut();
+                e.used = tick;
+                return &e.key;
+            }
+            Err(absent) => absent.into_table(),
+        };
+        if table.len() >= self.capacity {
+            evict(table);
         }
-        let (secret, public, source) = (&self.secret, &self.public, &self.source);
-        let computed = &mut self.computed;
-        let entry = self.cache.entry(*peer).or_insert_with(|| {
-            *computed += 1;
-            let key = match source {
-                Some(s) => s.precompute(secret, public, peer),
-                None => Arc::new(PrecomputedKey::new(secret, peer)),
-            };
-            CacheEntry { key, used: tick }
-        });
-        entry.used = tick;
-        &entry.key
-    }
-
-    /// Drops the least recently used eighth of the entries (at least one).
-    fn evict(&mut self) {
-        let drop = (self.cache.len() / 8).max(1);
-        let mut used: Vec<u64> = self.cache.values().map(|e| e.used).collect();
-        let (_, &mut threshold, _) = used.select_nth_unstable(drop - 1);
-        // Ticks are unique, so exactly `drop` entries are at or below the threshold.
-        self.cache.retain(|_, e| e.used > threshold);
+        self.computed += 1;
+        let key = match &self.source {
+            // The entry keeps its own copy of the 32 bytes (zeroized on drop, as the source's).
+            Some(s) => PrecomputedKey(s.precompute(&self.secret, &self.public, peer).0),
+            None => PrecomputedKey::new(&self.secret, peer),
+        };
+        let hasher = &self.hasher;
+        let entry = CacheEntry {
+            peer: *peer,
+            used: tick,
+            key,
+        };
+        &table
+            .insert_unique(hash, entry, |e| hasher.hash_one(e.peer))
+            .into_mut()
+            .key
     }
 
     /// Cache misses since creation: how many distinct peers' keys had to be fetched or computed.
@@ -522,19 +535,28 @@ impl PrecomputedCache {
 
     /// Number of cached peers.
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.table.len()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+        self.table.is_empty()
     }
+}
+
+/// Drops the least recently used eighth of `table`'s entries (at least one).
+fn evict(table: &mut hashbrown::HashTable<CacheEntry>) {
+    let drop = (table.len() / 8).max(1);
+    let mut used: Vec<u64> = table.iter().map(|e| e.used).collect();
+    let (_, &mut threshold, _) = used.select_nth_unstable(drop - 1);
+    // Ticks are unique, so exactly `drop` entries are at or below the threshold.
+    table.retain(|e| e.used > threshold);
 }
 
 impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrecomputedCache")
-            .field("len", &self.cache.len())
+            .field("len", &self.table.len())
             .field("capacity", &self.capacity)
             .finish()
     }
