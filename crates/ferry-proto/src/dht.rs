@@ -354,6 +354,11 @@ struct CloseList {
     /// valid): `get_close_nodes` tests a client's distance head without loading the ~160-byte
     /// [`Client`] (issue 3, simulator speed).
     heads: Vec<Heads>,
+    /// Per bucket, a 64-bit Bloom filter ([`addr_bits`]) over the addresses of its clients, a
+    /// superset at all times: [`CloseList::resync`] recomputes it and every address entering the
+    /// bucket sets its bits. The sweep for a restarted node's address in [`CloseList::add`]
+    /// walks only the buckets whose filter holds the address (issue 3, simulator speed).
+    addr_bloom: Vec<u64>,
 }
 
 /// The key heads of one list ([`BUCKET_SIZE`] = [`SEARCH_LIST_SIZE`] = 8), one cache line.
@@ -372,6 +377,7 @@ impl CloseList {
             scanned: vec![None; BUCKETS],
             lens: [0; BUCKETS],
             heads: vec![Heads::default(); BUCKETS],
+            addr_bloom: vec![0; BUCKETS],
         }
     }
     /// Refreshes `lens[idx]` and `heads[idx]` after bucket `idx` gained, lost or replaced clients.
@@ -382,11 +388,20 @@ impl CloseList {
         for (h, c) in self.heads[idx].0.iter_mut().zip(bucket) {
             *h = key_head(&c.public_key.0);
         }
+        self.addr_bloom[idx] = bucket
+            .iter()
+            .flat_map(Client::assocs)
+            .fold(0, |bloom, a| bloom | addr_bits(a.addr));
     }
-    /// Whether `lens` and `heads` match `buckets` (checked in debug builds).
+    /// Whether `lens` and `heads` match `buckets` and `addr_bloom` holds every address
+    /// (checked in debug builds).
     fn heads_in_sync(&self) -> bool {
         self.buckets.iter().enumerate().all(|(i, b)| {
             usize::from(self.lens[i]) == b.len()
+                && b.iter().flat_map(Client::assocs).all(|a| {
+                    let bits = addr_bits(a.addr);
+                    self.addr_bloom[i] & bits == bits
+                })
                 && b.iter()
                     .zip(&self.heads[i].0)
                     .all(|(c, h)| key_head(&c.public_key.0) == *h)
@@ -396,9 +411,9 @@ impl CloseList {
         (self.own.common_prefix_bits(pk) as usize).min(BUCKETS - 1)
     }
     fn find(&self, pk: &PublicKey) -> Option<&Client> {
-        self.buckets[self.bucket_of(pk)]
-            .iter()
-            .find(|c| c.public_key == *pk)
+        let idx = self.bucket_of(pk);
+        let bucket = &self.buckets[idx];
+        position_by_head(&self.heads[idx], bucket, pk).and_then(|i| bucket.get(i))
     }
     fn iter(&self) -> impl Iterator<Item = &Client> {
         self.buckets.iter().flatten()
@@ -408,8 +423,10 @@ impl CloseList {
         if *pk == self.own {
             return false;
         }
-        let bucket = &self.buckets[self.bucket_of(pk)];
-        if let Some(c) = bucket.iter().find(|c| c.public_key == *pk) {
+        let idx = self.bucket_of(pk);
+        let bucket = &self.buckets[idx];
+        if let Some(c) = position_by_head(&self.heads[idx], bucket, pk).and_then(|i| bucket.get(i))
+        {
             // Known: worth a ping unless already good at this very address.
             return !(c.good(now) && c.has_addr(addr));
         }
@@ -421,17 +438,22 @@ impl CloseList {
             return Insert::No;
         }
         let idx = self.bucket_of(&pk);
-        if let Some(c) = self.buckets[idx].iter_mut().find(|c| c.public_key == pk) {
+        if let Some(c) = position_by_head(&self.heads[idx], &self.buckets[idx], &pk)
+            .and_then(|i| self.buckets[idx].get_mut(i))
+        {
             c.update(addr, now);
+            self.addr_bloom[idx] |= addr_bits(addr);
             self.scanned[idx] = None;
             return Insert::Refreshed;
         }
         // A different key at the same address: that node restarted with a new DHT key.
+        let bits = addr_bits(addr);
         for i in 0..BUCKETS {
-            let bucket = &mut self.buckets[i];
-            if bucket.is_empty() {
+            // No client of bucket `i` has `addr` (empty buckets have an empty filter).
+            if self.addr_bloom[i] & bits != bits {
                 continue;
             }
+            let bucket = &mut self.buckets[i];
             let before = bucket.len();
             bucket.retain(|c| !c.has_addr(addr));
             if bucket.len() != before {
@@ -539,7 +561,9 @@ impl Search {
     }
 
     fn would_store(&self, target: &PublicKey, pk: &PublicKey, now: Instant) -> bool {
-        if let Some(c) = self.clients.iter().find(|c| c.public_key == *pk) {
+        if let Some(c) =
+            position_by_head(&self.heads, &self.clients, pk).and_then(|i| self.clients.get(i))
+        {
             return !c.good(now);
         }
         self.clients.len() < SEARCH_LIST_SIZE || self.worst_replaceable(target, pk, now).is_some()
@@ -547,7 +571,9 @@ impl Search {
 
     /// Adds or refreshes `pk` (`replace_all`).
     fn add(&mut self, target: &PublicKey, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
-        if let Some(c) = self.clients.iter_mut().find(|c| c.public_key == pk) {
+        if let Some(c) =
+            position_by_head(&self.heads, &self.clients, &pk).and_then(|i| self.clients.get_mut(i))
+        {
             c.update(addr, now);
             self.scanned = None;
             return Insert::Refreshed;
@@ -1612,6 +1638,35 @@ impl Dht {
             }
         }
     }
+}
+
+/// The index of `pk` in a list (a close-list bucket or a search list) whose [`key_head`]s are
+/// `heads`: a client is loaded only when its head matches, so a miss reads the one line of heads
+/// instead of every ~160-byte [`Client`] (issue 3, simulator speed).
+fn position_by_head(heads: &Heads, clients: &[Client], pk: &PublicKey) -> Option<usize> {
+    let h = key_head(&pk.0);
+    heads
+        .0
+        .iter()
+        .zip(clients)
+        .position(|(&x, c)| x == h && c.public_key == *pk)
+}
+
+/// Two bits of a 64-bit Bloom filter for `addr` (`CloseList::addr_bloom`): from a
+/// multiplicative hash of its address and port (a filter, never a decision: a false positive
+/// costs one bucket walk).
+fn addr_bits(addr: SocketAddr) -> u64 {
+    let x = match addr {
+        SocketAddr::V4(a) => (u64::from(a.ip().to_bits()) << 16) | u64::from(a.port()),
+        SocketAddr::V6(a) => {
+            let ip = a.ip().to_bits();
+            (ip as u64) ^ ((ip >> 64) as u64).rotate_left(17) ^ (u64::from(a.port()) << 48)
+        }
+    };
+    let h = x
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (1u64 << (h >> 58)) | (1u64 << ((h >> 52) & 63))
 }
 
 /// The first 8 bytes of a key or XOR distance as a big-endian number: distances compare as
