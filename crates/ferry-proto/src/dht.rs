@@ -430,7 +430,9 @@ impl CloseList {
             // Known: worth a ping unless already good at this very address.
             return !(c.good(now) && c.has_addr(addr));
         }
-        bucket.len() < BUCKET_SIZE || bucket.iter().any(|c| !c.good(now))
+        bucket.len() < BUCKET_SIZE
+            || (!ListScan::all_good_at(self.scanned[idx], now)
+                && bucket.iter().any(|c| !c.good(now)))
     }
     /// Adds or refreshes a node that answered us (`add_to_close`).
     fn add(&mut self, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
@@ -566,7 +568,28 @@ impl Search {
         {
             return !c.good(now);
         }
-        self.clients.len() < SEARCH_LIST_SIZE || self.worst_replaceable(target, pk, now).is_some()
+        if self.clients.len() < SEARCH_LIST_SIZE {
+            return true;
+        }
+        if ListScan::all_good_at(self.scanned, now) {
+            // Every client is good, so the worst is the farthest from `target`, and `pk` takes
+            // its slot if it is closer. The key heads decide unless `pk`'s head ties the
+            // farthest head (issue 3, simulator speed: no client is loaded).
+            let t = key_head(&target.0);
+            let own = key_head(&pk.0) ^ t;
+            let farthest = self
+                .heads
+                .0
+                .iter()
+                .take(self.clients.len())
+                .map(|h| h ^ t)
+                .max()
+                .unwrap_or(0);
+            if own != farthest {
+                return own < farthest;
+            }
+        }
+        self.worst_replaceable(target, pk, now).is_some()
     }
 
     /// Adds or refreshes `pk` (`replace_all`).
@@ -1735,6 +1758,18 @@ struct ListScan {
     good: u32,
     /// Whether the list's target (search lists) is listed and good.
     target_good: bool,
+    /// Whether every client of the list had a good association.
+    all_good: bool,
+}
+
+impl ListScan {
+    /// Whether `scanned` (a list's last walk) shows that every client of the list is good at
+    /// `now`: the list has not changed since the walk (every change resets it to `None`), every
+    /// client was good then, and `now` is before `until`, so no good association has turned
+    /// bad since. `false` when unknown.
+    fn all_good_at(scanned: Option<ListScan>, now: Instant) -> bool {
+        scanned.is_some_and(|s| s.all_good && s.until.is_some_and(|u| now < u))
+    }
 }
 
 /// The earlier of two optional instants (`None` is "never").
@@ -1769,7 +1804,10 @@ fn scan_list(
     if !collect && let Some(s) = scanned.filter(|s| s.until.is_none_or(|u| now < u)) {
         return s;
     }
-    let mut walked = ListScan::default();
+    let mut walked = ListScan {
+        all_good: true,
+        ..ListScan::default()
+    };
     clients.retain_mut(|c| {
         if !c.prune(cut.live) {
             return false;
@@ -1795,6 +1833,7 @@ fn scan_list(
             walked.until = min_opt(walked.until, Some(t));
         }
         walked.target_good |= good && pk == target;
+        walked.all_good &= good;
         true
     });
     *scanned = Some(walked);
