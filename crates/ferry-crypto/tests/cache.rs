@@ -33,9 +33,16 @@ fn cache_under_churn_returns_each_peers_own_key() {
             rng.below(30)
         };
         let held_before = cache.len();
-        let got = cache.get(&peers[i]).encrypt(&nonce, b"probe").expect("encrypt");
+        let got = cache
+            .get(&peers[i])
+            .encrypt(&nonce, b"probe")
+            .expect("encrypt");
         assert_eq!(got, expect[i], "step {step}: wrong key for peer {i}");
-        assert!(cache.len() <= capacity, "step {step}: {} > {capacity}", cache.len());
+        assert!(
+            cache.len() <= capacity,
+            "step {step}: {} > {capacity}",
+            cache.len()
+        );
         let computed = cache.computed();
         assert!(computed == last_computed || computed == last_computed + 1);
         if computed == last_computed {

@@ -1767,7 +1767,7 @@ impl ListScan {
     /// `now`: the list has not changed since the walk (every change resets it to `None`), every
     /// client was good then, and `now` is before `until`, so no good association has turned
     /// bad since. `false` when unknown.
-    fn all_good_at(scanned: Option<ListScan>, now: Instant) -> bool {
+    fn all_good_at(scanned: Option<Self>, now: Instant) -> bool {
         scanned.is_some_and(|s| s.all_good && s.until.is_some_and(|u| now < u))
     }
 }
