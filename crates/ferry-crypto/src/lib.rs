@@ -442,22 +442,61 @@ pub trait KeySource: Send + Sync + fmt::Debug {
 ///
 /// Eviction is least-recently-used in batches: each entry carries the tick of its last use, and
 /// when the cache is full the eighth least recently used entries leave at once (O(capacity) per
-/// eviction, amortised over capacity / 8 insertions). A hit costs one hash-table probe and one
-/// store, with no linked list to update (this lookup runs for every DHT packet sent or received).
+/// eviction, amortised over capacity / 8 insertions). No linked list to update on a hit (this
+/// lookup runs for every DHT packet sent or received).
+///
+/// The table is open addressing with linear probing, at most half full: an entry (72 bytes:
+/// peer key, shared key, last use) sits in its slot itself, so a hit usually reads one slot
+/// (two adjacent cache lines) and no other memory. A table with separate tag bytes and entries
+/// cost two cache misses per packet, one more with an `Arc` per key (issue 3, simulator speed).
+/// Slots are found from a per-process seeded hash of the peer's key (remote input chooses keys).
 pub struct PrecomputedCache {
     secret: SecretKey,
     public: PublicKey,
-    cache: hashbrown::HashMap<PublicKey, CacheEntry>,
+    /// A power of two of slots (0 before the first insertion), at least twice `len`; a slot
+    /// with `used == 0` is empty (ticks start at 1).
+    slots: Vec<CacheEntry>,
+    len: usize,
+    hasher: hashbrown::DefaultHashBuilder,
     capacity: usize,
     tick: u64,
     source: Option<Arc<dyn KeySource>>,
     computed: u64,
 }
 
-/// One [`PrecomputedCache`] entry: the key and the tick of its last use.
+/// One [`PrecomputedCache`] slot: the peer, the key and the tick of its last use (0: empty).
 struct CacheEntry {
-    key: Arc<PrecomputedKey>,
+    peer: PublicKey,
+    key: PrecomputedKey,
     used: u64,
+}
+
+impl CacheEntry {
+    fn empty() -> Self {
+        Self {
+            peer: PublicKey([0; KEY_SIZE]),
+            key: PrecomputedKey([0; KEY_SIZE]),
+            used: 0,
+        }
+    }
+}
+
+/// Where `peer` is in `slots` (`Ok`) or the empty slot that ends its probe (`Err`). `slots` is
+/// a non-empty power of two of slots with at least one empty one, so the walk ends.
+fn probe(slots: &[CacheEntry], hash: u64, peer: &PublicKey) -> Result<usize, usize> {
+    let mask = slots.len().wrapping_sub(1);
+    let mut i = (hash as usize) & mask;
+    for _ in 0..slots.len() {
+        let e = &slots[i];
+        if e.used == 0 {
+            return Err(i);
+        }
+        if e.peer == *peer {
+            return Ok(i);
+        }
+        i = (i + 1) & mask;
+    }
+    Err(i)
 }
 
 impl PrecomputedCache {
@@ -477,7 +516,9 @@ impl PrecomputedCache {
         Self {
             secret,
             public,
-            cache: hashbrown::HashMap::new(),
+            slots: Vec::new(),
+            len: 0,
+            hasher: hashbrown::DefaultHashBuilder::default(),
             capacity,
             tick: 0,
             source,
@@ -487,32 +528,80 @@ impl PrecomputedCache {
 
     /// The precomputed key for `peer`, computing and caching it if needed.
     pub fn get(&mut self, peer: &PublicKey) -> &PrecomputedKey {
+        use std::hash::BuildHasher;
         self.tick += 1;
         let tick = self.tick;
-        if self.cache.len() >= self.capacity && !self.cache.contains_key(peer) {
+        let hash = self.hasher.hash_one(peer);
+        if !self.slots.is_empty()
+            && let Ok(i) = probe(&self.slots, hash, peer)
+        {
+            let e = &mut self.slots[i];
+            e.used = tick;
+            return &e.key;
+        }
+        if self.len >= self.capacity {
             self.evict();
         }
-        let (secret, public, source) = (&self.secret, &self.public, &self.source);
-        let computed = &mut self.computed;
-        let entry = self.cache.entry(*peer).or_insert_with(|| {
-            *computed += 1;
-            let key = match source {
-                Some(s) => s.precompute(secret, public, peer),
-                None => Arc::new(PrecomputedKey::new(secret, peer)),
-            };
-            CacheEntry { key, used: tick }
-        });
-        entry.used = tick;
-        &entry.key
+        if (self.len + 1) * 2 > self.slots.len() {
+            let size = ((self.len + 1) * 2).next_power_of_two().max(16);
+            self.rebuild(size, 0);
+        }
+        self.computed += 1;
+        let key = match &self.source {
+            // The slot keeps its own copy of the 32 bytes (zeroized on drop, as the source's).
+            Some(s) => PrecomputedKey(s.precompute(&self.secret, &self.public, peer).0),
+            None => PrecomputedKey::new(&self.secret, peer),
+        };
+        // At most half full, so the probe ends at an empty slot.
+        let i = match probe(&self.slots, hash, peer) {
+            Ok(i) | Err(i) => i,
+        };
+        self.slots[i] = CacheEntry {
+            peer: *peer,
+            key,
+            used: tick,
+        };
+        self.len += 1;
+        &self.slots[i].key
     }
 
     /// Drops the least recently used eighth of the entries (at least one).
     fn evict(&mut self) {
-        let drop = (self.cache.len() / 8).max(1);
-        let mut used: Vec<u64> = self.cache.values().map(|e| e.used).collect();
-        let (_, &mut threshold, _) = used.select_nth_unstable(drop - 1);
+        let drop = (self.len / 8).max(1);
+        let mut used: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|e| e.used != 0)
+            .map(|e| e.used)
+            .collect();
+        let n = used.len();
+        if n == 0 {
+            return;
+        }
+        let (_, &mut threshold, _) = used.select_nth_unstable(drop.min(n) - 1);
         // Ticks are unique, so exactly `drop` entries are at or below the threshold.
-        self.cache.retain(|_, e| e.used > threshold);
+        self.rebuild(self.slots.len(), threshold);
+    }
+
+    /// Re-inserts the entries last used after `keep_after` into `size` slots (a power of two,
+    /// more than twice as many as kept). Keys are copied and the old slots dropped (zeroized).
+    fn rebuild(&mut self, size: usize, keep_after: u64) {
+        use std::hash::BuildHasher;
+        let old = std::mem::take(&mut self.slots);
+        self.slots.resize_with(size, CacheEntry::empty);
+        self.len = 0;
+        for e in old.iter().filter(|e| e.used > keep_after) {
+            let hash = self.hasher.hash_one(e.peer);
+            let i = match probe(&self.slots, hash, &e.peer) {
+                Ok(i) | Err(i) => i,
+            };
+            self.slots[i] = CacheEntry {
+                peer: e.peer,
+                key: PrecomputedKey(e.key.0),
+                used: e.used,
+            };
+            self.len += 1;
+        }
     }
 
     /// Cache misses since creation: how many distinct peers' keys had to be fetched or computed.
@@ -522,19 +611,19 @@ impl PrecomputedCache {
 
     /// Number of cached peers.
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.len
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+        self.len == 0
     }
 }
 
 impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrecomputedCache")
-            .field("len", &self.cache.len())
+            .field("len", &self.len)
             .field("capacity", &self.capacity)
             .finish()
     }

@@ -354,6 +354,11 @@ struct CloseList {
     /// valid): `get_close_nodes` tests a client's distance head without loading the ~160-byte
     /// [`Client`] (issue 3, simulator speed).
     heads: Vec<Heads>,
+    /// Per bucket, a 64-bit Bloom filter ([`addr_bits`]) over the addresses of its clients, a
+    /// superset at all times: [`CloseList::resync`] recomputes it and every address entering the
+    /// bucket sets its bits. The sweep for a restarted node's address in [`CloseList::add`]
+    /// walks only the buckets whose filter holds the address (issue 3, simulator speed).
+    addr_bloom: Vec<u64>,
 }
 
 /// The key heads of one list ([`BUCKET_SIZE`] = [`SEARCH_LIST_SIZE`] = 8), one cache line.
@@ -372,6 +377,7 @@ impl CloseList {
             scanned: vec![None; BUCKETS],
             lens: [0; BUCKETS],
             heads: vec![Heads::default(); BUCKETS],
+            addr_bloom: vec![0; BUCKETS],
         }
     }
     /// Refreshes `lens[idx]` and `heads[idx]` after bucket `idx` gained, lost or replaced clients.
@@ -382,11 +388,20 @@ impl CloseList {
         for (h, c) in self.heads[idx].0.iter_mut().zip(bucket) {
             *h = key_head(&c.public_key.0);
         }
+        self.addr_bloom[idx] = bucket
+            .iter()
+            .flat_map(Client::assocs)
+            .fold(0, |bloom, a| bloom | addr_bits(a.addr));
     }
-    /// Whether `lens` and `heads` match `buckets` (checked in debug builds).
+    /// Whether `lens` and `heads` match `buckets` and `addr_bloom` holds every address
+    /// (checked in debug builds).
     fn heads_in_sync(&self) -> bool {
         self.buckets.iter().enumerate().all(|(i, b)| {
             usize::from(self.lens[i]) == b.len()
+                && b.iter().flat_map(Client::assocs).all(|a| {
+                    let bits = addr_bits(a.addr);
+                    self.addr_bloom[i] & bits == bits
+                })
                 && b.iter()
                     .zip(&self.heads[i].0)
                     .all(|(c, h)| key_head(&c.public_key.0) == *h)
@@ -396,9 +411,9 @@ impl CloseList {
         (self.own.common_prefix_bits(pk) as usize).min(BUCKETS - 1)
     }
     fn find(&self, pk: &PublicKey) -> Option<&Client> {
-        self.buckets[self.bucket_of(pk)]
-            .iter()
-            .find(|c| c.public_key == *pk)
+        let idx = self.bucket_of(pk);
+        let bucket = &self.buckets[idx];
+        position_by_head(&self.heads[idx], bucket, pk).and_then(|i| bucket.get(i))
     }
     fn iter(&self) -> impl Iterator<Item = &Client> {
         self.buckets.iter().flatten()
@@ -408,12 +423,16 @@ impl CloseList {
         if *pk == self.own {
             return false;
         }
-        let bucket = &self.buckets[self.bucket_of(pk)];
-        if let Some(c) = bucket.iter().find(|c| c.public_key == *pk) {
+        let idx = self.bucket_of(pk);
+        let bucket = &self.buckets[idx];
+        if let Some(c) = position_by_head(&self.heads[idx], bucket, pk).and_then(|i| bucket.get(i))
+        {
             // Known: worth a ping unless already good at this very address.
             return !(c.good(now) && c.has_addr(addr));
         }
-        bucket.len() < BUCKET_SIZE || bucket.iter().any(|c| !c.good(now))
+        bucket.len() < BUCKET_SIZE
+            || (!ListScan::all_good_at(self.scanned[idx], now)
+                && bucket.iter().any(|c| !c.good(now)))
     }
     /// Adds or refreshes a node that answered us (`add_to_close`).
     fn add(&mut self, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
@@ -421,17 +440,22 @@ impl CloseList {
             return Insert::No;
         }
         let idx = self.bucket_of(&pk);
-        if let Some(c) = self.buckets[idx].iter_mut().find(|c| c.public_key == pk) {
+        if let Some(c) = position_by_head(&self.heads[idx], &self.buckets[idx], &pk)
+            .and_then(|i| self.buckets[idx].get_mut(i))
+        {
             c.update(addr, now);
+            self.addr_bloom[idx] |= addr_bits(addr);
             self.scanned[idx] = None;
             return Insert::Refreshed;
         }
         // A different key at the same address: that node restarted with a new DHT key.
+        let bits = addr_bits(addr);
         for i in 0..BUCKETS {
-            let bucket = &mut self.buckets[i];
-            if bucket.is_empty() {
+            // No client of bucket `i` has `addr` (empty buckets have an empty filter).
+            if self.addr_bloom[i] & bits != bits {
                 continue;
             }
+            let bucket = &mut self.buckets[i];
             let before = bucket.len();
             bucket.retain(|c| !c.has_addr(addr));
             if bucket.len() != before {
@@ -539,15 +563,40 @@ impl Search {
     }
 
     fn would_store(&self, target: &PublicKey, pk: &PublicKey, now: Instant) -> bool {
-        if let Some(c) = self.clients.iter().find(|c| c.public_key == *pk) {
+        if let Some(c) =
+            position_by_head(&self.heads, &self.clients, pk).and_then(|i| self.clients.get(i))
+        {
             return !c.good(now);
         }
-        self.clients.len() < SEARCH_LIST_SIZE || self.worst_replaceable(target, pk, now).is_some()
+        if self.clients.len() < SEARCH_LIST_SIZE {
+            return true;
+        }
+        if ListScan::all_good_at(self.scanned, now) {
+            // Every client is good, so the worst is the farthest from `target`, and `pk` takes
+            // its slot if it is closer. The key heads decide unless `pk`'s head ties the
+            // farthest head (issue 3, simulator speed: no client is loaded).
+            let t = key_head(&target.0);
+            let own = key_head(&pk.0) ^ t;
+            let farthest = self
+                .heads
+                .0
+                .iter()
+                .take(self.clients.len())
+                .map(|h| h ^ t)
+                .max()
+                .unwrap_or(0);
+            if own != farthest {
+                return own < farthest;
+            }
+        }
+        self.worst_replaceable(target, pk, now).is_some()
     }
 
     /// Adds or refreshes `pk` (`replace_all`).
     fn add(&mut self, target: &PublicKey, pk: PublicKey, addr: SocketAddr, now: Instant) -> Insert {
-        if let Some(c) = self.clients.iter_mut().find(|c| c.public_key == pk) {
+        if let Some(c) =
+            position_by_head(&self.heads, &self.clients, &pk).and_then(|i| self.clients.get_mut(i))
+        {
             c.update(addr, now);
             self.scanned = None;
             return Insert::Refreshed;
@@ -1614,6 +1663,35 @@ impl Dht {
     }
 }
 
+/// The index of `pk` in a list (a close-list bucket or a search list) whose [`key_head`]s are
+/// `heads`: a client is loaded only when its head matches, so a miss reads the one line of heads
+/// instead of every ~160-byte [`Client`] (issue 3, simulator speed).
+fn position_by_head(heads: &Heads, clients: &[Client], pk: &PublicKey) -> Option<usize> {
+    let h = key_head(&pk.0);
+    heads
+        .0
+        .iter()
+        .zip(clients)
+        .position(|(&x, c)| x == h && c.public_key == *pk)
+}
+
+/// Two bits of a 64-bit Bloom filter for `addr` (`CloseList::addr_bloom`): from a
+/// multiplicative hash of its address and port (a filter, never a decision: a false positive
+/// costs one bucket walk).
+fn addr_bits(addr: SocketAddr) -> u64 {
+    let x = match addr {
+        SocketAddr::V4(a) => (u64::from(a.ip().to_bits()) << 16) | u64::from(a.port()),
+        SocketAddr::V6(a) => {
+            let ip = a.ip().to_bits();
+            (ip as u64) ^ ((ip >> 64) as u64).rotate_left(17) ^ (u64::from(a.port()) << 48)
+        }
+    };
+    let h = x
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (1u64 << (h >> 58)) | (1u64 << ((h >> 52) & 63))
+}
+
 /// The first 8 bytes of a key or XOR distance as a big-endian number: distances compare as
 /// big-endian byte strings, so a larger head means a larger distance.
 fn key_head(k: &[u8; 32]) -> u64 {
@@ -1680,6 +1758,18 @@ struct ListScan {
     good: u32,
     /// Whether the list's target (search lists) is listed and good.
     target_good: bool,
+    /// Whether every client of the list had a good association.
+    all_good: bool,
+}
+
+impl ListScan {
+    /// Whether `scanned` (a list's last walk) shows that every client of the list is good at
+    /// `now`: the list has not changed since the walk (every change resets it to `None`), every
+    /// client was good then, and `now` is before `until`, so no good association has turned
+    /// bad since. `false` when unknown.
+    fn all_good_at(scanned: Option<Self>, now: Instant) -> bool {
+        scanned.is_some_and(|s| s.all_good && s.until.is_some_and(|u| now < u))
+    }
 }
 
 /// The earlier of two optional instants (`None` is "never").
@@ -1714,7 +1804,10 @@ fn scan_list(
     if !collect && let Some(s) = scanned.filter(|s| s.until.is_none_or(|u| now < u)) {
         return s;
     }
-    let mut walked = ListScan::default();
+    let mut walked = ListScan {
+        all_good: true,
+        ..ListScan::default()
+    };
     clients.retain_mut(|c| {
         if !c.prune(cut.live) {
             return false;
@@ -1740,6 +1833,7 @@ fn scan_list(
             walked.until = min_opt(walked.until, Some(t));
         }
         walked.target_good |= good && pk == target;
+        walked.all_good &= good;
         true
     });
     *scanned = Some(walked);

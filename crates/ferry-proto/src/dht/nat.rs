@@ -378,6 +378,7 @@ mod tests {
             for &(pk, addr) in &relays {
                 s.clients.push(Client::new(pk, addr, now));
             }
+            s.resync();
             s.scanned = None;
         }
         let ext = IpAddr::from([198, 51, 100, 7]);
