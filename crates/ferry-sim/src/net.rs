@@ -22,11 +22,15 @@
 //! # Threads (conservative parallel discrete-event simulation)
 //!
 //! With `threads > 1` the nodes are split into shards (node id mod shards), each with its own
-//! event queue, advanced by its own thread in windows of virtual time no longer than the minimum
-//! link latency ([`LinkConfig::latency_min_ms`]): nothing sent inside a window can arrive inside
-//! it, so shards never wait for each other within a window. At each window's end, datagrams for
-//! other shards are moved to their queues. Commands ([`Network::with_node`], adding and removing
-//! nodes) happen between [`Network::run_until`] calls, when all threads are stopped.
+//! event queue, advanced by its own thread. Nothing sent can arrive sooner than the minimum link
+//! latency ([`LinkConfig::latency_min_ms`], the lookahead), so each shard publishes a bound, the
+//! time before which it will send nothing more (its next event or the others' bounds, whichever
+//! is earlier, plus the lookahead), and runs its own events up to the least of the others'
+//! bounds (Chandy–Misra–Bryant null messages, as shared-memory atomics). A shard hands its
+//! datagrams for another shard to that shard's inbox before it publishes a bound, every few
+//! events, so the shards run side by side, at most one lookahead apart, with no barrier and no
+//! thread that moves datagrams for the others. Commands ([`Network::with_node`], adding and
+//! removing nodes) happen between [`Network::run_until`] calls, when all threads are stopped.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
@@ -41,8 +45,9 @@ use ferry_proto::{Destination, Endpoint};
 /// Link parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
-    /// One-way latency between the closest nodes, in ms. It is also the length of the windows in
-    /// which threads advance independently (a smaller value means more synchronisation).
+    /// One-way latency between the closest nodes, in ms. It is also the lookahead of a run with
+    /// several threads: how far one shard may run ahead of another (a smaller value means more
+    /// synchronisation).
     pub latency_min_ms: f64,
     /// One-way latency between the farthest nodes, in ms.
     pub latency_max_ms: f64,
