@@ -206,7 +206,7 @@ impl<N: Endpoint> Shard<N> {
     /// Runs this shard's first event if it is due before `end` (ns, exclusive); `false` if none
     /// is.
     fn step(&mut self, end: u64, ctx: &Ctx<'_>) -> bool {
-        if !self.queue.peek().is_some_and(|e| e.at < end) {
+        if self.queue.peek().is_none_or(|e| e.at >= end) {
             return false;
         }
         let Some(ev) = self.queue.pop() else {
@@ -767,7 +767,7 @@ fn wait_for(ready: impl Fn() -> bool, failed: &AtomicBool) -> bool {
             return false;
         }
         spins = spins.wrapping_add(1);
-        if spins % 64 != 0 {
+        if !spins.is_multiple_of(64) {
             std::hint::spin_loop();
             continue;
         }
