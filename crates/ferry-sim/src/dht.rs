@@ -111,10 +111,11 @@ impl DhtScenario {
 }
 
 /// The default [`DhtScenario::threads`]: the machine's cores that are not already busy (cores
-/// minus the 1-minute load average, rounded; at least 1). The threads advance in lockstep windows
-/// of 10 ms of virtual time, so a thread that has to share its core with another process stalls
-/// the others: on a loaded machine one thread is faster (bench/RESULTS.md). The thread count
-/// never changes a run's result.
+/// minus the 1-minute load average, rounded; at least 1). The threads run at most 10 ms of
+/// virtual time apart (the links' minimum latency), so a thread that has to share its core with
+/// another process stalls the others: on a loaded machine one thread is faster, on an idle one
+/// two are 1.4–1.9× faster at 1,000 nodes (bench/RESULTS.md). The thread count never changes a
+/// run's result.
 pub fn default_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let busy = std::fs::read_to_string("/proc/loadavg")

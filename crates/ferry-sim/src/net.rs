@@ -22,16 +22,20 @@
 //! # Threads (conservative parallel discrete-event simulation)
 //!
 //! With `threads > 1` the nodes are split into shards (node id mod shards), each with its own
-//! event queue, advanced by its own thread in windows of virtual time no longer than the minimum
-//! link latency ([`LinkConfig::latency_min_ms`]): nothing sent inside a window can arrive inside
-//! it, so shards never wait for each other within a window. At each window's end, datagrams for
-//! other shards are moved to their queues. Commands ([`Network::with_node`], adding and removing
-//! nodes) happen between [`Network::run_until`] calls, when all threads are stopped.
+//! event queue, advanced by its own thread. Nothing sent can arrive sooner than the minimum link
+//! latency ([`LinkConfig::latency_min_ms`], the lookahead), so each shard publishes a bound, the
+//! time before which it will send nothing more (its next event or the others' bounds, whichever
+//! is earlier, plus the lookahead), and runs its own events up to the least of the others'
+//! bounds (Chandy–Misra–Bryant null messages, as shared-memory atomics). A shard hands its
+//! datagrams for another shard to that shard's inbox before it publishes a bound, every few
+//! events, so the shards run side by side, at most one lookahead apart, with no barrier and no
+//! thread that moves datagrams for the others. Commands ([`Network::with_node`], adding and
+//! removing nodes) happen between [`Network::run_until`] calls, when all threads are stopped.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as Atomic};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as Atomic};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -41,8 +45,9 @@ use ferry_proto::{Destination, Endpoint};
 /// Link parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkConfig {
-    /// One-way latency between the closest nodes, in ms. It is also the length of the windows in
-    /// which threads advance independently (a smaller value means more synchronisation).
+    /// One-way latency between the closest nodes, in ms. It is also the lookahead of a run with
+    /// several threads: how far one shard may run ahead of another (a smaller value means more
+    /// synchronisation).
     pub latency_min_ms: f64,
     /// One-way latency between the farthest nodes, in ms.
     pub latency_max_ms: f64,
@@ -187,44 +192,54 @@ struct Shard<N> {
     /// Slot of node `id` at `id / shards`.
     slots: Vec<Option<Slot<N>>>,
     queue: BinaryHeap<Event>,
-    /// Datagrams for other shards, moved at the end of the window.
-    outbox: Vec<Event>,
+    /// Datagrams for other shards, by shard (this shard's own entry stays empty).
+    outboxes: Vec<Vec<Event>>,
     stats: NetStats,
 }
 
 impl<N: Endpoint> Shard<N> {
     /// Runs this shard's events due before `end` (ns, exclusive).
     fn run(&mut self, end: u64, ctx: &Ctx<'_>) {
-        while self.queue.peek().is_some_and(|e| e.at < end) {
-            let Some(ev) = self.queue.pop() else { break };
-            let now = ctx.base + Duration::from_nanos(ev.at);
-            let Some(slot) = self
-                .slots
-                .get_mut(ev.to / ctx.shards)
-                .and_then(Option::as_mut)
-            else {
-                if matches!(ev.payload, Payload::Deliver(_)) {
-                    self.stats.undeliverable += 1;
-                }
-                continue;
-            };
-            match ev.payload {
-                Payload::Deliver(bytes) => {
-                    slot.traffic.received += 1;
-                    let from = ctx.addrs[ev.src];
-                    slot.node.handle_datagram(now, from, &bytes);
-                    self.stats.delivered += 1;
-                }
-                Payload::Timer => {
-                    if slot.timer_at != Some(ev.at) {
-                        continue; // superseded
-                    }
-                    slot.timer_at = None;
-                    slot.node.handle_timeout(now);
-                }
-            }
-            self.after_input(ev.to, ev.at, ctx);
+        while self.step(end, ctx) {}
+    }
+
+    /// Runs this shard's first event if it is due before `end` (ns, exclusive); `false` if none
+    /// is.
+    fn step(&mut self, end: u64, ctx: &Ctx<'_>) -> bool {
+        if self.queue.peek().is_none_or(|e| e.at >= end) {
+            return false;
         }
+        let Some(ev) = self.queue.pop() else {
+            return false;
+        };
+        let now = ctx.base + Duration::from_nanos(ev.at);
+        let Some(slot) = self
+            .slots
+            .get_mut(ev.to / ctx.shards)
+            .and_then(Option::as_mut)
+        else {
+            if matches!(ev.payload, Payload::Deliver(_)) {
+                self.stats.undeliverable += 1;
+            }
+            return true;
+        };
+        match ev.payload {
+            Payload::Deliver(bytes) => {
+                slot.traffic.received += 1;
+                let from = ctx.addrs[ev.src];
+                slot.node.handle_datagram(now, from, &bytes);
+                self.stats.delivered += 1;
+            }
+            Payload::Timer => {
+                if slot.timer_at != Some(ev.at) {
+                    return true; // superseded
+                }
+                slot.timer_at = None;
+                slot.node.handle_timeout(now);
+            }
+        }
+        self.after_input(ev.to, ev.at, ctx);
+        true
     }
 
     /// Drains a node's transmits into the network and (re)arms its timer.
@@ -233,7 +248,7 @@ impl<N: Endpoint> Shard<N> {
             index,
             slots,
             queue,
-            outbox,
+            outboxes,
             stats,
         } = self;
         let Some(slot) = slots.get_mut(id / ctx.shards).and_then(Option::as_mut) else {
@@ -281,10 +296,11 @@ impl<N: Endpoint> Shard<N> {
                 seq: slot.seq,
                 payload: Payload::Deliver(t.payload),
             };
-            if to % ctx.shards == *index {
+            let shard = to % ctx.shards;
+            if shard == *index {
                 queue.push(ev);
-            } else {
-                outbox.push(ev);
+            } else if let Some(out) = outboxes.get_mut(shard) {
+                out.push(ev);
             }
         }
         let deadline = (slot
@@ -364,7 +380,7 @@ impl<N: Endpoint + Send> Network<N> {
                     index,
                     slots: Vec::new(),
                     queue: BinaryHeap::new(),
-                    outbox: Vec::new(),
+                    outboxes: (0..threads).map(|_| Vec::new()).collect(),
                     stats: NetStats::default(),
                 })
                 .collect(),
@@ -528,7 +544,7 @@ impl<N: Endpoint + Send> Network<N> {
         let moved: Vec<Event> = self
             .shards
             .iter_mut()
-            .flat_map(|s| std::mem::take(&mut s.outbox))
+            .flat_map(|s| s.outboxes.iter_mut().flat_map(std::mem::take))
             .collect();
         for ev in moved {
             self.shards[ev.to % n].queue.push(ev);
@@ -554,15 +570,32 @@ impl<N: Endpoint + Send> Network<N> {
         self.now_ns = self.now_ns.max(until_ns);
     }
 
-    /// Conservative parallel run: windows of at most the lookahead, one thread per shard
-    /// (this one runs shard 0), cross-shard datagrams moved between windows.
+    /// Conservative parallel run without a global barrier (Chandy–Misra–Bryant style bounds on
+    /// shared memory): shard `k`, on its own thread (this one runs shard 0), publishes
+    /// `bound[k]`, a time before which it will send nothing more: `min(its next event, the
+    /// others' bounds) + lookahead`. It pushes its datagrams for shard `j` into `j`'s inbox
+    /// *before* publishing the bound, so once shard `j` has read every other bound `b` and then
+    /// drained its inbox, it holds every event for its nodes due before `b` and may run them.
+    /// The shards run side by side, each at most one lookahead ahead of the slowest, and wait
+    /// only when they catch up with it; no thread moves datagrams for the others.
     fn run_parallel(&mut self, until_ns: u64) {
-        const STOP: u64 = u64::MAX;
         let lookahead = self.config.lookahead_ns();
         let n = self.shards.len();
-        let shards: Vec<Mutex<Shard<N>>> = std::mem::take(&mut self.shards)
-            .into_iter()
-            .map(Mutex::new)
+        let stop = until_ns.saturating_add(1);
+        let first = self
+            .shards
+            .iter()
+            .filter_map(|s| s.queue.peek().map(|e| e.at))
+            .min();
+        if first.is_none_or(|t| t >= stop) {
+            return;
+        }
+        let start = first.unwrap_or(stop).saturating_add(lookahead);
+        let ports: Vec<Port> = (0..n)
+            .map(|_| Port {
+                bound: Padded(AtomicU64::new(start)),
+                inbox: Padded(Mutex::new(Vec::new())),
+            })
             .collect();
         let ctx = Ctx {
             base: self.base,
@@ -572,76 +605,145 @@ impl<N: Endpoint + Send> Network<N> {
             addrs: &self.addrs,
             shards: n,
         };
-        let lock = |k: usize| shards[k].lock().unwrap_or_else(PoisonError::into_inner);
-        let window_end = AtomicU64::new(0);
-        let generation = AtomicU64::new(0);
-        let done = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let main = std::thread::current();
-        std::thread::scope(|scope| {
-            let mut workers = Vec::with_capacity(n - 1);
-            for k in 1..n {
-                let (ctx, lock, main) = (&ctx, &lock, &main);
-                let (window_end, generation, done, failed) =
-                    (&window_end, &generation, &done, &failed);
+        let mut shards = std::mem::take(&mut self.shards).into_iter();
+        let Some(mut first_shard) = shards.next() else {
+            return;
+        };
+        let done: Vec<Shard<N>> = std::thread::scope(|scope| {
+            let mut handles = Vec::with_capacity(n - 1);
+            let mut threads = vec![std::thread::current()];
+            for shard in shards {
+                let (ctx, ports, failed) = (&ctx, &ports, &failed);
+                let (tx, rx) = std::sync::mpsc::channel::<Vec<std::thread::Thread>>();
                 let handle = scope.spawn(move || {
+                    let mut shard = shard;
                     let _guard = PanicFlag(failed);
-                    let mut seen = 0;
-                    loop {
-                        if !wait_for(|| generation.load(Atomic::Acquire) != seen, failed) {
-                            return;
-                        }
-                        seen = generation.load(Atomic::Acquire);
-                        let end = window_end.load(Atomic::Acquire);
-                        if end == STOP {
-                            return;
-                        }
-                        lock(k).run(end, ctx);
-                        done.fetch_add(1, Atomic::AcqRel);
-                        main.unpark();
-                    }
+                    let threads = rx.recv().unwrap_or_default();
+                    shard.run_async(stop, lookahead, ctx, ports, &threads, failed);
+                    shard
                 });
-                workers.push(handle.thread().clone());
+                threads.push(handle.thread().clone());
+                handles.push((handle, tx));
             }
-            let open_window = |end: u64| {
-                window_end.store(end, Atomic::Release);
-                generation.fetch_add(1, Atomic::AcqRel);
-                for w in &workers {
-                    w.unpark();
-                }
-            };
-            let _guard = PanicFlag(&failed);
-            let mut moved = Vec::new();
-            loop {
-                // Between windows every worker waits: move datagrams to their shards.
-                for k in 0..n {
-                    moved.append(&mut lock(k).outbox);
-                }
-                for ev in moved.drain(..) {
-                    lock(ev.to % n).queue.push(ev);
-                }
-                let next = (0..n)
-                    .filter_map(|k| lock(k).queue.peek().map(|e| e.at))
-                    .min();
-                let Some(start) = next.filter(|&t| t <= until_ns) else {
-                    break;
-                };
-                let end = start.saturating_add(lookahead).min(until_ns + 1);
-                done.store(0, Atomic::Release);
-                open_window(end);
-                lock(0).run(end, &ctx);
-                if !wait_for(|| done.load(Atomic::Acquire) == n - 1, &failed) {
-                    break;
+            for (_, tx) in &handles {
+                // A worker that cannot get the list runs with no one to wake (it still ends).
+                let _ = tx.send(threads.clone());
+            }
+            {
+                let _guard = PanicFlag(&failed);
+                first_shard.run_async(stop, lookahead, &ctx, &ports, &threads, &failed);
+            }
+            let mut done = vec![first_shard];
+            for (handle, _) in handles {
+                match handle.join() {
+                    Ok(shard) => done.push(shard),
+                    Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
-            open_window(STOP);
+            done
         });
-        self.shards = shards
-            .into_iter()
-            .map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
-            .collect();
+        self.shards = done;
+        // Datagrams sent to a shard after it had finished (all due after `until_ns`).
+        for (shard, port) in self.shards.iter_mut().zip(&ports) {
+            let mut inbox = port.inbox.0.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.queue.extend(inbox.drain(..));
+        }
     }
 }
+
+/// A shard's mailbox for the parallel run: its bound (written by it only) and its inbox (written
+/// by the others), on separate cache lines so that neither write slows the other's readers.
+struct Port {
+    bound: Padded<AtomicU64>,
+    inbox: Padded<Mutex<Vec<Event>>>,
+}
+
+/// A value alone on its (pair of) cache lines: no false sharing between shards.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<N: Endpoint> Shard<N> {
+    /// This shard's part of [`Network::run_parallel`]: runs its events due before `stop` as far
+    /// as the other shards' bounds allow, and every [`PUBLISH_EVERY`] events hands over its
+    /// datagrams, publishes its own bound and takes the others' new bounds, so no shard waits
+    /// for a whole window of another. Returns when every shard's bound has passed `stop` and
+    /// nothing of its own is due before it, or when another thread panicked.
+    fn run_async(
+        &mut self,
+        stop: u64,
+        lookahead: u64,
+        ctx: &Ctx<'_>,
+        ports: &[Port],
+        threads: &[std::thread::Thread],
+        failed: &AtomicBool,
+    ) {
+        let k = self.index;
+        let others_bound = || {
+            ports
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != k)
+                .map(|(_, p)| p.bound.0.load(Atomic::Acquire))
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        let mut published = ports[k].bound.0.load(Atomic::Acquire);
+        let mut safe = 0;
+        loop {
+            // Bounds first, inbox second: everything due before `safe` is in the inbox now.
+            let fresh = others_bound();
+            if fresh != safe {
+                safe = fresh;
+                let mut inbox = ports[k]
+                    .inbox
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                self.queue.extend(inbox.drain(..));
+            }
+            let mut ran = 0;
+            while ran < PUBLISH_EVERY && self.step(safe.min(stop), ctx) {
+                ran += 1;
+            }
+            for (j, out) in self.outboxes.iter_mut().enumerate() {
+                if !out.is_empty() {
+                    let mut inbox = ports[j]
+                        .inbox
+                        .0
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    inbox.append(out);
+                }
+            }
+            let next = self.queue.peek().map_or(u64::MAX, |e| e.at);
+            let bound = next.min(safe).saturating_add(lookahead);
+            if bound > published {
+                published = bound;
+                ports[k].bound.0.store(bound, Atomic::Release);
+                for (j, t) in threads.iter().enumerate() {
+                    if j != k {
+                        t.unpark();
+                    }
+                }
+            }
+            if ran == PUBLISH_EVERY {
+                continue;
+            }
+            // Nothing left before `safe`: done, or wait for the others to move on.
+            if next >= stop && safe >= stop {
+                return;
+            }
+            if !wait_for(|| others_bound() != safe, failed) {
+                return;
+            }
+        }
+    }
+}
+
+/// Events a shard runs between two hand-overs in a parallel run (a smaller value lets the
+/// other shards follow more closely, at the cost of more hand-overs).
+const PUBLISH_EVERY: usize = 8;
 
 /// Sets the flag when its thread unwinds, so the other threads stop waiting for it.
 struct PanicFlag<'a>(&'a AtomicBool);
@@ -654,24 +756,31 @@ impl Drop for PanicFlag<'_> {
     }
 }
 
-/// Waits until `ready()`: spins briefly (windows are short), then sleeps until unparked (so a
-/// waiting thread leaves the core to the one it waits for when cores are shared). `false` if
-/// another thread panicked.
+/// Waits until `ready()`: spins for up to [`SPIN`] (a shard usually waits a few µs for
+/// another's next hand-over), then sleeps until unparked (so a waiting thread leaves the core to
+/// the one it waits for when cores are shared). `false` if another thread panicked.
 fn wait_for(ready: impl Fn() -> bool, failed: &AtomicBool) -> bool {
+    let mut spin_start: Option<Instant> = None;
     let mut spins = 0u32;
     while !ready() {
         if failed.load(Atomic::Acquire) {
             return false;
         }
-        if spins < 2000 {
-            spins += 1;
+        spins = spins.wrapping_add(1);
+        if !spins.is_multiple_of(64) {
             std::hint::spin_loop();
-        } else {
+            continue;
+        }
+        let started = *spin_start.get_or_insert_with(Instant::now);
+        if started.elapsed() >= SPIN {
             std::thread::park_timeout(Duration::from_millis(1));
         }
     }
     true
 }
+
+/// How long a waiting thread spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(100);
 
 /// A uniform f64 in [0, 1) from the RNG (53 random bits).
 pub fn unit(rng: &mut FerryRng) -> f64 {
