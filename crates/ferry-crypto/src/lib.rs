@@ -442,21 +442,16 @@ pub trait KeySource: Send + Sync + fmt::Debug {
 ///
 /// Eviction is least-recently-used in batches: each entry carries the tick of its last use, and
 /// when the cache is full the eighth least recently used entries leave at once (O(capacity) per
-/// eviction, amortised over capacity / 8 insertions). No linked list to update on a hit (this
-/// lookup runs for every DHT packet sent or received).
-///
-/// The table is open addressing with linear probing, at most half full: an entry (72 bytes:
-/// peer key, shared key, last use) sits in its slot itself, so a hit usually reads one slot
-/// (two adjacent cache lines) and no other memory. A table with separate tag bytes and entries
-/// cost two cache misses per packet, one more with an `Arc` per key (issue 3, simulator speed).
-/// Slots are found from a per-process seeded hash of the peer's key (remote input chooses keys).
+/// eviction, amortised over capacity / 8 insertions). A hit costs one hash of the peer's key and
+/// one probe of the table (its 7-bit tag group, then the entry), with no linked list to update
+/// (this lookup runs for every DHT packet sent or received). The 32-byte key sits in the entry
+/// itself, next to the peer's public key, so a hit reads no other memory (issue 3, simulator
+/// speed: a per-entry `Arc` cost one more cache miss per packet).
 pub struct PrecomputedCache {
     secret: SecretKey,
     public: PublicKey,
-    /// A power of two of slots (0 before the first insertion), at least twice `len`; a slot
-    /// with `used == 0` is empty (ticks start at 1).
-    slots: Vec<CacheEntry>,
-    len: usize,
+    table: hashbrown::HashTable<CacheEntry>,
+    /// Hashes a peer's key for `table` (seeded per process: remote input chooses the keys).
     hasher: hashbrown::DefaultHashBuilder,
     capacity: usize,
     tick: u64,
@@ -464,39 +459,11 @@ pub struct PrecomputedCache {
     computed: u64,
 }
 
-/// One [`PrecomputedCache`] slot: the peer, the key and the tick of its last use (0: empty).
+/// One [`PrecomputedCache`] entry: the peer, the tick of its last use and the key (72 bytes).
 struct CacheEntry {
     peer: PublicKey,
-    key: PrecomputedKey,
     used: u64,
-}
-
-impl CacheEntry {
-    fn empty() -> Self {
-        Self {
-            peer: PublicKey([0; KEY_SIZE]),
-            key: PrecomputedKey([0; KEY_SIZE]),
-            used: 0,
-        }
-    }
-}
-
-/// Where `peer` is in `slots` (`Ok`) or the empty slot that ends its probe (`Err`). `slots` is
-/// a non-empty power of two of slots with at least one empty one, so the walk ends.
-fn probe(slots: &[CacheEntry], hash: u64, peer: &PublicKey) -> Result<usize, usize> {
-    let mask = slots.len().wrapping_sub(1);
-    let mut i = (hash as usize) & mask;
-    for _ in 0..slots.len() {
-        let e = &slots[i];
-        if e.used == 0 {
-            return Err(i);
-        }
-        if e.peer == *peer {
-            return Ok(i);
-        }
-        i = (i + 1) & mask;
-    }
-    Err(i)
+    key: PrecomputedKey,
 }
 
 impl PrecomputedCache {
@@ -516,8 +483,7 @@ impl PrecomputedCache {
         Self {
             secret,
             public,
-            slots: Vec::new(),
-            len: 0,
+            table: hashbrown::HashTable::new(),
             hasher: hashbrown::DefaultHashBuilder::default(),
             capacity,
             tick: 0,
@@ -532,76 +498,34 @@ impl PrecomputedCache {
         self.tick += 1;
         let tick = self.tick;
         let hash = self.hasher.hash_one(peer);
-        if !self.slots.is_empty()
-            && let Ok(i) = probe(&self.slots, hash, peer)
-        {
-            let e = &mut self.slots[i];
-            e.used = tick;
-            return &e.key;
-        }
-        if self.len >= self.capacity {
-            self.evict();
-        }
-        if (self.len + 1) * 2 > self.slots.len() {
-            let size = ((self.len + 1) * 2).next_power_of_two().max(16);
-            self.rebuild(size, 0);
+        // One probe: a hit returns from it, a miss gets the table back for the insertion.
+        let table = match self.table.find_entry(hash, |e| e.peer == *peer) {
+            Ok(hit) => {
+                let e = hit.into_mut();
+                e.used = tick;
+                return &e.key;
+            }
+            Err(absent) => absent.into_table(),
+        };
+        if table.len() >= self.capacity {
+            evict(table);
         }
         self.computed += 1;
         let key = match &self.source {
-            // The slot keeps its own copy of the 32 bytes (zeroized on drop, as the source's).
+            // The entry keeps its own copy of the 32 bytes (zeroized on drop, as the source's).
             Some(s) => PrecomputedKey(s.precompute(&self.secret, &self.public, peer).0),
             None => PrecomputedKey::new(&self.secret, peer),
         };
-        // At most half full, so the probe ends at an empty slot.
-        let i = match probe(&self.slots, hash, peer) {
-            Ok(i) | Err(i) => i,
-        };
-        self.slots[i] = CacheEntry {
+        let hasher = &self.hasher;
+        let entry = CacheEntry {
             peer: *peer,
-            key,
             used: tick,
+            key,
         };
-        self.len += 1;
-        &self.slots[i].key
-    }
-
-    /// Drops the least recently used eighth of the entries (at least one).
-    fn evict(&mut self) {
-        let drop = (self.len / 8).max(1);
-        let mut used: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|e| e.used != 0)
-            .map(|e| e.used)
-            .collect();
-        let n = used.len();
-        if n == 0 {
-            return;
-        }
-        let (_, &mut threshold, _) = used.select_nth_unstable(drop.min(n) - 1);
-        // Ticks are unique, so exactly `drop` entries are at or below the threshold.
-        self.rebuild(self.slots.len(), threshold);
-    }
-
-    /// Re-inserts the entries last used after `keep_after` into `size` slots (a power of two,
-    /// more than twice as many as kept). Keys are copied and the old slots dropped (zeroized).
-    fn rebuild(&mut self, size: usize, keep_after: u64) {
-        use std::hash::BuildHasher;
-        let old = std::mem::take(&mut self.slots);
-        self.slots.resize_with(size, CacheEntry::empty);
-        self.len = 0;
-        for e in old.iter().filter(|e| e.used > keep_after) {
-            let hash = self.hasher.hash_one(e.peer);
-            let i = match probe(&self.slots, hash, &e.peer) {
-                Ok(i) | Err(i) => i,
-            };
-            self.slots[i] = CacheEntry {
-                peer: e.peer,
-                key: PrecomputedKey(e.key.0),
-                used: e.used,
-            };
-            self.len += 1;
-        }
+        &table
+            .insert_unique(hash, entry, |e| hasher.hash_one(e.peer))
+            .into_mut()
+            .key
     }
 
     /// Cache misses since creation: how many distinct peers' keys had to be fetched or computed.
@@ -611,19 +535,28 @@ impl PrecomputedCache {
 
     /// Number of cached peers.
     pub fn len(&self) -> usize {
-        self.len
+        self.table.len()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.table.is_empty()
     }
+}
+
+/// Drops the least recently used eighth of `table`'s entries (at least one).
+fn evict(table: &mut hashbrown::HashTable<CacheEntry>) {
+    let drop = (table.len() / 8).max(1);
+    let mut used: Vec<u64> = table.iter().map(|e| e.used).collect();
+    let (_, &mut threshold, _) = used.select_nth_unstable(drop - 1);
+    // Ticks are unique, so exactly `drop` entries are at or below the threshold.
+    table.retain(|e| e.used > threshold);
 }
 
 impl fmt::Debug for PrecomputedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrecomputedCache")
-            .field("len", &self.len)
+            .field("len", &self.table.len())
             .field("capacity", &self.capacity)
             .finish()
     }
