@@ -229,6 +229,22 @@ fn ping6_through_the_tunnel() {
         );
         assert_eq!(s["dataplane"]["dropped"], 0, "{s}");
     }
+    // The sessions may have come up during the loop's last pings (sent before the handshake
+    // finished, over net_crypto): ping again now that both ends have a session.
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            a.ns(),
+            "ping",
+            "-6",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+        ])
+        .args(["-W", "2", &addrs[1]])
+        .output();
     if counted {
         let out = Command::new("ip")
             .args(["netns", "exec", b.ns(), "iptables", "-w", "-nvxL", "INPUT"])
